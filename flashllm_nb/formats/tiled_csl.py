@@ -1,0 +1,629 @@
+"""Tiled-CSL: Flash-LLM's storage format for an unstructured-sparse fp16/bf16 weight matrix.
+
+The kernel streams a weight matrix W (M x K, row-major) one 128 x 64 tile at a time: it loads only the tile's
+stored entries, scatters them into a zeroed tile in shared memory, and multiplies that dense tile on the Tensor
+Cores ("load as sparse, compute as dense"). The format is laid out for exactly that::
+
+    W, M x K, cut into 128 x 64 tiles numbered row-major over the tile grid (t = tile_row * n_tile_cols + tile_col)
+
+             K ->   0       64      128
+        M    0   +-------+-------+-------+
+        |        |  t0   |  t1   |  t2   |
+        v  128   +-------+-------+-------+
+                 |  t3   |  t4   |  t5   |      edge tiles are zero-padded; the logical shape is kept
+                 +-------+-------+-------+
+
+    words         | t0: entries, pad | t1: entries, pad | (t2 empty) | t3: entries, pad | ...
+    tile_offsets  [0, end t0, end t1, end t2, ..., end t5, end t5]       (int32, in 4-word vectors)
+
+    one word (uint32):   bits 31..16 = position in the tile, bits 15..0 = the fp16/bf16 bit pattern
+    position          =  row * 64 + (col ^ ((row % 8) << 3))
+
+The swizzle: a 64-column row of fp16 is 128 bytes, eight 16-byte chunks of 8 columns. The kernel keeps chunk ``c``
+of tile row ``r`` in slot ``c ^ (r % 8)``::
+
+    chunk ->   0 1 2 3 4 5 6 7
+    row 0      0 1 2 3 4 5 6 7      slot that each chunk lands in
+    row 1      1 0 3 2 5 4 7 6
+    row 2      2 3 0 1 6 7 4 5
+    ...
+    row 7      7 6 5 4 3 2 1 0
+
+so the eight rows that one ``ldmatrix`` 8 x 8 read fetches (one chunk each, same chunk index) sit in eight
+different slots of their 128-byte rows: all 32 banks, no conflict. Storing the swizzled position lets the kernel
+scatter each entry straight to its conflict-free place.
+
+Policies (each decided once, here):
+
+- Stored entries: every element whose 16-bit pattern is not 0x0000. -0.0 (0x8000) is stored, so a round trip
+  is bit-exact; NaN (payload included) and +-Inf are stored as values; +0.0 is dropped.
+- Order: ascending (row, col) of the dense tile, the order in which Flash-LLM's encoder emits them. Only this
+  canonical order is accepted, so one matrix has exactly one encoding (words compare and checksum bit-for-bit).
+- Padding: each tile ends with the fewest all-zero words (0x00000000) that make its length a multiple of 4, i.e.
+  0 to 3. An empty tile has no words; a dense tile has 8192. A word with value bits 0 is a no-op for the kernel,
+  so padding is harmless even though its position field reads 0.
+- ``nnz`` counts entries (words with non-zero value bits), never padding.
+- Shape: any M, K >= 0. An empty matrix (M == 0 or K == 0) has no tiles: ``tile_offsets == [0, 0]``, no words,
+  ``sparsity == 1.0`` (nothing is stored; the same value as an all-zero matrix). The kernels treat it as a no-op.
+- Device storage: CuPy arrays. CuPy has no bfloat16, so the value type is carried as :attr:`TiledCSL.dtype`
+  and bfloat16 matrices come back from the device only as bits (``to_dense(bits=True)``).
+
+Examples
+--------
+>>> import numpy as np
+>>> W = np.zeros((3, 70), np.float16); W[1, 2] = 1.0; W[0, 65] = -2.0
+>>> A = TiledCSL.from_dense(W)
+>>> A
+<TiledCSL 3x70 float16, nnz=2 (99.0% sparse), 48 B, host>
+>>> [hex(w) for w in A.words[A.words != 0]], A.tile_offsets.tolist()
+(['0x4a3c00', '0x1c000'], [0, 1, 2, 2])
+>>> bool((A.to_dense() == W).all())
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import scipy.sparse
+
+from .._checks import check_int_in_range, check_ndim, invalid
+from ._xp import array_module, as_bits, to_device, to_host, value_dtype
+
+__all__ = ["TiledCSL", "TILE_M", "TILE_K", "TILE_SIZE", "VECTOR_WORDS", "swizzle"]
+
+TILE_M = 128  # rows of a tile: one thread block's M extent in the kernel
+TILE_K = 64  # columns of a tile: 64 fp16 = 128 bytes = eight 16-byte chunks, the unit of the swizzle
+TILE_SIZE = TILE_M * TILE_K  # 8192 positions in a tile; fits the 16-bit position field
+VECTOR_WORDS = 4  # 4 uint32 words = one 16-byte load, the kernel's unit of reading ``words``
+
+_TILE_SHIFT = TILE_SIZE.bit_length() - 1  # 13: key >> 13 is the tile, key & 8191 the index inside it
+_MAX_VECTORS = int(np.iinfo(np.int32).max)  # tile_offsets are int32
+
+
+def swizzle(index: Any) -> Any:
+    """Position field of the element at ``index = row * 64 + col`` of a tile: ``row * 64 + (col ^ ((row % 8) << 3))``.
+
+    The map only flips bits 3..5 (the column's 16-byte chunk) with bits 6..8 (the row modulo 8), which it leaves
+    alone, so it is its own inverse: ``swizzle(swizzle(i)) == i``. Works on Python ints and on NumPy/CuPy integer
+    arrays.
+
+    Examples
+    --------
+    >>> swizzle(1 * 64 + 2)  # row 1, column 2: chunk 0 moves to slot 1
+    74
+    >>> swizzle(74)
+    66
+    """
+    return index ^ ((index >> 3) & 0x38)
+
+
+def _tile_grid(shape: tuple[int, int]) -> tuple[int, int]:
+    return -(-shape[0] // TILE_M), -(-shape[1] // TILE_K)
+
+
+# --------------------------------------------------------------------------------------------------- encoder
+# Written once over an array module ``xp`` (numpy or cupy): the same lines are the CPU and the GPU encoder.
+
+
+def _encode_dense(xp: Any, bits: Any, grid: tuple[int, int]) -> tuple[Any, Any, int]:
+    """Words, tile offsets and nnz of the (M, K) uint16 bit matrix ``bits``."""
+    n_tile_rows, n_tile_cols = grid
+    rows, cols = n_tile_rows * TILE_M, n_tile_cols * TILE_K
+    if bits.shape != (rows, cols):
+        padded = xp.zeros((rows, cols), np.uint16)
+        padded[: bits.shape[0], : bits.shape[1]] = bits
+        bits = padded
+    # Tile-major copy, (tile_row, row, tile_col, col) -> (tile_row, tile_col, row, col): the flat index of an element
+    # is then the key tile * 8192 + row * 64 + col, so nonzero() returns the entries already grouped by tile and in
+    # (row, col) order inside each tile -- no sort needed.
+    tiled = xp.ascontiguousarray(bits.reshape(n_tile_rows, TILE_M, n_tile_cols, TILE_K).transpose(0, 2, 1, 3))
+    tiled = tiled.reshape(-1)
+    keys = xp.flatnonzero(tiled != 0)  # via a bool mask: NumPy's nonzero is several times faster on bool than uint16
+    return _pack(xp, keys, tiled[keys], n_tile_rows * n_tile_cols)
+
+
+def _pack(xp: Any, keys: Any, values: Any, n_tiles: int) -> tuple[Any, Any, int]:
+    """Lay out entries given by ascending ``keys = tile * 8192 + row * 64 + col`` and their uint16 value bits."""
+    # Entries before each tile boundary. The keys are sorted, so n_tiles + 1 binary searches replace a bincount
+    # pass over all nnz keys.
+    starts = xp.searchsorted(keys, xp.arange(n_tiles + 1, dtype=keys.dtype) * TILE_SIZE)
+    counts = starts[1:] - starts[:-1]
+    vectors = (counts + (VECTOR_WORDS - 1)) // VECTOR_WORDS
+    ends = xp.cumsum(vectors)
+    total = int(ends[-1]) if n_tiles else 0  # synchronize!
+    if total > _MAX_VECTORS:
+        raise ValueError(
+            f"Tiled-CSL's int32 tile_offsets address at most {_MAX_VECTORS} 16-byte vectors; this matrix needs {total}"
+        )
+    tile_offsets = xp.zeros(n_tiles + 2, np.int32)
+    tile_offsets[1:-1] = ends
+    tile_offsets[-1] = total
+
+    # The words, in place in one uint32 buffer (the keys are int64: touch them once). Truncating a key to 32 bits
+    # keeps its low 13 bits, the index inside the tile.
+    packed = keys.astype(np.uint32)
+    packed &= TILE_SIZE - 1
+    packed ^= (packed >> 3) & 0x38  # swizzle(), in place
+    packed <<= 16
+    packed |= values
+
+    # Where they go: every slot of ``words`` except the 0..3 padding slots at the end of each tile. Marking the
+    # padding (at most 3 * n_tiles slots) and filling the rest by a boolean mask avoids an nnz-long int64
+    # destination array.
+    is_entry = xp.ones(VECTOR_WORDS * total, bool)
+    tile_ends = VECTOR_WORDS * tile_offsets[1:-1].astype(np.int64)
+    n_padding = VECTOR_WORDS * vectors - counts
+    for j in range(1, VECTOR_WORDS):
+        is_entry[(tile_ends - j)[n_padding >= j]] = False
+    words = xp.zeros(VECTOR_WORDS * total, np.uint32)
+    words[is_entry] = packed
+    return words, tile_offsets, int(keys.size)
+
+
+# --------------------------------------------------------------------------------------------------- decoder
+
+
+def _word_tiles(xp: Any, tile_offsets: Any, n_words: int) -> Any:
+    """The tile (int32) of every word: a running sum of +steps placed at the first word of each non-empty tile."""
+    n_tiles = tile_offsets.size - 2
+    nonempty = xp.flatnonzero(tile_offsets[1 : n_tiles + 1] - tile_offsets[:n_tiles]).astype(np.int32)
+    step = xp.zeros(n_words, np.int32)
+    step[VECTOR_WORDS * tile_offsets[nonempty].astype(np.int64)] = xp.diff(nonempty, prepend=np.int32(0))
+    return xp.cumsum(step, dtype=np.int32)
+
+
+def _entries(xp: Any, words: Any, tile_offsets: Any) -> tuple[Any, Any, Any]:
+    """(tile, row * 64 + col inside the tile, uint16 value bits) of every entry, padding left out."""
+    values = (words & 0xFFFF).astype(np.uint16)
+    keep = xp.flatnonzero(values)
+    tiles = _word_tiles(xp, tile_offsets, words.size)[keep]
+    return tiles, swizzle(words[keep] >> 16), values[keep]
+
+
+# --------------------------------------------------------------------------------------------------- validation
+
+
+def _where(i: int, tile: int, tile_offsets: np.ndarray) -> str:
+    return f"word {i} (word {i - VECTOR_WORDS * int(tile_offsets[tile])} of tile {tile})"
+
+
+def _check_words(xp: Any, words: Any, tile_offsets: Any, shape: tuple[int, int]) -> int:
+    """The O(nnz) scan of :meth:`TiledCSL.check_format`; returns nnz. The cheap checks have passed."""
+    offsets = to_host(tile_offsets)
+    n_tiles = offsets.size - 2
+    tiles = _word_tiles(xp, tile_offsets, words.size)
+
+    def first(bad: Any) -> int | None:
+        return int(xp.flatnonzero(bad)[0]) if bool(bad.any()) else None  # synchronize!
+
+    values, positions = words & 0xFFFF, words >> 16
+    i = first(positions >= TILE_SIZE)
+    if i is not None:
+        raise ValueError(f"{_where(i, int(tiles[i]), offsets)} has position {int(positions[i])}; "
+                         f"positions in a {TILE_M} x {TILE_K} tile are < {TILE_SIZE}")
+    padding = values == 0
+    i = first(padding & (positions != 0))
+    if i is not None:
+        raise ValueError(f"{_where(i, int(tiles[i]), offsets)} has value bits 0 but position {int(positions[i])}; "
+                         f"a word with value bits 0 is padding and must be 0x00000000")
+    i = first(padding[:-1] & ~padding[1:] & (tiles[:-1] == tiles[1:]))
+    if i is not None:
+        raise ValueError(f"{_where(i, int(tiles[i]), offsets)} is padding but the entry after it is in the same "
+                         f"tile; padding goes only at the end of a tile")
+    # Padding is a suffix now, so a tile has 4 or more padding words exactly when its last vector starts with one.
+    nonempty = np.flatnonzero(np.diff(offsets[: n_tiles + 1]))
+    last_vectors = VECTOR_WORDS * (offsets[nonempty + 1].astype(np.int64) - 1)
+    j = first(padding[xp.asarray(last_vectors)])
+    if j is not None:
+        t = int(nonempty[j])
+        n_pad = int(padding[VECTOR_WORDS * int(offsets[t]) : VECTOR_WORDS * int(offsets[t + 1])].sum())
+        raise ValueError(f"tile {t} ends with {n_pad} padding words; at most {VECTOR_WORDS - 1} are needed to "
+                         f"fill its last 16-byte vector")
+
+    entries = xp.flatnonzero(~padding)
+    entry_tiles, index = tiles[entries], swizzle(positions[entries])
+    n_tile_cols = _tile_grid(shape)[1]
+    if shape[0] % TILE_M or shape[1] % TILE_K:  # only edge tiles can reach past the logical shape
+        row = (entry_tiles // n_tile_cols).astype(np.int64) * TILE_M + (index >> 6)
+        col = (entry_tiles % n_tile_cols).astype(np.int64) * TILE_K + (index & (TILE_K - 1))
+        j = first((row >= shape[0]) | (col >= shape[1]))
+        if j is not None:
+            i = int(entries[j])
+            raise ValueError(f"{_where(i, int(tiles[i]), offsets)} is at row {int(row[j])}, column {int(col[j])} of "
+                             f"the matrix, outside its {shape[0]} x {shape[1]} shape")
+    step = index[1:].astype(np.int32) - index[:-1].astype(np.int32)
+    j = first((step <= 0) & (entry_tiles[1:] == entry_tiles[:-1]))
+    if j is not None:
+        i, k, t = int(entries[j]), int(entries[j + 1]), int(entry_tiles[j])
+        a, b = divmod(int(index[j]), TILE_K), divmod(int(index[j + 1]), TILE_K)
+        if a == b:
+            raise ValueError(f"tile {t} holds tile row {a[0]}, column {a[1]} (position {int(positions[i])}) twice, "
+                             f"in words {i} and {k}")
+        raise ValueError(f"words {i} and {k} of tile {t} are out of order: tile row {b[0]}, column {b[1]} after "
+                         f"row {a[0]}, column {a[1]}; entries go in ascending (row, col) order")
+    return int(entries.size)
+
+
+# --------------------------------------------------------------------------------------------------- the format
+
+
+def _check_shape(shape: Any) -> tuple[int, int]:
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2:
+        raise invalid("value", "shape", "a pair (M, K)", shape)
+    return check_int_in_range(shape[0], "shape[0]", 0), check_int_in_range(shape[1], "shape[1]", 0)
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+class TiledCSL:
+    """An M x K fp16/bf16 matrix in Tiled-CSL, on the host (NumPy) or a CUDA device (CuPy).
+
+    Build one with :meth:`from_dense`, :meth:`from_scipy` or :meth:`from_raw`; the constructor itself is SciPy's:
+    ``TiledCSL(words, tile_offsets, shape, dtype)`` wraps the arrays without copying and runs only the cheap
+    checks of :meth:`check_format`. The module docstring describes the layout.
+
+    Parameters
+    ----------
+    words : numpy.ndarray or cupy.ndarray
+        uint32, 1-D: the entries, tile after tile, each tile padded to a multiple of 4 words.
+    tile_offsets : numpy.ndarray or cupy.ndarray
+        int32, n_tiles + 2 entries counted in 4-word vectors: ``[0, end of tile 0, ..., end of last, end of last]``.
+        Same array module as ``words``.
+    shape : (int, int)
+        The logical (M, K), M, K >= 0.
+    dtype : float16 or bfloat16
+        The type whose bit patterns the low 16 bits of each word hold.
+    """
+
+    def __init__(self, words: Any, tile_offsets: Any, shape: tuple[int, int], dtype: Any):
+        self._words = words
+        self._tile_offsets = tile_offsets
+        self._shape = _check_shape(shape)
+        self._dtype = value_dtype(dtype)
+        self._nnz: int | None = None
+        self.check_format(full_check=False)
+
+    @classmethod
+    def _from_parts(cls, words: Any, tile_offsets: Any, shape: tuple[int, int], dtype: np.dtype, nnz: int | None):
+        """Wrap arrays that this library produced (encoder, device copies): no checks."""
+        self = object.__new__(cls)
+        self._words, self._tile_offsets, self._shape, self._dtype, self._nnz = words, tile_offsets, shape, dtype, nnz
+        return self
+
+    # ----------------------------------------------------------------------------------------------- constructors
+
+    @classmethod
+    def from_dense(cls, W: Any, dtype: Any = None) -> "TiledCSL":
+        """Encode a dense fp16/bf16 matrix; every element whose bit pattern is not +0.0 is stored.
+
+        Parameters
+        ----------
+        W : array, shape (M, K)
+            float16 or bfloat16. NumPy arrays give a host TiledCSL; CuPy arrays and CUDA tensors (anything with
+            ``__cuda_array_interface__`` or DLPack, e.g. torch including ``torch.bfloat16``) give a device one,
+            encoded on the GPU. Any strides.
+        dtype : float16 or bfloat16, optional
+            Only when ``W`` holds uint16 bit patterns (as from ``to_dense(bits=True)``): the type they encode.
+            Nothing is ever cast.
+
+        Returns
+        -------
+        TiledCSL
+
+        Raises
+        ------
+        TypeError
+            ``W`` is not an array of float16/bfloat16 (or of uint16 with ``dtype``).
+        ValueError
+            ``W`` is not 2-D.
+
+        Examples
+        --------
+        >>> W = np.eye(3, dtype=np.float16)
+        >>> A = TiledCSL.from_dense(W)
+        >>> A.nnz, A.shape, bool((A.to_dense() == W).all())
+        (3, (3, 3), True)
+        """
+        bits, dtype = as_bits(W, "W", dtype)
+        check_ndim(bits, "W", 2)
+        xp = array_module(bits)
+        shape = (int(bits.shape[0]), int(bits.shape[1]))
+        words, tile_offsets, nnz = _encode_dense(xp, bits, _tile_grid(shape))
+        return cls._from_parts(words, tile_offsets, shape, dtype, nnz)
+
+    @classmethod
+    def from_scipy(cls, S: Any, dtype: Any = np.float16) -> "TiledCSL":
+        """Encode a SciPy sparse matrix or array on the host, rounding its values to ``dtype``.
+
+        Duplicate entries are summed (in ``S``'s own type, as SciPy does) before rounding. Entries that are zero
+        after rounding (explicit zeros, -0.0, values that underflow) are dropped: a SciPy zero is "not stored".
+
+        Parameters
+        ----------
+        S : scipy.sparse matrix or array, 2-D
+            Real or boolean values.
+        dtype : float16 or bfloat16, default float16
+
+        Returns
+        -------
+        TiledCSL
+            On the host.
+
+        Raises
+        ------
+        TypeError
+            ``S`` is not a SciPy sparse object, or holds complex values.
+        ValueError
+            ``S`` is not 2-D, or a finite value overflows ``dtype`` (rounds to +-Inf). NaN and +-Inf are kept.
+
+        Examples
+        --------
+        >>> S = scipy.sparse.csr_array(np.array([[0.0, 1.5], [2.0, 0.0]]))
+        >>> TiledCSL.from_scipy(S).to_dense().tolist()
+        [[0.0, 1.5], [2.0, 0.0]]
+        """
+        if not scipy.sparse.issparse(S):
+            raise invalid("type", "S", "a scipy.sparse matrix or array", type(S).__name__, TypeError)
+        check_ndim(S, "S", 2)
+        dtype = value_dtype(dtype)
+        if S.dtype.kind not in "biuf":
+            raise invalid("dtype", "S", "real or boolean values", S.dtype, TypeError)
+        coo = S.tocoo(copy=True)
+        coo.sum_duplicates()
+        with np.errstate(over="ignore"):
+            cast = coo.data.astype(dtype)
+        overflow = np.flatnonzero(np.isfinite(coo.data) & ~np.isfinite(cast.astype(np.float32)))
+        if overflow.size:
+            i = overflow[0]
+            raise invalid("value", "S", f"values that fit {dtype} (|x| <= {float(ml_dtypes.finfo(dtype).max)})",
+                          f"{coo.data[i]} at ({coo.row[i]}, {coo.col[i]}) and {overflow.size - 1} more")
+        bits = cast.view(np.uint16)
+        keep = (bits & 0x7FFF) != 0  # drop +0.0 and -0.0
+        rows, cols, bits = coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64), bits[keep]
+        shape = (int(S.shape[0]), int(S.shape[1]))
+        n_tile_cols = _tile_grid(shape)[1]
+        keys = ((rows // TILE_M) * n_tile_cols + cols // TILE_K) * TILE_SIZE + (rows % TILE_M) * TILE_K + cols % TILE_K
+        order = np.argsort(keys)
+        words, tile_offsets, nnz = _pack(np, keys[order], bits[order], int(np.prod(_tile_grid(shape))))
+        return cls._from_parts(words, tile_offsets, shape, dtype, nnz)
+
+    @classmethod
+    def from_raw(cls, words: Any, tile_offsets: Any, shape: tuple[int, int], dtype: Any) -> "TiledCSL":
+        """Wrap existing Tiled-CSL arrays (e.g. written by Flash-LLM's encoder) after checking every invariant.
+
+        Parameters
+        ----------
+        words, tile_offsets, shape, dtype
+            As for the class. Both arrays NumPy (host) or both CuPy (device); they are not copied.
+
+        Returns
+        -------
+        TiledCSL
+
+        Raises
+        ------
+        TypeError
+            Wrong array types or dtypes.
+        ValueError
+            Any broken invariant of :meth:`check_format` (``full_check=True``), stated with numbers.
+
+        Examples
+        --------
+        >>> A = TiledCSL.from_raw(np.array([0x4a3c00, 0, 0, 0], np.uint32), np.array([0, 1, 1], np.int32),
+        ...                       (3, 64), np.float16)
+        >>> A.to_dense()[1, 2]
+        np.float16(1.0)
+        """
+        self = cls(words, tile_offsets, shape, dtype)
+        self.check_format(full_check=True)
+        return self
+
+    # ----------------------------------------------------------------------------------------------- validation
+
+    def check_format(self, full_check: bool = False) -> None:
+        """Check the invariants of the format; raise TypeError/ValueError naming the first one broken.
+
+        Always (O(n_tiles)):
+
+        1. ``words`` is a 1-D uint32 array and ``tile_offsets`` a 1-D int32 array of the same module;
+        2. ``len(tile_offsets) == n_tiles + 2``, ``tile_offsets[0] == 0``, the offsets never decrease, and the
+           last one repeats the one before it;
+        3. ``len(words) == 4 * tile_offsets[-1]``;
+        4. no tile has more vectors than its part of the logical shape can fill (``ceil(rows * cols / 4)``).
+
+        With ``full_check`` (O(nnz); sets ``nnz``):
+
+        5. every position is < 8192;
+        6. a word whose value bits are 0 is padding and must be 0x00000000;
+        7. padding only at the end of its tile, and at most 3 padding words in a tile;
+        8. every entry lies inside the logical shape (matters for edge tiles);
+        9. inside a tile, entries are in strictly ascending (row, col) order: no position twice.
+        """
+        words, tile_offsets, shape = self._words, self._tile_offsets, self._shape
+        xp = array_module(words, "words")
+        if array_module(tile_offsets, "tile_offsets") is not xp:
+            raise invalid("array module", "tile_offsets", f"that of words ({xp.__name__})",
+                          type(tile_offsets).__module__, TypeError)
+        for array, name, dtype in ((words, "words", np.uint32), (tile_offsets, "tile_offsets", np.int32)):
+            check_ndim(array, name, 1)
+            if array.dtype != dtype:
+                raise invalid("dtype", name, np.dtype(dtype), array.dtype, TypeError)
+        n_tile_rows, n_tile_cols = _tile_grid(shape)
+        n_tiles = n_tile_rows * n_tile_cols
+        if tile_offsets.size != n_tiles + 2:
+            raise ValueError(f"tile_offsets has {tile_offsets.size} entries; expected n_tiles + 2 = {n_tiles + 2} "
+                             f"for shape {shape[0]} x {shape[1]} ({n_tile_rows} x {n_tile_cols} tiles)")
+        offsets = to_host(tile_offsets).astype(np.int64)  # synchronize! (n_tiles + 2 integers)
+        if offsets[0] != 0:
+            raise ValueError(f"tile_offsets[0] is {offsets[0]}; expected 0")
+        counts = np.diff(offsets)
+        if (counts < 0).any():
+            t = int(np.flatnonzero(counts < 0)[0])
+            raise ValueError(f"tile_offsets decrease: tile_offsets[{t + 1}] = {offsets[t + 1]} < "
+                             f"tile_offsets[{t}] = {offsets[t]}")
+        if counts[-1] != 0:
+            raise ValueError(f"tile_offsets[-1] is {offsets[-1]}; expected a repeat of tile_offsets[-2] = {offsets[-2]}")
+        if words.size != VECTOR_WORDS * offsets[-1]:
+            raise ValueError(f"words has {words.size} entries; expected 4 * tile_offsets[-1] = "
+                             f"{VECTOR_WORDS * offsets[-1]}")
+        # Entries an edge tile can hold: its rows inside M times its columns inside K.
+        tile_rows = np.minimum(TILE_M, shape[0] - TILE_M * np.arange(n_tile_rows))
+        tile_cols = np.minimum(TILE_K, shape[1] - TILE_K * np.arange(n_tile_cols))
+        capacity = np.outer(tile_rows, tile_cols).reshape(-1)
+        over = np.flatnonzero(counts[:n_tiles] > -(-capacity // VECTOR_WORDS))
+        if over.size:
+            t = int(over[0])
+            raise ValueError(f"tile {t} has {counts[t]} vectors ({VECTOR_WORDS * counts[t]} words); its "
+                             f"{tile_rows[t // n_tile_cols]} x {tile_cols[t % n_tile_cols]} part of the matrix holds "
+                             f"at most {capacity[t]} entries, which need {-(-capacity[t] // VECTOR_WORDS)} vectors")
+        if full_check:
+            self._nnz = _check_words(xp, words, tile_offsets, shape)
+
+    # ----------------------------------------------------------------------------------------------- properties
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The logical (M, K)."""
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """``np.dtype(np.float16)`` or ``np.dtype(ml_dtypes.bfloat16)``, also for device storage."""
+        return self._dtype
+
+    @property
+    def words(self) -> Any:
+        """uint32 entries and padding, tile after tile (NumPy or CuPy)."""
+        return self._words
+
+    @property
+    def tile_offsets(self) -> Any:
+        """int32, n_tiles + 2 entries, in 4-word vectors (NumPy or CuPy, as ``words``)."""
+        return self._tile_offsets
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries (words with non-zero value bits); padding is not counted."""
+        if self._nnz is None:
+            xp = array_module(self._words)
+            self._nnz = int(xp.count_nonzero(self._words & 0xFFFF))  # synchronize!
+        return self._nnz
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of ``words`` and ``tile_offsets``: what the kernel reads."""
+        return int(self._words.nbytes + self._tile_offsets.nbytes)
+
+    @property
+    def sparsity(self) -> float:
+        """``1 - nnz / (M * K)``; 1.0 for an empty matrix, which stores nothing."""
+        size = self._shape[0] * self._shape[1]
+        return 1.0 - self.nnz / size if size else 1.0
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        """(128, 64)."""
+        return TILE_M, TILE_K
+
+    @property
+    def n_tile_rows(self) -> int:
+        return _tile_grid(self._shape)[0]
+
+    @property
+    def n_tile_cols(self) -> int:
+        return _tile_grid(self._shape)[1]
+
+    @property
+    def n_tiles(self) -> int:
+        return self.n_tile_rows * self.n_tile_cols
+
+    @property
+    def on_device(self) -> bool:
+        """True when the arrays are CuPy arrays."""
+        return not isinstance(self._words, np.ndarray)
+
+    # ----------------------------------------------------------------------------------------------- conversions
+
+    def to_dense(self, bits: bool = False) -> Any:
+        """The dense (M, K) matrix, in the array module of the storage.
+
+        Parameters
+        ----------
+        bits : bool, default False
+            Return the uint16 bit patterns instead of float16/bfloat16 values.
+
+        Returns
+        -------
+        numpy.ndarray or cupy.ndarray
+            float16 or bfloat16 (host), float16 (device), or uint16 with ``bits=True``.
+
+        Raises
+        ------
+        TypeError
+            A bfloat16 matrix on the device with ``bits=False``: CuPy has no bfloat16. Use ``to_dense(bits=True)``
+            (and e.g. ``torch.from_dlpack(b).view(torch.bfloat16)``) or ``to_host().to_dense()``.
+
+        Examples
+        --------
+        >>> A = TiledCSL.from_dense(np.array([[1.0, -0.0]], np.float16))
+        >>> A.to_dense(bits=True)
+        array([[15360, 32768]], dtype=uint16)
+        """
+        xp = array_module(self._words)
+        if not bits and xp is not np and self._dtype != np.float16:
+            raise TypeError("CuPy has no bfloat16: use to_dense(bits=True) for the uint16 bit patterns, "
+                            "or to_host().to_dense()")
+        n_tile_rows, n_tile_cols = _tile_grid(self._shape)
+        tiles, index, values = _entries(xp, self._words, self._tile_offsets)
+        flat = xp.zeros(n_tile_rows * n_tile_cols * TILE_SIZE, np.uint16)
+        flat[tiles.astype(np.int64) * TILE_SIZE + index] = values
+        dense = flat.reshape(n_tile_rows, n_tile_cols, TILE_M, TILE_K).transpose(0, 2, 1, 3)
+        dense = xp.ascontiguousarray(dense.reshape(n_tile_rows * TILE_M, n_tile_cols * TILE_K)[: self._shape[0],
+                                                                                                : self._shape[1]])
+        return dense if bits else dense.view(self._dtype)
+
+    def to_scipy(self) -> scipy.sparse.csr_array:
+        """The matrix as a float32 SciPy CSR array on the host (exact: float32 holds every fp16 and bf16 value).
+
+        Its ``nnz`` equals ``self.nnz``: -0.0 entries stay explicit.
+
+        Examples
+        --------
+        >>> A = TiledCSL.from_dense(np.array([[0.0, 2.0], [3.0, 0.0]], np.float16))
+        >>> A.to_scipy().toarray().tolist()
+        [[0.0, 2.0], [3.0, 0.0]]
+        """
+        words, tile_offsets = to_host(self._words), to_host(self._tile_offsets)  # synchronize!
+        tiles, index, values = _entries(np, words, tile_offsets)
+        n_tile_cols = _tile_grid(self._shape)[1]
+        rows = (tiles // n_tile_cols).astype(np.int64) * TILE_M + (index >> 6)
+        cols = (tiles % n_tile_cols).astype(np.int64) * TILE_K + (index & (TILE_K - 1))
+        data = values.view(self._dtype).astype(np.float32)
+        return scipy.sparse.csr_array((data, (rows, cols)), shape=self._shape)
+
+    def to_device(self) -> "TiledCSL":
+        """A copy with CuPy arrays (``self`` when already on the device)."""
+        if self.on_device:
+            return self
+        return TiledCSL._from_parts(to_device(self._words), to_device(self._tile_offsets), self._shape, self._dtype,
+                                    self._nnz)
+
+    def to_host(self) -> "TiledCSL":
+        """A copy with NumPy arrays (``self`` when already on the host)."""
+        if not self.on_device:
+            return self
+        return TiledCSL._from_parts(to_host(self._words), to_host(self._tile_offsets), self._shape, self._dtype,
+                                    self._nnz)
+
+    def __repr__(self) -> str:
+        return (f"<TiledCSL {self._shape[0]}x{self._shape[1]} {self._dtype}, nnz={self.nnz} "
+                f"({100 * self.sparsity:.1f}% sparse), {_human_bytes(self.nbytes)}, "
+                f"{'device' if self.on_device else 'host'}>")

@@ -1,0 +1,340 @@
+"""Tiled-CSL on the host: the bit layout against hand-worked words, round trips, conversions and constructors.
+
+An independent, loop-per-tile encoder written straight from the spec (``_spec_encode``) checks the vectorised one
+word for word on random matrices; the layout itself is pinned by words worked out by hand.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+import scipy.sparse
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M, TiledCSL, swizzle
+
+F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
+
+# Bit patterns that must survive a round trip: -0.0, +-Inf, NaNs with payloads (quiet and signalling, both signs),
+# the smallest and largest subnormals, the largest finite value.
+SPECIAL_BITS = {
+    F16: [0x8000, 0x7C00, 0xFC00, 0x7E01, 0xFE55, 0x7C01, 0x0001, 0x03FF, 0x8001, 0x7BFF],
+    BF16: [0x8000, 0x7F80, 0xFF80, 0x7FC1, 0xFFA5, 0x7F81, 0x0001, 0x007F, 0x8001, 0x7F7F],
+}
+
+
+def _spec_encode(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The format as the spec words it, one tile at a time: an independent check on the vectorised encoder."""
+    M, K = bits.shape
+    n_tile_rows, n_tile_cols = -(-M // TILE_M), -(-K // TILE_K)
+    words, offsets = [], [0]
+    for tr in range(n_tile_rows):
+        for tc in range(n_tile_cols):
+            tile = np.zeros((TILE_M, TILE_K), np.uint32)
+            part = bits[tr * TILE_M : (tr + 1) * TILE_M, tc * TILE_K : (tc + 1) * TILE_K]
+            tile[: part.shape[0], : part.shape[1]] = part
+            rows, cols = np.nonzero(tile)  # row-major: ascending (row, col)
+            tile_words = [(int(r) * 64 + (int(c) ^ ((int(r) % 8) << 3))) << 16 | int(tile[r, c])
+                          for r, c in zip(rows, cols)]
+            tile_words += [0] * (-len(tile_words) % 4)
+            words += tile_words
+            offsets.append(offsets[-1] + len(tile_words) // 4)
+    offsets.append(offsets[-1])
+    return np.array(words, np.uint32), np.array(offsets, np.int32)
+
+
+@st.composite
+def sparse_bits(draw, max_side: int = 300):
+    """(uint16 bit matrix, dtype): any shape up to max_side, any sparsity, random bits plus special values."""
+    M = draw(st.integers(1, max_side))
+    K = draw(st.integers(1, max_side))
+    dtype = draw(st.sampled_from([F16, BF16]))
+    sparsity = draw(st.sampled_from([0.0, 1.0]) | st.floats(0.0, 1.0))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    bits = rng.integers(0, 2**16, (M, K), dtype=np.uint16)  # every pattern: NaN payloads, subnormals, -0.0, ...
+    specials = rng.random((M, K)) < 0.05
+    bits[specials] = rng.choice(SPECIAL_BITS[dtype], int(specials.sum()))
+    bits[rng.random((M, K)) < sparsity] = 0
+    return bits, dtype
+
+
+# --------------------------------------------------------------------------------------------------- layout
+
+
+def test_swizzle_matches_hand_computed_positions():
+    # row * 64 + (col ^ ((row % 8) << 3)), worked out by hand
+    cases = {(0, 0): 0, (0, 63): 63, (1, 0): 72, (1, 8): 64, (1, 9): 65, (2, 63): 128 + 47, (7, 63): 448 + 7,
+             (8, 5): 512 + 5, (9, 0): 576 + 8, (127, 63): 8128 + 7}
+    assert {rc: swizzle(rc[0] * 64 + rc[1]) for rc in cases} == cases
+
+
+def test_swizzle_is_an_involution_that_keeps_rows_and_chunk_sets():
+    index = np.arange(TILE_M * TILE_K)
+    position = swizzle(index)
+    np.testing.assert_array_equal(swizzle(position), index)
+    np.testing.assert_array_equal(position >> 6, index >> 6)  # stays in its row
+    # eight consecutive rows put any one chunk in eight different 16-byte slots: conflict-free ldmatrix
+    chunks = (position.reshape(TILE_M, TILE_K)[:, ::8] >> 3) & 7
+    for r in range(0, TILE_M, 8):
+        for c in range(8):
+            assert len(set(chunks[r : r + 8, c])) == 8
+
+
+def test_words_worked_out_by_hand_for_a_3x70_matrix():
+    W = np.zeros((3, 70), np.uint16)
+    W[0, 0] = 0x3C00  # 1.0
+    W[1, 2] = 0xC000  # -2.0
+    W[1, 9] = 0x3800  # 0.5
+    W[2, 5] = 0x0000  # +0.0: not stored
+    W[2, 63] = 0x8000  # -0.0: stored
+    W[0, 69] = 0x7C00  # +inf, tile 1 (columns 64..69)
+    W[1, 66] = 0x0001  # smallest subnormal, tile 1
+    W[2, 64] = 0x7E01  # NaN with a payload, tile 1
+    A = TiledCSL.from_dense(W.view(np.float16))
+    expected_words = [
+        # tile 0 (rows 0..2, columns 0..63): 4 entries, no padding
+        0x0000_3C00,  # (0, 0):  0*64 + (0 ^ 0)           = 0
+        0x004A_C000,  # (1, 2):  1*64 + (2 ^ 8)  = 64 + 10 = 74 = 0x4A
+        0x0041_3800,  # (1, 9):  1*64 + (9 ^ 8)  = 64 + 1  = 65 = 0x41
+        0x00AF_8000,  # (2, 63): 2*64 + (63 ^ 16) = 128 + 47 = 175 = 0xAF
+        # tile 1 (rows 0..2, columns 64..69), local columns: 3 entries, 1 padding word
+        0x0005_7C00,  # (0, 5):  0*64 + (5 ^ 0)           = 5
+        0x004A_0001,  # (1, 2):  1*64 + (2 ^ 8)           = 74 = 0x4A
+        0x0090_7E01,  # (2, 0):  2*64 + (0 ^ 16) = 128 + 16 = 144 = 0x90
+        0x0000_0000,  # padding to a 16-byte vector
+    ]
+    assert A.words.dtype == np.uint32 and A.tile_offsets.dtype == np.int32
+    assert [hex(w) for w in A.words] == [hex(w) for w in expected_words]
+    assert A.tile_offsets.tolist() == [0, 1, 2, 2]  # vectors: tile 0 ends at 1, tile 1 at 2, repeated
+    assert A.nnz == 7
+    np.testing.assert_array_equal(A.to_dense(bits=True), W)
+
+
+def test_bfloat16_words_hold_bfloat16_bits():
+    W = np.zeros((9, 1), ml_dtypes.bfloat16)
+    W[8, 0] = 1.0  # bf16 0x3F80; row 8 swizzles like row 0: position 8*64 + 0 = 512 = 0x200
+    A = TiledCSL.from_dense(W)
+    assert A.dtype == BF16
+    assert A.words.tolist() == [0x0200_3F80, 0, 0, 0]
+
+
+def test_fully_dense_tile_and_empty_tiles():
+    W = np.zeros((256, 128), np.float16)
+    W[:128, 64:] = 1.0  # tile 1 fully dense, tiles 0, 2, 3 empty
+    A = TiledCSL.from_dense(W)
+    assert A.tile_offsets.tolist() == [0, 0, 2048, 2048, 2048, 2048]
+    assert A.words.size == 8192 and A.nnz == 8192
+    # a dense tile stores every position exactly once, in (row, col) order
+    np.testing.assert_array_equal(A.words >> 16, swizzle(np.arange(8192)))
+
+
+@given(sparse_bits())
+def test_encoder_matches_the_spec_encoder(case):
+    """The vectorised encoder's words and offsets equal a loop-per-tile encoding written from the spec."""
+    bits, dtype = case
+    A = TiledCSL.from_dense(bits.view(dtype))
+    words, offsets = _spec_encode(bits)
+    np.testing.assert_array_equal(A.words, words)
+    np.testing.assert_array_equal(A.tile_offsets, offsets)
+
+
+# --------------------------------------------------------------------------------------------------- round trips
+
+
+@given(sparse_bits())
+def test_dense_round_trip_is_bit_exact(case):
+    """to_dense(from_dense(W)) has W's bit patterns, NaN payloads, -0.0 and subnormals included; the encoding is
+    canonical (passes the full check) and nnz counts the non-0x0000 patterns."""
+    bits, dtype = case
+    A = TiledCSL.from_dense(bits.view(dtype))
+    dense = A.to_dense()
+    assert dense.dtype == dtype and dense.shape == bits.shape
+    np.testing.assert_array_equal(dense.view(np.uint16), bits)
+    assert A.nnz == np.count_nonzero(bits)
+    A.check_format(full_check=True)
+
+
+@given(sparse_bits(max_side=200))
+def test_to_scipy_equals_the_dense_matrix(case):
+    """to_scipy() is float32 CSR with sorted indices, one entry per stored element, each value bit-exact after
+    widening (NaN payloads too; toarray() would quiet signalling NaNs, so the entries are compared directly)."""
+    bits, dtype = case
+    A = TiledCSL.from_dense(bits.view(dtype))
+    S = A.to_scipy()
+    assert S.format == "csr" and S.dtype == np.float32 and S.has_sorted_indices and S.nnz == A.nnz
+    coo = S.tocoo()
+    assert np.count_nonzero(bits[coo.row, coo.col]) == A.nnz == np.count_nonzero(bits)  # exactly the stored ones
+    expected = bits.view(dtype).astype(np.float32)[coo.row, coo.col]
+    np.testing.assert_array_equal(coo.data.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (128, 64), (129, 65), (127, 63), (1, 300), (300, 1), (256, 192)])
+def test_edge_shapes_round_trip(shape):
+    rng = np.random.default_rng(sum(shape))
+    W = rng.standard_normal(shape).astype(np.float16)
+    W[rng.random(shape) < 0.5] = 0
+    A = TiledCSL.from_dense(W)
+    assert A.n_tile_rows == -(-shape[0] // 128) and A.n_tile_cols == -(-shape[1] // 64)
+    assert A.tile_offsets.size == A.n_tiles + 2
+    np.testing.assert_array_equal(A.to_dense(), W)
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, 70), (70, 0)])
+def test_empty_matrix_is_legal(shape):
+    A = TiledCSL.from_dense(np.zeros(shape, np.float16))
+    assert A.n_tiles == 0 and A.nnz == 0 and A.sparsity == 1.0
+    assert A.tile_offsets.tolist() == [0, 0] and A.words.size == 0
+    assert A.to_dense().shape == shape and A.to_scipy().shape == shape
+    TiledCSL.from_raw(A.words, A.tile_offsets, shape, np.float16)
+
+
+def test_all_zero_matrix_stores_no_words():
+    A = TiledCSL.from_dense(np.zeros((300, 200), ml_dtypes.bfloat16))
+    assert A.words.size == 0 and A.nnz == 0 and A.sparsity == 1.0
+    assert A.tile_offsets.tolist() == [0] * (A.n_tiles + 2)
+
+
+def test_positive_zero_is_dropped_negative_zero_kept():
+    A = TiledCSL.from_dense(np.array([[0.0, -0.0, 1.0]], np.float16))
+    assert A.nnz == 2
+    assert np.signbit(A.to_dense()[0, 1])
+
+
+def test_non_contiguous_input():
+    W = np.random.default_rng(1).standard_normal((70, 150)).astype(np.float16)
+    W[W < 0.5] = 0
+    A = TiledCSL.from_dense(W.T)
+    np.testing.assert_array_equal(A.to_dense(), W.T)
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+
+
+def test_uint16_bits_need_dtype():
+    bits = np.array([[0x3F80, 0]], np.uint16)
+    A = TiledCSL.from_dense(bits, dtype=ml_dtypes.bfloat16)
+    assert A.dtype == BF16 and A.to_dense()[0, 0] == 1.0
+    with pytest.raises(TypeError, match="what the uint16 bits of W encode"):
+        TiledCSL.from_dense(bits)
+
+
+def test_dtype_argument_never_casts():
+    with pytest.raises(TypeError, match=r"Invalid dtype of dtype: expected None or W's own dtype float16"):
+        TiledCSL.from_dense(np.ones((2, 2), np.float16), dtype=ml_dtypes.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.bool_])
+def test_other_dtypes_are_refused_naming_W(dtype):
+    with pytest.raises(TypeError, match=rf"Invalid dtype of W: expected float16 or bfloat16, got {np.dtype(dtype)}"):
+        TiledCSL.from_dense(np.ones((2, 2), dtype))
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 2, 2), ()])
+def test_dense_input_must_be_2d(shape):
+    with pytest.raises(ValueError, match=rf"Invalid number of dimensions of W: expected 2, got {len(shape)}"):
+        TiledCSL.from_dense(np.ones(shape, np.float16))
+
+
+def test_non_arrays_are_refused():
+    with pytest.raises(TypeError, match="Invalid type of W: expected a NumPy or CuPy array"):
+        TiledCSL.from_dense([[1.0, 2.0]])
+
+
+def test_dlpack_producer_on_the_host_is_accepted():
+    class Producer:  # a minimal foreign tensor: only the DLPack protocol
+        def __init__(self, array):
+            self._array = array
+
+        def __dlpack__(self, **kwargs):
+            return self._array.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self._array.__dlpack_device__()
+
+    W = np.array([[0.0, 3.0], [4.0, 0.0]], np.float16)
+    A = TiledCSL.from_dense(Producer(W))
+    assert not A.on_device
+    np.testing.assert_array_equal(A.to_dense(), W)
+
+
+def test_import_and_host_path_do_not_import_cupy():
+    code = ("import sys, numpy as np, flashllm_nb as fl\n"
+            "A = fl.TiledCSL.from_dense(np.eye(3, dtype=np.float16)); A.to_dense(); A.to_scipy(); repr(A)\n"
+            "assert 'cupy' not in sys.modules, 'cupy imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------------------------------- from_scipy
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "lil", "dok", "bsr"])
+@pytest.mark.parametrize("kind", [scipy.sparse.csr_matrix, scipy.sparse.csr_array])
+def test_from_scipy_equals_from_dense(fmt, kind):
+    rng = np.random.default_rng(3)
+    D = np.where(rng.random((150, 130)) < 0.1, rng.standard_normal((150, 130)), 0.0)
+    A = TiledCSL.from_scipy(kind(D).asformat(fmt))
+    B = TiledCSL.from_dense(D.astype(np.float16))
+    np.testing.assert_array_equal(A.words, B.words)
+    np.testing.assert_array_equal(A.tile_offsets, B.tile_offsets)
+
+
+def test_from_scipy_sums_duplicates_and_drops_zeros():
+    S = scipy.sparse.coo_array(([1.0, 2.0, 0.0, -1e-9, -0.0, 5.0], ([0, 0, 1, 2, 3, 3], [0, 0, 1, 2, 3, 4])),
+                               shape=(4, 200))
+    A = TiledCSL.from_scipy(S)  # 1+2 summed; explicit 0, an underflowing value and -0.0 dropped
+    assert A.nnz == 2
+    assert A.to_dense()[0, 0] == 3.0 and A.to_dense()[3, 4] == 5.0
+
+
+def test_from_scipy_keeps_the_callers_matrix():
+    S = scipy.sparse.coo_array(([1.0, 2.0], ([0, 0], [0, 0])), shape=(1, 1))
+    TiledCSL.from_scipy(S)
+    assert S.nnz == 2
+
+
+def test_from_scipy_bfloat16_and_specials():
+    S = scipy.sparse.csr_array(np.array([[np.inf, 0, np.nan], [3e38, 1.0, 0]]))
+    A = TiledCSL.from_scipy(S, dtype=ml_dtypes.bfloat16)  # 3e38 fits bfloat16 (max ~3.39e38)
+    D = A.to_dense().astype(np.float64)
+    assert D[0, 0] == np.inf and np.isnan(D[0, 2]) and D[1, 1] == 1.0 and abs(D[1, 0] - 3e38) < 1e36
+
+
+def test_from_scipy_refuses_overflow():
+    S = scipy.sparse.csr_array(np.array([[1.0, 0.0], [0.0, 70000.0]]))
+    with pytest.raises(ValueError, match=r"Invalid value of S: expected values that fit float16 \(\|x\| <= 65504.0\), "
+                                         r"got 70000.0 at \(1, 1\) and 0 more"):
+        TiledCSL.from_scipy(S)
+
+
+def test_from_scipy_refuses_non_sparse_and_complex():
+    with pytest.raises(TypeError, match="Invalid type of S: expected a scipy.sparse matrix or array, got ndarray"):
+        TiledCSL.from_scipy(np.eye(2))
+    with pytest.raises(TypeError, match="Invalid dtype of S: expected real or boolean values, got complex128"):
+        TiledCSL.from_scipy(scipy.sparse.csr_array(np.eye(2, dtype=complex)))
+    with pytest.raises(TypeError, match="Invalid dtype of dtype: expected float16 or bfloat16"):
+        TiledCSL.from_scipy(scipy.sparse.eye(2), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------- properties
+
+
+def test_properties_and_repr():
+    W = np.zeros((300, 100), np.float16)
+    W[::3, ::2] = 1.0  # 100 x 50 = 5000 entries
+    A = TiledCSL.from_dense(W)
+    assert A.shape == (300, 100) and A.dtype == F16 and A.nnz == 5000
+    assert A.tile_shape == (128, 64) and (A.n_tile_rows, A.n_tile_cols, A.n_tiles) == (3, 2, 6)
+    assert A.nbytes == A.words.nbytes + A.tile_offsets.nbytes == 4 * A.words.size + 4 * 8
+    assert A.sparsity == pytest.approx(1 - 5000 / 30000)
+    assert not A.on_device and A.to_host() is A
+    assert repr(A) == f"<TiledCSL 300x100 float16, nnz=5000 (83.3% sparse), {A.nbytes / 1e3:.1f} kB, host>"
+
+
+def test_nnz_of_a_checked_wrap_counts_entries_not_padding():
+    A = TiledCSL(np.array([0x3C00, 0, 0, 0], np.uint32), np.array([0, 1, 1], np.int32), (1, 1), np.float16)
+    assert A.nnz == 1 and A.sparsity == 0.0
