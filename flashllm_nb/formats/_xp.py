@@ -72,7 +72,7 @@ def value_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
     except TypeError:
         got = None
     if got not in VALUE_DTYPES:
-        raise invalid("dtype", name, "float16 or bfloat16", dtype, TypeError)
+        raise invalid("dtype", name, "float16 or bfloat16", dtype if got is None else got, TypeError)
     return got
 
 

@@ -1,0 +1,165 @@
+"""``TiledCSL.from_raw`` refuses every kind of malformed input, one test per invariant, each checking its message.
+
+The base case is the hand-checked 3 x 70 matrix of two tiles (tile 0: columns 0..63, tile 1: columns 64..69):
+one entry in each, 1.0 at (0, 0) and 1.0 at (0, 64), each padded with 3 zero words.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flashllm_nb.formats.tiled_csl import TiledCSL
+
+ONE = 0x3C00  # fp16 1.0
+SHAPE = (3, 70)
+
+
+def words(*w):
+    return np.array(w, np.uint32)
+
+
+def offsets(*o):
+    return np.array(o, np.int32)
+
+
+def raw(w=None, o=None, shape=SHAPE, dtype=np.float16):
+    w = words(ONE, 0, 0, 0, ONE, 0, 0, 0) if w is None else w
+    o = offsets(0, 1, 2, 2) if o is None else o
+    return TiledCSL.from_raw(w, o, shape, dtype)
+
+
+def refuses(exc, message, **kwargs):
+    with pytest.raises(exc, match=re.escape(message)):
+        raw(**kwargs)
+
+
+def test_the_base_case_is_valid():
+    A = raw()
+    assert A.nnz == 2 and A.to_dense()[0, 0] == 1.0 and A.to_dense()[0, 64] == 1.0
+
+
+# --------------------------------------------------------------------------------------------------- cheap checks
+
+
+def test_words_dtype():
+    refuses(TypeError, "Invalid dtype of words: expected uint32, got int32", w=words(ONE, 0, 0, 0).astype(np.int32))
+
+
+def test_tile_offsets_dtype():
+    refuses(TypeError, "Invalid dtype of tile_offsets: expected int32, got int64", o=offsets(0, 1, 2, 2).astype(np.int64))
+
+
+def test_words_must_be_1d():
+    refuses(ValueError, "Invalid number of dimensions of words: expected 1, got 2", w=words(ONE, 0, 0, 0).reshape(2, 2))
+
+
+def test_arrays_must_be_arrays():
+    refuses(TypeError, "Invalid type of tile_offsets: expected a NumPy or CuPy array, got list", o=[0, 1, 2, 2])
+
+
+def test_shape_must_be_a_pair_of_non_negative_integers():
+    refuses(ValueError, "Invalid value of shape: expected a pair (M, K), got (3,)", shape=(3,))
+    refuses(ValueError, "Invalid value of shape[0]: expected >= 0, got -1", shape=(-1, 70))
+    refuses(TypeError, "Invalid type of shape[1]: expected an integer, got float", shape=(3, 70.0))
+
+
+def test_dtype_must_be_float16_or_bfloat16():
+    refuses(TypeError, "Invalid dtype of dtype: expected float16 or bfloat16, got float32", dtype=np.float32)
+
+
+def test_number_of_tile_offsets():
+    refuses(ValueError, "tile_offsets has 3 entries; expected n_tiles + 2 = 4 for shape 3 x 70 (1 x 2 tiles)",
+            o=offsets(0, 1, 1))
+
+
+def test_first_offset_is_zero():
+    refuses(ValueError, "tile_offsets[0] is 1; expected 0", o=offsets(1, 1, 2, 2))
+
+
+def test_offsets_never_decrease():
+    refuses(ValueError, "tile_offsets decrease: tile_offsets[2] = 0 < tile_offsets[1] = 1", o=offsets(0, 1, 0, 0))
+
+
+def test_last_offset_repeats():
+    refuses(ValueError, "tile_offsets[-1] is 3; expected a repeat of tile_offsets[-2] = 2", o=offsets(0, 1, 2, 3))
+
+
+def test_words_length_matches_offsets():
+    refuses(ValueError, "words has 7 entries; expected 4 * tile_offsets[-1] = 8", w=words(ONE, 0, 0, 0, ONE, 0, 0))
+
+
+def test_tile_cannot_hold_more_than_its_part_of_the_matrix():
+    # tile 1 covers 3 x 6 = 18 elements: at most 5 vectors; 6 claimed
+    refuses(ValueError, "tile 1 has 6 vectors (24 words); its 3 x 6 part of the matrix holds at most 18 entries, "
+                        "which need 5 vectors", w=words(*([ONE, 0, 0, 0] * 7)), o=offsets(0, 1, 7, 7))
+
+
+# --------------------------------------------------------------------------------------------------- full checks
+
+
+def test_positions_below_8192():
+    refuses(ValueError, "word 4 (word 0 of tile 1) has position 8192; positions in a 128 x 64 tile are < 8192",
+            w=words(ONE, 0, 0, 0, 8192 << 16 | ONE, 0, 0, 0))
+
+
+def test_padding_words_are_all_zero():
+    refuses(ValueError, "word 1 (word 1 of tile 0) has value bits 0 but position 5; a word with value bits 0 is "
+                        "padding and must be 0x00000000", w=words(ONE, 5 << 16, 0, 0, ONE, 0, 0, 0))
+
+
+def test_padding_only_at_the_end_of_a_tile():
+    refuses(ValueError, "word 1 (word 1 of tile 0) is padding but the entry after it is in the same tile; padding "
+                        "goes only at the end of a tile", w=words(ONE, 0, 1 << 16 | ONE, 0, ONE, 0, 0, 0))
+
+
+def test_at_most_three_padding_words_per_tile():
+    refuses(ValueError, "tile 0 ends with 7 padding words; at most 3 are needed to fill its last 16-byte vector",
+            w=words(ONE, 0, 0, 0, 0, 0, 0, 0, ONE, 0, 0, 0), o=offsets(0, 2, 3, 3))
+
+
+def test_entries_inside_the_logical_rows():
+    # position 3 * 64 = 192: tile row 3, column 0 ^ (3 << 3) = 24, i.e. matrix row 3 of a 3-row matrix
+    refuses(ValueError, "word 4 (word 0 of tile 1) is at row 3, column 88 of the matrix, outside its 3 x 70 shape",
+            w=words(ONE, 0, 0, 0, 192 << 16 | ONE, 0, 0, 0))
+
+
+def test_entries_inside_the_logical_columns():
+    # position 6 in tile 1: column 64 + 6 = 70 of a 70-column matrix
+    refuses(ValueError, "word 4 (word 0 of tile 1) is at row 0, column 70 of the matrix, outside its 3 x 70 shape",
+            w=words(ONE, 0, 0, 0, 6 << 16 | ONE, 0, 0, 0))
+
+
+def test_no_position_twice_in_a_tile():
+    refuses(ValueError, "tile 0 holds tile row 1, column 2 (position 74) twice, in words 0 and 1",
+            w=words(74 << 16 | ONE, 74 << 16 | 0x4000, 0, 0, ONE, 0, 0, 0))
+
+
+def test_entries_in_ascending_row_col_order():
+    # positions 65 (row 1, column 9) then 74 (row 1, column 2): ascending positions, descending columns
+    refuses(ValueError, "words 0 and 1 of tile 0 are out of order: tile row 1, column 2 after row 1, column 9; entries "
+                        "go in ascending (row, col) order", w=words(65 << 16 | ONE, 74 << 16 | ONE, 0, 0, ONE, 0, 0, 0))
+
+
+def test_constructor_runs_only_the_cheap_checks():
+    bad_position = words(ONE, 0, 0, 0, 8192 << 16 | ONE, 0, 0, 0)
+    A = TiledCSL(bad_position, offsets(0, 1, 2, 2), SHAPE, np.float16)  # SciPy's contract: cheap checks only
+    with pytest.raises(ValueError, match="has position 8192"):
+        A.check_format(full_check=True)
+    with pytest.raises(ValueError, match=re.escape("tile_offsets[0] is 1")):
+        TiledCSL(bad_position, offsets(1, 1, 2, 2), SHAPE, np.float16)
+
+
+@given(st.integers(1, 200), st.integers(1, 200), st.floats(0, 1), st.integers(0, 2**32 - 1))
+def test_every_encoder_output_passes_from_raw(M, K, sparsity, seed):
+    """from_raw accepts every encoding that from_dense produces and counts the same nnz."""
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(1, 2**16, (M, K), dtype=np.uint16)
+    bits[rng.random((M, K)) < sparsity] = 0
+    A = TiledCSL.from_dense(bits.view(np.float16))
+    B = TiledCSL.from_raw(A.words, A.tile_offsets, A.shape, A.dtype)
+    assert B.nnz == A.nnz == np.count_nonzero(bits)
