@@ -1,0 +1,527 @@
+"""The Tensor-Core PTX layer on a real GPU: one Numba ``@intrinsic`` per PTX instruction, each one ``ir.InlineAsm``.
+
+Import these through :mod:`flashllm_nb.kernels.ptx`, which binds this module when the CUDA simulator is off and
+the Python twins of :mod:`flashllm_nb.kernels.ptx_sim` when it is on. Modelled on numba-cuda's
+``numba/cuda/cache_hints.py``.
+
+PTX ISA references (https://docs.nvidia.com/cuda/parallel-thread-execution/index.html#...):
+
+- ``warp-level-matrix-instructions-mma``, "Matrix multiply-accumulate operation using mma instruction", and
+  ``warp-level-matrix-fragment-mma-16816-float``, "Matrix Fragments for mma.m16n8k16 with floating point type"
+- ``warp-level-matrix-instructions-ldmatrix``, "Warp-level matrix load instruction: ldmatrix"
+- ``data-movement-and-conversion-instructions-cp-async``, ``...-cp-async-commit-group``,
+  ``...-cp-async-wait-group`` ("Non-bulk asynchronous copy")
+- ``data-movement-and-conversion-instructions-ld-global-nc``, ``...-cvta``, ``...-cvt``, ``...-mov``
+
+How the compiler is told what each instruction does (LLVM sees inline asm as an opaque call):
+
+- *Pure* register instructions (``mma``, ``mov``, ``cvt``, ``cvta``) are ``readnone``: LLVM may schedule, CSE or
+  drop them like arithmetic.
+- Instructions that read or write memory another thread or the async-copy unit also touches (``ldmatrix``,
+  ``cp.async*``, ``st.shared``) are ``sideeffect`` with a ``~{memory}`` clobber: they are never dropped,
+  duplicated or moved across each other, ``__syncthreads`` or ordinary loads and stores. This costs little: ptxas
+  schedules the SASS again, with real dependency information.
+- Warp-collective instructions (``.sync.aligned``: ``mma``, ``ldmatrix``) are ``convergent``: LLVM must not make
+  them depend on more control flow (sink them into a branch some lanes skip).
+- ``ld.global.nc`` reads memory that is read-only for the whole kernel (that is its contract), so it is
+  ``readonly`` without side effects.
+
+Global-memory operands are passed as generic 64-bit addresses: the global window of the generic address space
+is the identity, which numba-cuda's ``cache_hints`` and CUTLASS rely on too. Shared-memory operands are 32-bit
+``.shared`` addresses made with ``cvta.to.shared``, as CUTLASS does, so the instructions use the short form.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.cuda.core.errors import NumbaTypeError
+from numba.cuda.extending import intrinsic
+
+__all__ = [
+    "shared_addr",
+    "mma_m16n8k16_f16",
+    "mma_m16n8k16_bf16",
+    "ldmatrix_x1",
+    "ldmatrix_x2",
+    "ldmatrix_x4",
+    "ldmatrix_x1_trans",
+    "ldmatrix_x2_trans",
+    "ldmatrix_x4_trans",
+    "cp_async_16",
+    "cp_async_commit",
+    "cp_async_wait_group",
+    "cp_async_wait_all",
+    "ld_global_nc_v4_u32",
+    "st_shared_v4_u32",
+    "pack_u16x2",
+    "unpack_u16x2",
+    "f32_to_f16_bits",
+    "f32_to_bf16_bits",
+    "f16_bits_to_f32",
+    "bf16_bits_to_f32",
+]
+
+_I16, _I32, _I64, _F32 = ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
+
+# Call-site attributes for the three kinds of instruction described in the module docstring.
+_PURE = ("nounwind", "readnone")
+_WARP_PURE = ("convergent", "nounwind", "readnone")
+_READ_ONLY = ("nounwind", "readonly")
+_MEMORY = ()  # a sideeffect asm without attributes: may read and write any memory
+_WARP_MEMORY = ("convergent",)
+
+
+# --- typing checks: every message names the instruction, what was expected and what was given --------------------
+
+
+def _fail(instruction: str, what: str, expected: str, got) -> NumbaTypeError:
+    return NumbaTypeError(f"{instruction}: {what} must be {expected}, got {got}")
+
+
+def _check_integer(instruction: str, name: str, ty) -> None:
+    if not isinstance(ty, types.Integer):
+        raise _fail(instruction, name, "an integer", ty)
+
+
+def _check_float32(instruction: str, name: str, ty) -> None:
+    if ty != types.float32:
+        raise _fail(instruction, name, "a float32 (write np.float32(x); a Python float is float64)", ty)
+
+
+def _check_array(instruction: str, name: str, ty, dtype=None) -> None:
+    """A C-contiguous array (so that a flat element index is an address), optionally of one dtype."""
+    if not isinstance(ty, types.Array) or ty.layout != "C":
+        raise _fail(instruction, name, "a C-contiguous array (shared or device)", ty)
+    if dtype is not None and ty.dtype != dtype:
+        raise _fail(instruction, f"the dtype of {name}", str(dtype), ty.dtype)
+
+
+# --- code generation helpers --------------------------------------------------------------------------------------
+
+
+def _asm(builder, ret, args, text: str, constraints: str, attrs=_PURE, side_effect: bool = False):
+    """Emit one ``call asm``; ``args`` are ``(llvm type, value)`` pairs."""
+    fnty = ir.FunctionType(ret, [ty for ty, _ in args])
+    asm = ir.InlineAsm(fnty, text, constraints, side_effect=side_effect)
+    return builder.call(asm, [value for _, value in args], attrs=attrs)
+
+
+def _unpack(context, builder, struct, tuple_type):
+    """The one place a multi-output instruction's LLVM struct becomes a Numba ``UniTuple``."""
+    values = [builder.extract_value(struct, i) for i in range(tuple_type.count)]
+    return context.make_tuple(builder, tuple_type, values)
+
+
+def _as_int(context, builder, value, ty, bits: int):
+    """An integer argument of any width, truncated or extended to ``bits`` (the PTX register width)."""
+    target = types.uint32 if bits == 32 else types.uint16
+    return context.cast(builder, value, ty, target)
+
+
+def _element_address(context, builder, array_type, array, index_type, index):
+    """The generic 64-bit address of the element at flat ``index`` of a C-contiguous array."""
+    data = context.make_array(array_type)(context, builder, value=array).data
+    offset = context.cast(builder, index, index_type, types.intp)
+    return builder.ptrtoint(builder.gep(data, [offset]), _I64)
+
+
+def _shared_address(context, builder, array_type, array, index_type, index):
+    """The 32-bit ``.shared`` address of element ``index`` (what ``ldmatrix`` and ``cp.async`` take)."""
+    generic = _element_address(context, builder, array_type, array, index_type, index)
+    return _asm(
+        builder,
+        _I32,
+        [(_I64, generic)],
+        "{ .reg .u64 %smem_addr; cvta.to.shared.u64 %smem_addr, $1; cvt.u32.u64 $0, %smem_addr; }",
+        "=r,l",
+    )
+
+
+# --- shared_addr ---------------------------------------------------------------------------------------------------
+
+
+@intrinsic
+def shared_addr(typingctx, arr, index):
+    """``cvta.to.shared.u64`` + ``cvt.u32.u64``: the 32-bit shared-state-space address of ``arr[index]``.
+
+    PTX ISA: "cvta" (Data Movement and Conversion Instructions). ``arr`` is a ``cuda.shared.array`` (any ndim,
+    C-contiguous), ``index`` its flat element index. Returns uint32. The other wrappers take ``(arr, index)`` and
+    convert themselves; this is for address arithmetic and debugging.
+    """
+    _check_array("cvta.to.shared", "arr", arr)
+    _check_integer("cvta.to.shared", "index", index)
+
+    def codegen(context, builder, sig, args):
+        return _shared_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+
+    return types.uint32(arr, index), codegen
+
+
+# --- mma.sync.aligned.m16n8k16 ---------------------------------------------------------------------------------------
+
+
+def _make_mma(ab: str):
+    instruction = f"mma.sync.aligned.m16n8k16.row.col.f32.{ab}.{ab}.f32"
+    result = types.UniTuple(types.float32, 4)
+
+    def typer(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        for name, ty in zip(("a0", "a1", "a2", "a3", "b0", "b1"), (a0, a1, a2, a3, b0, b1)):
+            if not isinstance(ty, types.Integer):
+                raise _fail(instruction, name, f"a 32-bit integer holding two packed .{ab} values", ty)
+        for name, ty in zip(("c0", "c1", "c2", "c3"), (c0, c1, c2, c3)):
+            _check_float32(instruction, name, ty)
+
+        def codegen(context, builder, sig, args):
+            ab_regs = [
+                (_I32, _as_int(context, builder, value, ty, 32)) for value, ty in zip(args[:6], sig.args[:6])
+            ]
+            c_regs = [(_F32, value) for value in args[6:]]
+            struct = _asm(
+                builder,
+                ir.LiteralStructType([_F32] * 4),
+                ab_regs + c_regs,
+                f"{instruction} {{$0, $1, $2, $3}}, {{$4, $5, $6, $7}}, {{$8, $9}}, {{$10, $11, $12, $13}};",
+                "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f",
+                attrs=_WARP_PURE,
+            )
+            return _unpack(context, builder, struct, result)
+
+        return result(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3), codegen
+
+    typer.__name__ = typer.__qualname__ = f"mma_m16n8k16_{ab}"
+    typer.__doc__ = f"""``{instruction}``: D (16 x 8) = A (16 x 16) @ B (16 x 8) + C, fp32 accumulate, one warp.
+
+    PTX ISA: "Matrix multiply-accumulate operation using mma instruction"; fragments: "Matrix Fragments for
+    mma.m16n8k16 with floating point type". Call as ``d0, d1, d2, d3 = {typer.__name__}(a0, a1, a2, a3, b0, b1,
+    c0, c1, c2, c3)`` from all 32 lanes of a warp (``.sync.aligned``). With ``g = lane // 4``, ``t = lane % 4``:
+
+    - ``a0..a3`` (uint32, two .{ab} each, low half = lower column): A[g, 2t:2t+2], A[g+8, 2t:2t+2],
+      A[g, 2t+8:2t+10], A[g+8, 2t+8:2t+10];
+    - ``b0, b1`` (uint32, two .{ab} each, low half = lower k): B[2t:2t+2, g], B[2t+8:2t+10, g];
+    - ``c0..c3``, ``d0..d3`` (float32): C[g, 2t], C[g, 2t+1], C[g+8, 2t], C[g+8, 2t+1].
+
+    Why: the largest fp16/bf16 Tensor-Core step on sm_80/sm_90 that ``mma.sync`` offers; fp32 accumulation keeps
+    long K sums accurate. :mod:`flashllm_nb.reference.fragments` is the executable spec of these layouts.
+    """
+    return intrinsic(typer)
+
+
+mma_m16n8k16_f16 = _make_mma("f16")
+mma_m16n8k16_bf16 = _make_mma("bf16")
+
+
+# --- ldmatrix.sync.aligned.m8n8 ------------------------------------------------------------------------------------
+
+
+def _make_ldmatrix(num: int, trans: bool):
+    suffix = ".trans" if trans else ""
+    instruction = f"ldmatrix.sync.aligned.m8n8.x{num}{suffix}.shared.b16"
+    result = types.uint32 if num == 1 else types.UniTuple(types.uint32, num)
+    rows = {1: "0-7", 2: "0-15", 4: "0-31"}[num]
+    outputs = ", ".join(f"${i}" for i in range(num))
+
+    def typer(typingctx, arr, index):
+        _check_array(instruction, "arr", arr)
+        _check_integer(instruction, "index", index)
+
+        def codegen(context, builder, sig, args):
+            address = _shared_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+            ret = _I32 if num == 1 else ir.LiteralStructType([_I32] * num)
+            value = _asm(
+                builder,
+                ret,
+                [(_I32, address)],
+                f"{instruction} {{{outputs}}}, [${num}];",
+                ",".join(["=r"] * num + ["r", "~{memory}"]),
+                attrs=_WARP_MEMORY,
+                side_effect=True,
+            )
+            return value if num == 1 else _unpack(context, builder, value, result)
+
+        return result(arr, index), codegen
+
+    if trans:
+        received = "M_j[2(l % 4), l // 4] (low half) and M_j[2(l % 4) + 1, l // 4] (high half)"
+        why_trans = "; ``.trans`` reads a K x N row-major B as the column-major operand ``mma`` wants"
+    else:
+        received = "M_j[l // 4, 2(l % 4)] (low half) and M_j[l // 4, 2(l % 4) + 1] (high half)"
+        why_trans = ""
+    typer.__name__ = typer.__qualname__ = f"ldmatrix_x{num}{'_trans' if trans else ''}"
+    typer.__doc__ = f"""``{instruction}``: {num} 8 x 8 matrices of 16-bit elements from shared memory into registers.
+
+    PTX ISA: "Warp-level matrix load instruction: ldmatrix". Every lane of the warp calls it with ``(arr, index)``:
+    a ``cuda.shared.array`` and the flat element index of the 16-byte row (8 x 16 bit) that lane supplies. Lanes
+    {rows} supply rows: row r of matrix M_j is the row given by lane 8j + r; other lanes' addresses are ignored
+    (pass any valid index). Rows must be 16-byte aligned: allocate with ``alignment=SHARED_ALIGN`` (imported from
+    ``ptx`` by name). Result j of lane l holds {received}.
+
+    Why: one instruction moves a whole mma operand fragment (x4: all of A; x2: all of B) from shared memory, 16
+    bytes per lane, instead of eight 16-bit loads per lane{why_trans}. ``sideeffect`` + ``~{{memory}}``: it reads
+    shared memory that other lanes wrote.
+    """
+    return intrinsic(typer)
+
+
+ldmatrix_x1 = _make_ldmatrix(1, False)
+ldmatrix_x2 = _make_ldmatrix(2, False)
+ldmatrix_x4 = _make_ldmatrix(4, False)
+ldmatrix_x1_trans = _make_ldmatrix(1, True)
+ldmatrix_x2_trans = _make_ldmatrix(2, True)
+ldmatrix_x4_trans = _make_ldmatrix(4, True)
+
+
+# --- cp.async -------------------------------------------------------------------------------------------------------
+
+
+@intrinsic
+def cp_async_16(typingctx, dst_arr, dst_index, src_arr, src_index, src_bytes):
+    """``cp.async.cg.shared.global [dst], [src], 16, src_bytes``: an asynchronous 16-byte global-to-shared copy.
+
+    PTX ISA: "Data Movement and Conversion Instructions: cp.async". ``dst_arr`` is a ``cuda.shared.array``,
+    ``src_arr`` a device array (kernel argument); any dtypes; ``dst_index``/``src_index`` are flat element
+    indices and both addresses must be 16-byte aligned. ``src_bytes`` (0..16) bytes are read from ``src``; the rest
+    of the 16 destination bytes are zero-filled. ``src_bytes == 0`` reads nothing (a predicated-off load); pass
+    any valid ``src_index`` then all the same. The copy completes only after ``cp_async_commit()`` and a
+    ``cp_async_wait_group(n)`` / ``cp_async_wait_all()`` that covers it, followed by ``cuda.syncthreads()`` when
+    other threads read the data.
+
+    Why: the dense operand X streams into shared memory while the warps compute on the previous tile, without
+    occupying registers; ``.cg`` caches in L2 only (each X tile is read once per block); the ``src_bytes`` form
+    zero-fills ragged edges of X (K or N not a multiple of the tile) without a branch. ``sideeffect`` +
+    ``~{memory}``: it writes shared memory behind the compiler's back.
+    """
+    instruction = "cp.async.cg.shared.global"
+    _check_array(instruction, "dst_arr", dst_arr)
+    _check_integer(instruction, "dst_index", dst_index)
+    _check_array(instruction, "src_arr", src_arr)
+    _check_integer(instruction, "src_index", src_index)
+    _check_integer(instruction, "src_bytes", src_bytes)
+
+    def codegen(context, builder, sig, args):
+        dst = _shared_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        src = _element_address(context, builder, sig.args[2], args[2], sig.args[3], args[3])
+        size = _as_int(context, builder, args[4], sig.args[4], 32)
+        _asm(
+            builder,
+            ir.VoidType(),
+            [(_I32, dst), (_I64, src), (_I32, size)],
+            f"{instruction} [$0], [$1], 16, $2;",
+            "r,l,r,~{memory}",
+            attrs=_MEMORY,
+            side_effect=True,
+        )
+
+    return types.void(dst_arr, dst_index, src_arr, src_index, src_bytes), codegen
+
+
+@intrinsic
+def cp_async_commit(typingctx):
+    """``cp.async.commit_group``: close the group of this thread's ``cp.async`` issued since the last commit.
+
+    PTX ISA: "cp.async.commit_group". Why: groups let ``cp_async_wait_group(n)`` wait for all but the newest ``n``
+    tiles of the software pipeline. ``sideeffect`` + ``~{memory}`` keep it in program order with the copies.
+    """
+
+    def codegen(context, builder, sig, args):
+        _asm(builder, ir.VoidType(), [], "cp.async.commit_group;", "~{memory}", attrs=_MEMORY, side_effect=True)
+
+    return types.void(), codegen
+
+
+@intrinsic
+def cp_async_wait_group(typingctx, n):
+    """``cp.async.wait_group n``: wait until at most ``n`` of this thread's committed groups are still pending.
+
+    PTX ISA: "cp.async.wait_group". ``n`` must be a compile-time integer literal (PTX takes an immediate): a
+    literal or a Python ``int`` global / closure variable of the kernel factory, not a value computed in the kernel.
+    Why: the pipeline waits for the oldest tile only, keeping the newer copies in flight. ``sideeffect`` +
+    ``~{memory}``: shared-memory loads after it must not be hoisted above it.
+    """
+    instruction = "cp.async.wait_group"
+    if not isinstance(n, types.IntegerLiteral):
+        raise _fail(instruction, "n", "a compile-time integer literal (a Python int constant)", n)
+    if n.literal_value < 0:
+        raise _fail(instruction, "n", "a non-negative integer", n.literal_value)
+    text = f"{instruction} {n.literal_value};"
+
+    def codegen(context, builder, sig, args):
+        _asm(builder, ir.VoidType(), [], text, "~{memory}", attrs=_MEMORY, side_effect=True)
+
+    return types.void(n), codegen
+
+
+@intrinsic
+def cp_async_wait_all(typingctx):
+    """``cp.async.wait_all``: wait for all of this thread's ``cp.async`` (committed or not).
+
+    PTX ISA: "cp.async.wait_all". Why: drains the pipeline at the last k-tile. ``sideeffect`` + ``~{memory}``.
+    """
+
+    def codegen(context, builder, sig, args):
+        _asm(builder, ir.VoidType(), [], "cp.async.wait_all;", "~{memory}", attrs=_MEMORY, side_effect=True)
+
+    return types.void(), codegen
+
+
+# --- ld.global.nc ---------------------------------------------------------------------------------------------------
+
+
+@intrinsic
+def ld_global_nc_v4_u32(typingctx, arr, index):
+    """``ld.global.nc.L1::no_allocate.v4.u32``: four uint32 from global memory in one 16-byte load, not kept in L1.
+
+    PTX ISA: "Data Movement and Conversion Instructions: ld.global.nc". ``arr`` is a uint32 device array,
+    ``index`` a flat element index, a multiple of 4 (16-byte aligned). Returns ``(w0, w1, w2, w3)``.
+
+    Why: the Tiled-CSL nonzeros are read exactly once, so they should neither occupy L1 (``no_allocate``) nor go
+    through the coherent path (``.nc``: the array must not be written during the kernel); 16 bytes per lane is the
+    widest load. Without side effects: under the ``.nc`` contract nothing can change what it reads.
+    """
+    instruction = "ld.global.nc.L1::no_allocate.v4.u32"
+    _check_array(instruction, "arr", arr, types.uint32)
+    _check_integer(instruction, "index", index)
+    result = types.UniTuple(types.uint32, 4)
+
+    def codegen(context, builder, sig, args):
+        address = _element_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        struct = _asm(
+            builder,
+            ir.LiteralStructType([_I32] * 4),
+            [(_I64, address)],
+            f"{instruction} {{$0, $1, $2, $3}}, [$4];",
+            "=r,=r,=r,=r,l",
+            attrs=_READ_ONLY,
+        )
+        return _unpack(context, builder, struct, result)
+
+    return result(arr, index), codegen
+
+
+# --- st.shared.v4 ---------------------------------------------------------------------------------------------------
+
+
+@intrinsic
+def st_shared_v4_u32(typingctx, arr, index, w0, w1, w2, w3):
+    """``st.shared.v4.u32 [addr], {w0, w1, w2, w3}``: 16 bytes into shared memory in one store.
+
+    PTX ISA: "Data Movement and Conversion Instructions: st". ``arr`` is a ``cuda.shared.array`` of any dtype,
+    ``index`` the flat element index of a 16-byte aligned destination; ``w0`` goes to the lowest address. Integers
+    are truncated to 32 bits. Why: zeroing or filling an A tile takes a quarter of the store instructions of 32-bit
+    stores. ``sideeffect`` + ``~{memory}``: a store the compiler does not see through.
+    """
+    instruction = "st.shared.v4.u32"
+    _check_array(instruction, "arr", arr)
+    _check_integer(instruction, "index", index)
+    for name, ty in zip(("w0", "w1", "w2", "w3"), (w0, w1, w2, w3)):
+        _check_integer(instruction, name, ty)
+
+    def codegen(context, builder, sig, args):
+        address = _shared_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        words = [(_I32, _as_int(context, builder, v, ty, 32)) for v, ty in zip(args[2:], sig.args[2:])]
+        _asm(
+            builder,
+            ir.VoidType(),
+            [(_I32, address)] + words,
+            f"{instruction} [$0], {{$1, $2, $3, $4}};",
+            "r,r,r,r,r,~{memory}",
+            attrs=_MEMORY,
+            side_effect=True,
+        )
+
+    return types.void(arr, index, w0, w1, w2, w3), codegen
+
+
+# --- packing and conversions ----------------------------------------------------------------------------------------
+
+
+@intrinsic
+def pack_u16x2(typingctx, lo, hi):
+    """``mov.b32 d, {lo, hi}``: two 16-bit values into one 32-bit register, ``lo`` in bits 0-15.
+
+    PTX ISA: "mov" (vector form). Integers of any width are truncated to their low 16 bits. Returns uint32.
+    Why: builds an mma A/B register (two .f16/.bf16, lower index in the low half) without shifts and masks.
+    """
+    _check_integer("mov.b32 (pack)", "lo", lo)
+    _check_integer("mov.b32 (pack)", "hi", hi)
+
+    def codegen(context, builder, sig, args):
+        halves = [(_I16, _as_int(context, builder, v, ty, 16)) for v, ty in zip(args, sig.args)]
+        return _asm(builder, _I32, halves, "mov.b32 $0, {$1, $2};", "=r,h,h")
+
+    return types.uint32(lo, hi), codegen
+
+
+@intrinsic
+def unpack_u16x2(typingctx, x):
+    """``mov.b32 {lo, hi}, x``: one 32-bit register into its two 16-bit halves, returned as ``(lo, hi)`` uint16.
+
+    PTX ISA: "mov" (vector form). Integers wider than 32 bits are truncated to their low 32 bits.
+    Why: splits a Tiled-CSL word (value in bits 0-15, position in bits 16-31) or an mma register in one move.
+    """
+    _check_integer("mov.b32 (unpack)", "x", x)
+    result = types.UniTuple(types.uint16, 2)
+
+    def codegen(context, builder, sig, args):
+        word = _as_int(context, builder, args[0], sig.args[0], 32)
+        struct = _asm(builder, ir.LiteralStructType([_I16, _I16]), [(_I32, word)], "mov.b32 {$0, $1}, $2;", "=h,=h,r")
+        return _unpack(context, builder, struct, result)
+
+    return result(x), codegen
+
+
+def _make_f32_to_16(kind: str):
+    instruction = f"cvt.rn.{kind}.f32"
+
+    def typer(typingctx, x):
+        _check_float32(instruction, "x", x)
+
+        def codegen(context, builder, sig, args):
+            return _asm(builder, _I16, [(_F32, args[0])], f"{instruction} $0, $1;", "=h,f")
+
+        return types.uint16(x), codegen
+
+    typer.__name__ = typer.__qualname__ = f"f32_to_{kind}_bits"
+    typer.__doc__ = f"""``{instruction}``: float32 to the bit pattern of the nearest .{kind} (ties to even), as uint16.
+
+    PTX ISA: "cvt". Overflow gives +-Inf, NaN gives a NaN (the simulator twin gives the canonical 0x7FFF, as the
+    CUDA headers' host path does), subnormal results are kept. Why: the output tile is rounded to .{kind} exactly
+    once, from the fp32 accumulators{"; needs sm_80" if kind == "bf16" else ""}.
+    """
+    return intrinsic(typer)
+
+
+f32_to_f16_bits = _make_f32_to_16("f16")
+f32_to_bf16_bits = _make_f32_to_16("bf16")
+
+
+@intrinsic
+def f16_bits_to_f32(typingctx, b):
+    """``cvt.f32.f16``: the float32 value of an f16 bit pattern (exact). Integers are truncated to 16 bits.
+
+    PTX ISA: "cvt". Why: epilogues and tests that read fp16 bit patterns (e.g. a Tiled-CSL word's low half).
+    """
+    _check_integer("cvt.f32.f16", "b", b)
+
+    def codegen(context, builder, sig, args):
+        bits = _as_int(context, builder, args[0], sig.args[0], 16)
+        return _asm(builder, _F32, [(_I16, bits)], "cvt.f32.f16 $0, $1;", "=f,h")
+
+    return types.float32(b), codegen
+
+
+@intrinsic
+def bf16_bits_to_f32(typingctx, b):
+    """The float32 value of a bf16 bit pattern (exact, NaN payload kept): the bits shifted into the high half.
+
+    No PTX instruction: ``cvt.f32.bf16`` exists only from sm_90, and bf16 is by definition the upper 16 bits of a
+    float32, so ``zext``, ``shl 16``, ``bitcast`` is the conversion on every architecture. Integers are truncated to
+    16 bits.
+    """
+    _check_integer("bf16 to f32 (shl 16)", "b", b)
+
+    def codegen(context, builder, sig, args):
+        bits = builder.zext(_as_int(context, builder, args[0], sig.args[0], 16), _I32)
+        return builder.bitcast(builder.shl(bits, ir.Constant(_I32, 16)), _F32)
+
+    return types.float32(b), codegen

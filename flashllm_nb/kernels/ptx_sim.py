@@ -1,0 +1,394 @@
+"""Python twins of :mod:`flashllm_nb.kernels.ptx_asm`, bound by :mod:`flashllm_nb.kernels.ptx` when Numba's CUDA
+simulator is on. Same names, arguments and results (NumPy scalars of the same dtypes); see ``ptx_asm`` for what each
+instruction does.
+
+The simulator runs every thread of a block as a Python thread (``numba.cuda.simulator.kernel.BlockThread``, all of
+a block's threads at once, blocks one after another) and knows nothing of warps. So:
+
+- a warp-collective instruction (``mma``, ``ldmatrix``) gathers the 32 lanes of its warp at a rendezvous keyed by
+  (block, ``thread_id // 32``); the last lane to arrive runs the lane-level emulator
+  :mod:`flashllm_nb.reference.fragments` once for the whole warp, and every lane takes its own result;
+- ``cp.async`` is a synchronous copy, so ``commit_group`` and ``wait_group`` have nothing to do;
+- everything else is element-wise NumPy on the bit patterns.
+
+The twins also refuse what would be undefined on the GPU (a misaligned row, ``ldmatrix`` from a kernel argument,
+``cp.async`` into one, a warp whose lanes are not all at the same collective), naming the instruction, so that a
+kernel bug fails in CI rather than on the first GPU run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+
+import numpy as np
+from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray, FakeWithinKernelCUDAArray
+from numba.cuda.simulator.kernel import BlockThread
+
+from flashllm_nb.reference.fragments import WARP, ldmatrix, mma_m16n8k16
+
+__all__ = [
+    "shared_addr",
+    "mma_m16n8k16_f16",
+    "mma_m16n8k16_bf16",
+    "ldmatrix_x1",
+    "ldmatrix_x2",
+    "ldmatrix_x4",
+    "ldmatrix_x1_trans",
+    "ldmatrix_x2_trans",
+    "ldmatrix_x4_trans",
+    "cp_async_16",
+    "cp_async_commit",
+    "cp_async_wait_group",
+    "cp_async_wait_all",
+    "ld_global_nc_v4_u32",
+    "st_shared_v4_u32",
+    "pack_u16x2",
+    "unpack_u16x2",
+    "f32_to_f16_bits",
+    "f32_to_bf16_bits",
+    "f16_bits_to_f32",
+    "bf16_bits_to_f32",
+]
+
+
+# --- argument checks, mirroring the typing errors of ptx_asm ---------------------------------------------------------
+
+
+def _integer(instruction: str, name: str, value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{instruction}: {name} must be an integer, got {type(value).__name__}")
+    return int(value)
+
+
+def _float32(instruction: str, name: str, value) -> np.float32:
+    if not isinstance(value, np.float32):
+        raise TypeError(
+            f"{instruction}: {name} must be a float32 (write np.float32(x); a Python float is float64), "
+            f"got {type(value).__name__}"
+        )
+    return value
+
+
+def _device_array(value) -> np.ndarray | None:
+    """The NumPy array behind a kernel argument as the simulator passes it, or None if ``value`` is not one."""
+    if isinstance(value, FakeWithinKernelCUDAArray):
+        value = value.__dict__["_item"]
+    return value._ary if isinstance(value, FakeCUDAArray) else None
+
+
+def _raw_bytes(instruction: str, name: str, value, space: str) -> np.ndarray:
+    """The bytes of a ``space`` array ("shared": a NumPy array, "global": a kernel argument), as a flat uint8 view."""
+    device = _device_array(value)
+    if space == "global" and device is None:
+        raise TypeError(f"{instruction}: {name} must be a device array (a kernel argument), got {type(value).__name__}")
+    if space == "shared" and (device is not None or not isinstance(value, np.ndarray)):
+        raise TypeError(f"{instruction}: {name} must be a cuda.shared.array, got a device array (kernel argument)")
+    array = value if device is None else device
+    if not array.flags.c_contiguous:
+        raise TypeError(f"{instruction}: {name} must be C-contiguous, got strides {array.strides}")
+    return array.reshape(-1).view(np.uint8)
+
+
+def _span(instruction: str, name: str, raw: np.ndarray, itemsize: int, index, nbytes: int, align: int = 16):
+    """The byte offset of flat element ``index``, checked to be ``align``-aligned with ``nbytes`` bytes in bounds."""
+    offset = _integer(instruction, f"{name} index", index) * itemsize
+    if offset % align or offset < 0 or offset + nbytes > raw.size:
+        raise IndexError(
+            f"{instruction}: {name} must address {nbytes} bytes, {align}-byte aligned, inside its {raw.size} bytes; "
+            f"got byte offset {offset}"
+        )
+    return offset
+
+
+def _itemsize(value) -> int:
+    device = _device_array(value)
+    return (value if device is None else device).dtype.itemsize
+
+
+# --- the per-warp rendezvous -----------------------------------------------------------------------------------------
+
+_POLL_S = 0.25  # how often a waiting lane checks that its warp can still arrive
+_GONE_S = 2.0  # a missing lane with no live thread for this long has exited (threads start within milliseconds)
+
+
+class _WarpRendezvous:
+    """Where the 32 lanes of one simulated warp meet at each warp-collective instruction.
+
+    Reusable by construction: a generation counter tells a waiting lane that its round is over, and the next round
+    cannot complete (and overwrite the results) before every lane, the slowest included, has come back for it.
+    """
+
+    def __init__(self, warp: int):
+        self._warp = warp
+        self._condition = threading.Condition()
+        self._generation = 0
+        self._arrived: dict[int, tuple] = {}  # lane -> (instruction, args, compute)
+        self._results: list | BaseException = []
+
+    def exchange(self, lane: int, instruction: str, args: tuple, compute):
+        with self._condition:
+            generation = self._generation
+            self._arrived[lane] = (instruction, args, compute)
+            if len(self._arrived) == WARP:
+                self._results = self._run(self._arrived)
+                self._arrived = {}
+                self._generation += 1
+                self._condition.notify_all()
+            else:
+                waited = 0.0
+                while self._generation == generation:
+                    if not self._condition.wait(_POLL_S):
+                        waited += _POLL_S
+                        self._check_progress(instruction, waited)
+            results = self._results
+        if isinstance(results, BaseException):
+            raise type(results)(*results.args)
+        return results[lane]
+
+    def _run(self, arrived: dict):
+        """All lanes' results from one call of the emulator, or the exception every lane will raise."""
+        names = {instruction for instruction, _, _ in arrived.values()}
+        if len(names) > 1:
+            by_name = {n: sorted(lane for lane, (i, _, _) in arrived.items() if i == n) for n in sorted(names)}
+            return RuntimeError(
+                f"warp {self._warp} diverged at a warp-collective instruction; lanes by instruction: {by_name}"
+            )
+        compute = arrived[0][2]
+        try:
+            return compute([arrived[lane][1] for lane in range(WARP)])
+        except Exception as error:  # every lane re-raises it
+            return error
+
+    def _check_progress(self, instruction: str, waited: float) -> None:
+        """Raise instead of hanging when the missing lanes can never arrive (the GPU would hang or be undefined)."""
+        me = threading.current_thread()
+        if me.abort:  # another thread of the block failed; the kernel is over
+            raise RuntimeError(f"{instruction}: aborted because another thread of the block raised")
+        threads = {
+            t.thread_id % WARP: t
+            for t in threading.enumerate()
+            if isinstance(t, BlockThread) and t._manager is me._manager and t.thread_id // WARP == self._warp
+        }
+        missing = [lane for lane in range(WARP) if lane not in self._arrived]
+        at_barrier = [lane for lane in missing if lane in threads and threads[lane].syncthreads_blocked]
+        exited = [lane for lane in missing if lane not in threads] if waited >= _GONE_S else []
+        if at_barrier or exited:
+            raise RuntimeError(
+                f"{instruction}: every lane of warp {self._warp} must execute it, but lanes {at_barrier} wait at "
+                f"syncthreads and lanes {exited} have exited"
+            )
+
+
+_RENDEZVOUS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # BlockManager -> {warp: _WarpRendezvous}
+_RENDEZVOUS_LOCK = threading.Lock()
+
+
+def _collective(instruction: str, args: tuple, compute):
+    """Run ``compute(per_lane_args) -> per_lane_results`` once for the calling thread's warp; return this lane's."""
+    thread = threading.current_thread()
+    if not isinstance(thread, BlockThread):
+        raise RuntimeError(f"{instruction}: called outside a kernel running in the CUDA simulator")
+    manager, warp, lane = thread._manager, thread.thread_id // WARP, thread.thread_id % WARP
+    threads_in_block = int(np.prod(manager._block_dim))
+    if (warp + 1) * WARP > threads_in_block:
+        raise RuntimeError(
+            f"{instruction}: needs all 32 lanes of a warp, but a block of {threads_in_block} threads leaves warp "
+            f"{warp} with {threads_in_block - warp * WARP}"
+        )
+    with _RENDEZVOUS_LOCK:
+        warps = _RENDEZVOUS.setdefault(manager, {})
+        rendezvous = warps.get(warp)
+        if rendezvous is None:
+            rendezvous = warps[warp] = _WarpRendezvous(warp)
+    return rendezvous.exchange(lane, instruction, args, compute)
+
+
+# --- shared_addr -----------------------------------------------------------------------------------------------------
+
+
+class SharedAddress(int):
+    """What ``shared_addr`` gives in the simulator: the byte offset of the element in its array (an ``int``, so
+    arithmetic and printing work), with the array in ``.array``. It is not a hardware address."""
+
+    array: np.ndarray
+
+    def __new__(cls, array: np.ndarray, offset: int):
+        self = super().__new__(cls, offset)
+        self.array = array
+        return self
+
+
+def shared_addr(arr, index):
+    """Twin of ``cvta.to.shared``: a :class:`SharedAddress` (byte offset of ``arr[index]`` plus the array)."""
+    raw = _raw_bytes("cvta.to.shared", "arr", arr, "shared")
+    itemsize = arr.dtype.itemsize
+    return SharedAddress(arr, _span("cvta.to.shared", "arr", raw, itemsize, index, itemsize, align=itemsize))
+
+
+# --- mma ------------------------------------------------------------------------------------------------------------
+
+
+def _make_mma(ab: str):
+    instruction = f"mma.sync.aligned.m16n8k16.row.col.f32.{ab}.{ab}.f32"
+
+    def compute(lanes):
+        a = np.array([args[0:4] for args in lanes], dtype=np.uint32)
+        b = np.array([args[4:6] for args in lanes], dtype=np.uint32)
+        c = np.array([args[6:10] for args in lanes], dtype=np.float32)
+        d = mma_m16n8k16(a, b, c, ab)
+        return [tuple(row) for row in d]
+
+    def twin(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        ab_regs = tuple(
+            _integer(instruction, name, v) & 0xFFFFFFFF
+            for name, v in zip(("a0", "a1", "a2", "a3", "b0", "b1"), (a0, a1, a2, a3, b0, b1))
+        )
+        c_regs = tuple(_float32(instruction, name, v) for name, v in zip(("c0", "c1", "c2", "c3"), (c0, c1, c2, c3)))
+        return _collective(instruction, ab_regs + c_regs, compute)
+
+    twin.__name__ = twin.__qualname__ = f"mma_m16n8k16_{ab}"
+    twin.__doc__ = f"Twin of ``{instruction}``: the warp's fragments through ``fragments.mma_m16n8k16``."
+    return twin
+
+
+mma_m16n8k16_f16 = _make_mma("f16")
+mma_m16n8k16_bf16 = _make_mma("bf16")
+
+
+# --- ldmatrix -------------------------------------------------------------------------------------------------------
+
+
+def _make_ldmatrix(num: int, trans: bool):
+    instruction = f"ldmatrix.sync.aligned.m8n8.x{num}{'.trans' if trans else ''}.shared.b16"
+
+    def compute(lanes):
+        rows = np.zeros((WARP, 8), np.uint16)  # lanes past 8 * num supply no row
+        for lane in range(8 * num):
+            arr, index = lanes[lane]
+            raw = _raw_bytes(instruction, f"arr of lane {lane}", arr, "shared")
+            offset = _span(instruction, f"the row of lane {lane}", raw, arr.dtype.itemsize, index, 16)
+            rows[lane] = raw[offset : offset + 16].view(np.uint16)
+        regs = ldmatrix(rows, np.arange(WARP) * 8, num, trans)
+        if num == 1:
+            return list(regs[:, 0])
+        return [tuple(row) for row in regs]
+
+    def twin(arr, index):
+        return _collective(instruction, (arr, _integer(instruction, "index", index)), compute)
+
+    twin.__name__ = twin.__qualname__ = f"ldmatrix_x{num}{'_trans' if trans else ''}"
+    twin.__doc__ = f"Twin of ``{instruction}``: the rows the lanes name, through ``fragments.ldmatrix``."
+    return twin
+
+
+ldmatrix_x1 = _make_ldmatrix(1, False)
+ldmatrix_x2 = _make_ldmatrix(2, False)
+ldmatrix_x4 = _make_ldmatrix(4, False)
+ldmatrix_x1_trans = _make_ldmatrix(1, True)
+ldmatrix_x2_trans = _make_ldmatrix(2, True)
+ldmatrix_x4_trans = _make_ldmatrix(4, True)
+
+
+# --- cp.async and ld.global.nc --------------------------------------------------------------------------------------
+
+
+def cp_async_16(dst_arr, dst_index, src_arr, src_index, src_bytes):
+    """Twin of ``cp.async.cg.shared.global [dst], [src], 16, src_bytes``: a synchronous copy of ``src_bytes`` bytes
+    followed by zeros. With ``src_bytes == 0`` the source is not read (nor its index checked), as on the GPU."""
+    instruction = "cp.async.cg.shared.global"
+    size = _integer(instruction, "src_bytes", src_bytes)
+    if not 0 <= size <= 16:
+        raise ValueError(f"{instruction}: src_bytes must be in [0, 16], got {size}")
+    dst = _raw_bytes(instruction, "dst_arr", dst_arr, "shared")
+    d = _span(instruction, "dst", dst, _itemsize(dst_arr), dst_index, 16)
+    if size:
+        src = _raw_bytes(instruction, "src_arr", src_arr, "global")
+        s = _span(instruction, "src", src, _itemsize(src_arr), src_index, size)
+        dst[d : d + size] = src[s : s + size]
+    dst[d + size : d + 16] = 0
+
+
+def cp_async_commit():
+    """Twin of ``cp.async.commit_group``: nothing to do, the copies are already done."""
+
+
+def cp_async_wait_group(n):
+    """Twin of ``cp.async.wait_group n``: nothing to wait for; ``n`` is still checked."""
+    if _integer("cp.async.wait_group", "n", n) < 0:
+        raise ValueError(f"cp.async.wait_group: n must be a non-negative integer, got {n}")
+
+
+def cp_async_wait_all():
+    """Twin of ``cp.async.wait_all``: nothing to wait for."""
+
+
+def ld_global_nc_v4_u32(arr, index):
+    """Twin of ``ld.global.nc.L1::no_allocate.v4.u32``: four uint32 of a device array, 16-byte aligned."""
+    instruction = "ld.global.nc.L1::no_allocate.v4.u32"
+    raw = _raw_bytes(instruction, "arr", arr, "global")
+    if _device_array(arr).dtype != np.uint32:
+        raise TypeError(f"{instruction}: the dtype of arr must be uint32, got {_device_array(arr).dtype}")
+    offset = _span(instruction, "arr", raw, 4, index, 16)
+    return tuple(raw[offset : offset + 16].view(np.uint32))
+
+
+def st_shared_v4_u32(arr, index, w0, w1, w2, w3):
+    """Twin of ``st.shared.v4.u32``: the low 32 bits of four integers into 16 aligned bytes of a shared array."""
+    instruction = "st.shared.v4.u32"
+    raw = _raw_bytes(instruction, "arr", arr, "shared")
+    offset = _span(instruction, "arr", raw, arr.dtype.itemsize, index, 16)
+    words = [_integer(instruction, name, w) & 0xFFFFFFFF for name, w in zip(("w0", "w1", "w2", "w3"), (w0, w1, w2, w3))]
+    raw[offset : offset + 16] = np.array(words, dtype=np.uint32).view(np.uint8)
+
+
+# --- packing and conversions ----------------------------------------------------------------------------------------
+
+
+def pack_u16x2(lo, hi):
+    """Twin of ``mov.b32 d, {lo, hi}``: ``lo | hi << 16`` of the low 16 bits of each, as uint32."""
+    lo = _integer("mov.b32 (pack)", "lo", lo) & 0xFFFF
+    hi = _integer("mov.b32 (pack)", "hi", hi) & 0xFFFF
+    return np.uint32(lo | hi << 16)
+
+
+def unpack_u16x2(x):
+    """Twin of ``mov.b32 {lo, hi}, x``: the two halves of the low 32 bits, as uint16."""
+    x = _integer("mov.b32 (unpack)", "x", x) & 0xFFFFFFFF
+    return np.uint16(x & 0xFFFF), np.uint16(x >> 16)
+
+
+_CANONICAL_NAN16 = np.uint16(0x7FFF)  # what the CUDA headers' host path gives for NaN in both f16 and bf16
+
+
+def f32_to_f16_bits(x):
+    """Twin of ``cvt.rn.f16.f32``: NumPy's round-to-nearest-even cast (overflow to Inf); NaN gives 0x7FFF."""
+    x = _float32("cvt.rn.f16.f32", "x", x)
+    if np.isnan(x):
+        return _CANONICAL_NAN16
+    with np.errstate(over="ignore"):
+        return np.float16(x).view(np.uint16)
+
+
+def f32_to_bf16_bits(x):
+    """Twin of ``cvt.rn.bf16.f32``: round to nearest even on the bits (overflow to Inf); NaN gives 0x7FFF."""
+    x = _float32("cvt.rn.bf16.f32", "x", x)
+    if np.isnan(x):
+        return _CANONICAL_NAN16
+    bits = int(x.view(np.uint32))
+    # Adding 0x7FFF plus the lowest kept bit rounds the dropped 16 bits half-to-even; a carry into the exponent is
+    # the right rounding too, up to Inf for values that round above the largest bf16.
+    return np.uint16((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16)
+
+
+def f16_bits_to_f32(b):
+    """Twin of ``cvt.f32.f16``: the exact float32 value of the low 16 bits, read as f16."""
+    bits = np.uint16(_integer("cvt.f32.f16", "b", b) & 0xFFFF)
+    return np.float32(bits.view(np.float16))
+
+
+def bf16_bits_to_f32(b):
+    """Twin of the bf16-to-float32 shift: the low 16 bits become the high half of a float32."""
+    bits = np.uint32((_integer("bf16 to f32 (shl 16)", "b", b) & 0xFFFF) << 16)
+    return bits.view(np.float32)
