@@ -1,0 +1,191 @@
+"""The Tiled-CSL SpMM kernel in Numba's CUDA simulator, checked element by element against the float64 reference.
+
+The simulator runs the same kernel source as the GPU (PTX instructions replaced by their lane-level twins), one
+Python thread per CUDA thread, so shapes stay at a few tiles. The awkward cases are swept on purpose: shapes that
+are not tile multiples, N = 1 and N not a multiple of 8, empty and fully dense tiles, tiles denser than the
+register budget (the overflow pass), split-K on and off, NaN and Inf, bf16, bias, a caller's ``out``.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import flashllm_nb as fl
+from flashllm_nb.reference import linear_reference, spmm_reference
+from flashllm_nb.reference.spmm import abs_product
+from flashllm_nb.reference.tolerance import assert_close_to_reference
+
+pytestmark = pytest.mark.sim
+
+DTYPES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
+
+
+def _random_sparse(rng, m, k, sparsity, dtype):
+    W = rng.standard_normal((m, k)).astype(np.float32)
+    W[rng.random((m, k)) < sparsity] = 0
+    return W.astype(dtype)
+
+
+def _check_linear(W, X, bias=None, split_k=None):
+    A = fl.TiledCSL.from_dense(W)
+    Y = fl.linear(X, A, bias=bias, split_k=split_k)
+    assert Y.dtype == W.dtype and Y.shape == (X.shape[0], W.shape[0])
+    ref = linear_reference(X, A, bias)
+    assert_close_to_reference(Y, ref, abs_product(X, W.T), W.shape[1], W.dtype, what="linear")
+
+
+def _check_spmm(W, X, split_k=None):
+    A = fl.TiledCSL.from_dense(W)
+    Y = fl.spmm(A, X, split_k=split_k)
+    assert Y.dtype == W.dtype and Y.shape == (W.shape[0], X.shape[1])
+    assert_close_to_reference(Y, spmm_reference(A, X), abs_product(W, X), W.shape[1], W.dtype, what="spmm")
+
+
+@settings(max_examples=12)
+@given(
+    m=st.integers(1, 260),
+    k=st.integers(1, 200),
+    n=st.integers(1, 40),
+    sparsity=st.floats(0.0, 1.0),
+    dtype=st.sampled_from(DTYPES),
+    split_k=st.sampled_from([None, 1, 2, 3]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_linear_matches_reference(m, k, n, sparsity, dtype, split_k, seed):
+    """linear(X, A) equals X @ A.T within the fp32-accumulation bound, for any shape, density, dtype and split."""
+    rng = np.random.default_rng(seed)
+    _check_linear(_random_sparse(rng, m, k, sparsity, dtype), rng.standard_normal((n, k)).astype(dtype),
+                  split_k=split_k)
+
+
+@settings(max_examples=8)
+@given(
+    m=st.integers(1, 200),
+    k=st.integers(1, 150),
+    n=st.integers(1, 40),
+    sparsity=st.floats(0.0, 1.0),
+    dtype=st.sampled_from(DTYPES),
+    split_k=st.sampled_from([None, 1, 2]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_spmm_matches_reference(m, k, n, sparsity, dtype, split_k, seed):
+    """spmm(A, X) equals A @ X (X as K x N row-major, the transposed-load path) within the same bound."""
+    rng = np.random.default_rng(seed)
+    _check_spmm(_random_sparse(rng, m, k, sparsity, dtype), rng.standard_normal((k, n)).astype(dtype),
+                split_k=split_k)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 33, 64, 65])
+def test_every_block_width(n):
+    """Each tile_n (8/16/32/64) and the column-block grid beyond 64, with N on and off multiples of 8."""
+    rng = np.random.default_rng(n)
+    _check_linear(_random_sparse(rng, 130, 72, 0.7, np.float16), rng.standard_normal((n, 72)).astype(np.float16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+def test_empty_dense_and_overflowing_tiles(dtype):
+    """Tile rows/columns that are entirely empty next to fully dense tiles (8192 entries: more than the 2048 the
+    registers prefetch, so the overflow pass runs), across split-K boundaries."""
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((256, 4 * 64)).astype(dtype)
+    W[:128, 64:192] = 0  # two empty tiles in tile row 0
+    W[128:, :64] = 0  # an empty tile in tile row 1; the rest is fully dense
+    X = rng.standard_normal((5, 256)).astype(dtype)
+    for split_k in (1, 2, 4):
+        _check_linear(W, X, split_k=split_k)
+
+
+def test_all_zero_matrix_gives_zeros_and_bias():
+    rng = np.random.default_rng(2)
+    W = np.zeros((100, 70), np.float16)
+    X = rng.standard_normal((3, 70)).astype(np.float16)
+    bias = rng.standard_normal(100).astype(np.float16)
+    A = fl.TiledCSL.from_dense(W)
+    np.testing.assert_array_equal(fl.linear(X, A), np.zeros((3, 100), np.float16))
+    np.testing.assert_array_equal(fl.linear(X, A, bias=bias), np.broadcast_to(bias, (3, 100)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+def test_bias_and_caller_output(dtype):
+    rng = np.random.default_rng(3)
+    W = _random_sparse(rng, 150, 100, 0.5, dtype)
+    X = rng.standard_normal((10, 100)).astype(dtype)
+    bias = rng.standard_normal(150).astype(dtype)
+    out = np.full((10, 150), np.nan, dtype)  # poisoned: every element must be written
+    A = fl.TiledCSL.from_dense(W)
+    assert fl.linear(X, A, bias=bias, out=out, split_k=2) is out
+    assert_close_to_reference(out, linear_reference(X, A, bias), abs_product(X, W.T), 100, dtype, what="linear+bias")
+
+
+def test_nan_and_inf_propagate_as_dense():
+    """NaN/Inf in A or X give what a dense product gives: 0 * Inf is NaN even where A's entry is a structural
+    zero, because the kernel computes each tile densely."""
+    rng = np.random.default_rng(4)
+    W = _random_sparse(rng, 140, 130, 0.8, np.float16)
+    W[3, 5] = np.inf
+    W[70, 100] = np.nan
+    W[139, 129] = -np.inf
+    X = rng.standard_normal((6, 130)).astype(np.float16)
+    X[2, 17] = np.inf  # column 17 of A has zeros: those rows turn NaN in a dense product
+    X[4, 5] = 0  # 0 * inf in row 3 -> NaN for token 4
+    _check_linear(W, X)
+    _check_linear(W, X, split_k=2)
+
+
+def test_result_is_deterministic_with_split_k():
+    """Split-K partials are reduced in split order, so repeated calls give identical bits."""
+    rng = np.random.default_rng(5)
+    A = fl.TiledCSL.from_dense(_random_sparse(rng, 128, 512, 0.6, np.float16))
+    X = rng.standard_normal((4, 512)).astype(np.float16)
+    first = fl.linear(X, A, split_k=4)
+    np.testing.assert_array_equal(first.view(np.uint16), fl.linear(X, A, split_k=4).view(np.uint16))
+
+
+class TestValidation:
+    """Bad input is an exception naming the argument, the expectation and what was given."""
+
+    def setup_method(self):
+        rng = np.random.default_rng(6)
+        self.W = _random_sparse(rng, 64, 32, 0.5, np.float16)
+        self.A = fl.TiledCSL.from_dense(self.W)
+        self.X = rng.standard_normal((4, 32)).astype(np.float16)
+
+    def test_wrong_k(self):
+        with pytest.raises(ValueError, match=r"Invalid shape of X: expected \(\*, 32\), got \(4, 31\)"):
+            fl.linear(self.X[:, :31].copy(), self.A)
+
+    def test_wrong_dtype(self):
+        with pytest.raises(TypeError, match="Invalid dtype of X"):
+            fl.linear(self.X.astype(np.float32), self.A)
+        with pytest.raises(TypeError, match="Invalid dtype of X: expected A's dtype float16, got bfloat16"):
+            fl.linear(self.X.astype(ml_dtypes.bfloat16), self.A)
+
+    def test_wrong_ndim(self):
+        with pytest.raises(ValueError, match="Invalid number of dimensions of X"):
+            fl.linear(self.X[0], self.A)
+
+    def test_not_row_major(self):
+        with pytest.raises(ValueError, match="Invalid memory layout of X"):
+            fl.spmm(self.A, np.asfortranarray(self.X.T))
+
+    def test_not_a_tiled_csl(self):
+        with pytest.raises(TypeError, match="Invalid type of A"):
+            fl.linear(self.X, self.W)
+
+    def test_bad_out(self):
+        with pytest.raises(ValueError, match=r"Invalid shape of out: expected \(4, 64\)"):
+            fl.linear(self.X, self.A, out=np.empty((64, 4), np.float16))
+        with pytest.raises(TypeError, match="Invalid dtype of out"):
+            fl.linear(self.X, self.A, out=np.empty((4, 64), np.float32))
+
+    def test_bad_bias(self):
+        with pytest.raises(ValueError, match=r"Invalid shape of bias: expected \(64,\), got \(32,\)"):
+            fl.linear(self.X, self.A, bias=np.zeros(32, np.float16))
+
+    def test_bad_split_k(self):
+        with pytest.raises(ValueError, match="Invalid value of split_k"):
+            fl.linear(self.X, self.A, split_k=0)
