@@ -178,7 +178,7 @@ def _word_tiles(xp: Any, tile_offsets: Any, n_words: int) -> Any:
 def _entries(xp: Any, words: Any, tile_offsets: Any) -> tuple[Any, Any, Any]:
     """(tile, row * 64 + col inside the tile, uint16 value bits) of every entry, padding left out."""
     values = (words & 0xFFFF).astype(np.uint16)
-    keep = xp.flatnonzero(values)
+    keep = xp.flatnonzero(values != 0)  # bool mask: see _encode_dense
     tiles = _word_tiles(xp, tile_offsets, words.size)[keep]
     return tiles, swizzle(words[keep] >> 16), values[keep]
 
