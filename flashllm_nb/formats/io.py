@@ -1,0 +1,148 @@
+"""One-file storage of a :class:`~flashllm_nb.formats.tiled_csl.TiledCSL`: ``save(path, A)`` and ``load(path)``.
+
+File layout, all little-endian (version 1)::
+
+    offset  size  field
+         0     8  magic            b"\\x89FLCSL\\r\\n"   (PNG-style: a non-ASCII byte, and CR LF to catch text-mode copies)
+         8     4  version          uint32, 1
+        12     8  dtype            ASCII, NUL-padded: b"float16\\0" or b"bfloat16"
+        20     8  M                uint64
+        28     8  K                uint64
+        36     4  tile_m           uint32, 128
+        40     4  tile_k           uint32, 64
+        44     8  n_offsets        uint64, n_tiles + 2
+        52     8  n_words          uint64
+        60     4  reserved         zero
+        64        tile_offsets     n_offsets x int32
+                  words            n_words x uint32
+       end-32    32  sha256         of every byte before it (header and payload)
+
+``save`` writes a temporary file beside the target and renames it over the target (``os.replace``), so a reader
+sees the old file or the complete new one, never a partial one. ``load`` reads the whole file, checks in order
+magic, version, size, checksum and header, then hands the arrays to ``TiledCSL.from_raw`` for the full format
+check; any failure is a ValueError naming the file, and nothing is returned half-loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import struct
+from typing import Any
+
+import numpy as np
+
+from .._checks import invalid
+from ._xp import BFLOAT16, FLOAT16, to_host
+from .tiled_csl import TILE_K, TILE_M, TiledCSL
+
+__all__ = ["save", "load", "MAGIC", "VERSION"]
+
+MAGIC = b"\x89FLCSL\r\n"
+VERSION = 1
+_HEADER = struct.Struct("<8sI8sQQIIQQ4x")  # 64 bytes: the table above
+_DIGEST = hashlib.sha256().digest_size  # 32
+_DTYPE_NAMES = {FLOAT16: b"float16", BFLOAT16: b"bfloat16"}
+_LE_WORDS, _LE_OFFSETS = np.dtype("<u4"), np.dtype("<i4")
+
+
+def save(path: str | os.PathLike, A: TiledCSL) -> None:
+    """Write ``A`` to ``path`` atomically (a device matrix is copied to the host first).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to create or replace. The conventional suffix is ``.flcsl``.
+    A : TiledCSL
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from flashllm_nb.formats.tiled_csl import TiledCSL
+    >>> A = TiledCSL.from_dense(np.eye(4, dtype=np.float16))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     save(f"{d}/eye.flcsl", A)
+    ...     B = load(f"{d}/eye.flcsl")
+    >>> bool((B.to_dense() == A.to_dense()).all())
+    True
+    """
+    if not isinstance(A, TiledCSL):
+        raise invalid("type", "A", "a TiledCSL", type(A).__name__, TypeError)
+    offsets = np.ascontiguousarray(to_host(A.tile_offsets), _LE_OFFSETS)  # synchronize!
+    words = np.ascontiguousarray(to_host(A.words), _LE_WORDS)
+    header = _HEADER.pack(MAGIC, VERSION, _DTYPE_NAMES[A.dtype], A.shape[0], A.shape[1], TILE_M, TILE_K,
+                          offsets.size, words.size)
+    digest = hashlib.sha256(header)
+    # Beside the target (os.replace is atomic only within one file system), created like any new file so that it
+    # gets the usual permissions (mkstemp would make it owner-only).
+    temporary = f"{os.fspath(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(temporary, "xb") as f:
+            f.write(header)
+            for array in (offsets, words):
+                f.write(memoryview(array).cast("B"))
+                digest.update(memoryview(array).cast("B"))
+            f.write(digest.digest())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def load(path: str | os.PathLike, device: bool = False) -> TiledCSL:
+    """Read a file written by :func:`save`, checking it completely.
+
+    Parameters
+    ----------
+    path : str or path-like
+    device : bool, default False
+        Return the matrix on the GPU (CuPy arrays) instead of the host.
+
+    Returns
+    -------
+    TiledCSL
+
+    Raises
+    ------
+    ValueError
+        The file is truncated, corrupted (checksum), not a Tiled-CSL file (magic), of another format version, or
+        self-inconsistent (header or any invariant of ``TiledCSL.check_format``). The message names the file.
+    OSError
+        The file cannot be read.
+    """
+    with open(path, "rb") as f:
+        data = bytearray(f.read())  # writable, so the arrays below are writable views of it
+
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"{os.fspath(path)!r}: {why}")
+
+    if data[: len(MAGIC)] != MAGIC[: len(data)]:
+        raise refuse(f"not a flashllm_nb Tiled-CSL file (starts with {bytes(data[: len(MAGIC)])!r}; expected {MAGIC!r})")
+    if len(data) < _HEADER.size:
+        raise refuse(f"truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
+    _, version, dtype_name, M, K, tile_m, tile_k, n_offsets, n_words = _HEADER.unpack_from(data)
+    if version != VERSION:
+        raise refuse(f"format version {version}; this flashllm_nb reads version {VERSION}")
+    expected = _HEADER.size + 4 * n_offsets + 4 * n_words + _DIGEST
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "has trailing bytes"
+        raise refuse(f"{what}: {len(data)} bytes; its header announces {expected}")
+    if hashlib.sha256(memoryview(data)[:-_DIGEST]).digest() != data[-_DIGEST:]:
+        raise refuse("checksum mismatch: the file is corrupted")
+    dtype = {name: dt for dt, name in _DTYPE_NAMES.items()}.get(dtype_name.rstrip(b"\0"))
+    if dtype is None:
+        raise refuse(f"inconsistent header: dtype {dtype_name!r}; expected b'float16' or b'bfloat16'")
+    if (tile_m, tile_k) != (TILE_M, TILE_K):
+        raise refuse(f"inconsistent header: tile {tile_m} x {tile_k}; this flashllm_nb uses {TILE_M} x {TILE_K}")
+    offsets = np.frombuffer(data, _LE_OFFSETS, n_offsets, _HEADER.size).astype(np.int32, copy=False)
+    words = np.frombuffer(data, _LE_WORDS, n_words, _HEADER.size + 4 * n_offsets).astype(np.uint32, copy=False)
+    try:
+        A = TiledCSL.from_raw(words, offsets, (M, K), dtype)
+    except (TypeError, ValueError) as e:
+        raise refuse(f"inconsistent: {e}") from e
+    return A.to_device() if device else A

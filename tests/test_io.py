@@ -1,0 +1,170 @@
+"""``save``/``load``: round trips, the documented byte layout, atomic writes, and refusal of damaged files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flashllm_nb.formats.io import MAGIC, VERSION, load, save
+from flashllm_nb.formats.tiled_csl import TiledCSL
+
+
+def _matrix(M=200, K=150, dtype=np.float16, seed=0):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((M, K)).astype(dtype)
+    W[rng.random((M, K)) < 0.7] = 0
+    return TiledCSL.from_dense(W)
+
+
+def _assert_same(A, B):
+    assert (B.shape, B.dtype, B.nnz, B.on_device) == (A.shape, A.dtype, A.nnz, False)
+    np.testing.assert_array_equal(B.words, A.words)
+    np.testing.assert_array_equal(B.tile_offsets, A.tile_offsets)
+
+
+def _rewrite(path, edit):
+    """Apply ``edit`` to the file's bytes (without its digest) and append a correct sha256: a consistent-looking
+    file, so that what is tested is the check after the checksum."""
+    body = bytearray(path.read_bytes()[:-32])
+    edit(body)
+    path.write_bytes(bytes(body) + hashlib.sha256(body).digest())
+
+
+@pytest.fixture
+def saved(tmp_path):
+    A = _matrix()
+    path = tmp_path / "w.flcsl"
+    save(path, A)
+    return A, path
+
+
+def refuses(path, message):
+    with pytest.raises(ValueError, match=re.escape(repr(str(path))) + ": " + message):
+        load(path)
+
+
+# --------------------------------------------------------------------------------------------------- round trips
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 260), st.integers(0, 200), st.sampled_from([np.float16, ml_dtypes.bfloat16]),
+       st.integers(0, 2**32 - 1))
+def test_round_trip(tmp_path, M, K, dtype, seed):
+    """load(save(A)) has A's words, offsets, shape, dtype and nnz, empty matrices included."""
+    A = _matrix(M, K, dtype, seed)
+    save(tmp_path / "a.flcsl", A)
+    _assert_same(A, load(tmp_path / "a.flcsl"))
+
+
+def test_layout_matches_the_documented_header(saved):
+    A, path = saved
+    data = path.read_bytes()
+    assert data[:8] == MAGIC == b"\x89FLCSL\r\n"
+    assert struct.unpack_from("<I8sQQIIQQ", data, 8) == (VERSION, b"float16\0", 200, 150, 128, 64, 8, A.words.size)  # 2 x 3 tiles + 2
+    assert data[60:64] == b"\0\0\0\0"
+    assert data[64 : 64 + 32] == A.tile_offsets.astype("<i4").tobytes()
+    assert data[96:-32] == A.words.astype("<u4").tobytes()
+    assert data[-32:] == hashlib.sha256(data[:-32]).digest()
+
+
+def test_save_overwrites_and_leaves_no_temporary_file(saved, tmp_path):
+    A, path = saved
+    B = _matrix(seed=1)
+    save(str(path), B)  # str paths too
+    _assert_same(B, load(path))
+    assert os.listdir(tmp_path) == ["w.flcsl"]
+
+
+def test_failed_save_keeps_the_old_file(saved, tmp_path, monkeypatch):
+    A, path = saved
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        save(path, _matrix(seed=1))
+    monkeypatch.undo()
+    _assert_same(A, load(path))
+    assert os.listdir(tmp_path) == ["w.flcsl"]
+
+
+def test_save_needs_a_tiled_csl(tmp_path):
+    with pytest.raises(TypeError, match="Invalid type of A: expected a TiledCSL, got ndarray"):
+        save(tmp_path / "x.flcsl", np.eye(2, dtype=np.float16))
+    assert not os.listdir(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("keep", [0, 5, 40, 63, 64, 100, -33, -1])
+def test_truncated(saved, keep):
+    A, path = saved
+    data = path.read_bytes()
+    path.write_bytes(data[:keep])
+    size = len(data[:keep])
+    refuses(path, f"truncated: {size} bytes" + (", shorter than the 64-byte header" if size < 64 else
+                                                 f"; its header announces {len(data)}"))
+
+
+def test_trailing_bytes(saved):
+    A, path = saved
+    size = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(b"\0")
+    refuses(path, f"has trailing bytes: {size + 1} bytes; its header announces {size}")
+
+
+@pytest.mark.parametrize("where", ["M", "payload", "last word", "digest"])
+def test_bit_flip_is_caught_by_the_checksum(saved, where):
+    A, path = saved
+    data = bytearray(path.read_bytes())
+    at = {"M": 20, "payload": 64 + 32 + 7, "last word": len(data) - 33, "digest": len(data) - 1}[where]
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+    refuses(path, "checksum mismatch: the file is corrupted")
+
+
+def test_foreign_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"PK\x03\x04" + bytes(100))
+    refuses(path, re.escape(r"not a flashllm_nb Tiled-CSL file (starts with b'PK\x03\x04\x00\x00\x00\x00'"))
+
+
+def test_wrong_version(saved):
+    A, path = saved
+    _rewrite(path, lambda body: struct.pack_into("<I", body, 8, 2))
+    refuses(path, "format version 2; this flashllm_nb reads version 1")
+
+
+def test_unknown_dtype_in_header(saved):
+    A, path = saved
+    _rewrite(path, lambda body: struct.pack_into("<8s", body, 12, b"float32"))
+    refuses(path, re.escape("inconsistent header: dtype b'float32\\x00'; expected b'float16' or b'bfloat16'"))
+
+
+def test_other_tile_shape_in_header(saved):
+    A, path = saved
+    _rewrite(path, lambda body: struct.pack_into("<II", body, 36, 64, 64))
+    refuses(path, "inconsistent header: tile 64 x 64; this flashllm_nb uses 128 x 64")
+
+
+def test_inconsistent_shape(saved):
+    A, path = saved
+    _rewrite(path, lambda body: struct.pack_into("<Q", body, 20, 100))  # M = 100: 1 x 3 tiles, not 2 x 3
+    refuses(path, re.escape("inconsistent: tile_offsets has 8 entries; expected n_tiles + 2 = 5"))
+
+
+def test_inconsistent_payload(saved):
+    A, path = saved
+    _rewrite(path, lambda body: struct.pack_into("<I", body, 64 + 32, 9000 << 16 | 0x3C00))
+    refuses(path, "inconsistent: word 0 \\(word 0 of tile 0\\) has position 9000")
