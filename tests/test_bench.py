@@ -1,0 +1,341 @@
+"""The kernel benchmark (``flashllm_nb.bench``) without a GPU: arguments, presets, statistics, the tolerance rule,
+the report writers, the notebook, and (marked ``sim``) the simulator path end to end.
+
+The GPU path itself (CuPy events, peers, rotation) needs a CUDA device and is exercised by running
+``python -m flashllm_nb.bench --quick`` there; bench/README.md says how.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flashllm_nb.bench import build_parser, main, report
+from flashllm_nb.bench.command import DEFAULT_NS, DEFAULT_SPARSITIES, resolve_sweep
+from flashllm_nb.bench.providers import BASELINE, PROVIDERS, Provider, register
+from flashllm_nb.bench.sample import synthetic_results
+from flashllm_nb.bench.shapes import PRESETS, SIMULATOR_SHAPES, parse_shape, resolve_shapes
+from flashllm_nb.bench.sweep import prune_random, random_normal
+from flashllm_nb.bench.timing import device_reps, geometric_mean, rotation_count, summarize
+from flashllm_nb.bench.tolerance import check_close
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gpu_sweep(*argv: str):
+    """The sweep the arguments ask for on a GPU machine (no GPU needed to resolve it)."""
+    return resolve_sweep(build_parser().parse_args(list(argv)), simulator=False)[0]
+
+
+# -------------------------------------------------------------------------------------------------- arguments
+
+def test_defaults_are_the_opt66b_sweep():
+    sweep = gpu_sweep()
+    assert [(s.M, s.K) for s in sweep.shapes] == [(27648, 9216), (9216, 9216), (36864, 9216), (9216, 36864)]
+    assert sweep.ns == DEFAULT_NS == (8, 16, 32, 64)
+    assert sweep.sparsities == DEFAULT_SPARSITIES == (0.5, 0.6, 0.7, 0.8, 0.9)
+    assert sweep.dtype == "fp16" and sweep.providers[0] == BASELINE and set(sweep.providers) == set(PROVIDERS)
+
+
+def test_quick_is_a_small_subset_and_explicit_options_win():
+    quick = gpu_sweep("--quick")
+    assert quick.shapes == PRESETS["opt-66b"] and quick.ns == (16,) and quick.sparsities == (0.7, 0.8, 0.9)
+    mixed = gpu_sweep("--quick", "--n", "8", "64", "--shape", "128,64")
+    assert mixed.ns == (8, 64) and [(s.M, s.K) for s in mixed.shapes] == [(128, 64)]
+
+
+def test_presets_shapes_and_providers_combine():
+    sweep = gpu_sweep("--preset", "llama2-7b", "--preset", "opt-30b", "--shape", "9216x36864", "--shape", "4096,4096",
+                      "--providers", "flashllm_tiled_csl", "--dtype", "bf16", "--reps", "7", "--warmup", "0")
+    shapes = [(s.M, s.K) for s in sweep.shapes]
+    assert shapes[:3] == [(4096, 4096), (11008, 4096), (4096, 11008)]
+    assert shapes[-1] == (9216, 36864) and shapes.count((4096, 4096)) == 1  # duplicates dropped
+    assert sweep.providers == (BASELINE, "flashllm_tiled_csl")  # the baseline always runs, first
+    assert (sweep.dtype, sweep.reps, sweep.warmup) == ("bf16", 7, 0)
+
+
+def test_simulator_sweep_is_tiny_and_runs_only_simulated_providers():
+    sweep, notes = resolve_sweep(build_parser().parse_args(["--preset", "opt-175b"]), simulator=True)
+    assert sweep.shapes == SIMULATOR_SHAPES and sweep.ns == (8, 16) and sweep.sparsities == (0.5, 0.9)
+    assert all(PROVIDERS[p].simulator for p in sweep.providers) and "flashllm_tiled_csl" in sweep.providers
+    assert any("--preset" in n for n in notes)
+
+
+@pytest.mark.parametrize("argv, argument", [
+    (["--shape", "9216"], "--shape"),
+    (["--shape", "9216,abc"], "--shape"),
+    (["--shape", "0,64"], "--shape"),
+    (["--n", "0"], "--n"),
+    (["--n", "sixteen"], "--n"),
+    (["--sparsity", "80"], "--sparsity"),
+    (["--sparsity", "1.0"], "--sparsity"),
+    (["--preset", "gpt-5"], "--preset"),
+    (["--providers", "cublas,nope"], "--providers"),
+    (["--dtype", "fp8"], "--dtype"),
+    (["--reps", "-1"], "--reps"),
+])
+def test_bad_arguments_exit_2_naming_the_argument(argv, argument, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"argument {argument}" in err, err
+
+
+def test_parse_shape_message_says_what_is_expected():
+    with pytest.raises(Exception, match=r"expected M,K .* got '12'"):
+        parse_shape("12")
+    assert (parse_shape("128,64").M, parse_shape("128,64").K) == (128, 64)
+
+
+def test_list_and_help_exit_0(capsys):
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "opt-66b" in out and "flashllm_tiled_csl" in out
+    assert main(["--help"]) == 0
+
+
+# ----------------------------------------------------------------------------------------------------- presets
+
+def test_opt_presets_follow_flash_llm_kernel_benchmark():
+    for name, h in (("opt-30b", 7168), ("opt-66b", 9216), ("opt-175b", 12288)):
+        assert [(s.layer, s.M, s.K) for s in PRESETS[name]] == [
+            ("QKV", 3 * h, h), ("out proj", h, h), ("FFN1", 4 * h, h), ("FFN2", h, 4 * h)]
+
+
+def test_llama_presets_merge_equal_shapes_and_use_gqa_for_70b():
+    assert [(s.layer, s.M, s.K) for s in PRESETS["llama2-7b"]] == [
+        ("q/k/v/o", 4096, 4096), ("gate/up", 11008, 4096), ("down", 4096, 11008)]
+    assert [(s.layer, s.M, s.K) for s in PRESETS["llama2-13b"]] == [
+        ("q/k/v/o", 5120, 5120), ("gate/up", 13824, 5120), ("down", 5120, 13824)]
+    assert [(s.layer, s.M, s.K) for s in PRESETS["llama2-70b"]] == [
+        ("q/o", 8192, 8192), ("k/v", 1024, 8192), ("gate/up", 28672, 8192), ("down", 8192, 28672)]
+    assert len(PRESETS["opt"]) == 12 and len(PRESETS["llama2"]) == 10
+
+
+def test_resolve_shapes_default_and_dedup():
+    assert resolve_shapes(None, None, "opt-66b") == PRESETS["opt-66b"]
+    assert len(resolve_shapes(["opt-66b", "opt-66b"], None, "opt-30b")) == 4
+
+
+# ------------------------------------------------------------------------------------------ timing statistics
+
+def test_summarize_median_and_percentiles():
+    s = summarize([float(v) for v in range(1, 11)])
+    assert (s.median, s.p10, s.p90, s.mean, s.n) == pytest.approx((5.5, 1.9, 9.1, 5.5, 10))
+    assert summarize([2.0]).p90 == 2.0
+    with pytest.raises(ValueError, match="samples_ms"):
+        summarize([])
+
+
+def test_geometric_mean():
+    assert geometric_mean([1.0, 4.0]) == pytest.approx(2.0)
+    assert geometric_mean([0.5, 2.0, 1.0]) == pytest.approx(1.0)
+    assert math.isnan(geometric_mean([]))
+    with pytest.raises(ValueError, match="positive"):
+        geometric_mean([1.0, 0.0])
+
+
+def test_rotation_keeps_at_least_twice_l2_within_caps():
+    l2 = 50 << 20
+    for slot in (1 << 20, 7 << 20, 34 << 20, 99 << 20, 100 << 20, 1 << 30):
+        k = rotation_count(slot, l2)
+        assert k * slot >= 2 * l2 or k == 64
+        assert k == 1 or (k - 1) * slot < 2 * l2  # no more copies than needed
+    assert rotation_count(1000, l2) == 64  # tiny weights: capped slots
+    assert rotation_count(3 << 30, l2) == 1
+    assert rotation_count(1 << 20, l2, max_bytes=10 << 20) == 10  # capped bytes
+    with pytest.raises(ValueError, match="slot_bytes"):
+        rotation_count(0, l2)
+
+
+def test_device_reps_shrinks_for_slow_calls_but_keeps_ten():
+    assert device_reps(20e-6, 100, 0.5) == 100
+    assert device_reps(10e-3, 100, 0.5) == 50
+    assert device_reps(2.0, 100, 0.5) == 10
+    assert device_reps(2.0, 4, 0.5) == 4  # never more than asked
+
+
+# ------------------------------------------------------------------------------------------------- tolerance
+
+def _problem(m=256, k=4096, n=8, sparsity=0.5, seed=0):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((m, k)).astype(np.float16)
+    W[rng.random((m, k)) < sparsity] = 0
+    X = rng.standard_normal((n, k)).astype(np.float16)
+    return X.astype(np.float32), W.astype(np.float32)
+
+
+def _check(y, ref, X, W, ref_dtype="float16"):
+    return check_close(np.asarray(y, np.float32), np.asarray(ref, np.float64), np.linalg.norm(X, axis=1),
+                       np.linalg.norm(W, axis=1), X.shape[1], str(np.asarray(y).dtype), ref_dtype)
+
+
+def test_tolerance_passes_any_fp32_summation_order():
+    """Tile order, reversed split-K and float64 rounded once are all 'one fp16 rounding of an fp32 sum'."""
+    X, W = _problem()
+    ref = (X @ W.T).astype(np.float16)
+    tiles = np.zeros((X.shape[0], W.shape[0]), np.float32)
+    for k0 in reversed(range(0, X.shape[1], 64)):
+        tiles += X[:, k0:k0 + 64] @ W[:, k0:k0 + 64].T
+    exact = X.astype(np.float64) @ W.astype(np.float64).T
+    for y in (tiles.astype(np.float16), exact.astype(np.float16), tiles):
+        check = _check(y, ref, X, W)
+        assert check.ok and check.worst < 0.5, check
+    assert _check(tiles.astype(np.float16), exact, X, W, "float64").ok
+
+
+def test_tolerance_catches_wrong_outputs():
+    X, W = _problem()
+    ref = (X @ W.T).astype(np.float16)
+    dropped = W.copy()
+    dropped[:128, 640:704] = 0  # one 128 x 64 tile lost
+    assert not _check((X @ dropped.T).astype(np.float16), ref, X, W).ok
+    one_off = ref.copy()
+    one_off[3, 17] = np.float16(float(one_off[3, 17]) * 1.01)  # a single element 1 % off
+    check = _check(one_off, ref, X, W)
+    assert (check.ok, check.n_bad) == (False, 1) and "(n=3, m=17)" in check.message
+    nan = ref.copy()
+    nan[0, 0] = np.nan
+    assert not _check(nan, ref, X, W).ok and math.isinf(_check(nan, ref, X, W).worst)
+    assert not _check(ref[:, :-1], ref, X, W).ok  # wrong shape
+
+
+# ---------------------------------------------------------------------------------------------- input data
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.73, 0.9])
+def test_pruning_zeroes_exactly_the_requested_count(sparsity):
+    W = random_normal(np, (256, 128), seed=3)
+    assert np.count_nonzero(W) == W.size  # random normal: no zeros to begin with
+    pruned = prune_random(W, sparsity, seed=1, log=lambda _: None)
+    assert pruned.shape == W.shape and pruned.dtype == W.dtype
+    assert W.size - np.count_nonzero(pruned) == round(sparsity * W.size)
+    kept = pruned != 0
+    assert (pruned[kept] == W[kept]).all()
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+
+def test_registry_is_declared_once_per_name():
+    assert next(iter(PROVIDERS)) == BASELINE
+    assert all(isinstance(p, Provider) and p.name == name for name, p in PROVIDERS.items())
+    with pytest.raises(ValueError, match="provider.name"):
+        register(PROVIDERS[BASELINE])
+    assert PROVIDERS["sparse24_torch"].unavailable("fp16", 0.7)  # 2:4 only at 50 %, always with a reason
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+def test_derive_metrics_speedup_bound_and_wrong_rows():
+    meta, rows = synthetic_results(ns=(16,), sparsities=(0.5, 0.8))
+    cublas = {(r["M"], r["K"], r["N"], r["sparsity"]): r for r in rows if r["provider"] == BASELINE}
+    for r in rows:
+        base = cublas[(r["M"], r["K"], r["N"], r["sparsity"])]
+        if r["status"] == "ok":
+            assert r["speedup"] == pytest.approx(base["time_ms"] / r["time_ms"])
+            assert r["tflops"] == pytest.approx(2 * r["M"] * r["N"] * r["K"] / (r["time_ms"] * 1e-3) / 1e12)
+            assert r["bound_fraction"] == pytest.approx(r["bytes"] / 4000e9 / (r["time_ms"] * 1e-3))
+        else:
+            assert r["speedup"] is None and r["bound_fraction"] is None
+    assert any(r["status"] == "WRONG" for r in rows) and any(r["status"] == "skipped" for r in rows)
+
+
+def test_headline_is_the_geometric_mean_over_shapes():
+    rows = [{"provider": p, "label": p, "model": "m", "layer": str(m), "M": m, "K": 64, "N": 16, "sparsity": 0.8,
+             "dtype": "fp16", "status": "ok", "time_ms": t, "bytes": 1000} for p, m, t in
+            [(BASELINE, 1, 1.0), (BASELINE, 2, 1.0), ("fast", 1, 0.5), ("fast", 2, 0.125)]]
+    report.derive_metrics(rows, copy_gbps=1.0)
+    h = report.headline(rows)[("fast", 16, 0.8)]
+    assert h["speedup"] == pytest.approx(4.0) and (h["shapes_ok"], h["shapes"]) == (2, 2)
+    assert "4.00x" in report.headline_table(rows)
+
+
+def test_writers_produce_json_csv_markdown_and_png(tmp_path):
+    meta, rows = synthetic_results()
+    paths = report.write_all(tmp_path, meta, rows, stamp="test")
+    assert sorted(paths) == ["csv", "json", "md", "png"]
+    meta2, rows2 = report.load_results(paths["json"])
+    assert meta2["sample"] is True and len(rows2) == len(rows)
+    assert rows2[0]["time_ms"] == pytest.approx(rows[0]["time_ms"], rel=1e-5)
+    lines = paths["csv"].read_text().splitlines()
+    assert lines[0].startswith("# ") and "SAMPLE" in lines[0]
+    table = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    assert len(table) == len(rows) and {"speedup", "bound_fraction", "p10_ms", "p90_ms"} <= set(table[0])
+    md = paths["md"].read_text()
+    assert "geometric mean over shapes" in md and "WRONG" in md and "| OPT-66B QKV 27648x9216 | 8 | 50% |" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_find_results_prefers_the_newest_real_file(tmp_path):
+    meta, rows = synthetic_results(ns=(16,), sparsities=(0.8,))
+    report.write_json(tmp_path / "sample.json", meta, rows)
+    assert report.find_results(tmp_path) is None  # a sample is never a result
+    for date in ("2026-01-01T00:00:00+00:00", "2026-03-01T00:00:00+00:00", "2026-02-01T00:00:00+00:00"):
+        report.write_json(tmp_path / f"r{date[:7]}.json", {**meta, "sample": False, "date": date}, rows)
+    (tmp_path / "other.json").write_text(json.dumps({"not": "ours"}))
+    assert report.find_results(tmp_path).name == "r2026-03.json"
+
+
+def test_progress_bar_logs_a_line_per_tenth_when_not_a_terminal():
+    stream = io.StringIO()
+    bar = report.Progress(40, stream=stream)
+    for _ in range(40):
+        bar.advance(1, "x")
+    lines = stream.getvalue().splitlines()
+    assert 10 <= len(lines) <= 11 and lines[-1].startswith("[" + "#" * 30 + "] 40/40")
+
+
+def test_bundled_sample_is_labelled_and_current():
+    """notebooks/data/bench_sample.json is labelled a SAMPLE and has today's row format (else: regenerate it with
+    ``python -m flashllm_nb.bench.sample``)."""
+    meta, rows = report.load_results(ROOT / "notebooks" / "data" / "bench_sample.json")
+    assert meta["sample"] is True and "Not a measurement" in meta["note"]
+    fresh_meta, fresh_rows = synthetic_results()
+    assert set(meta) == set(fresh_meta) and len(rows) == len(fresh_rows)
+    assert [(set(r), r["status"]) for r in rows] == [(set(r), r["status"]) for r in fresh_rows]
+
+
+# --------------------------------------------------------------------------------------------------- notebook
+
+@pytest.mark.skipif(importlib.util.find_spec("nbclient") is None or importlib.util.find_spec("ipykernel") is None,
+                    reason="needs nbclient and ipykernel (the test extra)")
+def test_notebook_runs_on_the_sample():
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "02_kernel_benchmark.ipynb", as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+                   ).execute()
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "results file:" in text and "geometric mean" in text.lower()
+
+
+# -------------------------------------------------------------------------------------------------- simulator
+
+def _simulator_ready() -> str | None:
+    try:
+        import flashllm_nb
+        from flashllm_nb.reference import linear_reference  # noqa: F401
+
+        flashllm_nb.linear  # noqa: B018
+    except (ImportError, AttributeError) as exc:
+        return f"flashllm_nb.linear / reference.linear_reference not written yet ({exc})"
+    return None
+
+
+@pytest.mark.sim
+def test_simulator_path_end_to_end(tmp_path, capsys):
+    """``python -m flashllm_nb.bench`` without a GPU: checks the kernel against float64, prints no timings."""
+    reason = _simulator_ready()
+    if reason:
+        pytest.skip(reason)
+    rc = main(["--n", "8", "--sparsity", "0.9", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "SIMULATOR MODE" in out and "timings would be meaningless" in out
+    assert "| flashllm_nb Tiled-CSL | ok |" in out, out
+    assert rc == 0 and "x /" not in out and not list(tmp_path.iterdir())  # no speedups, no files
