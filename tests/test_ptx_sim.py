@@ -1,0 +1,220 @@
+"""Every simulator twin of ``flashllm_nb.kernels.ptx`` inside a real ``@cuda.jit`` kernel, in Numba's CUDA simulator,
+against NumPy (the checks live in ``ptx_kernels``, shared with the GPU tests), and the errors that turn a kernel bug
+into a failing test instead of a hang or a wrong answer on the GPU.
+
+One block of 32 (``check_gemm``: 128) threads per launch keeps each test to a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import cuda
+
+import flashllm_nb.kernels.ptx_sim as ptx_sim
+import ptx_kernels as pk
+from flashllm_nb.kernels import ptx
+from flashllm_nb.kernels.ptx import SHARED_ALIGN
+
+pytestmark = pytest.mark.sim
+
+SEEDS = [0, 1]
+
+
+def test_the_twins_are_bound_and_complete():
+    assert ptx.SIMULATOR and ptx.SHARED_ALIGN is None
+    assert set(ptx_sim.__all__) == set(ptx.__all__) - {"SIMULATOR", "SHARED_ALIGN"}
+    for name in ptx_sim.__all__:
+        assert getattr(ptx, name) is getattr(ptx_sim, name)
+
+
+def test_docstring_example():
+    pk.run_docstring_example()
+
+
+def test_shared_addr():
+    pk.check_shared_addr()
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mma(dtype, seed):
+    pk.check_mma(dtype, seed)
+
+
+@pytest.mark.parametrize("num", [1, 2, 4])
+@pytest.mark.parametrize("trans", [False, True], ids=["plain", "trans"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_ldmatrix(num, trans, seed):
+    pk.check_ldmatrix(num, trans, seed)
+
+
+def test_ldmatrix_feeds_mma():
+    pk.check_ldmatrix_feeds_mma(0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cp_async_zero_fills(seed):
+    pk.check_cp_async(seed)
+
+
+def test_ld_global_nc():
+    pk.check_ld_global_nc(0)
+
+
+def test_st_shared():
+    pk.check_st_shared(0)
+
+
+def test_pack_unpack():
+    pk.check_pack(0)
+
+
+@pytest.mark.parametrize("kind", ["f16", "bf16"])
+def test_f32_to_16_bits(kind):
+    pk.check_f32_to_16_bits(kind, seed=0, n=512)
+
+
+@pytest.mark.parametrize("kind", ["f16", "bf16"])
+def test_16_bits_to_f32(kind):
+    """A sample of all 65536 patterns (the GPU test takes them all): every exponent, signs, NaNs, subnormals."""
+    bits = np.unique(np.concatenate([np.arange(0, 1 << 16, 97), [0x0000, 0x8000, 0x0001, 0x7C00, 0x7F80, 0xFFFF]]))
+    pk.check_16_bits_to_f32(kind, bits.astype(np.uint16))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_four_warps_reuse_their_rendezvous(seed):
+    pk.check_gemm(seed)
+
+
+# --- what the twins refuse ------------------------------------------------------------------------------------------
+
+
+@cuda.jit
+def _mma_with_float64_accumulator(out):
+    zero = np.uint32(0)
+    d0, d1, d2, d3 = ptx.mma_m16n8k16_f16(zero, zero, zero, zero, zero, zero, 0.0, 0.0, 0.0, 0.0)
+    out[cuda.threadIdx.x] = d0
+
+
+def test_float64_accumulator_is_refused_as_on_the_gpu():
+    """A Python float is float64 in a Numba kernel: the GPU typing refuses it, so the twin does too."""
+    instruction = r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.f16\.f16\.f32"
+    with pytest.raises(TypeError, match=instruction + ": c0 must be a float32"):
+        _mma_with_float64_accumulator[1, 32](np.zeros(32, np.float32))
+
+
+@cuda.jit
+def _ldmatrix_at(rows, out):
+    s = cuda.shared.array(256, np.uint16, alignment=SHARED_ALIGN)
+    out[cuda.threadIdx.x] = ptx.ldmatrix_x1(s, rows[cuda.threadIdx.x])
+
+
+def test_misaligned_ldmatrix_row_is_refused():
+    rows = np.zeros(32, np.int32)
+    rows[5] = 4  # 8 bytes into the array: not 16-byte aligned
+    with pytest.raises(IndexError, match=r"ldmatrix\.sync\.aligned\.m8n8\.x1\.shared\.b16: the row of lane 5"):
+        _ldmatrix_at[1, 32](rows, np.zeros(32, np.uint32))
+
+
+def test_ldmatrix_ignores_the_lanes_it_does_not_read():
+    rows = np.full(32, 10_000, np.int32)  # out of range, but only lanes 0-7 matter for .x1
+    rows[:8] = np.arange(8) * 8
+    _ldmatrix_at[1, 32](rows, np.zeros(32, np.uint32))
+
+
+@cuda.jit
+def _ldmatrix_of_global(x, out):
+    out[cuda.threadIdx.x] = ptx.ldmatrix_x1(x, 0)
+
+
+def test_ldmatrix_from_global_memory_is_refused():
+    with pytest.raises(TypeError, match=r"ldmatrix.*arr of lane 0 must be a cuda\.shared\.array"):
+        _ldmatrix_of_global[1, 32](np.zeros(64, np.uint16), np.zeros(32, np.uint32))
+
+
+@cuda.jit
+def _cp_async_from_shared(out):
+    s = cuda.shared.array(256, np.uint16, alignment=SHARED_ALIGN)
+    t = cuda.shared.array(256, np.uint16, alignment=SHARED_ALIGN)
+    ptx.cp_async_16(s, cuda.threadIdx.x * 8, t, 0, 16)
+    out[cuda.threadIdx.x] = s[0]
+
+
+def test_cp_async_from_shared_memory_is_refused():
+    with pytest.raises(TypeError, match=r"cp\.async\.cg\.shared\.global: src_arr must be a device array"):
+        _cp_async_from_shared[1, 32](np.zeros(32, np.uint16))
+
+
+@cuda.jit
+def _cp_async_nothing_from_anywhere(x, out):
+    s = cuda.shared.array(256, np.uint16, alignment=SHARED_ALIGN)
+    ptx.cp_async_16(s, cuda.threadIdx.x * 8, x, 1_000_003, 0)  # src_bytes 0: the index is never used
+    ptx.cp_async_wait_all()
+    out[cuda.threadIdx.x] = s[cuda.threadIdx.x * 8 + 7]
+
+
+def test_cp_async_with_zero_bytes_reads_nothing():
+    out = np.ones(32, np.uint16)
+    _cp_async_nothing_from_anywhere[1, 32](np.zeros(4, np.float32), out)
+    assert (out == 0).all()
+
+
+@cuda.jit
+def _diverging_warp(out):
+    s = cuda.shared.array(256, np.uint16, alignment=SHARED_ALIGN)
+    lane = cuda.threadIdx.x
+    if lane < 16:
+        out[lane] = ptx.ldmatrix_x1(s, 0)
+    else:
+        out[lane] = ptx.ldmatrix_x1_trans(s, 0)
+
+
+def test_a_warp_split_between_two_collectives_is_reported():
+    with pytest.raises(RuntimeError, match=r"warp 0 diverged"):
+        _diverging_warp[1, 32](np.zeros(32, np.uint32))
+
+
+@cuda.jit
+def _half_warp_at_syncthreads(out):
+    s = cuda.shared.array(256, np.uint16, alignment=SHARED_ALIGN)
+    lane = cuda.threadIdx.x
+    if lane < 16:
+        out[lane] = ptx.ldmatrix_x1(s, 0)
+    cuda.syncthreads()
+
+
+def test_lanes_waiting_at_syncthreads_are_reported_not_hung():
+    with pytest.raises(RuntimeError, match=r"lanes \[16, .*31\] wait at syncthreads"):
+        _half_warp_at_syncthreads[1, 32](np.zeros(32, np.uint32))
+
+
+@cuda.jit
+def _half_warp_returns(out):
+    s = cuda.shared.array(256, np.uint16, alignment=SHARED_ALIGN)
+    lane = cuda.threadIdx.x
+    if lane >= 16:
+        return
+    out[lane] = ptx.ldmatrix_x1(s, 0)
+
+
+def test_lanes_that_exited_are_reported_not_hung():
+    with pytest.raises(RuntimeError, match=r"lanes \[16, .*31\] have exited"):
+        _half_warp_returns[1, 32](np.zeros(32, np.uint32))
+
+
+def test_a_partial_warp_is_refused():
+    a, c, d = np.zeros((48, 4), np.uint32), np.zeros((48, 4), np.float32), np.zeros((48, 4), np.float32)
+    b = np.zeros((48, 2), np.uint32)
+    with pytest.raises(RuntimeError, match=r"needs all 32 lanes of a warp, but a block of 48 threads"):
+        pk.launch(pk.mma_f16_kernel, a, b, c, d, threads=48)
+
+
+def test_twins_refuse_the_wrong_kinds_of_value():
+    """Outside the warp-collectives the twins need no kernel; they mirror the GPU typing errors."""
+    with pytest.raises(TypeError, match=r"cvt\.rn\.bf16\.f32: x must be a float32"):
+        ptx.f32_to_bf16_bits(1.0)
+    with pytest.raises(TypeError, match=r"mov\.b32 \(pack\): lo must be an integer, got float"):
+        ptx.pack_u16x2(1.0, 2)
+    with pytest.raises(ValueError, match=r"cp\.async\.wait_group: n must be a non-negative integer"):
+        ptx.cp_async_wait_group(-1)
