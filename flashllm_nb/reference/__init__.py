@@ -1,0 +1,10 @@
+"""NumPy/SciPy references that the kernels are checked against.
+
+- :mod:`.spmm`: float64 ``spmm_reference``, ``linear_reference`` and ``abs_product`` (the error scale);
+- :mod:`.tolerance`: the elementwise error bound of an fp32-accumulated product and its assertion;
+- :mod:`.fragments`: the lane-level emulator of ``mma.sync`` and ``ldmatrix``, the PTX fragment layouts' spec.
+"""
+
+from .spmm import abs_product, linear_reference, spmm_reference
+
+__all__ = ["spmm_reference", "linear_reference", "abs_product"]
