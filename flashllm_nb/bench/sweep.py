@@ -21,7 +21,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
@@ -93,13 +93,9 @@ class Result:
     tflops: float | None = None
     gbps: float | None = None
     bound_fraction: float | None = None
-    extra: dict = field(default_factory=dict)
 
     def as_row(self) -> dict:
-        row = dataclasses.asdict(self)
-        row.pop("extra")
-        row.update(self.extra)
-        return row
+        return dataclasses.asdict(self)
 
 
 class SweepAborted(RuntimeError):
@@ -393,7 +389,7 @@ def environment(argv: Sequence[str], sweep: Sweep, simulator: bool, copy_gbps: f
     name = props["name"]
     meta["device"] = {
         "name": name.decode() if isinstance(name, bytes) else str(name),
-        "compute_capability": f"{props['major']}.{props['minor']}",
+        "compute_capability": dev.compute_capability,
         "sm_count": int(props["multiProcessorCount"]),
         "l2_bytes": int(props["l2CacheSize"]),
         "memory_bytes": int(props["totalGlobalMem"]),
