@@ -484,8 +484,8 @@ def _make_f32_to_16(kind: str):
     typer.__name__ = typer.__qualname__ = f"f32_to_{kind}_bits"
     typer.__doc__ = f"""``{instruction}``: float32 to the bit pattern of the nearest .{kind} (ties to even), as uint16.
 
-    PTX ISA: "cvt". Overflow gives +-Inf, NaN gives a NaN (the simulator twin gives the canonical 0x7FFF, as the
-    CUDA headers' host path does), subnormal results are kept. Why: the output tile is rounded to .{kind} exactly
+    PTX ISA: "cvt". Overflow gives +-Inf, any NaN the canonical NaN 0x7FFF (seen on an H200; the twin does the
+    same), subnormal results are kept. Why: the output tile is rounded to .{kind} exactly
     once, from the fp32 accumulators{"; needs sm_80" if kind == "bf16" else ""}.
     """
     return intrinsic(typer)
@@ -497,7 +497,8 @@ f32_to_bf16_bits = _make_f32_to_16("bf16")
 
 @intrinsic
 def f16_bits_to_f32(typingctx, b):
-    """``cvt.f32.f16``: the float32 value of an f16 bit pattern (exact). Integers are truncated to 16 bits.
+    """``cvt.f32.f16``: the float32 value of an f16 bit pattern (exact; any NaN gives 0x7FFFFFFF, seen on an H200).
+    Integers are truncated to 16 bits.
 
     PTX ISA: "cvt". Why: epilogues and tests that read fp16 bit patterns (e.g. a Tiled-CSL word's low half).
     """

@@ -359,7 +359,9 @@ def unpack_u16x2(x):
     return np.uint16(x & 0xFFFF), np.uint16(x >> 16)
 
 
-_CANONICAL_NAN16 = np.uint16(0x7FFF)  # what the CUDA headers' host path gives for NaN in both f16 and bf16
+# What the hardware gives for any NaN (seen on an H200, sm_90; the CUDA headers' host conversions agree for f16/bf16).
+_CANONICAL_NAN16 = np.uint16(0x7FFF)
+_CANONICAL_NAN32 = np.uint32(0x7FFFFFFF).view(np.float32)
 
 
 def f32_to_f16_bits(x):
@@ -383,9 +385,9 @@ def f32_to_bf16_bits(x):
 
 
 def f16_bits_to_f32(b):
-    """Twin of ``cvt.f32.f16``: the exact float32 value of the low 16 bits, read as f16."""
-    bits = np.uint16(_integer("cvt.f32.f16", "b", b) & 0xFFFF)
-    return np.float32(bits.view(np.float16))
+    """Twin of ``cvt.f32.f16``: the exact float32 value of the low 16 bits, read as f16; NaN gives 0x7FFFFFFF."""
+    value = np.float32(np.uint16(_integer("cvt.f32.f16", "b", b) & 0xFFFF).view(np.float16))
+    return _CANONICAL_NAN32 if np.isnan(value) else value
 
 
 def bf16_bits_to_f32(b):
