@@ -1,5 +1,6 @@
 """The kernel benchmark (``flashllm_nb.bench``) without a GPU: arguments, presets, statistics, the tolerance rule,
-the report writers, the notebook, and (marked ``sim``) the simulator path end to end.
+the report writers, the runner's verdicts, and (marked ``sim``) the simulator path end to end. The notebook
+(notebooks/02_kernel_benchmark.ipynb, on the bundled sample) runs in tests/test_notebooks.py with every other.
 
 The GPU path itself (CuPy events, peers, rotation) needs a CUDA device and is exercised by running
 ``python -m flashllm_nb.bench --quick`` there; bench/README.md says how.
@@ -8,7 +9,6 @@ The GPU path itself (CuPy events, peers, rotation) needs a CUDA device and is ex
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import math
@@ -300,21 +300,6 @@ def test_bundled_sample_is_labelled_and_current():
     assert [(set(r), r["status"]) for r in rows] == [(set(r), r["status"]) for r in fresh_rows]
 
 
-# --------------------------------------------------------------------------------------------------- notebook
-
-@pytest.mark.skipif(importlib.util.find_spec("nbclient") is None or importlib.util.find_spec("ipykernel") is None,
-                    reason="needs nbclient and ipykernel (the test extra)")
-def test_notebook_runs_on_the_sample():
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "notebooks" / "02_kernel_benchmark.ipynb", as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
-                   ).execute()
-    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "results file:" in text and "geometric mean" in text.lower()
-
-
 # -------------------------------------------------------------------------------------------------- simulator
 
 def _simulator_ready() -> str | None:
@@ -339,3 +324,32 @@ def test_simulator_path_end_to_end(tmp_path, capsys):
     assert "SIMULATOR MODE" in out and "timings would be meaningless" in out
     assert "| flashllm_nb Tiled-CSL | ok |" in out, out
     assert rc == 0 and "x /" not in out and not list(tmp_path.iterdir())  # no speedups, no files
+
+
+def _fake(name, scale=1.0, raises=None):
+    """A host 'kernel' (NumPy X @ W.T, optionally scaled or raising) registered like flashllm_nb's own."""
+    from flashllm_nb import TiledCSL
+    from flashllm_nb.bench.providers import Prepared
+
+    def prepare(W):
+        if raises:
+            raise raises
+        w32 = W.astype(np.float32)
+        return Prepared(W.nbytes, lambda X: lambda: (X.astype(np.float32) @ w32.T * scale).astype(np.float16),
+                        encoded=TiledCSL.from_dense(W))
+
+    return Provider(name, name, lambda dtype, s: None, prepare, simulator=True, ours=True)
+
+
+def test_runner_reports_ok_wrong_and_skipped_and_the_exit_status(monkeypatch):
+    """The runner's verdicts, without a kernel: right -> ok, 1 % off -> WRONG, NotImplementedError -> skipped."""
+    from flashllm_nb.bench.run import _exit_status
+    from flashllm_nb.bench.sweep import Sweep, run_simulator
+
+    for fake in (_fake("right"), _fake("off", scale=1.01), _fake("todo", raises=NotImplementedError("not yet"))):
+        monkeypatch.setitem(PROVIDERS, fake.name, fake)
+    sweep = Sweep(shapes=SIMULATOR_SHAPES, ns=(8,), sparsities=(0.8,), providers=("right", "off", "todo"))
+    rows = [r.as_row() for r in run_simulator(sweep, advance=lambda k, what: None, log=lambda m: None)]
+    assert [(r["provider"], r["status"]) for r in rows] == [("right", "ok"), ("off", "WRONG"), ("todo", "skipped")]
+    assert "NotImplementedError: not yet" in rows[2]["reason"] and rows[1]["worst_error"] > 1
+    assert _exit_status(rows, None) == 1 and _exit_status(rows[::2], None) == 0 and _exit_status(rows[:1], "x") == 1

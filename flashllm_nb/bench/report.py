@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from .shapes import shape_label
 from .timing import geometric_mean
 
 __all__ = [
@@ -108,7 +109,7 @@ def case_table(rows: list[dict]) -> str:
     for case in sorted(order, key=lambda c: (shape_order[c[:4]], c[4], c[5])):
         model, layer, m, k, n, s = case
         cells = [_cell(by_case[case].get(name)) for name, _ in provs]
-        lines.append(f"| {model} {layer} {m}x{k} | {n} | {s:.0%} | " + " | ".join(cells) + " |")
+        lines.append(f"| {shape_label(model, layer, m, k)} | {n} | {s:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -160,7 +161,7 @@ def simulator_table(rows: list[dict]) -> str:
              "|---|---:|---:|---|---|---:|"]
     for r in rows:
         worst = "–" if r.get("worst_error") is None else f"{r['worst_error']:.3g}"
-        lines.append(f"| {r['model']} {r['layer']} {r['M']}x{r['K']} | {r['N']} | {r['sparsity']:.0%} | "
+        lines.append(f"| {shape_label(r['model'], r['layer'], r['M'], r['K'])} | {r['N']} | {r['sparsity']:.0%} | "
                      f"{r['label']} | {r['status']} | {worst} |")
     return "\n".join(lines)
 

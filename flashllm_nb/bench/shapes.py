@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-__all__ = ["Shape", "PRESETS", "SIMULATOR_SHAPES", "opt_block", "llama_block", "parse_shape", "resolve_shapes"]
+__all__ = ["Shape", "shape_label", "PRESETS", "SIMULATOR_SHAPES", "opt_block", "llama_block", "parse_shape",
+           "resolve_shapes"]
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,19 @@ class Shape:
     """One weight matrix: ``M`` output features by ``K`` input features (``W`` is M x K, ``Y = X @ W.T``)."""
 
     model: str  # "OPT-66B", or "custom" for --shape
-    layer: str  # "QKV", "q/k/v/o", ...
+    layer: str  # "QKV", "q/k/v/o", ...; "" for --shape
     M: int
     K: int
 
     @property
     def label(self) -> str:
-        """Short row label for tables, e.g. ``OPT-66B QKV 27648x9216``."""
-        return f"{self.model} {self.layer} {self.M}x{self.K}"
+        """Short row label for tables, e.g. ``OPT-66B QKV 27648x9216``, ``custom 4096x4096``."""
+        return shape_label(self.model, self.layer, self.M, self.K)
+
+
+def shape_label(model: str, layer: str, m: int, k: int) -> str:
+    """``model layer MxK``, skipping an empty layer name."""
+    return " ".join(part for part in (model, layer, f"{m}x{k}") if part)
 
 
 def opt_block(model: str, h: int) -> tuple[Shape, ...]:
@@ -92,7 +98,7 @@ def parse_shape(text: str) -> Shape:
         ) from None
     if m < 1 or k < 1:
         raise argparse.ArgumentTypeError(f"expected M,K both >= 1, got {text!r}")
-    return Shape("custom", f"{m}x{k}", m, k)
+    return Shape("custom", "", m, k)
 
 
 def resolve_shapes(presets: list[str] | None, shapes: list[Shape] | None, default: str) -> tuple[Shape, ...]:

@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -364,6 +365,14 @@ def _version(module: str) -> str | None:
         return None
 
 
+def _command_line(argv: Sequence[str]) -> str:
+    """The command as typed: ``python -m flashllm_nb.bench ...`` (whose sys.argv[0] is __main__.py's path), or
+    the console script (``flashllm-nb bench ...``)."""
+    if sys.argv and sys.argv[0].endswith("__main__.py"):
+        return shlex.join([Path(sys.executable).name, "-m", "flashllm_nb.bench", *argv])
+    return shlex.join(sys.argv)
+
+
 def environment(argv: Sequence[str], sweep: Sweep, simulator: bool, copy_gbps: float | None) -> dict:
     """Everything a reader needs to trust or reproduce the numbers: card, versions, command line, date."""
     meta: dict[str, Any] = {
@@ -372,7 +381,7 @@ def environment(argv: Sequence[str], sweep: Sweep, simulator: bool, copy_gbps: f
         "sample": False,
         "simulator": simulator,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(sys.argv),
+        "command": _command_line(argv),
         "argv": list(argv),
         "sweep": dataclasses.asdict(sweep),
         "copy_bandwidth_gbps": copy_gbps,
