@@ -65,7 +65,7 @@ The API (every index is a flat element index into a C-contiguous array; ``g = la
 ``cp_async_wait_group(n)``                      ``cp.async.wait_group n`` (``n`` a compile-time int literal)
 ``cp_async_wait_all()``                         ``cp.async.wait_all``
 ``ld_global_nc_v4_u32(arr, i) -> 4 uint32``     ``ld.global.nc.L1::no_allocate.v4.u32``
-``st_shared_v4_u32(arr, i, w0, w1, w2, w3)``     ``st.shared.v4.u32``: 16 bytes into shared memory
+``st_shared_v4_u32(arr, i, w0, w1, w2, w3)``    ``st.shared.v4.u32``: 16 bytes into shared memory
 ``pack_u16x2(lo, hi) -> uint32``                ``mov.b32 d, {lo, hi}``
 ``unpack_u16x2(x) -> (lo, hi)``                 ``mov.b32 {lo, hi}, x`` (uint16 each)
 ``f32_to_f16_bits(x)``, ``f32_to_bf16_bits``    ``cvt.rn.f16.f32``, ``cvt.rn.bf16.f32`` -> uint16

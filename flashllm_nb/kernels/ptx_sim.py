@@ -19,7 +19,6 @@ kernel bug fails in CI rather than on the first GPU run.
 from __future__ import annotations
 
 import threading
-import time
 import weakref
 
 import numpy as np
