@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
 
     dtype = np.dtype(np.float16) if args.dtype == "float16" else np.dtype(ml_dtypes.bfloat16)
     M, K = args.shape
-    print(f"command: PYTHONPATH=. {shlex.join([os.path.basename(sys.executable), 'bench/encode_timing.py', *sys.argv[1:]])}")
+    command = shlex.join([os.path.basename(sys.executable), "bench/encode_timing.py", *sys.argv[1:]])
+    print(f"command: PYTHONPATH=. {command}")
     print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, NumPy {np.__version__}")

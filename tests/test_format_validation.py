@@ -51,7 +51,8 @@ def test_words_dtype():
 
 
 def test_tile_offsets_dtype():
-    refuses(TypeError, "Invalid dtype of tile_offsets: expected int32, got int64", o=offsets(0, 1, 2, 2).astype(np.int64))
+    refuses(TypeError, "Invalid dtype of tile_offsets: expected int32, got int64",
+            o=offsets(0, 1, 2, 2).astype(np.int64))
 
 
 def test_words_must_be_1d():

@@ -68,7 +68,9 @@ def test_layout_matches_the_documented_header(saved):
     A, path = saved
     data = path.read_bytes()
     assert data[:8] == MAGIC == b"\x89FLCSL\r\n"
-    assert struct.unpack_from("<I8sQQIIQQ", data, 8) == (VERSION, b"float16\0", 200, 150, 128, 64, 8, A.words.size)  # 2 x 3 tiles + 2
+    n_offsets = 2 * 3 + 2  # 2 x 3 tiles
+    assert struct.unpack_from("<I8sQQIIQQ", data, 8) == (VERSION, b"float16\0", 200, 150, 128, 64, n_offsets,
+                                                         A.words.size)
     assert data[60:64] == b"\0\0\0\0"
     assert data[64 : 64 + 32] == A.tile_offsets.astype("<i4").tobytes()
     assert data[96:-32] == A.words.astype("<u4").tobytes()

@@ -33,7 +33,8 @@ def _execute(nb, cwd: Path) -> None:
 
 
 def test_kernel_runs_this_interpreter(tmp_path):
-    nb = new_notebook(cells=[new_code_cell("import sys, flashllm_nb; print(sys.executable); print(flashllm_nb.__file__)")])
+    cell = new_code_cell("import sys, flashllm_nb\nprint(sys.executable)\nprint(flashllm_nb.__file__)")
+    nb = new_notebook(cells=[cell])
     _execute(nb, tmp_path)
     executable, package = nb.cells[0].outputs[0]["text"].split()
     assert os.path.realpath(executable) == os.path.realpath(sys.executable)

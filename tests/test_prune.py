@@ -130,7 +130,8 @@ def test_matches_the_package_docstring_example():
 @pytest.mark.parametrize("sparsity", [-0.1, 1.5, float("nan"), float("inf")])
 def test_sparsity_out_of_range(sparsity):
     for fn in (prune.magnitude, prune.random):
-        with pytest.raises(ValueError, match=f"Invalid value of sparsity: expected a number in \\[0, 1\\], got {sparsity}"):
+        message = f"Invalid value of sparsity: expected a number in \\[0, 1\\], got {sparsity}"
+        with pytest.raises(ValueError, match=message):
             fn(np.ones(4, np.float32), sparsity)
 
 
@@ -141,7 +142,8 @@ def test_sparsity_must_be_a_number(sparsity):
 
 
 def test_dtype_and_type_checks():
-    with pytest.raises(TypeError, match="Invalid dtype of W: expected float16, bfloat16, float32 or float64, got int32"):
+    with pytest.raises(TypeError, match="Invalid dtype of W: expected float16, bfloat16, float32 or float64, "
+                                        "got int32"):
         prune.magnitude(np.ones(4, np.int32), 0.5)
     with pytest.raises(TypeError, match="Invalid type of W: expected a NumPy or CuPy array, got list"):
         prune.random([1.0, 2.0], 0.5)

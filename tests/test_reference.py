@@ -120,9 +120,11 @@ def test_shape_errors_name_the_argument():
 
 def test_type_errors_name_the_argument():
     A = np.ones((2, 2), np.float16)
-    with pytest.raises(TypeError, match="Invalid dtype of X: expected float16, bfloat16, float32 or float64, got int64"):
+    with pytest.raises(TypeError, match="Invalid dtype of X: expected float16, bfloat16, float32 or float64, "
+                                        "got int64"):
         spmm_reference(A, np.ones((2, 2), np.int64))
     with pytest.raises(TypeError, match="Invalid type of X: expected a NumPy or CuPy array, got list"):
         spmm_reference(A, [[1.0], [2.0]])
-    with pytest.raises(TypeError, match="Invalid dtype of A: expected float16, bfloat16, float32 or float64, got int32"):
+    with pytest.raises(TypeError, match="Invalid dtype of A: expected float16, bfloat16, float32 or float64, "
+                                        "got int32"):
         spmm_reference(np.ones((2, 2), np.int32), np.ones((2, 1)))

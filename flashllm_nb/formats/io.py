@@ -3,7 +3,7 @@
 File layout, all little-endian (version 1)::
 
     offset  size  field
-         0     8  magic            b"\\x89FLCSL\\r\\n"   (PNG-style: a non-ASCII byte, and CR LF to catch text-mode copies)
+         0     8  magic            b"\\x89FLCSL\\r\\n"   (as PNG: a non-ASCII byte, CR LF to catch text-mode copies)
          8     4  version          uint32, 1
         12     8  dtype            ASCII, NUL-padded: b"float16\\0" or b"bfloat16"
         20     8  M                uint64
@@ -30,8 +30,6 @@ import hashlib
 import os
 import secrets
 import struct
-from typing import Any
-
 import numpy as np
 
 from .._checks import invalid
@@ -122,7 +120,8 @@ def load(path: str | os.PathLike, device: bool = False) -> TiledCSL:
         return ValueError(f"{os.fspath(path)!r}: {why}")
 
     if data[: len(MAGIC)] != MAGIC[: len(data)]:
-        raise refuse(f"not a flashllm_nb Tiled-CSL file (starts with {bytes(data[: len(MAGIC)])!r}; expected {MAGIC!r})")
+        start = bytes(data[: len(MAGIC)])
+        raise refuse(f"not a flashllm_nb Tiled-CSL file (starts with {start!r}; expected {MAGIC!r})")
     if len(data) < _HEADER.size:
         raise refuse(f"truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
     _, version, dtype_name, M, K, tile_m, tile_k, n_offsets, n_words = _HEADER.unpack_from(data)

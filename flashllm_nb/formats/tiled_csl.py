@@ -190,9 +190,9 @@ def _where(i: int, tile: int, tile_offsets: np.ndarray) -> str:
     return f"word {i} (word {i - VECTOR_WORDS * int(tile_offsets[tile])} of tile {tile})"
 
 
-def _check_words(xp: Any, words: Any, tile_offsets: Any, shape: tuple[int, int]) -> int:
-    """The O(nnz) scan of :meth:`TiledCSL.check_format`; returns nnz. The cheap checks have passed."""
-    offsets = to_host(tile_offsets)
+def _check_words(xp: Any, words: Any, tile_offsets: Any, offsets: np.ndarray, shape: tuple[int, int]) -> int:
+    """The O(nnz) scan of :meth:`TiledCSL.check_format`; returns nnz. The cheap checks have passed; ``offsets`` is
+    ``tile_offsets`` on the host."""
     n_tiles = offsets.size - 2
     tiles = _word_tiles(xp, tile_offsets, words.size)
 
@@ -470,7 +470,8 @@ class TiledCSL:
             raise ValueError(f"tile_offsets decrease: tile_offsets[{t + 1}] = {offsets[t + 1]} < "
                              f"tile_offsets[{t}] = {offsets[t]}")
         if counts[-1] != 0:
-            raise ValueError(f"tile_offsets[-1] is {offsets[-1]}; expected a repeat of tile_offsets[-2] = {offsets[-2]}")
+            raise ValueError(f"tile_offsets[-1] is {offsets[-1]}; expected a repeat of tile_offsets[-2] = "
+                             f"{offsets[-2]}")
         if words.size != VECTOR_WORDS * offsets[-1]:
             raise ValueError(f"words has {words.size} entries; expected 4 * tile_offsets[-1] = "
                              f"{VECTOR_WORDS * offsets[-1]}")
@@ -485,7 +486,7 @@ class TiledCSL:
                              f"{tile_rows[t // n_tile_cols]} x {tile_cols[t % n_tile_cols]} part of the matrix holds "
                              f"at most {capacity[t]} entries, which need {-(-capacity[t] // VECTOR_WORDS)} vectors")
         if full_check:
-            self._nnz = _check_words(xp, words, tile_offsets, shape)
+            self._nnz = _check_words(xp, words, tile_offsets, offsets, shape)
 
     # ----------------------------------------------------------------------------------------------- properties
 
@@ -535,14 +536,17 @@ class TiledCSL:
 
     @property
     def n_tile_rows(self) -> int:
+        """ceil(M / 128)."""
         return _tile_grid(self._shape)[0]
 
     @property
     def n_tile_cols(self) -> int:
+        """ceil(K / 64)."""
         return _tile_grid(self._shape)[1]
 
     @property
     def n_tiles(self) -> int:
+        """n_tile_rows * n_tile_cols; ``tile_offsets`` has n_tiles + 2 entries."""
         return self.n_tile_rows * self.n_tile_cols
 
     @property
