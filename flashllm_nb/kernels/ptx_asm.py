@@ -281,10 +281,10 @@ def cp_async_16(typingctx, dst_arr, dst_index, src_arr, src_index, src_bytes):
     PTX ISA: "Data Movement and Conversion Instructions: cp.async". ``dst_arr`` is a ``cuda.shared.array``,
     ``src_arr`` a device array (kernel argument); any dtypes; ``dst_index``/``src_index`` are flat element
     indices and both addresses must be 16-byte aligned. ``src_bytes`` (0..16) bytes are read from ``src``; the rest
-    of the 16 destination bytes are zero-filled. ``src_bytes == 0`` reads nothing (a predicated-off load); pass
-    any valid ``src_index`` then all the same. The copy completes only after ``cp_async_commit()`` and a
-    ``cp_async_wait_group(n)`` / ``cp_async_wait_all()`` that covers it, followed by ``cuda.syncthreads()`` when
-    other threads read the data.
+    of the 16 destination bytes are zero-filled. ``src_bytes == 0`` reads nothing (a predicated-off load: on an
+    H200, compute-sanitizer saw no access for a source far out of bounds); pass any valid ``src_index`` all the
+    same. The copy completes only after ``cp_async_commit()`` and a ``cp_async_wait_group(n)`` /
+    ``cp_async_wait_all()`` that covers it, followed by ``cuda.syncthreads()`` when other threads read the data.
 
     Why: the dense operand X streams into shared memory while the warps compute on the previous tile, without
     occupying registers; ``.cg`` caches in L2 only (each X tile is read once per block); the ``src_bytes`` form
