@@ -168,7 +168,8 @@ def mma_m16n8k16(a_regs, b_regs, c_regs, dtype: str) -> np.ndarray:
     a = _matrix_from_fragment(a_regs, A_FRAGMENT, (16, 16), dtype)
     b = _matrix_from_fragment(b_regs, B_FRAGMENT, (16, 8), dtype)
     c = matrix_from_fragment_c(np.asarray(c_regs, dtype=np.float32)).astype(np.float64)
-    return fragment_c_from_matrix((a @ b + c).astype(np.float32))
+    with np.errstate(invalid="ignore", over="ignore"):  # Inf and NaN propagate as in IEEE arithmetic, silently
+        return fragment_c_from_matrix((a @ b + c).astype(np.float32))
 
 
 def mma_error_bound(a, b, c) -> np.ndarray:
