@@ -16,6 +16,7 @@ over enough copies to exceed the L2 cache.
 from __future__ import annotations
 
 import argparse
+import warnings
 import math
 import sys
 import time
@@ -24,10 +25,7 @@ import cupy as cp
 import numpy as np
 import flashllm_nb as fl
 from flashllm_nb.kernels import launch as _launch
-from flashllm_nb.kernels.spmm_tiled_csl import build_kernel
-from flashllm_nb.reference import linear_reference, spmm_reference
-from flashllm_nb.reference.spmm import abs_product
-from flashllm_nb.reference.tolerance import assert_close_to_reference
+from flashllm_nb.kernels.api import _max_tile_vectors
 
 OPT66B = [(27648, 9216), (9216, 9216), (36864, 9216), (9216, 36864)]
 
@@ -48,6 +46,10 @@ def _spin(cycles):
 
 def check_correctness(rng, quick):
     import ml_dtypes
+
+    from flashllm_nb.reference import linear_reference, spmm_reference
+    from flashllm_nb.reference.spmm import abs_product
+    from flashllm_nb.reference.tolerance import assert_close_to_reference
 
     cases = [
         (1, 1, 1), (130, 72, 5), (300, 200, 40), (1000, 777, 16), (4096, 4096, 16), (256, 512, 256), (129, 4160, 1),
@@ -96,19 +98,13 @@ def _to_host(y, dtype):
     return cp.asnumpy(y)
 
 
-def report_resources():
-    """Registers, shared and local memory of every configuration this run compiled."""
-    from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
-
-    for t in (8, 16, 32, 64):
-        for d in ("float16", "bfloat16"):
-            for layout in ("nk", "kn"):
-                for splits in (False, True):
-                    kernel = build_kernel(SpmmConfig(tile_n=t, dtype=d, x_layout=layout, splits=splits))
-                    for sig in kernel.overloads:
-                        print(f"  tile_n={t} {d} {layout} splits={splits}: {kernel.get_regs_per_thread(sig)} "
-                              f"registers, {kernel.get_shared_mem_per_block(sig)} B shared, "
-                              f"{kernel.get_local_mem_per_thread(sig)} B local")
+def report_resources(plans):
+    """Registers, local memory and resident blocks per SM of each plan this run used."""
+    for p in sorted(set(plans), key=str):
+        kernel = _launch._compiled(p.config)
+        print(f"  {p.config} grid {p.grid} stage_vectors {p.stage_vectors}: {kernel.numba_kernel.regs_per_thread} "
+              f"registers, {kernel.numba_kernel._codelibrary.get_cufunc().attrs.local} B local, "
+              f"{p.shared_bytes} B shared, {kernel.blocks_per_sm(p.shared_bytes)} blocks/SM")
 
 
 def copy_bandwidth():
@@ -154,10 +150,12 @@ def time_batched(fns, batches=15, spin_cycles=20_000_000):
     return float(np.median(per_call))
 
 
-def launch_cost(fn, reps=2000):
+def launch_cost(fn, reps=200):
+    """Host seconds per call, queued behind a spin kernel so the GPU never pushes back on the host."""
     for _ in range(20):
         fn()
     cp.cuda.Device().synchronize()
+    _spin(200_000_000)
     t = time.perf_counter()
     for _ in range(reps):
         fn()
@@ -166,7 +164,7 @@ def launch_cost(fn, reps=2000):
     return host
 
 
-def time_shapes(rng, shapes, ns, sparsities, bw, rows):
+def time_shapes(rng, shapes, ns, sparsities, bw, rows, plans):
     l2 = cp.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
     for (m, k) in shapes:
         dense = [cp.asarray(rng.standard_normal((m, k), dtype=np.float32).astype(np.float16))
@@ -188,10 +186,11 @@ def time_shapes(rng, shapes, ns, sparsities, bw, rows):
                 host = launch_cost(lambda: fl.linear(X, As[0], out=Ys))
                 bytes_sparse = As[0].nbytes + 2 * n * (m + k)
                 bound = bytes_sparse / bw
-                p = _launch.plan(m, n, k, "float16", "nk")
+                p = _launch.plan(m, n, k, "float16", "nk", _max_tile_vectors(As[0]))
+                plans.append(p)
                 rows.append(dict(m=m, k=k, n=n, s=s, dense_ms=t_dense, sparse_ms=t_sparse, speedup=t_dense / t_sparse,
                                  frac_bound=bound * 1e3 / t_sparse, launch_us=host * 1e6, err=err,
-                                 tile_n=p.config.tile_n, splits=p.splits))
+                                 tile_n=p.config.tile_n, splits=p.splits, warps=p.config.warps))
                 r = rows[-1]
                 print(f"{m:>6}x{k:<6} N={n:<4} {s:.0%}: cuBLAS {t_dense * 1e3:7.1f} us  sparse {t_sparse * 1e3:7.1f} us "
                       f" {r['speedup']:.2f}x  bound {r['frac_bound']:.2f}  launch {r['launch_us']:.1f} us  "
@@ -202,7 +201,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--warps", type=int, nargs="+", default=[_launch.DEFAULT_WARPS])
     args = ap.parse_args()
+    warnings.simplefilter("ignore")  # Numba's low-occupancy warning for the small correctness cases
     rng = np.random.default_rng(int(time.time()))
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print(f"device: {name}", flush=True)
@@ -210,16 +211,21 @@ def main():
         check_correctness(rng, args.quick)
     bw = copy_bandwidth()
     print(f"copy bandwidth: {bw / 1e9:.0f} GB/s", flush=True)
-    rows = []
+    rows, plans = [], []
     ns = [16] if args.quick else [8, 16, 32, 64]
-    time_shapes(rng, OPT66B, ns, [0.7, 0.8, 0.9], bw, rows)
-    for n in ns:
-        for s in (0.7, 0.8, 0.9):
-            sel = [r for r in rows if r["n"] == n and r["s"] == s]
-            g = math.exp(sum(math.log(r["speedup"]) for r in sel) / len(sel))
-            fb = sum(r["frac_bound"] for r in sel) / len(sel)
-            print(f"N={n} {s:.0%}: geomean speedup {g:.2f}x, mean fraction of bound {fb:.2f}")
-    report_resources()
+    for warps in args.warps:
+        _launch.DEFAULT_WARPS = warps
+        _launch.plan.cache_clear()
+        print(f"--- {warps} warps per block")
+        time_shapes(rng, OPT66B, ns, [0.7, 0.8, 0.9], bw, rows, plans)
+    for warps in args.warps:
+        for n in ns:
+            for s in (0.7, 0.8, 0.9):
+                sel = [r for r in rows if r["n"] == n and r["s"] == s and r["warps"] == warps]
+                g = math.exp(sum(math.log(r["speedup"]) for r in sel) / len(sel))
+                fb = sum(r["frac_bound"] for r in sel) / len(sel)
+                print(f"{warps} warps N={n} {s:.0%}: geomean speedup {g:.2f}x, mean fraction of bound {fb:.2f}")
+    report_resources(plans)
     return 0
 
 

@@ -11,6 +11,7 @@ thread by thread on the CPU. Validation happens here, once; the launch path belo
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -114,10 +115,46 @@ def _run(A, X, bias, out, stream, split_k, x_layout):
         return out
 
     x_flat, ldx = _aligned_rows(x_bits, xp)
-    p = _launch.plan(m, n, k, "bfloat16" if dtype == _xp.BFLOAT16 else "float16", x_layout, split_k)
+    p = _launch.plan(m, n, k, "bfloat16" if dtype == _xp.BFLOAT16 else "float16", x_layout, _max_tile_vectors(A),
+                     None if split_k is None else int(split_k))
     _launch.launch(p, A.words, A.tile_offsets, x_flat, ldx, y_bits.reshape(-1), bias_bits, m, n, k, A.n_tile_cols,
-                   xp, stream)
+                   xp, 0 if xp is np else _stream_handle(stream, X))
     return out
+
+
+_MAX_TILE_VECTORS: "weakref.WeakKeyDictionary[TiledCSL, int]" = weakref.WeakKeyDictionary()
+
+
+def _max_tile_vectors(A: TiledCSL) -> int:
+    """The densest tile's 16-byte word vectors: sizes the kernel's word stages. Computed once per matrix (one
+    device-to-host read), since a TiledCSL never changes."""
+    value = _MAX_TILE_VECTORS.get(A)
+    if value is None:
+        offsets = A.tile_offsets
+        value = int((offsets[1:] - offsets[:-1]).max())  # synchronize!
+        _MAX_TILE_VECTORS[A] = value
+    return value
+
+
+def _stream_handle(stream, X) -> int:
+    """The raw CUDA stream to launch on. ``None`` means the current stream of the library X came from (PyTorch's
+    for a tensor, CuPy's otherwise: the legacy default stream unless the caller made another one current)."""
+    if stream is None:
+        if type(X).__module__.split(".", 1)[0] == "torch":
+            import torch
+
+            return torch.cuda.current_stream(X.device).cuda_stream
+        import cupy
+
+        return cupy.cuda.get_current_stream().ptr
+    if isinstance(stream, (int, np.integer)) and not isinstance(stream, bool):
+        return int(stream)
+    for attribute in ("ptr", "cuda_stream", "handle"):  # CuPy, PyTorch, Numba
+        handle = getattr(stream, attribute, None)
+        if handle is not None:
+            return int(getattr(handle, "value", handle) or 0)
+    raise invalid("type", "stream", "None, a raw handle, or a CuPy, PyTorch or Numba stream", type(stream).__name__,
+                  TypeError)
 
 
 def _aligned_rows(x_bits, xp):

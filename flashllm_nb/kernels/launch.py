@@ -3,26 +3,29 @@
 Everything here is decided from the shape, the dtype and the device, never from a hand-made table:
 
 * ``tile_n`` is the smallest of 8/16/32/64 that covers N (N > 64 is cut into 64-wide column blocks);
-* split-K: without it a problem has ``tile_rows * n_blocks`` blocks; when that cannot fill every SM with as many
-  blocks as fit on one (from the kernel's registers and shared memory), the k-tiles are split, but never into
-  pieces of fewer than ``MIN_K_TILES_PER_SPLIT`` k-tiles, below which the pipeline prologue and the fix-up cost more
-  than the parallelism brings.
+* split-K: from the SM count and the blocks per SM the driver's occupancy calculator allows for this kernel's
+  registers and shared memory, ``choose_splits`` picks the factor with the fewest estimated k-tile steps on the
+  busiest SM, counting partly filled waves and each block's fixed cost.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from flashllm_nb.kernels import ptx
-from flashllm_nb.kernels.spmm_tiled_csl import THREADS, TILE_M, TILE_N_CHOICES, SpmmConfig, build_kernel
+from flashllm_nb.kernels.spmm_tiled_csl import TILE_M, TILE_N_CHOICES, SpmmConfig, build_kernel
 
 __all__ = ["Plan", "plan", "launch"]
 
 MIN_K_TILES_PER_SPLIT = 4
+DEFAULT_WARPS = 8  # warps per block (see SpmmConfig.warps): 8 measured 0.64x against 4 warps' 0.62x of cuBLAS (RESULTS.md)
+PROLOGUE_TILES = 2  # a block's fixed cost (offsets, pipeline fill, epilogue) in k-tiles' worth of time
+# A word stage holds the densest tile of the matrix, so the overflow path (words read straight from global memory)
+# only runs for tiles denser than 50 %; 1024 vectors = 4096 entries = 16 KiB per stage.
+MAX_STAGE_VECTORS = 1024
 # What the simulator pretends the device is, so that split-K is exercised on the small shapes tests use.
 _SIMULATED_SMS = 4
 
@@ -34,6 +37,11 @@ class Plan:
     config: SpmmConfig
     grid: tuple[int, int, int]  # (tile rows of A, column blocks of N, splits of K)
     k_tiles_per_split: int
+    stage_vectors: int  # 16-byte word vectors per pipeline stage: the densest tile's, within [32, 1024]
+
+    @property
+    def shared_bytes(self) -> int:
+        return self.config.shared_bytes(self.stage_vectors, self.k_tiles_per_split)
 
     @property
     def splits(self) -> int:
@@ -46,66 +54,63 @@ def tile_n_for(n: int) -> int:
 
 
 @functools.cache
-def _device_limits() -> tuple[int, int, int]:
-    """(SM count, shared memory per SM in bytes, 32-bit registers per SM) of the current device."""
+def _sm_count() -> int:
     if ptx.SIMULATOR:
-        return _SIMULATED_SMS, 228 * 1024, 65536
+        return _SIMULATED_SMS
     from numba import cuda
 
-    dev = cuda.get_current_device()
-    return (
-        dev.MULTIPROCESSOR_COUNT,
-        dev.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
-        dev.MAX_REGISTERS_PER_MULTIPROCESSOR,
-    )
+    return cuda.get_current_device().MULTIPROCESSOR_COUNT
 
 
-@functools.cache
-def _blocks_per_sm(config: SpmmConfig) -> int:
-    """How many blocks of this configuration one SM holds at once, from shared memory and registers."""
-    sms, smem_per_sm, regs_per_sm = _device_limits()
-    if ptx.SIMULATOR:
-        return 1
-    kernel = build_kernel(config)
-    regs = max(kernel.get_regs_per_thread(), 1) if kernel.signatures else 128
-    by_regs = regs_per_sm // (regs * THREADS)
-    by_smem = smem_per_sm // (config.shared_bytes + 1024)  # the driver reserves 1 KiB per block
-    return max(1, min(by_regs, by_smem, 32))
+def choose_splits(blocks: int, k_tiles: int, slots: int) -> int:
+    """The split-K factor with the least estimated time.
+
+    With ``blocks`` output tiles and ``slots`` blocks resident on the whole GPU at once, splitting K s ways runs
+    ``ceil(blocks * s / slots)`` waves of blocks that each walk ``ceil(k_tiles / s)`` k-tiles plus a pipeline
+    prologue of about ``PROLOGUE_TILES``. The estimate counts both wave quantisation (a wave 10 % full costs a whole
+    wave) and the per-block fixed cost; splits below ``MIN_K_TILES_PER_SPLIT`` k-tiles are not considered.
+    """
+    best, best_cost = 1, None
+    for s in range(1, max(1, k_tiles // MIN_K_TILES_PER_SPLIT) + 1):
+        cost = -(-blocks * s // slots) * (-(-k_tiles // s) + PROLOGUE_TILES)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = s, cost
+    return best
 
 
-def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None = None) -> Plan:
-    """Pick the configuration and grid for an (m x k) @ (k x n) product."""
+@functools.lru_cache(maxsize=1024)
+def plan(m: int, n: int, k: int, dtype: str, x_layout: str, max_tile_vectors: int, split_k: int | None = None) -> Plan:
+    """Pick the configuration and grid for an (m x k) @ (k x n) product whose densest tile has
+    ``max_tile_vectors`` 16-byte word vectors."""
     tile_n = tile_n_for(n)
     tile_rows = -(-m // TILE_M)
     n_blocks = -(-n // tile_n)
     k_tiles = -(-k // 64)
+    stage_vectors = min(max(-(-max_tile_vectors // 32) * 32, 32), MAX_STAGE_VECTORS)
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=DEFAULT_WARPS)
     if split_k is None:
-        sms, _, _ = _device_limits()
-        base = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout)
-        wanted = sms * _blocks_per_sm(base)
-        split_k = 1
-        if tile_rows * n_blocks < wanted:
-            split_k = min(math.ceil(wanted / (tile_rows * n_blocks)), max(1, k_tiles // MIN_K_TILES_PER_SPLIT))
+        resident = 1 if ptx.SIMULATOR else _compiled(config).blocks_per_sm(config.shared_bytes(stage_vectors, k_tiles))
+        split_k = choose_splits(tile_rows * n_blocks, k_tiles, _sm_count() * max(resident, 1))
     split_k = max(1, min(split_k, k_tiles))
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
-    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1)
-    return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=DEFAULT_WARPS)
+    return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split,
+                stage_vectors=stage_vectors)
 
 
 class _Workspaces:
-    """Split-K scratch per (device, size): the fp32 partials and the zeroed per-tile tickets.
+    """Split-K scratch per (module, size, stream): the fp32 partials and the zeroed per-tile tickets.
 
-    The kernel returns every ticket to zero, so one zeroed allocation serves every later launch on the same stream
-    order. Launches on different streams must not share one (they would race on the tickets): the cache is keyed
-    by stream too.
+    The kernel returns every ticket to zero, so one zeroed allocation serves every later launch in stream order.
+    Launches on different streams must not share one (they would race on the tickets): the key includes the stream.
     """
 
     def __init__(self):
         self._cache = {}
 
-    def get(self, xp, n_partials: int, n_tickets: int, stream_key):
-        key = (xp.__name__, n_partials, n_tickets, stream_key)
+    def get(self, xp, n_partials: int, n_tickets: int, stream_handle: int):
+        key = (xp.__name__, n_partials, n_tickets, stream_handle)
         if key not in self._cache:
             self._cache[key] = (xp.empty(n_partials, dtype=np.float32), xp.zeros(n_tickets, dtype=np.int32))
         return self._cache[key]
@@ -115,27 +120,100 @@ _workspaces = _Workspaces()
 
 
 def launch(p: Plan, words, tile_offsets, x_bits, ldx: int, y_bits, bias_bits, m: int, n: int, k: int, n_tile_cols: int,
-           xp, stream=None) -> None:
-    """Run the planned kernel. All arrays are flat and already in the kernel's bit types (uint32/int32/uint16)."""
-    kernel = build_kernel(p.config)
+           xp, stream_handle: int = 0) -> None:
+    """Run the planned kernel. Arrays are flat, C-contiguous and already in the kernel's bit types
+    (uint32/int32/uint16); ``stream_handle`` is a raw CUDA stream handle (0: the legacy default stream)."""
     if p.splits > 1:
         n_partials = p.splits * p.grid[0] * p.grid[1] * TILE_M * p.config.tile_n
-        workspace, tickets = _workspaces.get(xp, n_partials, p.grid[0] * p.grid[1], _stream_key(stream))
+        workspace, tickets = _workspaces.get(xp, n_partials, p.grid[0] * p.grid[1], stream_handle)
     else:
         workspace, tickets = _dummy(xp, np.float32), _dummy(xp, np.int32)
     has_bias = bias_bits is not None
     if bias_bits is None:
         bias_bits = _dummy(xp, np.uint16)
-    args = (words, tile_offsets, x_bits, np.int32(ldx), y_bits, bias_bits, np.int32(has_bias), workspace, tickets,
-            np.int32(m), np.int32(n), np.int32(k), np.int32(n_tile_cols), np.int32(p.k_tiles_per_split))
-    if ptx.SIMULATOR or stream is None:
-        kernel[p.grid, THREADS](*args)
+    arrays = (words, tile_offsets, x_bits, y_bits, bias_bits, workspace, tickets)
+    scalars = (ldx, has_bias, m, n, k, n_tile_cols, p.k_tiles_per_split, p.stage_vectors)
+    if ptx.SIMULATOR:
+        w, o, x, y, b, ws, t = arrays
+        ldx, has_bias, m, n, k, cols, per, sv = (np.int32(v) for v in scalars)
+        build_kernel(p.config)[p.grid, p.config.threads, 0, p.shared_bytes](w, o, x, ldx, y, b, has_bias, ws, t, m, n, k,
+                                                                    cols, per, sv)
     else:
-        kernel[p.grid, THREADS, stream](*args)
+        _compiled(p.config).launch(p.grid, p.shared_bytes, stream_handle, arrays, scalars)
 
 
-def _stream_key(stream):
-    return None if stream is None else getattr(stream, "ptr", getattr(stream, "handle", id(stream)))
+class _CompiledKernel:
+    """One configuration compiled for the one argument signature the launcher uses, launched without Numba's
+    dispatcher.
+
+    Numba's ``kernel[grid, block](*args)`` re-types every argument and converts every array through
+    ``__cuda_array_interface__`` on each call (about 60 us with CuPy arrays). The signature never changes here, so it
+    is compiled once, and each call only flattens the arrays into Numba's kernel ABI (per 1-D array: meminfo,
+    parent, nitems, itemsize, data pointer, shape, stride) and hands the parameters to ``cuda.core.launch``.
+    """
+
+    # (words, tile_offsets, x, ldx, y, bias, has_bias, workspace, tickets, M, N, K, n_tile_cols,
+    #  k_tiles_per_split, stage_vectors)
+    def __init__(self, config: SpmmConfig):
+        from numba import types
+
+        u16, i32 = types.Array(types.uint16, 1, "C"), types.int32
+        signature = (types.Array(types.uint32, 1, "C"), types.Array(types.int32, 1, "C"), u16, i32, u16, u16, i32,
+                     types.Array(types.float32, 1, "C"), types.Array(types.int32, 1, "C"), i32, i32, i32, i32, i32, i32)
+        dispatcher = build_kernel(config)
+        dispatcher.compile(signature)
+        self.numba_kernel = dispatcher.overloads[signature]
+        cufunc = self.numba_kernel._codelibrary.get_cufunc()
+        self._kernel = cufunc.kernel
+        self._configs = {}
+        self._cufunc = cufunc
+        self._threads = config.threads
+        from numba.cuda.cudadrv.driver import binding, driver
+
+        device = cufunc.device
+        attributes = binding.CUfunction_attribute
+        # A block may use more than 48 KiB of dynamic shared memory only after opting in, per kernel.
+        driver.cuKernelSetAttribute(attributes.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                    device.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, cufunc.handle, device.id)
+        # Left to itself the driver may size the L1/shared split for one resident block; the pipeline hides
+        # latency only with several blocks per SM, and the kernel reads nothing through L1, so ask for all shared.
+        driver.cuKernelSetAttribute(attributes.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100,
+                                    cufunc.handle, device.id)
+
+    def blocks_per_sm(self, shared_bytes: int) -> int:
+        """Resident blocks per SM with ``shared_bytes`` of dynamic shared memory, from the driver's calculator."""
+        from numba import cuda
+
+        return cuda.current_context().get_active_blocks_per_multiprocessor(self._cufunc, self._threads, shared_bytes)
+
+    def launch(self, grid, shared_bytes: int, stream_handle: int, arrays, scalars) -> None:
+        import ctypes
+
+        from cuda.core import LaunchConfig, Stream
+        from cuda.core import launch as core_launch
+
+        params = []
+        for a in arrays:
+            size, itemsize = a.size, a.itemsize
+            params += (0, 0, size, itemsize, _data_pointer(a), size, itemsize)
+        ldx, has_bias, m, n, k, cols, per, sv = (ctypes.c_int32(int(v)) for v in scalars)
+        # order of the kernel's parameters: words, tile_offsets, x, ldx, y, bias, has_bias, workspace, tickets, ...
+        params = params[:21] + [ldx] + params[21:35] + [has_bias] + params[35:49] + [m, n, k, cols, per, sv]
+        config = self._configs.get((grid, shared_bytes))
+        if config is None:
+            config = self._configs[(grid, shared_bytes)] = LaunchConfig(grid=grid, block=self._threads,
+                                                                        shmem_size=shared_bytes)
+        core_launch(Stream.from_handle(stream_handle), config, self._kernel, *params)
+
+
+@functools.cache
+def _compiled(config: SpmmConfig) -> _CompiledKernel:
+    return _CompiledKernel(config)
+
+
+def _data_pointer(a) -> int:
+    """Device address of a CuPy array."""
+    return a.data.ptr
 
 
 @functools.cache

@@ -12,34 +12,39 @@ per compiled kernel:
 
 Work decomposition
 ------------------
-One thread block (4 warps, 128 threads) owns a 128-row tile row of A (one row of the format's tile grid), a
-``tile_n``-wide slice of the N columns, and a contiguous range of the 64-wide k-tiles (split-K). Each warp owns
-32 rows: two m16 fragments times ``tile_n / 8`` n8 fragments of ``mma.m16n8k16``::
+One thread block (4 or 8 warps) owns a 128-row tile row of A (one row of the format's tile grid), a
+``tile_n``-wide slice of the N columns, and a contiguous range of the 64-wide k-tiles (split-K). With 8 warps each
+owns 16 rows: one m16 fragment times ``tile_n / 8`` n8 fragments of ``mma.m16n8k16`` (with 4 warps, 32 rows: two)::
 
-            k-tile kt (64 wide)                 B tile (64 x tile_n)
+            k-tile kt (64 wide)                 activation tile (64 x tile_n)
         +-------------------------+            +-----------------+
-  warp0 | rows   0.. 31           |            |                 |
-  warp1 | rows  32.. 63           |     x      |  cp.async'ed    |
-  warp2 | rows  64.. 95           |            |  into shared    |
-  warp3 | rows  96..127           |            |                 |
+  warp0 | rows   0.. 15           |            |                 |
+  warp1 | rows  16.. 31           |     x      |  cp.async'ed    |
+   ...  |          ...            |            |  into shared    |
+  warp7 | rows 112..127           |            |                 |
         +-------------------------+            +-----------------+
         expanded from the tile's sparse words into shared memory, zeros everywhere else
 
-Pipeline (two shared buffers for A and for B; ``cur`` holds k-tile i, ``nxt`` receives k-tile i+1)::
+Pipeline
+--------
+Words and activations of a k-tile travel together as one ``cp.async`` group into one of ``STAGES`` stages; A is
+expanded into one of two dense shared tiles. At step i, tile i is multiplied while tile i+1 is expanded and tiles
+i+2 .. i+STAGES-1 are in flight::
 
-    prologue: cp.async B(0) -> Bs[0]; zero As[0]; barrier; scatter words(0) -> As[0]
-    for i in k-tiles of this block:
-        wait for this thread's cp.async of B(i); barrier            # As[cur], Bs[cur] complete; As[nxt], Bs[nxt] free
-        if there is a tile i+1:
-            cp.async B(i+1) -> Bs[nxt]                              # in flight during the mma below
-            ld.global.nc 16-byte vectors of words(i+1) -> registers # in flight during the mma below
-            zero As[nxt]
-        ldmatrix + mma.sync on As[cur], Bs[cur]                     # fp32 accumulators in registers
-        barrier                                                     # the zeroing of As[nxt] is complete
-        scatter the registered words into As[nxt]; load and scatter any overflow beyond the register budget
+    prologue: tile offsets of the block -> shared; zero A[0]; issue tiles 0 .. STAGES-2; wait for tile 0;
+              scatter words(0) -> A[0]
+    for i in the block's k-tiles:
+        wait for tile i+1's copies; barrier      # A[i%2] expanded; tile i+1 landed; tile i-1's buffers are free
+        issue tile i+STAGES-1 into tile i-1's stage
+        zero A[(i+1)%2]
+        ldmatrix + mma.sync on A[i%2] and activations(i)     # fp32 accumulators in registers
+        barrier                                  # the zeroing is complete
+        scatter words(i+1) -> A[(i+1)%2]         # words beyond the stage's capacity come straight from global
 
-Two barriers per k-tile: one publishes the scatter (and B) before the mma reads it, one orders the zeroing before
-any thread's scatter. The word loads are issued before the mma so their latency hides behind it.
+Two barriers per k-tile: one publishes the expansion (and the copies) before the mma reads them, one orders the
+zeroing before any thread's scatter. A word stage holds ``stage_vectors`` 16-byte vectors, sized at launch from the
+densest tile of the matrix, so the pipeline never needs a per-tile capacity limit; the shared-memory footprint is
+therefore a launch-time quantity (dynamic shared memory).
 
 Shared-memory layout and swizzle
 --------------------------------
@@ -68,20 +73,25 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from numba import cuda, float32, uint16, uint32
+from numba import cuda, float32, int32, uint16, uint32, uint64
 
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.ptx import SHARED_ALIGN
 
-__all__ = ["SpmmConfig", "TILE_M", "TILE_K", "THREADS", "build_kernel", "TILE_N_CHOICES"]
+__all__ = ["SpmmConfig", "TILE_M", "TILE_K", "build_kernel", "TILE_N_CHOICES", "WARP_CHOICES"]
 
 TILE_M = 128  # rows of A per block: one tile row of the Tiled-CSL grid
 TILE_K = 64  # k per pipeline step: one tile column of the grid
 TILE_ELEMS = TILE_M * TILE_K  # 8192 fp16 values = 16 KiB of shared memory per A buffer
-WARPS = 4
-THREADS = 32 * WARPS  # 128
-WARP_ROWS = TILE_M // WARPS  # 32 rows per warp = two m16 fragments
+WARP_CHOICES = (4, 8)  # warps per block: 4 warps own two m16 row bands each, 8 warps one each
 TILE_N_CHOICES = (8, 16, 32, 64)
+# Pipeline depth: k-tiles whose words and activations are in flight (cp.async) while one is multiplied. DRAM
+# latency (about 1 us under load) is several k-tiles' worth of work, so one tile of look-ahead leaves the block
+# waiting; STAGES - 2 = 2 tiles ahead (plus the one being scattered) keeps enough bytes in flight per SM.
+STAGES = 4
+# cp.async.wait_group takes an immediate: the number of most recent groups that may still be in flight.
+_PENDING_AFTER_PROLOGUE = STAGES - 2  # tile 0 landed, tiles 1 .. STAGES-2 may be in flight
+_PENDING_IN_LOOP = STAGES - 3  # at step i: tile i+1 landed, tiles i+2 .. i+STAGES-2 may be in flight
 
 
 if ptx.SIMULATOR:
@@ -102,18 +112,22 @@ class SpmmConfig:
         ``"float16"`` or ``"bfloat16"``: the dtype of A's values, of X and of the output.
     x_layout : str
         ``"nk"`` (X is (N, K) row-major, output (N, M): ``linear``) or ``"kn"`` (X is (K, N), output (M, N): ``spmm``).
-    prefetch_vectors : int
-        16-byte word vectors each thread loads ahead for the next k-tile: 4 keeps 512 vectors (2048 nonzeros, a
-        25 %-dense tile) in flight per block; denser tiles load the rest in a second, unhidden pass.
     splits : bool
         Whether the kernel does split-K fix-up (a workspace and per-tile tickets) or writes the output directly.
+    warps : int
+        Warps per block, one of ``WARP_CHOICES``. Fewer warps repeat the per-k-tile bookkeeping (activation copies,
+        loop control) fewer times; more warps hide more latency per block.
     """
 
     tile_n: int
     dtype: str = "float16"
     x_layout: str = "nk"
-    prefetch_vectors: int = 4
     splits: bool = False
+    warps: int = 4
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps
 
     def __post_init__(self):
         if self.tile_n not in TILE_N_CHOICES:
@@ -122,14 +136,14 @@ class SpmmConfig:
             raise ValueError(f"Invalid dtype of SpmmConfig: expected 'float16' or 'bfloat16', got {self.dtype!r}")
         if self.x_layout not in ("nk", "kn"):
             raise ValueError(f"Invalid x_layout of SpmmConfig: expected 'nk' or 'kn', got {self.x_layout!r}")
-        if not 1 <= self.prefetch_vectors <= 16:
-            raise ValueError(f"Invalid prefetch_vectors of SpmmConfig: expected 1..16, got {self.prefetch_vectors}")
+        if self.warps not in WARP_CHOICES:
+            raise ValueError(f"Invalid warps of SpmmConfig: expected one of {WARP_CHOICES}, got {self.warps}")
 
-    @property
-    def shared_bytes(self) -> int:
-        """Static shared memory: two A buffers (32 KiB) + two B buffers (at most 16 KiB): within the 48 KiB a block
-        may have without opting in to more."""
-        return 2 * TILE_ELEMS * 2 + 2 * TILE_K * self.tile_n * 2
+    def shared_bytes(self, stage_vectors: int, k_tiles_per_split: int) -> int:
+        """Dynamic shared memory of one block: two A tiles (32 KiB), STAGES activation tiles, STAGES word stages
+        of ``stage_vectors`` 16-byte vectors, and the block's tile offsets."""
+        return (2 * TILE_ELEMS * 2 + STAGES * TILE_K * self.tile_n * 2 + STAGES * stage_vectors * 16
+                + 4 * (k_tiles_per_split + 1))
 
 
 def _kn_chunk_xor(tile_n: int):
@@ -164,12 +178,13 @@ def build_kernel(cfg: SpmmConfig):
     TILE_N = cfg.tile_n
     NF = TILE_N // 8  # n8 fragments per warp
     NPAIR = max(NF // 2, 1)  # ldmatrix.x4 loads of B per k16 step (x2 when tile_n == 8)
-    ACC = 2 * NF * 4  # fp32 accumulators per thread: 2 m16 fragments x NF x 4 (tile_n = 64: 64 registers)
-    R = cfg.prefetch_vectors
-    WB = 4 * R  # words held in registers per thread
+    THREADS = cfg.threads
+    WARP_ROWS = TILE_M // cfg.warps  # 32 rows (two m16 fragments) with 4 warps, 16 (one) with 8
+    MF = WARP_ROWS // 16  # m16 fragments per warp
+    ACC = MF * NF * 4  # fp32 accumulators per thread: MF x NF fragments x 4 (tile_n = 64, 4 warps: 64 registers)
     B_ELEMS = TILE_K * TILE_N  # 64 * 64 = 4096 values for tile_n = 64
-    A_SHARED = 2 * TILE_ELEMS  # two stages; shared-array sizes must be plain constants for Numba
-    B_SHARED = 2 * B_ELEMS
+    B_BASE = 2 * TILE_ELEMS  # uint16 index of the first activation stage, after the two A tiles
+    W_BASE32 = (B_BASE + STAGES * B_ELEMS) // 2  # uint32 index of the first word stage
     B_CHUNKS = B_ELEMS // 8  # 16-byte cp.async chunks per B tile
     B_ROUNDS = (B_CHUNKS + THREADS - 1) // THREADS
     NK = cfg.x_layout == "nk"
@@ -185,54 +200,55 @@ def build_kernel(cfg: SpmmConfig):
         to_bits = ptx.f32_to_f16_bits
         from_bits = ptx.f16_bits_to_f32
 
+    # The per-k-tile copy and scatter loops below run in unsigned 64-bit arithmetic: Numba wraps every signed array
+    # index for negative values and rounds signed division toward minus infinity, which costs several instructions
+    # per index; with unsigned operands both disappear (and / % by powers of two become shifts and masks). Every
+    # operand is cast, since Numba turns mixed signed/unsigned 64-bit arithmetic into float64.
     @_device
     def load_b_tile(x, ldx, bs, stage, n0, k0, N, K):
-        """cp.async one 64 x TILE_N activation tile into Bs[stage]; out-of-range chunks are zero-filled."""
-        tid = cuda.threadIdx.x
+        """cp.async one 64 x TILE_N activation tile into activation stage ``stage``; chunks outside X are
+        zero-filled."""
         for j in range(B_ROUNDS):
-            c = tid + j * THREADS
-            if c < B_CHUNKS:
+            c = uint64(cuda.threadIdx.x + j * THREADS)
+            if c < uint64(B_CHUNKS):
                 if NK:
                     # chunk c = (token n, k-chunk kc); a token row of 64 k is swizzled like an A row
-                    n = c // 8
-                    kc = c % 8
-                    gn = n0 + n
-                    gk = k0 + kc * 8
-                    dst = stage * B_ELEMS + n * TILE_K + ((kc ^ (n % 8)) * 8)
-                    nbytes = 0
-                    src = 0
-                    if gn < N and gk < K:
-                        nbytes = min(K - gk, 8) * 2
-                        src = gn * ldx + gk
+                    n = c >> uint64(3)
+                    kc = c & uint64(7)
+                    gn = uint64(n0) + n
+                    gk = uint64(k0) + (kc << uint64(3))
+                    dst = uint64(B_BASE + stage * B_ELEMS) + n * uint64(TILE_K) + ((kc ^ (n & uint64(7))) << uint64(3))
+                    nbytes = uint64(0)
+                    src = uint64(0)
+                    if gn < uint64(N) and gk < uint64(K):
+                        nbytes = min(uint64(K) - gk, uint64(8)) << uint64(1)
+                        src = gn * uint64(ldx) + gk
                 else:
                     # chunk c = (row k, n-chunk nc) of a (K, N) row-major X
-                    k = c // CPR
-                    nc = c % CPR
-                    gk = k0 + k
-                    gn = n0 + nc * 8
-                    dst = stage * B_ELEMS + k * TILE_N + ((nc ^ ((k // KN_DIV) & KN_MASK)) * 8)
-                    nbytes = 0
-                    src = 0
-                    if gk < K and gn < N:
-                        nbytes = min(N - gn, 8) * 2
-                        src = gk * ldx + gn
+                    k = c // uint64(CPR)
+                    nc = c % uint64(CPR)
+                    gk = uint64(k0) + k
+                    gn = uint64(n0) + (nc << uint64(3))
+                    swz = (k // uint64(KN_DIV)) & uint64(KN_MASK)
+                    dst = uint64(B_BASE + stage * B_ELEMS) + k * uint64(TILE_N) + ((nc ^ swz) << uint64(3))
+                    nbytes = uint64(0)
+                    src = uint64(0)
+                    if gk < uint64(K) and gn < uint64(N):
+                        nbytes = min(uint64(N) - gn, uint64(8)) << uint64(1)
+                        src = gk * uint64(ldx) + gn
                 ptx.cp_async_16(bs, dst, x, src, nbytes)
-        ptx.cp_async_commit()
 
     @_device
-    def load_words(words, v0, v1, wbuf):
-        """Issue this thread's 16-byte loads of the first R*128 vectors of a tile; missing ones read as zero."""
-        tid = cuda.threadIdx.x
-        for j in range(R):
-            v = v0 + tid + j * THREADS
-            if v < v1:
-                w0, w1, w2, w3 = ptx.ld_global_nc_v4_u32(words, v * 4)
-            else:
-                w0 = w1 = w2 = w3 = uint32(0)
-            wbuf[4 * j] = w0
-            wbuf[4 * j + 1] = w1
-            wbuf[4 * j + 2] = w2
-            wbuf[4 * j + 3] = w3
+    def load_words(words, smem32, stage, v0, v1, stage_vectors):
+        """cp.async the first ``stage_vectors`` 16-byte vectors of a tile's words into word stage ``stage``."""
+        end = uint64(min(v1, v0 + stage_vectors))
+        start = uint64(v0)
+        base = uint64(W_BASE32 + stage * stage_vectors * 4)
+        # while, not range(start, stop, step): Numba computes a strided range's trip count with a division
+        v = start + uint64(cuda.threadIdx.x)
+        while v < end:
+            ptx.cp_async_16(smem32, base + ((v - start) << uint64(2)), words, v << uint64(2), 16)
+            v += uint64(THREADS)
 
     @_device
     def scatter_word(a_s, base, w):
@@ -240,21 +256,42 @@ def build_kernel(cfg: SpmmConfig):
         overwrite a real entry that shares its position."""
         value = w & uint32(0xFFFF)
         if value != 0:
-            a_s[base + (w >> uint32(16))] = uint16(value)
+            a_s[base + uint64(w >> uint32(16))] = uint16(value)
 
     @_device
-    def scatter_tile(words, a_s, stage, v0, v1, wbuf):
-        """Scatter the registered words of a tile, then load and scatter any vectors beyond the register budget."""
-        base = stage * TILE_ELEMS
-        for j in range(WB):
-            scatter_word(a_s, base, wbuf[j])
-        tid = cuda.threadIdx.x
-        for v in range(v0 + R * THREADS + tid, v1, THREADS):
-            w0, w1, w2, w3 = ptx.ld_global_nc_v4_u32(words, v * 4)
-            scatter_word(a_s, base, w0)
-            scatter_word(a_s, base, w1)
-            scatter_word(a_s, base, w2)
-            scatter_word(a_s, base, w3)
+    def scatter_tile(words, smem16, smem32, a_stage, w_stage, v0, v1, stage_vectors):
+        """Scatter a tile's staged words into A tile ``a_stage``; vectors beyond the stage's capacity (tiles denser
+        than the plan assumed) are read from global memory directly."""
+        base = uint64(a_stage * TILE_ELEMS)
+        w_base = uint64(W_BASE32 + w_stage * stage_vectors * 4)
+        # word by word, consecutive lanes on consecutive words: the staged words are read without bank conflicts
+        staged_end = w_base + uint64(min(v1 - v0, stage_vectors) * 4)
+        j = w_base + uint64(cuda.threadIdx.x)
+        while j < staged_end:
+            scatter_word(smem16, base, smem32[j])
+            j += uint64(THREADS)
+        v = uint64(v0 + stage_vectors + cuda.threadIdx.x)
+        while v < uint64(v1):
+            w0, w1, w2, w3 = ptx.ld_global_nc_v4_u32(words, v << uint64(2))
+            scatter_word(smem16, base, w0)
+            scatter_word(smem16, base, w1)
+            scatter_word(smem16, base, w2)
+            scatter_word(smem16, base, w3)
+            v += uint64(THREADS)
+
+    @_device
+    def issue_stage(words, x, ldx, smem16, smem32, offsets_base, i, n_tiles_block, n0, kt_begin, N, K,
+                    stage_vectors):
+        """Start the copies of the block's i-th k-tile (words and activations) into stage i % STAGES, as one
+        cp.async group. Past the block's last tile the group is empty, so every thread's group count stays the
+        same and ``cp.async.wait_group`` means the same tile everywhere."""
+        if i < n_tiles_block:
+            stage = i % STAGES
+            v0 = int32(smem32[offsets_base + i])
+            v1 = int32(smem32[offsets_base + i + 1])
+            load_words(words, smem32, stage, v0, v1, stage_vectors)
+            load_b_tile(x, ldx, smem16, stage, n0, (kt_begin + i) * TILE_K, N, K)
+        ptx.cp_async_commit()
 
     @_device
     def zero_a_tile(a_s, stage):
@@ -264,20 +301,23 @@ def build_kernel(cfg: SpmmConfig):
             ptx.st_shared_v4_u32(a_s, stage * TILE_ELEMS + (tid + j * THREADS) * 8, 0, 0, 0, 0)
 
     @_device
-    def mma_tile(a_s, bs, stage, acc):
+    def mma_tile(a_s, bs, stage, b_stage, acc):
         """acc += A_tile[warp rows] @ B_tile for one 64-deep k-tile: 4 k16 steps of ldmatrix + mma.sync."""
         lane = cuda.threadIdx.x % 32
         warp = cuda.threadIdx.x // 32
         q = lane // 8  # which 8x8 matrix of an ldmatrix.x4 this lane addresses
         r = lane % 8  # which row of it
         a_base = stage * TILE_ELEMS
-        b_base = stage * B_ELEMS
+        b_base = B_BASE + b_stage * B_ELEMS
         for ks in range(TILE_K // 16):
             # A: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15) = a0..a3
             row = warp * WARP_ROWS + r + 8 * (q % 2)
             kchunk = 2 * ks + q // 2
-            a00, a01, a02, a03 = ptx.ldmatrix_x4(a_s, a_base + row * TILE_K + ((kchunk ^ r) * 8))
-            a10, a11, a12, a13 = ptx.ldmatrix_x4(a_s, a_base + (row + 16) * TILE_K + ((kchunk ^ r) * 8))
+            a0, a1, a2, a3 = ptx.ldmatrix_x4(a_s, a_base + row * TILE_K + ((kchunk ^ r) * 8))
+            if MF == 2:  # the warp's second m16 band, 16 rows further down
+                a4, a5, a6, a7 = ptx.ldmatrix_x4(a_s, a_base + (row + 16) * TILE_K + ((kchunk ^ r) * 8))
+            else:
+                a4 = a5 = a6 = a7 = uint32(0)
             for p in range(NPAIR):
                 # B: matrices (n-frag 2p, k 0-7), (2p, k 8-15), (2p+1, k 0-7), (2p+1, k 8-15) = b0, b1 of two
                 # frags. With one n8 fragment (tile_n = 8) an x2 load uses lanes 0-15; lanes 16-31 repeat their
@@ -304,30 +344,29 @@ def build_kernel(cfg: SpmmConfig):
                         b0, b1, b2, b3 = ptx.ldmatrix_x4_trans(bs, b_idx)
                 for h in range(min(2, NF)):
                     f = 2 * p + h
-                    c = f * 4  # accumulators of (m-frag 0, n-frag f); m-frag 1 follows NF * 4 later
                     bb0 = b0 if h == 0 else b2
                     bb1 = b1 if h == 0 else b3
-                    d0, d1, d2, d3 = mma(a00, a01, a02, a03, bb0, bb1, acc[c], acc[c + 1], acc[c + 2], acc[c + 3])
-                    acc[c] = d0
-                    acc[c + 1] = d1
-                    acc[c + 2] = d2
-                    acc[c + 3] = d3
-                    c1 = c + NF * 4
-                    d0, d1, d2, d3 = mma(a10, a11, a12, a13, bb0, bb1, acc[c1], acc[c1 + 1], acc[c1 + 2], acc[c1 + 3])
-                    acc[c1] = d0
-                    acc[c1 + 1] = d1
-                    acc[c1 + 2] = d2
-                    acc[c1 + 3] = d3
+                    for mf in range(MF):
+                        c = (mf * NF + f) * 4  # accumulators of fragment (mf, f)
+                        aa0 = a0 if mf == 0 else a4
+                        aa1 = a1 if mf == 0 else a5
+                        aa2 = a2 if mf == 0 else a6
+                        aa3 = a3 if mf == 0 else a7
+                        d0, d1, d2, d3 = mma(aa0, aa1, aa2, aa3, bb0, bb1, acc[c], acc[c + 1], acc[c + 2], acc[c + 3])
+                        acc[c] = d0
+                        acc[c + 1] = d1
+                        acc[c + 2] = d2
+                        acc[c + 3] = d3
 
     @_device
     def fragment_position(i):
         """Tile-local (row, column) of accumulator i of this thread: the C-fragment layout of mma.m16n8k16."""
         lane = cuda.threadIdx.x % 32
         warp = cuda.threadIdx.x // 32
-        mfrag = i // (NF * 4)
+        mf = i // (NF * 4)
         f = (i // 4) % NF
         e = i % 4
-        row = warp * WARP_ROWS + 16 * mfrag + lane // 4 + 8 * (e // 2)
+        row = warp * WARP_ROWS + 16 * mf + lane // 4 + 8 * (e // 2)
         col = 8 * f + 2 * (lane % 4) + e % 2
         return row, col
 
@@ -346,13 +385,13 @@ def build_kernel(cfg: SpmmConfig):
                 y[m * N + n] = bits
 
     @cuda.jit
-    def spmm_tiled_csl(
-        words, tile_offsets, x, ldx, y, bias, has_bias, workspace, tickets, M, N, K, n_tile_cols, k_tiles_per_split
-    ):
-        a_s = cuda.shared.array(A_SHARED, uint16, alignment=SHARED_ALIGN)
-        b_s = cuda.shared.array(B_SHARED, uint16, alignment=SHARED_ALIGN)
+    def spmm_tiled_csl(words, tile_offsets, x, ldx, y, bias, has_bias, workspace, tickets, M, N, K, n_tile_cols,
+                       k_tiles_per_split, stage_vectors):
+        # One dynamic shared-memory block, seen as uint16 (A and activation tiles) and uint32 (words, offsets):
+        # [A 0 | A 1 | act 0 .. act STAGES-1 | words 0 .. words STAGES-1 | tile offsets of this block]
+        smem16 = cuda.shared.array(0, uint16, alignment=SHARED_ALIGN)
+        smem32 = cuda.shared.array(0, uint32, alignment=SHARED_ALIGN)
         acc = cuda.local.array(ACC, float32)
-        wbuf = cuda.local.array(WB, uint32)
         for i in range(ACC):
             acc[i] = float32(0.0)
 
@@ -361,39 +400,51 @@ def build_kernel(cfg: SpmmConfig):
         split = cuda.blockIdx.z
         m0 = tile_row * TILE_M
         kt_begin = split * k_tiles_per_split
-        kt_end = min(kt_begin + k_tiles_per_split, n_tile_cols)
-        first_tile = tile_row * n_tile_cols  # tiles of one tile row are consecutive in the format
+        n_tiles_block = min(k_tiles_per_split, n_tile_cols - kt_begin)
+        first_tile = tile_row * n_tile_cols + kt_begin  # tiles of one tile row are consecutive in the format
+        offsets_base = W_BASE32 + STAGES * stage_vectors * 4
 
-        if kt_begin < kt_end:
-            # prologue: k-tile kt_begin into stage 0
-            load_b_tile(x, ldx, b_s, 0, n0, kt_begin * TILE_K, N, K)
-            v0 = tile_offsets[first_tile + kt_begin]
-            v1 = tile_offsets[first_tile + kt_begin + 1]
-            load_words(words, v0, v1, wbuf)
-            zero_a_tile(a_s, 0)
+        if n_tiles_block > 0:
+            # The block's tile offsets, read once (coalesced) instead of as a dependent load before every tile.
+            j = cuda.threadIdx.x
+            while j <= n_tiles_block:
+                smem32[offsets_base + j] = uint32(tile_offsets[first_tile + j])
+                j += THREADS
+            zero_a_tile(smem16, 0)
             cuda.syncthreads()
-            scatter_tile(words, a_s, 0, v0, v1, wbuf)
+            for i in range(STAGES - 1):
+                issue_stage(words, x, ldx, smem16, smem32, offsets_base, i, n_tiles_block, n0, kt_begin, N, K,
+                            stage_vectors)
+            ptx.cp_async_wait_group(_PENDING_AFTER_PROLOGUE)  # this thread's copies of tile 0 have landed
+            cuda.syncthreads()  # ... and everyone's
+            scatter_tile(words, smem16, smem32, 0, 0, int32(smem32[offsets_base]),
+                         int32(smem32[offsets_base + 1]), stage_vectors)
 
-            stage = 0
-            for kt in range(kt_begin, kt_end):
-                has_next = kt + 1 < kt_end
-                ptx.cp_async_wait_all()
-                cuda.syncthreads()  # A and B of this k-tile complete; the other stage is free
-                if has_next:
-                    load_b_tile(x, ldx, b_s, 1 - stage, n0, (kt + 1) * TILE_K, N, K)
-                    v0 = tile_offsets[first_tile + kt + 1]
-                    v1 = tile_offsets[first_tile + kt + 2]
-                    load_words(words, v0, v1, wbuf)
-                    zero_a_tile(a_s, 1 - stage)
-                mma_tile(a_s, b_s, stage, acc)
-                cuda.syncthreads()  # zeroing of the other stage complete before anyone scatters into it
-                if has_next:
-                    scatter_tile(words, a_s, 1 - stage, v0, v1, wbuf)
-                stage = 1 - stage
+            for i in range(n_tiles_block):
+                a_stage = i % 2
+                ptx.cp_async_wait_group(_PENDING_IN_LOOP)  # tile i + 1 has landed (this thread's copies)
+                # Tile i is scattered, tile i + 1's copies are visible, everyone is done with tile i - 1: its A
+                # buffer, its activation stage and its word stage are free.
+                cuda.syncthreads()
+                issue_stage(words, x, ldx, smem16, smem32, offsets_base, i + STAGES - 1, n_tiles_block, n0,
+                            kt_begin, N, K, stage_vectors)
+                if i + 1 < n_tiles_block:
+                    zero_a_tile(smem16, 1 - a_stage)
+                mma_tile(smem16, smem16, a_stage, i % STAGES, acc)
+                cuda.syncthreads()  # the zeroing is complete before anyone scatters into that buffer
+                if i + 1 < n_tiles_block:
+                    scatter_tile(words, smem16, smem32, 1 - a_stage, (i + 1) % STAGES,
+                                 int32(smem32[offsets_base + i + 1]), int32(smem32[offsets_base + i + 2]),
+                                 stage_vectors)
+            ptx.cp_async_wait_all()
 
         if not SPLITS:
-            for i in range(ACC):
-                store_output(y, bias, has_bias, m0, n0, M, N, i, acc[i])
+            # nested constant-trip loops, not one range(ACC): LLVM unrolls these fully, keeping acc in registers
+            for mf in range(MF):
+                for f in range(NF):
+                    for e in range(4):
+                        i = (mf * NF + f) * 4 + e
+                        store_output(y, bias, has_bias, m0, n0, M, N, i, acc[i])
             return
 
         # split-K fix-up: publish this split's partial tile, take a ticket; the last arrival reduces.
