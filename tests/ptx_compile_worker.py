@@ -172,6 +172,25 @@ def run_ptxas(ptxas: str, ptx: str, cc: tuple[int, int]) -> PtxasReport:
     )
 
 
+def _compile_device_functions_without_a_gpu(cc: tuple[int, int]) -> None:
+    """Let kernels that call ``@cuda.jit(device=True)`` functions compile on a machine with no CUDA driver.
+
+    numba-cuda compiles a device function on first call for the *current device's* compute capability, which
+    needs a driver even under ``compile_ptx``. Where there is none, stand in a device of the requested capability;
+    the device function is inlined into the kernel, whose PTX is then produced for each requested ``cc`` as usual.
+    """
+    from flashllm_nb._runtime import gpu_available
+
+    if gpu_available():
+        return
+    import numba.cuda.dispatcher as dispatcher
+
+    class _TargetDevice:
+        compute_capability = cc
+
+    dispatcher.get_current_device = _TargetDevice
+
+
 def _worker(request_path: str, response_path: str) -> None:
     """The subprocess: compile every (config, cc) of the request, errors as text."""
     from numba import config as numba_config, cuda
@@ -179,6 +198,7 @@ def _worker(request_path: str, response_path: str) -> None:
     if numba_config.ENABLE_CUDASIM:
         raise RuntimeError("the PTX compile worker must run with NUMBA_ENABLE_CUDASIM=0")
     request = json.loads(Path(request_path).read_text())
+    _compile_device_functions_without_a_gpu(tuple(request["ccs"][-1]))
     factory = getattr(importlib.import_module(request["module"]), request["factory"])
     results = []
     for config in request["configs"]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flashllm_nb.kernels import ptx
-from flashllm_nb.kernels.spmm_tiled_csl import TILE_M, TILE_N_CHOICES, SpmmConfig, build_kernel
+from flashllm_nb.kernels.spmm_tiled_csl import TILE_M, TILE_N_CHOICES, SpmmConfig, build_kernel, kernel_signature
 
 __all__ = ["Plan", "plan", "launch"]
 
@@ -152,14 +152,8 @@ class _CompiledKernel:
     parent, nitems, itemsize, data pointer, shape, stride) and hands the parameters to ``cuda.core.launch``.
     """
 
-    # (words, tile_offsets, x, ldx, y, bias, has_bias, workspace, tickets, M, N, K, n_tile_cols,
-    #  k_tiles_per_split, stage_vectors)
     def __init__(self, config: SpmmConfig):
-        from numba import types
-
-        u16, i32 = types.Array(types.uint16, 1, "C"), types.int32
-        signature = (types.Array(types.uint32, 1, "C"), types.Array(types.int32, 1, "C"), u16, i32, u16, u16, i32,
-                     types.Array(types.float32, 1, "C"), types.Array(types.int32, 1, "C"), i32, i32, i32, i32, i32, i32)
+        signature = kernel_signature()
         dispatcher = build_kernel(config)
         dispatcher.compile(signature)
         self.numba_kernel = dispatcher.overloads[signature]

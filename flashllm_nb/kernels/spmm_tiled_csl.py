@@ -78,7 +78,7 @@ from numba import cuda, float32, int32, uint16, uint32, uint64
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.ptx import SHARED_ALIGN
 
-__all__ = ["SpmmConfig", "TILE_M", "TILE_K", "build_kernel", "TILE_N_CHOICES", "WARP_CHOICES"]
+__all__ = ["SpmmConfig", "TILE_M", "TILE_K", "build_kernel", "kernel_signature", "TILE_N_CHOICES", "WARP_CHOICES"]
 
 TILE_M = 128  # rows of A per block: one tile row of the Tiled-CSL grid
 TILE_K = 64  # k per pipeline step: one tile column of the grid
@@ -160,6 +160,17 @@ def _kn_chunk_xor(tile_n: int):
     return 8 // cpr, cpr - 1
 
 
+def kernel_signature() -> tuple:
+    """The one argument signature every configuration is compiled for (flat C-contiguous arrays, int32 scalars):
+    words, tile_offsets, x, ldx, y, bias, has_bias, workspace, tickets, M, N, K, n_tile_cols, k_tiles_per_split,
+    stage_vectors."""
+    from numba import types
+
+    u16, i32 = types.Array(types.uint16, 1, "C"), types.int32
+    return (types.Array(types.uint32, 1, "C"), types.Array(types.int32, 1, "C"), u16, i32, u16, u16, i32,
+            types.Array(types.float32, 1, "C"), types.Array(types.int32, 1, "C"), i32, i32, i32, i32, i32, i32)
+
+
 @functools.cache
 def build_kernel(cfg: SpmmConfig):
     """Compile-on-first-use kernel for one configuration; constants below are frozen into the code.
@@ -182,6 +193,7 @@ def build_kernel(cfg: SpmmConfig):
     WARP_ROWS = TILE_M // cfg.warps  # 32 rows (two m16 fragments) with 4 warps, 16 (one) with 8
     MF = WARP_ROWS // 16  # m16 fragments per warp
     ACC = MF * NF * 4  # fp32 accumulators per thread: MF x NF fragments x 4 (tile_n = 64, 4 warps: 64 registers)
+    OUT_ROUNDS = TILE_M * TILE_N // THREADS  # output elements each thread stores (128 * 64 / 256 = 32)
     B_ELEMS = TILE_K * TILE_N  # 64 * 64 = 4096 values for tile_n = 64
     B_BASE = 2 * TILE_ELEMS  # uint16 index of the first activation stage, after the two A tiles
     W_BASE32 = (B_BASE + STAGES * B_ELEMS) // 2  # uint32 index of the first word stage
@@ -359,30 +371,45 @@ def build_kernel(cfg: SpmmConfig):
                         acc[c + 3] = d3
 
     @_device
-    def fragment_position(i):
-        """Tile-local (row, column) of accumulator i of this thread: the C-fragment layout of mma.m16n8k16."""
-        lane = cuda.threadIdx.x % 32
-        warp = cuda.threadIdx.x // 32
-        mf = i // (NF * 4)
-        f = (i // 4) % NF
-        e = i % 4
-        row = warp * WARP_ROWS + 16 * mf + lane // 4 + 8 * (e // 2)
-        col = 8 * f + 2 * (lane % 4) + e % 2
-        return row, col
+    def accumulator_of(row, col):
+        """(thread, accumulator index) holding tile element (row, col): the inverse of the C-fragment layout of
+        mma.m16n8k16 (lane = 4 * (row % 8) + (col % 8) // 2; rows 8-15 of a fragment in accumulators 2 and 3)."""
+        warp = row // WARP_ROWS
+        mf = (row % WARP_ROWS) // 16
+        r16 = row % 16
+        lane = 4 * (r16 % 8) + (col % 8) // 2
+        i = (mf * NF + col // 8) * 4 + 2 * (r16 // 8) + col % 2
+        return warp * 32 + lane, i
 
     @_device
-    def store_output(y, bias, has_bias, m0, n0, M, N, i, value):
-        row, col = fragment_position(i)
-        m = m0 + row
-        n = n0 + col
-        if m < M and n < N:
-            if has_bias:
-                value += from_bits(bias[m])
-            bits = to_bits(value)
-            if NK:
-                y[n * M + m] = bits
-            else:
-                y[m * N + n] = bits
+    def store_tile(acc, smemf, y, bias, has_bias, m0, n0, M, N):
+        """Write the block's 128 x TILE_N result: fragments go to shared memory in thread order (a loop LLVM unrolls,
+        so acc stays in registers), then all threads store the tile row by row of the output, coalesced, adding
+        the bias and rounding once."""
+        cuda.syncthreads()  # the main loop's shared buffers are no longer read
+        own = cuda.threadIdx.x * ACC
+        for i in range(ACC):
+            smemf[own + i] = acc[i]
+        cuda.syncthreads()
+        for j in range(OUT_ROUNDS):
+            o = cuda.threadIdx.x + j * THREADS
+            if NK:  # output (N, M): consecutive threads on consecutive m
+                row = o % TILE_M
+                col = o // TILE_M
+            else:  # output (M, N): consecutive threads on consecutive n
+                row = o // TILE_N
+                col = o % TILE_N
+            m = m0 + row
+            n = n0 + col
+            if m < M and n < N:
+                thread, i = accumulator_of(row, col)
+                value = smemf[thread * ACC + i]
+                if has_bias:
+                    value += from_bits(bias[m])
+                if NK:
+                    y[n * M + m] = to_bits(value)
+                else:
+                    y[m * N + n] = to_bits(value)
 
     @cuda.jit
     def spmm_tiled_csl(words, tile_offsets, x, ldx, y, bias, has_bias, workspace, tickets, M, N, K, n_tile_cols,
@@ -391,6 +418,7 @@ def build_kernel(cfg: SpmmConfig):
         # [A 0 | A 1 | act 0 .. act STAGES-1 | words 0 .. words STAGES-1 | tile offsets of this block]
         smem16 = cuda.shared.array(0, uint16, alignment=SHARED_ALIGN)
         smem32 = cuda.shared.array(0, uint32, alignment=SHARED_ALIGN)
+        smemf = cuda.shared.array(0, float32, alignment=SHARED_ALIGN)  # the epilogue's view (A buffers reused)
         acc = cuda.local.array(ACC, float32)
         for i in range(ACC):
             acc[i] = float32(0.0)
@@ -438,37 +466,33 @@ def build_kernel(cfg: SpmmConfig):
                                  stage_vectors)
             ptx.cp_async_wait_all()
 
-        if not SPLITS:
-            # nested constant-trip loops, not one range(ACC): LLVM unrolls these fully, keeping acc in registers
-            for mf in range(MF):
-                for f in range(NF):
-                    for e in range(4):
-                        i = (mf * NF + f) * 4 + e
-                        store_output(y, bias, has_bias, m0, n0, M, N, i, acc[i])
-            return
-
-        # split-K fix-up: publish this split's partial tile, take a ticket; the last arrival reduces.
-        n_splits = cuda.gridDim.z
-        out_tile = tile_row * cuda.gridDim.y + cuda.blockIdx.y
-        tile_values = TILE_M * TILE_N
-        own = cuda.threadIdx.x * ACC  # each thread's partials are contiguous: coalescing is moot here
-        for i in range(ACC):
-            workspace[(split * cuda.gridDim.x * cuda.gridDim.y + out_tile) * tile_values + own + i] = acc[i]
-        cuda.threadfence()
-        cuda.syncthreads()  # every thread's partials are published before the ticket is taken
-        last = 0
-        if cuda.threadIdx.x == 0:
-            last = 1 if cuda.atomic.add(tickets, out_tile, 1) == n_splits - 1 else 0
-        if cuda.syncthreads_or(last) == 0:  # broadcasts thread 0's verdict to the block
-            return
-        cuda.threadfence()
-        for i in range(ACC):
-            total = float32(0.0)
-            for s in range(n_splits):
-                total += workspace[(s * cuda.gridDim.x * cuda.gridDim.y + out_tile) * tile_values + own + i]
-            store_output(y, bias, has_bias, m0, n0, M, N, i, total)
-        if cuda.threadIdx.x == 0:
-            tickets[out_tile] = 0
+        if SPLITS:
+            # split-K fix-up: publish this split's partial tile, take a ticket; the last arrival reduces.
+            n_splits = cuda.gridDim.z
+            out_tile = tile_row * cuda.gridDim.y + cuda.blockIdx.y
+            tile_values = TILE_M * TILE_N
+            own = cuda.threadIdx.x * ACC  # each thread's partials contiguous: the same thread reads them back
+            for i in range(ACC):
+                workspace[(split * cuda.gridDim.x * cuda.gridDim.y + out_tile) * tile_values + own + i] = acc[i]
+            cuda.threadfence()
+            cuda.syncthreads()  # every thread's partials are published before the ticket is taken
+            last = 0
+            if cuda.threadIdx.x == 0:
+                last = 1 if cuda.atomic.add(tickets, out_tile, 1) == n_splits - 1 else 0
+            if cuda.syncthreads_or(last) == 0:  # broadcasts thread 0's verdict to the block
+                return
+            cuda.threadfence()
+            # Sum in split order, so the result does not depend on which block arrived last. The split loop is
+            # the outer one: an inner loop of constant trip count is what LLVM unrolls, keeping acc in registers.
+            for i in range(ACC):
+                acc[i] = float32(0.0)
+            for sp in range(n_splits):
+                partials = (sp * cuda.gridDim.x * cuda.gridDim.y + out_tile) * tile_values + own
+                for i in range(ACC):
+                    acc[i] += workspace[partials + i]
+            if cuda.threadIdx.x == 0:
+                tickets[out_tile] = 0
+        store_tile(acc, smemf, y, bias, has_bias, m0, n0, M, N)
 
     return spmm_tiled_csl
 

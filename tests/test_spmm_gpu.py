@@ -1,0 +1,137 @@
+"""The SpMM kernel on a GPU at real sizes (OPT-66B layer shapes), element by element against a float64 reference.
+
+The reference is the float64 product of the same fp16/bf16 inputs, computed on the GPU with CuPy (the matrices are
+too large for a quick CPU product), with the bound of ``flashllm_nb.reference.tolerance``. Outputs are poisoned with
+NaN first, so an element the kernel never writes cannot pass. Skipped without a GPU (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import flashllm_nb as fl
+from flashllm_nb.reference.tolerance import assert_close_to_reference
+
+pytestmark = pytest.mark.gpu
+cp = pytest.importorskip("cupy")
+
+OPT66B = [(27648, 9216), (9216, 9216), (36864, 9216), (9216, 36864)]
+
+
+def _pruned(rng, m, k, sparsity):
+    W = cp.asarray(rng.standard_normal((m, k), dtype=np.float32))
+    W[cp.asarray(rng.random((m, k)) < sparsity)] = 0
+    return W
+
+
+def _check(W32, X32, dtype, *, layout="nk", split_k=None, bias32=None):
+    """Run linear (layout "nk") or spmm ("kn") on W, X rounded to dtype; compare with the float64 product."""
+    as_dtype = (lambda a: a.astype(np.float16)) if dtype == np.float16 else _to_torch_bf16
+    W, X = as_dtype(W32), as_dtype(X32)
+    A = fl.TiledCSL.from_dense(W)
+    W64, X64 = _float64(W), _float64(X)
+    if layout == "nk":
+        out = _poisoned(as_dtype, (X32.shape[0], W32.shape[0]))
+        bias = None if bias32 is None else as_dtype(bias32)
+        Y = fl.linear(X, A, bias=bias, out=out, split_k=split_k)
+        ref = X64 @ W64.T + (0 if bias is None else _float64(bias)[None, :])
+        abs_prod = cp.abs(X64) @ cp.abs(W64).T
+    else:
+        Xt = as_dtype(X32.T.copy())
+        out = _poisoned(as_dtype, (W32.shape[0], X32.shape[0]))
+        Y = fl.spmm(A, Xt, out=out, split_k=split_k)
+        ref = W64 @ X64.T
+        abs_prod = cp.abs(W64) @ cp.abs(X64).T
+    assert Y is out
+    got = _float64(Y).get()
+    assert_close_to_reference(got, ref.get(), abs_prod.get(), W32.shape[1], dtype,
+                              what=f"{layout} {W32.shape} N={X32.shape[0]} {np.dtype(dtype).name} split={split_k}")
+
+
+def _to_torch_bf16(a):
+    torch = pytest.importorskip("torch")
+    return torch.as_tensor(a, device="cuda").to(torch.bfloat16)
+
+
+def _float64(a):
+    if type(a).__module__.startswith("torch"):
+        return cp.asarray(a.float()).astype(np.float64)
+    return a.astype(np.float64)
+
+
+def _poisoned(as_dtype, shape):
+    return as_dtype(cp.full(shape, np.nan, np.float32))
+
+
+@pytest.mark.parametrize("m,k", OPT66B, ids=[f"{m}x{k}" for m, k in OPT66B])
+@pytest.mark.parametrize("n", [1, 16, 64])
+def test_opt66b_layers(m, k, n):
+    """Each OPT-66B layer shape at 80 % sparsity, fp16, N = 1 / 16 / 64, automatic split-K."""
+    rng = np.random.default_rng(m * 7 + k + n)
+    _check(_pruned(rng, m, k, 0.8), cp.asarray(rng.standard_normal((n, k), dtype=np.float32)), np.float16)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.7, 0.9, 0.99, 1.0])
+def test_sparsity_range(sparsity):
+    """From fully dense (every tile overflows the word stage) to empty, on a mid-size layer."""
+    rng = np.random.default_rng(int(sparsity * 100))
+    _check(_pruned(rng, 4096, 4096, sparsity), cp.asarray(rng.standard_normal((16, 4096), dtype=np.float32)),
+           np.float16)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 33, 100, 256])
+@pytest.mark.parametrize("layout", ["nk", "kn"])
+def test_ragged_shapes_and_layouts(n, layout):
+    """M and K off the tile grid, N off multiples of 8 (the kernel pads X's rows), both activation layouts."""
+    rng = np.random.default_rng(n)
+    _check(_pruned(rng, 1000, 777, 0.7), cp.asarray(rng.standard_normal((n, 777), dtype=np.float32)), np.float16,
+           layout=layout)
+
+
+@pytest.mark.parametrize("split_k", [1, 2, 7, 144])
+def test_forced_split_k(split_k):
+    rng = np.random.default_rng(split_k)
+    _check(_pruned(rng, 9216, 9216, 0.8), cp.asarray(rng.standard_normal((16, 9216), dtype=np.float32)),
+           np.float16, split_k=split_k)
+
+
+def test_bias():
+    rng = np.random.default_rng(3)
+    _check(_pruned(rng, 4096, 2048, 0.8), cp.asarray(rng.standard_normal((16, 2048), dtype=np.float32)),
+           np.float16, bias32=cp.asarray(rng.standard_normal(4096, dtype=np.float32)))
+
+
+@pytest.mark.parametrize("layout", ["nk", "kn"])
+def test_bf16_torch_tensors(layout):
+    """bf16 through PyTorch tensors: in as torch, out as torch."""
+    rng = np.random.default_rng(4)
+    _check(_pruned(rng, 9216, 9216, 0.8), cp.asarray(rng.standard_normal((16, 9216), dtype=np.float32)),
+           ml_dtypes.bfloat16, layout=layout)
+
+
+def test_non_finite_values_propagate_as_dense():
+    rng = np.random.default_rng(5)
+    W = _pruned(rng, 2048, 2048, 0.8)
+    W[5, 7] = np.inf
+    W[1000, 3] = np.nan
+    X = cp.asarray(rng.standard_normal((8, 2048), dtype=np.float32))
+    X[2, 100] = -np.inf
+    _check(W, X, np.float16)
+
+
+def test_repeated_calls_are_bitwise_identical():
+    """Split-K reduces in split order and resets its tickets: the same call twice gives the same bits."""
+    rng = np.random.default_rng(6)
+    A = fl.TiledCSL.from_dense(_pruned(rng, 9216, 9216, 0.8).astype(np.float16))
+    X = cp.asarray(rng.standard_normal((16, 9216), dtype=np.float32)).astype(np.float16)
+    first = fl.linear(X, A).view(np.uint16)
+    for _ in range(3):
+        cp.testing.assert_array_equal(first, fl.linear(X, A).view(np.uint16))
+
+
+def test_host_matrix_is_refused_on_a_gpu():
+    A = fl.TiledCSL.from_dense(np.eye(8, dtype=np.float16))
+    with pytest.raises(ValueError, match="Invalid device of A"):
+        fl.linear(cp.ones((1, 8), np.float16), A)
