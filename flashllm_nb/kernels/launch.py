@@ -10,7 +10,9 @@ Everything here is decided from the shape, the dtype and the device, never from 
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,8 +150,8 @@ class _CompiledKernel:
 
     Numba's ``kernel[grid, block](*args)`` re-types every argument and converts every array through
     ``__cuda_array_interface__`` on each call (about 60 us with CuPy arrays). The signature never changes here, so it
-    is compiled once, and each call only flattens the arrays into Numba's kernel ABI (per 1-D array: meminfo,
-    parent, nitems, itemsize, data pointer, shape, stride) and hands the parameters to ``cuda.core.launch``.
+    is compiled once, and each call only writes the arrays (in Numba's kernel ABI) and scalars into a preallocated
+    parameter block and calls the driver's ``cuLaunchKernel`` on it.
     """
 
     def __init__(self, config: SpmmConfig):
@@ -158,9 +160,8 @@ class _CompiledKernel:
         dispatcher.compile(signature)
         self.numba_kernel = dispatcher.overloads[signature]
         cufunc = self.numba_kernel._codelibrary.get_cufunc()
-        self._kernel = cufunc.kernel
-        self._configs = {}
         self._cufunc = cufunc
+        self._local = threading.local()
         self._threads = config.threads
         from numba.cuda.cudadrv.driver import binding, driver
 
@@ -181,33 +182,59 @@ class _CompiledKernel:
         return cuda.current_context().get_active_blocks_per_multiprocessor(self._cufunc, self._threads, shared_bytes)
 
     def launch(self, grid, shared_bytes: int, stream_handle: int, arrays, scalars) -> None:
-        import ctypes
-
-        from cuda.core import LaunchConfig, Stream
-        from cuda.core import launch as core_launch
-
-        params = []
-        for a in arrays:
+        """Fill this thread's parameter block and call ``cuLaunchKernel`` on it."""
+        values, pointers = self._parameter_block()
+        slot = 0
+        for position, a in enumerate(arrays):
+            # Numba's ABI for a 1-D array: meminfo, parent, nitems, itemsize, data, shape[0], strides[0]
             size, itemsize = a.size, a.itemsize
-            params += (0, 0, size, itemsize, _data_pointer(a), size, itemsize)
-        ldx, has_bias, m, n, k, cols, per, sv = (ctypes.c_int32(int(v)) for v in scalars)
-        # order of the kernel's parameters: words, tile_offsets, x, ldx, y, bias, has_bias, workspace, tickets, ...
-        params = params[:21] + [ldx] + params[21:35] + [has_bias] + params[35:49] + [m, n, k, cols, per, sv]
-        config = self._configs.get((grid, shared_bytes))
-        if config is None:
-            config = self._configs[(grid, shared_bytes)] = LaunchConfig(grid=grid, block=self._threads,
-                                                                        shmem_size=shared_bytes)
-        core_launch(Stream.from_handle(stream_handle), config, self._kernel, *params)
+            values[slot + 2] = values[slot + 5] = size
+            values[slot + 3] = values[slot + 6] = itemsize
+            values[slot + 4] = a.data.ptr
+            slot += 7
+            if position in _SCALAR_AFTER:  # ldx follows x, has_bias follows bias (see kernel_signature)
+                values[slot] = scalars[_SCALAR_AFTER[position]]
+                slot += 1
+        for value in scalars[2:]:
+            values[slot] = value
+            slot += 1
+        _check(_driver().cuLaunchKernel(self._cufunc.handle, grid[0], grid[1], grid[2], self._threads, 1, 1,
+                                        shared_bytes, _driver().CUstream(stream_handle), pointers, 0))
+
+    def _parameter_block(self):
+        """Per thread: 57 eight-byte slots (7 per array, 1 per int32 scalar, read as its low 4 bytes on this
+        little-endian target) and the array of pointers to them that cuLaunchKernel takes."""
+        block = getattr(self._local, "block", None)
+        if block is None:
+            values = (ctypes.c_int64 * _N_PARAMETERS)()
+            pointers = (ctypes.c_void_p * _N_PARAMETERS)(
+                *[ctypes.addressof(values) + 8 * i for i in range(_N_PARAMETERS)])
+            block = self._local.block = (values, ctypes.addressof(pointers), pointers)
+        return block[0], block[1]
+
+
+# kernel_signature(): 7 arrays (7 slots each) and 8 int32 scalars; ldx comes right after x (array 2) and has_bias
+# right after bias (array 4); the other scalars close the list.
+_N_PARAMETERS = 7 * 7 + 8
+_SCALAR_AFTER = {2: 0, 4: 1}
+
+
+@functools.cache
+def _driver():
+    from cuda.bindings import driver
+
+    return driver
+
+
+def _check(result) -> None:
+    error = result[0] if isinstance(result, tuple) else result
+    if int(error) != 0:
+        raise RuntimeError(f"cuLaunchKernel failed: {error!r}")
 
 
 @functools.cache
 def _compiled(config: SpmmConfig) -> _CompiledKernel:
     return _CompiledKernel(config)
-
-
-def _data_pointer(a) -> int:
-    """Device address of a CuPy array."""
-    return a.data.ptr
 
 
 @functools.cache
