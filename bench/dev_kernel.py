@@ -25,7 +25,6 @@ import cupy as cp
 import numpy as np
 import flashllm_nb as fl
 from flashllm_nb.kernels import launch as _launch
-from flashllm_nb.kernels.api import _max_tile_vectors
 
 OPT66B = [(27648, 9216), (9216, 9216), (36864, 9216), (9216, 36864)]
 
@@ -102,7 +101,7 @@ def report_resources(plans):
     """Registers, local memory and resident blocks per SM of each plan this run used."""
     for p in sorted(set(plans), key=str):
         kernel = _launch._compiled(p.config)
-        print(f"  {p.config} grid {p.grid} stage_vectors {p.stage_vectors}: {kernel.numba_kernel.regs_per_thread} "
+        print(f"  {p.config} grid {p.grid}: {kernel.numba_kernel.regs_per_thread} "
               f"registers, {kernel.numba_kernel._codelibrary.get_cufunc().attrs.local} B local, "
               f"{p.shared_bytes} B shared, {kernel.blocks_per_sm(p.shared_bytes)} blocks/SM")
 
@@ -186,7 +185,7 @@ def time_shapes(rng, shapes, ns, sparsities, bw, rows, plans):
                 host = launch_cost(lambda: fl.linear(X, As[0], out=Ys))
                 bytes_sparse = As[0].nbytes + 2 * n * (m + k)
                 bound = bytes_sparse / bw
-                p = _launch.plan(m, n, k, "float16", "nk", _max_tile_vectors(As[0]))
+                p = _launch.plan(m, n, k, "float16", "nk")
                 plans.append(p)
                 rows.append(dict(m=m, k=k, n=n, s=s, dense_ms=t_dense, sparse_ms=t_sparse, speedup=t_dense / t_sparse,
                                  frac_bound=bound * 1e3 / t_sparse, launch_us=host * 1e6, err=err,

@@ -11,7 +11,6 @@ thread by thread on the CPU. Validation happens here, once; the launch path belo
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import numpy as np
@@ -83,57 +82,98 @@ def linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any =
 
 
 def _run(A, X, bias, out, stream, split_k, x_layout):
+    # This is the per-call host path of every sparse layer: it checks everything, but in a few attribute reads
+    # per argument (see _operand); the launch below it trusts its inputs.
     if not isinstance(A, TiledCSL):
         raise invalid("type", "A", "a flashllm_nb.TiledCSL", type(A).__name__, TypeError)
     if A.on_device == ptx.SIMULATOR:
         where = "on the host (NumPy) under the simulator" if ptx.SIMULATOR else "on the device (A.to_device())"
         raise invalid("device", "A", where, "device" if A.on_device else "host")
     m, k = A.shape
-    x_bits, dtype = _xp.as_bits(X, "X")
-    check_ndim(x_bits, "X", 2)
-    n = x_bits.shape[0] if x_layout == "nk" else x_bits.shape[1]
-    check_shape(x_bits, "X", (None, k) if x_layout == "nk" else (k, None))
-    if dtype != A.dtype:
-        raise invalid("dtype", "X", f"A's dtype {A.dtype}", dtype, TypeError)
-    xp = _xp.array_module(x_bits, "X")
-    if (xp is np) != (not A.on_device):
-        raise invalid("device", "X", "the same device as A", "host" if xp is np else "device")
-    if not x_bits.flags["C_CONTIGUOUS"]:
-        raise invalid("memory layout", "X", "a C-contiguous (row-major) array", f"strides {x_bits.strides}")
+    dtype = A.dtype
+    x, kind = _operand(X, "X", dtype)
+    if x.ndim != 2:
+        check_ndim(x, "X", 2)
+    n = x.shape[0] if x_layout == "nk" else x.shape[1]
+    if x.shape != ((n, k) if x_layout == "nk" else (k, n)):
+        check_shape(x, "X", (None, k) if x_layout == "nk" else (k, None))
     if split_k is not None and (isinstance(split_k, bool) or not isinstance(split_k, (int, np.integer)) or split_k < 1):
         raise invalid("value", "split_k", "None or an integer >= 1", split_k)
 
     out_shape = (n, m) if x_layout == "nk" else (m, n)
     if out is None:
-        out = _empty_like_input(X, out_shape, dtype, xp)
-    y_bits = _checked_output(out, out_shape, dtype, xp)
-    bias_bits = None if bias is None else _checked_bias(bias, m, dtype, xp)
+        out = _empty_like_input(X, kind, out_shape, dtype)
+    y, out_kind = _operand(out, "out", dtype)
+    if y.shape != out_shape:
+        check_shape(y, "out", out_shape)
+    if out_kind != kind:
+        raise invalid("array type", "out", f"the same kind of array as X ({kind})", out_kind, TypeError)
+    if bias is not None:
+        bias, _ = _operand(bias, "bias", dtype)
+        if bias.shape != (m,):
+            check_shape(bias, "bias", (m,))
     if n == 0 or m == 0:
         return out
     if k == 0:
-        y_bits[...] = 0 if bias_bits is None else bias_bits[None, :] if x_layout == "nk" else bias_bits[:, None]
+        y[...] = 0 if bias is None else bias[None, :] if x_layout == "nk" else bias[:, None]
         return out
 
-    x_flat, ldx = _aligned_rows(x_bits, xp)
-    p = _launch.plan(m, n, k, "bfloat16" if dtype == _xp.BFLOAT16 else "float16", x_layout, _max_tile_vectors(A),
+    xp = np if kind == "numpy" else _cupy()
+    x, ldx = _aligned_rows(x, xp)
+    p = _launch.plan(m, n, k, "bfloat16" if dtype == _xp.BFLOAT16 else "float16", x_layout,
                      None if split_k is None else int(split_k))
-    _launch.launch(p, A.words, A.tile_offsets, x_flat, ldx, y_bits.reshape(-1), bias_bits, m, n, k, A.n_tile_cols,
-                   xp, 0 if xp is np else _stream_handle(stream, X))
+    if kind == "numpy":  # the simulator indexes its arrays: flat uint16 views
+        x, y = x.reshape(-1), y.reshape(-1)
+    _launch.launch(p, A.words, A.tile_offsets, x, ldx, y, bias, m, n, k, A.n_tile_cols, xp,
+                   0 if kind == "numpy" else _stream_handle(stream, X))
     return out
 
 
-_MAX_TILE_VECTORS: "weakref.WeakKeyDictionary[TiledCSL, int]" = weakref.WeakKeyDictionary()
+_KINDS: dict[type, str] = {}
 
 
-def _max_tile_vectors(A: TiledCSL) -> int:
-    """The densest tile's 16-byte word vectors: sizes the kernel's word stages. Computed once per matrix (one
-    device-to-host read), since a TiledCSL never changes."""
-    value = _MAX_TILE_VECTORS.get(A)
-    if value is None:
-        offsets = A.tile_offsets
-        value = int((offsets[1:] - offsets[:-1]).max())  # synchronize!
-        _MAX_TILE_VECTORS[A] = value
-    return value
+def _kind(x) -> str:
+    """'numpy', 'cupy', 'torch' or 'other', remembered per type (a dictionary lookup after the first call)."""
+    kind = _KINDS.get(type(x))
+    if kind is None:
+        root = type(x).__module__.split(".", 1)[0]
+        kind = _KINDS[type(x)] = root if root in ("numpy", "cupy", "torch") else "other"
+    return kind
+
+
+def _operand(x, name: str, dtype):
+    """(array the kernel can take, kind) for an argument that holds values of A's ``dtype``; checks dtype, device
+    and row-major layout (the shape is the caller's to check).
+
+    A CuPy float16 array passes as it is (the launch reads only its pointer and size); NumPy arrays (simulator)
+    become uint16 views, since the simulated kernel stores bit patterns; uint16 arrays are taken as the bit patterns
+    of ``dtype`` (how bfloat16 lives in CuPy); PyTorch tensors and other DLPack / CUDA-array-interface objects go
+    through ``formats._xp.as_bits``.
+    """
+    kind = _kind(x)
+    if kind == "cupy" and x.dtype.char in "eH":  # float16, or uint16 bit patterns
+        if x.dtype.char == "e" and dtype != _xp.FLOAT16:
+            raise invalid("dtype", name, f"A's dtype {dtype}", x.dtype, TypeError)
+        array = x
+    else:
+        given = None if kind == "torch" or "int" not in str(getattr(x, "dtype", "")) else dtype
+        array, got = _xp.as_bits(x, name, given)
+        if got != dtype:
+            raise invalid("dtype", name, f"A's dtype {dtype}", got, TypeError)
+        if kind == "other":
+            kind = "numpy" if isinstance(array, np.ndarray) else "cupy"
+    if (kind == "numpy") != ptx.SIMULATOR:
+        expected = "a NumPy array under the simulator" if ptx.SIMULATOR else "a device array (CuPy, PyTorch CUDA, ...)"
+        raise invalid("device", name, expected, "host (NumPy)" if kind == "numpy" else "device")
+    if not array.flags.c_contiguous:
+        raise invalid("memory layout", name, "a C-contiguous (row-major) array", f"strides {array.strides}")
+    return array, kind
+
+
+def _cupy():
+    import cupy
+
+    return cupy
 
 
 def _stream_handle(stream, X) -> int:
@@ -157,52 +197,27 @@ def _stream_handle(stream, X) -> int:
                   TypeError)
 
 
-def _aligned_rows(x_bits, xp):
-    """X as a flat array whose rows start 16-byte aligned: itself when its row length is a multiple of 8 values and
-    its base is 16-byte aligned, else a zero-padded copy (a rare shape pays one extra copy instead of a slow path)."""
-    rows, cols = x_bits.shape
-    base = x_bits.ctypes.data if xp is np else x_bits.data.ptr
+def _aligned_rows(x, xp):
+    """X with rows that start 16-byte aligned: itself when its row length is a multiple of 8 values and its base is
+    16-byte aligned, else a zero-padded copy (a rare shape pays one extra copy instead of a slow path). Returns the
+    array and its row length (leading dimension)."""
+    rows, cols = x.shape
+    base = x.ctypes.data if xp is np else x.data.ptr
     if cols % _CHUNK == 0 and base % 16 == 0:
-        return x_bits.reshape(-1), cols
+        return x, cols
     ld = -(-cols // _CHUNK) * _CHUNK
-    padded = xp.zeros((rows, ld), dtype=np.uint16)
-    padded[:, :cols] = x_bits
-    return padded.reshape(-1), ld
+    padded = xp.zeros((rows, ld), dtype=x.dtype)
+    padded[:, :cols] = x
+    return padded, ld
 
 
-def _empty_like_input(X, shape, dtype, xp):
-    """A new output in X's module: torch for torch, CuPy (uint16 bits for bfloat16) for CuPy, NumPy for NumPy."""
-    if type(X).__module__.split(".", 1)[0] == "torch":
+def _empty_like_input(X, kind, shape, dtype):
+    """A new output of X's kind: a torch tensor for torch, CuPy (uint16 bits for bfloat16) for CuPy, NumPy for
+    NumPy."""
+    if kind == "torch":
         import torch
 
         return torch.empty(shape, dtype=X.dtype, device=X.device)
-    if xp is np:
+    if kind == "numpy":
         return np.empty(shape, dtype=dtype)
-    return xp.empty(shape, dtype=np.float16 if dtype == _xp.FLOAT16 else np.uint16)
-
-
-def _checked_output(out, shape, dtype, xp):
-    bits, out_dtype = _xp.as_bits(out, "out", None if _is_float(out) else dtype)
-    check_shape(bits, "out", shape)
-    if out_dtype != dtype:
-        raise invalid("dtype", "out", dtype, out_dtype, TypeError)
-    if _xp.array_module(bits, "out") is not xp:
-        raise invalid("device", "out", "the same device as X", "host" if xp is not np else "device")
-    if not bits.flags["C_CONTIGUOUS"]:
-        raise invalid("memory layout", "out", "a C-contiguous (row-major) array", f"strides {bits.strides}")
-    return bits
-
-
-def _checked_bias(bias, m, dtype, xp):
-    bits, bias_dtype = _xp.as_bits(bias, "bias", None if _is_float(bias) else dtype)
-    check_shape(bits, "bias", (m,))
-    if bias_dtype != dtype:
-        raise invalid("dtype", "bias", dtype, bias_dtype, TypeError)
-    if _xp.array_module(bits, "bias") is not xp:
-        raise invalid("device", "bias", "the same device as X", "host" if xp is not np else "device")
-    return xp.ascontiguousarray(bits)
-
-
-def _is_float(x) -> bool:
-    """Whether x carries its own floating-point type (so no ``dtype`` should be passed to ``as_bits``)."""
-    return "int" not in str(getattr(x, "dtype", ""))
+    return _cupy().empty(shape, dtype=np.float16 if dtype == _xp.FLOAT16 else np.uint16)

@@ -23,11 +23,8 @@ from flashllm_nb.kernels.spmm_tiled_csl import TILE_M, TILE_N_CHOICES, SpmmConfi
 __all__ = ["Plan", "plan", "launch"]
 
 MIN_K_TILES_PER_SPLIT = 4
-DEFAULT_WARPS = 8  # warps per block (see SpmmConfig.warps): 8 measured 0.64x against 4 warps' 0.62x of cuBLAS (RESULTS.md)
+DEFAULT_WARPS = 4  # warps per block (SpmmConfig.warps): 4 measured 0.98x of cuBLAS against 8 warps' 0.91x (RESULTS.md)
 PROLOGUE_TILES = 2  # a block's fixed cost (offsets, pipeline fill, epilogue) in k-tiles' worth of time
-# A word stage holds the densest tile of the matrix, so the overflow path (words read straight from global memory)
-# only runs for tiles denser than 50 %; 1024 vectors = 4096 entries = 16 KiB per stage.
-MAX_STAGE_VECTORS = 1024
 # What the simulator pretends the device is, so that split-K is exercised on the small shapes tests use.
 _SIMULATED_SMS = 4
 
@@ -39,11 +36,10 @@ class Plan:
     config: SpmmConfig
     grid: tuple[int, int, int]  # (tile rows of A, column blocks of N, splits of K)
     k_tiles_per_split: int
-    stage_vectors: int  # 16-byte word vectors per pipeline stage: the densest tile's, within [32, 1024]
 
     @property
     def shared_bytes(self) -> int:
-        return self.config.shared_bytes(self.stage_vectors, self.k_tiles_per_split)
+        return self.config.shared_bytes(self.k_tiles_per_split)
 
     @property
     def splits(self) -> int:
@@ -81,24 +77,21 @@ def choose_splits(blocks: int, k_tiles: int, slots: int) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def plan(m: int, n: int, k: int, dtype: str, x_layout: str, max_tile_vectors: int, split_k: int | None = None) -> Plan:
-    """Pick the configuration and grid for an (m x k) @ (k x n) product whose densest tile has
-    ``max_tile_vectors`` 16-byte word vectors."""
+def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None = None) -> Plan:
+    """Pick the configuration and grid for an (m x k) @ (k x n) product."""
     tile_n = tile_n_for(n)
     tile_rows = -(-m // TILE_M)
     n_blocks = -(-n // tile_n)
     k_tiles = -(-k // 64)
-    stage_vectors = min(max(-(-max_tile_vectors // 32) * 32, 32), MAX_STAGE_VECTORS)
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=DEFAULT_WARPS)
     if split_k is None:
-        resident = 1 if ptx.SIMULATOR else _compiled(config).blocks_per_sm(config.shared_bytes(stage_vectors, k_tiles))
+        resident = 1 if ptx.SIMULATOR else _compiled(config).blocks_per_sm(config.shared_bytes(k_tiles))
         split_k = choose_splits(tile_rows * n_blocks, k_tiles, _sm_count() * max(resident, 1))
     split_k = max(1, min(split_k, k_tiles))
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=DEFAULT_WARPS)
-    return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split,
-                stage_vectors=stage_vectors)
+    return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
 
 
 class _Workspaces:
@@ -134,12 +127,12 @@ def launch(p: Plan, words, tile_offsets, x_bits, ldx: int, y_bits, bias_bits, m:
     if bias_bits is None:
         bias_bits = _dummy(xp, np.uint16)
     arrays = (words, tile_offsets, x_bits, y_bits, bias_bits, workspace, tickets)
-    scalars = (ldx, has_bias, m, n, k, n_tile_cols, p.k_tiles_per_split, p.stage_vectors)
+    scalars = (ldx, has_bias, m, n, k, n_tile_cols, p.k_tiles_per_split)
     if ptx.SIMULATOR:
         w, o, x, y, b, ws, t = arrays
-        ldx, has_bias, m, n, k, cols, per, sv = (np.int32(v) for v in scalars)
+        ldx, has_bias, m, n, k, cols, per = (np.int32(v) for v in scalars)
         build_kernel(p.config)[p.grid, p.config.threads, 0, p.shared_bytes](w, o, x, ldx, y, b, has_bias, ws, t, m, n, k,
-                                                                    cols, per, sv)
+                                                                    cols, per)
     else:
         _compiled(p.config).launch(p.grid, p.shared_bytes, stream_handle, arrays, scalars)
 
@@ -213,9 +206,9 @@ class _CompiledKernel:
         return block[0], block[1]
 
 
-# kernel_signature(): 7 arrays (7 slots each) and 8 int32 scalars; ldx comes right after x (array 2) and has_bias
+# kernel_signature(): 7 arrays (7 slots each) and 7 int32 scalars; ldx comes right after x (array 2) and has_bias
 # right after bias (array 4); the other scalars close the list.
-_N_PARAMETERS = 7 * 7 + 8
+_N_PARAMETERS = 7 * 7 + 7
 _SCALAR_AFTER = {2: 0, 4: 1}
 
 

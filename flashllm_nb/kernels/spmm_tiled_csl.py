@@ -27,24 +27,31 @@ owns 16 rows: one m16 fragment times ``tile_n / 8`` n8 fragments of ``mma.m16n8k
 
 Pipeline
 --------
-Words and activations of a k-tile travel together as one ``cp.async`` group into one of ``STAGES`` stages; A is
-expanded into one of two dense shared tiles. At step i, tile i is multiplied while tile i+1 is expanded and tiles
-i+2 .. i+STAGES-1 are in flight::
+Activation tiles travel by ``cp.async`` into ``STAGES`` shared stages, ``STAGES - 1`` k-tiles ahead; a tile's
+sparse words travel by 16-byte ``ld.global.nc`` loads straight into registers, one k-tile ahead, and are scattered
+from there into one of two dense shared A tiles. At step i tile i is multiplied while tile i+1's words are in flight
+and then expanded::
 
-    prologue: tile offsets of the block -> shared; zero A[0]; issue tiles 0 .. STAGES-2; wait for tile 0;
-              scatter words(0) -> A[0]
+    prologue: tile offsets of the block -> shared; zero A[0]; issue activations 0 .. STAGES-2;
+              load words(0) -> registers; scatter -> A[0]
     for i in the block's k-tiles:
-        wait for tile i+1's copies; barrier      # A[i%2] expanded; tile i+1 landed; tile i-1's buffers are free
-        issue tile i+STAGES-1 into tile i-1's stage
+        wait for activation tile i; barrier      # A[i%2] expanded; everyone is done with tile i-1's buffers
+        issue activations i+STAGES-1 into tile i-1's stage
+        load words(i+1) -> registers             # in flight during the zeroing and the mma
         zero A[(i+1)%2]
         ldmatrix + mma.sync on A[i%2] and activations(i)     # fp32 accumulators in registers
         barrier                                  # the zeroing is complete
-        scatter words(i+1) -> A[(i+1)%2]         # words beyond the stage's capacity come straight from global
+        scatter the registered words(i+1) -> A[(i+1)%2]; a tile denser than the register budget (25 %) loads
+        and scatters its remaining words here, unhidden
 
 Two barriers per k-tile: one publishes the expansion (and the copies) before the mma reads them, one orders the
-zeroing before any thread's scatter. A word stage holds ``stage_vectors`` 16-byte vectors, sized at launch from the
-densest tile of the matrix, so the pipeline never needs a per-tile capacity limit; the shared-memory footprint is
-therefore a launch-time quantity (dynamic shared memory).
+zeroing before any thread's scatter. Any tile density is legal: the register budget only decides how much of a
+tile's words load ahead of time.
+
+Why words go to registers and not through shared memory: both were measured on an H200 (``bench/RESULTS.md``).
+Staging the words in shared memory with ``cp.async`` lets them run several tiles ahead, but costs a copy, a
+shared-memory read per word and 7-16 KB per stage, which halves the blocks per SM; the kernel is bound by
+instruction issue and occupancy, not by memory latency, so the register path was 1.3-1.6x faster.
 
 Shared-memory layout and swizzle
 --------------------------------
@@ -89,9 +96,11 @@ TILE_N_CHOICES = (8, 16, 32, 64)
 # latency (about 1 us under load) is several k-tiles' worth of work, so one tile of look-ahead leaves the block
 # waiting; STAGES - 2 = 2 tiles ahead (plus the one being scattered) keeps enough bytes in flight per SM.
 STAGES = 4
-# cp.async.wait_group takes an immediate: the number of most recent groups that may still be in flight.
-_PENDING_AFTER_PROLOGUE = STAGES - 2  # tile 0 landed, tiles 1 .. STAGES-2 may be in flight
-_PENDING_IN_LOOP = STAGES - 3  # at step i: tile i+1 landed, tiles i+2 .. i+STAGES-2 may be in flight
+# cp.async.wait_group takes an immediate: the number of most recent groups that may still be in flight. At step i
+# activation tiles 0 .. i+STAGES-2 have been issued; tile i must have landed.
+_PENDING_IN_LOOP = STAGES - 2
+# Word vectors a block keeps in flight per k-tile, in registers: 512 vectors = 2048 entries, a 25 %-dense tile.
+PREFETCH_VECTORS = 512
 
 
 if ptx.SIMULATOR:
@@ -139,11 +148,10 @@ class SpmmConfig:
         if self.warps not in WARP_CHOICES:
             raise ValueError(f"Invalid warps of SpmmConfig: expected one of {WARP_CHOICES}, got {self.warps}")
 
-    def shared_bytes(self, stage_vectors: int, k_tiles_per_split: int) -> int:
-        """Dynamic shared memory of one block: two A tiles (32 KiB), STAGES activation tiles, STAGES word stages
-        of ``stage_vectors`` 16-byte vectors, and the block's tile offsets."""
-        return (2 * TILE_ELEMS * 2 + STAGES * TILE_K * self.tile_n * 2 + STAGES * stage_vectors * 16
-                + 4 * (k_tiles_per_split + 1))
+    def shared_bytes(self, k_tiles_per_split: int) -> int:
+        """Dynamic shared memory of one block: two A tiles (32 KiB, reused by the epilogue), STAGES activation
+        tiles, and the block's tile offsets."""
+        return 2 * TILE_ELEMS * 2 + STAGES * TILE_K * self.tile_n * 2 + 4 * (k_tiles_per_split + 1)
 
 
 def _kn_chunk_xor(tile_n: int):
@@ -162,13 +170,12 @@ def _kn_chunk_xor(tile_n: int):
 
 def kernel_signature() -> tuple:
     """The one argument signature every configuration is compiled for (flat C-contiguous arrays, int32 scalars):
-    words, tile_offsets, x, ldx, y, bias, has_bias, workspace, tickets, M, N, K, n_tile_cols, k_tiles_per_split,
-    stage_vectors."""
+    words, tile_offsets, x, ldx, y, bias, has_bias, workspace, tickets, M, N, K, n_tile_cols, k_tiles_per_split."""
     from numba import types
 
     u16, i32 = types.Array(types.uint16, 1, "C"), types.int32
     return (types.Array(types.uint32, 1, "C"), types.Array(types.int32, 1, "C"), u16, i32, u16, u16, i32,
-            types.Array(types.float32, 1, "C"), types.Array(types.int32, 1, "C"), i32, i32, i32, i32, i32, i32)
+            types.Array(types.float32, 1, "C"), types.Array(types.int32, 1, "C"), i32, i32, i32, i32, i32)
 
 
 @functools.cache
@@ -196,7 +203,9 @@ def build_kernel(cfg: SpmmConfig):
     OUT_ROUNDS = TILE_M * TILE_N // THREADS  # output elements each thread stores (128 * 64 / 256 = 32)
     B_ELEMS = TILE_K * TILE_N  # 64 * 64 = 4096 values for tile_n = 64
     B_BASE = 2 * TILE_ELEMS  # uint16 index of the first activation stage, after the two A tiles
-    W_BASE32 = (B_BASE + STAGES * B_ELEMS) // 2  # uint32 index of the first word stage
+    OFFSETS_BASE32 = (B_BASE + STAGES * B_ELEMS) // 2  # uint32 index of the block's tile offsets
+    R = PREFETCH_VECTORS // THREADS  # 16-byte word vectors each thread holds in registers (8 warps: 2)
+    WORDS = 4 * R
     B_CHUNKS = B_ELEMS // 8  # 16-byte cp.async chunks per B tile
     B_ROUNDS = (B_CHUNKS + THREADS - 1) // THREADS
     NK = cfg.x_layout == "nk"
@@ -251,15 +260,20 @@ def build_kernel(cfg: SpmmConfig):
                 ptx.cp_async_16(bs, dst, x, src, nbytes)
 
     @_device
-    def load_words(words, smem32, stage, v0, v1, stage_vectors):
-        """cp.async the first ``stage_vectors`` 16-byte vectors of a tile's words into word stage ``stage``."""
-        end = uint64(min(v1, v0 + stage_vectors))
-        start = uint64(v0)
-        base = uint64(W_BASE32 + stage * stage_vectors * 4)
-        # while, not range(start, stop, step): Numba computes a strided range's trip count with a division
-        v = start + uint64(cuda.threadIdx.x)
-        while v < end:
-            ptx.cp_async_16(smem32, base + ((v - start) << uint64(2)), words, v << uint64(2), 16)
+    def load_words(words, v0, v1, wbuf):
+        """Issue this thread's 16-byte ``ld.global.nc`` loads of the first R * THREADS vectors of a tile into
+        registers (vectors past the tile read as zero words, which the scatter skips). The loads are consumed only
+        after the mma of the current tile, which hides their latency."""
+        v = uint64(v0) + uint64(cuda.threadIdx.x)
+        for j in range(R):
+            if v < uint64(v1):
+                w0, w1, w2, w3 = ptx.ld_global_nc_v4_u32(words, v << uint64(2))
+            else:
+                w0 = w1 = w2 = w3 = uint32(0)
+            wbuf[4 * j] = w0
+            wbuf[4 * j + 1] = w1
+            wbuf[4 * j + 2] = w2
+            wbuf[4 * j + 3] = w3
             v += uint64(THREADS)
 
     @_device
@@ -271,38 +285,28 @@ def build_kernel(cfg: SpmmConfig):
             a_s[base + uint64(w >> uint32(16))] = uint16(value)
 
     @_device
-    def scatter_tile(words, smem16, smem32, a_stage, w_stage, v0, v1, stage_vectors):
-        """Scatter a tile's staged words into A tile ``a_stage``; vectors beyond the stage's capacity (tiles denser
-        than the plan assumed) are read from global memory directly."""
+    def scatter_tile(words, a_s, a_stage, v0, v1, wbuf):
+        """Scatter a tile's registered words into A tile ``a_stage``; vectors beyond the register budget (tiles
+        denser than R * THREADS vectors, 25 %) are loaded and scattered here, without the latency hidden."""
         base = uint64(a_stage * TILE_ELEMS)
-        w_base = uint64(W_BASE32 + w_stage * stage_vectors * 4)
-        # word by word, consecutive lanes on consecutive words: the staged words are read without bank conflicts
-        staged_end = w_base + uint64(min(v1 - v0, stage_vectors) * 4)
-        j = w_base + uint64(cuda.threadIdx.x)
-        while j < staged_end:
-            scatter_word(smem16, base, smem32[j])
-            j += uint64(THREADS)
-        v = uint64(v0 + stage_vectors + cuda.threadIdx.x)
+        for j in range(4 * R):
+            scatter_word(a_s, base, wbuf[j])
+        v = uint64(v0 + R * THREADS + cuda.threadIdx.x)
         while v < uint64(v1):
             w0, w1, w2, w3 = ptx.ld_global_nc_v4_u32(words, v << uint64(2))
-            scatter_word(smem16, base, w0)
-            scatter_word(smem16, base, w1)
-            scatter_word(smem16, base, w2)
-            scatter_word(smem16, base, w3)
+            scatter_word(a_s, base, w0)
+            scatter_word(a_s, base, w1)
+            scatter_word(a_s, base, w2)
+            scatter_word(a_s, base, w3)
             v += uint64(THREADS)
 
     @_device
-    def issue_stage(words, x, ldx, smem16, smem32, offsets_base, i, n_tiles_block, n0, kt_begin, N, K,
-                    stage_vectors):
-        """Start the copies of the block's i-th k-tile (words and activations) into stage i % STAGES, as one
-        cp.async group. Past the block's last tile the group is empty, so every thread's group count stays the
-        same and ``cp.async.wait_group`` means the same tile everywhere."""
+    def issue_activations(x, ldx, smem16, i, n_tiles_block, n0, kt_begin, N, K):
+        """Start the copy of the block's i-th activation tile into stage i % STAGES, as one cp.async group. Past
+        the block's last tile the group is empty, so every thread's group count stays the same and
+        ``cp.async.wait_group`` means the same tile everywhere."""
         if i < n_tiles_block:
-            stage = i % STAGES
-            v0 = int32(smem32[offsets_base + i])
-            v1 = int32(smem32[offsets_base + i + 1])
-            load_words(words, smem32, stage, v0, v1, stage_vectors)
-            load_b_tile(x, ldx, smem16, stage, n0, (kt_begin + i) * TILE_K, N, K)
+            load_b_tile(x, ldx, smem16, i % STAGES, n0, (kt_begin + i) * TILE_K, N, K)
         ptx.cp_async_commit()
 
     @_device
@@ -413,13 +417,14 @@ def build_kernel(cfg: SpmmConfig):
 
     @cuda.jit
     def spmm_tiled_csl(words, tile_offsets, x, ldx, y, bias, has_bias, workspace, tickets, M, N, K, n_tile_cols,
-                       k_tiles_per_split, stage_vectors):
-        # One dynamic shared-memory block, seen as uint16 (A and activation tiles) and uint32 (words, offsets):
-        # [A 0 | A 1 | act 0 .. act STAGES-1 | words 0 .. words STAGES-1 | tile offsets of this block]
+                       k_tiles_per_split):
+        # One dynamic shared-memory block, seen as uint16 (A and activation tiles) and uint32 (tile offsets):
+        # [A 0 | A 1 | act 0 .. act STAGES-1 | tile offsets of this block]
         smem16 = cuda.shared.array(0, uint16, alignment=SHARED_ALIGN)
         smem32 = cuda.shared.array(0, uint32, alignment=SHARED_ALIGN)
         smemf = cuda.shared.array(0, float32, alignment=SHARED_ALIGN)  # the epilogue's view (A buffers reused)
         acc = cuda.local.array(ACC, float32)
+        wbuf = cuda.local.array(WORDS, uint32)
         for i in range(ACC):
             acc[i] = float32(0.0)
 
@@ -430,7 +435,7 @@ def build_kernel(cfg: SpmmConfig):
         kt_begin = split * k_tiles_per_split
         n_tiles_block = min(k_tiles_per_split, n_tile_cols - kt_begin)
         first_tile = tile_row * n_tile_cols + kt_begin  # tiles of one tile row are consecutive in the format
-        offsets_base = W_BASE32 + STAGES * stage_vectors * 4
+        offsets_base = OFFSETS_BASE32
 
         if n_tiles_block > 0:
             # The block's tile offsets, read once (coalesced) instead of as a dependent load before every tile.
@@ -439,31 +444,28 @@ def build_kernel(cfg: SpmmConfig):
                 smem32[offsets_base + j] = uint32(tile_offsets[first_tile + j])
                 j += THREADS
             zero_a_tile(smem16, 0)
-            cuda.syncthreads()
+            cuda.syncthreads()  # offsets and zeros visible
             for i in range(STAGES - 1):
-                issue_stage(words, x, ldx, smem16, smem32, offsets_base, i, n_tiles_block, n0, kt_begin, N, K,
-                            stage_vectors)
-            ptx.cp_async_wait_group(_PENDING_AFTER_PROLOGUE)  # this thread's copies of tile 0 have landed
-            cuda.syncthreads()  # ... and everyone's
-            scatter_tile(words, smem16, smem32, 0, 0, int32(smem32[offsets_base]),
-                         int32(smem32[offsets_base + 1]), stage_vectors)
+                issue_activations(x, ldx, smem16, i, n_tiles_block, n0, kt_begin, N, K)
+            load_words(words, int32(smem32[offsets_base]), int32(smem32[offsets_base + 1]), wbuf)
+            scatter_tile(words, smem16, 0, int32(smem32[offsets_base]), int32(smem32[offsets_base + 1]), wbuf)
 
             for i in range(n_tiles_block):
                 a_stage = i % 2
-                ptx.cp_async_wait_group(_PENDING_IN_LOOP)  # tile i + 1 has landed (this thread's copies)
-                # Tile i is scattered, tile i + 1's copies are visible, everyone is done with tile i - 1: its A
-                # buffer, its activation stage and its word stage are free.
+                ptx.cp_async_wait_group(_PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
+                # A tile i is expanded, everyone's copies of activation tile i are visible, and everyone is done
+                # with tile i - 1: its A buffer and its activation stage are free.
                 cuda.syncthreads()
-                issue_stage(words, x, ldx, smem16, smem32, offsets_base, i + STAGES - 1, n_tiles_block, n0,
-                            kt_begin, N, K, stage_vectors)
+                issue_activations(x, ldx, smem16, i + STAGES - 1, n_tiles_block, n0, kt_begin, N, K)
                 if i + 1 < n_tiles_block:
+                    v0 = int32(smem32[offsets_base + i + 1])
+                    v1 = int32(smem32[offsets_base + i + 2])
+                    load_words(words, v0, v1, wbuf)  # in flight during the zeroing and the mma
                     zero_a_tile(smem16, 1 - a_stage)
                 mma_tile(smem16, smem16, a_stage, i % STAGES, acc)
                 cuda.syncthreads()  # the zeroing is complete before anyone scatters into that buffer
                 if i + 1 < n_tiles_block:
-                    scatter_tile(words, smem16, smem32, 1 - a_stage, (i + 1) % STAGES,
-                                 int32(smem32[offsets_base + i + 1]), int32(smem32[offsets_base + i + 2]),
-                                 stage_vectors)
+                    scatter_tile(words, smem16, 1 - a_stage, v0, v1, wbuf)
             ptx.cp_async_wait_all()
 
         if SPLITS:
