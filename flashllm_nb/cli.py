@@ -79,20 +79,22 @@ def _demo(simulator: bool, sparsity: float | None, seed: int) -> int:
     return 0
 
 
-def _time_gpu(fn, reps: int = 200) -> float:
-    """Median milliseconds of ``fn`` over ``reps`` CUDA-event-timed runs after a warm-up."""
+def _time_gpu(fn, calls: int = 50, repeats: int = 20) -> float:
+    """Median milliseconds per call of ``fn``: CUDA events around ``calls`` back-to-back calls (so the GPU, not
+    the host's launch cost, sets the pace), repeated after a warm-up."""
     import cupy as cp
 
     for _ in range(10):
         fn()
     times = []
-    for _ in range(reps):
+    for _ in range(repeats):
         start, stop = cp.cuda.Event(), cp.cuda.Event()
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         stop.record()
         stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop))
+        times.append(cp.cuda.get_elapsed_time(start, stop) / calls)
     times.sort()
     return times[len(times) // 2]
 
