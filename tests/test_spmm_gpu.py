@@ -75,7 +75,7 @@ def test_opt66b_layers(m, k, n):
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.7, 0.9, 0.99, 1.0])
 def test_sparsity_range(sparsity):
-    """From fully dense (every tile overflows the word stage) to empty, on a mid-size layer."""
+    """From fully dense (every tile overflows the register prefetch) to empty, on a mid-size layer."""
     rng = np.random.default_rng(int(sparsity * 100))
     _check(_pruned(rng, 4096, 4096, sparsity), cp.asarray(rng.standard_normal((16, 4096), dtype=np.float32)),
            np.float16)
