@@ -85,36 +85,15 @@ from numba import config
 SIMULATOR: bool = bool(config.ENABLE_CUDASIM)
 
 if SIMULATOR:
+    from flashllm_nb.kernels import ptx_sim as _bound
     from flashllm_nb.kernels.ptx_sim import *  # noqa: F401,F403  (the Python twins)
 
     SHARED_ALIGN = None
 else:
+    from flashllm_nb.kernels import ptx_asm as _bound
     from flashllm_nb.kernels.ptx_asm import *  # noqa: F401,F403  (the inline-PTX intrinsics)
 
     SHARED_ALIGN = 16
 
-__all__ = [
-    "SIMULATOR",
-    "SHARED_ALIGN",
-    "shared_addr",
-    "mma_m16n8k16_f16",
-    "mma_m16n8k16_bf16",
-    "ldmatrix_x1",
-    "ldmatrix_x2",
-    "ldmatrix_x4",
-    "ldmatrix_x1_trans",
-    "ldmatrix_x2_trans",
-    "ldmatrix_x4_trans",
-    "cp_async_16",
-    "cp_async_commit",
-    "cp_async_wait_group",
-    "cp_async_wait_all",
-    "ld_global_nc_v4_u32",
-    "st_shared_v4_u32",
-    "pack_u16x2",
-    "unpack_u16x2",
-    "f32_to_f16_bits",
-    "f32_to_bf16_bits",
-    "f16_bits_to_f32",
-    "bf16_bits_to_f32",
-]
+# The two implementations export the same names (ptx_asm.__all__ and ptx_sim.__all__ list them).
+__all__ = ["SIMULATOR", "SHARED_ALIGN", *_bound.__all__]
