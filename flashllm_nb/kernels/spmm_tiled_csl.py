@@ -60,7 +60,7 @@ XORed with the row, exactly the position the format stores in each word's high h
 store and the eight rows an ``ldmatrix`` reads for one 8x8 matrix fall in eight different 16-byte bank groups.
 B tiles use the same idea: for ``"nk"`` a row is one token's 64 k-values (128 bytes) and is swizzled exactly like A;
 for ``"kn"`` a row is one k's ``tile_n`` values and the chunk is XORed so that eight consecutive k rows hit eight
-different bank groups (see ``_kn_chunk``).
+different bank groups (see ``_kn_chunk_xor``).
 
 Fragments (PTX ISA, "Matrix fragments for mma.m16n8k16 with floating point type"): lane l has group g = l // 4 and
 thread-in-group t = l % 4; A registers {a0..a3} hold rows (g, g+8) x k (2t, 2t+1, 2t+8, 2t+9); B registers
@@ -92,9 +92,8 @@ TILE_K = 64  # k per pipeline step: one tile column of the grid
 TILE_ELEMS = TILE_M * TILE_K  # 8192 fp16 values = 16 KiB of shared memory per A buffer
 WARP_CHOICES = (4, 8)  # warps per block: 4 warps own two m16 row bands each, 8 warps one each
 TILE_N_CHOICES = (8, 16, 32, 64)
-# Pipeline depth: k-tiles whose words and activations are in flight (cp.async) while one is multiplied. DRAM
-# latency (about 1 us under load) is several k-tiles' worth of work, so one tile of look-ahead leaves the block
-# waiting; STAGES - 2 = 2 tiles ahead (plus the one being scattered) keeps enough bytes in flight per SM.
+# Activation tiles in flight: STAGES - 1 k-tiles of X are copied ahead of the one being multiplied. They are small
+# (64 x tile_n fp16) and read from L2, so depth costs little shared memory and hides their latency completely.
 STAGES = 4
 # cp.async.wait_group takes an immediate: the number of most recent groups that may still be in flight. At step i
 # activation tiles 0 .. i+STAGES-2 have been issued; tile i must have landed.
