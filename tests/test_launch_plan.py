@@ -1,0 +1,59 @@
+"""How a problem is mapped onto the GPU: block width from N, split-K from the SM count and occupancy. Pure
+arithmetic, checked without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flashllm_nb.kernels.launch import MIN_K_TILES_PER_SPLIT, PROLOGUE_TILES, choose_splits, plan, tile_n_for
+
+
+@pytest.mark.parametrize("n,expected", [(1, 8), (8, 8), (9, 16), (16, 16), (17, 32), (32, 32), (33, 64), (256, 64)])
+def test_block_width_covers_n(n, expected):
+    assert tile_n_for(n) == expected
+
+
+@given(blocks=st.integers(1, 5000), k_tiles=st.integers(1, 600), slots=st.integers(1, 2000))
+def test_split_choice_is_the_cheapest_allowed(blocks, k_tiles, slots):
+    """choose_splits returns a factor within [1, k_tiles / MIN_K_TILES_PER_SPLIT] whose estimated cost (waves x
+    k-tiles per block, plus the per-block fixed cost) no other allowed factor beats."""
+    s = choose_splits(blocks, k_tiles, slots)
+    allowed = range(1, max(1, k_tiles // MIN_K_TILES_PER_SPLIT) + 1)
+    assert s in allowed
+
+    def cost(f):
+        return -(-blocks * f // slots) * (-(-k_tiles // f) + PROLOGUE_TILES)
+
+    assert cost(s) == min(cost(f) for f in allowed)
+
+
+def test_a_grid_of_whole_waves_is_not_split():
+    """Ten full waves: splitting only adds per-block fixed cost."""
+    assert choose_splits(blocks=6600, k_tiles=144, slots=660) == 1
+
+
+def test_a_partial_last_wave_may_be_split_away():
+    """15.2 waves run as 16; split in two they run as 31 half-length waves, which the model counts as cheaper."""
+    assert choose_splits(blocks=10_000, k_tiles=144, slots=660) == 2
+
+
+def test_a_small_grid_is_split_to_fill_the_gpu():
+    """9216 x 9216 (72 tile rows) on 132 SMs x 5 blocks: splitting K is the only way to fill the GPU."""
+    assert choose_splits(blocks=72, k_tiles=144, slots=660) > 4
+
+
+@pytest.mark.sim
+@given(m=st.integers(1, 5000), n=st.integers(1, 300), k=st.integers(1, 5000), split_k=st.none() | st.integers(1, 200))
+def test_plan_covers_the_problem_without_empty_splits(m, n, k, split_k):
+    """The grid covers every tile row, every column block and every k-tile, and no split is empty."""
+    p = plan(m, n, k, "float16", "nk", split_k)
+    tile_rows, n_blocks, splits = p.grid
+    k_tiles = -(-k // 64)
+    assert tile_rows * 128 >= m and n_blocks * p.config.tile_n >= n
+    assert splits * p.k_tiles_per_split >= k_tiles
+    assert (splits - 1) * p.k_tiles_per_split < k_tiles
+    assert p.config.splits == (splits > 1)
+    if split_k is not None:
+        assert splits <= split_k
