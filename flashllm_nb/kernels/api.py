@@ -180,7 +180,7 @@ def _stream_handle(stream, X) -> int:
     """The raw CUDA stream to launch on. ``None`` means the current stream of the library X came from (PyTorch's
     for a tensor, CuPy's otherwise: the legacy default stream unless the caller made another one current)."""
     if stream is None:
-        if type(X).__module__.split(".", 1)[0] == "torch":
+        if _kind(X) == "torch":
             import torch
 
             return torch.cuda.current_stream(X.device).cuda_stream
