@@ -116,8 +116,9 @@ _workspaces = _Workspaces()
 
 def launch(p: Plan, words, tile_offsets, x_bits, ldx: int, y_bits, bias_bits, m: int, n: int, k: int, n_tile_cols: int,
            xp, stream_handle: int = 0) -> None:
-    """Run the planned kernel. Arrays are flat, C-contiguous and already in the kernel's bit types
-    (uint32/int32/uint16); ``stream_handle`` is a raw CUDA stream handle (0: the legacy default stream)."""
+    """Run the planned kernel on checked, C-contiguous arrays: flat uint16 views under the simulator; on the GPU
+    any CuPy array of the right item size (only pointer, size and item size are passed). ``stream_handle`` is a raw
+    CUDA stream handle (0: the legacy default stream)."""
     if p.splits > 1:
         n_partials = p.splits * p.grid[0] * p.grid[1] * TILE_M * p.config.tile_n
         workspace, tickets = _workspaces.get(xp, n_partials, p.grid[0] * p.grid[1], stream_handle)
@@ -230,13 +231,11 @@ def _compiled(config: SpmmConfig) -> _CompiledKernel:
     return _CompiledKernel(config)
 
 
-@functools.cache
-def _dummy_cached(xp_name: str, dtype):
-    import importlib
-
-    return importlib.import_module(xp_name).zeros(1, dtype=dtype)
-
-
 def _dummy(xp, dtype):
-    """A one-element array for kernel arguments a configuration never reads."""
-    return _dummy_cached(xp.__name__, np.dtype(dtype))
+    """A one-element array for kernel arguments a configuration never reads (one per module and dtype)."""
+    return _dummy_cached(xp, np.dtype(dtype))
+
+
+@functools.cache
+def _dummy_cached(xp, dtype):
+    return xp.zeros(1, dtype=dtype)
