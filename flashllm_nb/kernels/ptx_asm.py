@@ -127,15 +127,24 @@ def _element_address(context, builder, array_type, array, index_type, index):
 
 
 def _shared_address(context, builder, array_type, array, index_type, index):
-    """The 32-bit ``.shared`` address of element ``index`` (what ``ldmatrix`` and ``cp.async`` take)."""
-    generic = _element_address(context, builder, array_type, array, index_type, index)
-    return _asm(
+    """The 32-bit ``.shared`` address of element ``index`` (what ``ldmatrix`` and ``cp.async`` take).
+
+    Computed as cvta(array base) + 32-bit byte offset, not as cvta(base + 64-bit offset): the base is the same for
+    every call on one array, so LLVM computes it once per kernel, and the index arithmetic, truncated to 32 bits
+    here, is narrowed by LLVM to 32-bit instructions (shared memory is far below 4 GiB, so the truncation is exact
+    for every valid index). With the 64-bit form each ``ldmatrix`` cost about seven 64-bit address instructions.
+    """
+    data = context.make_array(array_type)(context, builder, value=array).data
+    base = _asm(
         builder,
         _I32,
-        [(_I64, generic)],
+        [(_I64, builder.ptrtoint(data, _I64))],
         "{ .reg .u64 %smem_addr; cvta.to.shared.u64 %smem_addr, $1; cvt.u32.u64 $0, %smem_addr; }",
         "=r,l",
     )
+    offset = _as_int(context, builder, index, index_type, 32)
+    itemsize = context.get_abi_sizeof(context.get_data_type(array_type.dtype))
+    return builder.add(base, builder.mul(offset, ir.Constant(_I32, itemsize)))
 
 
 # --- shared_addr ---------------------------------------------------------------------------------------------------
