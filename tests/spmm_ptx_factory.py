@@ -4,4 +4,5 @@ from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig, build_kernel, kernel_
 
 
 def spmm_kernel(**config):
-    return build_kernel(SpmmConfig(**config)), kernel_signature()
+    cfg = SpmmConfig(**config)
+    return build_kernel(cfg), kernel_signature(), {"launch_bounds": cfg.launch_bounds}
