@@ -11,22 +11,28 @@ import ctypes
 import functools
 import os
 
-__all__ = ["gpu_available", "simulator_enabled", "use_simulator_if_no_gpu"]
+__all__ = ["cuda_driver", "gpu_available", "simulator_enabled", "use_simulator_if_no_gpu"]
+
+
+@functools.cache
+def cuda_driver() -> ctypes.CDLL | None:
+    """The CUDA driver library through ctypes, or None when it does not load."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
 
 
 @functools.cache
 def gpu_available() -> bool:
     """True when the CUDA driver loads and reports at least one device."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            driver = ctypes.CDLL(name)
-        except OSError:
-            continue
-        if driver.cuInit(0) != 0:
-            return False
-        count = ctypes.c_int(0)
-        return driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
-    return False
+    driver = cuda_driver()
+    if driver is None or driver.cuInit(0) != 0:
+        return False
+    count = ctypes.c_int(0)
+    return driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
 def simulator_enabled() -> bool:

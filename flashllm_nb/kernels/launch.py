@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import struct
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from flashllm_nb._runtime import cuda_driver
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.spmm_tiled_csl import TILE_M, TILE_N_CHOICES, SpmmConfig, build_kernel, kernel_signature
 
@@ -155,6 +157,7 @@ class _CompiledKernel:
         self.numba_kernel = dispatcher.overloads[signature]
         cufunc = self.numba_kernel._codelibrary.get_cufunc()
         self._cufunc = cufunc
+        self._function = int(cufunc.handle)  # the raw CUfunction, for the ctypes launch
         self._local = threading.local()
         self._threads = config.threads
         from numba.cuda.cudadrv.driver import binding, driver
@@ -176,54 +179,57 @@ class _CompiledKernel:
         return cuda.current_context().get_active_blocks_per_multiprocessor(self._cufunc, self._threads, shared_bytes)
 
     def launch(self, grid, shared_bytes: int, stream_handle: int, arrays, scalars) -> None:
-        """Fill this thread's parameter block and call ``cuLaunchKernel`` on it."""
-        values, pointers = self._parameter_block()
-        slot = 0
-        for position, a in enumerate(arrays):
-            # Numba's ABI for a 1-D array: meminfo, parent, nitems, itemsize, data, shape[0], strides[0]
-            size, itemsize = a.size, a.itemsize
-            values[slot + 2] = values[slot + 5] = size
-            values[slot + 3] = values[slot + 6] = itemsize
-            values[slot + 4] = a.data.ptr
-            slot += 7
-            if position in _SCALAR_AFTER:  # ldx follows x, has_bias follows bias (see kernel_signature)
-                values[slot] = scalars[_SCALAR_AFTER[position]]
-                slot += 1
-        for value in scalars[2:]:
-            values[slot] = value
-            slot += 1
-        _check(_driver().cuLaunchKernel(self._cufunc.handle, grid[0], grid[1], grid[2], self._threads, 1, 1,
-                                        shared_bytes, _driver().CUstream(stream_handle), pointers, 0))
+        """Pack the arguments into this thread's parameter block (one ``struct.pack_into``) and launch it with the
+        driver's ``cuLaunchKernel`` called through ctypes.
+
+        Numba's ABI for a 1-D array argument is seven 8-byte slots: meminfo, parent, nitems, itemsize, data,
+        shape[0], strides[0]; an int32 scalar takes one slot (read as its low 4 bytes on this little-endian
+        target). The order is ``kernel_signature()``'s: ldx follows x and has_bias follows bias."""
+        words, offsets, x, y, bias, workspace, tickets = arrays
+        ldx, has_bias, m, n, k, n_tile_cols, k_tiles_per_split = scalars
+        buffer, pointers = self._parameter_block()[:2]
+        _PARAMETERS.pack_into(
+            buffer, 0,
+            *_array_slots(words), *_array_slots(offsets), *_array_slots(x), ldx, *_array_slots(y),
+            *_array_slots(bias), has_bias, *_array_slots(workspace), *_array_slots(tickets),
+            m, n, k, n_tile_cols, k_tiles_per_split,
+        )
+        error = _cu_launch_kernel()(self._function, grid[0], grid[1], grid[2], self._threads, 1, 1, shared_bytes,
+                                    stream_handle, pointers, None)
+        if error:
+            raise RuntimeError(f"cuLaunchKernel failed with CUDA error {error}")
 
     def _parameter_block(self):
-        """Per thread: 57 eight-byte slots (7 per array, 1 per int32 scalar, read as its low 4 bytes on this
-        little-endian target) and the array of pointers to them that cuLaunchKernel takes."""
+        """Per thread (launches from several threads must not share one): the 8-byte slots, the address of the
+        array of pointers to them that cuLaunchKernel takes, and that array (kept alive here)."""
         block = getattr(self._local, "block", None)
         if block is None:
-            values = (ctypes.c_int64 * _N_PARAMETERS)()
+            buffer = (ctypes.c_int64 * _N_PARAMETERS)()
             pointers = (ctypes.c_void_p * _N_PARAMETERS)(
-                *[ctypes.addressof(values) + 8 * i for i in range(_N_PARAMETERS)])
-            block = self._local.block = (values, ctypes.addressof(pointers), pointers)
-        return block[0], block[1]
+                *[ctypes.addressof(buffer) + 8 * i for i in range(_N_PARAMETERS)])
+            block = self._local.block = (buffer, ctypes.addressof(pointers), pointers)
+        return block
 
 
-# kernel_signature(): 7 arrays (7 slots each) and 7 int32 scalars; ldx comes right after x (array 2) and has_bias
-# right after bias (array 4); the other scalars close the list.
+def _array_slots(a) -> tuple:
+    """Numba's seven kernel-argument slots for a 1-D C-contiguous CuPy array."""
+    size, itemsize = a.size, a.itemsize
+    return 0, 0, size, itemsize, a.data.ptr, size, itemsize
+
+
+# kernel_signature(): 7 arrays (7 slots each) and 7 int32 scalars.
 _N_PARAMETERS = 7 * 7 + 7
-_SCALAR_AFTER = {2: 0, 4: 1}
+_PARAMETERS = struct.Struct(f"<{_N_PARAMETERS}q")
 
 
 @functools.cache
-def _driver():
-    from cuda.bindings import driver
-
-    return driver
-
-
-def _check(result) -> None:
-    error = result[0] if isinstance(result, tuple) else result
-    if int(error) != 0:
-        raise RuntimeError(f"cuLaunchKernel failed: {error!r}")
+def _cu_launch_kernel():
+    """``cuLaunchKernel`` of the driver library through ctypes. Through cuda-bindings' wrapper a call also builds
+    a stream object and an enum result; this is the one foreign call and nothing else."""
+    function = cuda_driver().cuLaunchKernel
+    function.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
+    function.restype = ctypes.c_int
+    return function
 
 
 @functools.cache
