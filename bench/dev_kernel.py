@@ -201,6 +201,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--warps", type=int, nargs="+", default=[_launch.DEFAULT_WARPS])
+    ap.add_argument("--n", type=int, nargs="+", default=None, help="token counts to time (default 16 with --quick, "
+                    "else 8 16 32 64)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")  # Numba's low-occupancy warning for the small correctness cases
     rng = np.random.default_rng(int(time.time()))
@@ -211,7 +213,7 @@ def main():
     bw = copy_bandwidth()
     print(f"copy bandwidth: {bw / 1e9:.0f} GB/s", flush=True)
     rows, plans = [], []
-    ns = [16] if args.quick else [8, 16, 32, 64]
+    ns = args.n or ([16] if args.quick else [8, 16, 32, 64])
     for warps in args.warps:
         _launch.DEFAULT_WARPS = warps
         _launch.plan.cache_clear()
