@@ -140,10 +140,37 @@ def test_no_position_twice_in_a_tile():
             w=words(74 << 16 | ONE, 74 << 16 | 0x4000, 0, 0, ONE, 0, 0, 0))
 
 
-def test_entries_in_ascending_row_col_order():
-    # positions 65 (row 1, column 9) then 74 (row 1, column 2): ascending positions, descending columns
-    refuses(ValueError, "words 0 and 1 of tile 0 are out of order: tile row 1, column 2 after row 1, column 9; entries "
-                        "go in ascending (row, col) order", w=words(65 << 16 | ONE, 74 << 16 | ONE, 0, 0, ONE, 0, 0, 0))
+def test_entries_in_the_canonical_bank_interleaved_order():
+    # positions 74 (bank 5) then 65 (bank 0): both in the deal's first round, where banks go in ascending order
+    refuses(ValueError, "word 0 (word 0 of tile 0) holds tile row 1, column 2 where the canonical layout has tile row "
+                        "1, column 9", w=words(74 << 16 | ONE, 65 << 16 | ONE, 0, 0, ONE, 0, 0, 0))
+    raw(w=words(65 << 16 | ONE, 74 << 16 | ONE, 0, 0, ONE, 0, 0, 0))  # the canonical order of the same entries
+
+
+def test_reorder_lays_out_row_major_input_canonically():
+    """Flash-LLM's encoder writes row-major order; from_raw(reorder=True) re-lays it out as from_dense would."""
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((300, 200)).astype(np.float16)
+    W[rng.random(W.shape) < 0.7] = 0
+    A = TiledCSL.from_dense(W)
+    tiles, index, values = [], [], []  # the same entries, row-major inside each tile, padded with zero words
+    row_major, vectors = [], [0]
+    for t in range(A.n_tiles):
+        tile_words = A.words[4 * A.tile_offsets[t] : 4 * A.tile_offsets[t + 1]]
+        entries = tile_words[(tile_words & 0xFFFF) != 0]
+        entries = entries[np.argsort(entries >> 16 ^ ((entries >> 19) & 0x38))]  # unswizzled: row * 64 + col
+        row_major += list(entries) + [0] * (-len(entries) % 4)
+        vectors.append(len(row_major) // 4)
+    vectors.append(vectors[-1])
+    B = TiledCSL.from_raw(np.array(row_major, np.uint32), np.array(vectors, np.int32), A.shape, A.dtype, reorder=True)
+    np.testing.assert_array_equal(B.words, A.words)
+    np.testing.assert_array_equal(B.tile_offsets, A.tile_offsets)
+    with pytest.raises(ValueError, match="canonical layout"):
+        TiledCSL.from_raw(np.array(row_major, np.uint32), np.array(vectors, np.int32), A.shape, A.dtype)
+    with pytest.raises(ValueError, match="has position 8192"):
+        raw_words = np.array(row_major, np.uint32)
+        raw_words[0] = 8192 << 16 | ONE
+        TiledCSL.from_raw(raw_words, np.array(vectors, np.int32), A.shape, A.dtype, reorder=True)
 
 
 def test_constructor_runs_only_the_cheap_checks():

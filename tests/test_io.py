@@ -144,8 +144,28 @@ def test_foreign_file(tmp_path):
 
 def test_wrong_version(saved):
     A, path = saved
-    _rewrite(path, lambda body: struct.pack_into("<I", body, 8, 2))
-    refuses(path, "format version 2; this flashllm_nb reads version 1")
+    _rewrite(path, lambda body: struct.pack_into("<I", body, 8, 3))
+    refuses(path, re.escape("format version 3; this flashllm_nb reads versions (1, 2)"))
+
+
+def test_version_1_file_with_row_major_entries_loads_into_the_canonical_layout(saved):
+    """Version 1 stored each tile's entries in row-major order (Flash-LLM's); load lays them out anew."""
+    A, path = saved
+    row_major = []
+    for t in range(A.n_tiles):
+        tile_words = A.words[4 * A.tile_offsets[t] : 4 * A.tile_offsets[t + 1]]
+        entries = tile_words[(tile_words & 0xFFFF) != 0]
+        entries = entries[np.argsort(entries >> 16 ^ ((entries >> 19) & 0x38))]  # unswizzled: row * 64 + col
+        row_major += list(entries) + [0] * (-len(entries) % 4)
+    assert row_major != list(A.words)  # the test means something: the orders differ
+    words_at = 64 + 4 * A.tile_offsets.size
+
+    def to_version_1(body):
+        struct.pack_into("<I", body, 8, 1)
+        body[words_at : words_at + 4 * len(row_major)] = np.array(row_major, "<u4").tobytes()
+
+    _rewrite(path, to_version_1)
+    _assert_same(A, load(path))
 
 
 def test_unknown_dtype_in_header(saved):

@@ -16,7 +16,8 @@ import scipy.sparse
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M, TiledCSL, swizzle
+from flashllm_nb.formats import tiled_csl
+from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M, TILE_SIZE, VECTOR_WORDS, TiledCSL, swizzle
 
 F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
 
@@ -26,6 +27,24 @@ SPECIAL_BITS = {
     F16: [0x8000, 0x7C00, 0xFC00, 0x7E01, 0xFE55, 0x7C01, 0x0001, 0x03FF, 0x8001, 0x7BFF],
     BF16: [0x8000, 0x7F80, 0xFF80, 0x7FC1, 0xFFA5, 0x7F81, 0x0001, 0x007F, 0x8001, 0x7F7F],
 }
+
+
+def _spec_layout(tile_words: list[int]) -> list[int]:
+    """The canonical order of one tile's words (row-major in), as the format's docstring states it."""
+    by_bank: dict[int, list[int]] = {}
+    for w in tile_words:  # deal: round r takes the r-th entry of every bank that has one, banks ascending
+        by_bank.setdefault(((w >> 16) >> 1) % 32, []).append(w)
+    dealt = [by_bank[b][r] for r in range(max(map(len, by_bank.values()), default=0)) for b in range(32)
+             if b in by_bank and r < len(by_bank[b])]
+    out = [0] * (-(-len(dealt) // 4) * 4)
+    for start in range(0, len(dealt), 128):  # transpose each block of 32 vectors: one 32-lane store per round
+        block = dealt[start : start + 128]
+        lanes = -(-len(block) // 4)
+        holes = 4 * lanes - len(block)
+        slots = [(s, lane) for s in range(4) for lane in range(lanes) if not (lane == lanes - 1 and s >= 4 - holes)]
+        for (s, lane), w in zip(slots, block):
+            out[start + 4 * lane + s] = w
+    return out
 
 
 def _spec_encode(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -39,9 +58,8 @@ def _spec_encode(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             part = bits[tr * TILE_M : (tr + 1) * TILE_M, tc * TILE_K : (tc + 1) * TILE_K]
             tile[: part.shape[0], : part.shape[1]] = part
             rows, cols = np.nonzero(tile)  # row-major: ascending (row, col)
-            tile_words = [(int(r) * 64 + (int(c) ^ ((int(r) % 8) << 3))) << 16 | int(tile[r, c])
-                          for r, c in zip(rows, cols)]
-            tile_words += [0] * (-len(tile_words) % 4)
+            tile_words = _spec_layout([(int(r) * 64 + (int(c) ^ ((int(r) % 8) << 3))) << 16 | int(tile[r, c])
+                                       for r, c in zip(rows, cols)])
             words += tile_words
             offsets.append(offsets[-1] + len(tile_words) // 4)
     offsets.append(offsets[-1])
@@ -97,11 +115,12 @@ def test_words_worked_out_by_hand_for_a_3x70_matrix():
     W[2, 64] = 0x7E01  # NaN with a payload, tile 1
     A = TiledCSL.from_dense(W.view(np.float16))
     expected_words = [
-        # tile 0 (rows 0..2, columns 0..63): 4 entries, no padding
+        # tile 0 (rows 0..2, columns 0..63): 4 entries, no padding. Banks (position // 2 % 32): 0, 5, 0, 23;
+        # the deal's first round is positions 0, 74, 175 (banks 0, 5, 23), its second 65 (bank 0 again).
         0x0000_3C00,  # (0, 0):  0*64 + (0 ^ 0)           = 0
         0x004A_C000,  # (1, 2):  1*64 + (2 ^ 8)  = 64 + 10 = 74 = 0x4A
-        0x0041_3800,  # (1, 9):  1*64 + (9 ^ 8)  = 64 + 1  = 65 = 0x41
         0x00AF_8000,  # (2, 63): 2*64 + (63 ^ 16) = 128 + 47 = 175 = 0xAF
+        0x0041_3800,  # (1, 9):  1*64 + (9 ^ 8)  = 64 + 1  = 65 = 0x41
         # tile 1 (rows 0..2, columns 64..69), local columns: 3 entries, 1 padding word
         0x0005_7C00,  # (0, 5):  0*64 + (5 ^ 0)           = 5
         0x004A_0001,  # (1, 2):  1*64 + (2 ^ 8)           = 74 = 0x4A
@@ -129,8 +148,11 @@ def test_fully_dense_tile_and_empty_tiles():
     A = TiledCSL.from_dense(W)
     assert A.tile_offsets.tolist() == [0, 0, 2048, 2048, 2048, 2048]
     assert A.words.size == 8192 and A.nnz == 8192
-    # a dense tile stores every position exactly once, in (row, col) order
-    np.testing.assert_array_equal(A.words >> 16, swizzle(np.arange(8192)))
+    # a dense tile stores every position exactly once; every bank has 256 entries, so each of the 256 rounds of
+    # the deal is complete and every 32-lane store of the kernel (word s of 32 consecutive vectors) hits 32 banks
+    np.testing.assert_array_equal(np.sort(A.words >> 16), np.arange(8192))
+    banks = ((A.words >> 17) % 32).reshape(64, 32, 4)  # (block of 32 vectors, lane, word)
+    assert all(len(set(banks[b, :, s])) == 32 for b in range(64) for s in range(4))
 
 
 @given(sparse_bits())
@@ -338,3 +360,21 @@ def test_properties_and_repr():
 def test_nnz_of_a_checked_wrap_counts_entries_not_padding():
     A = TiledCSL(np.array([0x3C00, 0, 0, 0], np.uint32), np.array([0, 1, 1], np.int32), (1, 1), np.float16)
     assert A.nnz == 1 and A.sparsity == 0.0
+
+
+@given(sparse_bits(max_side=400))
+def test_the_sorted_layout_of_the_gpu_encoder_equals_the_host_loop(case):
+    """The GPU encoder lays words out with two sorts (``_layout_sorted``), the host encoder with a compiled loop;
+    run the sorted one on NumPy here and compare word for word."""
+    bits, dtype = case
+    A = TiledCSL.from_dense(bits.view(dtype))  # host: the loop
+    tiles, index, values = tiled_csl._entries(np, A.words, A.tile_offsets)
+    keys = np.sort(tiles.astype(np.int64) * TILE_SIZE + index)
+    packed = (swizzle(keys & (TILE_SIZE - 1)).astype(np.uint32) << 16) | bits.view(np.uint16)[
+        (keys >> 13) // A.n_tile_cols * TILE_M + (keys & (TILE_SIZE - 1)) // TILE_K,
+        (keys >> 13) % A.n_tile_cols * TILE_K + (keys & (TILE_K - 1))]
+    starts = np.searchsorted(keys, np.arange(A.n_tiles + 1) * TILE_SIZE)
+    order, slot = tiled_csl._layout_sorted(np, keys, packed >> 16, starts, starts[1:] - starts[:-1])
+    words = np.zeros_like(A.words)
+    words[VECTOR_WORDS * A.tile_offsets[(keys >> 13)[order]].astype(np.int64) + slot] = packed[order]
+    np.testing.assert_array_equal(words, A.words)

@@ -1,10 +1,10 @@
 """One-file storage of a :class:`~flashllm_nb.formats.tiled_csl.TiledCSL`: ``save(path, A)`` and ``load(path)``.
 
-File layout, all little-endian (version 1)::
+File layout, all little-endian (version 2)::
 
     offset  size  field
          0     8  magic            b"\\x89FLCSL\\r\\n"   (as PNG: a non-ASCII byte, CR LF to catch text-mode copies)
-         8     4  version          uint32, 1
+         8     4  version          uint32, 2 (1: the same layout with entries in row-major order inside a tile)
         12     8  dtype            ASCII, NUL-padded: b"float16\\0" or b"bfloat16"
         20     8  M                uint64
         28     8  K                uint64
@@ -20,7 +20,8 @@ File layout, all little-endian (version 1)::
 ``save`` writes a temporary file beside the target and renames it over the target (``os.replace``), so a reader
 sees the old file or the complete new one, never a partial one. ``load`` reads the whole file, checks in order
 magic, version, size, checksum and header, then hands the arrays to ``TiledCSL.from_raw`` for the full format
-check; any failure is a ValueError naming the file, and nothing is returned half-loaded.
+check; any failure is a ValueError naming the file, and nothing is returned half-loaded. Version 1 files (written
+before the format's entry order became bank-interleaved) load too: their entries are laid out anew.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from .tiled_csl import TILE_K, TILE_M, TiledCSL
 __all__ = ["save", "load", "MAGIC", "VERSION"]
 
 MAGIC = b"\x89FLCSL\r\n"
-VERSION = 1
+VERSION = 2
+_READABLE = (1, 2)  # version 1: row-major entry order, re-laid out on load
 _HEADER = struct.Struct("<8sI8sQQIIQQ4x")  # 64 bytes: the table above
 _DIGEST = hashlib.sha256().digest_size  # 32
 _DTYPE_NAMES = {FLOAT16: b"float16", BFLOAT16: b"bfloat16"}
@@ -125,8 +127,8 @@ def load(path: str | os.PathLike, device: bool = False) -> TiledCSL:
     if len(data) < _HEADER.size:
         raise refuse(f"truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
     _, version, dtype_name, M, K, tile_m, tile_k, n_offsets, n_words = _HEADER.unpack_from(data)
-    if version != VERSION:
-        raise refuse(f"format version {version}; this flashllm_nb reads version {VERSION}")
+    if version not in _READABLE:
+        raise refuse(f"format version {version}; this flashllm_nb reads versions {_READABLE}")
     expected = _HEADER.size + 4 * n_offsets + 4 * n_words + _DIGEST
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
@@ -141,7 +143,7 @@ def load(path: str | os.PathLike, device: bool = False) -> TiledCSL:
     offsets = np.frombuffer(data, _LE_OFFSETS, n_offsets, _HEADER.size).astype(np.int32, copy=False)
     words = np.frombuffer(data, _LE_WORDS, n_words, _HEADER.size + 4 * n_offsets).astype(np.uint32, copy=False)
     try:
-        A = TiledCSL.from_raw(words, offsets, (M, K), dtype)
+        A = TiledCSL.from_raw(words, offsets, (M, K), dtype, reorder=version == 1)
     except (TypeError, ValueError) as e:
         raise refuse(f"inconsistent: {e}") from e
     return A.to_device() if device else A
