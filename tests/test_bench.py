@@ -339,3 +339,36 @@ def test_runner_reports_ok_wrong_and_skipped_and_the_exit_status(monkeypatch):
     assert [(r["provider"], r["status"]) for r in rows] == [("right", "ok"), ("off", "WRONG"), ("todo", "skipped")]
     assert "NotImplementedError: not yet" in rows[2]["reason"] and rows[1]["worst_error"] > 1
     assert _exit_status(rows, None) == 1 and _exit_status(rows[::2], None) == 0 and _exit_status(rows[:1], "x") == 1
+
+
+def test_layout_ab_script_builds_the_row_major_twin_and_runs_in_the_simulator():
+    """bench/layout_ab.py: its row-major twin holds the same matrix in Flash-LLM's order, and its simulator mode
+    (what a GPU-less machine runs) checks both layouts give bit-identical products."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    from flashllm_nb.formats.tiled_csl import TiledCSL
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "layout_ab.py"
+    spec = importlib.util.spec_from_file_location("layout_ab", script)
+    layout_ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout_ab)
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((300, 130)).astype(np.float16)
+    W[rng.random(W.shape) < 0.6] = 0
+    A = TiledCSL.from_dense(W)
+    B = layout_ab.row_major(A, np)
+    np.testing.assert_array_equal(B.tile_offsets, A.tile_offsets)
+    np.testing.assert_array_equal(B.to_dense().view(np.uint16), W.view(np.uint16))
+    assert (TiledCSL.from_raw(B.words, B.tile_offsets, B.shape, B.dtype, reorder=True).words == A.words).all()
+    for t in range(B.n_tiles):  # row-major: positions unswizzled ascend inside each tile
+        w = B.words[4 * B.tile_offsets[t] : 4 * B.tile_offsets[t + 1]]
+        w = w[(w & 0xFFFF) != 0] >> 16
+        index = w ^ ((w >> 3) & 0x38)
+        assert (np.diff(index.astype(np.int64)) > 0).all()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "bit-identical" in done.stdout
