@@ -107,7 +107,9 @@ _PENDING_IN_LOOP = STAGES - 2
 # Word vectors a block holds per k-tile in one register buffer: 512 vectors = 2048 entries, a 25 %-dense tile.
 # Two buffers alternate, so a tile's words are requested two k-tiles before they are scattered.
 PREFETCH_VECTORS = 512
-# Blocks per SM the shared memory of each tile_n allows with 4 warps (launch_bounds): 37 / 42 / 51 / 70 KB.
+# Blocks per SM promised to ptxas (launch_bounds) per tile_n with 4 warps: what the shared memory of a block
+# (37 / 42 / 51 / 70 KB) allows on a 228 KB SM, except tile_n = 8, where a promise of 6 would hold ptxas to 80
+# registers and cost the double-buffered fragments (ptxas -v / nvdisasm, sm_90).
 _BLOCKS_PER_SM = {8: 5, 16: 5, 32: 4, 64: 3}
 # "nk" activation rows (one token's 64 k-values, 128 bytes) are padded to 72 values (144 bytes): the eight rows one
 # ldmatrix reads then start in eight different 16-byte bank groups (row n in group (9n + chunk) % 8), and unlike
@@ -258,7 +260,7 @@ def build_kernel(cfg: SpmmConfig):
     # only the buffer bases and the tile's word range change. Shared-memory indices reach the PTX wrappers, which
     # truncate them to 32 bits (LLVM then narrows the arithmetic), and Numba's own shared-memory stores take
     # unsigned 64-bit indices: a signed index costs a negative-index wrap per store. No division or modulo
-    # appears: Numba's signed // and % round toward minus infinity, which costs several instructions each.
+    # appears in the k-loop: Numba's signed // and % round toward minus infinity, several instructions each.
 
     @_device
     def issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left, cp_cols_left):
