@@ -67,6 +67,7 @@ True
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import ml_dtypes
@@ -230,59 +231,54 @@ def _layout_sorted(xp: Any, keys: Any, positions: Any, starts: Any, counts: Any)
     return order, slot
 
 
-_PLACE_WORDS_KERNEL = None
-
-
+@functools.cache
 def _place_words_kernel():
     """``_place_words`` for NumPy arrays as a numba-compiled loop (compiled on first use, cached on disk): per
     tile, group the entries by bank, deal the rounds, and write each dealt entry to its transposed slot."""
-    global _PLACE_WORDS_KERNEL
-    if _PLACE_WORDS_KERNEL is None:
-        import numba
+    import numba
 
-        @numba.njit(cache=True, nogil=True)
-        def place_words(keys, packed, starts, tile_offsets, words):
-            by_bank = np.empty(TILE_SIZE, np.int64)  # one tile's entries grouped by bank, row-major inside a bank
-            for t in range(starts.size - 1):
-                first, count = starts[t], starts[t + 1] - starts[t]
-                if count == 0:
-                    continue
-                base = VECTOR_WORDS * np.int64(tile_offsets[t])
-                total = np.zeros(32, np.int64)
-                for i in range(first, first + count):
-                    total[(packed[i] >> 17) & 31] += 1
-                bank_start = np.zeros(33, np.int64)
+    @numba.njit(cache=True, nogil=True)
+    def place_words(keys, packed, starts, tile_offsets, words):
+        by_bank = np.empty(TILE_SIZE, np.int64)  # one tile's entries grouped by bank, row-major inside a bank
+        for t in range(starts.size - 1):
+            first, count = starts[t], starts[t + 1] - starts[t]
+            if count == 0:
+                continue
+            base = VECTOR_WORDS * np.int64(tile_offsets[t])
+            total = np.zeros(32, np.int64)
+            for i in range(first, first + count):
+                total[(packed[i] >> 17) & 31] += 1
+            bank_start = np.zeros(33, np.int64)
+            for b in range(32):
+                bank_start[b + 1] = bank_start[b] + total[b]
+            filled = bank_start[:32].copy()
+            for i in range(first, first + count):
+                b = (packed[i] >> 17) & 31
+                by_bank[filled[b]] = i
+                filled[b] += 1
+            # the tile's last block of 32 vectors may be partial: its lanes, and the padding slots (holes)
+            last_block = (count - 1) >> 7
+            in_last = count - (last_block << 7)
+            lanes = (in_last + 3) >> 2
+            holes = 4 * lanes - in_last
+            k = 0
+            for r in range(total.max()):  # deal round by round, banks ascending
                 for b in range(32):
-                    bank_start[b + 1] = bank_start[b] + total[b]
-                filled = bank_start[:32].copy()
-                for i in range(first, first + count):
-                    b = (packed[i] >> 17) & 31
-                    by_bank[filled[b]] = i
-                    filled[b] += 1
-                # the tile's last block of 32 vectors may be partial: its lanes, and the padding slots (holes)
-                last_block = (count - 1) >> 7
-                in_last = count - (last_block << 7)
-                lanes = (in_last + 3) >> 2
-                holes = 4 * lanes - in_last
-                k = 0
-                for r in range(total.max()):  # deal round by round, banks ascending
-                    for b in range(32):
-                        if r < total[b]:
-                            block, kk = k >> 7, k & 127
-                            if block < last_block:  # a full block: column s = kk // 32, lane kk % 32
-                                slot = (block << 7) + 4 * (kk & 31) + (kk >> 5)
-                            else:
-                                s, start_of_s = 0, 0
-                                for column in range(1, 4):
-                                    column_start = column * lanes - max(column - 4 + holes, 0)
-                                    if kk >= column_start:
-                                        s, start_of_s = column, column_start
-                                slot = (block << 7) + 4 * (kk - start_of_s) + s
-                            words[base + slot] = packed[by_bank[bank_start[b] + r]]
-                            k += 1
+                    if r < total[b]:
+                        block, kk = k >> 7, k & 127
+                        if block < last_block:  # a full block: column s = kk // 32, lane kk % 32
+                            slot = (block << 7) + 4 * (kk & 31) + (kk >> 5)
+                        else:
+                            s, start_of_s = 0, 0
+                            for column in range(1, 4):
+                                column_start = column * lanes - max(column - 4 + holes, 0)
+                                if kk >= column_start:
+                                    s, start_of_s = column, column_start
+                            slot = (block << 7) + 4 * (kk - start_of_s) + s
+                        words[base + slot] = packed[by_bank[bank_start[b] + r]]
+                        k += 1
 
-        _PLACE_WORDS_KERNEL = place_words
-    return _PLACE_WORDS_KERNEL
+    return place_words
 
 
 # --------------------------------------------------------------------------------------------------- decoder
