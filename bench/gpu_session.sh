@@ -2,7 +2,7 @@
 # Everything a GPU session checks, in one command (about 10 minutes on an H200):
 #   bash bench/gpu_session.sh [OUT_DIR]        (default bench/out)
 # 1. the GPU tests (kernel, format, PTX layer); 2. compute-sanitizer memcheck and racecheck on a mid-size case;
-# 3. the host cost of one linear() call; 4. the layout A/B (bank-interleaved vs row-major entry order);
+# 3. the host cost of one linear() call and of a prepared call; 4. the layout A/B (bank-interleaved vs row-major entry order);
 # 5. the full benchmark sweep (python -m flashllm_nb.bench), written to OUT_DIR. Logs go to OUT_DIR too.
 set -u
 OUT=${1:-bench/out}
@@ -24,6 +24,12 @@ for _ in range(50): fl.linear(X, A, out=Y)
 cp.cuda.Device().synchronize(); t = time.perf_counter()
 for _ in range(200): fl.linear(X, A, out=Y)
 print(f"host time per linear(X, A, out=Y) call: {(time.perf_counter() - t) / 200 * 1e6:.1f} us")
+cp.cuda.Device().synchronize()
+P = fl.prepare_linear(X, A, out=Y)
+for _ in range(50): P()
+cp.cuda.Device().synchronize(); t = time.perf_counter()
+for _ in range(200): P()
+print(f"host time per prepared call P() (P = prepare_linear(X, A, out=Y)): {(time.perf_counter() - t) / 200 * 1e6:.1f} us")
 cp.cuda.Device().synchronize()
 PY
 python3 bench/layout_ab.py 2>&1 | tee "$OUT/layout_ab.txt"

@@ -135,3 +135,30 @@ def test_host_matrix_is_refused_on_a_gpu():
     A = fl.TiledCSL.from_dense(np.eye(8, dtype=np.float16))
     with pytest.raises(ValueError, match="Invalid device of A"):
         fl.linear(cp.ones((1, 8), np.float16), A)
+
+
+@pytest.mark.parametrize("split_k", [None, 3])
+def test_prepared_linear_follows_new_activations_in_place(split_k):
+    """A prepared product on the GPU: each call reads X's current contents; results equal fresh linear calls bit
+    for bit and the float64 reference within the bound (CuPy fp16 and PyTorch bf16)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    W = _pruned(rng, 9216, 9216, 0.8)
+    for as_dtype, dtype in ((lambda a: a.astype(np.float16), np.float16), (_to_torch_bf16, ml_dtypes.bfloat16)):
+        Wd = as_dtype(W)
+        A = fl.TiledCSL.from_dense(Wd)
+        X = as_dtype(cp.asarray(rng.standard_normal((16, 9216), dtype=np.float32)))
+        P = fl.prepare_linear(X, A, out=_poisoned(as_dtype, (16, 9216)), split_k=split_k)
+        for _ in range(3):
+            fresh = as_dtype(cp.asarray(rng.standard_normal((16, 9216), dtype=np.float32)))
+            if isinstance(X, torch.Tensor):
+                X.copy_(fresh)
+            else:
+                X[...] = fresh
+            Y = P()
+            expected = fl.linear(X, A, split_k=split_k)
+            same = (Y == expected).all() if isinstance(Y, torch.Tensor) else bool(cp.all(Y == expected))
+            assert same
+            X64, W64 = _float64(X), _float64(Wd)
+            assert_close_to_reference(_float64(Y).get(), (X64 @ W64.T).get(), (cp.abs(X64) @ cp.abs(W64).T).get(),
+                                      9216, dtype, what=f"prepared linear split={split_k}")

@@ -21,7 +21,7 @@ from flashllm_nb.formats.tiled_csl import TiledCSL
 from flashllm_nb.kernels import launch as _launch
 from flashllm_nb.kernels import ptx
 
-__all__ = ["spmm", "linear"]
+__all__ = ["spmm", "linear", "prepare_spmm", "prepare_linear", "Prepared"]
 
 _CHUNK = 8  # the kernel moves activations in 16-byte chunks of 8 values: rows must start 16-byte aligned
 
@@ -81,7 +81,50 @@ def linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any =
     return _run(A, X, bias, out, stream, split_k, x_layout="nk")
 
 
-def _run(A, X, bias, out, stream, split_k, x_layout):
+class Prepared:
+    """A sparse product with every argument checked and its kernel launch packed once; calling it runs the
+    product again on the same arrays (their contents at the time of the call) and returns ``out``.
+
+    For a loop that calls the same layer on the same buffers (LLM decoding with static buffers), this leaves one
+    driver call per product on the host: no argument checks, no plan lookup, no packing. The stream is fixed when
+    preparing; keep the arrays alive and unmoved (a new X or out array needs a new ``Prepared``). An X whose rows
+    the kernel cannot read in place (row length not a multiple of 8 values, or a misaligned base) is copied into an
+    aligned buffer on every call.
+    """
+
+    def __init__(self, out: Any, run):
+        self.out = out
+        self._run = run
+
+    def __call__(self) -> Any:
+        self._run()
+        return self.out
+
+    def __repr__(self) -> str:
+        return f"<flashllm_nb.Prepared product into {type(self.out).__module__} array of shape {tuple(self.out.shape)}>"
+
+
+def prepare_spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: int | None = None) -> Prepared:
+    """:func:`spmm`, checked and packed once: ``P = prepare_spmm(A, X); P()`` computes ``A @ X`` into ``P.out``
+    as often as it is called. Arguments and errors as for :func:`spmm`."""
+    return _run(A, X, None, out, stream, split_k, x_layout="kn", prepared=True)
+
+
+def prepare_linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any = None, *,
+                   split_k: int | None = None) -> Prepared:
+    """:func:`linear`, checked and packed once: ``P = prepare_linear(X, A, bias); P()`` computes
+    ``X @ A.T + bias`` into ``P.out`` as often as it is called. Arguments and errors as for :func:`linear`.
+
+    Examples
+    --------
+    >>> P = fl.prepare_linear(X, A, out=Y)                         # doctest: +SKIP
+    >>> for step in range(steps):                                  # doctest: +SKIP
+    ...     X[...] = next_activations(); P()                      # Y now holds X @ A.T
+    """
+    return _run(A, X, bias, out, stream, split_k, x_layout="nk", prepared=True)
+
+
+def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
     # This is the per-call host path of every sparse layer: it checks everything, but in a few attribute reads
     # per argument (see _operand); the launch below it trusts its inputs.
     if not isinstance(A, TiledCSL):
@@ -113,20 +156,42 @@ def _run(A, X, bias, out, stream, split_k, x_layout):
         if bias.shape != (m,):
             check_shape(bias, "bias", (m,))
     if n == 0 or m == 0:
-        return out
+        return Prepared(out, _nothing) if prepared else out
     if k == 0:
-        y[...] = 0 if bias is None else bias[None, :] if x_layout == "nk" else bias[:, None]
-        return out
+        def fill():
+            y[...] = 0 if bias is None else bias[None, :] if x_layout == "nk" else bias[:, None]
+
+        fill()
+        return Prepared(out, fill) if prepared else out
 
     xp = np if kind == "numpy" else _cupy()
+    given_x = x
     x, ldx = _aligned_rows(x, xp)
     p = _launch.plan(m, n, k, "bfloat16" if dtype == _xp.BFLOAT16 else "float16", x_layout,
                      None if split_k is None else int(split_k))
     if kind == "numpy":  # the simulator indexes its arrays: flat uint16 views
-        x, y = x.reshape(-1), y.reshape(-1)
-    _launch.launch(p, A.words, A.tile_offsets, x, ldx, y, bias, m, n, k, A.n_tile_cols, xp,
-                   0 if kind == "numpy" else _stream_handle(stream, X))
-    return out
+        x_flat, y = x.reshape(-1), y.reshape(-1)
+    else:
+        x_flat = x
+    arguments = (p, A.words, A.tile_offsets, x_flat, ldx, y, bias, m, n, k, A.n_tile_cols, xp,
+                 0 if kind == "numpy" else _stream_handle(stream, X))
+    if not prepared:
+        _launch.launch(*arguments)
+        return out
+    launch = _launch.prepare(*arguments)
+    if x is given_x:
+        return Prepared(out, launch)
+    cols = given_x.shape[1]
+
+    def copy_and_launch():  # X is read through an aligned copy: refresh it first
+        x[:, :cols] = given_x
+        launch()
+
+    return Prepared(out, copy_and_launch)
+
+
+def _nothing() -> None:
+    """The whole product of an empty output."""
 
 
 _KINDS: dict[type, str] = {}

@@ -22,7 +22,7 @@ from flashllm_nb._runtime import cuda_driver
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.spmm_tiled_csl import TILE_M, TILE_N_CHOICES, SpmmConfig, build_kernel, kernel_signature
 
-__all__ = ["Plan", "plan", "launch"]
+__all__ = ["Plan", "plan", "launch", "prepare"]
 
 MIN_K_TILES_PER_SPLIT = 4
 DEFAULT_WARPS = 4  # warps per block (SpmmConfig.warps): 4 measured 0.98x of cuBLAS against 8 warps' 0.91x (RESULTS.md)
@@ -121,6 +121,27 @@ def launch(p: Plan, words, tile_offsets, x_bits, ldx: int, y_bits, bias_bits, m:
     """Run the planned kernel on checked, C-contiguous arrays: flat uint16 views under the simulator; on the GPU
     any CuPy array of the right item size (only pointer, size and item size are passed). ``stream_handle`` is a raw
     CUDA stream handle (0: the legacy default stream)."""
+    arrays, scalars = _arguments(p, words, tile_offsets, x_bits, ldx, y_bits, bias_bits, m, n, k, n_tile_cols, xp,
+                                 stream_handle)
+    if ptx.SIMULATOR:
+        _simulate(p, arrays, scalars)
+    else:
+        _compiled(p.config).launch(p.grid, p.shared_bytes, stream_handle, arrays, scalars)
+
+
+def prepare(p: Plan, words, tile_offsets, x_bits, ldx: int, y_bits, bias_bits, m: int, n: int, k: int,
+            n_tile_cols: int, xp, stream_handle: int = 0):
+    """``launch``'s arguments packed once: returns a function of no arguments that launches the kernel again on
+    the same arrays (their contents at that time) with nothing but the driver call."""
+    arrays, scalars = _arguments(p, words, tile_offsets, x_bits, ldx, y_bits, bias_bits, m, n, k, n_tile_cols, xp,
+                                 stream_handle)
+    if ptx.SIMULATOR:
+        return lambda: _simulate(p, arrays, scalars)
+    return _compiled(p.config).prepare(p.grid, p.shared_bytes, stream_handle, arrays, scalars)
+
+
+def _arguments(p, words, tile_offsets, x_bits, ldx, y_bits, bias_bits, m, n, k, n_tile_cols, xp, stream_handle):
+    """The kernel's seven arrays and seven scalars (``kernel_signature`` order, scalars apart)."""
     if p.splits > 1:
         n_partials = p.splits * p.grid[0] * p.grid[1] * TILE_M * p.config.tile_n
         workspace, tickets = _workspaces.get(xp, n_partials, p.grid[0] * p.grid[1], stream_handle)
@@ -131,13 +152,14 @@ def launch(p: Plan, words, tile_offsets, x_bits, ldx: int, y_bits, bias_bits, m:
         bias_bits = _dummy(xp, np.uint16)
     arrays = (words, tile_offsets, x_bits, y_bits, bias_bits, workspace, tickets)
     scalars = (ldx, has_bias, m, n, k, n_tile_cols, p.k_tiles_per_split)
-    if ptx.SIMULATOR:
-        w, o, x, y, b, ws, t = arrays
-        ldx, has_bias, m, n, k, cols, per = (np.int32(v) for v in scalars)
-        build_kernel(p.config)[p.grid, p.config.threads, 0, p.shared_bytes](w, o, x, ldx, y, b, has_bias, ws, t, m, n, k,
-                                                                    cols, per)
-    else:
-        _compiled(p.config).launch(p.grid, p.shared_bytes, stream_handle, arrays, scalars)
+    return arrays, scalars
+
+
+def _simulate(p: Plan, arrays, scalars) -> None:
+    w, o, x, y, b, ws, t = arrays
+    ldx, has_bias, m, n, k, cols, per = (np.int32(v) for v in scalars)
+    build_kernel(p.config)[p.grid, p.config.threads, 0, p.shared_bytes](w, o, x, ldx, y, b, has_bias, ws, t, m, n, k,
+                                                                        cols, per)
 
 
 class _CompiledKernel:
@@ -179,36 +201,55 @@ class _CompiledKernel:
         return cuda.current_context().get_active_blocks_per_multiprocessor(self._cufunc, self._threads, shared_bytes)
 
     def launch(self, grid, shared_bytes: int, stream_handle: int, arrays, scalars) -> None:
-        """Pack the arguments into this thread's parameter block (one ``struct.pack_into``) and launch it with the
-        driver's ``cuLaunchKernel`` called through ctypes.
-
-        Numba's ABI for a 1-D array argument is seven 8-byte slots: meminfo, parent, nitems, itemsize, data,
-        shape[0], strides[0]; an int32 scalar takes one slot (read as its low 4 bytes on this little-endian
-        target). The order is ``kernel_signature()``'s: ldx follows x and has_bias follows bias."""
-        words, offsets, x, y, bias, workspace, tickets = arrays
-        ldx, has_bias, m, n, k, n_tile_cols, k_tiles_per_split = scalars
+        """Pack the arguments into this thread's parameter block and launch it with the driver's
+        ``cuLaunchKernel`` called through ctypes."""
         buffer, pointers = self._parameter_block()[:2]
-        _PARAMETERS.pack_into(
-            buffer, 0,
-            *_array_slots(words), *_array_slots(offsets), *_array_slots(x), ldx, *_array_slots(y),
-            *_array_slots(bias), has_bias, *_array_slots(workspace), *_array_slots(tickets),
-            m, n, k, n_tile_cols, k_tiles_per_split,
-        )
+        _pack_parameters(buffer, arrays, scalars)
+        self._launch(grid, shared_bytes, stream_handle, pointers)
+
+    def prepare(self, grid, shared_bytes: int, stream_handle: int, arrays, scalars):
+        """A parameter block of its own, packed now, and a function of no arguments that launches it."""
+        buffer, pointers, keep = _new_parameter_block()
+        _pack_parameters(buffer, arrays, scalars)
+        launch_prepared = functools.partial(self._launch, grid, shared_bytes, stream_handle, pointers)
+        launch_prepared.keep_alive = (buffer, keep, arrays)  # the block, and the arrays its pointers name
+        return launch_prepared
+
+    def _launch(self, grid, shared_bytes, stream_handle, pointers) -> None:
         error = _cu_launch_kernel()(self._function, grid[0], grid[1], grid[2], self._threads, 1, 1, shared_bytes,
                                     stream_handle, pointers, None)
         if error:
             raise RuntimeError(f"cuLaunchKernel failed with CUDA error {error}")
 
     def _parameter_block(self):
-        """Per thread (launches from several threads must not share one): the 8-byte slots, the address of the
-        array of pointers to them that cuLaunchKernel takes, and that array (kept alive here)."""
+        """Per thread (launches from several threads must not share one): see ``_new_parameter_block``."""
         block = getattr(self._local, "block", None)
         if block is None:
-            buffer = (ctypes.c_int64 * _N_PARAMETERS)()
-            pointers = (ctypes.c_void_p * _N_PARAMETERS)(
-                *[ctypes.addressof(buffer) + 8 * i for i in range(_N_PARAMETERS)])
-            block = self._local.block = (buffer, ctypes.addressof(pointers), pointers)
+            block = self._local.block = _new_parameter_block()
         return block
+
+
+def _new_parameter_block():
+    """The 8-byte argument slots, the address of the array of pointers to them that cuLaunchKernel takes, and
+    that array (to be kept alive as long as the address is used)."""
+    buffer = (ctypes.c_int64 * _N_PARAMETERS)()
+    pointers = (ctypes.c_void_p * _N_PARAMETERS)(*[ctypes.addressof(buffer) + 8 * i for i in range(_N_PARAMETERS)])
+    return buffer, ctypes.addressof(pointers), pointers
+
+
+def _pack_parameters(buffer, arrays, scalars) -> None:
+    """One ``struct.pack_into`` of the kernel's arguments. Numba's ABI for a 1-D array argument is seven 8-byte
+    slots: meminfo, parent, nitems, itemsize, data, shape[0], strides[0]; an int32 scalar takes one slot (read as
+    its low 4 bytes on this little-endian target). The order is ``kernel_signature()``'s: ldx follows x and
+    has_bias follows bias."""
+    words, offsets, x, y, bias, workspace, tickets = arrays
+    ldx, has_bias, m, n, k, n_tile_cols, k_tiles_per_split = scalars
+    _PARAMETERS.pack_into(
+        buffer, 0,
+        *_array_slots(words), *_array_slots(offsets), *_array_slots(x), ldx, *_array_slots(y),
+        *_array_slots(bias), has_bias, *_array_slots(workspace), *_array_slots(tickets),
+        m, n, k, n_tile_cols, k_tiles_per_split,
+    )
 
 
 def _array_slots(a) -> tuple:
