@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flashllm_nb.formats.tiled_csl import TiledCSL
+from row_major import row_major_words
 
 ONE = 0x3C00  # fp16 1.0
 SHAPE = (3, 70)
@@ -153,24 +154,15 @@ def test_reorder_lays_out_row_major_input_canonically():
     W = rng.standard_normal((300, 200)).astype(np.float16)
     W[rng.random(W.shape) < 0.7] = 0
     A = TiledCSL.from_dense(W)
-    tiles, index, values = [], [], []  # the same entries, row-major inside each tile, padded with zero words
-    row_major, vectors = [], [0]
-    for t in range(A.n_tiles):
-        tile_words = A.words[4 * A.tile_offsets[t] : 4 * A.tile_offsets[t + 1]]
-        entries = tile_words[(tile_words & 0xFFFF) != 0]
-        entries = entries[np.argsort(entries >> 16 ^ ((entries >> 19) & 0x38))]  # unswizzled: row * 64 + col
-        row_major += list(entries) + [0] * (-len(entries) % 4)
-        vectors.append(len(row_major) // 4)
-    vectors.append(vectors[-1])
-    B = TiledCSL.from_raw(np.array(row_major, np.uint32), np.array(vectors, np.int32), A.shape, A.dtype, reorder=True)
+    words_rm, vectors = row_major_words(A)  # the same entries, row-major inside each tile
+    B = TiledCSL.from_raw(words_rm, vectors, A.shape, A.dtype, reorder=True)
     np.testing.assert_array_equal(B.words, A.words)
     np.testing.assert_array_equal(B.tile_offsets, A.tile_offsets)
     with pytest.raises(ValueError, match="canonical layout"):
-        TiledCSL.from_raw(np.array(row_major, np.uint32), np.array(vectors, np.int32), A.shape, A.dtype)
+        TiledCSL.from_raw(words_rm, vectors, A.shape, A.dtype)
+    words_rm[0] = 8192 << 16 | ONE
     with pytest.raises(ValueError, match="has position 8192"):
-        raw_words = np.array(row_major, np.uint32)
-        raw_words[0] = 8192 << 16 | ONE
-        TiledCSL.from_raw(raw_words, np.array(vectors, np.int32), A.shape, A.dtype, reorder=True)
+        TiledCSL.from_raw(words_rm, vectors, A.shape, A.dtype, reorder=True)
 
 
 def test_constructor_runs_only_the_cheap_checks():

@@ -180,6 +180,7 @@ class _CompiledKernel:
         cufunc = self.numba_kernel._codelibrary.get_cufunc()
         self._cufunc = cufunc
         self._function = int(cufunc.handle)  # the raw CUfunction, for the ctypes launch
+        self._cu_launch_kernel = _cu_launch_kernel()
         self._local = threading.local()
         self._threads = config.threads
         from numba.cuda.cudadrv.driver import binding, driver
@@ -203,7 +204,7 @@ class _CompiledKernel:
     def launch(self, grid, shared_bytes: int, stream_handle: int, arrays, scalars) -> None:
         """Pack the arguments into this thread's parameter block and launch it with the driver's
         ``cuLaunchKernel`` called through ctypes."""
-        buffer, pointers = self._parameter_block()[:2]
+        buffer, pointers, _ = self._parameter_block()
         _pack_parameters(buffer, arrays, scalars)
         self._launch(grid, shared_bytes, stream_handle, pointers)
 
@@ -216,8 +217,8 @@ class _CompiledKernel:
         return launch_prepared
 
     def _launch(self, grid, shared_bytes, stream_handle, pointers) -> None:
-        error = _cu_launch_kernel()(self._function, grid[0], grid[1], grid[2], self._threads, 1, 1, shared_bytes,
-                                    stream_handle, pointers, None)
+        error = self._cu_launch_kernel(self._function, grid[0], grid[1], grid[2], self._threads, 1, 1, shared_bytes,
+                                       stream_handle, pointers, None)
         if error:
             raise RuntimeError(f"cuLaunchKernel failed with CUDA error {error}")
 
