@@ -1,11 +1,12 @@
 #!/bin/bash
 # Everything a GPU session checks, in one command (about 10 minutes on an H200):
-#   bash bench/gpu_session.sh [OUT_DIR]        (default bench/out)
+#   bash bench/gpu_session.sh [OUT_DIR] [--quick]   (default bench/out; --quick: the sweep at N = 16 only)
 # 1. the GPU tests (kernel, format, PTX layer); 2. compute-sanitizer memcheck and racecheck on a mid-size case;
 # 3. the host cost of one linear() call and of a prepared call; 4. the layout A/B (bank-interleaved vs row-major entry order);
 # 5. the full benchmark sweep (python -m flashllm_nb.bench), written to OUT_DIR. Logs go to OUT_DIR too.
 set -u
 OUT=${1:-bench/out}
+SWEEP=${2:-}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python3 -m pytest -q tests/test_spmm_gpu.py tests/test_tiled_csl_gpu.py tests/test_ptx_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
@@ -33,4 +34,4 @@ print(f"host time per prepared call P() (P = prepare_linear(X, A, out=Y)): {(tim
 cp.cuda.Device().synchronize()
 PY
 python3 bench/layout_ab.py 2>&1 | tee "$OUT/layout_ab.txt"
-python3 -m flashllm_nb.bench --out "$OUT" 2>&1 | tail -3
+python3 -m flashllm_nb.bench --out "$OUT" $SWEEP 2>&1 | tail -3

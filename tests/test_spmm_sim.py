@@ -99,6 +99,25 @@ def test_empty_dense_and_overflowing_tiles(dtype):
         _check_linear(W, X, split_k=split_k)
 
 
+@pytest.mark.parametrize("x_layout", ["nk", "kn"])
+def test_tile_sequence_leaves_no_stale_values(x_layout):
+    """Along one tile row, sparse tiles (their A buffer cleared by un-scattering their positions), a dense tile
+    (cleared whole: more words than the registers keep), empty tiles and a one-entry tile (three padding words)
+    follow each other, so a value that any clearing missed would enter a later tile's product (skipping the
+    un-scatter makes this test fail). The values are +0.0 where pruned: from_dense stores -0.0."""
+    rng = np.random.default_rng(3)
+    densities = [0.1, 0.12, 1.0, 0.05, 0.0, 0.3, 0.1, 0.0, 0.2]
+    W = np.zeros((128, 64 * len(densities)), np.float32)
+    for t, density in enumerate(densities):
+        W[:, 64 * t:64 * (t + 1)] = np.where(rng.random((128, 64)) < density, rng.standard_normal((128, 64)), 0)
+    W[5, 64 * 7 + 3] = 1.5  # the one entry of tile 7
+    W = W.astype(np.float16)
+    if x_layout == "nk":
+        _check_linear(W, rng.standard_normal((16, W.shape[1])).astype(np.float16), split_k=1)
+    else:
+        _check_spmm(W, rng.standard_normal((W.shape[1], 16)).astype(np.float16), split_k=1)
+
+
 def test_all_zero_matrix_gives_zeros_and_bias():
     rng = np.random.default_rng(2)
     W = np.zeros((100, 70), np.float16)
