@@ -101,10 +101,10 @@ def test_empty_dense_and_overflowing_tiles(dtype):
 
 @pytest.mark.parametrize("x_layout", ["nk", "kn"])
 def test_tile_sequence_leaves_no_stale_values(x_layout):
-    """Along one tile row, sparse tiles (their A buffer cleared by un-scattering their positions), a dense tile
-    (cleared whole: more words than the registers keep), empty tiles and a one-entry tile (three padding words)
-    follow each other, so a value that any clearing missed would enter a later tile's product (skipping the
-    un-scatter makes this test fail). The values are +0.0 where pruned: from_dense stores -0.0."""
+    """Along one tile row, sparse tiles, a dense tile (more words than the registers prefetch), empty tiles and a
+    one-entry tile (three padding words) follow each other in the two alternating A buffers, so a value that the
+    clearing between tiles missed would enter a later tile's product (a kernel that skipped clearing part of a
+    buffer failed this test). Pruned values are +0.0: from_dense stores -0.0."""
     rng = np.random.default_rng(3)
     densities = [0.1, 0.12, 1.0, 0.05, 0.0, 0.3, 0.1, 0.0, 0.2]
     W = np.zeros((128, 64 * len(densities)), np.float32)

@@ -27,9 +27,6 @@ __all__ = ["Plan", "plan", "launch", "prepare"]
 MIN_K_TILES_PER_SPLIT = 4
 DEFAULT_WARPS = 4  # warps per block (SpmmConfig.warps): 4 measured 0.98x of cuBLAS against 8 warps' 0.91x (RESULTS.md)
 PROLOGUE_TILES = 2  # a block's fixed cost (offsets, pipeline fill, epilogue) in k-tiles' worth of time
-# Block widths whose kernel clears an A buffer by un-scattering the previous tile's positions instead of zeroing
-# all of it (SpmmConfig.unscatter): fewer shared-memory stores, more registers (bench/clear_ab.py measures both).
-UNSCATTER_TILE_N = frozenset({8, 16, 32, 64})
 # What the simulator pretends the device is, so that split-K is exercised on the small shapes tests use.
 _SIMULATED_SMS = 4
 
@@ -88,16 +85,14 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     tile_rows = -(-m // TILE_M)
     n_blocks = -(-n // tile_n)
     k_tiles = -(-k // 64)
-    unscatter = tile_n in UNSCATTER_TILE_N
-    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=DEFAULT_WARPS, unscatter=unscatter)
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=DEFAULT_WARPS)
     if split_k is None:
         resident = 1 if ptx.SIMULATOR else _compiled(config).blocks_per_sm(config.shared_bytes(k_tiles))
         split_k = choose_splits(tile_rows * n_blocks, k_tiles, _sm_count() * max(resident, 1))
     split_k = max(1, min(split_k, k_tiles))
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
-    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=DEFAULT_WARPS,
-                        unscatter=unscatter)
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=DEFAULT_WARPS)
     return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
 
 

@@ -111,7 +111,6 @@ PREFETCH_VECTORS = 512
 # (37 / 42 / 51 / 70 KB) allows on a 228 KB SM, except tile_n = 8, where a promise of 6 would hold ptxas to 80
 # registers and cost the double-buffered fragments (ptxas -v / nvdisasm, sm_90).
 _BLOCKS_PER_SM = {8: 5, 16: 5, 32: 4, 64: 3}
-_BLOCKS_PER_SM_UNSCATTER = {8: 4, 16: 4, 32: 3, 64: 2}
 # "nk" activation rows (one token's 64 k-values, 128 bytes) are padded to 72 values (144 bytes): the eight rows one
 # ldmatrix reads then start in eight different 16-byte bank groups (row n in group (9n + chunk) % 8), and unlike
 # an XOR swizzle the row of k16 step ks is a constant 32 bytes further, so no per-step address arithmetic.
@@ -148,7 +147,6 @@ class SpmmConfig:
     x_layout: str = "nk"
     splits: bool = False
     warps: int = 4
-    unscatter: bool = True
 
     @property
     def threads(self) -> int:
@@ -170,8 +168,7 @@ class SpmmConfig:
         memory allows on a Hopper/Ampere SM; with it ptxas may spend registers up to that occupancy, and it then
         keeps the next k16 step's ldmatrix fragments in flight during the current step's mma (without the hint
         it sinks every ldmatrix next to its mma to save registers, and the mma waits on shared-memory latency)."""
-        table = _BLOCKS_PER_SM_UNSCATTER if self.unscatter else _BLOCKS_PER_SM
-        return self.threads, max(1, table[self.tile_n] * WARP_CHOICES[0] // self.warps)
+        return self.threads, max(1, _BLOCKS_PER_SM[self.tile_n] * WARP_CHOICES[0] // self.warps)
 
     def shared_bytes(self, k_tiles_per_split: int) -> int:
         """Dynamic shared memory of one block: two A tiles (32 KiB, reused by the epilogue), STAGES activation
@@ -238,8 +235,6 @@ def build_kernel(cfg: SpmmConfig):
     OFFSETS_BASE32 = (B_BASE + STAGES * B_ELEMS) // 2  # uint32 index of the block's tile offsets
     R = PREFETCH_VECTORS // THREADS  # 16-byte word vectors each thread holds per register buffer (8 warps: 2)
     WORDS = 4 * R
-    POSITIONS = 2 * R  # registers of a tile's kept positions: two 16-bit positions per register
-    UNSCATTER = cfg.unscatter
     B_CHUNKS = TILE_K * TILE_N // 8  # 16-byte cp.async chunks per activation tile
     B_ROUNDS = (B_CHUNKS + THREADS - 1) // THREADS
     LAST_ROUND_CHUNKS = B_CHUNKS - (B_ROUNDS - 1) * THREADS  # threads with a chunk in the last round
@@ -334,21 +329,17 @@ def build_kernel(cfg: SpmmConfig):
             a_s[a_base + uint64(w3 >> uint32(16))] = uint16(w3 & uint32(0xFFFF))
 
     @_device
-    def scatter_tile(words, smem16, smem32, t, a_stage, wbuf, kept):
-        """Scatter tile t's registered words into A buffer ``a_stage`` and keep their positions in ``kept`` (two
-        per register) for ``unscatter_tile``; vectors beyond the register budget (tiles denser than R * THREADS
-        vectors, 25 %) are loaded and scattered here, without their latency hidden."""
+    def scatter_tile(words, smem16, smem32, t, a_stage, wbuf):
+        """Scatter tile t's registered words into A buffer ``a_stage``; vectors beyond the register budget (tiles
+        denser than R * THREADS vectors, 25 %) are loaded and scattered here, without their latency hidden."""
         a_base = uint64(a_stage * TILE_ELEMS)
         v0, v1 = tile_vectors(smem32, t)
         v = v0 + cuda.threadIdx.x
         left = int32(v1 - v)
         for j in range(R):
             if j * THREADS < left:
-                w0, w1, w2, w3 = wbuf[4 * j], wbuf[4 * j + 1], wbuf[4 * j + 2], wbuf[4 * j + 3]
-                scatter_vector(smem16, a_base, w0, w1, w2, w3, left == j * THREADS + 1)
-                if UNSCATTER:
-                    kept[2 * j] = (w0 >> uint32(16)) | (w1 & uint32(0xFFFF0000))
-                    kept[2 * j + 1] = (w2 >> uint32(16)) | (w3 & uint32(0xFFFF0000))
+                scatter_vector(smem16, a_base, wbuf[4 * j], wbuf[4 * j + 1], wbuf[4 * j + 2], wbuf[4 * j + 3],
+                               left == j * THREADS + 1)
         v += R * THREADS
         while v < v1:
             w0, w1, w2, w3 = ptx.ld_global_nc_v4_u32(words, v * 4)
@@ -357,32 +348,14 @@ def build_kernel(cfg: SpmmConfig):
 
     @_device
     def zero_a_tile(a_s, a_stage):
-        """Zero one A buffer: 16 KiB, eight 16-byte stores per thread (4 warps) at fixed offsets."""
+        """Zero one A buffer: 16 KiB, eight 16-byte stores per thread (4 warps) at fixed offsets.
+
+        Un-scattering the previous tile's positions instead (zeros at its ~1638 positions at 80 %: ~74 store
+        wavefronts against these 128) was measured and lost on every shape (bench/RESULTS.md, commit 0dcded7):
+        keeping two tiles' positions in registers costs 22 registers and a resident block per SM."""
         first = a_stage * TILE_ELEMS + cuda.threadIdx.x * 8
         for j in range(TILE_ELEMS // 8 // THREADS):
             ptx.st_shared_v4_u32(a_s, first + j * THREADS * 8, 0, 0, 0, 0)
-
-    @_device
-    def unscatter_tile(a_s, smem32, t, a_stage, kept):
-        """Return A buffer ``a_stage``, which holds tile t, to all zeros by storing a zero at each of tile t's
-        positions (kept by ``scatter_tile``) instead of zeroing the whole 16 KiB: at 80 % sparsity 1638 two-byte
-        stores (~52 store wavefronts) instead of 128 wavefronts of 16-byte stores. A tile whose words did not all
-        fit in registers kept only some positions: its buffer is zeroed whole. Padding words (position 0) and
-        positions a later tile also uses are harmless: every store here precedes the next scatter (a barrier)."""
-        v0, v1 = tile_vectors(smem32, t)
-        if v1 - v0 > R * THREADS:
-            zero_a_tile(a_s, a_stage)
-            return
-        a_base = uint64(a_stage * TILE_ELEMS)
-        left = int32(v1 - v0) - cuda.threadIdx.x
-        for j in range(R):
-            if j * THREADS < left:
-                p = kept[2 * j]
-                a_s[a_base + uint64(p & uint32(0xFFFF))] = uint16(0)
-                a_s[a_base + uint64(p >> uint32(16))] = uint16(0)
-                p = kept[2 * j + 1]
-                a_s[a_base + uint64(p & uint32(0xFFFF))] = uint16(0)
-                a_s[a_base + uint64(p >> uint32(16))] = uint16(0)
 
     @_device
     def load_fragments(smem16, a_base, b_base, a_off, b_off, ks, frag):
@@ -458,11 +431,11 @@ def build_kernel(cfg: SpmmConfig):
 
     @_device
     def k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
-               cp_cols_left, a_off, b_off, frag0, frag1, acc, w_next, kept):
+               cp_cols_left, a_off, b_off, frag0, frag1, acc, w_next):
         """Step i of the main loop. On entry A tile i is expanded (visible after the first barrier), tile i+1's
-        words are in ``w_next`` and tile i+2's in the other register buffer, and ``kept`` holds tile i-1's
-        positions; on exit tile i+1 is expanded (its positions in ``kept``) and tile i+3's loads are in flight into
-        ``w_next``. The caller alternates the two pairs of buffers: words travel two k-tiles ahead of their use."""
+        words are in ``w_next`` and tile i+2's in the other register buffer; on exit tile i+1 is expanded and
+        tile i+3's loads are in flight into ``w_next``. The caller alternates the two buffers: words travel two
+        k-tiles ahead of their use."""
         a_stage = i & 1
         ptx.cp_async_wait_group(_PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
         # A tile i is expanded, everyone's copies of activation tile i are visible, and everyone is done with
@@ -471,14 +444,11 @@ def build_kernel(cfg: SpmmConfig):
         issue_activations(x, ldx, smem16, i + STAGES - 1, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
                           cp_cols_left)
         if i + 1 < n_tiles_block:
-            if not UNSCATTER:
-                zero_a_tile(smem16, 1 - a_stage)
-            elif i > 0:  # the buffer holds tile i-1 (before step 0 the prologue zeroed it)
-                unscatter_tile(smem16, smem32, i - 1, 1 - a_stage, kept)
+            zero_a_tile(smem16, 1 - a_stage)
         mma_tile(smem16, a_stage, i & (STAGES - 1), a_off, b_off, frag0, frag1, acc)
         cuda.syncthreads()  # the zeroing is complete before anyone scatters into that buffer
         if i + 1 < n_tiles_block:
-            scatter_tile(words, smem16, smem32, i + 1, 1 - a_stage, w_next, kept)
+            scatter_tile(words, smem16, smem32, i + 1, 1 - a_stage, w_next)
         if i + 3 < n_tiles_block:
             load_words(words, smem32, i + 3, w_next)
 
@@ -535,8 +505,6 @@ def build_kernel(cfg: SpmmConfig):
         acc = cuda.local.array(ACC, float32)
         w_a = cuda.local.array(WORDS, uint32)  # two register buffers of words, alternating (see k_step)
         w_b = cuda.local.array(WORDS, uint32)
-        kept_a = cuda.local.array(POSITIONS, uint32)  # positions of the tiles in w_a's and w_b's parity
-        kept_b = cuda.local.array(POSITIONS, uint32)
         a_off = cuda.local.array(K_STEPS, int64)
         b_off = cuda.local.array(NPAIR, int64)
         frag0 = cuda.local.array(FRAG, uint32)  # one k16 step's A and B fragments, double-buffered (mma_tile)
@@ -591,8 +559,6 @@ def build_kernel(cfg: SpmmConfig):
                 smem32[uint64(OFFSETS_BASE32) + uint64(j)] = uint32(tile_offsets[first_tile + j])
                 j += THREADS
             zero_a_tile(smem16, 0)
-            if UNSCATTER:
-                zero_a_tile(smem16, 1)  # from here on each buffer is returned to zero by unscatter_tile
             cuda.syncthreads()  # offsets and zeros visible
             for t in range(STAGES - 1):
                 issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
@@ -602,17 +568,17 @@ def build_kernel(cfg: SpmmConfig):
             load_words(words, smem32, 0, w_a)
             if n_tiles_block > 1:
                 load_words(words, smem32, 1, w_b)
-            scatter_tile(words, smem16, smem32, 0, 0, w_a, kept_a)
+            scatter_tile(words, smem16, smem32, 0, 0, w_a)
             if n_tiles_block > 2:
                 load_words(words, smem32, 2, w_a)
 
             i = 0
             while i < n_tiles_block:  # unrolled by two so that each register buffer is a fixed set of registers
                 k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
-                       cp_cols_left, a_off, b_off, frag0, frag1, acc, w_b, kept_b)
+                       cp_cols_left, a_off, b_off, frag0, frag1, acc, w_b)
                 if i + 1 < n_tiles_block:
                     k_step(words, x, ldx, smem16, smem32, i + 1, n_tiles_block, kt_begin, cp_dst, cp_src,
-                           cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc, w_a, kept_a)
+                           cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc, w_a)
                 i += 2
             ptx.cp_async_wait_all()
 
