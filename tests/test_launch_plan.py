@@ -57,3 +57,29 @@ def test_plan_covers_the_problem_without_empty_splits(m, n, k, split_k):
     assert p.config.splits == (splits > 1)
     if split_k is not None:
         assert splits <= split_k
+
+
+class _StubArray:
+    """What _pack_parameters reads of a CuPy array: size, itemsize and data.ptr."""
+
+    def __init__(self, ptr, size, itemsize):
+        self.size, self.itemsize = size, itemsize
+        self.data = type("Pointer", (), {"ptr": ptr})()
+
+
+def test_pointer_slots_name_x_y_and_bias_in_the_packed_block():
+    """The fast path of repeated calls patches X's, the output's and the bias's pointers in place: the slot
+    constants must be where _pack_parameters writes those pointers, and each array's slots Numba's ABI order."""
+    from flashllm_nb.kernels import launch
+
+    names = ("words", "offsets", "x", "y", "bias", "workspace", "tickets")
+    arrays = tuple(_StubArray(0x1000 * (i + 1), 10 + i, 2 + (i % 3)) for i in range(len(names)))
+    buffer, _, _ = launch._new_parameter_block()
+    launch._pack_parameters(buffer, arrays, (72, 1, 3, 4, 5, 6, 7))
+    assert buffer[launch.X_POINTER_SLOT] == arrays[2].data.ptr
+    assert buffer[launch.Y_POINTER_SLOT] == arrays[3].data.ptr
+    assert buffer[launch.BIAS_POINTER_SLOT] == arrays[4].data.ptr
+    x = launch.X_POINTER_SLOT - 4  # meminfo, parent, nitems, itemsize, data, shape, stride
+    assert list(buffer[x:x + 7]) == [0, 0, 12, 4, 0x3000, 12, 4]
+    assert buffer[x + 7] == 72  # ldx follows x
+    assert list(buffer[launch._N_PARAMETERS - 5:]) == [3, 4, 5, 6, 7]

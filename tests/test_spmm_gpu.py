@@ -162,3 +162,57 @@ def test_prepared_linear_follows_new_activations_in_place(split_k):
             X64, W64 = _float64(X), _float64(Wd)
             assert_close_to_reference(_float64(Y).get(), (X64 @ W64.T).get(), (cp.abs(X64) @ cp.abs(W64).T).get(),
                                       9216, dtype, what=f"prepared linear split={split_k}")
+
+
+def test_repeated_calls_take_the_remembered_launch_and_stay_right(monkeypatch):
+    """Repeated ``linear`` calls on CuPy arrays launch a remembered, patched parameter block (api._FastCalls)
+    instead of the full path. Across new activations, a new output per call, two layers of one shape in turn,
+    with and without bias, and new matrices at possibly recycled addresses, every result equals the float64
+    reference; arguments the remembered launch cannot take (column-major X, misaligned X, a wrong out dtype)
+    still take the full path, which copies or raises as ever."""
+    from flashllm_nb.kernels import api
+
+    rng = np.random.default_rng(11)
+    m = k = 4096
+    full_path = []
+    original = api._launch.launch
+    monkeypatch.setattr(api._launch, "launch", lambda *a: (full_path.append(1), original(*a)))
+
+    def check(Y, X, W, bias):
+        X64, W64 = _float64(X), _float64(W)
+        ref = X64 @ W64.T + (0 if bias is None else _float64(bias)[None, :])
+        assert_close_to_reference(_float64(Y).get(), ref.get(), (cp.abs(X64) @ cp.abs(W64).T).get(), k, np.float16,
+                                  what="remembered linear")
+
+    Ws = [_pruned(rng, m, k, 0.8).astype(np.float16) for _ in range(2)]
+    As = [fl.TiledCSL.from_dense(W) for W in Ws]
+    bias = cp.asarray(rng.standard_normal(m).astype(np.float16))
+    for step in range(3):
+        for W, A in zip(Ws, As):
+            X = cp.asarray(rng.standard_normal((16, k), dtype=np.float32)).astype(np.float16)
+            for b in (None, bias):
+                check(fl.linear(X, A, bias=b), X, W, b)
+                out = _poisoned(lambda a: a.astype(np.float16), (16, m))
+                assert fl.linear(X, A, bias=b, out=out) is out
+                check(out, X, W, b)
+        if step == 0:
+            first_round = len(full_path)
+    assert first_round == 8 and len(full_path) == first_round  # later rounds never took the full path
+
+    for _ in range(3):  # a new matrix per call, possibly at the address of the one just freed
+        W = _pruned(rng, m, k, 0.9).astype(np.float16)
+        A = fl.TiledCSL.from_dense(W)
+        X = cp.asarray(rng.standard_normal((16, k), dtype=np.float32)).astype(np.float16)
+        check(fl.linear(X, A), X, W, None)
+        del A
+
+    A, W = As[0], Ws[0]
+    X = cp.asarray(rng.standard_normal((16, k), dtype=np.float32)).astype(np.float16)
+    fl.linear(X, A)
+    with pytest.raises(ValueError, match="Invalid memory layout of X"):
+        fl.linear(cp.asfortranarray(X), A)
+    with pytest.raises(TypeError, match="Invalid dtype of out"):
+        fl.linear(X, A, out=cp.empty((16, m), np.float32))
+    shifted = cp.empty(16 * k + 1, np.float16)[1:].reshape(16, k)  # 2 bytes past a 16-byte boundary
+    shifted[...] = X
+    check(fl.linear(shifted, A), shifted, W, None)

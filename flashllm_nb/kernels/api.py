@@ -11,6 +11,8 @@ thread by thread on the CPU. Validation happens here, once; the launch path belo
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -126,7 +128,13 @@ def prepare_linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, strea
 
 def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
     # This is the per-call host path of every sparse layer: it checks everything, but in a few attribute reads
-    # per argument (see _operand); the launch below it trusts its inputs.
+    # per argument (see _operand); the launch below it trusts its inputs. A repeated CuPy call takes the
+    # remembered launch instead (_FastCalls), after the checks that can change from call to call.
+    if not prepared and _kind(X) == "cupy":
+        result = _fast_calls.run(A, X, bias, out, stream, split_k, x_layout)
+        if result is not _fast_calls.MISS:
+            return result
+    given_out = out
     if not isinstance(A, TiledCSL):
         raise invalid("type", "A", "a flashllm_nb.TiledCSL", type(A).__name__, TypeError)
     if A.on_device == ptx.SIMULATOR:
@@ -151,6 +159,7 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
         check_shape(y, "out", out_shape)
     if out_kind != kind:
         raise invalid("array type", "out", f"the same kind of array as X ({kind})", out_kind, TypeError)
+    given_bias = bias
     if bias is not None:
         bias, _ = _operand(bias, "bias", dtype)
         if bias.shape != (m,):
@@ -176,6 +185,9 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
     arguments = (p, A.words, A.tile_offsets, x_flat, ldx, y, bias, m, n, k, A.n_tile_cols, xp,
                  0 if kind == "numpy" else _stream_handle(stream, X))
     if not prepared:
+        if kind == "cupy" and x is given_x and out_kind == "cupy":
+            _fast_calls.remember(A, X, given_bias, given_out, out, stream, split_k, x_layout,
+                                 _launch.prepare(*arguments))
         _launch.launch(*arguments)
         return out
     launch = _launch.prepare(*arguments)
@@ -188,6 +200,106 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
         launch()
 
     return Prepared(out, copy_and_launch)
+
+
+class _FastCalls:
+    """Remembered launches of repeated ``linear`` / ``spmm`` calls on CuPy arrays, per thread.
+
+    An LLM calls each layer with the same weights, the same activation shape and the same kind of output every
+    step. The first such call goes through every check and packs a launch of its own (``launch.prepare``); later
+    calls with the same key re-check only what the key does not fix (types, row-major strides, 16-byte alignment),
+    write the pointers of X, the output and the bias into that launch's parameter block, and launch it. This keeps
+    the host cost of a call near a ``Prepared`` call's (``bench/RESULTS.md``).
+
+    The key holds A by ``id``; the entry keeps a weak reference and is used only while it still points to the same
+    object, so a new matrix at a recycled address never meets an old launch. Blocks are per thread: two threads
+    patching one block could launch each other's pointers. Any call that does not match falls back to the full
+    path, which raises the same errors as ever.
+    """
+
+    MISS = object()
+    _MAX_ENTRIES = 256  # per thread; one per (layer, shape, kind of call): a model has a few hundred layers
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def _entries(self) -> dict:
+        entries = getattr(self._local, "entries", None)
+        if entries is None:
+            entries = self._local.entries = {}
+        return entries
+
+    @staticmethod
+    def _key(A, X, bias, out, stream, split_k, x_layout):
+        # The types of split_k and stream are part of the key: True == 1 and hashes alike, but only 1 is valid.
+        return (id(A), x_layout, X.shape, X.dtype.char, None if out is None else (out.shape, out.dtype.char),
+                None if bias is None else (bias.shape, bias.dtype.char), split_k, type(split_k), stream,
+                type(stream), _current_stream())
+
+    def run(self, A, X, bias, out, stream, split_k, x_layout):
+        try:
+            entry = self._entries().get(self._key(A, X, bias, out, stream, split_k, x_layout))
+        except (AttributeError, TypeError):  # an argument without shape/dtype, an unhashable one: the full path
+            return self.MISS
+        if entry is None or entry.matrix() is not A:
+            return self.MISS
+        cupy_array = entry.cupy_array
+        x_ptr = X.data.ptr
+        if X.strides != entry.x_strides or x_ptr % 16:
+            return self.MISS
+        if out is None:
+            out = entry.new_output()
+        elif type(out) is not cupy_array or out.strides != entry.out_strides:
+            return self.MISS
+        slots = entry.slots
+        slots[_launch.X_POINTER_SLOT] = x_ptr
+        slots[_launch.Y_POINTER_SLOT] = out.data.ptr
+        if bias is not None:
+            if type(bias) is not cupy_array or bias.strides != entry.bias_strides:
+                return self.MISS
+            slots[_launch.BIAS_POINTER_SLOT] = bias.data.ptr
+        entry.launch()
+        return out
+
+    def remember(self, A, X, bias, given_out, out, stream, split_k, x_layout, launch) -> None:
+        """Keep the launch of a call that just passed every check (``out``: its output, ``given_out``: what the
+        caller passed, None included) under the key of its arguments."""
+        try:
+            key = self._key(A, X, bias, given_out, stream, split_k, x_layout)
+        except TypeError:  # an unhashable stream object, say: such calls keep taking the full path
+            return
+        entries = self._entries()
+        if len(entries) >= self._MAX_ENTRIES:
+            entries.pop(next(iter(entries)))  # the oldest
+        entries[key] = _FastEntry(A, X, bias, out, launch)
+
+
+class _FastEntry:
+    """One remembered launch (see ``_FastCalls``)."""
+
+    def __init__(self, A, X, bias, out, launch):
+        self.matrix = weakref.ref(A)
+        self.cupy_array = type(X)
+        self.x_strides = X.strides
+        self.out_strides = out.strides
+        self.bias_strides = None if bias is None else bias.strides
+        self.out_shape, self.out_dtype = out.shape, out.dtype
+        self.slots = launch.slots  # the launch's own parameter block, as 8-byte slots
+        # X's and the output's pointers are written before every launch, and A's arrays live as long as A (the
+        # entry is dead without it): the entry keeps no array of the first call alive.
+        launch.keep_alive = launch.keep_alive[0]
+        self.launch = launch
+
+    def new_output(self):
+        return _cupy().empty(self.out_shape, self.out_dtype)
+
+
+def _current_stream() -> int:
+    """CuPy's current stream (what ``stream=None`` launches on), part of a remembered call's key."""
+    return _cupy().cuda.get_current_stream().ptr
+
+
+_fast_calls = _FastCalls()
 
 
 def _nothing() -> None:
@@ -235,10 +347,17 @@ def _operand(x, name: str, dtype):
     return array, kind
 
 
-def _cupy():
-    import cupy
+_CUPY = None
 
-    return cupy
+
+def _cupy():
+    """The cupy module, imported on first use (the simulator path never needs it)."""
+    global _CUPY
+    if _CUPY is None:
+        import cupy
+
+        _CUPY = cupy
+    return _CUPY
 
 
 def _stream_handle(stream, X) -> int:

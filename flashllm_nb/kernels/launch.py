@@ -22,7 +22,7 @@ from flashllm_nb._runtime import cuda_driver
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.spmm_tiled_csl import TILE_M, TILE_N_CHOICES, SpmmConfig, build_kernel, kernel_signature
 
-__all__ = ["Plan", "plan", "launch", "prepare"]
+__all__ = ["Plan", "PreparedLaunch", "plan", "launch", "prepare"]
 
 MIN_K_TILES_PER_SPLIT = 4
 DEFAULT_WARPS = 4  # warps per block (SpmmConfig.warps): 4 measured 0.98x of cuBLAS against 8 warps' 0.91x (RESULTS.md)
@@ -208,13 +208,12 @@ class _CompiledKernel:
         _pack_parameters(buffer, arrays, scalars)
         self._launch(grid, shared_bytes, stream_handle, pointers)
 
-    def prepare(self, grid, shared_bytes: int, stream_handle: int, arrays, scalars):
+    def prepare(self, grid, shared_bytes: int, stream_handle: int, arrays, scalars) -> "PreparedLaunch":
         """A parameter block of its own, packed now, and a function of no arguments that launches it."""
         buffer, pointers, keep = _new_parameter_block()
         _pack_parameters(buffer, arrays, scalars)
-        launch_prepared = functools.partial(self._launch, grid, shared_bytes, stream_handle, pointers)
-        launch_prepared.keep_alive = (buffer, keep, arrays)  # the block, and the arrays its pointers name
-        return launch_prepared
+        return PreparedLaunch(functools.partial(self._launch, grid, shared_bytes, stream_handle, pointers), buffer,
+                              (keep, arrays))
 
     def _launch(self, grid, shared_bytes, stream_handle, pointers) -> None:
         error = self._cu_launch_kernel(self._function, grid[0], grid[1], grid[2], self._threads, 1, 1, shared_bytes,
@@ -228,6 +227,22 @@ class _CompiledKernel:
         if block is None:
             block = self._local.block = _new_parameter_block()
         return block
+
+
+class PreparedLaunch:
+    """A kernel launch packed once: calling it launches again. ``slots`` is its parameter block (8-byte slots,
+    ``_pack_parameters``' layout), which a caller may patch between calls (see ``X_POINTER_SLOT``); ``keep_alive``
+    holds what the block's pointers name."""
+
+    __slots__ = ("_launch", "slots", "keep_alive")
+
+    def __init__(self, launch, slots, keep_alive):
+        self._launch = launch
+        self.slots = slots
+        self.keep_alive = keep_alive
+
+    def __call__(self) -> None:
+        self._launch()
 
 
 def _new_parameter_block():
@@ -262,6 +277,11 @@ def _array_slots(a) -> tuple:
 # kernel_signature(): 7 arrays (7 slots each) and 7 int32 scalars.
 _N_PARAMETERS = 7 * 7 + 7
 _PARAMETERS = struct.Struct(f"<{_N_PARAMETERS}q")
+# The data-pointer slot (the fifth of an array's seven) of X, y and bias in that block: words and tile_offsets
+# take slots 0-13, x 14-20, ldx 21, y 22-28, bias 29-35.
+X_POINTER_SLOT = 14 + 4
+Y_POINTER_SLOT = 22 + 4
+BIAS_POINTER_SLOT = 29 + 4
 
 
 @functools.cache
