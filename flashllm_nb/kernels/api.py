@@ -187,7 +187,7 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
     if not prepared:
         if kind == "cupy" and x is given_x and out_kind == "cupy":
             _fast_calls.remember(A, X, given_bias, given_out, out, stream, split_k, x_layout,
-                                 _launch.prepare(*arguments))
+                                 lambda: _launch.prepare(*arguments))
         _launch.launch(*arguments)
         return out
     launch = _launch.prepare(*arguments)
@@ -211,41 +211,47 @@ class _FastCalls:
     write the pointers of X, the output and the bias into that launch's parameter block, and launch it. This keeps
     the host cost of a call near a ``Prepared`` call's (``bench/RESULTS.md``).
 
-    The key holds A by ``id``; the entry keeps a weak reference and is used only while it still points to the same
-    object, so a new matrix at a recycled address never meets an old launch. Blocks are per thread: two threads
-    patching one block could launch each other's pointers. Any call that does not match falls back to the full
-    path, which raises the same errors as ever.
+    Launches are filed per matrix in a ``WeakKeyDictionary``: they go when the matrix goes, so a new matrix at a
+    recycled address never meets an old launch, and a model of any number of layers keeps all of its own. Blocks
+    are per thread: two threads patching one block could launch each other's pointers. Any call that does not
+    match falls back to the full path, which raises the same errors as ever.
     """
 
     MISS = object()
-    _MAX_ENTRIES = 256  # per thread; one per (layer, shape, kind of call): a model has a few hundred layers
+    _PER_MATRIX = 16  # call signatures remembered per matrix (shapes, out/bias, stream); the oldest goes first
 
     def __init__(self):
         self._local = threading.local()
 
-    def _entries(self) -> dict:
-        entries = getattr(self._local, "entries", None)
-        if entries is None:
-            entries = self._local.entries = {}
-        return entries
+    def _by_matrix(self) -> weakref.WeakKeyDictionary:
+        by_matrix = getattr(self._local, "by_matrix", None)
+        if by_matrix is None:
+            by_matrix = self._local.by_matrix = weakref.WeakKeyDictionary()
+        return by_matrix
 
     @staticmethod
-    def _key(A, X, bias, out, stream, split_k, x_layout):
-        # The types of split_k and stream are part of the key: True == 1 and hashes alike, but only 1 is valid.
-        return (id(A), x_layout, X.shape, X.dtype.char, None if out is None else (out.shape, out.dtype.char),
-                None if bias is None else (bias.shape, bias.dtype.char), split_k, type(split_k), stream,
-                type(stream), _current_stream())
+    def _key(X, bias, out, stream, split_k, x_layout):
+        # split_k's type is part of the key: True == 1 and hashes alike, but only 1 is valid. The stream is keyed by
+        # its raw handle (None: CuPy's current stream), which keeps no stream object alive.
+        return (x_layout, X.shape, X.dtype.char, None if out is None else (out.shape, out.dtype.char),
+                None if bias is None else (bias.shape, bias.dtype.char), split_k, type(split_k),
+                _current_stream() if stream is None else _stream_handle(stream, X))
 
     def run(self, A, X, bias, out, stream, split_k, x_layout):
         try:
-            entry = self._entries().get(self._key(A, X, bias, out, stream, split_k, x_layout))
-        except (AttributeError, TypeError):  # an argument without shape/dtype, an unhashable one: the full path
+            calls = self._by_matrix().get(A)
+            if calls is None:
+                return self.MISS
+            entry = calls.get(self._key(X, bias, out, stream, split_k, x_layout))
+        except (AttributeError, TypeError):  # arguments without shape/dtype, unhashable ones, a bad stream
             return self.MISS
-        if entry is None or entry.matrix() is not A:
+        if entry is None:
             return self.MISS
         cupy_array = entry.cupy_array
         x_ptr = X.data.ptr
         if X.strides != entry.x_strides or x_ptr % 16:
+            return self.MISS
+        if bias is not None and (type(bias) is not cupy_array or bias.strides != entry.bias_strides):
             return self.MISS
         if out is None:
             out = entry.new_output()
@@ -255,30 +261,30 @@ class _FastCalls:
         slots[_launch.X_POINTER_SLOT] = x_ptr
         slots[_launch.Y_POINTER_SLOT] = out.data.ptr
         if bias is not None:
-            if type(bias) is not cupy_array or bias.strides != entry.bias_strides:
-                return self.MISS
             slots[_launch.BIAS_POINTER_SLOT] = bias.data.ptr
         entry.launch()
         return out
 
-    def remember(self, A, X, bias, given_out, out, stream, split_k, x_layout, launch) -> None:
-        """Keep the launch of a call that just passed every check (``out``: its output, ``given_out``: what the
-        caller passed, None included) under the key of its arguments."""
-        try:
-            key = self._key(A, X, bias, given_out, stream, split_k, x_layout)
-        except TypeError:  # an unhashable stream object, say: such calls keep taking the full path
+    def remember(self, A, X, bias, given_out, out, stream, split_k, x_layout, prepare) -> None:
+        """Keep the launch (``prepare()`` packs it) of a call that just passed every check under the key of its
+        arguments (``out``: its output, ``given_out``: what the caller passed, None included). Only calls whose X,
+        output and bias are all CuPy arrays can ever hit (``run`` re-checks their types): nothing else is packed."""
+        if any(a is not None and _kind(a) != "cupy" for a in (X, bias, given_out)):
             return
-        entries = self._entries()
-        if len(entries) >= self._MAX_ENTRIES:
-            entries.pop(next(iter(entries)))  # the oldest
-        entries[key] = _FastEntry(A, X, bias, out, launch)
+        try:
+            key = self._key(X, bias, given_out, stream, split_k, x_layout)
+        except (AttributeError, TypeError):
+            return
+        calls = self._by_matrix().setdefault(A, {})
+        if key not in calls and len(calls) >= self._PER_MATRIX:
+            calls.pop(next(iter(calls)))
+        calls[key] = _FastEntry(X, bias, out, prepare())
 
 
 class _FastEntry:
     """One remembered launch (see ``_FastCalls``)."""
 
-    def __init__(self, A, X, bias, out, launch):
-        self.matrix = weakref.ref(A)
+    def __init__(self, X, bias, out, launch):
         self.cupy_array = type(X)
         self.x_strides = X.strides
         self.out_strides = out.strides
@@ -286,7 +292,7 @@ class _FastEntry:
         self.out_shape, self.out_dtype = out.shape, out.dtype
         self.slots = launch.slots  # the launch's own parameter block, as 8-byte slots
         # X's and the output's pointers are written before every launch, and A's arrays live as long as A (the
-        # entry is dead without it): the entry keeps no array of the first call alive.
+        # entry goes with it): the entry keeps no array of the first call alive.
         launch.keep_alive = launch.keep_alive[0]
         self.launch = launch
 
