@@ -3,34 +3,15 @@ with and without a caller's output), a ``Prepared`` call, and CuPy's cuBLAS matm
 
     python bench/launch_cost.py
 
-4096 x 4096 at 80 %, N = 16, fp16. The calls are queued behind a spin kernel of about 0.2 s, so the GPU never
-pushes back on the host while they are timed: this is host time alone, not kernel time.
+4096 x 4096 at 80 %, N = 16, fp16. The calls are queued behind a spin kernel (``dev_kernel.launch_cost``), so the
+GPU never pushes back on the host while they are timed: this is host time alone, not kernel time.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
-
-SPIN = 'extern "C" __global__ void spin(long long c) { long long s = clock64(); while (clock64() - s < c) {} }'
-
-
-def host_us(call, spin, reps: int = 200) -> float:
-    """Microseconds of host time per call, the calls queued behind the spin kernel."""
-    import cupy as cp
-
-    for _ in range(50):
-        call()
-    cp.cuda.Device().synchronize()
-    spin((1,), (1,), (np.int64(400_000_000),))
-    start = time.perf_counter()
-    for _ in range(reps):
-        call()
-    host = (time.perf_counter() - start) / reps * 1e6
-    cp.cuda.Device().synchronize()
-    return host
 
 
 def main() -> int:
@@ -41,7 +22,13 @@ def main() -> int:
     except Exception as exc:  # no CUDA device: nothing to time
         print(f"launch_cost: no GPU ({type(exc).__name__}); host launch cost is only meaningful on one")
         return 0
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from dev_kernel import launch_cost
+
     import flashllm_nb as fl
+
+    def host_us(call):
+        return launch_cost(call) * 1e6
 
     rng = np.random.default_rng(0)
     W = rng.standard_normal((4096, 4096)).astype(np.float16)
@@ -51,12 +38,11 @@ def main() -> int:
     X = cp.asarray(rng.standard_normal((16, 4096)).astype(np.float16))
     Y = fl.linear(X, A)
     P = fl.prepare_linear(X, A, out=Y)
-    spin = cp.RawKernel(SPIN, "spin")
     print(f"{cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}: host time per call, 4096 x 4096 at 80 %, N = 16")
-    print(f"  linear(X, A, out=Y): {host_us(lambda: fl.linear(X, A, out=Y), spin):.1f} us")
-    print(f"  linear(X, A) (allocates Y): {host_us(lambda: fl.linear(X, A), spin):.1f} us")
-    print(f"  P() with P = prepare_linear(X, A, out=Y): {host_us(P, spin):.1f} us")
-    print(f"  cupy.matmul(X, W.T, out=Y) (cuBLAS, for scale): {host_us(lambda: cp.matmul(X, W_dense.T, out=Y), spin):.1f} us")
+    print(f"  linear(X, A, out=Y): {host_us(lambda: fl.linear(X, A, out=Y)):.1f} us")
+    print(f"  linear(X, A) (allocates Y): {host_us(lambda: fl.linear(X, A)):.1f} us")
+    print(f"  P() with P = prepare_linear(X, A, out=Y): {host_us(P):.1f} us")
+    print(f"  cupy.matmul(X, W.T, out=Y) (cuBLAS, for scale): {host_us(lambda: cp.matmul(X, W_dense.T, out=Y)):.1f} us")
     return 0
 
 
