@@ -149,12 +149,12 @@ def find_ptxas() -> tuple[str | None, str | None]:
     return None, "no ptxas: neither nvidia/cu13/bin nor nvidia/cuda_nvcc/bin in site-packages, nor on PATH"
 
 
-def run_ptxas(ptxas: str, ptx: str, cc: tuple[int, int]) -> PtxasReport:
+def run_ptxas(ptxas: str, ptx: str, cc: tuple) -> PtxasReport:
     """Assemble ``ptx`` for ``sm_{cc}`` with ``ptxas -v`` and read registers, spills and stack from its log."""
     with tempfile.TemporaryDirectory(prefix="flashllm_ptxas_") as tmp:
         source = Path(tmp, "kernel.ptx")
         source.write_text(ptx)
-        arch = f"-arch=sm_{cc[0]}{cc[1]}"
+        arch = f"-arch=sm_{cc[0]}{cc[1]}{cc[2] if len(cc) > 2 else ''}"  # (9, 0, "a"): sm_90a
         done = subprocess.run(
             [ptxas, "-v", arch, str(source), "-o", str(Path(tmp, "kernel.cubin"))], capture_output=True, text=True
         )

@@ -21,7 +21,7 @@ from numba import cuda
 
 import flashllm_nb.reference.fragments as fr
 from flashllm_nb.kernels import ptx
-from flashllm_nb.kernels.ptx import SHARED_ALIGN
+from flashllm_nb.kernels.ptx import SHARED_ALIGN, WGMMA_SHARED_ALIGN
 
 WAIT_GROUPS = 1  # a Python int global is a compile-time literal for cp_async_wait_group
 
@@ -176,6 +176,49 @@ def gemm_kernel(a, b, d):
     d[g + 8, warp * 8 + 2 * t + 1] = d3
 
 
+WGMMA_K = 64  # four k16 steps of accumulation
+WGMMA_SMEM_U16 = 2 * 64 * WGMMA_K  # A (64 rows) then B (up to 64 rows), 128-byte rows
+
+
+def _wgmma_kernel(wgmma, n):
+    count = n // 2
+
+    def kernel(memory, c, d):
+        """One warpgroup: shared = memory (A's 64 rows, then B's n rows, 128-byte swizzled as the host laid them
+        out); acc = c[thread]; four wgmma k16 steps along the rows; d[thread] = acc."""
+        tid = cuda.threadIdx.x
+        smem = cuda.shared.array(WGMMA_SMEM_U16, np.uint16, alignment=WGMMA_SHARED_ALIGN)
+        acc = cuda.local.array(count, np.float32)
+        for i in range(tid, WGMMA_SMEM_U16, 128):
+            smem[i] = memory[i]
+        for i in range(count):
+            acc[i] = c[tid, i]
+        ptx.fence_proxy_async_shared()  # the plain stores above, visible to the Tensor Cores' reads
+        cuda.syncthreads()
+        ptx.wgmma_fence()
+        for ks in range(WGMMA_K // 16):
+            wgmma(smem, ks * 16, 64 * WGMMA_K + ks * 16, acc, 0)
+        ptx.wgmma_commit_group()
+        ptx.wgmma_wait_group(0, acc, count)
+        for i in range(count):
+            d[tid, i] = acc[i]
+
+    return kernel
+
+
+_WGMMA_INSTRUCTIONS = {
+    (8, "f16"): ptx.wgmma_m64n8k16_f16,
+    (16, "f16"): ptx.wgmma_m64n16k16_f16,
+    (32, "f16"): ptx.wgmma_m64n32k16_f16,
+    (64, "f16"): ptx.wgmma_m64n64k16_f16,
+    (8, "bf16"): ptx.wgmma_m64n8k16_bf16,
+    (16, "bf16"): ptx.wgmma_m64n16k16_bf16,
+    (32, "bf16"): ptx.wgmma_m64n32k16_bf16,
+    (64, "bf16"): ptx.wgmma_m64n64k16_bf16,
+}
+WGMMA = {(n, ab): _wgmma_kernel(wgmma, n) for (n, ab), wgmma in _WGMMA_INSTRUCTIONS.items()}
+
+
 def docstring_example() -> str:
     """The example of ``flashllm_nb.kernels.ptx``'s docstring, as source."""
     block = ptx.__doc__.split("Example: ", 1)[1].split("::\n\n", 1)[1].split("\n\nThe API", 1)[0]
@@ -245,8 +288,30 @@ KERNELS = {
 }
 
 
+# Compiled for sm_90a only (wgmma does not exist before it).
+WGMMA_KERNELS = {
+    f"wgmma_m64n{n}k16_{ab}": (
+        WGMMA[n, ab],
+        f"void(uint16[::1], {_F32_2D}, {_F32_2D})",
+        [
+            f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ab}.{ab}",
+            "wgmma.fence.sync.aligned",
+            "wgmma.commit_group.sync.aligned",
+            "wgmma.wait_group.sync.aligned 0",
+            "fence.proxy.async.shared::cta",
+            ".shared .align 1024",
+        ],
+    )
+    for n, ab in WGMMA
+}
+
+
 def kernel(name: str):
-    """The ``ptx_compile_worker`` factory: ``(function, signature)`` of ``KERNELS[name]`` or the docstring example."""
+    """The ``ptx_compile_worker`` factory: ``(function, signature)`` of ``KERNELS[name]``, ``WGMMA_KERNELS[name]``
+    or the docstring example."""
+    if name in WGMMA_KERNELS:
+        function, signature, _ = WGMMA_KERNELS[name]
+        return function, signature
     if name == "docstring_example":
         return docstring_example_kernel(), "void(float16[:, ::1], float16[:, ::1], float32[:, ::1])"
     function, signature, _ = KERNELS[name]
@@ -516,6 +581,41 @@ def check_gemm(seed: int) -> None:
     launch(gemm_kernel, a, b, d, threads=128)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     assert_within(d, a64 @ b64, fr.mma_error_bound(a64, b64, np.zeros((16, 32))), "gemm vs A @ B")
+
+
+def sw128_layout(rows) -> np.ndarray:
+    """Flat uint16 index of element (r, c) of a rows x 64 K-major operand: chunk c // 8 XOR r % 8 (128-byte
+    swizzle), which is also the Tiled-CSL position of (r, c) in an A tile."""
+    r, c = np.meshgrid(np.arange(rows), np.arange(64), indexing="ij")
+    return r * 64 + ((c // 8) ^ (r % 8)) * 8 + c % 8
+
+
+def check_wgmma(n: int, dtype: str, seed: int) -> None:
+    """D = A (64 x 64) @ B (64 x n) + C in four k16 steps, operands laid out in shared memory with the 128-byte
+    swizzle: within the fp32 bound of float64 NumPy, and of the emulator reading the same memory."""
+    rng = np.random.default_rng(seed)
+    a = random_bits16(rng, (64, WGMMA_K), dtype)
+    b_t = random_bits16(rng, (n, WGMMA_K), dtype)  # B stored K-major: row n holds B[:, n]
+    memory = np.zeros(WGMMA_SMEM_U16, np.uint16)
+    memory[sw128_layout(64)] = a
+    memory[64 * WGMMA_K + sw128_layout(n)] = b_t
+    table = fr.wgmma_d_fragment(n)
+    c = rng.standard_normal((64, n)).astype(np.float32)
+    c_regs = np.ascontiguousarray(c[table[..., 0], table[..., 1]])
+    d_regs = np.zeros_like(c_regs)
+    launch(WGMMA[n, dtype], memory, c_regs, d_regs, threads=128)
+    d = np.empty((64, n), np.float32)
+    d[table[..., 0], table[..., 1]] = d_regs
+    a64, b64 = fr.decode16(a, dtype), fr.decode16(b_t, dtype).T
+    bound = fr.mma_error_bound(a64, b64, c)
+    assert_within(d, a64 @ b64 + c, bound, f"wgmma m64n{n}k16 {dtype} vs A @ B + C")
+    emulated = c_regs
+    for ks in range(WGMMA_K // 16):
+        emulated = fr.wgmma_m64nNk16(fr.sw128_k_major_operand(memory, 32 * ks, 64),
+                                     fr.sw128_k_major_operand(memory, 2 * 64 * WGMMA_K + 32 * ks, n), emulated, dtype)
+    em = np.empty((64, n), np.float64)
+    em[table[..., 0], table[..., 1]] = emulated
+    assert_within(d, em, 2 * bound, f"wgmma m64n{n}k16 {dtype} vs the emulator")
 
 
 def run_docstring_example() -> None:

@@ -195,3 +195,56 @@ def test_wrong_shapes_are_named():
         fr.mma_m16n8k16(np.zeros((32, 2), np.uint32), np.zeros((32, 2), np.uint32), np.zeros((32, 4)), "f16")
     with pytest.raises(TypeError, match="16-bit"):
         fr.fragment_a_from_matrix(np.zeros((16, 16), np.float32))
+
+
+# --- wgmma: the accumulator layout and the 128-byte swizzle --------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [8, 16, 24, 64, 256])
+def test_wgmma_d_fragment_holds_every_element_once(n):
+    table = fr.wgmma_d_fragment(n)
+    assert table.shape == (fr.WARPGROUP, n // 2, 2)
+    held = np.zeros((64, n), int)
+    np.add.at(held, (table[..., 0], table[..., 1]), 1)
+    assert (held == 1).all()
+    # The figure's spot values: thread 0 starts at D[0, 0..1], rows 8 below in registers 2-3; warp 1 at row 16;
+    # lane 5 (g = 1, t = 1) at D[1, 2]; register 4 is the next n8 block.
+    assert table[0, :4].tolist() == [[0, 0], [0, 1], [8, 0], [8, 1]]
+    assert table[32, 0].tolist() == [16, 0] and table[5, 0].tolist() == [1, 2]
+    if n >= 16:
+        assert table[0, 4].tolist() == [0, 8]
+
+
+def test_sw128_operand_reads_the_tiled_csl_positions():
+    """A K-major operand laid out at position r * 64 + ((c // 8) ^ (r % 8)) * 8 + c % 8 (the format's swizzle) reads
+    back as the matrix, k16 step ks starting 32 bytes further, the second m64 half 8192 bytes further."""
+    rng = np.random.default_rng(0)
+    matrix = rng.integers(0, 1 << 16, (128, 64), dtype=np.uint16)
+    r, c = np.meshgrid(np.arange(128), np.arange(64), indexing="ij")
+    memory = np.zeros(128 * 64, np.uint16)
+    memory[r * 64 + ((c // 8) ^ (r % 8)) * 8 + c % 8] = matrix
+    for half in range(2):
+        for ks in range(4):
+            got = fr.sw128_k_major_operand(memory, half * 8192 + 32 * ks, 64)
+            np.testing.assert_array_equal(got, matrix[64 * half:64 * half + 64, 16 * ks:16 * ks + 16])
+
+
+def test_sw128_operand_refuses_a_misaligned_or_outside_start():
+    memory = np.zeros(64 * 64, np.uint16)
+    with pytest.raises(ValueError, match="byte_offset"):
+        fr.sw128_k_major_operand(memory, 8, 64)
+    with pytest.raises(ValueError, match="byte_offset"):
+        fr.sw128_k_major_operand(memory, 32, 72)
+
+
+@given(st.data(), st.sampled_from(["f16", "bf16"]), st.sampled_from([8, 16, 40]))
+def test_wgmma_is_a_times_b_plus_c(data, dtype, n):
+    a_bits = _matrix(data.draw, (64, 16), dtype)
+    b_t_bits = _matrix(data.draw, (n, 16), dtype)
+    c = data.draw(arrays(np.float32, (64, n), elements=st.floats(-1e6, 1e6, width=32)))
+    table = fr.wgmma_d_fragment(n)
+    d_regs = fr.wgmma_m64nNk16(a_bits, b_t_bits, c[table[..., 0], table[..., 1]], dtype)
+    d = np.empty((64, n), np.float64)
+    d[table[..., 0], table[..., 1]] = d_regs
+    a, b = fr.decode16(a_bits, dtype), fr.decode16(b_t_bits, dtype).T
+    assert (np.abs(d - (a @ b + c)) <= fr.mma_error_bound(a, b, c)).all()

@@ -30,6 +30,35 @@ def compiled():
     return {(r.config["name"], r.cc): r for r in results}
 
 
+WGMMA_CC = (9, 0, "a")
+
+
+@pytest.fixture(scope="session")
+def compiled_wgmma():
+    results = compile_ptx_in_subprocess("ptx_kernels", "kernel", [{"name": n} for n in sorted(pk.WGMMA_KERNELS)],
+                                        [WGMMA_CC])
+    return {r.config["name"]: r for r in results}
+
+
+@pytest.mark.parametrize("name", sorted(pk.WGMMA_KERNELS))
+def test_wgmma_compiles_for_sm90a_without_spills(compiled_wgmma, name):
+    result = compiled_wgmma[name]
+    assert result.error is None, result.error
+    assert ".target sm_90a" in result.ptx
+    for text in pk.WGMMA_KERNELS[name][2]:
+        assert text in result.ptx, f"{text!r} missing from the PTX of {name}"
+    # Program order survives: fence, barrier, wgmma fence, the four products, commit, wait.
+    order = ["fence.proxy.async.shared::cta", "bar.sync", "wgmma.fence", "wgmma.mma_async", "wgmma.commit_group",
+             "wgmma.wait_group"]
+    positions = [result.ptx.index(word) for word in order]
+    assert positions == sorted(positions), order
+    assert result.ptx.count("wgmma.mma_async") == 4
+    if result.ptxas is None:
+        pytest.skip(result.ptxas_skipped)
+    assert result.ptxas.returncode == 0, result.ptxas.log
+    assert result.ptxas.spill_bytes == 0 and result.ptxas.stack_frame == 0, result.ptxas.log
+
+
 @pytest.fixture(scope="session")
 def typing_errors():
     results = compile_ptx_in_subprocess(
@@ -102,7 +131,7 @@ def test_typing_errors_name_the_instruction(typing_errors, case):
 def test_every_wrapper_is_compiled_by_some_test_kernel():
     source = Path(pk.__file__).read_text()
     exported = _all_of(Path(ptx.__file__).with_name("ptx_asm.py"))
-    assert set(exported) == set(ptx.__all__) - {"SIMULATOR", "SHARED_ALIGN"}
+    assert set(exported) == set(ptx.__all__) - {"SIMULATOR", "SHARED_ALIGN", "WGMMA_SHARED_ALIGN"}
     assert [name for name in exported if not re.search(rf"ptx\.{name}\b", source)] == []
 
 

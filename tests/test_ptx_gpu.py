@@ -3,8 +3,9 @@ emulator ``flashllm_nb.reference.fragments`` on the same inputs: the same checks
 tests, over more seeds and every 16-bit pattern.
 
 What only the hardware can tell, and these tests pin down: the fragment layouts of ``mma`` and ``ldmatrix`` (bit for
-bit against the emulator), ``cp.async``'s ``src_bytes`` zero-fill, the 32-bit ``.shared`` addressing, and
-``cvt``'s rounding, overflow and NaN behaviour.
+bit against the emulator), ``wgmma``'s descriptor, 128-byte swizzle and accumulator layout (on sm_90),
+``cp.async``'s ``src_bytes`` zero-fill, the 32-bit ``.shared`` addressing, and ``cvt``'s rounding, overflow and NaN
+behaviour.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ SEEDS = range(8)
 
 
 def test_the_intrinsics_are_bound():
-    assert not ptx.SIMULATOR and ptx.SHARED_ALIGN == 16
+    assert not ptx.SIMULATOR and ptx.SHARED_ALIGN == 16 and ptx.WGMMA_SHARED_ALIGN == 1024
 
 
 def test_docstring_example():
@@ -84,3 +85,15 @@ def test_16_bits_to_f32_for_every_pattern(kind):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_four_warps_accumulate(seed):
     pk.check_gemm(seed)
+
+
+@pytest.mark.parametrize("n", [8, 16, 32, 64])
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_wgmma(n, dtype, seed):
+    from numba import cuda
+
+    if cuda.get_current_device().compute_capability[0] != 9:
+        pytest.skip("wgmma exists only on sm_90 (Hopper); this GPU is "
+                    f"sm_{''.join(map(str, cuda.get_current_device().compute_capability))}")
+    pk.check_wgmma(n, dtype, seed)

@@ -23,7 +23,8 @@ SEEDS = [0, 1]
 
 def test_the_twins_are_bound_and_complete():
     assert ptx.SIMULATOR and ptx.SHARED_ALIGN is None
-    assert set(ptx_sim.__all__) == set(ptx.__all__) - {"SIMULATOR", "SHARED_ALIGN"}
+    assert ptx.WGMMA_SHARED_ALIGN is None
+    assert set(ptx_sim.__all__) == set(ptx.__all__) - {"SIMULATOR", "SHARED_ALIGN", "WGMMA_SHARED_ALIGN"}
     for name in ptx_sim.__all__:
         assert getattr(ptx, name) is getattr(ptx_sim, name)
 
@@ -201,6 +202,19 @@ def _half_warp_returns(out):
 def test_lanes_that_exited_are_reported_not_hung():
     with pytest.raises(RuntimeError, match=r"lanes \[16, .*31\] have exited"):
         _half_warp_returns[1, 32](np.zeros(32, np.uint32))
+
+
+@pytest.mark.parametrize("n", [8, 16, 32, 64])
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_wgmma(n, dtype):
+    """Four warps meet at one warpgroup rendezvous per wgmma, four times in a row."""
+    pk.check_wgmma(n, dtype, seed=n)
+
+
+def test_a_partial_warpgroup_is_refused():
+    memory, c, d = np.zeros(pk.WGMMA_SMEM_U16, np.uint16), np.zeros((64, 8), np.float32), np.zeros((64, 8), np.float32)
+    with pytest.raises(RuntimeError, match=r"needs all 128 threads of a warpgroup \(4 warps\), but a block of 64"):
+        pk.launch(pk.WGMMA[16, "f16"], memory, c, d, threads=64)
 
 
 def test_a_partial_warp_is_refused():

@@ -1,7 +1,7 @@
-"""Every SpMM kernel configuration the launcher can pick, compiled to PTX for sm_80 and sm_90 and assembled by
-``ptxas -v`` without a GPU: it must contain the Tensor-Core and async-copy instructions it is built on, and use
-no local memory (no spills, no stack frame: an accumulator array that Numba failed to keep in registers shows up
-here as a stack frame).
+"""Every SpMM kernel configuration the launcher can pick, compiled to PTX for sm_80 and sm_90 (the ``mma.sync``
+family) or sm_90a (the ``wgmma`` family, Hopper only) and assembled by ``ptxas -v`` without a GPU: it must contain
+the Tensor-Core and async-copy instructions it is built on, and use no local memory (no spills, no stack frame: an
+accumulator array that Numba failed to keep in registers shows up here as a stack frame).
 
 The registers and shared memory of each configuration are printed (``pytest -s``) and recorded in
 ``bench/RESULTS.md``.
@@ -24,6 +24,21 @@ CONFIGS = [
     dict(tile_n=t, dtype=d, x_layout=layout, splits=s, warps=DEFAULT_WARPS)
     for t, d, layout, s in itertools.product(TILE_N_CHOICES, ("float16", "bfloat16"), ("nk", "kn"), (False, True))
 ]
+# wgmma exists only on sm_90a, and only for "nk" activations (both operands K-major) and one warpgroup per block.
+WGMMA_CC = (9, 0, "a")
+WGMMA_CONFIGS = [
+    dict(tile_n=t, dtype=d, x_layout="nk", splits=s, warps=4, mma="wgmma")
+    for t, d, s in itertools.product(TILE_N_CHOICES, ("float16", "bfloat16"), (False, True))
+]
+WGMMA_INSTRUCTIONS = [
+    "wgmma.fence.sync.aligned",
+    "wgmma.commit_group.sync.aligned",
+    "wgmma.wait_group.sync.aligned 0",
+    "fence.proxy.async.shared::cta",
+    "cp.async.cg.shared.global",
+    "cp.async.commit_group",
+    "cp.async.wait_group",
+]
 INSTRUCTIONS = [
     "mma.sync.aligned.m16n8k16.row.col.f32",
     "ldmatrix.sync.aligned.m8n8",
@@ -36,11 +51,23 @@ INSTRUCTIONS = [
 @pytest.fixture(scope="module")
 def compiled():
     results = compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", CONFIGS, CCS)
-    return {(tuple(sorted(r.config.items())), r.cc): r for r in results}
+    results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", WGMMA_CONFIGS, [WGMMA_CC])
+    return {(tuple(sorted(r.config.items())), tuple(r.cc)): r for r in results}
 
 
 def _id(config, cc):
-    return f"n{config['tile_n']}-{config['dtype']}-{config['x_layout']}-{'split' if config['splits'] else 'whole'}-sm{cc[0]}{cc[1]}"
+    return (f"n{config['tile_n']}-{config['dtype']}-{config['x_layout']}-{'split' if config['splits'] else 'whole'}"
+            f"-{config.get('mma', 'sync')}-sm{''.join(str(c) for c in cc)}")
+
+
+def _assembled_without_local_memory(result, config, cc):
+    if result.ptxas is None:
+        pytest.skip(result.ptxas_skipped)
+    report = result.ptxas
+    assert report.returncode == 0, report.log
+    assert report.spill_bytes == 0, report.log
+    assert report.stack_frame == 0, f"{_id(config, cc)} keeps {report.stack_frame} bytes in local memory\n{report.log}"
+    print(f"{_id(config, cc)}: {report.registers} registers")
 
 
 @pytest.mark.parametrize("config,cc", [(c, cc) for c in CONFIGS for cc in CCS],
@@ -54,10 +81,21 @@ def test_configuration_compiles_to_tensor_core_code_without_local_memory(compile
     assert f"m16n8k16.row.col.f32.{mma_type}.{mma_type}.f32" in result.ptx
     if config["x_layout"] == "kn":
         assert "ldmatrix.sync.aligned.m8n8" in result.ptx and ".trans" in result.ptx
-    if result.ptxas is None:
-        pytest.skip(result.ptxas_skipped)
-    report = result.ptxas
-    assert report.returncode == 0, report.log
-    assert report.spill_bytes == 0, report.log
-    assert report.stack_frame == 0, f"{_id(config, cc)} keeps {report.stack_frame} bytes in local memory\n{report.log}"
-    print(f"{_id(config, cc)}: {report.registers} registers")
+    assert "wgmma" not in result.ptx and "fence.proxy.async" not in result.ptx
+    _assembled_without_local_memory(result, config, cc)
+
+
+@pytest.mark.parametrize("config", WGMMA_CONFIGS, ids=[_id(c, WGMMA_CC) for c in WGMMA_CONFIGS])
+def test_wgmma_configuration_compiles_for_sm90a_without_local_memory(compiled, config):
+    result = compiled[(tuple(sorted(config.items())), WGMMA_CC)]
+    assert result.error is None, result.error
+    assert ".target sm_90a" in result.ptx
+    for instruction in WGMMA_INSTRUCTIONS:
+        assert instruction in result.ptx, f"{instruction} missing from {_id(config, WGMMA_CC)}"
+    mma_type = "bf16" if config["dtype"] == "bfloat16" else "f16"
+    products = result.ptx.count(f"wgmma.mma_async.sync.aligned.m64n{config['tile_n']}k16.f32.{mma_type}.{mma_type} ")
+    # 4 k16 steps x 2 m64 halves per k-tile, and the main loop is unrolled by two k-tiles.
+    assert products == 2 * 8, f"{products} wgmma in the main loop, expected 2 k-tiles x 4 k16 steps x 2 m64 halves"
+    # The operands are read by the Tensor Cores from shared memory: no ldmatrix, no mma.sync.
+    assert "ldmatrix" not in result.ptx and "mma.sync" not in result.ptx
+    _assembled_without_local_memory(result, config, WGMMA_CC)

@@ -3,6 +3,8 @@
 Everything here is decided from the shape, the dtype and the device, never from a hand-made table:
 
 * ``tile_n`` is the smallest of 8/16/32/64 that covers N (N > 64 is cut into 64-wide column blocks);
+* the Tensor-Core instruction: ``wgmma`` on Hopper (compute capability 9.x) for ``linear`` ("nk" activations),
+  ``mma.sync`` everywhere else (the simulator plays a Hopper GPU, so CI runs the kernels Hopper users get);
 * split-K: from the SM count and the blocks per SM the driver's occupancy calculator allows for this kernel's
   registers and shared memory, ``choose_splits`` picks the factor with the fewest estimated k-tile steps on the
   busiest SM, counting partly filled waves and each block's fixed cost.
@@ -20,7 +22,14 @@ import numpy as np
 
 from flashllm_nb._runtime import cuda_driver
 from flashllm_nb.kernels import ptx
-from flashllm_nb.kernels.spmm_tiled_csl import TILE_M, TILE_N_CHOICES, SpmmConfig, build_kernel, kernel_signature
+from flashllm_nb.kernels.spmm_tiled_csl import (
+    MMA_CHOICES,
+    TILE_M,
+    TILE_N_CHOICES,
+    SpmmConfig,
+    build_kernel,
+    kernel_signature,
+)
 
 __all__ = ["Plan", "PreparedLaunch", "plan", "launch", "prepare"]
 
@@ -29,6 +38,7 @@ DEFAULT_WARPS = 4  # warps per block (SpmmConfig.warps): 4 measured 0.98x of cuB
 PROLOGUE_TILES = 2  # a block's fixed cost (offsets, pipeline fill, epilogue) in k-tiles' worth of time
 # What the simulator pretends the device is, so that split-K is exercised on the small shapes tests use.
 _SIMULATED_SMS = 4
+_SIMULATED_CC = (9, 0)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,21 @@ def _sm_count() -> int:
     return cuda.get_current_device().MULTIPROCESSOR_COUNT
 
 
+@functools.cache
+def _compute_capability() -> tuple[int, int]:
+    if ptx.SIMULATOR:
+        return _SIMULATED_CC
+    from numba import cuda
+
+    return tuple(cuda.get_current_device().compute_capability)
+
+
+def mma_for(x_layout: str) -> str:
+    """The Tensor-Core instruction for this device: ``"wgmma"`` where it exists (sm_90) and the operands allow it
+    ("nk": both K-major), else ``"sync"``."""
+    return "wgmma" if x_layout == "nk" and _compute_capability()[0] == 9 else "sync"
+
+
 def choose_splits(blocks: int, k_tiles: int, slots: int) -> int:
     """The split-K factor with the least estimated time.
 
@@ -79,20 +104,26 @@ def choose_splits(blocks: int, k_tiles: int, slots: int) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None = None) -> Plan:
-    """Pick the configuration and grid for an (m x k) @ (k x n) product."""
+def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None = None, mma: str | None = None) -> Plan:
+    """Pick the configuration and grid for an (m x k) @ (k x n) product. ``split_k`` and ``mma`` (one of
+    ``MMA_CHOICES``) override the choice, for benchmarks and tests."""
     tile_n = tile_n_for(n)
     tile_rows = -(-m // TILE_M)
     n_blocks = -(-n // tile_n)
     k_tiles = -(-k // 64)
-    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=DEFAULT_WARPS)
+    if mma is None:
+        mma = mma_for(x_layout)
+    elif mma not in MMA_CHOICES:
+        raise ValueError(f"Invalid mma: expected one of {MMA_CHOICES} or None, got {mma!r}")
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=DEFAULT_WARPS, mma=mma)
     if split_k is None:
         resident = 1 if ptx.SIMULATOR else _compiled(config).blocks_per_sm(config.shared_bytes(k_tiles))
         split_k = choose_splits(tile_rows * n_blocks, k_tiles, _sm_count() * max(resident, 1))
     split_k = max(1, min(split_k, k_tiles))
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
-    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=DEFAULT_WARPS)
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=DEFAULT_WARPS,
+                        mma=mma)
     return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
 
 

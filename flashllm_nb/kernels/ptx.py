@@ -70,7 +70,16 @@ The API (every index is a flat element index into a C-contiguous array; ``g = la
 ``unpack_u16x2(x) -> (lo, hi)``                 ``mov.b32 {lo, hi}, x`` (uint16 each)
 ``f32_to_f16_bits(x)``, ``f32_to_bf16_bits``    ``cvt.rn.f16.f32``, ``cvt.rn.bf16.f32`` -> uint16
 ``f16_bits_to_f32(b)``, ``bf16_bits_to_f32``    ``cvt.f32.f16``; bf16 bits << 16 -> float32
+``wgmma_m64n{8,16,32,64}k16_{f16,bf16}``         ``wgmma.mma_async.sync.aligned.m64nNk16.f32.{ab}.{ab}`` (sm_90a):
+``(arr, a_index, b_index, acc, acc_offset)``    ``acc[acc_offset:+N/2] += A @ B``, K-major 128-byte-swizzled
+                                                operands in ``arr``; one warpgroup (128 threads)
+``wgmma_fence()``, ``wgmma_commit_group()``     ``wgmma.fence.sync.aligned``, ``wgmma.commit_group.sync.aligned``
+``wgmma_wait_group(n, acc, count)``             ``wgmma.wait_group.sync.aligned n``; ``acc[:count]`` pass through
+``fence_proxy_async_shared()``                  ``fence.proxy.async.shared::cta``: shared writes -> async proxy
 ==============================================  =================================================================
+
+``WGMMA_SHARED_ALIGN`` is the ``alignment=`` of a shared array that wgmma reads (1024 on a GPU, ``None`` in the
+simulator, whose byte offset 0 stands for a 1024-byte aligned address).
 
 Simulator notes: ``cuda.syncwarp`` does not exist there (use ``cuda.syncthreads``); every lane of a warp must reach
 each warp-collective call (as on the GPU; a lane stuck elsewhere is reported, not left to hang), and a block's
@@ -89,11 +98,13 @@ if SIMULATOR:
     from flashllm_nb.kernels.ptx_sim import *  # noqa: F401,F403  (the Python twins)
 
     SHARED_ALIGN = None
+    WGMMA_SHARED_ALIGN = None
 else:
     from flashllm_nb.kernels import ptx_asm as _bound
     from flashllm_nb.kernels.ptx_asm import *  # noqa: F401,F403  (the inline-PTX intrinsics)
 
     SHARED_ALIGN = 16
+    WGMMA_SHARED_ALIGN = 1024  # wgmma's 128-byte swizzle repeats every 1024 bytes of address
 
 # The two implementations export the same names (ptx_asm.__all__ and ptx_sim.__all__ list them).
-__all__ = ["SIMULATOR", "SHARED_ALIGN", *_bound.__all__]
+__all__ = ["SIMULATOR", "SHARED_ALIGN", "WGMMA_SHARED_ALIGN", *_bound.__all__]

@@ -8,6 +8,9 @@ a block's threads at once, blocks one after another) and knows nothing of warps.
 - a warp-collective instruction (``mma``, ``ldmatrix``) gathers the 32 lanes of its warp at a rendezvous keyed by
   (block, ``thread_id // 32``); the last lane to arrive runs the lane-level emulator
   :mod:`flashllm_nb.reference.fragments` once for the whole warp, and every lane takes its own result;
+- ``wgmma`` gathers the 128 threads of its warpgroup the same way, reads both operands from the shared array
+  through the 128-byte swizzle and adds the product to the accumulators at once: the twin is synchronous, so
+  ``wgmma.fence``, ``commit_group``, ``wait_group`` and ``fence.proxy.async`` have nothing to do;
 - ``cp.async`` is a synchronous copy, so ``commit_group`` and ``wait_group`` have nothing to do;
 - everything else is element-wise NumPy on the bit patterns.
 
@@ -25,7 +28,14 @@ import numpy as np
 from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray, FakeWithinKernelCUDAArray
 from numba.cuda.simulator.kernel import BlockThread
 
-from flashllm_nb.reference.fragments import WARP, ldmatrix, mma_m16n8k16
+from flashllm_nb.reference.fragments import (
+    WARP,
+    WARPGROUP,
+    ldmatrix,
+    mma_m16n8k16,
+    sw128_k_major_operand,
+    wgmma_m64nNk16,
+)
 
 __all__ = [
     "shared_addr",
@@ -49,6 +59,18 @@ __all__ = [
     "f32_to_bf16_bits",
     "f16_bits_to_f32",
     "bf16_bits_to_f32",
+    "wgmma_m64n8k16_f16",
+    "wgmma_m64n16k16_f16",
+    "wgmma_m64n32k16_f16",
+    "wgmma_m64n64k16_f16",
+    "wgmma_m64n8k16_bf16",
+    "wgmma_m64n16k16_bf16",
+    "wgmma_m64n32k16_bf16",
+    "wgmma_m64n64k16_bf16",
+    "wgmma_fence",
+    "wgmma_commit_group",
+    "wgmma_wait_group",
+    "fence_proxy_async_shared",
 ]
 
 
@@ -112,15 +134,17 @@ _POLL_S = 0.25  # how often a waiting lane checks that its warp can still arrive
 _GONE_S = 2.0  # a missing lane with no live thread for this long has exited (threads start within milliseconds)
 
 
-class _WarpRendezvous:
-    """Where the 32 lanes of one simulated warp meet at each warp-collective instruction.
+class _Rendezvous:
+    """Where the threads of one simulated warp (32) or warpgroup (128) meet at each collective instruction.
 
     Reusable by construction: a generation counter tells a waiting lane that its round is over, and the next round
     cannot complete (and overwrite the results) before every lane, the slowest included, has come back for it.
     """
 
-    def __init__(self, warp: int):
-        self._warp = warp
+    def __init__(self, group: int, size: int):
+        self._group = group
+        self._size = size
+        self._name = f"{'warp' if size == WARP else 'warpgroup'} {group}"
         self._condition = threading.Condition()
         self._generation = 0
         self._arrived: dict[int, tuple] = {}  # lane -> (instruction, args, compute)
@@ -130,7 +154,7 @@ class _WarpRendezvous:
         with self._condition:
             generation = self._generation
             self._arrived[lane] = (instruction, args, compute)
-            if len(self._arrived) == WARP:
+            if len(self._arrived) == self._size:
                 self._results = self._run(self._arrived)
                 self._arrived = {}
                 self._generation += 1
@@ -152,11 +176,11 @@ class _WarpRendezvous:
         if len(names) > 1:
             by_name = {n: sorted(lane for lane, (i, _, _) in arrived.items() if i == n) for n in sorted(names)}
             return RuntimeError(
-                f"warp {self._warp} diverged at a warp-collective instruction; lanes by instruction: {by_name}"
+                f"{self._name} diverged at a collective instruction; lanes by instruction: {by_name}"
             )
         compute = arrived[0][2]
         try:
-            return compute([arrived[lane][1] for lane in range(WARP)])
+            return compute([arrived[lane][1] for lane in range(self._size)])
         except Exception as error:  # every lane re-raises it
             return error
 
@@ -166,41 +190,43 @@ class _WarpRendezvous:
         if me.abort:  # another thread of the block failed; the kernel is over
             raise RuntimeError(f"{instruction}: aborted because another thread of the block raised")
         threads = {
-            t.thread_id % WARP: t
+            t.thread_id % self._size: t
             for t in threading.enumerate()
-            if isinstance(t, BlockThread) and t._manager is me._manager and t.thread_id // WARP == self._warp
+            if isinstance(t, BlockThread) and t._manager is me._manager and t.thread_id // self._size == self._group
         }
-        missing = [lane for lane in range(WARP) if lane not in self._arrived]
+        missing = [lane for lane in range(self._size) if lane not in self._arrived]
         at_barrier = [lane for lane in missing if lane in threads and threads[lane].syncthreads_blocked]
         exited = [lane for lane in missing if lane not in threads] if waited >= _GONE_S else []
         if at_barrier or exited:
             raise RuntimeError(
-                f"{instruction}: every lane of warp {self._warp} must execute it, but lanes {at_barrier} wait at "
+                f"{instruction}: every lane of {self._name} must execute it, but lanes {at_barrier} wait at "
                 f"syncthreads and lanes {exited} have exited"
             )
 
 
-_RENDEZVOUS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # BlockManager -> {warp: _WarpRendezvous}
+_RENDEZVOUS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # BlockManager -> {(size, group): _Rendezvous}
 _RENDEZVOUS_LOCK = threading.Lock()
 
 
-def _collective(instruction: str, args: tuple, compute):
-    """Run ``compute(per_lane_args) -> per_lane_results`` once for the calling thread's warp; return this lane's."""
+def _collective(instruction: str, args: tuple, compute, size: int = WARP):
+    """Run ``compute(per_lane_args) -> per_lane_results`` once for the calling thread's warp (``size`` 32) or
+    warpgroup (128); return this lane's."""
     thread = threading.current_thread()
     if not isinstance(thread, BlockThread):
         raise RuntimeError(f"{instruction}: called outside a kernel running in the CUDA simulator")
-    manager, warp, lane = thread._manager, thread.thread_id // WARP, thread.thread_id % WARP
+    manager, group, lane = thread._manager, thread.thread_id // size, thread.thread_id % size
     threads_in_block = int(np.prod(manager._block_dim))
-    if (warp + 1) * WARP > threads_in_block:
+    if (group + 1) * size > threads_in_block:
+        unit, what = ("lanes", "warp") if size == WARP else ("threads", "warpgroup")
         raise RuntimeError(
-            f"{instruction}: needs all 32 lanes of a warp, but a block of {threads_in_block} threads leaves warp "
-            f"{warp} with {threads_in_block - warp * WARP}"
+            f"{instruction}: needs all {size} {unit} of a {what}{'' if size == WARP else ' (4 warps)'}, but a block of "
+            f"{threads_in_block} threads leaves {what} {group} with {threads_in_block - group * size}"
         )
     with _RENDEZVOUS_LOCK:
-        warps = _RENDEZVOUS.setdefault(manager, {})
-        rendezvous = warps.get(warp)
+        groups = _RENDEZVOUS.setdefault(manager, {})
+        rendezvous = groups.get((size, group))
         if rendezvous is None:
-            rendezvous = warps[warp] = _WarpRendezvous(warp)
+            rendezvous = groups[size, group] = _Rendezvous(group, size)
     return rendezvous.exchange(lane, instruction, args, compute)
 
 
@@ -393,3 +419,72 @@ def bf16_bits_to_f32(b):
     """Twin of the bf16-to-float32 shift: the low 16 bits become the high half of a float32."""
     bits = np.uint32((_integer("bf16 to f32 (shl 16)", "b", b) & 0xFFFF) << 16)
     return bits.view(np.float32)
+
+
+# --- wgmma -------------------------------------------------------------------------------------------------------------
+
+
+def _make_wgmma(n: int, ab: str):
+    instruction = f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ab}.{ab}"
+    count = n // 2
+
+    def compute(threads):
+        arr, a_index, b_index, _ = threads[0]
+        raw = _raw_bytes(instruction, "arr", arr, "shared")
+        itemsize = arr.dtype.itemsize
+        base = arr.__array_interface__["data"][0]  # each thread may hold its own view of the block's shared array
+        for t, (other, ai, bi, _) in enumerate(threads):
+            if other.__array_interface__["data"][0] != base or ai != a_index or bi != b_index:
+                raise RuntimeError(f"{instruction}: every thread of the warpgroup must name the same operands; "
+                                   f"thread {t} differs from thread 0")
+        a_offset = _span(instruction, "A", raw, itemsize, a_index, 16)
+        b_offset = _span(instruction, "B", raw, itemsize, b_index, 16)
+        a = sw128_k_major_operand(raw, a_offset, 64)
+        b = sw128_k_major_operand(raw, b_offset, n)
+        c = np.array([acc for *_, acc in threads], dtype=np.float32)
+        return list(wgmma_m64nNk16(a, b, c, ab))
+
+    def twin(arr, a_index, b_index, acc, acc_offset):
+        offset = _integer(instruction, "acc_offset", acc_offset)
+        if not isinstance(acc, np.ndarray) or acc.dtype != np.float32 or offset < 0 or offset + count > acc.size:
+            raise TypeError(f"{instruction}: acc must be a float32 array with {count} elements from acc_offset "
+                            f"{offset}, got {getattr(acc, 'dtype', type(acc).__name__)} of size {np.size(acc)}")
+        c = tuple(acc[offset:offset + count])
+        d = _collective(instruction, (arr, _integer(instruction, "a_index", a_index),
+                                      _integer(instruction, "b_index", b_index), c), compute, size=WARPGROUP)
+        acc[offset:offset + count] = d
+
+    twin.__name__ = twin.__qualname__ = f"wgmma_m64n{n}k16_{ab}"
+    twin.__doc__ = (f"Twin of ``{instruction}``: the warpgroup's operands read through the 128-byte swizzle, "
+                    "through ``fragments.wgmma_m64nNk16``, at once.")
+    return twin
+
+
+wgmma_m64n8k16_f16 = _make_wgmma(8, "f16")
+wgmma_m64n16k16_f16 = _make_wgmma(16, "f16")
+wgmma_m64n32k16_f16 = _make_wgmma(32, "f16")
+wgmma_m64n64k16_f16 = _make_wgmma(64, "f16")
+wgmma_m64n8k16_bf16 = _make_wgmma(8, "bf16")
+wgmma_m64n16k16_bf16 = _make_wgmma(16, "bf16")
+wgmma_m64n32k16_bf16 = _make_wgmma(32, "bf16")
+wgmma_m64n64k16_bf16 = _make_wgmma(64, "bf16")
+
+
+def wgmma_fence():
+    """Twin of ``wgmma.fence.sync.aligned``: nothing to order, the twins are synchronous."""
+
+
+def wgmma_commit_group():
+    """Twin of ``wgmma.commit_group.sync.aligned``: nothing to group, the products are done."""
+
+
+def wgmma_wait_group(n, acc, count):
+    """Twin of ``wgmma.wait_group.sync.aligned n``: nothing to wait for; ``n`` and ``count`` are still checked."""
+    if _integer("wgmma.wait_group", "n", n) < 0:
+        raise ValueError(f"wgmma.wait_group: n must be a non-negative integer, got {n}")
+    if not 0 < _integer("wgmma.wait_group", "count", count) <= np.size(acc):
+        raise ValueError(f"wgmma.wait_group: count must be in [1, acc.size = {np.size(acc)}], got {count}")
+
+
+def fence_proxy_async_shared():
+    """Twin of ``fence.proxy.async.shared::cta``: the twins read shared memory directly; nothing to make visible."""

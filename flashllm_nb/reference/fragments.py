@@ -1,10 +1,12 @@
-"""Lane-level NumPy emulator of ``mma.m16n8k16`` (f16/bf16 in, fp32 accumulate) and ``ldmatrix`` m8n8: the
-executable spec of the PTX ISA's fragment figures.
+"""Lane-level NumPy emulator of ``mma.m16n8k16`` (f16/bf16 in, fp32 accumulate), ``ldmatrix`` m8n8 and Hopper's
+``wgmma.mma_async`` m64nNk16 (operands in shared memory): the executable spec of the PTX ISA's fragment figures.
 
 PTX ISA (https://docs.nvidia.com/cuda/parallel-thread-execution/index.html):
 
 - "Matrix Fragments for mma.m16n8k16 with floating point type" (``#warp-level-matrix-fragment-mma-16816-float``);
-- "Warp-level matrix load instruction: ldmatrix" (``#warp-level-matrix-instructions-ldmatrix``).
+- "Warp-level matrix load instruction: ldmatrix" (``#warp-level-matrix-instructions-ldmatrix``);
+- "Asynchronous Warpgroup Level Matrix Shared Memory Layout" (the 128-byte swizzle) and "Register Fragments and
+  Shared Memory Matrix Layouts" for ``wgmma .m64nNk16`` (``#asynchronous-warpgroup-level-matrix-instructions``).
 
 A warp is 32 lanes; with ``g = lane // 4`` (the PTX "groupID") and ``t = lane % 4`` ("threadID_in_group"), each
 32-bit register holds two 16-bit elements, the lower column (A, ldmatrix) or lower k (B) in the low half::
@@ -46,6 +48,10 @@ __all__ = [
     "mma_m16n8k16",
     "mma_error_bound",
     "ldmatrix",
+    "WARPGROUP",
+    "wgmma_d_fragment",
+    "sw128_k_major_operand",
+    "wgmma_m64nNk16",
 ]
 
 WARP = 32
@@ -212,3 +218,65 @@ def ldmatrix(memory, row_indices, num: int, trans: bool) -> np.ndarray:
     lo = matrices[:, _G, 2 * _T]  # (num, 32)
     hi = matrices[:, _G, 2 * _T + 1]
     return _pack(lo, hi).T.copy()
+
+
+# --- wgmma (sm_90a) ---------------------------------------------------------------------------------------------------
+
+WARPGROUP = 128  # threads of a warpgroup: four consecutive warps
+
+
+def wgmma_d_fragment(n: int) -> np.ndarray:
+    """(128, n // 2, 2) int table: [thread, register] -> (row, col) of the 64 x n accumulator D of ``wgmma
+    .m64nNk16`` with an fp32 D. Warp ``w = thread // 32`` of the warpgroup holds rows 16w..16w+15; within them each
+    n8 column block j repeats the ``mma.m16n8`` C layout: register ``4j + 2h + e`` of lane (g, t) is
+    D[16w + g + 8h, 8j + 2t + e]."""
+    n = check_int_in_range(n, "n", 8, 256)
+    if n % 8:
+        raise invalid("value", "n", "a multiple of 8", n)
+    thread = np.arange(WARPGROUP)[:, None]
+    register = np.arange(n // 2)[None, :]
+    warp, lane = thread // WARP, thread % WARP
+    g, t = lane // 4, lane % 4
+    j, h, e = register // 4, (register % 4) // 2, register % 2
+    return np.stack(np.broadcast_arrays(16 * warp + g + 8 * h, 8 * j + 2 * t + e), axis=-1)
+
+
+def sw128_k_major_operand(memory, byte_offset: int, rows: int) -> np.ndarray:
+    """The rows x 16 matrix of 16-bit patterns that a K-major wgmma operand with the 128-byte swizzle names.
+
+    The descriptor's start address is ``byte_offset`` (bytes from a 1024-byte aligned base, which ``memory[0]``
+    stands for), its stride byte offset 1024 (one 8-row atom to the next). Element (r, k) is at the unswizzled byte
+    address ``u = byte_offset + (r // 8) * 1024 + (r % 8) * 128 + 2k``, then the swizzle XORs address bits 4-6
+    (the 16-byte chunk) with bits 7-9 (the row within the atom): ``u ^ ((u >> 7) & 7) << 4``.
+    """
+    memory = np.asarray(memory)
+    if not memory.flags.c_contiguous:
+        raise invalid("memory layout", "memory", "a C-contiguous array", f"strides {memory.strides}")
+    raw = memory.reshape(-1).view(np.uint8)
+    if byte_offset % 16 or byte_offset < 0:
+        raise invalid("start address", "byte_offset", "a non-negative multiple of 16", byte_offset)
+    r, k = np.meshgrid(np.arange(rows), np.arange(16), indexing="ij")
+    unswizzled = byte_offset + (r // 8) * 1024 + (r % 8) * 128 + 2 * k
+    address = unswizzled ^ (((unswizzled >> 7) & 7) << 4)
+    if address.max() + 2 > raw.size:
+        raise invalid("operand extent", "byte_offset", f"rows inside {raw.size} bytes", f"byte {address.max()}")
+    return raw[address] | (raw[address + 1].astype(np.uint16) << 8)
+
+
+def wgmma_m64nNk16(a_bits, b_bits, c_regs, dtype: str) -> np.ndarray:
+    """``wgmma.mma_async.sync.aligned.m64nNk16.f32.{dtype}.{dtype}`` for one warpgroup: the (128, n // 2) float32
+    D registers from A (64 x 16 patterns), B given as its transpose (n x 16 patterns: row n holds B[:, n], as a
+    K-major operand stores it) and the C registers (128, n // 2). Exact products and sum in float64, one rounding
+    to float32 (see ``mma_error_bound`` for how far the hardware may differ)."""
+    check_shape(a_bits, "a_bits", (64, 16))
+    n = np.shape(b_bits)[0]
+    check_shape(b_bits, "b_bits", (n, 16))
+    table = wgmma_d_fragment(n)
+    check_shape(c_regs, "c_regs", (WARPGROUP, n // 2))
+    a = decode16(a_bits, dtype)
+    b = decode16(b_bits, dtype).T
+    c = np.empty((64, n), np.float64)
+    c[table[..., 0], table[..., 1]] = np.asarray(c_regs, dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # Inf and NaN propagate as in IEEE arithmetic, silently
+        d = (a @ b + c).astype(np.float32)
+    return d[table[..., 0], table[..., 1]]
