@@ -83,3 +83,29 @@ def test_pointer_slots_name_x_y_and_bias_in_the_packed_block():
     assert list(buffer[x:x + 7]) == [0, 0, 12, 4, 0x3000, 12, 4]
     assert buffer[x + 7] == 72  # ldx follows x
     assert list(buffer[launch._N_PARAMETERS - 5:]) == [3, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("n, warps", [(1, 4), (16, 4), (17, 8), (64, 8), (200, 8)])
+def test_linear_takes_wgmma_on_the_simulated_hopper_and_spmm_mma_sync(n, warps):
+    """The simulator plays a compute-capability-9.0 GPU: "nk" (linear) plans wgmma, 8 warps from tile_n 32 on;
+    "kn" (spmm, an N-major operand wgmma cannot take as laid out) plans mma.sync with 4 warps."""
+    from flashllm_nb.kernels import ptx
+
+    assert ptx.SIMULATOR
+    nk = plan(1000, n, 640, "float16", "nk").config
+    assert (nk.mma, nk.warps) == ("wgmma", warps)
+    kn = plan(1000, n, 640, "float16", "kn").config
+    assert (kn.mma, kn.warps) == ("sync", 4)
+    forced = plan(1000, n, 640, "bfloat16", "nk", mma="sync").config
+    assert (forced.mma, forced.warps, forced.dtype) == ("sync", 4, "bfloat16")
+
+
+def test_bad_mma_choices_are_named():
+    from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
+
+    with pytest.raises(ValueError, match=r"Invalid mma: expected one of \('sync', 'wgmma'\) or None, got 'hmma'"):
+        plan(128, 16, 64, "float16", "nk", mma="hmma")
+    with pytest.raises(ValueError, match=r"mma='wgmma' needs x_layout='nk'.*got x_layout='kn'"):
+        SpmmConfig(tile_n=16, x_layout="kn", mma="wgmma")
+    with pytest.raises(ValueError, match=r"Invalid mma of SpmmConfig: expected one of .*got 'x'"):
+        SpmmConfig(tile_n=16, mma="x")

@@ -13,7 +13,7 @@ import itertools
 
 import pytest
 
-from flashllm_nb.kernels.launch import DEFAULT_WARPS
+from flashllm_nb.kernels.launch import DEFAULT_WARPS, warps_for
 from flashllm_nb.kernels.spmm_tiled_csl import TILE_N_CHOICES
 from ptx_compile_worker import compile_ptx_in_subprocess
 
@@ -24,10 +24,10 @@ CONFIGS = [
     dict(tile_n=t, dtype=d, x_layout=layout, splits=s, warps=DEFAULT_WARPS)
     for t, d, layout, s in itertools.product(TILE_N_CHOICES, ("float16", "bfloat16"), ("nk", "kn"), (False, True))
 ]
-# wgmma exists only on sm_90a, and only for "nk" activations (both operands K-major) and one warpgroup per block.
+# wgmma exists only on sm_90a, and only for "nk" activations (both operands K-major); one or two warpgroups per block.
 WGMMA_CC = (9, 0, "a")
 WGMMA_CONFIGS = [
-    dict(tile_n=t, dtype=d, x_layout="nk", splits=s, warps=4, mma="wgmma")
+    dict(tile_n=t, dtype=d, x_layout="nk", splits=s, warps=warps_for("wgmma", t), mma="wgmma")
     for t, d, s in itertools.product(TILE_N_CHOICES, ("float16", "bfloat16"), (False, True))
 ]
 WGMMA_INSTRUCTIONS = [
@@ -94,8 +94,10 @@ def test_wgmma_configuration_compiles_for_sm90a_without_local_memory(compiled, c
         assert instruction in result.ptx, f"{instruction} missing from {_id(config, WGMMA_CC)}"
     mma_type = "bf16" if config["dtype"] == "bfloat16" else "f16"
     products = result.ptx.count(f"wgmma.mma_async.sync.aligned.m64n{config['tile_n']}k16.f32.{mma_type}.{mma_type} ")
-    # 4 k16 steps x 2 m64 halves per k-tile, and the main loop is unrolled by two k-tiles.
-    assert products == 2 * 8, f"{products} wgmma in the main loop, expected 2 k-tiles x 4 k16 steps x 2 m64 halves"
+    # 4 k16 steps x the m64 halves of the warpgroup (both with 4 warps, one each with 8) per k-tile, and the main
+    # loop is unrolled by two k-tiles.
+    halves = 2 if config["warps"] == 4 else 1
+    assert products == 2 * 4 * halves, f"{products} wgmma in the main loop, expected 2 x 4 x {halves}"
     # The operands are read by the Tensor Cores from shared memory: no ldmatrix, no mma.sync.
     assert "ldmatrix" not in result.ptx and "mma.sync" not in result.ptx
     _assembled_without_local_memory(result, config, WGMMA_CC)

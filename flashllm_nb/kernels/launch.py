@@ -4,7 +4,8 @@ Everything here is decided from the shape, the dtype and the device, never from 
 
 * ``tile_n`` is the smallest of 8/16/32/64 that covers N (N > 64 is cut into 64-wide column blocks);
 * the Tensor-Core instruction: ``wgmma`` on Hopper (compute capability 9.x) for ``linear`` ("nk" activations),
-  ``mma.sync`` everywhere else (the simulator plays a Hopper GPU, so CI runs the kernels Hopper users get);
+  ``mma.sync`` everywhere else (the simulator plays a Hopper GPU, so CI runs the kernels Hopper users get), and the
+  warps per block from it and ``tile_n`` (``warps_for``);
 * split-K: from the SM count and the blocks per SM the driver's occupancy calculator allows for this kernel's
   registers and shared memory, ``choose_splits`` picks the factor with the fewest estimated k-tile steps on the
   busiest SM, counting partly filled waves and each block's fixed cost.
@@ -35,6 +36,11 @@ __all__ = ["Plan", "PreparedLaunch", "plan", "launch", "prepare"]
 
 MIN_K_TILES_PER_SPLIT = 4
 DEFAULT_WARPS = 4  # warps per block (SpmmConfig.warps): 4 measured 0.98x of cuBLAS against 8 warps' 0.91x (RESULTS.md)
+# wgmma blocks of 8 warps (two warpgroups, one per m64 half) from this tile_n on: half the accumulators and words per
+# thread (64 registers at tile_n 32 against 123, 80 at 64 against 165), so 32 or 24 warps per SM instead of 16 or
+# 12. Same run on an H200: +3-5 % at N = 32, +8-12 % at N = 64, but -5-10 % at N = 8 and 16, where 4 warps already
+# fit 5 blocks per SM and the extra block-wide barrier participants cost more than the occupancy gains.
+WGMMA_8_WARPS_FROM_TILE_N = 32
 PROLOGUE_TILES = 2  # a block's fixed cost (offsets, pipeline fill, epilogue) in k-tiles' worth of time
 # What the simulator pretends the device is, so that split-K is exercised on the small shapes tests use.
 _SIMULATED_SMS = 4
@@ -87,6 +93,11 @@ def mma_for(x_layout: str) -> str:
     return "wgmma" if x_layout == "nk" and _compute_capability()[0] == 9 else "sync"
 
 
+def warps_for(mma: str, tile_n: int) -> int:
+    """Warps per block: ``DEFAULT_WARPS``, or 8 for a wgmma block from ``WGMMA_8_WARPS_FROM_TILE_N`` on."""
+    return 8 if mma == "wgmma" and tile_n >= WGMMA_8_WARPS_FROM_TILE_N else DEFAULT_WARPS
+
+
 def choose_splits(blocks: int, k_tiles: int, slots: int) -> int:
     """The split-K factor with the least estimated time.
 
@@ -115,15 +126,15 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
         mma = mma_for(x_layout)
     elif mma not in MMA_CHOICES:
         raise ValueError(f"Invalid mma: expected one of {MMA_CHOICES} or None, got {mma!r}")
-    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=DEFAULT_WARPS, mma=mma)
+    warps = warps_for(mma, tile_n)
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma)
     if split_k is None:
         resident = 1 if ptx.SIMULATOR else _compiled(config).blocks_per_sm(config.shared_bytes(k_tiles))
         split_k = choose_splits(tile_rows * n_blocks, k_tiles, _sm_count() * max(resident, 1))
     split_k = max(1, min(split_k, k_tiles))
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
-    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=DEFAULT_WARPS,
-                        mma=mma)
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma)
     return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
 
 

@@ -131,7 +131,7 @@ def _itemsize(value) -> int:
 # --- the per-warp rendezvous -----------------------------------------------------------------------------------------
 
 _POLL_S = 0.25  # how often a waiting lane checks that its warp can still arrive
-_GONE_S = 2.0  # a missing lane with no live thread for this long has exited (threads start within milliseconds)
+_GONE_S = 2.0  # a missing lane absent (no live thread, or at a barrier) this long has exited or is stuck
 
 
 class _Rendezvous:
@@ -194,9 +194,13 @@ class _Rendezvous:
             for t in threading.enumerate()
             if isinstance(t, BlockThread) and t._manager is me._manager and t.thread_id // self._size == self._group
         }
+        if waited < _GONE_S:
+            # A lane just released from a barrier keeps its "blocked" flag until it next holds the GIL, which with
+            # 128-256 Python threads can take longer than one poll: only a lane stuck this long is reported.
+            return
         missing = [lane for lane in range(self._size) if lane not in self._arrived]
         at_barrier = [lane for lane in missing if lane in threads and threads[lane].syncthreads_blocked]
-        exited = [lane for lane in missing if lane not in threads] if waited >= _GONE_S else []
+        exited = [lane for lane in missing if lane not in threads]
         if at_barrier or exited:
             raise RuntimeError(
                 f"{instruction}: every lane of {self._name} must execute it, but lanes {at_barrier} wait at "

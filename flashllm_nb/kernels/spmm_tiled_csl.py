@@ -76,15 +76,17 @@ the lanes below makes those four registers exactly {a0..a3} (or {b0, b1} of two 
 Two Tensor-Core paths (``SpmmConfig.mma``)
 -----------------------------------------
 ``"sync"`` (any sm_80+ GPU) is the pipeline above: each warp ``ldmatrix``-loads its A rows and the whole activation
-tile into registers and runs ``mma.sync``. ``"wgmma"`` (sm_90a; "nk" activations, 4 warps = one warpgroup) hands
-both operands to Hopper's ``wgmma.mma_async`` as shared-memory descriptors, 8 instructions per k-tile (4 k16 steps x
-2 m64 halves). The A tile needs no new layout: the format's swizzled positions are exactly wgmma's K-major 128-byte
+tile into registers and runs ``mma.sync``. ``"wgmma"`` (sm_90a; "nk" activations) hands both operands to Hopper's
+``wgmma.mma_async`` as shared-memory descriptors: 4 k16 steps per k-tile for each m64 half of the tile, both halves
+issued by one warpgroup (4 warps) or one half by each of two (8 warps: half the accumulators and words per thread,
+so twice the warps per SM at tile_n 32 and 64, where 4 warps need 123-165 registers). The A tile needs no new layout: the format's swizzled positions are exactly wgmma's K-major 128-byte
 swizzle when the buffer starts on a 1024-byte boundary (``WGMMA_SHARED_ALIGN``); the "nk" activation rows are
 unpadded (64 values) and swizzled the same way. Per step: fence (``fence.proxy.async``: the threads' stores and
 copies become visible to the Tensor Cores' async proxy), barrier, issue the k-tile's wgmma group, then issue copies,
 zero and scatter the *other* A buffer while it runs, and wait for the group before the next barrier. Measured on an
-H100 (``bench/RESULTS.md``): level at N = 8, up to 5 / 9 / 19 % faster at N = 16 / 32 / 64, since the four warps
-share one read of the activation tile and no fragments occupy registers.
+H100 (``bench/RESULTS.md``): level at N = 8, up to 5 / 9 / 19 % faster at N = 16 / 32 / 64 with 4 warps, since the
+warps share one read of the activation tile per half and no fragments occupy registers; 8 warps add 4-10 % at
+N = 32 and 64.
 
 Split-K
 -------
@@ -128,6 +130,9 @@ PREFETCH_VECTORS = 512
 # (37 / 42 / 51 / 70 KB) allows on a 228 KB SM, except tile_n = 8, where a promise of 6 would hold ptxas to 80
 # registers and cost the double-buffered fragments (ptxas -v / nvdisasm, sm_90).
 _BLOCKS_PER_SM = {8: 5, 16: 5, 32: 4, 64: 3}
+# wgmma with 8 warps (two warpgroups, one per m64 half): each thread holds half the accumulators and words, 64
+# registers at most for tile_n <= 32 (78 at 64) with no bound; 4 blocks of 256 threads fit 64 registers each.
+_BLOCKS_PER_SM_WGMMA_8_WARPS = {8: 4, 16: 4, 32: 4, 64: 3}
 # "nk" activation rows (one token's 64 k-values, 128 bytes) are padded to 72 values (144 bytes): the eight rows one
 # ldmatrix reads then start in eight different 16-byte bank groups (row n in group (9n + chunk) % 8), and unlike
 # an XOR swizzle the row of k16 step ks is a constant 32 bytes further, so no per-step address arithmetic.
@@ -184,10 +189,10 @@ class SpmmConfig:
             raise ValueError(f"Invalid warps of SpmmConfig: expected one of {WARP_CHOICES}, got {self.warps}")
         if self.mma not in MMA_CHOICES:
             raise ValueError(f"Invalid mma of SpmmConfig: expected one of {MMA_CHOICES}, got {self.mma!r}")
-        if self.mma == "wgmma" and (self.x_layout != "nk" or self.warps != 4):
+        if self.mma == "wgmma" and self.x_layout != "nk":
             raise ValueError(
-                "Invalid SpmmConfig: mma='wgmma' needs x_layout='nk' and warps=4 (one warpgroup reading K-major "
-                f"operands), got x_layout={self.x_layout!r}, warps={self.warps}"
+                "Invalid SpmmConfig: mma='wgmma' needs x_layout='nk' (both operands K-major), "
+                f"got x_layout={self.x_layout!r}"
             )
 
     @property
@@ -196,6 +201,8 @@ class SpmmConfig:
         memory allows on a Hopper/Ampere SM; with it ptxas may spend registers up to that occupancy, and it then
         keeps the next k16 step's ldmatrix fragments in flight during the current step's mma (without the hint
         it sinks every ldmatrix next to its mma to save registers, and the mma waits on shared-memory latency)."""
+        if self.mma == "wgmma" and self.warps == 8:
+            return self.threads, _BLOCKS_PER_SM_WGMMA_8_WARPS[self.tile_n]
         return self.threads, max(1, _BLOCKS_PER_SM[self.tile_n] * WARP_CHOICES[0] // self.warps)
 
     @property
@@ -266,6 +273,8 @@ def build_kernel(cfg: SpmmConfig):
     # (TILE_N * 128 bytes) all start at multiples of 1024 from the base, so the base must be 1024-byte aligned.
     SMEM_ALIGN = WGMMA_SHARED_ALIGN if WGMMA else SHARED_ALIGN
     HALF_ACC = TILE_N // 2  # wgmma: accumulators of one m64 half of the tile per thread
+    # wgmma: 4 warps are one warpgroup that multiplies both m64 halves; 8 warps are two, one per half.
+    HALVES_PER_WARPGROUP = 2 if cfg.warps == 4 else 1
     # The activation tile in shared memory: "nk" keeps one row per token (64 k-values, padded to NK_ROW for
     # ldmatrix, or 128-byte swizzled for wgmma), "kn" one row per k (TILE_N values, chunks XOR-swizzled).
     B_ROW = cfg.nk_row if NK else TILE_N
@@ -394,8 +403,10 @@ def build_kernel(cfg: SpmmConfig):
         """Zero one A buffer: 16 KiB, eight 16-byte stores per thread (4 warps) at fixed offsets.
 
         Un-scattering the previous tile's positions instead (zeros at its ~1638 positions at 80 %: ~74 store
-        wavefronts against these 128) was measured and lost on every shape (bench/RESULTS.md, commit 0dcded7):
-        keeping two tiles' positions in registers costs 22 registers and a resident block per SM."""
+        wavefronts against these 128) was measured twice and lost on every shape (bench/RESULTS.md): keeping two
+        tiles' positions in registers costs 22 registers and a resident block per SM (commit 0dcded7); re-reading
+        the previous tile's words from L2 instead puts a dependent load in every thread's step (1.17x against
+        1.79x of cuBLAS at N = 16, 80 %, H100)."""
         first = a_stage * TILE_ELEMS + cuda.threadIdx.x * 8
         for j in range(TILE_ELEMS // 8 // THREADS):
             ptx.st_shared_v4_u32(a_s, first + j * THREADS * 8, 0, 0, 0, 0)
@@ -479,11 +490,11 @@ def build_kernel(cfg: SpmmConfig):
         swizzle (the format's positions) is wgmma's 128-byte swizzle, so a k16 step is 32 bytes further along the
         rows and the lower m64 half 64 rows (8 atoms) further down. All four warps share one read of the activation
         tile per half, where ldmatrix reads it once per warp."""
-        a_base = a_stage * TILE_ELEMS
+        a_base = a_stage * TILE_ELEMS + (cuda.threadIdx.x >> 7) * (64 * TILE_K)  # this warpgroup's first half
         b_base = B_BASE + b_stage * B_ELEMS
         ptx.wgmma_fence()  # the accumulators were last written by the previous wait (or zeroed)
         for ks in range(K_STEPS):
-            for mb in range(2):
+            for mb in range(HALVES_PER_WARPGROUP):
                 wgmma(smem16, a_base + mb * 64 * TILE_K + ks * 16, b_base + ks * 16, acc, mb * HALF_ACC)
         ptx.wgmma_commit_group()
 
@@ -529,9 +540,12 @@ def build_kernel(cfg: SpmmConfig):
         mma.m16n8k16 (lane = 4 * (row % 8) + (col % 8) // 2; rows 8-15 of a fragment in accumulators 2 and 3).
         wgmma's m64 accumulators repeat that layout per warp over 16-row bands: warp w holds rows 16w..16w+15 of
         each m64 half, which plays the part of the m16 fragment index."""
-        if WGMMA:
+        if WGMMA and HALVES_PER_WARPGROUP == 2:
             warp = (row % 64) // 16
             mf = row // 64
+        elif WGMMA:  # warpgroup row // 64 holds that half
+            warp = (row // 64) * 4 + (row % 64) // 16
+            mf = 0
         else:
             warp = row // WARP_ROWS
             mf = (row % WARP_ROWS) // 16
