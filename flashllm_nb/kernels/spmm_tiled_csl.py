@@ -345,11 +345,11 @@ def build_kernel(cfg: SpmmConfig):
         return int64(smem32[at]), int64(smem32[at + uint64(1)])
 
     @_device
-    def load_words(words, smem32, t, wbuf):
-        """Issue this thread's 16-byte ``ld.global.nc`` loads of tile t's first R * THREADS vectors into registers
-        (slot j holds vector v0 + tid + j * THREADS). Slots past the tile are left unloaded; the scatter skips
-        them by the same test. Nothing waits for the data here: it is consumed two k-tiles later."""
-        v0, v1 = tile_vectors(smem32, t)
+    def load_words(words, v0, v1, wbuf):
+        """Issue this thread's 16-byte ``ld.global.nc`` loads of the first R * THREADS vectors of the tile whose
+        vectors are ``v0 .. v1 - 1`` into registers (slot j holds vector v0 + tid + j * THREADS). Slots past the
+        tile are left unloaded; the scatter skips them by the same test. Nothing waits for the data here: it is
+        consumed two k-tiles later."""
         v = v0 + cuda.threadIdx.x
         left = int32(v1 - v)  # vectors of the tile from this thread's first one on (32-bit compares)
         for j in range(R):
@@ -381,11 +381,11 @@ def build_kernel(cfg: SpmmConfig):
             a_s[a_base + uint64(w3 >> uint32(16))] = uint16(w3 & uint32(0xFFFF))
 
     @_device
-    def scatter_tile(words, smem16, smem32, t, a_stage, wbuf):
-        """Scatter tile t's registered words into A buffer ``a_stage``; vectors beyond the register budget (tiles
-        denser than R * THREADS vectors, 25 %) are loaded and scattered here, without their latency hidden."""
+    def scatter_tile(words, smem16, v0, v1, a_stage, wbuf):
+        """Scatter the registered words of the tile whose vectors are ``v0 .. v1 - 1`` into A buffer ``a_stage``;
+        vectors beyond the register budget (tiles denser than R * THREADS vectors, 25 %) are loaded and scattered
+        here, without their latency hidden."""
         a_base = uint64(a_stage * TILE_ELEMS)
-        v0, v1 = tile_vectors(smem32, t)
         v = v0 + cuda.threadIdx.x
         left = int32(v1 - v)
         for j in range(R):
@@ -506,6 +506,13 @@ def build_kernel(cfg: SpmmConfig):
         tile i+3's loads are in flight into ``w_next``. The caller alternates the two buffers: words travel two
         k-tiles ahead of their use."""
         a_stage = i & 1
+        # The vector ranges of the tiles this step scatters (i+1) and starts loading (i+3), read from shared memory
+        # before the barrier: read next to their use, their latency stalled each thread in front of the scatter and
+        # the loads (ncu, H100: the largest short-scoreboard stall). Clamped to the block's last tile, whose range
+        # is read harmlessly when there is no such tile.
+        last = n_tiles_block - 1
+        scatter_v0, scatter_v1 = tile_vectors(smem32, min(i + 1, last))
+        load_v0, load_v1 = tile_vectors(smem32, min(i + 3, last))
         ptx.cp_async_wait_group(_PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
         if WGMMA:
             # wgmma reads through the async proxy: this thread's scatter, zeros and landed copies must be made
@@ -525,9 +532,9 @@ def build_kernel(cfg: SpmmConfig):
             mma_tile(smem16, a_stage, i & (STAGES - 1), a_off, b_off, frag0, frag1, acc)
         cuda.syncthreads()  # the zeroing is complete before anyone scatters into that buffer
         if i + 1 < n_tiles_block:
-            scatter_tile(words, smem16, smem32, i + 1, 1 - a_stage, w_next)
+            scatter_tile(words, smem16, scatter_v0, scatter_v1, 1 - a_stage, w_next)
         if i + 3 < n_tiles_block:
-            load_words(words, smem32, i + 3, w_next)
+            load_words(words, load_v0, load_v1, w_next)
         if WGMMA:
             # Tile i's wgmma ran during the zeroing and the scatter (they write the other A buffer). It must be
             # complete before the next step's barrier: after it, tile i's A buffer is zeroed and its activation
@@ -661,12 +668,15 @@ def build_kernel(cfg: SpmmConfig):
                                   cp_cols_left)
             # Fill the word pipeline: tile 0 is expanded now (its load latency exposed once per block), tiles 1
             # and 2 travel while the first steps run.
-            load_words(words, smem32, 0, w_a)
+            v0, v1 = tile_vectors(smem32, 0)
+            load_words(words, v0, v1, w_a)
             if n_tiles_block > 1:
-                load_words(words, smem32, 1, w_b)
-            scatter_tile(words, smem16, smem32, 0, 0, w_a)
+                v1_0, v1_1 = tile_vectors(smem32, 1)
+                load_words(words, v1_0, v1_1, w_b)
+            scatter_tile(words, smem16, v0, v1, 0, w_a)
             if n_tiles_block > 2:
-                load_words(words, smem32, 2, w_a)
+                v2_0, v2_1 = tile_vectors(smem32, 2)
+                load_words(words, v2_0, v2_1, w_a)
 
             i = 0
             while i < n_tiles_block:  # unrolled by two so that each register buffer is a fixed set of registers
