@@ -37,9 +37,9 @@ __all__ = ["Plan", "PreparedLaunch", "plan", "launch", "prepare"]
 MIN_K_TILES_PER_SPLIT = 4
 DEFAULT_WARPS = 4  # warps per block (SpmmConfig.warps): 4 measured 0.98x of cuBLAS against 8 warps' 0.91x (RESULTS.md)
 # wgmma blocks of 8 warps (two warpgroups, one per m64 half) from this tile_n on: half the accumulators and words per
-# thread (64 registers at tile_n 32 against 123, 80 at 64 against 165), so 32 or 24 warps per SM instead of 16 or
-# 12. Same run on an H200: +3-5 % at N = 32, +8-12 % at N = 64, but -5-10 % at N = 8 and 16, where 4 warps already
-# fit 5 blocks per SM and the extra block-wide barrier participants cost more than the occupancy gains.
+# thread (64 registers at tile_n 32 against 102-123, 80 at 64 against 133-165), so 32 or 24 warps per SM instead of
+# 16 or 12. Same run on an H200: +3-5 % at N = 32, +8-12 % at N = 64 (H100: +4-8 %, +8-10 %), but -5-10 % at N = 8
+# and 16, where 4 warps already fit 5 blocks per SM and twice the barrier participants cost more than they hide.
 WGMMA_8_WARPS_FROM_TILE_N = 32
 PROLOGUE_TILES = 2  # a block's fixed cost (offsets, pipeline fill, epilogue) in k-tiles' worth of time
 # What the simulator pretends the device is, so that split-K is exercised on the small shapes tests use.

@@ -79,14 +79,14 @@ Two Tensor-Core paths (``SpmmConfig.mma``)
 tile into registers and runs ``mma.sync``. ``"wgmma"`` (sm_90a; "nk" activations) hands both operands to Hopper's
 ``wgmma.mma_async`` as shared-memory descriptors: 4 k16 steps per k-tile for each m64 half of the tile, both halves
 issued by one warpgroup (4 warps) or one half by each of two (8 warps: half the accumulators and words per thread,
-so twice the warps per SM at tile_n 32 and 64, where 4 warps need 123-165 registers). The A tile needs no new layout: the format's swizzled positions are exactly wgmma's K-major 128-byte
-swizzle when the buffer starts on a 1024-byte boundary (``WGMMA_SHARED_ALIGN``); the "nk" activation rows are
-unpadded (64 values) and swizzled the same way. Per step: fence (``fence.proxy.async``: the threads' stores and
-copies become visible to the Tensor Cores' async proxy), barrier, issue the k-tile's wgmma group, then issue copies,
-zero and scatter the *other* A buffer while it runs, and wait for the group before the next barrier. Measured on an
-H100 (``bench/RESULTS.md``): level at N = 8, up to 5 / 9 / 19 % faster at N = 16 / 32 / 64 with 4 warps, since the
-warps share one read of the activation tile per half and no fragments occupy registers; 8 warps add 4-10 % at
-N = 32 and 64.
+so twice the warps per SM at tile_n 32 and 64, where 4 warps need 102-165 registers). The A tile needs no new
+layout: the format's swizzled positions are exactly wgmma's K-major 128-byte swizzle when the buffer starts on a
+1024-byte boundary (``WGMMA_SHARED_ALIGN``); the "nk" activation rows are unpadded (64 values) and swizzled the same
+way. Per step: fence (``fence.proxy.async``: the threads' stores and copies become visible to the Tensor Cores'
+async proxy), barrier, issue the k-tile's wgmma group, then issue copies, zero and scatter the *other* A buffer
+while it runs, and wait for the group before the next barrier. Measured on an H100 (``bench/RESULTS.md``): level at
+N = 8, up to 5 / 9 / 19 % faster at N = 16 / 32 / 64 with 4 warps, since the warps share one read of the activation
+tile per half and no fragments occupy registers; 8 warps add 4-10 % at N = 32 and 64.
 
 Split-K
 -------
@@ -131,7 +131,7 @@ PREFETCH_VECTORS = 512
 # registers and cost the double-buffered fragments (ptxas -v / nvdisasm, sm_90).
 _BLOCKS_PER_SM = {8: 5, 16: 5, 32: 4, 64: 3}
 # wgmma with 8 warps (two warpgroups, one per m64 half): each thread holds half the accumulators and words, 64
-# registers at most for tile_n <= 32 (78 at 64) with no bound; 4 blocks of 256 threads fit 64 registers each.
+# registers at most for tile_n <= 32 (80 at 64); 4 blocks of 256 threads fit 64 registers each, 3 fit 85.
 _BLOCKS_PER_SM_WGMMA_8_WARPS = {8: 4, 16: 4, 32: 4, 64: 3}
 # "nk" activation rows (one token's 64 k-values, 128 bytes) are padded to 72 values (144 bytes): the eight rows one
 # ldmatrix reads then start in eight different 16-byte bank groups (row n in group (9n + chunk) % 8), and unlike
