@@ -106,6 +106,19 @@ def report_resources(plans):
               f"{p.shared_bytes} B shared, {kernel.blocks_per_sm(p.shared_bytes)} blocks/SM")
 
 
+def pruned_copies(rng, dense, sparsity):
+    """Tiled-CSL copies of ``dense`` (CuPy fp16), each pruned at random to ``sparsity``, enough of them that their
+    words together are three times the L2: timing them in turn reads every call's weights from DRAM."""
+    m, k = dense.shape
+    l2 = cp.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
+    copies = []
+    for _ in range(max(2, math.ceil(3 * l2 / (4 * m * k * (1 - sparsity))))):
+        w = dense.copy()
+        w[rng.random((m, k), dtype=cp.float32) < sparsity] = 0
+        copies.append(fl.TiledCSL.from_dense(w))
+    return copies
+
+
 def copy_bandwidth():
     n = 1 << 28  # 512 MiB of fp16
     a = cp.empty(n, np.float16)

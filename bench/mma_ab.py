@@ -24,7 +24,7 @@ import cupy as cp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dev_kernel import OPT66B, check_correctness, copy_bandwidth, time_batched  # noqa: E402
+from dev_kernel import OPT66B, check_correctness, copy_bandwidth, pruned_copies, time_batched  # noqa: E402
 
 import flashllm_nb as fl  # noqa: E402
 from flashllm_nb.kernels import api  # noqa: E402
@@ -66,18 +66,13 @@ def main() -> None:
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s", flush=True)
     rng = cp.random.default_rng(0)
-    l2 = cp.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
     for n in args.ns:
         for s in sparsities:
             ratios = {v: [] for v in variants}
             bounds = {v: [] for v in variants}
             for m, k in shapes:
                 dense = rng.standard_normal((m, k), dtype=cp.float32).astype(cp.float16)
-                matrices = []
-                for _ in range(max(2, math.ceil(3 * l2 / (4 * m * k * (1 - s))))):
-                    w = dense.copy()
-                    w[rng.random((m, k), dtype=cp.float32) < s] = 0
-                    matrices.append(fl.TiledCSL.from_dense(w))
+                matrices = pruned_copies(rng, dense, s)
                 x = rng.standard_normal((n, k), dtype=cp.float32).astype(cp.float16)
                 y = cp.empty((n, m), cp.float16)
                 t_dense = time_batched([lambda: cp.matmul(x, dense.T, out=y)] * 8)

@@ -9,7 +9,6 @@ split-K model in ``flashllm_nb.kernels.launch.choose_splits``. Needs a GPU.
 
 from __future__ import annotations
 
-import math
 import sys
 
 
@@ -25,7 +24,7 @@ def main() -> int:
         print(f"split_k: needs a GPU ({type(exc).__name__})")
         return 0
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from dev_kernel import time_batched
+    from dev_kernel import pruned_copies, time_batched
 
     import flashllm_nb as fl
     from flashllm_nb.kernels import launch
@@ -34,12 +33,7 @@ def main() -> int:
     splits = [int(a) for a in sys.argv[5:]]
     rng = cp.random.default_rng(0)
     W0 = rng.standard_normal((m, k), dtype=cp.float32).astype(cp.float16)
-    l2 = cp.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
-    As = []
-    for _ in range(max(2, math.ceil(3 * l2 / (4 * m * k * (1 - sparsity))))):
-        W = W0.copy()
-        W[rng.random((m, k), dtype=cp.float32) < sparsity] = 0
-        As.append(fl.TiledCSL.from_dense(W))
+    As = pruned_copies(rng, W0, sparsity)
     X = rng.standard_normal((n, k), dtype=cp.float32).astype(cp.float16)
     Y = cp.empty((n, m), cp.float16)
     t_dense = time_batched([lambda: cp.matmul(X, W0.T, out=Y)] * 8)
