@@ -4,6 +4,10 @@ The simulator runs the same kernel source as the GPU (PTX instructions replaced 
 Python thread per CUDA thread, so shapes stay at a few tiles. The awkward cases are swept on purpose: shapes that
 are not tile multiples, N = 1 and N not a multiple of 8, empty and fully dense tiles, tiles denser than the
 register budget (the overflow pass), split-K on and off, NaN and Inf, bf16, bias, a caller's ``out``.
+
+The simulator plays a Hopper GPU, so ``linear`` plans the wgmma kernels; the ``tensor_core_path`` fixture runs the
+``linear`` tests a second time with the mma.sync kernels that every other GPU's ``linear`` takes (``spmm`` always
+takes them).
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flashllm_nb as fl
+from flashllm_nb.kernels import launch
 from flashllm_nb.reference import linear_reference, spmm_reference
 from flashllm_nb.reference.spmm import abs_product
 from flashllm_nb.reference.tolerance import assert_close_to_reference
@@ -22,6 +27,17 @@ from flashllm_nb.reference.tolerance import assert_close_to_reference
 pytestmark = pytest.mark.sim
 
 DTYPES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
+
+
+@pytest.fixture(params=["wgmma", "sync"])
+def tensor_core_path(request, monkeypatch):
+    """Plan ``linear`` products with one Tensor-Core instruction for the length of a test (plans are cached, so the
+    cache is emptied on the way in and out)."""
+    assert launch.mma_for("nk") == "wgmma", "the simulator is meant to play a Hopper GPU"
+    monkeypatch.setattr(launch, "mma_for", lambda x_layout: request.param if x_layout == "nk" else "sync")
+    launch.plan.cache_clear()
+    yield request.param
+    launch.plan.cache_clear()
 
 
 def _random_sparse(rng, m, k, sparsity, dtype):
@@ -45,7 +61,8 @@ def _check_spmm(W, X, split_k=None):
     assert_close_to_reference(Y, spmm_reference(A, X), abs_product(W, X), W.shape[1], W.dtype, what="spmm")
 
 
-@settings(max_examples=12)
+# The fixture's patch is meant to hold for every example of the test, which is what a function-scoped fixture gives.
+@settings(max_examples=12, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     m=st.integers(1, 260),
     k=st.integers(1, 200),
@@ -55,7 +72,7 @@ def _check_spmm(W, X, split_k=None):
     split_k=st.sampled_from([None, 1, 2, 3]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_linear_matches_reference(m, k, n, sparsity, dtype, split_k, seed):
+def test_linear_matches_reference(tensor_core_path, m, k, n, sparsity, dtype, split_k, seed):
     """linear(X, A) equals X @ A.T within the fp32-accumulation bound, for any shape, density, dtype and split."""
     rng = np.random.default_rng(seed)
     _check_linear(_random_sparse(rng, m, k, sparsity, dtype), rng.standard_normal((n, k)).astype(dtype),
@@ -80,14 +97,14 @@ def test_spmm_matches_reference(m, k, n, sparsity, dtype, split_k, seed):
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 33, 64, 65])
-def test_every_block_width(n):
+def test_every_block_width(tensor_core_path, n):
     """Each tile_n (8/16/32/64) and the column-block grid beyond 64, with N on and off multiples of 8."""
     rng = np.random.default_rng(n)
     _check_linear(_random_sparse(rng, 130, 72, 0.7, np.float16), rng.standard_normal((n, 72)).astype(np.float16))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
-def test_empty_dense_and_overflowing_tiles(dtype):
+def test_empty_dense_and_overflowing_tiles(tensor_core_path, dtype):
     """Tile rows/columns that are entirely empty next to fully dense tiles (8192 entries: more than the 2048 the
     registers prefetch, so the overflow pass runs), across split-K boundaries."""
     rng = np.random.default_rng(1)
@@ -100,7 +117,7 @@ def test_empty_dense_and_overflowing_tiles(dtype):
 
 
 @pytest.mark.parametrize("x_layout", ["nk", "kn"])
-def test_tile_sequence_leaves_no_stale_values(x_layout):
+def test_tile_sequence_leaves_no_stale_values(tensor_core_path, x_layout):
     """Along one tile row, sparse tiles, a dense tile (more words than the registers prefetch), empty tiles and a
     one-entry tile (three padding words) follow each other in the two alternating A buffers, so a value that the
     clearing between tiles missed would enter a later tile's product (a kernel that skipped clearing part of a
@@ -140,7 +157,7 @@ def test_bias_and_caller_output(dtype):
     assert_close_to_reference(out, linear_reference(X, A, bias), abs_product(X, W.T), 100, dtype, what="linear+bias")
 
 
-def test_nan_and_inf_propagate_as_dense():
+def test_nan_and_inf_propagate_as_dense(tensor_core_path):
     """NaN/Inf in A or X give what a dense product gives: 0 * Inf is NaN even where A's entry is a structural
     zero, because the kernel computes each tile densely."""
     rng = np.random.default_rng(4)
