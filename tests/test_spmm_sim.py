@@ -29,10 +29,15 @@ pytestmark = pytest.mark.sim
 DTYPES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
 
 
-@pytest.fixture(params=["wgmma", "sync"])
+BOTH_PATHS = pytest.mark.parametrize("tensor_core_path", ["wgmma", "sync"], indirect=True)
+
+
+@pytest.fixture
 def tensor_core_path(request, monkeypatch):
-    """Plan ``linear`` products with one Tensor-Core instruction for the length of a test (plans are cached, so the
-    cache is emptied on the way in and out)."""
+    """Plan ``linear`` products with the Tensor-Core instruction ``request.param`` (indirect parametrization) for the
+    length of a test (plans are cached, so the cache is emptied on the way in and out). The mma.sync kernels are
+    slower to simulate (28 warp collectives per warp and k-tile against wgmma's 8 per warpgroup), so the slowest
+    tests run them on fewer cases."""
     assert launch.mma_for("nk") == "wgmma", "the simulator is meant to play a Hopper GPU"
     monkeypatch.setattr(launch, "mma_for", lambda x_layout: request.param if x_layout == "nk" else "sync")
     launch.plan.cache_clear()
@@ -61,9 +66,7 @@ def _check_spmm(W, X, split_k=None):
     assert_close_to_reference(Y, spmm_reference(A, X), abs_product(W, X), W.shape[1], W.dtype, what="spmm")
 
 
-# The fixture's patch is meant to hold for every example of the test, which is what a function-scoped fixture gives.
-@settings(max_examples=12, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(
+_LINEAR_CASES = dict(
     m=st.integers(1, 260),
     k=st.integers(1, 200),
     n=st.integers(1, 40),
@@ -72,8 +75,26 @@ def _check_spmm(W, X, split_k=None):
     split_k=st.sampled_from([None, 1, 2, 3]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_linear_matches_reference(tensor_core_path, m, k, n, sparsity, dtype, split_k, seed):
-    """linear(X, A) equals X @ A.T within the fp32-accumulation bound, for any shape, density, dtype and split."""
+
+
+@settings(max_examples=12)
+@given(**_LINEAR_CASES)
+def test_linear_matches_reference(m, k, n, sparsity, dtype, split_k, seed):
+    """linear(X, A) equals X @ A.T within the fp32-accumulation bound, for any shape, density, dtype and split
+    (on the simulated Hopper: the wgmma kernels)."""
+    _linear_case(m, k, n, sparsity, dtype, split_k, seed)
+
+
+# The fixture's patch is meant to hold for every example of the test, which is what a function-scoped fixture gives.
+@pytest.mark.parametrize("tensor_core_path", ["sync"], indirect=True)
+@settings(max_examples=5, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(**_LINEAR_CASES)
+def test_linear_matches_reference_with_mma_sync(tensor_core_path, m, k, n, sparsity, dtype, split_k, seed):
+    """The same property on the mma.sync kernels that linear takes on GPUs other than Hopper."""
+    _linear_case(m, k, n, sparsity, dtype, split_k, seed)
+
+
+def _linear_case(m, k, n, sparsity, dtype, split_k, seed):
     rng = np.random.default_rng(seed)
     _check_linear(_random_sparse(rng, m, k, sparsity, dtype), rng.standard_normal((n, k)).astype(dtype),
                   split_k=split_k)
@@ -96,14 +117,16 @@ def test_spmm_matches_reference(m, k, n, sparsity, dtype, split_k, seed):
                 split_k=split_k)
 
 
-@pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 33, 64, 65])
+@pytest.mark.parametrize("tensor_core_path, n", [("wgmma", n) for n in (1, 7, 8, 9, 16, 33, 64, 65)]
+                         + [("sync", n) for n in (1, 9, 16, 33)], indirect=["tensor_core_path"])
 def test_every_block_width(tensor_core_path, n):
     """Each tile_n (8/16/32/64) and the column-block grid beyond 64, with N on and off multiples of 8."""
     rng = np.random.default_rng(n)
     _check_linear(_random_sparse(rng, 130, 72, 0.7, np.float16), rng.standard_normal((n, 72)).astype(np.float16))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("tensor_core_path, dtype", [("wgmma", DTYPES[0]), ("wgmma", DTYPES[1]), ("sync", DTYPES[0])],
+                         ids=["wgmma-fp16", "wgmma-bf16", "sync-fp16"], indirect=["tensor_core_path"])
 def test_empty_dense_and_overflowing_tiles(tensor_core_path, dtype):
     """Tile rows/columns that are entirely empty next to fully dense tiles (8192 entries: more than the 2048 the
     registers prefetch, so the overflow pass runs), across split-K boundaries."""
@@ -117,6 +140,7 @@ def test_empty_dense_and_overflowing_tiles(tensor_core_path, dtype):
 
 
 @pytest.mark.parametrize("x_layout", ["nk", "kn"])
+@BOTH_PATHS
 def test_tile_sequence_leaves_no_stale_values(tensor_core_path, x_layout):
     """Along one tile row, sparse tiles, a dense tile (more words than the registers prefetch), empty tiles and a
     one-entry tile (three padding words) follow each other in the two alternating A buffers, so a value that the
@@ -157,6 +181,7 @@ def test_bias_and_caller_output(dtype):
     assert_close_to_reference(out, linear_reference(X, A, bias), abs_product(X, W.T), 100, dtype, what="linear+bias")
 
 
+@BOTH_PATHS
 def test_nan_and_inf_propagate_as_dense(tensor_core_path):
     """NaN/Inf in A or X give what a dense product gives: 0 * Inf is NaN even where A's entry is a structural
     zero, because the kernel computes each tile densely."""
