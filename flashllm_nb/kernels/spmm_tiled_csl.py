@@ -114,7 +114,7 @@ TILE_K = 64  # k per pipeline step: one tile column of the grid
 TILE_ELEMS = TILE_M * TILE_K  # 8192 fp16 values = 16 KiB of shared memory per A buffer
 WARP_CHOICES = (4, 8)  # warps per block: 4 warps own two m16 row bands each, 8 warps one each
 # The Tensor-Core instruction: "sync" = ldmatrix + mma.sync (sm_80 on), "wgmma" = wgmma.mma_async reading both
-# operands from shared memory (sm_90a only; "nk" activations and 4 warps, i.e. one warpgroup).
+# operands from shared memory (sm_90a only; "nk" activations; 4 warps = one warpgroup, or 8 = two).
 MMA_CHOICES = ("sync", "wgmma")
 TILE_N_CHOICES = (8, 16, 32, 64)
 # Activation tiles in flight: STAGES - 1 k-tiles of X are copied ahead of the one being multiplied. They are small
@@ -164,7 +164,7 @@ class SpmmConfig:
         loop control) fewer times; more warps hide more latency per block.
     mma : str
         ``"sync"`` (``ldmatrix`` + ``mma.sync``, any sm_80+ GPU) or ``"wgmma"`` (Hopper's ``wgmma.mma_async``,
-        sm_90a; needs ``x_layout="nk"`` and 4 warps).
+        sm_90a; needs ``x_layout="nk"``; 4 warps are one warpgroup for both m64 halves, 8 warps two, one per half).
     """
 
     tile_n: int
@@ -485,11 +485,12 @@ def build_kernel(cfg: SpmmConfig):
 
     @_device
     def wgmma_issue(smem16, a_stage, b_stage, acc):
-        """Start acc += A_tile @ B_tile for one k-tile on the Tensor Cores and return at once: 4 k16 steps times the
-        tile's two m64 halves, one commit group. The operands are read from shared memory as they are: the A tile's
-        swizzle (the format's positions) is wgmma's 128-byte swizzle, so a k16 step is 32 bytes further along the
-        rows and the lower m64 half 64 rows (8 atoms) further down. All four warps share one read of the activation
-        tile per half, where ldmatrix reads it once per warp."""
+        """Start acc += A_tile @ B_tile for one k-tile on the Tensor Cores and return at once: 4 k16 steps times this
+        warpgroup's m64 halves (both with 4 warps, its own with 8), one commit group. The operands are read from
+        shared memory as they are: the A tile's swizzle (the format's positions) is wgmma's 128-byte swizzle, so a
+        k16 step is 32 bytes further along the rows and the lower m64 half 64 rows (8 atoms) further down. The four
+        warps of a warpgroup share one read of the activation tile per half, where ldmatrix reads it once per
+        warp."""
         a_base = a_stage * TILE_ELEMS + (cuda.threadIdx.x >> 7) * (64 * TILE_K)  # this warpgroup's first half
         b_base = B_BASE + b_stage * B_ELEMS
         ptx.wgmma_fence()  # the accumulators were last written by the previous wait (or zeroed)
