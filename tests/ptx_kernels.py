@@ -20,6 +20,7 @@ import numpy as np
 from numba import cuda
 
 import flashllm_nb.reference.fragments as fr
+from flashllm_nb.formats.tiled_csl import swizzle
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.ptx import SHARED_ALIGN, WGMMA_SHARED_ALIGN
 
@@ -584,10 +585,9 @@ def check_gemm(seed: int) -> None:
 
 
 def sw128_layout(rows) -> np.ndarray:
-    """Flat uint16 index of element (r, c) of a rows x 64 K-major operand: chunk c // 8 XOR r % 8 (128-byte
-    swizzle), which is also the Tiled-CSL position of (r, c) in an A tile."""
-    r, c = np.meshgrid(np.arange(rows), np.arange(64), indexing="ij")
-    return r * 64 + ((c // 8) ^ (r % 8)) * 8 + c % 8
+    """Flat uint16 index of element (r, c) of a rows x 64 K-major operand with the 128-byte swizzle (chunk c // 8
+    XOR r % 8): the Tiled-CSL position of (r, c), ``formats.tiled_csl.swizzle``."""
+    return swizzle(np.arange(rows * 64)).reshape(rows, 64)
 
 
 def check_wgmma(n: int, dtype: str, seed: int) -> None:

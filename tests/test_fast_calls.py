@@ -35,7 +35,7 @@ class StubLaunch:
 
     def __init__(self):
         self.slots = [0] * _launch._N_PARAMETERS
-        self.keep_alive = ("pointer array", ("arrays of the first call",))
+        self.arrays = ("arrays of the first call",)
         self.launched = []
 
     def __call__(self):
@@ -62,7 +62,7 @@ def remember(calls, A, X, bias=None, out=None, stream=None, split_k=None):
 def test_a_repeated_call_patches_the_pointers_and_launches(calls):
     A, X = Matrix(), FakeArray((16, 128), 0x1000)
     launch = remember(calls, A, X)
-    assert launch.keep_alive == "pointer array"  # the first call's arrays are not kept alive
+    assert launch.arrays is None  # the first call's arrays are not kept alive
     X2, out = FakeArray((16, 128), 0x2000), FakeArray((16, 64), 0x3000)
     assert calls.run(A, X2, None, None, None, None, "nk").data.ptr == 0x9000  # a new output, allocated
     assert calls.run(A, X2, None, out, None, None, "nk") is calls.MISS  # out given: another key

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import flashllm_nb.reference.fragments as fr
+from flashllm_nb.formats.tiled_csl import swizzle
 
 _EXPONENT_MASK = {"f16": 0x7C00, "bf16": 0x7F80}
 
@@ -220,9 +221,8 @@ def test_sw128_operand_reads_the_tiled_csl_positions():
     back as the matrix, k16 step ks starting 32 bytes further, the second m64 half 8192 bytes further."""
     rng = np.random.default_rng(0)
     matrix = rng.integers(0, 1 << 16, (128, 64), dtype=np.uint16)
-    r, c = np.meshgrid(np.arange(128), np.arange(64), indexing="ij")
     memory = np.zeros(128 * 64, np.uint16)
-    memory[r * 64 + ((c // 8) ^ (r % 8)) * 8 + c % 8] = matrix
+    memory[swizzle(np.arange(128 * 64))] = matrix.reshape(-1)
     for half in range(2):
         for ks in range(4):
             got = fr.sw128_k_major_operand(memory, half * 8192 + 32 * ks, 64)

@@ -293,7 +293,7 @@ class _FastEntry:
         self.slots = launch.slots  # the launch's own parameter block, as 8-byte slots
         # X's and the output's pointers are written before every launch, and A's arrays live as long as A (the
         # entry goes with it): the entry keeps no array of the first call alive.
-        launch.keep_alive = launch.keep_alive[0]
+        launch.arrays = None
         self.launch = launch
 
     def new_output(self):

@@ -255,7 +255,7 @@ class _CompiledKernel:
         buffer, pointers, keep = _new_parameter_block()
         _pack_parameters(buffer, arrays, scalars)
         return PreparedLaunch(functools.partial(self._launch, grid, shared_bytes, stream_handle, pointers), buffer,
-                              (keep, arrays))
+                              keep, arrays)
 
     def _launch(self, grid, shared_bytes, stream_handle, pointers) -> None:
         error = self._cu_launch_kernel(self._function, grid[0], grid[1], grid[2], self._threads, 1, 1, shared_bytes,
@@ -273,15 +273,16 @@ class _CompiledKernel:
 
 class PreparedLaunch:
     """A kernel launch packed once: calling it launches again. ``slots`` is its parameter block (8-byte slots,
-    ``_pack_parameters``' layout), which a caller may patch between calls (see ``X_POINTER_SLOT``); ``keep_alive``
-    holds what the block's pointers name."""
+    ``_pack_parameters``' layout), which a caller may patch between calls (see ``X_POINTER_SLOT``); ``arrays`` keeps
+    alive the arrays whose pointers were packed (a caller that rewrites every pointer it changes may drop it)."""
 
-    __slots__ = ("_launch", "slots", "keep_alive")
+    __slots__ = ("_launch", "_pointer_array", "slots", "arrays")
 
-    def __init__(self, launch, slots, keep_alive):
+    def __init__(self, launch, slots, pointer_array, arrays):
         self._launch = launch
+        self._pointer_array = pointer_array  # cuLaunchKernel reads the slots through it: it lives with the launch
         self.slots = slots
-        self.keep_alive = keep_alive
+        self.arrays = arrays
 
     def __call__(self) -> None:
         self._launch()
