@@ -128,6 +128,17 @@ def st_shared_kernel(words, out):
         out[i] = s[i]
 
 
+def warp_sync_kernel(words, out):
+    """Two rounds of: lane l writes shared word l, the warp meets, lane l reads word 31 - l (another lane's)."""
+    lane = cuda.threadIdx.x
+    s = cuda.shared.array(32, np.uint32)
+    for r in range(2):
+        s[lane] = words[r, lane]
+        ptx.warp_sync()
+        out[r, lane] = s[31 - lane]
+        ptx.warp_sync()  # every lane has read before the next round overwrites
+
+
 def pack_kernel(lo, hi, packed, lo_out, hi_out):
     """packed = pack(lo, hi) and (lo_out, hi_out) = unpack(packed), element-wise with a lane stride."""
     for i in range(cuda.threadIdx.x, lo.size, 32):
@@ -272,6 +283,7 @@ KERNELS = {
         ["ld.global.nc.L1::no_allocate.v4.u32"],
     ),
     "st_shared": (st_shared_kernel, f"void({_U32_2D}, uint32[::1])", ["st.shared.v4.u32"]),
+    "warp_sync": (warp_sync_kernel, f"void({_U32_2D}, {_U32_2D})", ["bar.warp.sync -1;"]),
     "gemm": (
         gemm_kernel,
         "void(float16[:, ::1], float16[:, ::1], float32[:, ::1])",
@@ -512,6 +524,15 @@ def check_st_shared(seed: int) -> None:
     out = np.zeros(128, np.uint32)
     launch(st_shared_kernel, words, out)
     np.testing.assert_array_equal(out, words.reshape(-1))
+
+
+def check_warp_sync(seed: int) -> None:
+    """After warp_sync every lane sees the words the other lanes stored before it, in each of two rounds."""
+    rng = np.random.default_rng(seed)
+    words = rng.integers(0, 1 << 32, (2, 32), dtype=np.uint32)
+    out = np.zeros((2, 32), np.uint32)
+    launch(warp_sync_kernel, words, out)
+    np.testing.assert_array_equal(out, words[:, ::-1])
 
 
 def check_pack(seed: int) -> None:

@@ -67,6 +67,11 @@ def test_st_shared(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_warp_sync(seed):
+    pk.check_warp_sync(seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_pack_unpack(seed):
     pk.check_pack(seed)
 

@@ -67,6 +67,10 @@ def test_st_shared():
     pk.check_st_shared(0)
 
 
+def test_warp_sync():
+    pk.check_warp_sync(0)
+
+
 def test_pack_unpack():
     pk.check_pack(0)
 

@@ -76,6 +76,7 @@ The API (every index is a flat element index into a C-contiguous array; ``g = la
 ``wgmma_fence()``, ``wgmma_commit_group()``     ``wgmma.fence.sync.aligned``, ``wgmma.commit_group.sync.aligned``
 ``wgmma_wait_group(n, acc, count)``             ``wgmma.wait_group.sync.aligned n``; ``acc[:count]`` pass through
 ``fence_proxy_async_shared()``                  ``fence.proxy.async.shared::cta``: shared writes -> async proxy
+``warp_sync()``                                 ``bar.warp.sync -1``: the warp's lanes meet (``__syncwarp``)
 ==============================================  =================================================================
 
 ``WGMMA_SHARED_ALIGN`` is the ``alignment=`` of a shared array that wgmma reads (1024 on a GPU, ``None`` in the

@@ -72,6 +72,7 @@ __all__ = [
     "wgmma_commit_group",
     "wgmma_wait_group",
     "fence_proxy_async_shared",
+    "warp_sync",
 ]
 
 _I16, _I32, _I64, _F32 = ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -686,6 +687,18 @@ fence_proxy_async_shared = _make_warpgroup_sync(
 
     PTX ISA: "Memory Consistency Model: Proxies", "membar/fence". Each writing thread fences, then a barrier, then
     the wgmma: without it the Tensor Cores may read stale shared memory. Not warp-collective.""",
+)
+
+
+warp_sync = _make_warpgroup_sync(
+    "warp_sync",
+    "bar.warp.sync -1;",
+    """``bar.warp.sync -1``: every lane of the warp reaches this point, with its earlier shared-memory accesses
+    ordered before the later ones of every other lane (``__syncwarp()``; Numba's ``cuda.syncwarp`` has no twin in the
+    simulator, this one has).
+
+    PTX ISA: "bar.warp.sync". Used where one lane overwrites shared memory that another lane of the same warp
+    addressed for a collective read (``ldmatrix`` rows). All lanes of the warp.""",
 )
 
 

@@ -71,6 +71,7 @@ __all__ = [
     "wgmma_commit_group",
     "wgmma_wait_group",
     "fence_proxy_async_shared",
+    "warp_sync",
 ]
 
 
@@ -492,3 +493,8 @@ def wgmma_wait_group(n, acc, count):
 
 def fence_proxy_async_shared():
     """Twin of ``fence.proxy.async.shared::cta``: the twins read shared memory directly; nothing to make visible."""
+
+
+def warp_sync():
+    """Twin of ``bar.warp.sync -1``: the warp's 32 lanes meet (a lane that never arrives is reported)."""
+    _collective("bar.warp.sync", (), lambda lanes: [None] * len(lanes))
