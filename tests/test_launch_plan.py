@@ -7,7 +7,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flashllm_nb.kernels.launch import MIN_K_TILES_PER_SPLIT, PROLOGUE_TILES, choose_splits, plan, tile_n_for
+from flashllm_nb.kernels.launch import (
+    MIN_K_TILES_PER_SPLIT,
+    PARTIAL_WAVE_FLOOR,
+    PREFETCH_MORE_FROM,
+    PREFETCH_MORE_TILE_N,
+    PROLOGUE_TILES,
+    choose_splits,
+    plan,
+    prefetch_for,
+    split_cost,
+    tile_n_for,
+)
 
 
 @pytest.mark.parametrize("n,expected", [(1, 8), (8, 8), (9, 16), (16, 16), (17, 32), (32, 32), (33, 64), (256, 64)])
@@ -15,33 +26,91 @@ def test_block_width_covers_n(n, expected):
     assert tile_n_for(n) == expected
 
 
-@given(blocks=st.integers(1, 5000), k_tiles=st.integers(1, 600), slots=st.integers(1, 2000))
-def test_split_choice_is_the_cheapest_allowed(blocks, k_tiles, slots):
-    """choose_splits returns a factor within [1, k_tiles / MIN_K_TILES_PER_SPLIT] whose estimated cost (waves x
-    k-tiles per block, plus the per-block fixed cost) no other allowed factor beats."""
-    s = choose_splits(blocks, k_tiles, slots)
+@given(blocks=st.integers(1, 5000), k_tiles=st.integers(1, 600), sms=st.integers(1, 200), per_sm=st.integers(1, 8),
+       tile_n=st.sampled_from([8, 16, 32, 64]), tile_vectors=st.none() | st.integers(1, 2048))
+def test_split_choice_is_the_cheapest_allowed(blocks, k_tiles, sms, per_sm, tile_n, tile_vectors):
+    """choose_splits returns a factor within [1, k_tiles / MIN_K_TILES_PER_SPLIT] that no other allowed factor
+    beats in the estimated cost."""
+    s = choose_splits(blocks, k_tiles, sms, per_sm, tile_n, tile_vectors)
     allowed = range(1, max(1, k_tiles // MIN_K_TILES_PER_SPLIT) + 1)
     assert s in allowed
+    costs = [split_cost(blocks, k_tiles, sms, per_sm, f, tile_n, tile_vectors) for f in allowed]
+    assert split_cost(blocks, k_tiles, sms, per_sm, s, tile_n, tile_vectors) == min(costs)
 
-    def cost(f):
-        return -(-blocks * f // slots) * (-(-k_tiles // f) + PROLOGUE_TILES)
 
-    assert cost(s) == min(cost(f) for f in allowed)
+@given(waves=st.integers(0, 5), rest=st.integers(0, 2000), sms=st.integers(1, 200), per_sm=st.integers(1, 8),
+       k_tiles=st.integers(1, 600))
+def test_a_partial_wave_costs_its_occupancy_between_the_floor_and_a_full_wave(waves, rest, sms, per_sm, k_tiles):
+    """Unsplit, ``waves`` full waves plus ``rest`` blocks: each full wave costs per_sm block-lengths, the partial
+    one its blocks per SM, never below PARTIAL_WAVE_FLOOR of a full wave and never above one."""
+    rest %= sms * per_sm
+    length = k_tiles + PROLOGUE_TILES
+    cost = split_cost(waves * sms * per_sm + rest, k_tiles, sms, per_sm, 1, 16)
+    partial = cost - waves * per_sm * length
+    if rest == 0:
+        assert partial == 0
+    else:
+        assert PARTIAL_WAVE_FLOOR * per_sm * length - 1e-9 <= partial <= per_sm * length + 1e-9
+    if rest + sms < sms * per_sm:  # one more block per SM in the partial wave never makes it cheaper
+        assert split_cost(waves * sms * per_sm + rest + sms, k_tiles, sms, per_sm, 1, 16) >= cost - 1e-9
+
+
+@pytest.mark.parametrize("tile_n", [8, 64])
+def test_partial_sums_cost_more_for_wider_and_sparser_tiles(tile_n):
+    """A split block's partial tile (128 x tile_n fp32) weighs more against fewer words per k-tile: the same split
+    costs more at tile_n 64 than at 8, and more for a 90 %-sparse matrix (~205 vectors per tile) than at 70 %."""
+    unsplit = split_cost(72, 144, 132, 5, 1, tile_n, 615)
+    assert split_cost(72, 144, 132, 5, 9, tile_n, 205) > split_cost(72, 144, 132, 5, 9, tile_n, 615)
+    assert split_cost(72, 144, 132, 5, 1, tile_n, 205) == unsplit  # no partials without a split
+    assert split_cost(72, 144, 132, 5, 9, 64, 410) > split_cost(72, 144, 132, 5, 9, 8, 410)
 
 
 def test_a_grid_of_whole_waves_is_not_split():
-    """Ten full waves: splitting only adds per-block fixed cost."""
-    assert choose_splits(blocks=6600, k_tiles=144, slots=660) == 1
-
-
-def test_a_partial_last_wave_may_be_split_away():
-    """15.2 waves run as 16; split in two they run as 31 half-length waves, which the model counts as cheaper."""
-    assert choose_splits(blocks=10_000, k_tiles=144, slots=660) == 2
+    """Ten full waves: splitting only adds per-block fixed cost and partial sums."""
+    assert choose_splits(blocks=6600, k_tiles=144, sms=132, blocks_per_sm=5, tile_n=16) == 1
 
 
 def test_a_small_grid_is_split_to_fill_the_gpu():
     """9216 x 9216 (72 tile rows) on 132 SMs x 5 blocks: splitting K is the only way to fill the GPU."""
-    assert choose_splits(blocks=72, k_tiles=144, slots=660) > 4
+    assert choose_splits(blocks=72, k_tiles=144, sms=132, blocks_per_sm=5, tile_n=16) > 4
+
+
+# The factors bench/split_k.py measured fastest (or within 1 %) on an H100, 132 SMs (bench/RESULTS.md, fifth
+# session): what the model's constants were fitted to. Not listed, the two it misses: N = 8 FFN1 (it picks 4,
+# 4 % slower than 9) and N = 32 QKV at 70 % (4, 2 % slower than 7). tile_vectors: ~410 at 80 %, ~615 at 70 %.
+MEASURED_FASTEST = [
+    ("FFN1 36864x9216, N=16, 80 %", 288, 144, 5, 16, 410, {4}),
+    ("FFN2 9216x36864, N=16, 80 %", 72, 576, 5, 16, 410, {9}),
+    ("QKV 27648x9216, N=16, 80 %", 216, 144, 5, 16, 410, {3}),
+    ("out proj 9216x9216, N=16, 80 %", 72, 144, 5, 16, 410, {9}),
+    ("FFN1, N=32, 80 %", 288, 144, 4, 32, 410, {5, 4}),
+    ("FFN1, N=32, 70 %", 288, 144, 4, 32, 615, {5}),
+    ("FFN2, N=32, 70 %", 72, 576, 4, 32, 615, {7}),
+    ("out proj, N=32, 70 %", 72, 144, 4, 32, 615, {7, 5}),
+    ("FFN1, N=64, 80 %", 288, 144, 3, 64, 410, {4, 3}),
+    ("FFN1, N=64, 70 %", 288, 144, 3, 64, 615, {4}),
+    ("QKV, N=64, 80 %", 216, 144, 3, 64, 410, {3}),
+    ("QKV, N=64, 70 %", 216, 144, 3, 64, 615, {3}),
+    ("FFN2, N=64, 70 %", 72, 576, 3, 64, 615, {11}),
+    ("out proj, N=64, 70 %", 72, 144, 3, 64, 615, {5}),
+]
+
+
+@pytest.mark.parametrize("layer,tile_rows,k_tiles,blocks_per_sm,tile_n,tile_vectors,fastest", MEASURED_FASTEST,
+                         ids=[case[0] for case in MEASURED_FASTEST])
+def test_the_split_model_picks_the_measured_fastest_factor(layer, tile_rows, k_tiles, blocks_per_sm, tile_n,
+                                                           tile_vectors, fastest):
+    assert choose_splits(tile_rows, k_tiles, 132, blocks_per_sm, tile_n, tile_vectors) in fastest, layer
+
+
+@pytest.mark.parametrize("warps,tile_n,tile_vectors,expected", [
+    (4, 16, None, 512), (4, 16, 410, 512), (4, 16, PREFETCH_MORE_FROM, 512), (4, 16, PREFETCH_MORE_FROM + 1, 640),
+    (4, 8, 2048, 640), (4, PREFETCH_MORE_TILE_N * 2, 2048, 512), (8, 16, 615, 512),
+])
+def test_the_larger_prefetch_goes_to_dense_matrices_on_narrow_4_warp_blocks(warps, tile_n, tile_vectors, expected):
+    """80 % sparse tiles hold ~410 vectors, 70 % ~615: only the latter get the larger register buffer, and never
+    an 8-warp block (its 640 / 256 threads is not whole) or a wide one (no registers to spare)."""
+    assert prefetch_for(warps, tile_n, tile_vectors) == expected
 
 
 @pytest.mark.sim
@@ -109,3 +178,21 @@ def test_bad_mma_choices_are_named():
         SpmmConfig(tile_n=16, x_layout="kn", mma="wgmma")
     with pytest.raises(ValueError, match=r"Invalid mma of SpmmConfig: expected one of .*got 'x'"):
         SpmmConfig(tile_n=16, mma="x")
+
+
+def test_plan_gives_dense_matrices_the_larger_prefetch_on_4_warps():
+    """``tile_vectors`` (A's mean stored vectors per tile) reaches the configuration; 8-warp blocks keep 512."""
+    assert plan(1000, 16, 640, "float16", "nk", tile_vectors=615).config.prefetch_vectors == 640
+    assert plan(1000, 16, 640, "float16", "nk", tile_vectors=410).config.prefetch_vectors == 512
+    assert plan(1000, 16, 640, "float16", "kn", tile_vectors=615).config.prefetch_vectors == 640
+    assert plan(1000, 64, 640, "float16", "nk", tile_vectors=615).config.prefetch_vectors == 512
+
+
+@pytest.mark.parametrize("warps,prefetch", [(4, 600), (8, 640), (4, 0)])
+def test_bad_prefetch_choices_are_named(warps, prefetch):
+    from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
+
+    expected = (rf"Invalid prefetch_vectors of SpmmConfig: expected one of \(512, 640\) and a multiple of the "
+                rf"{32 * warps} threads of {warps} warps, got {prefetch}")
+    with pytest.raises(ValueError, match=expected):
+        SpmmConfig(tile_n=64, warps=warps, prefetch_vectors=prefetch)

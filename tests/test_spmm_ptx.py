@@ -13,7 +13,7 @@ import itertools
 
 import pytest
 
-from flashllm_nb.kernels.launch import DEFAULT_WARPS, warps_for
+from flashllm_nb.kernels.launch import DEFAULT_WARPS, PREFETCH_MORE_TILE_N, warps_for
 from flashllm_nb.kernels.spmm_tiled_csl import TILE_N_CHOICES
 from ptx_compile_worker import compile_ptx_in_subprocess
 
@@ -24,11 +24,21 @@ CONFIGS = [
     dict(tile_n=t, dtype=d, x_layout=layout, splits=s, warps=DEFAULT_WARPS)
     for t, d, layout, s in itertools.product(TILE_N_CHOICES, ("float16", "bfloat16"), ("nk", "kn"), (False, True))
 ]
+# The larger register prefetch (dense matrices, 4 warps up to PREFETCH_MORE_TILE_N) adds up to 8 registers:
+# checked on the split-K variant (the most registers) of each such block width and layout, fp16 (bf16 differs
+# only in the mma type).
+CONFIGS += [
+    dict(tile_n=t, dtype="float16", x_layout=layout, splits=True, warps=DEFAULT_WARPS, prefetch_vectors=640)
+    for t, layout in itertools.product(TILE_N_CHOICES, ("nk", "kn")) if t <= PREFETCH_MORE_TILE_N
+]
 # wgmma exists only on sm_90a, and only for "nk" activations (both operands K-major); one or two warpgroups per block.
 WGMMA_CC = (9, 0, "a")
 WGMMA_CONFIGS = [
     dict(tile_n=t, dtype=d, x_layout="nk", splits=s, warps=warps_for("wgmma", t), mma="wgmma")
     for t, d, s in itertools.product(TILE_N_CHOICES, ("float16", "bfloat16"), (False, True))
+] + [
+    dict(tile_n=t, dtype="float16", x_layout="nk", splits=True, warps=4, mma="wgmma", prefetch_vectors=640)
+    for t in TILE_N_CHOICES if warps_for("wgmma", t) == 4 and t <= PREFETCH_MORE_TILE_N
 ]
 WGMMA_INSTRUCTIONS = [
     "wgmma.fence.sync.aligned",
@@ -42,6 +52,7 @@ WGMMA_INSTRUCTIONS = [
 INSTRUCTIONS = [
     "mma.sync.aligned.m16n8k16.row.col.f32",
     "ldmatrix.sync.aligned.m8n8",
+    "bar.warp.sync",  # before a warp clears the A rows its ldmatrix read
     "cp.async.cg.shared.global",
     "cp.async.commit_group",
     "cp.async.wait_group",
@@ -57,7 +68,7 @@ def compiled():
 
 def _id(config, cc):
     return (f"n{config['tile_n']}-{config['dtype']}-{config['x_layout']}-{'split' if config['splits'] else 'whole'}"
-            f"-{config.get('mma', 'sync')}-sm{''.join(str(c) for c in cc)}")
+            f"-{config.get('mma', 'sync')}-p{config.get('prefetch_vectors', 512)}-sm{''.join(str(c) for c in cc)}")
 
 
 def _assembled_without_local_memory(result, config, cc):

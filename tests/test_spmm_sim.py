@@ -128,13 +128,16 @@ def test_every_block_width(tensor_core_path, n):
 @pytest.mark.parametrize("tensor_core_path, dtype", [("wgmma", DTYPES[0]), ("wgmma", DTYPES[1]), ("sync", DTYPES[0])],
                          ids=["wgmma-fp16", "wgmma-bf16", "sync-fp16"], indirect=["tensor_core_path"])
 def test_empty_dense_and_overflowing_tiles(tensor_core_path, dtype):
-    """Tile rows/columns that are entirely empty next to fully dense tiles (8192 entries: more than the 2048 the
-    registers prefetch, so the overflow pass runs), across split-K boundaries."""
+    """Tile rows/columns that are entirely empty next to fully dense tiles (8192 entries: more than the 2560 the
+    registers prefetch for a matrix this dense, so the overflow pass runs), across split-K boundaries."""
     rng = np.random.default_rng(1)
     W = rng.standard_normal((256, 4 * 64)).astype(dtype)
     W[:128, 64:192] = 0  # two empty tiles in tile row 0
     W[128:, :64] = 0  # an empty tile in tile row 1; the rest is fully dense
     X = rng.standard_normal((5, 256)).astype(dtype)
+    A = fl.TiledCSL.from_dense(W)
+    mean_vectors = -(-A.words.size // (4 * (A.tile_offsets.size - 2)))
+    assert launch.prefetch_for(4, 8, mean_vectors) == 640  # the larger register buffer is the one exercised here
     for split_k in (1, 2, 4):
         _check_linear(W, X, split_k=split_k)
 

@@ -6,9 +6,10 @@ Everything here is decided from the shape, the dtype and the device, never from 
 * the Tensor-Core instruction: ``wgmma`` on Hopper (compute capability 9.x) for ``linear`` ("nk" activations),
   ``mma.sync`` everywhere else (the simulator plays a Hopper GPU, so CI runs the kernels Hopper users get), and the
   warps per block from it and ``tile_n`` (``warps_for``);
+* the word vectors prefetched per tile, from the matrix's mean stored vectors per tile (``prefetch_for``);
 * split-K: from the SM count and the blocks per SM the driver's occupancy calculator allows for this kernel's
-  registers and shared memory, ``choose_splits`` picks the factor with the fewest estimated k-tile steps on the
-  busiest SM, counting partly filled waves and each block's fixed cost.
+  registers and shared memory, ``choose_splits`` picks the factor with the least estimated time, counting waves of
+  blocks (a partly filled last wave almost as a full one), each block's fixed cost and its partial sums' traffic.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from flashllm_nb._runtime import cuda_driver
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.spmm_tiled_csl import (
     MMA_CHOICES,
+    PREFETCH_CHOICES,
     TILE_M,
     TILE_N_CHOICES,
     SpmmConfig,
@@ -41,7 +43,23 @@ DEFAULT_WARPS = 4  # warps per block (SpmmConfig.warps): 4 measured 0.98x of cuB
 # 16 or 12. Same run on an H200: +3-5 % at N = 32, +8-12 % at N = 64 (H100: +4-8 %, +8-10 %), but -5-10 % at N = 8
 # and 16, where 4 warps already fit 5 blocks per SM and twice the barrier participants cost more than they hide.
 WGMMA_8_WARPS_FROM_TILE_N = 32
-PROLOGUE_TILES = 2  # a block's fixed cost (offsets, pipeline fill, epilogue) in k-tiles' worth of time
+# The split-K model (split_cost). Its three constants were fitted to forced-split timings of 16 cases on an H100
+# (OPT-66B layers, N = 8 to 64, 70 and 80 % sparsity; bench/split_k.py, RESULTS.md fifth session): with them it
+# picks the fastest measured factor, or one within 1 %, in 14 cases, and ones 2 % and 4 % slower in the other two;
+# the whole-wave model before it missed five by 6-23 %. Neighbouring values (floor 0.8-0.85, weight 0.3-0.75,
+# fixed cost 0.5-1.5) do as well, within 4 %.
+PROLOGUE_TILES = 1  # a block's fixed cost (offsets, zeroing, pipeline fill) in k-tiles' worth of time
+# A wave that fills n of an SM's S block slots takes n/S of a full wave's time (the SM's throughput is shared), but
+# no less than this fraction of it: a thin last wave runs its blocks faster, not proportionally so.
+PARTIAL_WAVE_FLOOR = 0.8
+# A split block writes its fp32 partial tile (128 x tile_n x 4 bytes) and the reducing block reads it back: that
+# traffic counts with this weight against the same number of bytes of words (most of it stays in L2).
+PARTIAL_SUM_WEIGHT = 0.5
+TYPICAL_TILE_VECTORS = 410  # 16-byte word vectors of an 80 %-sparse tile, where the caller does not say
+# Tiles denser on average than this many 16-byte word vectors get the larger register prefetch, in blocks up to
+# this tile_n (prefetch_for).
+PREFETCH_MORE_FROM = 448
+PREFETCH_MORE_TILE_N = 16
 # What the simulator pretends the device is, so that split-K is exercised on the small shapes tests use.
 _SIMULATED_SMS = 4
 _SIMULATED_CC = (9, 0)
@@ -98,25 +116,52 @@ def warps_for(mma: str, tile_n: int) -> int:
     return 8 if mma == "wgmma" and tile_n >= WGMMA_8_WARPS_FROM_TILE_N else DEFAULT_WARPS
 
 
-def choose_splits(blocks: int, k_tiles: int, slots: int) -> int:
-    """The split-K factor with the least estimated time.
+def prefetch_for(warps: int, tile_n: int, tile_vectors: int | None) -> int:
+    """Word vectors per tile to prefetch into registers (``SpmmConfig.prefetch_vectors``): the larger buffer where
+    the matrix's tiles hold more than ``PREFETCH_MORE_FROM`` vectors on average (denser than 22 %: 7/8 of the small
+    buffer, so that tiles somewhat denser than the mean still fit), for 4-warp blocks up to ``PREFETCH_MORE_TILE_N``
+    (8 warps keep 64 registers for 4 blocks per SM; wider 4-warp blocks have no registers to spare: tile_n 64 spills
+    on sm_80). Same run on an H100, N = 8 and 16 (RESULTS.md): +5-6 % at 70 % sparsity, -0.5-1.3 % at 80-90 %,
+    where the larger buffer is empty registers."""
+    if warps == 4 and tile_n <= PREFETCH_MORE_TILE_N and tile_vectors is not None and tile_vectors > PREFETCH_MORE_FROM:
+        return PREFETCH_CHOICES[1]
+    return PREFETCH_CHOICES[0]
 
-    With ``blocks`` output tiles and ``slots`` blocks resident on the whole GPU at once, splitting K s ways runs
-    ``ceil(blocks * s / slots)`` waves of blocks that each walk ``ceil(k_tiles / s)`` k-tiles plus a pipeline
-    prologue of about ``PROLOGUE_TILES``. The estimate counts both wave quantisation (a wave 10 % full costs a whole
-    wave) and the per-block fixed cost; splits below ``MIN_K_TILES_PER_SPLIT`` k-tiles are not considered.
-    """
-    best, best_cost = 1, None
-    for s in range(1, max(1, k_tiles // MIN_K_TILES_PER_SPLIT) + 1):
-        cost = -(-blocks * s // slots) * (-(-k_tiles // s) + PROLOGUE_TILES)
-        if best_cost is None or cost < best_cost:
-            best, best_cost = s, cost
-    return best
+
+def split_cost(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, s: int, tile_n: int,
+               tile_vectors: int | None = None) -> float:
+    """Estimated time of splitting K ``s`` ways, in k-tile steps of a block sharing its SM with a full complement.
+
+    ``blocks * s`` blocks run in waves of ``sms * blocks_per_sm``. Each walks ``ceil(k_tiles / s)`` k-tiles plus a
+    fixed cost of ``PROLOGUE_TILES``, plus, when split, its partial tile's traffic: ``2 * 128 * tile_n * 4`` bytes
+    (written, read back by the reducing block) weighted by ``PARTIAL_SUM_WEIGHT`` against one k-tile's words,
+    ``16 * tile_vectors`` bytes. A full wave costs ``blocks_per_sm`` block-lengths of SM time; the last, partial
+    wave its blocks per SM, but at least ``PARTIAL_WAVE_FLOOR`` of a full wave."""
+    slots = sms * blocks_per_sm
+    full_waves, rest = divmod(blocks * s, slots)
+    length = -(-k_tiles // s) + PROLOGUE_TILES
+    if s > 1:
+        length += PARTIAL_SUM_WEIGHT * (2 * TILE_M * tile_n * 4) / (16 * (tile_vectors or TYPICAL_TILE_VECTORS))
+    cost = full_waves * blocks_per_sm * length
+    if rest:
+        per_sm = -(-rest // sms)
+        cost += min(blocks_per_sm, max(per_sm, PARTIAL_WAVE_FLOOR * blocks_per_sm)) * length
+    return cost
+
+
+def choose_splits(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, tile_n: int,
+                  tile_vectors: int | None = None) -> int:
+    """The split-K factor with the least ``split_cost`` (the smaller one on a tie); splits below
+    ``MIN_K_TILES_PER_SPLIT`` k-tiles are not considered."""
+    allowed = range(1, max(1, k_tiles // MIN_K_TILES_PER_SPLIT) + 1)
+    return min(allowed, key=lambda s: split_cost(blocks, k_tiles, sms, blocks_per_sm, s, tile_n, tile_vectors))
 
 
 @functools.lru_cache(maxsize=1024)
-def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None = None, mma: str | None = None) -> Plan:
-    """Pick the configuration and grid for an (m x k) @ (k x n) product. ``split_k`` and ``mma`` (one of
+def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None = None, mma: str | None = None,
+         tile_vectors: int | None = None) -> Plan:
+    """Pick the configuration and grid for an (m x k) @ (k x n) product whose A holds ``tile_vectors`` 16-byte word
+    vectors per tile on average (None: unknown, the small prefetch). ``split_k`` and ``mma`` (one of
     ``MMA_CHOICES``) override the choice, for benchmarks and tests."""
     tile_n = tile_n_for(n)
     tile_rows = -(-m // TILE_M)
@@ -127,14 +172,16 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     elif mma not in MMA_CHOICES:
         raise ValueError(f"Invalid mma: expected one of {MMA_CHOICES} or None, got {mma!r}")
     warps = warps_for(mma, tile_n)
-    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma)
+    prefetch = prefetch_for(warps, tile_n, tile_vectors)
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch)
     if split_k is None:
         resident = 1 if ptx.SIMULATOR else _compiled(config).blocks_per_sm(config.shared_bytes(k_tiles))
-        split_k = choose_splits(tile_rows * n_blocks, k_tiles, _sm_count() * max(resident, 1))
+        split_k = choose_splits(tile_rows * n_blocks, k_tiles, _sm_count(), max(resident, 1), tile_n, tile_vectors)
     split_k = max(1, min(split_k, k_tiles))
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
-    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma)
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma,
+                        prefetch_vectors=prefetch)
     return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
 
 

@@ -33,22 +33,24 @@ buffers that alternate, the loop unrolled by two), and are scattered from there 
 tiles. At step i tile i is multiplied while tile i+1's words wait in registers and tile i+2's and i+3's are in
 flight::
 
-    prologue: tile offsets of the block -> shared; zero A[0]; issue activations 0 .. STAGES-2;
+    prologue: tile offsets of the block -> shared; zero A[0] and A[1]; issue activations 0 .. STAGES-2;
               load words(0), words(1); scatter words(0) -> A[0]; load words(2)
     for i in the block's k-tiles:
-        wait for activation tile i; barrier      # A[i%2] expanded; everyone is done with tile i-1's buffers
+        wait for activation tile i; barrier      # A[i%2] expanded, A[(i+1)%2] zero; everyone is done with
+                                                 # tile i-1's activation stage
         issue activations i+STAGES-1 into tile i-1's stage
-        zero A[(i+1)%2]
         ldmatrix + mma.sync on A[i%2] and activations(i)     # fp32 accumulators in registers; the next k16
                                                              # step's fragments load during this step's mma
-        barrier                                  # the zeroing is complete
-        scatter the registered words(i+1) -> A[(i+1)%2]; a tile denser than the register budget (25 %) loads
-        and scatters its remaining words here, unhidden
+        scatter the registered words(i+1) -> A[(i+1)%2]; a tile denser than the register budget
+        (``prefetch_vectors``) loads and scatters its remaining words here, unhidden
         load words(i+3) into the buffer words(i+1) just left
+        each warp zeroes the rows of A[i%2] it read  # for tile i+2, scattered there by the next step
 
-Two barriers per k-tile: one publishes the expansion (and the copies) before the mma reads them, one orders the
-zeroing before any thread's scatter. Any tile density is legal: the register budget only decides how much of a
-tile's words load ahead of time.
+One barrier per k-tile: it publishes the expansion (and the copies) before the mma reads them, and orders every
+warp's zeroing before any thread's scatter into that buffer. A warp may zero its rows without waiting for the
+others because no other warp reads them (``clear_own_rows``); zeroing the whole buffer after a second barrier, as
+the first versions did, measured 1-4 % slower (H100, ``bench/RESULTS.md``). Any tile density is legal: the register
+budget only decides how much of a tile's words load ahead of time.
 
 Why words go to registers and not through shared memory: both were measured on an H200 (``bench/RESULTS.md``).
 Staging the words in shared memory with ``cp.async`` lets them run several tiles ahead, but costs a copy, a
@@ -83,10 +85,11 @@ so twice the warps per SM at tile_n 32 and 64, where 4 warps need 102-165 regist
 layout: the format's swizzled positions are exactly wgmma's K-major 128-byte swizzle when the buffer starts on a
 1024-byte boundary (``WGMMA_SHARED_ALIGN``); the "nk" activation rows are unpadded (64 values) and swizzled the same
 way. Per step: fence (``fence.proxy.async``: the threads' stores and copies become visible to the Tensor Cores'
-async proxy), barrier, issue the k-tile's wgmma group, then issue copies, zero and scatter the *other* A buffer
-while it runs, and wait for the group before the next barrier. Measured on an H100 (``bench/RESULTS.md``): level at
-N = 8, up to 5 / 9 / 19 % faster at N = 16 / 32 / 64 with 4 warps, since the warps share one read of the activation
-tile per half and no fragments occupy registers; 8 warps add 4-10 % at N = 32 and 64.
+async proxy), barrier, issue the k-tile's wgmma group, then issue copies and scatter into the *other* A buffer while
+it runs, wait for the group, and zero the rows of this buffer that fed the warp's accumulators. Measured on an H100
+(``bench/RESULTS.md``): level at N = 8, up to 5 / 9 / 19 % faster at N = 16 / 32 / 64 with 4 warps, since the warps
+share one read of the activation tile per half and no fragments occupy registers; 8 warps add 4-10 % at N = 32 and
+64.
 
 Split-K
 -------
@@ -107,7 +110,7 @@ from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.ptx import SHARED_ALIGN, WGMMA_SHARED_ALIGN
 
 __all__ = ["SpmmConfig", "TILE_M", "TILE_K", "build_kernel", "kernel_signature", "TILE_N_CHOICES", "WARP_CHOICES",
-           "MMA_CHOICES"]
+           "MMA_CHOICES", "PREFETCH_CHOICES"]
 
 TILE_M = 128  # rows of A per block: one tile row of the Tiled-CSL grid
 TILE_K = 64  # k per pipeline step: one tile column of the grid
@@ -123,9 +126,11 @@ STAGES = 4
 # cp.async.wait_group takes an immediate: the number of most recent groups that may still be in flight. At step i
 # activation tiles 0 .. i+STAGES-2 have been issued; tile i must have landed.
 _PENDING_IN_LOOP = STAGES - 2
-# Word vectors a block holds per k-tile in one register buffer: 512 vectors = 2048 entries, a 25 %-dense tile.
-# Two buffers alternate, so a tile's words are requested two k-tiles before they are scattered.
-PREFETCH_VECTORS = 512
+# Word vectors a block holds per k-tile in one register buffer (SpmmConfig.prefetch_vectors): 512 vectors = 2048
+# entries, a 25 %-dense tile (4 per thread with 4 warps, 2 with 8), or 640 = 31 % (5 per thread; 4 warps, used up
+# to tile_n 16: 8 registers more, within what 5 blocks per SM allow). Two buffers alternate, so a tile's words are requested two
+# k-tiles before they are scattered; vectors beyond the buffer are loaded during the scatter, unhidden.
+PREFETCH_CHOICES = (512, 640)
 # Blocks per SM promised to ptxas (launch_bounds) per tile_n with 4 warps: what the shared memory of a block
 # (37 / 42 / 51 / 70 KB) allows on a 228 KB SM, except tile_n = 8, where a promise of 6 would hold ptxas to 80
 # registers and cost the double-buffered fragments (ptxas -v / nvdisasm, sm_90).
@@ -165,6 +170,9 @@ class SpmmConfig:
     mma : str
         ``"sync"`` (``ldmatrix`` + ``mma.sync``, any sm_80+ GPU) or ``"wgmma"`` (Hopper's ``wgmma.mma_async``,
         sm_90a; needs ``x_layout="nk"``; 4 warps are one warpgroup for both m64 halves, 8 warps two, one per half).
+    prefetch_vectors : int
+        16-byte word vectors of a tile loaded into registers one k-tile ahead, one of ``PREFETCH_CHOICES`` and a
+        multiple of the block's threads: a tile with more has the rest loaded during its scatter, unhidden.
     """
 
     tile_n: int
@@ -173,6 +181,7 @@ class SpmmConfig:
     splits: bool = False
     warps: int = 4
     mma: str = "sync"
+    prefetch_vectors: int = PREFETCH_CHOICES[0]
 
     @property
     def threads(self) -> int:
@@ -189,6 +198,11 @@ class SpmmConfig:
             raise ValueError(f"Invalid warps of SpmmConfig: expected one of {WARP_CHOICES}, got {self.warps}")
         if self.mma not in MMA_CHOICES:
             raise ValueError(f"Invalid mma of SpmmConfig: expected one of {MMA_CHOICES}, got {self.mma!r}")
+        if self.prefetch_vectors not in PREFETCH_CHOICES or self.prefetch_vectors % self.threads:
+            raise ValueError(
+                f"Invalid prefetch_vectors of SpmmConfig: expected one of {PREFETCH_CHOICES} and a multiple of the "
+                f"{self.threads} threads of {self.warps} warps, got {self.prefetch_vectors}"
+            )
         if self.mma == "wgmma" and self.x_layout != "nk":
             raise ValueError(
                 "Invalid SpmmConfig: mma='wgmma' needs x_layout='nk' (both operands K-major), "
@@ -275,13 +289,19 @@ def build_kernel(cfg: SpmmConfig):
     HALF_ACC = TILE_N // 2  # wgmma: accumulators of one m64 half of the tile per thread
     # wgmma: 4 warps are one warpgroup that multiplies both m64 halves; 8 warps are two, one per half.
     HALVES_PER_WARPGROUP = 2 if cfg.warps == 4 else 1
+    # The A rows a warp's products read, cleared by that warp (clear_own_rows): its WARP_ROWS rows for mma.sync and
+    # 8-warp wgmma (16w .. 16w+15 of the tile); with 4-warp wgmma the 16-row band 16w.. of each m64 half (the
+    # rows of the warp's accumulators). A warp-wide 16-byte store covers 4 rows; 16 rows are 4 stores.
+    CLEAR_STORES = WARP_ROWS // 4
+    CLEAR_BAND_STRIDE = 64 if WGMMA and cfg.warps == 4 else 16
+    CLEAR_WARP_ROWS = 16 if WGMMA else WARP_ROWS  # first row of warp w: w * CLEAR_WARP_ROWS
     # The activation tile in shared memory: "nk" keeps one row per token (64 k-values, padded to NK_ROW for
     # ldmatrix, or 128-byte swizzled for wgmma), "kn" one row per k (TILE_N values, chunks XOR-swizzled).
     B_ROW = cfg.nk_row if NK else TILE_N
     B_ELEMS = (TILE_N if NK else TILE_K) * B_ROW
     B_BASE = 2 * TILE_ELEMS  # uint16 index of the first activation stage, after the two A tiles
     OFFSETS_BASE32 = (B_BASE + STAGES * B_ELEMS) // 2  # uint32 index of the block's tile offsets
-    R = PREFETCH_VECTORS // THREADS  # 16-byte word vectors each thread holds per register buffer (8 warps: 2)
+    R = cfg.prefetch_vectors // THREADS  # 16-byte word vectors per thread per register buffer (4 or 5; 8 warps: 2)
     WORDS = 4 * R
     B_CHUNKS = TILE_K * TILE_N // 8  # 16-byte cp.async chunks per activation tile
     B_ROUNDS = (B_CHUNKS + THREADS - 1) // THREADS
@@ -383,7 +403,7 @@ def build_kernel(cfg: SpmmConfig):
     @_device
     def scatter_tile(words, smem16, v0, v1, a_stage, wbuf):
         """Scatter the registered words of the tile whose vectors are ``v0 .. v1 - 1`` into A buffer ``a_stage``;
-        vectors beyond the register budget (tiles denser than R * THREADS vectors, 25 %) are loaded and scattered
+        vectors beyond the register budget (tiles with more than ``prefetch_vectors``) are loaded and scattered
         here, without their latency hidden."""
         a_base = uint64(a_stage * TILE_ELEMS)
         v = v0 + cuda.threadIdx.x
@@ -400,16 +420,29 @@ def build_kernel(cfg: SpmmConfig):
 
     @_device
     def zero_a_tile(a_s, a_stage):
-        """Zero one A buffer: 16 KiB, eight 16-byte stores per thread (4 warps) at fixed offsets.
-
-        Un-scattering the previous tile's positions instead (zeros at its ~1638 positions at 80 %: ~74 store
-        wavefronts against these 128) was measured twice and lost on every shape (bench/RESULTS.md): keeping two
-        tiles' positions in registers costs 22 registers and a resident block per SM (commit 0dcded7); re-reading
-        the previous tile's words from L2 instead puts a dependent load in every thread's step (1.17x against
-        1.79x of cuBLAS at N = 16, 80 %, H100)."""
+        """Zero a whole A buffer (the prologue's two): eight 16-byte stores per thread (4 warps) at fixed offsets."""
         first = a_stage * TILE_ELEMS + cuda.threadIdx.x * 8
         for j in range(TILE_ELEMS // 8 // THREADS):
             ptx.st_shared_v4_u32(a_s, first + j * THREADS * 8, 0, 0, 0, 0)
+
+    @_device
+    def clear_own_rows(a_s, a_stage, clear_first):
+        """Zero the A rows whose products this warp has just finished, in buffer ``a_stage``: 32 rows (4 warps) or
+        16 (8 warps), 4 whole 128-byte rows per warp-wide 16-byte store, conflict-free. ``clear_first`` is the
+        lane's element offset in its warp's first rows; store j is ``4 * (j % 4) + CLEAR_BAND_STRIDE * (j // 4)``
+        rows further.
+
+        Why per warp: a warp that has waited for its own products (mma.sync returned; ``wgmma.wait_group``) knows
+        nothing about the other warps, but the rows feeding its accumulators are read by nobody else, so it may
+        clear them at once, and the step's single barrier then orders every warp's clearing before the scatter
+        into that buffer. Unscattering the previous tile's positions instead (~74 stores against these 128 at
+        80 %) was measured twice and lost on every shape (bench/RESULTS.md): keeping two tiles' positions in
+        registers cost 22 registers and a resident block per SM (commit 0dcded7); re-reading the previous tile's
+        words from L2 put a dependent load in every thread's step (1.17x against 1.79x of cuBLAS, N = 16, 80 %)."""
+        first = a_stage * TILE_ELEMS + clear_first
+        for j in range(CLEAR_STORES):
+            rows = 4 * (j & 3) + CLEAR_BAND_STRIDE * (j >> 2)
+            ptx.st_shared_v4_u32(a_s, first + rows * TILE_K, 0, 0, 0, 0)
 
     @_device
     def load_fragments(smem16, a_base, b_base, a_off, b_off, ks, frag):
@@ -501,11 +534,12 @@ def build_kernel(cfg: SpmmConfig):
 
     @_device
     def k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
-               cp_cols_left, a_off, b_off, frag0, frag1, acc, w_next):
-        """Step i of the main loop. On entry A tile i is expanded (visible after the first barrier), tile i+1's
-        words are in ``w_next`` and tile i+2's in the other register buffer; on exit tile i+1 is expanded and
-        tile i+3's loads are in flight into ``w_next``. The caller alternates the two buffers: words travel two
-        k-tiles ahead of their use."""
+               cp_cols_left, a_off, b_off, frag0, frag1, acc, w_next, clear_first):
+        """Step i of the main loop. On entry A tile i is expanded and the other A buffer is zero (both visible after
+        the barrier), tile i+1's words are in ``w_next`` and tile i+2's in the other register buffer; on exit tile
+        i+1 is expanded, the rows of A tile i this thread's warp read are zero again, and tile i+3's loads are in
+        flight into ``w_next``. The caller alternates the two buffers: words travel two k-tiles ahead of their
+        use."""
         a_stage = i & 1
         # The vector ranges of the tiles this step scatters (i+1) and starts loading (i+3), read from shared memory
         # before the barrier: read next to their use, their latency stalled each thread in front of the scatter and
@@ -519,28 +553,33 @@ def build_kernel(cfg: SpmmConfig):
             # wgmma reads through the async proxy: this thread's scatter, zeros and landed copies must be made
             # visible to it before the barrier that publishes them.
             ptx.fence_proxy_async_shared()
-        # A tile i is expanded, everyone's copies of activation tile i are visible, and everyone is done with
-        # tile i - 1: its A buffer and its activation stage are free.
+        # The step's one barrier: A tile i is expanded, the other A buffer is cleared (each warp cleared the rows
+        # it had read), everyone's copies of activation tile i are visible, and everyone is done with tile i - 1's
+        # activation stage.
         cuda.syncthreads()
         if WGMMA:
-            # The Tensor Cores work on tile i while the threads issue the next copies and zero the other A buffer.
+            # The Tensor Cores work on tile i while the threads issue the next copies and scatter into the other
+            # A buffer.
             wgmma_issue(smem16, a_stage, i & (STAGES - 1), acc)
         issue_activations(x, ldx, smem16, i + STAGES - 1, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
                           cp_cols_left)
-        if i + 1 < n_tiles_block:
-            zero_a_tile(smem16, 1 - a_stage)
         if not WGMMA:
             mma_tile(smem16, a_stage, i & (STAGES - 1), a_off, b_off, frag0, frag1, acc)
-        cuda.syncthreads()  # the zeroing is complete before anyone scatters into that buffer
         if i + 1 < n_tiles_block:
             scatter_tile(words, smem16, scatter_v0, scatter_v1, 1 - a_stage, w_next)
         if i + 3 < n_tiles_block:
             load_words(words, load_v0, load_v1, w_next)
         if WGMMA:
-            # Tile i's wgmma ran during the zeroing and the scatter (they write the other A buffer). It must be
-            # complete before the next step's barrier: after it, tile i's A buffer is zeroed and its activation
-            # stage refilled.
+            # This warp's share of tile i's wgmma must be complete before it clears the rows it read, and before
+            # the next barrier, after which tile i's activation stage is refilled.
             ptx.wgmma_wait_group(0, acc, ACC)
+        if i + 2 < n_tiles_block:
+            if not WGMMA:
+                # A lane's clearing stores may hit rows another lane addressed for the warp's ldmatrix: every
+                # lane is past those reads first (compute-sanitizer racecheck flags the pair without it).
+                ptx.warp_sync()
+            # Zeros for tile i+2, which the next step scatters into this buffer after its barrier.
+            clear_own_rows(smem16, a_stage, clear_first)
 
     @_device
     def accumulator_of(row, col):
@@ -622,6 +661,7 @@ def build_kernel(cfg: SpmmConfig):
         if n_tiles_block > 0:
             tid = cuda.threadIdx.x
             lane = tid & 31
+            warp = tid >> 5
             q = lane >> 3  # which 8x8 matrix of an ldmatrix.x4 this lane addresses
             r = lane & 7  # which row of it
             if not WGMMA:  # ldmatrix rows (wgmma reads the tiles through descriptors)
@@ -663,6 +703,8 @@ def build_kernel(cfg: SpmmConfig):
                 smem32[uint64(OFFSETS_BASE32) + uint64(j)] = uint32(tile_offsets[first_tile + j])
                 j += THREADS
             zero_a_tile(smem16, 0)
+            zero_a_tile(smem16, 1)  # for tile 1, scattered by step 0 (later steps clear rows as they finish them)
+            clear_first = (warp * CLEAR_WARP_ROWS + (lane >> 3)) * TILE_K + (lane & 7) * 8
             cuda.syncthreads()  # offsets and zeros visible
             for t in range(STAGES - 1):
                 issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
@@ -682,10 +724,10 @@ def build_kernel(cfg: SpmmConfig):
             i = 0
             while i < n_tiles_block:  # unrolled by two so that each register buffer is a fixed set of registers
                 k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
-                       cp_cols_left, a_off, b_off, frag0, frag1, acc, w_b)
+                       cp_cols_left, a_off, b_off, frag0, frag1, acc, w_b, clear_first)
                 if i + 1 < n_tiles_block:
                     k_step(words, x, ldx, smem16, smem32, i + 1, n_tiles_block, kt_begin, cp_dst, cp_src,
-                           cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc, w_a)
+                           cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc, w_a, clear_first)
                 i += 2
             ptx.cp_async_wait_all()
 
