@@ -121,7 +121,7 @@ def prefetch_for(warps: int, tile_n: int, tile_vectors: int | None) -> int:
     the matrix's tiles hold more than ``PREFETCH_MORE_FROM`` vectors on average (denser than 22 %: 7/8 of the small
     buffer, so that tiles somewhat denser than the mean still fit), for 4-warp blocks up to ``PREFETCH_MORE_TILE_N``
     (8 warps keep 64 registers for 4 blocks per SM; wider 4-warp blocks have no registers to spare: tile_n 64 spills
-    on sm_80). Same run on an H100, N = 8 and 16 (RESULTS.md): +5-6 % at 70 % sparsity, -0.5-1.3 % at 80-90 %,
+    on sm_80). Same run on an H100, N = 8 and 16 (RESULTS.md): +5-6 % at 70 % sparsity, -0.4-1.2 % at 80-90 %,
     where the larger buffer is empty registers."""
     if warps == 4 and tile_n <= PREFETCH_MORE_TILE_N and tile_vectors is not None and tile_vectors > PREFETCH_MORE_FROM:
         return PREFETCH_CHOICES[1]
