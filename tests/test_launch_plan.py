@@ -35,7 +35,8 @@ def test_split_choice_is_the_cheapest_allowed(blocks, k_tiles, sms, per_sm, tile
     allowed = range(1, max(1, k_tiles // MIN_K_TILES_PER_SPLIT) + 1)
     assert s in allowed
     costs = [split_cost(blocks, k_tiles, sms, per_sm, f, tile_n, tile_vectors) for f in allowed]
-    assert split_cost(blocks, k_tiles, sms, per_sm, s, tile_n, tile_vectors) == min(costs)
+    assert costs[s - 1] == min(costs)
+    assert min(costs) not in costs[:s - 1]  # on a tie, the smaller factor (fewer partial sums)
 
 
 @given(waves=st.integers(0, 5), rest=st.integers(0, 2000), sms=st.integers(1, 200), per_sm=st.integers(1, 8),
@@ -154,6 +155,7 @@ def test_pointer_slots_name_x_y_and_bias_in_the_packed_block():
     assert list(buffer[launch._N_PARAMETERS - 5:]) == [3, 4, 5, 6, 7]
 
 
+@pytest.mark.sim
 @pytest.mark.parametrize("n, warps", [(1, 4), (16, 4), (17, 8), (64, 8), (200, 8)])
 def test_linear_takes_wgmma_on_the_simulated_hopper_and_spmm_mma_sync(n, warps):
     """The simulator plays a compute-capability-9.0 GPU: "nk" (linear) plans wgmma, 8 warps from tile_n 32 on;
@@ -180,12 +182,13 @@ def test_bad_mma_choices_are_named():
         SpmmConfig(tile_n=16, mma="x")
 
 
-def test_plan_gives_dense_matrices_the_larger_prefetch_on_4_warps():
-    """``tile_vectors`` (A's mean stored vectors per tile) reaches the configuration; 8-warp blocks keep 512."""
-    assert plan(1000, 16, 640, "float16", "nk", tile_vectors=615).config.prefetch_vectors == 640
-    assert plan(1000, 16, 640, "float16", "nk", tile_vectors=410).config.prefetch_vectors == 512
-    assert plan(1000, 16, 640, "float16", "kn", tile_vectors=615).config.prefetch_vectors == 640
-    assert plan(1000, 64, 640, "float16", "nk", tile_vectors=615).config.prefetch_vectors == 512
+def test_plan_gives_dense_matrices_the_larger_prefetch_on_narrow_blocks():
+    """``tile_vectors`` (A's mean stored vectors per tile) reaches the configuration; 64-wide blocks (8 warps on
+    Hopper's wgmma path, 4 elsewhere) keep 512. Forced split_k: no occupancy query, so no compilation on a GPU."""
+    assert plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=615).config.prefetch_vectors == 640
+    assert plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=410).config.prefetch_vectors == 512
+    assert plan(1000, 16, 640, "float16", "kn", split_k=1, tile_vectors=615).config.prefetch_vectors == 640
+    assert plan(1000, 64, 640, "float16", "nk", split_k=1, tile_vectors=615).config.prefetch_vectors == 512
 
 
 @pytest.mark.parametrize("warps,prefetch", [(4, 600), (8, 640), (4, 0)])

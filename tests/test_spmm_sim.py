@@ -142,13 +142,14 @@ def test_empty_dense_and_overflowing_tiles(tensor_core_path, dtype):
         _check_linear(W, X, split_k=split_k)
 
 
-@pytest.mark.parametrize("x_layout", ["nk", "kn"])
+@pytest.mark.parametrize("x_layout, n", [("nk", 16), ("kn", 16), ("nk", 64)])
 @BOTH_PATHS
-def test_tile_sequence_leaves_no_stale_values(tensor_core_path, x_layout):
+def test_tile_sequence_leaves_no_stale_values(tensor_core_path, x_layout, n):
     """Along one tile row, sparse tiles, a dense tile (more words than the registers prefetch), empty tiles and a
     one-entry tile (three padding words) follow each other in the two alternating A buffers, so a value that the
     clearing between tiles missed would enter a later tile's product (a kernel that skipped clearing part of a
-    buffer failed this test). Pruned values are +0.0: from_dense stores -0.0."""
+    buffer failed this test). Each warp clears the rows it read: N = 16 checks 4-warp blocks, N = 64 on the wgmma
+    path 8-warp ones (two warpgroups). Pruned values are +0.0: from_dense stores -0.0."""
     rng = np.random.default_rng(3)
     densities = [0.1, 0.12, 1.0, 0.05, 0.0, 0.3, 0.1, 0.0, 0.2]
     W = np.zeros((128, 64 * len(densities)), np.float32)
@@ -157,9 +158,9 @@ def test_tile_sequence_leaves_no_stale_values(tensor_core_path, x_layout):
     W[5, 64 * 7 + 3] = 1.5  # the one entry of tile 7
     W = W.astype(np.float16)
     if x_layout == "nk":
-        _check_linear(W, rng.standard_normal((16, W.shape[1])).astype(np.float16), split_k=1)
+        _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=1)
     else:
-        _check_spmm(W, rng.standard_normal((W.shape[1], 16)).astype(np.float16), split_k=1)
+        _check_spmm(W, rng.standard_normal((W.shape[1], n)).astype(np.float16), split_k=1)
 
 
 def test_all_zero_matrix_gives_zeros_and_bias():

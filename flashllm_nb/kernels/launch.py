@@ -1,6 +1,7 @@
 """Choosing a kernel configuration for a problem, and launching it.
 
-Everything here is decided from the shape, the dtype and the device, never from a hand-made table:
+Everything here is decided from the shape, the dtype, the device and A's mean density (its stored word vectors per
+tile), never from a hand-made table:
 
 * ``tile_n`` is the smallest of 8/16/32/64 that covers N (N > 64 is cut into 64-wide column blocks);
 * the Tensor-Core instruction: ``wgmma`` on Hopper (compute capability 9.x) for ``linear`` ("nk" activations),
@@ -141,7 +142,8 @@ def split_cost(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, s: int, 
     full_waves, rest = divmod(blocks * s, slots)
     length = -(-k_tiles // s) + PROLOGUE_TILES
     if s > 1:
-        length += PARTIAL_SUM_WEIGHT * (2 * TILE_M * tile_n * 4) / (16 * (tile_vectors or TYPICAL_TILE_VECTORS))
+        vectors = TYPICAL_TILE_VECTORS if tile_vectors is None else max(tile_vectors, 1)  # an empty A: 0
+        length += PARTIAL_SUM_WEIGHT * (2 * TILE_M * tile_n * 4) / (16 * vectors)
     cost = full_waves * blocks_per_sm * length
     if rest:
         per_sm = -(-rest // sms)

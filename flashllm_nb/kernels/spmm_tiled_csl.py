@@ -36,8 +36,8 @@ flight::
     prologue: tile offsets of the block -> shared; zero A[0] and A[1]; issue activations 0 .. STAGES-2;
               load words(0), words(1); scatter words(0) -> A[0]; load words(2)
     for i in the block's k-tiles:
-        wait for activation tile i; barrier      # A[i%2] expanded, A[(i+1)%2] zero; everyone is done with
-                                                 # tile i-1's activation stage
+        wait for activation tile i; barrier      # A[i%2] expanded, A[(i+1)%2] zero (if tile i+1 exists);
+                                                 # everyone is done with tile i-1's activation stage
         issue activations i+STAGES-1 into tile i-1's stage
         ldmatrix + mma.sync on A[i%2] and activations(i)     # fp32 accumulators in registers; the next k16
                                                              # step's fragments load during this step's mma
@@ -128,8 +128,8 @@ STAGES = 4
 _PENDING_IN_LOOP = STAGES - 2
 # Word vectors a block holds per k-tile in one register buffer (SpmmConfig.prefetch_vectors): 512 vectors = 2048
 # entries, a 25 %-dense tile (4 per thread with 4 warps, 2 with 8), or 640 = 31 % (5 per thread; 4 warps, used up
-# to tile_n 16: 8 registers more, within what 5 blocks per SM allow). Two buffers alternate, so a tile's words are requested two
-# k-tiles before they are scattered; vectors beyond the buffer are loaded during the scatter, unhidden.
+# to tile_n 16: 8 registers more, within what 5 blocks per SM allow). Two buffers alternate, so a tile's words are
+# requested two k-tiles before they are scattered; vectors beyond the buffer are loaded during the scatter, unhidden.
 PREFETCH_CHOICES = (512, 640)
 # Blocks per SM promised to ptxas (launch_bounds) per tile_n with 4 warps: what the shared memory of a block
 # (37 / 42 / 51 / 70 KB) allows on a 228 KB SM, except tile_n = 8, where a promise of 6 would hold ptxas to 80
@@ -171,7 +171,7 @@ class SpmmConfig:
         ``"sync"`` (``ldmatrix`` + ``mma.sync``, any sm_80+ GPU) or ``"wgmma"`` (Hopper's ``wgmma.mma_async``,
         sm_90a; needs ``x_layout="nk"``; 4 warps are one warpgroup for both m64 halves, 8 warps two, one per half).
     prefetch_vectors : int
-        16-byte word vectors of a tile loaded into registers one k-tile ahead, one of ``PREFETCH_CHOICES`` and a
+        16-byte word vectors of a tile loaded into registers two k-tiles ahead, one of ``PREFETCH_CHOICES`` and a
         multiple of the block's threads: a tile with more has the rest loaded during its scatter, unhidden.
     """
 
@@ -535,10 +535,10 @@ def build_kernel(cfg: SpmmConfig):
     @_device
     def k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
                cp_cols_left, a_off, b_off, frag0, frag1, acc, w_next, clear_first):
-        """Step i of the main loop. On entry A tile i is expanded and the other A buffer is zero (both visible after
-        the barrier), tile i+1's words are in ``w_next`` and tile i+2's in the other register buffer; on exit tile
-        i+1 is expanded, the rows of A tile i this thread's warp read are zero again, and tile i+3's loads are in
-        flight into ``w_next``. The caller alternates the two buffers: words travel two k-tiles ahead of their
+        """Step i of the main loop. On entry A tile i is expanded and, if tile i+1 exists, the other A buffer is zero
+        (both visible after the barrier), tile i+1's words are in ``w_next`` and tile i+2's in the other register
+        buffer; on exit tile i+1 is expanded, the rows of A tile i this thread's warp read are zero again if tile
+        i+2 exists, and tile i+3's loads are in flight into ``w_next``. The caller alternates the two buffers: words travel two k-tiles ahead of their
         use."""
         a_stage = i & 1
         # The vector ranges of the tiles this step scatters (i+1) and starts loading (i+3), read from shared memory
@@ -553,9 +553,9 @@ def build_kernel(cfg: SpmmConfig):
             # wgmma reads through the async proxy: this thread's scatter, zeros and landed copies must be made
             # visible to it before the barrier that publishes them.
             ptx.fence_proxy_async_shared()
-        # The step's one barrier: A tile i is expanded, the other A buffer is cleared (each warp cleared the rows
-        # it had read), everyone's copies of activation tile i are visible, and everyone is done with tile i - 1's
-        # activation stage.
+        # The step's one barrier: A tile i is expanded, the other A buffer is cleared where tile i+1 will be
+        # scattered (each warp cleared the rows it had read), everyone's copies of activation tile i are visible,
+        # and everyone is done with tile i - 1's activation stage.
         cuda.syncthreads()
         if WGMMA:
             # The Tensor Cores work on tile i while the threads issue the next copies and scatter into the other
