@@ -82,10 +82,10 @@ The API (every index is a flat element index into a C-contiguous array; ``g = la
 ``WGMMA_SHARED_ALIGN`` is the ``alignment=`` of a shared array that wgmma reads (1024 on a GPU, ``None`` in the
 simulator, whose byte offset 0 stands for a 1024-byte aligned address).
 
-Simulator notes: ``cuda.syncwarp`` does not exist there (use ``warp_sync`` or ``cuda.syncthreads``); every lane of a warp must reach
-each warp-collective call (as on the GPU; a lane stuck elsewhere is reported, not left to hang), and a block's
-thread count must be a multiple of 32; ``cuda.shared.array`` calls are told apart by source line, so write one per
-line.
+Simulator notes: ``cuda.syncwarp`` does not exist there (use ``warp_sync`` or ``cuda.syncthreads``); every lane of a
+warp must reach each warp-collective call (as on the GPU; a lane stuck elsewhere is reported, not left to hang), and
+a block's thread count must be a multiple of 32; ``cuda.shared.array`` calls are told apart by source line, so write
+one per line.
 """
 
 from __future__ import annotations

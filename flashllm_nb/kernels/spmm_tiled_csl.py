@@ -538,8 +538,8 @@ def build_kernel(cfg: SpmmConfig):
         """Step i of the main loop. On entry A tile i is expanded and, if tile i+1 exists, the other A buffer is zero
         (both visible after the barrier), tile i+1's words are in ``w_next`` and tile i+2's in the other register
         buffer; on exit tile i+1 is expanded, the rows of A tile i this thread's warp read are zero again if tile
-        i+2 exists, and tile i+3's loads are in flight into ``w_next``. The caller alternates the two buffers: words travel two k-tiles ahead of their
-        use."""
+        i+2 exists, and tile i+3's loads are in flight into ``w_next``. The caller alternates the two buffers:
+        words travel two k-tiles ahead of their use."""
         a_stage = i & 1
         # The vector ranges of the tiles this step scatters (i+1) and starts loading (i+3), read from shared memory
         # before the barrier: read next to their use, their latency stalled each thread in front of the scatter and
