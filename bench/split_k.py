@@ -37,8 +37,7 @@ def main() -> int:
     X = rng.standard_normal((n, k), dtype=cp.float32).astype(cp.float16)
     Y = cp.empty((n, m), cp.float16)
     t_dense = time_batched([lambda: cp.matmul(X, W0.T, out=Y)] * 8)
-    tile_vectors = -(-As[0].words.size // (4 * (As[0].tile_offsets.size - 2)))  # as linear() computes it
-    p = launch.plan(m, n, k, "float16", "nk", tile_vectors=tile_vectors)
+    p = launch.plan(m, n, k, "float16", "nk", tile_vectors=As[0].mean_tile_vectors)  # the plan linear() makes
     print(f"{cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}: {m}x{k} N={n} {sparsity:.0%}: cuBLAS "
           f"{t_dense * 1e3:.1f} us; the plan splits {p.splits} ways, "
           f"{launch._compiled(p.config).blocks_per_sm(p.shared_bytes)} blocks/SM")

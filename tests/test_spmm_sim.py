@@ -136,8 +136,7 @@ def test_empty_dense_and_overflowing_tiles(tensor_core_path, dtype):
     W[128:, :64] = 0  # an empty tile in tile row 1; the rest is fully dense
     X = rng.standard_normal((5, 256)).astype(dtype)
     A = fl.TiledCSL.from_dense(W)
-    mean_vectors = -(-A.words.size // (4 * (A.tile_offsets.size - 2)))
-    assert launch.prefetch_for(4, 8, mean_vectors) == 640  # the larger register buffer is the one exercised here
+    assert launch.prefetch_for(4, 8, A.mean_tile_vectors) == 640  # the larger register buffer is the one exercised here
     for split_k in (1, 2, 4):
         _check_linear(W, X, split_k=split_k)
 

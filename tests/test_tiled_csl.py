@@ -209,7 +209,7 @@ def test_edge_shapes_round_trip(shape):
 @pytest.mark.parametrize("shape", [(0, 0), (0, 70), (70, 0)])
 def test_empty_matrix_is_legal(shape):
     A = TiledCSL.from_dense(np.zeros(shape, np.float16))
-    assert A.n_tiles == 0 and A.nnz == 0 and A.sparsity == 1.0
+    assert A.n_tiles == 0 and A.nnz == 0 and A.sparsity == 1.0 and A.mean_tile_vectors == 0
     assert A.tile_offsets.tolist() == [0, 0] and A.words.size == 0
     assert A.to_dense().shape == shape and A.to_scipy().shape == shape
     TiledCSL.from_raw(A.words, A.tile_offsets, shape, np.float16)
@@ -351,6 +351,9 @@ def test_properties_and_repr():
     A = TiledCSL.from_dense(W)
     assert A.shape == (300, 100) and A.dtype == F16 and A.nnz == 5000
     assert A.tile_shape == (128, 64) and (A.n_tile_rows, A.n_tile_cols, A.n_tiles) == (3, 2, 6)
+    # Entries per tile: 43 x 32 and 43 x 18 in tile rows 0 and 1, 14 x 32 and 14 x 18 in row 2, each tile padded
+    # to whole 4-word vectors: (2 * (344 + 194) + 112 + 63) / 6 = 208.5 vectors, rounded up.
+    assert A.mean_tile_vectors == 209
     assert A.nbytes == A.words.nbytes + A.tile_offsets.nbytes == 4 * A.words.size + 4 * 8
     assert A.sparsity == pytest.approx(1 - 5000 / 30000)
     assert not A.on_device and A.to_host() is A

@@ -700,6 +700,13 @@ class TiledCSL:
         return self.n_tile_rows * self.n_tile_cols
 
     @property
+    def mean_tile_vectors(self) -> int:
+        """Stored 16-byte word vectors (``VECTOR_WORDS`` words, padding included) per tile, rounded up: how much a
+        tile gives the kernel to load on average (~410 at 80 % sparsity). No synchronisation."""
+        n_tiles = self.n_tiles
+        return -(-self._words.size // (VECTOR_WORDS * n_tiles)) if n_tiles else 0
+
+    @property
     def on_device(self) -> bool:
         """True when the arrays are CuPy arrays."""
         return not isinstance(self._words, np.ndarray)

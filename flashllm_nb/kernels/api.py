@@ -176,9 +176,8 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
     xp = np if kind == "numpy" else _cupy()
     given_x = x
     x, ldx = _aligned_rows(x, xp)
-    tile_vectors = -(-A.words.size // (4 * (A.tile_offsets.size - 2)))  # mean stored 16-byte vectors per tile
     p = _launch.plan(m, n, k, "bfloat16" if dtype == _xp.BFLOAT16 else "float16", x_layout,
-                     None if split_k is None else int(split_k), tile_vectors=tile_vectors)
+                     None if split_k is None else int(split_k), tile_vectors=A.mean_tile_vectors)
     if kind == "numpy":  # the simulator indexes its arrays: flat uint16 views
         x_flat, y = x.reshape(-1), y.reshape(-1)
     else:
