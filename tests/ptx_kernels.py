@@ -139,6 +139,29 @@ def warp_sync_kernel(words, out):
         ptx.warp_sync()  # every lane has read before the next round overwrites
 
 
+MBARRIER_ROUNDS = 3  # phases 0, 1, 0 of each barrier: the parity wraps
+
+
+def mbarrier_kernel(words, out):
+    """Rounds of: thread t writes shared word t, arrives on barrier 0 and waits for the round's phase, reads word
+    127 - t (another warp's), then arrives on barrier 1 and waits, so that no thread overwrites a word before every
+    thread has read it. 128 threads, 4 warps: what orders them is the mbarriers alone."""
+    t = cuda.threadIdx.x
+    s = cuda.shared.array(128, np.uint32, alignment=SHARED_ALIGN)
+    bars = cuda.shared.array(4, np.uint32, alignment=SHARED_ALIGN)  # two 8-byte barriers
+    if t == 0:
+        ptx.mbarrier_init(bars, 0, 128)
+        ptx.mbarrier_init(bars, 2, 128)
+    cuda.syncthreads()
+    for r in range(MBARRIER_ROUNDS):
+        s[t] = words[r, t]
+        ptx.mbarrier_arrive(bars, 0)
+        ptx.mbarrier_wait_parity(bars, 0, r & 1)
+        out[r, t] = s[127 - t]
+        ptx.mbarrier_arrive(bars, 2)
+        ptx.mbarrier_wait_parity(bars, 2, r & 1)
+
+
 def pack_kernel(lo, hi, packed, lo_out, hi_out):
     """packed = pack(lo, hi) and (lo_out, hi_out) = unpack(packed), element-wise with a lane stride."""
     for i in range(cuda.threadIdx.x, lo.size, 32):
@@ -284,6 +307,11 @@ KERNELS = {
     ),
     "st_shared": (st_shared_kernel, f"void({_U32_2D}, uint32[::1])", ["st.shared.v4.u32"]),
     "warp_sync": (warp_sync_kernel, f"void({_U32_2D}, {_U32_2D})", ["bar.warp.sync -1;"]),
+    "mbarrier": (
+        mbarrier_kernel,
+        f"void({_U32_2D}, {_U32_2D})",
+        ["mbarrier.init.shared.b64", "mbarrier.arrive.shared.b64", "mbarrier.test_wait.parity.shared.b64"],
+    ),
     "gemm": (
         gemm_kernel,
         "void(float16[:, ::1], float16[:, ::1], float32[:, ::1])",
@@ -532,6 +560,15 @@ def check_warp_sync(seed: int) -> None:
     words = rng.integers(0, 1 << 32, (2, 32), dtype=np.uint32)
     out = np.zeros((2, 32), np.uint32)
     launch(warp_sync_kernel, words, out)
+    np.testing.assert_array_equal(out, words[:, ::-1])
+
+
+def check_mbarrier(seed: int) -> None:
+    """In every round each thread reads what the mirror thread of another warp wrote in that round."""
+    rng = np.random.default_rng(seed)
+    words = rng.integers(0, 1 << 32, (MBARRIER_ROUNDS, 128), dtype=np.uint32)
+    out = np.zeros((MBARRIER_ROUNDS, 128), np.uint32)
+    launch(mbarrier_kernel, words, out, threads=128)
     np.testing.assert_array_equal(out, words[:, ::-1])
 
 

@@ -8,12 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flashllm_nb.kernels.launch import (
+    CLEAR_ENTRIES_TILE_N,
+    CLEAR_ENTRIES_UPTO,
     MIN_K_TILES_PER_SPLIT,
     PARTIAL_WAVE_FLOOR,
     PREFETCH_MORE_FROM,
     PREFETCH_MORE_TILE_N,
     PROLOGUE_TILES,
     choose_splits,
+    clear_for,
     plan,
     prefetch_for,
     split_cost,
@@ -191,11 +194,37 @@ def test_plan_gives_dense_matrices_the_larger_prefetch_on_narrow_blocks():
     assert plan(1000, 64, 640, "float16", "nk", split_k=1, tile_vectors=615).config.prefetch_vectors == 512
 
 
-@pytest.mark.parametrize("warps,prefetch", [(4, 600), (8, 640), (4, 0)])
+@pytest.mark.parametrize("warps,prefetch", [(4, 600), (8, 640), (8, 384), (4, 0)])
 def test_bad_prefetch_choices_are_named(warps, prefetch):
     from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
 
-    expected = (rf"Invalid prefetch_vectors of SpmmConfig: expected one of \(512, 640\) and a multiple of the "
+    expected = (rf"Invalid prefetch_vectors of SpmmConfig: expected one of \(256, 384, 512, 640\) and a multiple of the "
                 rf"{32 * warps} threads of {warps} warps, got {prefetch}")
     with pytest.raises(ValueError, match=expected):
         SpmmConfig(tile_n=64, warps=warps, prefetch_vectors=prefetch)
+
+
+@pytest.mark.parametrize("warps,tile_n,tile_vectors,clear,prefetch", [
+    (4, 16, 205, "entries", 256), (4, 8, 224, "entries", 256), (4, 16, 225, "entries", 384),
+    (4, 16, CLEAR_ENTRIES_UPTO, "entries", 384), (4, 16, CLEAR_ENTRIES_UPTO + 1, "rows", 512), (4, 16, 0, "entries", 256),
+    (4, 16, None, "rows", 512), (4, CLEAR_ENTRIES_TILE_N * 2, 205, "rows", 512), (8, 16, 205, "rows", 512),
+])
+def test_sparse_matrices_on_narrow_4_warp_blocks_clear_by_entries(warps, tile_n, tile_vectors, clear, prefetch):
+    """90 % sparse tiles hold ~205 vectors, 88 % ~246, 86 % ~288: those get clear="entries" with the register
+    buffer that holds them (256 up to 7/8 full, else 384); 8-warp and wide blocks, and unknown densities, keep
+    "rows" (measured slower with 8 warps)."""
+    assert clear_for(warps, tile_n, tile_vectors) == clear
+    assert prefetch_for(warps, tile_n, tile_vectors, clear) == prefetch
+
+
+def test_plan_passes_the_clearing_on():
+    assert plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=205).config.clear == "entries"
+    assert plan(1000, 16, 640, "float16", "kn", split_k=2, tile_vectors=205).config.prefetch_vectors == 256
+    assert plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=410).config.clear == "rows"
+
+
+def test_bad_clear_is_named():
+    from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
+
+    with pytest.raises(ValueError, match=r"Invalid clear of SpmmConfig: expected one of \('rows', 'entries'\), got 'none'"):
+        SpmmConfig(tile_n=16, clear="none")

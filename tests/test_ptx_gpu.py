@@ -72,6 +72,11 @@ def test_warp_sync(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_mbarrier(seed):
+    pk.check_mbarrier(seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_pack_unpack(seed):
     pk.check_pack(seed)
 

@@ -71,6 +71,27 @@ def test_warp_sync():
     pk.check_warp_sync(0)
 
 
+def test_mbarrier():
+    pk.check_mbarrier(0)
+
+
+def test_mbarrier_wait_that_cannot_complete_raises():
+    """64 arrivals expected, 32 threads: on the GPU a hang; in the simulator an error that says why."""
+
+    @cuda.jit
+    def short_of_arrivals(out):
+        bars = cuda.shared.array(2, np.uint32)
+        if cuda.threadIdx.x == 0:
+            ptx.mbarrier_init(bars, 0, 64)
+        cuda.syncthreads()
+        ptx.mbarrier_arrive(bars, 0)
+        ptx.mbarrier_wait_parity(bars, 0, 0)
+        out[cuda.threadIdx.x] = 1
+
+    with pytest.raises(RuntimeError, match="phase cannot complete"):
+        short_of_arrivals[1, 32](np.zeros(32, np.int32))
+
+
 def test_pack_unpack():
     pk.check_pack(0)
 

@@ -81,6 +81,22 @@ def test_sparsity_range(sparsity):
            np.float16)
 
 
+@pytest.mark.parametrize("m,k,n,sparsity,layout,split_k", [
+    (9216, 9216, 16, 0.9, "nk", None), (36864, 9216, 8, 0.88, "kn", None), (9216, 36864, 16, 0.95, "nk", 7),
+    (27648, 9216, 5, 0.9, "nk", 2),
+])
+def test_sparse_layers_clear_by_entries(m, k, n, sparsity, layout, split_k):
+    """88-95 % sparse OPT-66B layers at N <= 16: planned with clear="entries" (mbarrier, three word buffers), with
+    automatic and forced split-K (block k ranges of every length modulo the loop's unrolling by three)."""
+    from flashllm_nb.kernels import launch
+
+    rng = np.random.default_rng(m + n)
+    W = _pruned(rng, m, k, sparsity)
+    A = fl.TiledCSL.from_dense(W.astype(np.float16))
+    assert launch.plan(m, n, k, "float16", layout, tile_vectors=A.mean_tile_vectors).config.clear == "entries"
+    _check(W, cp.asarray(rng.standard_normal((n, k), dtype=np.float32)), np.float16, layout=layout, split_k=split_k)
+
+
 @pytest.mark.parametrize("n", [1, 7, 8, 33, 100, 256])
 @pytest.mark.parametrize("layout", ["nk", "kn"])
 def test_ragged_shapes_and_layouts(n, layout):

@@ -31,6 +31,13 @@ CONFIGS += [
     dict(tile_n=t, dtype="float16", x_layout=layout, splits=True, warps=DEFAULT_WARPS, prefetch_vectors=640)
     for t, layout in itertools.product(TILE_N_CHOICES, ("nk", "kn")) if t <= PREFETCH_MORE_TILE_N
 ]
+# clear="entries" (sparse matrices, 4 warps up to tile_n 16): three word buffers and the mbarriers; with each
+# register buffer it can be planned with, on the split-K variant, fp16.
+ENTRIES = [(16, "nk", 384), (16, "kn", 256), (8, "nk", 256)]
+CONFIGS += [
+    dict(tile_n=t, dtype="float16", x_layout=layout, splits=True, warps=4, prefetch_vectors=p, clear="entries")
+    for t, layout, p in ENTRIES
+]
 # wgmma exists only on sm_90a, and only for "nk" activations (both operands K-major); one or two warpgroups per block.
 WGMMA_CC = (9, 0, "a")
 WGMMA_CONFIGS = [
@@ -39,6 +46,10 @@ WGMMA_CONFIGS = [
 ] + [
     dict(tile_n=t, dtype="float16", x_layout="nk", splits=True, warps=4, mma="wgmma", prefetch_vectors=640)
     for t in TILE_N_CHOICES if warps_for("wgmma", t) == 4 and t <= PREFETCH_MORE_TILE_N
+] + [
+    dict(tile_n=t, dtype="float16", x_layout="nk", splits=True, warps=4, mma="wgmma", prefetch_vectors=p,
+         clear="entries")
+    for t, p in ((16, 384), (16, 256), (8, 256))
 ]
 WGMMA_INSTRUCTIONS = [
     "wgmma.fence.sync.aligned",
@@ -52,11 +63,16 @@ WGMMA_INSTRUCTIONS = [
 INSTRUCTIONS = [
     "mma.sync.aligned.m16n8k16.row.col.f32",
     "ldmatrix.sync.aligned.m8n8",
-    "bar.warp.sync",  # before a warp clears the A rows its ldmatrix read
     "cp.async.cg.shared.global",
     "cp.async.commit_group",
     "cp.async.wait_group",
 ]
+# How a consumed A buffer is cleared: a warp's own rows after a bar.warp.sync (its ldmatrix rows), or each thread's
+# scattered positions after an mbarrier phase.
+CLEAR_INSTRUCTIONS = {
+    "rows": ["bar.warp.sync"],
+    "entries": ["mbarrier.init.shared.b64", "mbarrier.arrive.shared.b64", "mbarrier.test_wait.parity.shared.b64"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +84,8 @@ def compiled():
 
 def _id(config, cc):
     return (f"n{config['tile_n']}-{config['dtype']}-{config['x_layout']}-{'split' if config['splits'] else 'whole'}"
-            f"-{config.get('mma', 'sync')}-p{config.get('prefetch_vectors', 512)}-sm{''.join(str(c) for c in cc)}")
+            f"-{config.get('mma', 'sync')}-p{config.get('prefetch_vectors', 512)}-{config.get('clear', 'rows')}"
+            f"-sm{''.join(str(c) for c in cc)}")
 
 
 def _assembled_without_local_memory(result, config, cc):
@@ -86,7 +103,7 @@ def _assembled_without_local_memory(result, config, cc):
 def test_configuration_compiles_to_tensor_core_code_without_local_memory(compiled, config, cc):
     result = compiled[(tuple(sorted(config.items())), cc)]
     assert result.error is None, result.error
-    for instruction in INSTRUCTIONS:
+    for instruction in INSTRUCTIONS + CLEAR_INSTRUCTIONS[config.get("clear", "rows")]:
         assert instruction in result.ptx, f"{instruction} missing from {_id(config, cc)}"
     mma_type = "bf16" if config["dtype"] == "bfloat16" else "f16"
     assert f"m16n8k16.row.col.f32.{mma_type}.{mma_type}.f32" in result.ptx
@@ -103,12 +120,16 @@ def test_wgmma_configuration_compiles_for_sm90a_without_local_memory(compiled, c
     assert ".target sm_90a" in result.ptx
     for instruction in WGMMA_INSTRUCTIONS:
         assert instruction in result.ptx, f"{instruction} missing from {_id(config, WGMMA_CC)}"
+    if config.get("clear") == "entries":
+        for instruction in CLEAR_INSTRUCTIONS["entries"]:
+            assert instruction in result.ptx, f"{instruction} missing from {_id(config, WGMMA_CC)}"
     mma_type = "bf16" if config["dtype"] == "bfloat16" else "f16"
     products = result.ptx.count(f"wgmma.mma_async.sync.aligned.m64n{config['tile_n']}k16.f32.{mma_type}.{mma_type} ")
     # 4 k16 steps x the m64 halves of the warpgroup (both with 4 warps, one each with 8) per k-tile, and the main
-    # loop is unrolled by two k-tiles.
+    # loop is unrolled by two k-tiles (three with clear="entries": one per word buffer).
     halves = 2 if config["warps"] == 4 else 1
-    assert products == 2 * 4 * halves, f"{products} wgmma in the main loop, expected 2 x 4 x {halves}"
+    unrolled = 3 if config.get("clear") == "entries" else 2
+    assert products == unrolled * 4 * halves, f"{products} wgmma in the main loop, expected {unrolled} x 4 x {halves}"
     # The operands are read by the Tensor Cores from shared memory: no ldmatrix, no mma.sync.
     assert "ldmatrix" not in result.ptx and "mma.sync" not in result.ptx
     _assembled_without_local_memory(result, config, WGMMA_CC)

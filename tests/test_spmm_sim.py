@@ -141,25 +141,59 @@ def test_empty_dense_and_overflowing_tiles(tensor_core_path, dtype):
         _check_linear(W, X, split_k=split_k)
 
 
-@pytest.mark.parametrize("x_layout, n", [("nk", 16), ("kn", 16), ("nk", 64)])
-@BOTH_PATHS
-def test_tile_sequence_leaves_no_stale_values(tensor_core_path, x_layout, n):
+@pytest.fixture
+def clearing(request, monkeypatch):
+    """Plan every product with ``SpmmConfig.clear = request.param`` (indirect parametrization) for a test."""
+    monkeypatch.setattr(launch, "clear_for", lambda warps, tile_n, tile_vectors: request.param)
+    launch.plan.cache_clear()
+    yield request.param
+    launch.plan.cache_clear()
+
+
+# spmm ("kn") always takes mma.sync, so its wgmma cases would repeat the sync ones; "entries" is planned for 4-warp
+# blocks up to tile_n 16 only, and checked with 8 warps on the wgmma path (256 arrivals per mbarrier phase).
+_SEQUENCE_CASES = [(path, "rows", layout, n) for path in ("wgmma", "sync") for layout, n in (("nk", 16), ("kn", 16),
+                                                                                              ("nk", 64))
+                   if not (path == "wgmma" and layout == "kn")]
+_SEQUENCE_CASES += [("wgmma", "entries", "nk", 16), ("sync", "entries", "nk", 16), ("sync", "entries", "kn", 16),
+                    ("wgmma", "entries", "nk", 64)]
+
+
+@pytest.mark.parametrize("tensor_core_path, clearing, x_layout, n", _SEQUENCE_CASES,
+                         indirect=["tensor_core_path", "clearing"])
+def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layout, n):
     """Along one tile row, sparse tiles, a dense tile (more words than the registers prefetch), empty tiles and a
     one-entry tile (three padding words) follow each other in the two alternating A buffers, so a value that the
-    clearing between tiles missed would enter a later tile's product (a kernel that skipped clearing part of a
-    buffer failed this test). Each warp clears the rows it read: N = 16 checks 4-warp blocks, N = 64 on the wgmma
-    path 8-warp ones (two warpgroups). Pruned values are +0.0: from_dense stores -0.0."""
+    clearing between tiles missed would enter a later tile's product (kernels that skipped clearing part of a
+    buffer, or the last word of each vector, failed this test). clear="rows": each warp clears the rows it read;
+    "entries": each thread the positions it scattered, after the mbarrier, or the whole buffer after a tile denser
+    than its registers; 10 tiles are three rounds of the loop unrolled by three and one step. N = 16 checks 4-warp
+    blocks, N = 64 on the wgmma path 8-warp ones (two warpgroups). Pruned values are +0.0: from_dense stores -0.0."""
     rng = np.random.default_rng(3)
-    densities = [0.1, 0.12, 1.0, 0.05, 0.0, 0.3, 0.1, 0.0, 0.2]
+    densities = [0.1, 0.12, 1.0, 0.05, 0.0, 0.3, 0.1, 0.0, 0.2, 0.08]
     W = np.zeros((128, 64 * len(densities)), np.float32)
     for t, density in enumerate(densities):
         W[:, 64 * t:64 * (t + 1)] = np.where(rng.random((128, 64)) < density, rng.standard_normal((128, 64)), 0)
     W[5, 64 * 7 + 3] = 1.5  # the one entry of tile 7
     W = W.astype(np.float16)
+    assert launch.plan(128, n, W.shape[1], "float16", x_layout, tile_vectors=417).config.clear == clearing
     if x_layout == "nk":
         _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=1)
     else:
         _check_spmm(W, rng.standard_normal((W.shape[1], n)).astype(np.float16), split_k=1)
+
+
+@pytest.mark.parametrize("tensor_core_path, n, split_k", [("wgmma", 16, 1), ("wgmma", 5, 3), ("sync", 9, 2)],
+                         indirect=["tensor_core_path"])
+def test_sparse_matrices_clear_by_entries(tensor_core_path, n, split_k):
+    """A 93 %-sparse matrix is planned with clear="entries" (the plan's own choice, not forced), and its product
+    is right for block k ranges of every length modulo the loop's unrolling by three (7 k-tiles split 1, 2 or 3
+    ways: 7; 4 and 3; 3, 3 and 1)."""
+    rng = np.random.default_rng(n)
+    W = _random_sparse(rng, 130, 7 * 64 - 5, 0.93, np.float16)
+    A = fl.TiledCSL.from_dense(W)
+    assert launch.plan(130, n, W.shape[1], "float16", "nk", tile_vectors=A.mean_tile_vectors).config.clear == "entries"
+    _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=split_k)
 
 
 def test_all_zero_matrix_gives_zeros_and_bias():

@@ -27,7 +27,6 @@ from flashllm_nb._runtime import cuda_driver
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.spmm_tiled_csl import (
     MMA_CHOICES,
-    PREFETCH_CHOICES,
     TILE_M,
     TILE_N_CHOICES,
     SpmmConfig,
@@ -61,6 +60,10 @@ TYPICAL_TILE_VECTORS = 410  # 16-byte word vectors of an 80 %-sparse tile, where
 # this tile_n (prefetch_for).
 PREFETCH_MORE_FROM = 448
 PREFETCH_MORE_TILE_N = 16
+# Tiles sparser on average than this many vectors (86 % sparse) are cleared entry by entry (SpmmConfig.clear =
+# "entries") in 4-warp blocks up to this tile_n, with the small register buffer (256 vectors) up to 7/8 of it.
+CLEAR_ENTRIES_UPTO = 288
+CLEAR_ENTRIES_TILE_N = 16
 # What the simulator pretends the device is, so that split-K is exercised on the small shapes tests use.
 _SIMULATED_SMS = 4
 _SIMULATED_CC = (9, 0)
@@ -117,16 +120,33 @@ def warps_for(mma: str, tile_n: int) -> int:
     return 8 if mma == "wgmma" and tile_n >= WGMMA_8_WARPS_FROM_TILE_N else DEFAULT_WARPS
 
 
-def prefetch_for(warps: int, tile_n: int, tile_vectors: int | None) -> int:
-    """Word vectors per tile to prefetch into registers (``SpmmConfig.prefetch_vectors``): the larger buffer where
-    the matrix's tiles hold more than ``PREFETCH_MORE_FROM`` vectors on average (denser than 22 %: 7/8 of the small
-    buffer, so that tiles somewhat denser than the mean still fit), for 4-warp blocks up to ``PREFETCH_MORE_TILE_N``
-    (8 warps keep 64 registers for 4 blocks per SM; wider 4-warp blocks have no registers to spare: tile_n 64 spills
-    on sm_80). Same run on an H100, N = 8 and 16 (RESULTS.md): +5-6 % at 70 % sparsity, -0.4-1.2 % at 80-90 %,
-    where the larger buffer is empty registers."""
+def clear_for(warps: int, tile_n: int, tile_vectors: int | None) -> str:
+    """How A buffers are zeroed (``SpmmConfig.clear``): ``"entries"`` for 4-warp blocks up to
+    ``CLEAR_ENTRIES_TILE_N`` whose matrix has at most ``CLEAR_ENTRIES_UPTO`` vectors per tile on average, else
+    ``"rows"``. Same runs on an H100, N = 8 and 16 (RESULTS.md): +8 % at 90 % sparsity, +4 % at 88 %, even at 85 %,
+    -4 % at 80 %; with 8 warps (N = 32 and 64) -12 % at 90 %."""
+    if warps == 4 and tile_n <= CLEAR_ENTRIES_TILE_N and tile_vectors is not None and tile_vectors <= CLEAR_ENTRIES_UPTO:
+        return "entries"
+    return "rows"
+
+
+def prefetch_for(warps: int, tile_n: int, tile_vectors: int | None, clear: str = "rows") -> int:
+    """Word vectors per tile to prefetch into registers (``SpmmConfig.prefetch_vectors``).
+
+    With ``clear="rows"``: 640 where the matrix's tiles hold more than ``PREFETCH_MORE_FROM`` vectors on average
+    (denser than 22 %: 7/8 of 512, so that tiles somewhat denser than the mean still fit), for 4-warp blocks up to
+    ``PREFETCH_MORE_TILE_N`` (8 warps keep 64 registers for 4 blocks per SM; wider 4-warp blocks have no registers
+    to spare: tile_n 64 spills on sm_80), else 512. Same run on an H100, N = 8 and 16 (RESULTS.md): +5-6 % at 70 %
+    sparsity, -0.4-1.2 % at 80-90 %, where the larger buffer is empty registers.
+
+    With ``clear="entries"`` (three buffers): 256 up to 7/8 of it on average, else 384 (4 warps; 8 warps: 256, a
+    multiple of their threads). At 88 % sparsity (246 vectors) 384 measured 1 % ahead of 256; at 90 % 256 keeps 6
+    blocks per SM at tile_n 8."""
+    if clear == "entries":
+        return 384 if warps == 4 and (tile_vectors is None or tile_vectors > 224) else 256
     if warps == 4 and tile_n <= PREFETCH_MORE_TILE_N and tile_vectors is not None and tile_vectors > PREFETCH_MORE_FROM:
-        return PREFETCH_CHOICES[1]
-    return PREFETCH_CHOICES[0]
+        return 640
+    return 512
 
 
 def split_cost(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, s: int, tile_n: int,
@@ -174,8 +194,10 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     elif mma not in MMA_CHOICES:
         raise ValueError(f"Invalid mma: expected one of {MMA_CHOICES} or None, got {mma!r}")
     warps = warps_for(mma, tile_n)
-    prefetch = prefetch_for(warps, tile_n, tile_vectors)
-    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch)
+    clear = clear_for(warps, tile_n, tile_vectors)
+    prefetch = prefetch_for(warps, tile_n, tile_vectors, clear)
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch,
+                        clear=clear)
     if split_k is None:
         resident = 1 if ptx.SIMULATOR else _compiled(config).blocks_per_sm(config.shared_bytes(k_tiles))
         split_k = choose_splits(tile_rows * n_blocks, k_tiles, _sm_count(), max(resident, 1), tile_n, tile_vectors)
@@ -183,7 +205,7 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma,
-                        prefetch_vectors=prefetch)
+                        prefetch_vectors=prefetch, clear=clear)
     return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
 
 

@@ -73,6 +73,9 @@ __all__ = [
     "wgmma_wait_group",
     "fence_proxy_async_shared",
     "warp_sync",
+    "mbarrier_init",
+    "mbarrier_arrive",
+    "mbarrier_wait_parity",
 ]
 
 _I16, _I32, _I64, _F32 = ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -741,3 +744,77 @@ def wgmma_wait_group(typingctx, n, acc, count):
             builder.store(builder.extract_value(struct, i), slot)
 
     return types.void(n, acc, count), codegen
+
+
+# --- mbarrier ---------------------------------------------------------------------------------------------------------
+# A shared-memory barrier object (8 bytes, 8-byte aligned) that counts arrivals per phase: threads arrive when they
+# are done with something and wait, later, for the phase in which everyone did. Unlike bar.sync, arriving does not
+# block, so the work between a thread's arrival and its wait hides the slowest thread's lateness.
+
+
+def _check_mbarrier(instruction: str, arr, index) -> None:
+    _check_array(instruction, "arr", arr)
+    _check_integer(instruction, "index", index)
+
+
+@intrinsic
+def mbarrier_init(typingctx, arr, index, count):
+    """``mbarrier.init.shared.b64 [addr], count``: phase 0 of the barrier at ``arr[index]`` awaits ``count`` arrivals.
+
+    PTX ISA: "Parallel Synchronization and Communication Instructions: mbarrier.init" (sm_80). ``arr`` is a
+    ``cuda.shared.array`` and ``index`` the flat element index of an 8-byte aligned slot of 8 bytes that nothing else
+    writes. One thread initializes; a ``syncthreads`` then makes the barrier visible to the others.
+    """
+    instruction = "mbarrier.init.shared.b64"
+    _check_mbarrier(instruction, arr, index)
+    _check_integer(instruction, "count", count)
+
+    def codegen(context, builder, sig, args):
+        address = _shared_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        arrivals = _as_int(context, builder, args[2], sig.args[2], 32)
+        _asm(builder, ir.VoidType(), [(_I32, address), (_I32, arrivals)], f"{instruction} [$0], $1;",
+             "r,r,~{memory}", attrs=_MEMORY, side_effect=True)
+
+    return types.void(arr, index, count), codegen
+
+
+@intrinsic
+def mbarrier_arrive(typingctx, arr, index):
+    """``mbarrier.arrive.shared.b64 state, [addr]``: count this thread's arrival on the barrier's current phase and
+    go on at once (the returned phase state is not needed: waits here name the phase by its parity).
+
+    PTX ISA: "mbarrier.arrive" (sm_80). Release semantics: this thread's earlier shared-memory accesses are ordered
+    before any access that follows a wait which observed the phase complete.
+    """
+    instruction = "mbarrier.arrive.shared.b64"
+    _check_mbarrier(instruction, arr, index)
+
+    def codegen(context, builder, sig, args):
+        address = _shared_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        _asm(builder, ir.VoidType(), [(_I32, address)], f"{{ .reg .b64 %state; {instruction} %state, [$0]; }}",
+             "r,~{memory}", attrs=_MEMORY, side_effect=True)
+
+    return types.void(arr, index), codegen
+
+
+@intrinsic
+def mbarrier_wait_parity(typingctx, arr, index, parity):
+    """Spin on ``mbarrier.test_wait.parity.shared.b64`` until the barrier's phase of parity ``parity`` (0 or 1) has
+    completed, i.e. until its k-th phase is over when waited for with ``parity = k % 2``.
+
+    PTX ISA: "mbarrier.test_wait/mbarrier.try_wait" (test_wait: sm_80; try_wait would need sm_90). Acquire
+    semantics: the accesses of every thread that arrived in that phase, made before its arrival, are visible to this
+    thread's later ones. The loop's label is local to the asm's braces, so the asm may be inlined many times.
+    """
+    instruction = "mbarrier.test_wait.parity.shared.b64"
+    _check_mbarrier(instruction, arr, index)
+    _check_integer(instruction, "parity", parity)
+
+    def codegen(context, builder, sig, args):
+        address = _shared_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        phase = _as_int(context, builder, args[2], sig.args[2], 32)
+        text = (f"{{ .reg .pred %done; MBARRIER_WAIT: {instruction} %done, [$0], $1; @!%done bra MBARRIER_WAIT; }}")
+        _asm(builder, ir.VoidType(), [(_I32, address), (_I32, phase)], text, "r,r,~{memory}", attrs=_MEMORY,
+             side_effect=True)
+
+    return types.void(arr, index, parity), codegen

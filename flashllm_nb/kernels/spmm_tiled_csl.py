@@ -110,7 +110,7 @@ from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.ptx import SHARED_ALIGN, WGMMA_SHARED_ALIGN
 
 __all__ = ["SpmmConfig", "TILE_M", "TILE_K", "build_kernel", "kernel_signature", "TILE_N_CHOICES", "WARP_CHOICES",
-           "MMA_CHOICES", "PREFETCH_CHOICES"]
+           "MMA_CHOICES", "PREFETCH_CHOICES", "CLEAR_CHOICES"]
 
 TILE_M = 128  # rows of A per block: one tile row of the Tiled-CSL grid
 TILE_K = 64  # k per pipeline step: one tile column of the grid
@@ -128,9 +128,14 @@ STAGES = 4
 _PENDING_IN_LOOP = STAGES - 2
 # Word vectors a block holds per k-tile in one register buffer (SpmmConfig.prefetch_vectors): 512 vectors = 2048
 # entries, a 25 %-dense tile (4 per thread with 4 warps, 2 with 8), or 640 = 31 % (5 per thread; 4 warps, used up
-# to tile_n 16: 8 registers more, within what 5 blocks per SM allow). Two buffers alternate, so a tile's words are
-# requested two k-tiles before they are scattered; vectors beyond the buffer are loaded during the scatter, unhidden.
-PREFETCH_CHOICES = (512, 640)
+# to tile_n 16: 8 registers more, within what 5 blocks per SM allow); 256 or 384 (a 12.5 / 19 %-dense tile) for
+# clear="entries", which holds three buffers. The buffers rotate, so a tile's words are requested two k-tiles before
+# they are scattered; vectors beyond the buffer are loaded during the scatter, unhidden.
+PREFETCH_CHOICES = (256, 384, 512, 640)
+# How a consumed A buffer is zeroed again for the tile after next (SpmmConfig.clear): "rows" = each warp zeroes the
+# rows it read (16 KiB of stores per tile, whatever the sparsity); "entries" = each thread zeroes the positions it
+# scattered (as many stores as the tile has entries), once an mbarrier says every warp has read the buffer.
+CLEAR_CHOICES = ("rows", "entries")
 # Blocks per SM promised to ptxas (launch_bounds) per tile_n with 4 warps: what the shared memory of a block
 # (37 / 42 / 51 / 70 KB) allows on a 228 KB SM, except tile_n = 8, where a promise of 6 would hold ptxas to 80
 # registers and cost the double-buffered fragments (ptxas -v / nvdisasm, sm_90).
@@ -142,6 +147,7 @@ _BLOCKS_PER_SM_WGMMA_8_WARPS = {8: 4, 16: 4, 32: 4, 64: 3}
 # ldmatrix reads then start in eight different 16-byte bank groups (row n in group (9n + chunk) % 8), and unlike
 # an XOR swizzle the row of k16 step ks is a constant 32 bytes further, so no per-step address arithmetic.
 NK_ROW = TILE_K + 8
+_MBARRIER_BYTES = 16  # one mbarrier per A buffer (clear="entries"): "every warp has read this buffer"
 
 
 if ptx.SIMULATOR:
@@ -173,6 +179,10 @@ class SpmmConfig:
     prefetch_vectors : int
         16-byte word vectors of a tile loaded into registers two k-tiles ahead, one of ``PREFETCH_CHOICES`` and a
         multiple of the block's threads: a tile with more has the rest loaded during its scatter, unhidden.
+    clear : str
+        ``"rows"`` or ``"entries"`` (``CLEAR_CHOICES``): how an A buffer is zeroed after its tile's products. "rows"
+        costs the same at every sparsity; "entries" costs a store per entry and three word buffers of registers
+        instead of two, and a tile over ``prefetch_vectors`` is zeroed whole.
     """
 
     tile_n: int
@@ -181,7 +191,8 @@ class SpmmConfig:
     splits: bool = False
     warps: int = 4
     mma: str = "sync"
-    prefetch_vectors: int = PREFETCH_CHOICES[0]
+    prefetch_vectors: int = 512
+    clear: str = "rows"
 
     @property
     def threads(self) -> int:
@@ -203,6 +214,8 @@ class SpmmConfig:
                 f"Invalid prefetch_vectors of SpmmConfig: expected one of {PREFETCH_CHOICES} and a multiple of the "
                 f"{self.threads} threads of {self.warps} warps, got {self.prefetch_vectors}"
             )
+        if self.clear not in CLEAR_CHOICES:
+            raise ValueError(f"Invalid clear of SpmmConfig: expected one of {CLEAR_CHOICES}, got {self.clear!r}")
         if self.mma == "wgmma" and self.x_layout != "nk":
             raise ValueError(
                 "Invalid SpmmConfig: mma='wgmma' needs x_layout='nk' (both operands K-major), "
@@ -227,9 +240,9 @@ class SpmmConfig:
 
     def shared_bytes(self, k_tiles_per_split: int) -> int:
         """Dynamic shared memory of one block: two A tiles (32 KiB, reused by the epilogue), STAGES activation
-        tiles, and the block's tile offsets."""
+        tiles, two 8-byte mbarriers (used by clear="entries") and the block's tile offsets."""
         activation_tile = self.tile_n * self.nk_row if self.x_layout == "nk" else TILE_K * self.tile_n
-        return 2 * TILE_ELEMS * 2 + STAGES * activation_tile * 2 + 4 * (k_tiles_per_split + 1)
+        return 2 * TILE_ELEMS * 2 + STAGES * activation_tile * 2 + _MBARRIER_BYTES + 4 * (k_tiles_per_split + 1)
 
 
 def _kn_chunk_xor(tile_n: int):
@@ -300,9 +313,12 @@ def build_kernel(cfg: SpmmConfig):
     B_ROW = cfg.nk_row if NK else TILE_N
     B_ELEMS = (TILE_N if NK else TILE_K) * B_ROW
     B_BASE = 2 * TILE_ELEMS  # uint16 index of the first activation stage, after the two A tiles
-    OFFSETS_BASE32 = (B_BASE + STAGES * B_ELEMS) // 2  # uint32 index of the block's tile offsets
-    R = cfg.prefetch_vectors // THREADS  # 16-byte word vectors per thread per register buffer (4 or 5; 8 warps: 2)
+    MBARRIER_BASE32 = (B_BASE + STAGES * B_ELEMS) // 2  # uint32 index of A buffer 0's mbarrier (buffer 1's: + 2)
+    OFFSETS_BASE32 = MBARRIER_BASE32 + _MBARRIER_BYTES // 4  # uint32 index of the block's tile offsets
+    ENTRIES = cfg.clear == "entries"
+    R = cfg.prefetch_vectors // THREADS  # 16-byte word vectors per thread per register buffer (2 .. 5; 8 warps: 1-2)
     WORDS = 4 * R
+    THIRD_WORDS = WORDS if ENTRIES else 1  # "entries" keeps a tile's words until the step that clears them
     B_CHUNKS = TILE_K * TILE_N // 8  # 16-byte cp.async chunks per activation tile
     B_ROUNDS = (B_CHUNKS + THREADS - 1) // THREADS
     LAST_ROUND_CHUNKS = B_CHUNKS - (B_ROUNDS - 1) * THREADS  # threads with a chunk in the last round
@@ -420,7 +436,8 @@ def build_kernel(cfg: SpmmConfig):
 
     @_device
     def zero_a_tile(a_s, a_stage):
-        """Zero a whole A buffer (the prologue's two): eight 16-byte stores per thread (4 warps) at fixed offsets."""
+        """Zero a whole A buffer (the prologue's two, or after a dense tile with clear="entries"): eight 16-byte
+        stores per thread (4 warps) at fixed offsets."""
         first = a_stage * TILE_ELEMS + cuda.threadIdx.x * 8
         for j in range(TILE_ELEMS // 8 // THREADS):
             ptx.st_shared_v4_u32(a_s, first + j * THREADS * 8, 0, 0, 0, 0)
@@ -435,14 +452,35 @@ def build_kernel(cfg: SpmmConfig):
         Why per warp: a warp that has waited for its own products (mma.sync returned; ``wgmma.wait_group``) knows
         nothing about the other warps, but the rows feeding its accumulators are read by nobody else, so it may
         clear them at once, and the step's single barrier then orders every warp's clearing before the scatter
-        into that buffer. Unscattering the previous tile's positions instead (~74 stores against these 128 at
-        80 %) was measured twice and lost on every shape (bench/RESULTS.md): keeping two tiles' positions in
-        registers cost 22 registers and a resident block per SM (commit 0dcded7); re-reading the previous tile's
-        words from L2 put a dependent load in every thread's step (1.17x against 1.79x of cuBLAS, N = 16, 80 %)."""
+        into that buffer. The cost is 128 shared-memory wavefronts per tile at any sparsity; ``unscatter_tile``
+        (clear="entries") pays per entry instead, which wins on sparse tiles only (see there)."""
         first = a_stage * TILE_ELEMS + clear_first
         for j in range(CLEAR_STORES):
             rows = 4 * (j & 3) + CLEAR_BAND_STRIDE * (j >> 2)
             ptx.st_shared_v4_u32(a_s, first + rows * TILE_K, 0, 0, 0, 0)
+
+    @_device
+    def unscatter_tile(a_s, v0, v1, a_stage, wbuf):
+        """clear="entries": zero A buffer ``a_stage`` where this thread scattered the registered words of the tile
+        whose vectors are ``v0 .. v1 - 1``, once every warp has read it (the caller waits on the buffer's
+        mbarrier). Padding words zero position 0, which is to be zero anyway; a tile with more vectors than the
+        registers hold is zeroed whole, by all threads.
+
+        Why: at 90 % sparsity a tile has ~205 vectors, whose ~820 2-byte stores take ~45 shared-memory wavefronts
+        against the 128 of zeroing 16 KiB (``clear_own_rows``). Unlike the rows a warp read, the positions a thread
+        scattered lie in every warp's rows, hence the mbarrier: each thread arrives when its reads of the buffer are
+        done and waits after its scatter of the next tile, so the wait is normally over when it starts, and the
+        step keeps its single ``syncthreads``. Measured (H100, N = 8 and 16, 4 warps): +8 % at 90 %, +4 % at 88 %,
+        even at 85 %, -4 % at 80 % (more registers for a smaller saving), -12 % with 8 warps (bench/RESULTS.md)."""
+        if v1 - v0 > R * THREADS:
+            zero_a_tile(a_s, a_stage)
+            return
+        a_base = uint64(a_stage * TILE_ELEMS)
+        left = int32(v1 - (v0 + cuda.threadIdx.x))
+        for j in range(R):
+            if j * THREADS < left:
+                for e in range(4):
+                    a_s[a_base + uint64(wbuf[4 * j + e] >> uint32(16))] = uint16(0)
 
     @_device
     def load_fragments(smem16, a_base, b_base, a_off, b_off, ks, frag):
@@ -534,28 +572,31 @@ def build_kernel(cfg: SpmmConfig):
 
     @_device
     def k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
-               cp_cols_left, a_off, b_off, frag0, frag1, acc, w_next, clear_first):
+               cp_cols_left, a_off, b_off, frag0, frag1, acc, w_cur, w_next, clear_first):
         """Step i of the main loop. On entry A tile i is expanded and, if tile i+1 exists, the other A buffer is zero
-        (both visible after the barrier), tile i+1's words are in ``w_next`` and tile i+2's in the other register
-        buffer; on exit tile i+1 is expanded, the rows of A tile i this thread's warp read are zero again if tile
-        i+2 exists, and tile i+3's loads are in flight into ``w_next``. The caller alternates the two buffers:
-        words travel two k-tiles ahead of their use."""
+        (both visible after the barrier), tile i+1's words are in ``w_next`` and tile i+2's in flight into a third
+        buffer ("entries") or the second ("rows"; then ``w_cur`` is ``w_next``). On exit tile i+1 is expanded, A
+        tile i's buffer is zero again if tile i+2 exists, and tile i+3's loads are in flight: into ``w_cur``, whose
+        tile i words the clearing has used ("entries"), or into ``w_next`` ("rows"). The caller rotates the
+        buffers: words travel two k-tiles ahead of their use."""
         a_stage = i & 1
-        # The vector ranges of the tiles this step scatters (i+1) and starts loading (i+3), read from shared memory
-        # before the barrier: read next to their use, their latency stalled each thread in front of the scatter and
-        # the loads (ncu, H100: the largest short-scoreboard stall). Clamped to the block's last tile, whose range
-        # is read harmlessly when there is no such tile.
+        # The vector ranges of the tiles this step scatters (i+1), clears ("entries": i) and starts loading (i+3),
+        # read from shared memory before the barrier: read next to their use, their latency stalled each thread in
+        # front of the scatter and the loads (ncu, H100: the largest short-scoreboard stall). Clamped to the
+        # block's last tile, whose range is read harmlessly when there is no such tile.
         last = n_tiles_block - 1
         scatter_v0, scatter_v1 = tile_vectors(smem32, min(i + 1, last))
         load_v0, load_v1 = tile_vectors(smem32, min(i + 3, last))
+        if ENTRIES:
+            clear_v0, clear_v1 = tile_vectors(smem32, i)
         ptx.cp_async_wait_group(_PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
         if WGMMA:
             # wgmma reads through the async proxy: this thread's scatter, zeros and landed copies must be made
             # visible to it before the barrier that publishes them.
             ptx.fence_proxy_async_shared()
         # The step's one barrier: A tile i is expanded, the other A buffer is cleared where tile i+1 will be
-        # scattered (each warp cleared the rows it had read), everyone's copies of activation tile i are visible,
-        # and everyone is done with tile i - 1's activation stage.
+        # scattered, everyone's copies of activation tile i are visible, and everyone is done with tile i - 1's
+        # activation stage.
         cuda.syncthreads()
         if WGMMA:
             # The Tensor Cores work on tile i while the threads issue the next copies and scatter into the other
@@ -565,21 +606,43 @@ def build_kernel(cfg: SpmmConfig):
                           cp_cols_left)
         if not WGMMA:
             mma_tile(smem16, a_stage, i & (STAGES - 1), a_off, b_off, frag0, frag1, acc)
-        if i + 1 < n_tiles_block:
-            scatter_tile(words, smem16, scatter_v0, scatter_v1, 1 - a_stage, w_next)
-        if i + 3 < n_tiles_block:
-            load_words(words, load_v0, load_v1, w_next)
-        if WGMMA:
-            # This warp's share of tile i's wgmma must be complete before it clears the rows it read, and before
-            # the next barrier, after which tile i's activation stage is refilled.
-            ptx.wgmma_wait_group(0, acc, ACC)
-        if i + 2 < n_tiles_block:
-            if not WGMMA:
-                # A lane's clearing stores may hit rows another lane addressed for the warp's ldmatrix: every
-                # lane is past those reads first (compute-sanitizer racecheck flags the pair without it).
-                ptx.warp_sync()
-            # Zeros for tile i+2, which the next step scatters into this buffer after its barrier.
-            clear_own_rows(smem16, a_stage, clear_first)
+        if ENTRIES:
+            # Steps 0 .. n_tiles_block - 3 arrive on their buffer's mbarrier, so step i is use i >> 1 of buffer
+            # i & 1: phase i >> 1, waited for by its parity.
+            mbarrier = MBARRIER_BASE32 + 2 * a_stage
+            if not WGMMA and i + 2 < n_tiles_block:
+                ptx.mbarrier_arrive(smem32, mbarrier)  # this thread's ldmatrix reads of A tile i are done
+            if i + 1 < n_tiles_block:
+                scatter_tile(words, smem16, scatter_v0, scatter_v1, 1 - a_stage, w_next)
+            if WGMMA:
+                # The Tensor Cores have read A tile i once this warp's share is complete (waited after the scatter,
+                # which it overlaps); also needed before the next barrier refills tile i's activation stage.
+                ptx.wgmma_wait_group(0, acc, ACC)
+            if i + 2 < n_tiles_block:
+                if WGMMA:
+                    ptx.mbarrier_arrive(smem32, mbarrier)
+                # Everyone has read A tile i: zero it where this thread scattered it, for tile i+2 (scattered into
+                # this buffer after the next barrier, which orders these zeros before it).
+                ptx.mbarrier_wait_parity(smem32, mbarrier, (i >> 1) & 1)
+                unscatter_tile(smem16, clear_v0, clear_v1, a_stage, w_cur)
+            if i + 3 < n_tiles_block:
+                load_words(words, load_v0, load_v1, w_cur)
+        else:
+            if i + 1 < n_tiles_block:
+                scatter_tile(words, smem16, scatter_v0, scatter_v1, 1 - a_stage, w_next)
+            if i + 3 < n_tiles_block:
+                load_words(words, load_v0, load_v1, w_next)
+            if WGMMA:
+                # This warp's share of tile i's wgmma must be complete before it clears the rows it read, and
+                # before the next barrier, after which tile i's activation stage is refilled.
+                ptx.wgmma_wait_group(0, acc, ACC)
+            if i + 2 < n_tiles_block:
+                if not WGMMA:
+                    # A lane's clearing stores may hit rows another lane addressed for the warp's ldmatrix: every
+                    # lane is past those reads first (compute-sanitizer racecheck flags the pair without it).
+                    ptx.warp_sync()
+                # Zeros for tile i+2, which the next step scatters into this buffer after its barrier.
+                clear_own_rows(smem16, a_stage, clear_first)
 
     @_device
     def accumulator_of(row, col):
@@ -641,8 +704,9 @@ def build_kernel(cfg: SpmmConfig):
         smem32 = cuda.shared.array(0, uint32, alignment=SMEM_ALIGN)
         smemf = cuda.shared.array(0, float32, alignment=SMEM_ALIGN)  # the epilogue's view (A buffers reused)
         acc = cuda.local.array(ACC, float32)
-        w_a = cuda.local.array(WORDS, uint32)  # two register buffers of words, alternating (see k_step)
+        w_a = cuda.local.array(WORDS, uint32)  # register buffers of words, rotating (see k_step)
         w_b = cuda.local.array(WORDS, uint32)
+        w_c = cuda.local.array(THIRD_WORDS, uint32)  # "entries" only
         a_off = cuda.local.array(K_STEPS, int64)
         b_off = cuda.local.array(NPAIR, int64)
         frag0 = cuda.local.array(FRAG, uint32)  # one k16 step's A and B fragments, double-buffered (mma_tile)
@@ -703,9 +767,12 @@ def build_kernel(cfg: SpmmConfig):
                 smem32[uint64(OFFSETS_BASE32) + uint64(j)] = uint32(tile_offsets[first_tile + j])
                 j += THREADS
             zero_a_tile(smem16, 0)
-            zero_a_tile(smem16, 1)  # for tile 1, scattered by step 0 (later steps clear rows as they finish them)
+            zero_a_tile(smem16, 1)  # for tile 1, scattered by step 0 (later steps clear what they have used)
             clear_first = (warp * CLEAR_WARP_ROWS + (lane >> 3)) * TILE_K + (lane & 7) * 8
-            cuda.syncthreads()  # offsets and zeros visible
+            if ENTRIES and tid == 0:
+                ptx.mbarrier_init(smem32, MBARRIER_BASE32, THREADS)
+                ptx.mbarrier_init(smem32, MBARRIER_BASE32 + 2, THREADS)
+            cuda.syncthreads()  # offsets, zeros and mbarriers visible
             for t in range(STAGES - 1):
                 issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
                                   cp_cols_left)
@@ -719,16 +786,29 @@ def build_kernel(cfg: SpmmConfig):
             scatter_tile(words, smem16, v0, v1, 0, w_a)
             if n_tiles_block > 2:
                 v2_0, v2_1 = tile_vectors(smem32, 2)
-                load_words(words, v2_0, v2_1, w_a)
+                load_words(words, v2_0, v2_1, w_c if ENTRIES else w_a)
 
+            # The loop is unrolled by the number of register buffers, so that each is a fixed set of registers.
             i = 0
-            while i < n_tiles_block:  # unrolled by two so that each register buffer is a fixed set of registers
-                k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
-                       cp_cols_left, a_off, b_off, frag0, frag1, acc, w_b, clear_first)
-                if i + 1 < n_tiles_block:
-                    k_step(words, x, ldx, smem16, smem32, i + 1, n_tiles_block, kt_begin, cp_dst, cp_src,
-                           cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc, w_a, clear_first)
-                i += 2
+            if ENTRIES:  # three buffers: tile i's words (cleared at step i), tile i+1's, tile i+2's in flight
+                while i < n_tiles_block:
+                    k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
+                           cp_cols_left, a_off, b_off, frag0, frag1, acc, w_a, w_b, clear_first)
+                    if i + 1 < n_tiles_block:
+                        k_step(words, x, ldx, smem16, smem32, i + 1, n_tiles_block, kt_begin, cp_dst, cp_src,
+                               cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc, w_b, w_c, clear_first)
+                    if i + 2 < n_tiles_block:
+                        k_step(words, x, ldx, smem16, smem32, i + 2, n_tiles_block, kt_begin, cp_dst, cp_src,
+                               cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc, w_c, w_a, clear_first)
+                    i += 3
+            else:  # two buffers: tile i+1's, tile i+2's in flight
+                while i < n_tiles_block:
+                    k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
+                           cp_cols_left, a_off, b_off, frag0, frag1, acc, w_b, w_b, clear_first)
+                    if i + 1 < n_tiles_block:
+                        k_step(words, x, ldx, smem16, smem32, i + 1, n_tiles_block, kt_begin, cp_dst, cp_src,
+                               cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc, w_a, w_a, clear_first)
+                    i += 2
             ptx.cp_async_wait_all()
 
         if SPLITS:
