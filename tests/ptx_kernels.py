@@ -395,6 +395,12 @@ def _cp_async_strided(x, out):
     out[0] = s[0]
 
 
+def _mbarrier_wait_float_parity(out):
+    bars = cuda.shared.array(2, np.uint32, alignment=SHARED_ALIGN)
+    ptx.mbarrier_wait_parity(bars, 0, 0.5)
+    out[0] = bars[0]
+
+
 TYPING_ERRORS = {
     "wait_group_not_literal": (
         _wait_group_not_literal,
@@ -430,6 +436,11 @@ TYPING_ERRORS = {
         _cp_async_strided,
         "void(float32[::1], uint16[::1])",
         ["cp.async.cg.shared.global", "src_arr must be a C-contiguous array", "array(float32, 1d, A)"],
+    ),
+    "mbarrier_wait_float_parity": (
+        _mbarrier_wait_float_parity,
+        "void(uint32[::1])",
+        ["mbarrier.test_wait.parity.shared.b64", "parity must be", "float64"],
     ),
 }
 

@@ -198,15 +198,16 @@ def test_plan_gives_dense_matrices_the_larger_prefetch_on_narrow_blocks():
 def test_bad_prefetch_choices_are_named(warps, prefetch):
     from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
 
-    expected = (rf"Invalid prefetch_vectors of SpmmConfig: expected one of \(256, 384, 512, 640\) and a multiple of the "
-                rf"{32 * warps} threads of {warps} warps, got {prefetch}")
+    expected = (rf"Invalid prefetch_vectors of SpmmConfig: expected one of \(256, 384, 512, 640\) and a multiple "
+                rf"of the {32 * warps} threads of {warps} warps, got {prefetch}")
     with pytest.raises(ValueError, match=expected):
         SpmmConfig(tile_n=64, warps=warps, prefetch_vectors=prefetch)
 
 
 @pytest.mark.parametrize("warps,tile_n,tile_vectors,clear,prefetch", [
     (4, 16, 205, "entries", 256), (4, 8, 224, "entries", 256), (4, 16, 225, "entries", 384),
-    (4, 16, CLEAR_ENTRIES_UPTO, "entries", 384), (4, 16, CLEAR_ENTRIES_UPTO + 1, "rows", 512), (4, 16, 0, "entries", 256),
+    (4, 16, CLEAR_ENTRIES_UPTO, "entries", 384), (4, 16, CLEAR_ENTRIES_UPTO + 1, "rows", 512),
+    (4, 16, 0, "entries", 256),
     (4, 16, None, "rows", 512), (4, CLEAR_ENTRIES_TILE_N * 2, 205, "rows", 512), (8, 16, 205, "rows", 512),
 ])
 def test_sparse_matrices_on_narrow_4_warp_blocks_clear_by_entries(warps, tile_n, tile_vectors, clear, prefetch):
@@ -226,5 +227,6 @@ def test_plan_passes_the_clearing_on():
 def test_bad_clear_is_named():
     from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
 
-    with pytest.raises(ValueError, match=r"Invalid clear of SpmmConfig: expected one of \('rows', 'entries'\), got 'none'"):
+    expected = r"Invalid clear of SpmmConfig: expected one of \('rows', 'entries'\), got 'none'"
+    with pytest.raises(ValueError, match=expected):
         SpmmConfig(tile_n=16, clear="none")

@@ -77,6 +77,9 @@ The API (every index is a flat element index into a C-contiguous array; ``g = la
 ``wgmma_wait_group(n, acc, count)``             ``wgmma.wait_group.sync.aligned n``; ``acc[:count]`` pass through
 ``fence_proxy_async_shared()``                  ``fence.proxy.async.shared::cta``: shared writes -> async proxy
 ``warp_sync()``                                 ``bar.warp.sync -1``: the warp's lanes meet (``__syncwarp``)
+``mbarrier_init(arr, i, count)``                ``mbarrier.init.shared.b64``: an 8-byte barrier of ``count`` arrivals
+``mbarrier_arrive(arr, i)``                     ``mbarrier.arrive.shared.b64``: arrive without waiting
+``mbarrier_wait_parity(arr, i, parity)``        loop on ``mbarrier.test_wait.parity``: the phase of that parity is over
 ==============================================  =================================================================
 
 ``WGMMA_SHARED_ALIGN`` is the ``alignment=`` of a shared array that wgmma reads (1024 on a GPU, ``None`` in the

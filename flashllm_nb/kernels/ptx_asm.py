@@ -12,13 +12,15 @@ PTX ISA references (https://docs.nvidia.com/cuda/parallel-thread-execution/index
 - ``data-movement-and-conversion-instructions-cp-async``, ``...-cp-async-commit-group``,
   ``...-cp-async-wait-group`` ("Non-bulk asynchronous copy")
 - ``data-movement-and-conversion-instructions-ld-global-nc``, ``...-cvta``, ``...-cvt``, ``...-mov``
+- ``parallel-synchronization-and-communication-instructions-mbarrier`` ("mbarrier.init", "mbarrier.arrive",
+  "mbarrier.test_wait/mbarrier.try_wait")
 
 How the compiler is told what each instruction does (LLVM sees inline asm as an opaque call):
 
 - *Pure* register instructions (``mma``, ``mov``, ``cvt``, ``cvta``) are ``readnone``: LLVM may schedule, CSE or
   drop them like arithmetic.
 - Instructions that read or write memory another thread or the async-copy unit also touches (``ldmatrix``,
-  ``cp.async*``, ``st.shared``) are ``sideeffect`` with a ``~{memory}`` clobber: they are never dropped,
+  ``cp.async*``, ``st.shared``, ``mbarrier.*``) are ``sideeffect`` with a ``~{memory}`` clobber: they are never dropped,
   duplicated or moved across each other, ``__syncthreads`` or ordinary loads and stores. This costs little: ptxas
   schedules the SASS again, with real dependency information.
 - Warp-collective instructions (``.sync.aligned``: ``mma``, ``ldmatrix``) are ``convergent``: LLVM must not make

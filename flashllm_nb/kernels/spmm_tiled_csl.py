@@ -52,6 +52,17 @@ others because no other warp reads them (``clear_own_rows``); zeroing the whole 
 the first versions did, measured 1-4 % slower (H100, ``bench/RESULTS.md``). Any tile density is legal: the register
 budget only decides how much of a tile's words load ahead of time.
 
+Sparse matrices (``SpmmConfig.clear = "entries"``, 4-warp blocks, tiles of at most ~288 vectors) clear by entries
+instead: zeroing 16 KiB of rows costs 128 shared-memory wavefronts per tile at any sparsity, zeroing the positions
+a thread scattered costs about as many as the scatter (~45 at 90 %). Those positions lie in every warp's rows, so a
+per-buffer mbarrier stands in for the second barrier: each thread arrives when its reads of A[i%2] are over (after
+its mma.sync, or after its wgmma wait) and waits on the phase after scattering tile i+1, by when the others have
+normally arrived. The words of tile i stay in registers until then, in a third register buffer::
+
+    ... ldmatrix + mma.sync on A[i%2]; arrive on mbarrier[i%2]
+        scatter words(i+1) -> A[(i+1)%2]      (wgmma: issued before it, waited for and arrived after it)
+        wait for mbarrier[i%2]'s phase; zero A[i%2] at words(i)'s positions; load words(i+3) into words(i)'s buffer
+
 Why words go to registers and not through shared memory: both were measured on an H200 (``bench/RESULTS.md``).
 Staging the words in shared memory with ``cp.async`` lets them run several tiles ahead, but costs a copy, a
 shared-memory read per word and 7-16 KB per stage, which halves the blocks per SM. Shared memory is the scarce
