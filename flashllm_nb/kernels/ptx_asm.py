@@ -759,6 +759,19 @@ def _check_mbarrier(instruction: str, arr, index) -> None:
     _check_integer(instruction, "index", index)
 
 
+def _mbarrier_codegen(text: str):
+    """Codegen of an mbarrier instruction on ``(arr, index, *integers)``: ``$0`` is the barrier's 32-bit shared
+    address, ``$1``... the integers as 32-bit registers."""
+
+    def codegen(context, builder, sig, args):
+        address = _shared_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        integers = [(_I32, _as_int(context, builder, v, ty, 32)) for v, ty in zip(args[2:], sig.args[2:])]
+        constraints = ",".join(["r"] * (1 + len(integers)) + ["~{memory}"])
+        _asm(builder, ir.VoidType(), [(_I32, address)] + integers, text, constraints, attrs=_MEMORY, side_effect=True)
+
+    return codegen
+
+
 @intrinsic
 def mbarrier_init(typingctx, arr, index, count):
     """``mbarrier.init.shared.b64 [addr], count``: phase 0 of the barrier at ``arr[index]`` awaits ``count`` arrivals.
@@ -770,14 +783,7 @@ def mbarrier_init(typingctx, arr, index, count):
     instruction = "mbarrier.init.shared.b64"
     _check_mbarrier(instruction, arr, index)
     _check_integer(instruction, "count", count)
-
-    def codegen(context, builder, sig, args):
-        address = _shared_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        arrivals = _as_int(context, builder, args[2], sig.args[2], 32)
-        _asm(builder, ir.VoidType(), [(_I32, address), (_I32, arrivals)], f"{instruction} [$0], $1;",
-             "r,r,~{memory}", attrs=_MEMORY, side_effect=True)
-
-    return types.void(arr, index, count), codegen
+    return types.void(arr, index, count), _mbarrier_codegen(f"{instruction} [$0], $1;")
 
 
 @intrinsic
@@ -790,13 +796,7 @@ def mbarrier_arrive(typingctx, arr, index):
     """
     instruction = "mbarrier.arrive.shared.b64"
     _check_mbarrier(instruction, arr, index)
-
-    def codegen(context, builder, sig, args):
-        address = _shared_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        _asm(builder, ir.VoidType(), [(_I32, address)], f"{{ .reg .b64 %state; {instruction} %state, [$0]; }}",
-             "r,~{memory}", attrs=_MEMORY, side_effect=True)
-
-    return types.void(arr, index), codegen
+    return types.void(arr, index), _mbarrier_codegen(f"{{ .reg .b64 %state; {instruction} %state, [$0]; }}")
 
 
 @intrinsic
@@ -811,12 +811,5 @@ def mbarrier_wait_parity(typingctx, arr, index, parity):
     instruction = "mbarrier.test_wait.parity.shared.b64"
     _check_mbarrier(instruction, arr, index)
     _check_integer(instruction, "parity", parity)
-
-    def codegen(context, builder, sig, args):
-        address = _shared_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        phase = _as_int(context, builder, args[2], sig.args[2], 32)
-        text = (f"{{ .reg .pred %done; MBARRIER_WAIT: {instruction} %done, [$0], $1; @!%done bra MBARRIER_WAIT; }}")
-        _asm(builder, ir.VoidType(), [(_I32, address), (_I32, phase)], text, "r,r,~{memory}", attrs=_MEMORY,
-             side_effect=True)
-
-    return types.void(arr, index, parity), codegen
+    text = f"{{ .reg .pred %done; MBARRIER_WAIT: {instruction} %done, [$0], $1; @!%done bra MBARRIER_WAIT; }}"
+    return types.void(arr, index, parity), _mbarrier_codegen(text)
