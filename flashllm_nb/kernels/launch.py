@@ -123,8 +123,9 @@ def warps_for(mma: str, tile_n: int) -> int:
 def clear_for(warps: int, tile_n: int, tile_vectors: int | None) -> str:
     """How A buffers are zeroed (``SpmmConfig.clear``): ``"entries"`` for 4-warp blocks up to
     ``CLEAR_ENTRIES_TILE_N`` whose matrix has at most ``CLEAR_ENTRIES_UPTO`` vectors per tile on average, else
-    ``"rows"``. Same runs on an H100, N = 8 and 16 (RESULTS.md): +8 % at 90 % sparsity, +4 % at 88 %, even at 85 %,
-    -4 % at 80 %; with 8 warps (N = 32 and 64) -12 % at 90 %."""
+    ``"rows"``. Same runs on an H100, N = 8 and 16 (RESULTS.md): the final kernel +9 % at 90 % sparsity and +4-7 %
+    at 88 % against clearing rows; the first version even at 85 % and -4 % at 80 %, and -12 % at 90 % with 8 warps
+    (N = 32 and 64)."""
     sparse = tile_vectors is not None and tile_vectors <= CLEAR_ENTRIES_UPTO
     if warps == 4 and tile_n <= CLEAR_ENTRIES_TILE_N and sparse:
         return "entries"

@@ -482,8 +482,9 @@ def build_kernel(cfg: SpmmConfig):
         against the 128 of zeroing 16 KiB (``clear_own_rows``). Unlike the rows a warp read, the positions a thread
         scattered lie in every warp's rows, hence the mbarrier: each thread arrives when its reads of the buffer are
         done and waits after its scatter of the next tile, so the wait is normally over when it starts, and the
-        step keeps its single ``syncthreads``. Measured (H100, N = 8 and 16, 4 warps): +8 % at 90 %, +4 % at 88 %,
-        even at 85 %, -4 % at 80 % (more registers for a smaller saving), -12 % with 8 warps (bench/RESULTS.md)."""
+        step keeps its single ``syncthreads``. Measured (H100, N = 8 and 16, 4 warps, bench/RESULTS.md): +9 % at
+        90 %, +4-7 % at 88 %; a first version: even at 85 %, -4 % at 80 % (more registers for a smaller saving),
+        -12 % with 8 warps."""
         if v1 - v0 > R * THREADS:
             zero_a_tile(a_s, a_stage)
             return
