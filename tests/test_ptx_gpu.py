@@ -46,39 +46,15 @@ def test_ldmatrix(num, trans, seed):
     pk.check_ldmatrix(num, trans, seed)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_ldmatrix_feeds_mma(seed):
-    pk.check_ldmatrix_feeds_mma(seed)
+# The checks that take only a seed, by the name of their ptx_kernels function (check_<name>): cp_async tests the
+# src_bytes zero-fill, gemm four warps accumulating, mbarrier phases ordering four warps.
+SEEDED_CHECKS = ["ldmatrix_feeds_mma", "cp_async", "ld_global_nc", "st_shared", "warp_sync", "mbarrier", "pack", "gemm"]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_cp_async_zero_fills(seed):
-    pk.check_cp_async(seed)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_ld_global_nc(seed):
-    pk.check_ld_global_nc(seed)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_st_shared(seed):
-    pk.check_st_shared(seed)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_warp_sync(seed):
-    pk.check_warp_sync(seed)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_mbarrier(seed):
-    pk.check_mbarrier(seed)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_pack_unpack(seed):
-    pk.check_pack(seed)
+@pytest.mark.parametrize("check", SEEDED_CHECKS)
+def test_seeded_check(check, seed):
+    getattr(pk, f"check_{check}")(seed)
 
 
 @pytest.mark.parametrize("kind", ["f16", "bf16"])
@@ -90,11 +66,6 @@ def test_f32_to_16_bits(kind, seed):
 @pytest.mark.parametrize("kind", ["f16", "bf16"])
 def test_16_bits_to_f32_for_every_pattern(kind):
     pk.check_16_bits_to_f32(kind, np.arange(1 << 16, dtype=np.uint32).astype(np.uint16))
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_four_warps_accumulate(seed):
-    pk.check_gemm(seed)
 
 
 @pytest.mark.parametrize("n", [8, 16, 32, 64])
