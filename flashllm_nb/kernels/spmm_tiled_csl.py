@@ -575,7 +575,9 @@ def build_kernel(cfg: SpmmConfig):
         k16 step is 32 bytes further along the rows and the lower m64 half 64 rows (8 atoms) further down. The four
         warps of a warpgroup share one read of the activation tile per half, where ldmatrix reads it once per
         warp."""
-        a_base = a_stage * TILE_ELEMS + (cuda.threadIdx.x >> 7) * (64 * TILE_K)  # this warpgroup's first half
+        a_base = a_stage * TILE_ELEMS  # this warpgroup's first m64 half: the tile's first (4 warps) ...
+        if HALVES_PER_WARPGROUP == 1:  # ... or its own (8 warps); with 4 warps the index stays warp-uniform
+            a_base += (cuda.threadIdx.x >> 7) * (64 * TILE_K)
         b_base = B_BASE + b_stage * B_ELEMS
         ptx.wgmma_fence()  # the accumulators were last written by the previous wait (or zeroed)
         for ks in range(K_STEPS):
