@@ -65,10 +65,13 @@ normally arrived. The words of tile i stay in registers until then, in a third r
 
 Why words go to registers and not through shared memory: both were measured on an H200 (``bench/RESULTS.md``).
 Staging the words in shared memory with ``cp.async`` lets them run several tiles ahead, but costs a copy, a
-shared-memory read per word and 7-16 KB per stage, which halves the blocks per SM. Shared memory is the scarce
-resource: an ncu profile of this kernel (H200, N = 16, 80-90 %) shows the L1/shared pipe 81-83 % busy, 480-575
-shared wavefronts per tile (zeroing 128, ldmatrix of A 128 and of B 64, the scatter the rest, 4-way bank
-conflicted), so everything else (addresses, offsets, loop control) is computed once per block where it can be.
+shared-memory read per word and 7-16 KB per stage, which halves the blocks per SM. Blocks per SM are what the
+kernel cannot spare: it is bound by the serial chain of each k-step, and more blocks per SM hide more of it. Kernel
+copies with one part of the step taken away (H100, N = 16, ``bench/RESULTS.md``) gain at most 5 % at 80 %, whichever
+part it is: the zeroing, the proxy fence, the Tensor-Core work, the activation copies, or DRAM latency. At 90 % the
+two cross-warp waits gain 10-12 % each: the mbarrier before the un-scatter, and the wgmma wait in front of the
+scatter. Fewer blocks with a deeper pipeline lost: three A buffers at 4 blocks per SM gave -8 %. Prefetching the
+words into L2 ahead of their register loads lost too (-3 to -21 %).
 
 Shared-memory layout and swizzle
 --------------------------------
