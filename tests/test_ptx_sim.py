@@ -7,6 +7,8 @@ One block of 32 (``check_gemm``: 128) threads per launch keeps each test to a fr
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from numba import cuda
@@ -90,6 +92,60 @@ def test_mbarrier_wait_that_cannot_complete_raises():
 
     with pytest.raises(RuntimeError, match="phase cannot complete"):
         short_of_arrivals[1, 32](np.zeros(32, np.int32))
+
+
+class _LateWaker:
+    """Stands in for the simulator's mbarrier condition: after every wait, lets the other threads run for a while
+    (without the lock) and then reports a timeout, as a real wait does when the last arrival comes between its
+    timeout and its taking the lock back."""
+
+    def __init__(self, condition):
+        self._condition = condition
+
+    def __enter__(self):
+        return self._condition.__enter__()
+
+    def __exit__(self, *exc):
+        return self._condition.__exit__(*exc)
+
+    def notify_all(self):
+        self._condition.notify_all()
+
+    def wait(self, timeout):
+        self._condition.wait(timeout)
+        self._condition.release()
+        try:
+            time.sleep(0.05)
+        finally:
+            self._condition.acquire()
+        return False
+
+
+def test_mbarrier_wait_sees_a_phase_that_completed_as_it_timed_out(monkeypatch):
+    """Thread 0 waits; thread 1 arrives late and goes on to a syncthreads, where every other thread already is.
+    The waiter's timeouts all race with that arrival: it must see the phase complete, not report a deadlock (it
+    once did, about one run in three of an 8-warp kernel test)."""
+    monkeypatch.setattr(ptx_sim, "_MBARRIER", _LateWaker(ptx_sim._MBARRIER))
+    monkeypatch.setattr(ptx_sim, "_POLL_S", 0.01)
+    monkeypatch.setattr(ptx_sim, "_GONE_S", 0.02)
+
+    @cuda.jit
+    def late_arrival(out):
+        bars = cuda.shared.array(2, np.uint32)
+        if cuda.threadIdx.x == 0:
+            ptx.mbarrier_init(bars, 0, 1)
+        cuda.syncthreads()
+        if cuda.threadIdx.x == 0:
+            ptx.mbarrier_wait_parity(bars, 0, 0)
+        if cuda.threadIdx.x == 1:
+            time.sleep(0.1)
+            ptx.mbarrier_arrive(bars, 0)
+        cuda.syncthreads()
+        out[cuda.threadIdx.x] = 1
+
+    out = np.zeros(32, np.int32)
+    late_arrival[1, 32](out)
+    assert out.tolist() == [1] * 32
 
 
 def test_pack_unpack():

@@ -558,10 +558,13 @@ def mbarrier_wait_parity(arr, index, parity):
         _MBARRIER_WAITERS.add(me)
         try:
             while int(words[1]) >> 31 == parity:
-                if not _MBARRIER.wait(_POLL_S):
-                    waited += _POLL_S
-                    if waited >= _GONE_S:
-                        _check_mbarrier_progress(instruction, me)
+                if _MBARRIER.wait(_POLL_S):
+                    continue
+                waited += _POLL_S
+                # Test the phase again first: the last arrival may have come between the timeout and this thread
+                # taking the lock back, and the threads it woke still count as waiters until they run.
+                if waited >= _GONE_S and int(words[1]) >> 31 == parity:
+                    _check_mbarrier_progress(instruction, me)
         finally:
             _MBARRIER_WAITERS.discard(me)
 
