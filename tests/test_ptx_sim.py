@@ -148,6 +148,32 @@ def test_mbarrier_wait_sees_a_phase_that_completed_as_it_timed_out(monkeypatch):
     assert out.tolist() == [1] * 32
 
 
+def test_warp_collective_sees_a_round_that_completed_as_it_timed_out(monkeypatch):
+    """The same race at a warp-collective instruction: lane 1 comes last and goes on to a syncthreads; the lanes
+    that timed out as it came must see their round complete, not report lane 1 as stuck at the barrier."""
+    make_rendezvous = ptx_sim._Rendezvous.__init__
+
+    def late_waking_rendezvous(self, group, size):
+        make_rendezvous(self, group, size)
+        self._condition = _LateWaker(self._condition)
+
+    monkeypatch.setattr(ptx_sim._Rendezvous, "__init__", late_waking_rendezvous)
+    monkeypatch.setattr(ptx_sim, "_POLL_S", 0.01)
+    monkeypatch.setattr(ptx_sim, "_GONE_S", 0.02)
+
+    @cuda.jit
+    def late_lane(out):
+        if cuda.threadIdx.x == 1:
+            time.sleep(0.3)
+        ptx.warp_sync()
+        cuda.syncthreads()
+        out[cuda.threadIdx.x] = 1
+
+    out = np.zeros(32, np.int32)
+    late_lane[1, 32](out)
+    assert out.tolist() == [1] * 32
+
+
 def test_pack_unpack():
     pk.check_pack(0)
 

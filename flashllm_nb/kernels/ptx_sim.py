@@ -166,8 +166,12 @@ class _Rendezvous:
             else:
                 waited = 0.0
                 while self._generation == generation:
-                    if not self._condition.wait(_POLL_S):
-                        waited += _POLL_S
+                    if self._condition.wait(_POLL_S):
+                        continue
+                    waited += _POLL_S
+                    # The round may have completed between the timeout and this lane taking the lock back (then
+                    # the lanes are no longer "missing"): test again before looking for lanes that cannot come.
+                    if self._generation == generation:
                         self._check_progress(instruction, waited)
             results = self._results
         if isinstance(results, BaseException):
