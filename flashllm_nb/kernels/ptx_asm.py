@@ -152,17 +152,26 @@ def _shared_address(context, builder, array_type, array, index_type, index):
     here, is narrowed by LLVM to 32-bit instructions (shared memory is far below 4 GiB, so the truncation is exact
     for every valid index). With the 64-bit form each ``ldmatrix`` cost about seven 64-bit address instructions.
     """
+    return builder.add(_shared_base(context, builder, array_type, array),
+                       _byte_offset(context, builder, array_type, index_type, index))
+
+
+def _shared_base(context, builder, array_type, array):
+    """The 32-bit ``.shared`` address of the array's first element (``readnone``: LLVM computes it once)."""
     data = context.make_array(array_type)(context, builder, value=array).data
-    base = _asm(
+    return _asm(
         builder,
         _I32,
         [(_I64, builder.ptrtoint(data, _I64))],
         "{ .reg .u64 %smem_addr; cvta.to.shared.u64 %smem_addr, $1; cvt.u32.u64 $0, %smem_addr; }",
         "=r,l",
     )
-    offset = _as_int(context, builder, index, index_type, 32)
+
+
+def _byte_offset(context, builder, array_type, index_type, index):
+    """``index`` times the array's item size, as a 32-bit integer (shared memory is far below 4 GiB)."""
     itemsize = context.get_abi_sizeof(context.get_data_type(array_type.dtype))
-    return builder.add(base, builder.mul(offset, ir.Constant(_I32, itemsize)))
+    return builder.mul(_as_int(context, builder, index, index_type, 32), ir.Constant(_I32, itemsize))
 
 
 # --- shared_addr ---------------------------------------------------------------------------------------------------
@@ -583,11 +592,10 @@ def _sw128_descriptor(context, builder, array_type, array, index_type, index):
     start is 16-byte aligned (the low 4 bits of the offset are zero) and every shared address is below 256 KiB, so
     the 14-bit start field never carries into the leading-byte-offset field (ncu, H100: the per-call form cost six
     instructions per descriptor, 2 of every 10 the k-loop issued)."""
-    base = _shared_address(context, builder, array_type, array, types.int32, ir.Constant(_I32, 0))
+    base = _shared_base(context, builder, array_type, array)
     first = builder.or_(builder.lshr(builder.and_(base, ir.Constant(_I32, 0x3FFFF)), ir.Constant(_I32, 4)),
                         ir.Constant(_I32, _WGMMA_SW128_FIELDS & 0xFFFFFFFF))
-    itemsize = context.get_abi_sizeof(context.get_data_type(array_type.dtype))
-    offset = builder.mul(_as_int(context, builder, index, index_type, 32), ir.Constant(_I32, itemsize))
+    offset = _byte_offset(context, builder, array_type, index_type, index)
     low = builder.add(first, builder.lshr(offset, ir.Constant(_I32, 4)))
     return builder.or_(builder.zext(low, _I64), ir.Constant(_I64, _WGMMA_SW128_FIELDS & ~0xFFFFFFFF))
 
