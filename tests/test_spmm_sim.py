@@ -234,6 +234,17 @@ def test_nan_and_inf_propagate_as_dense(tensor_core_path):
     _check_linear(W, X, split_k=2)
 
 
+@pytest.mark.parametrize("n", [3, 16])
+def test_split_k_reduction_in_groups_of_splits(n):
+    """The reducing block loads the partials of several splits per round trip (4 at tile_n 8, 2 at 16): 5 splits
+    leave a part-filled last group. Bias on, a ragged M, and both layouts."""
+    rng = np.random.default_rng(8)
+    W = _random_sparse(rng, 100, 5 * 64, 0.5, np.float16)
+    bias = rng.standard_normal(100).astype(np.float16)
+    _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), bias=bias, split_k=5)
+    _check_spmm(W, rng.standard_normal((W.shape[1], n)).astype(np.float16), split_k=5)
+
+
 def test_result_is_deterministic_with_split_k():
     """Split-K partials are reduced in split order, so repeated calls give identical bits."""
     rng = np.random.default_rng(5)

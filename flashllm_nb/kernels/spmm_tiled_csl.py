@@ -308,6 +308,13 @@ def build_kernel(cfg: SpmmConfig):
     FRAG = 4 * MF + 4 * NPAIR  # fragment registers of one k16 step: A x4 per m16 band, B x4 per n8 pair
     ACC = MF * NF * 4  # fp32 accumulators per thread: MF x NF fragments x 4 (tile_n = 64, 4 warps: 64 registers)
     OUT_ROUNDS = TILE_M * TILE_N // THREADS  # output elements each thread stores (128 * 64 / 256 = 32)
+    # store_tile: a thread's accumulators in shared memory, one float of padding apart (bank conflicts); they fit in
+    # the A tiles and activation stages the main loop leaves behind.
+    ACC_STRIDE = ACC + 1
+    assert THREADS * ACC_STRIDE * 4 <= cfg.shared_bytes(0), "store_tile's staging must fit the block's shared memory"
+    TILE_M_SHIFT = TILE_M.bit_length() - 1
+    TILE_N_SHIFT = TILE_N.bit_length() - 1
+    WARP_ROWS_SHIFT = WARP_ROWS.bit_length() - 1
     NK = cfg.x_layout == "nk"
     WGMMA = cfg.mma == "wgmma"
     # wgmma descriptors assume 1024-byte aligned swizzle atoms: the A tiles (16 KiB each) and activation stages
@@ -345,6 +352,10 @@ def build_kernel(cfg: SpmmConfig):
     # or THREADS / CPR k rows ("kn"); either way a whole number of swizzle periods, so a round moves by a constant.
     ROUND_ROWS = THREADS // 8 if NK else THREADS // CPR
     SPLITS = cfg.splits
+    # Split-K: the reducing block's partial sums loaded per round trip, in splits: 64 registers' worth (the main
+    # loop's registers are free by then).
+    REDUCE_GROUP = max(1, 32 // ACC)
+    REDUCE_VALUES = REDUCE_GROUP * ACC
     if cfg.dtype == "bfloat16":
         mma = ptx.mma_m16n8k16_bf16
         wgmma = {8: ptx.wgmma_m64n8k16_bf16, 16: ptx.wgmma_m64n16k16_bf16, 32: ptx.wgmma_m64n32k16_bf16,
@@ -666,50 +677,69 @@ def build_kernel(cfg: SpmmConfig):
         """(thread, accumulator index) holding tile element (row, col): the inverse of the C-fragment layout of
         mma.m16n8k16 (lane = 4 * (row % 8) + (col % 8) // 2; rows 8-15 of a fragment in accumulators 2 and 3).
         wgmma's m64 accumulators repeat that layout per warp over 16-row bands: warp w holds rows 16w..16w+15 of
-        each m64 half, which plays the part of the m16 fragment index."""
+        each m64 half, which plays the part of the m16 fragment index.
+
+        Shifts and masks only (every divisor is a power of two, row and col are never negative): Numba's signed
+        // and % round toward minus infinity at several instructions each, and this runs for every output element
+        in the kernel's tail."""
         if WGMMA and HALVES_PER_WARPGROUP == 2:
-            warp = (row % 64) // 16
-            mf = row // 64
+            warp = (row & 63) >> 4
+            mf = row >> 6
         elif WGMMA:  # warpgroup row // 64 holds that half
-            warp = (row // 64) * 4 + (row % 64) // 16
+            warp = ((row >> 6) << 2) + ((row & 63) >> 4)
             mf = 0
         else:
-            warp = row // WARP_ROWS
-            mf = (row % WARP_ROWS) // 16
-        r16 = row % 16
-        lane = 4 * (r16 % 8) + (col % 8) // 2
-        i = (mf * NF + col // 8) * 4 + 2 * (r16 // 8) + col % 2
-        return warp * 32 + lane, i
+            warp = row >> WARP_ROWS_SHIFT
+            mf = (row & (WARP_ROWS - 1)) >> 4
+        r16 = row & 15
+        lane = ((r16 & 7) << 2) + ((col & 7) >> 1)
+        i = ((mf * NF + (col >> 3)) << 2) + ((r16 >> 3) << 1) + (col & 1)
+        return (warp << 5) + lane, i
 
     @_device
     def store_tile(acc, smemf, y, bias, has_bias, m0, n0, M, N):
         """Write the block's 128 x TILE_N result: fragments go to shared memory in thread order (a loop LLVM unrolls,
         so acc stays in registers), then all threads store the tile row by row of the output, coalesced, adding
-        the bias and rounding once."""
+        the bias and rounding once.
+
+        This is the tail of the kernel for the block that reduces a split-K tile (every block of a wave finishes
+        within a few us of the others), so its arithmetic counts: unsigned indices (no negative-index wrap per
+        access), shifts instead of // and %, the bias of an "nk" thread's one row read once, and a thread's
+        accumulators ACC + 1 floats apart in shared memory, so that the lanes reading one output row's
+        accumulators (4 threads apart) fall in different banks. An instrumented copy measured 3.6 us for the
+        version with signed // and % indices (H100, N = 16; bench/RESULTS.md)."""
         cuda.syncthreads()  # the main loop's shared buffers are no longer read
-        own = cuda.threadIdx.x * ACC
+        tid = cuda.threadIdx.x
+        own = uint64(tid * ACC_STRIDE)
         for i in range(ACC):
-            smemf[own + i] = acc[i]
+            smemf[own + uint64(i)] = acc[i]
         cuda.syncthreads()
+        row = tid & (TILE_M - 1)  # "nk": the thread's one row (THREADS is a multiple of TILE_M)
+        bias_value = float32(0.0)
+        if NK and has_bias and m0 + row < M:
+            bias_value = from_bits(bias[uint64(m0 + row)])
         for j in range(OUT_ROUNDS):
-            o = cuda.threadIdx.x + j * THREADS
-            if NK:  # output (N, M): consecutive threads on consecutive m
-                row = o % TILE_M
-                col = o // TILE_M
+            if NK:  # output (N, M): consecutive threads on consecutive m; a round covers THREADS // TILE_M columns
+                col = j * (THREADS // TILE_M)
+                if THREADS > TILE_M:
+                    col += tid >> TILE_M_SHIFT  # with one row per thread (4 warps) the column is a constant
             else:  # output (M, N): consecutive threads on consecutive n
-                row = o // TILE_N
-                col = o % TILE_N
+                o = tid + j * THREADS
+                row = o >> TILE_N_SHIFT
+                col = o & (TILE_N - 1)
             m = m0 + row
             n = n0 + col
             if m < M and n < N:
                 thread, i = accumulator_of(row, col)
-                value = smemf[thread * ACC + i]
-                if has_bias:
-                    value += from_bits(bias[m])
+                value = smemf[uint64(thread * ACC_STRIDE + i)]
                 if NK:
-                    y[n * M + m] = to_bits(value)
+                    if has_bias:
+                        value += bias_value
+                    y[uint64(n) * uint64(M) + uint64(m)] = to_bits(value)
                 else:
-                    y[m * N + n] = to_bits(value)
+                    if has_bias:
+                        value += from_bits(bias[uint64(m)])
+                    y[uint64(m) * uint64(N) + uint64(n)] = to_bits(value)
 
     # The simulator's cuda.jit takes no launch bounds (they only steer ptxas).
     @(cuda.jit if ptx.SIMULATOR else cuda.jit(launch_bounds=cfg.launch_bounds))
@@ -728,6 +758,7 @@ def build_kernel(cfg: SpmmConfig):
         b_off = cuda.local.array(NPAIR, int64)
         frag0 = cuda.local.array(FRAG, uint32)  # one k16 step's A and B fragments, double-buffered (mma_tile)
         frag1 = cuda.local.array(FRAG, uint32)
+        group = cuda.local.array(REDUCE_VALUES, float32)  # split-K: partials of REDUCE_GROUP splits
         for i in range(ACC):
             acc[i] = float32(0.0)
 
@@ -830,8 +861,9 @@ def build_kernel(cfg: SpmmConfig):
             # Accumulator i of thread t at i * THREADS + t: a warp's stores (and the last block's loads, by the same
             # thread index) are 128 contiguous bytes.
             own = cuda.threadIdx.x
+            mine = uint64((split * cuda.gridDim.x * cuda.gridDim.y + out_tile) * tile_values + own)
             for i in range(ACC):
-                workspace[(split * cuda.gridDim.x * cuda.gridDim.y + out_tile) * tile_values + i * THREADS + own] = acc[i]
+                workspace[mine + uint64(i * THREADS)] = acc[i]
             # One thread fences, as CUTLASS's split-K semaphore does: the barrier orders every thread's partials
             # before thread 0's fence, and a fence is cumulative (PTX memory model), so its release covers them;
             # on the other side thread 0's acquiring fence plus the barrier order the reads of all threads. A fence
@@ -845,14 +877,27 @@ def build_kernel(cfg: SpmmConfig):
                     cuda.threadfence()  # acquire the other splits' partials
             if cuda.syncthreads_or(last) == 0:  # broadcasts thread 0's verdict to the block
                 return
-            # Sum in split order, so the result does not depend on which block arrived last. The split loop is
-            # the outer one: an inner loop of constant trip count is what LLVM unrolls, keeping acc in registers.
+            # Sum in split order, so the result does not depend on which block arrived last. The partials are
+            # loaded REDUCE_GROUP splits at a time into registers, all of a group's loads in flight together, and
+            # only then added: one L2 round trip per group instead of one per split. This block's reduction is
+            # the kernel's tail (every block of a wave finishes within a few us of the others), and an
+            # instrumented copy measured it at 6-7 us of a 33-100 us kernel with a round trip per split
+            # (H100, N = 16, 3-9 splits; bench/RESULTS.md). Loops of constant trip count are what LLVM unrolls,
+            # keeping acc and the group in registers.
             for i in range(ACC):
                 acc[i] = float32(0.0)
-            for sp in range(n_splits):
-                partials = (sp * cuda.gridDim.x * cuda.gridDim.y + out_tile) * tile_values + own
-                for i in range(ACC):
-                    acc[i] += workspace[partials + i * THREADS]
+            split_stride = cuda.gridDim.x * cuda.gridDim.y * tile_values
+            first = out_tile * tile_values + own
+            for sp in range(0, n_splits, REDUCE_GROUP):
+                for g in range(REDUCE_GROUP):
+                    if sp + g < n_splits:
+                        partials = uint64(first + (sp + g) * split_stride)  # unsigned: no negative-index wrap
+                        for i in range(ACC):
+                            group[g * ACC + i] = workspace[partials + uint64(i * THREADS)]
+                for g in range(REDUCE_GROUP):
+                    if sp + g < n_splits:
+                        for i in range(ACC):
+                            acc[i] += group[g * ACC + i]
             if cuda.threadIdx.x == 0:
                 tickets[out_tile] = 0
         store_tile(acc, smemf, y, bias, has_bias, m0, n0, M, N)
