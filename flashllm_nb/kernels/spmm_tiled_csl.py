@@ -66,7 +66,8 @@ normally arrived. The words of tile i stay in registers until then, in a third r
 Why words go to registers and not through shared memory: both were measured on an H200 (``bench/RESULTS.md``).
 Staging the words in shared memory with ``cp.async`` lets them run several tiles ahead, but costs a copy, a
 shared-memory read per word and 7-16 KB per stage, which halves the blocks per SM. Blocks per SM are what the
-kernel cannot spare: it is bound by the serial chain of each k-step, and more blocks per SM hide more of it. Kernel
+kernel cannot spare: at 90 % it is bound by the serial chain of each k-step, and more blocks per SM hide more of it
+(at 80 % the main loop moves the words at the copy bandwidth; the kernel's start and tail are what is left). Kernel
 copies with one part of the step taken away (H100, N = 16, ``bench/RESULTS.md``) gain at most 5 % at 80 %, whichever
 part it is: the zeroing, the proxy fence, the Tensor-Core work, the activation copies, or DRAM latency. At 90 % the
 two cross-warp waits gain 10-12 % each: the mbarrier before the un-scatter, and the wgmma wait in front of the
@@ -110,7 +111,10 @@ Split-K
 With ``splits > 1`` each block writes its fp32 partial tile to a workspace (coalesced), then the last block of an
 output tile to arrive (an atomic ticket per output tile, one fence by one thread on each side) sums the partials in
 split order (deterministic), rounds once, and resets the ticket to zero for the next launch. One launch, no memset,
-no second kernel.
+no second kernel. That last block is the kernel's tail, since the blocks of a wave finish within a few us of each
+other, so its work is kept short: the partials of several splits are loaded per round trip, and the output store
+uses shifts and unsigned indices (a per-block timeline, ``bench/block_timeline.py``, measured the tail at 6-9 us of
+a 33-100 us kernel before, 3-4 us after; H100, N = 16).
 """
 
 from __future__ import annotations
