@@ -36,8 +36,13 @@ from dev_kernel import OPT66B, check_correctness, copy_bandwidth, pruned_copies,
 import flashllm_nb as fl  # noqa: E402
 from flashllm_nb.kernels import api, launch, spmm_tiled_csl  # noqa: E402
 
-REC = 24  # int32 per block record (slot meaning: STEP_PARTS, main)
-STEP_PARTS = ["cp.async wait", "barrier", "issue (wgmma + copies)", "mma / wgmma wait", "scatter",
+# A block's record, REC int32: 0 start (globaltimer, low 32 bits), 1 SM, 2-4 prologue / main loop / epilogue
+# cycles, 5 end (globaltimer), 6-15 the step parts below summed over the block's steps, 16 whether it reduced a
+# split-K tile, 17-18 that block's publish and reduce cycles.
+REC = 24
+# The step parts, in record order. "scatter" includes the wait for the words ("words wait", also on its own); with
+# mma.sync (no wgmma) the products run between the issue and the scatter and count as "words wait".
+STEP_PARTS = ["cp.async wait", "barrier", "issue (wgmma + copies)", "wgmma wait", "scatter",
               "mbarrier wait / clear rows", "load words", "whole step", "wgmma issue", "words wait"]
 
 
