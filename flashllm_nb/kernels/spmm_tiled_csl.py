@@ -356,8 +356,9 @@ def build_kernel(cfg: SpmmConfig):
     # or THREADS / CPR k rows ("kn"); either way a whole number of swizzle periods, so a round moves by a constant.
     ROUND_ROWS = THREADS // 8 if NK else THREADS // CPR
     SPLITS = cfg.splits
-    # Split-K: the reducing block's partial sums loaded per round trip, in splits: 64 registers' worth (the main
-    # loop's registers are free by then).
+    # Split-K: the reducing block's partial sums loaded per round trip, in splits: 32 registers' worth. 48 or 64 raised
+    # the kernel's register count (tile_n 8: 74 -> 94, a block per SM less; spills with 8 warps), and 48 measured
+    # level at N = 16 and 2-3 % slower at N = 32 (H100, bench/RESULTS.md).
     REDUCE_GROUP = max(1, 32 // ACC)
     REDUCE_VALUES = REDUCE_GROUP * ACC
     if cfg.dtype == "bfloat16":
@@ -710,7 +711,7 @@ def build_kernel(cfg: SpmmConfig):
         within a few us of the others), so its arithmetic counts: unsigned indices (no negative-index wrap per
         access), shifts instead of // and %, the bias of an "nk" thread's one row read once, and a thread's
         accumulators ACC + 1 floats apart in shared memory, so that the lanes reading one output row's
-        accumulators (4 threads apart) fall in different banks. An instrumented copy measured 3.6 us for the
+        accumulators (4 threads apart) conflict at most 2-way. An instrumented copy measured 3.6 us for the
         version with signed // and % indices (H100, N = 16; bench/RESULTS.md)."""
         cuda.syncthreads()  # the main loop's shared buffers are no longer read
         tid = cuda.threadIdx.x
@@ -753,7 +754,8 @@ def build_kernel(cfg: SpmmConfig):
         # [A 0 | A 1 | act 0 .. act STAGES-1 | tile offsets of this block]
         smem16 = cuda.shared.array(0, uint16, alignment=SMEM_ALIGN)
         smem32 = cuda.shared.array(0, uint32, alignment=SMEM_ALIGN)
-        smemf = cuda.shared.array(0, float32, alignment=SMEM_ALIGN)  # the epilogue's view (A buffers reused)
+        # The epilogue's view: the A buffers reused (and, at tile_n 64, the first activation stage).
+        smemf = cuda.shared.array(0, float32, alignment=SMEM_ALIGN)
         acc = cuda.local.array(ACC, float32)
         w_a = cuda.local.array(WORDS, uint32)  # register buffers of words, rotating (see k_step)
         w_b = cuda.local.array(WORDS, uint32)
