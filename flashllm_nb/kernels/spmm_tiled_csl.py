@@ -867,7 +867,10 @@ def build_kernel(cfg: SpmmConfig):
             # Accumulator i of thread t at i * THREADS + t: a warp's stores (and the last block's loads, by the same
             # thread index) are 128 contiguous bytes.
             own = cuda.threadIdx.x
-            mine = uint64((split * cuda.gridDim.x * cuda.gridDim.y + out_tile) * tile_values + own)
+            # Split sp's partial tile of this output tile starts at first + sp * split_stride (floats).
+            split_stride = cuda.gridDim.x * cuda.gridDim.y * tile_values
+            first = out_tile * tile_values + own
+            mine = uint64(first + split * split_stride)
             for i in range(ACC):
                 workspace[mine + uint64(i * THREADS)] = acc[i]
             # One thread fences, as CUTLASS's split-K semaphore does: the barrier orders every thread's partials
@@ -885,15 +888,13 @@ def build_kernel(cfg: SpmmConfig):
                 return
             # Sum in split order, so the result does not depend on which block arrived last. The partials are
             # loaded REDUCE_GROUP splits at a time into registers, all of a group's loads in flight together, and
-            # only then added: one L2 round trip per group instead of one per split. This block's reduction is
-            # the kernel's tail (every block of a wave finishes within a few us of the others), and an
-            # instrumented copy measured it at 6-7 us of a 33-100 us kernel with a round trip per split
-            # (H100, N = 16, 3-9 splits; bench/RESULTS.md). Loops of constant trip count are what LLVM unrolls,
-            # keeping acc and the group in registers.
+            # only then added: one L2 round trip per group instead of one per split. This block's work is the
+            # kernel's tail (every block of a wave finishes within a few us of the others); an instrumented copy
+            # measured ~3.5 us of reduction at one round trip per split, 9 splits, and 2.1 us now (H100, N = 16;
+            # bench/RESULTS.md). Loops of constant trip count are what LLVM unrolls, keeping acc and the group in
+            # registers.
             for i in range(ACC):
                 acc[i] = float32(0.0)
-            split_stride = cuda.gridDim.x * cuda.gridDim.y * tile_values
-            first = out_tile * tile_values + own
             for sp in range(0, n_splits, REDUCE_GROUP):
                 for g in range(REDUCE_GROUP):
                     if sp + g < n_splits:
