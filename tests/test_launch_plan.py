@@ -211,7 +211,7 @@ def test_bad_prefetch_choices_are_named(warps, prefetch):
     (4, 16, None, "rows", 512), (4, CLEAR_ENTRIES_TILE_N * 2, 205, "rows", 512), (8, 16, 205, "rows", 512),
 ])
 def test_sparse_matrices_on_narrow_4_warp_blocks_clear_by_entries(warps, tile_n, tile_vectors, clear, prefetch):
-    """90 % sparse tiles hold ~205 vectors, 88 % ~246, 86 % ~288: those get clear="entries" with the register
+    """90 % sparse tiles hold ~205 vectors, 88 % ~246, 85 % ~307: those get clear="entries" with the register
     buffer that holds them (256 up to 7/8 full, else 384); 8-warp and wide blocks, and unknown densities, keep
     "rows" (measured slower with 8 warps)."""
     assert clear_for(warps, tile_n, tile_vectors) == clear

@@ -60,9 +60,11 @@ TYPICAL_TILE_VECTORS = 410  # 16-byte word vectors of an 80 %-sparse tile, where
 # this tile_n (prefetch_for).
 PREFETCH_MORE_FROM = 448
 PREFETCH_MORE_TILE_N = 16
-# Tiles sparser on average than this many vectors (86 % sparse) are cleared entry by entry (SpmmConfig.clear =
-# "entries") in 4-warp blocks up to this tile_n, with the small register buffer (256 vectors) up to 7/8 of it.
-CLEAR_ENTRIES_UPTO = 288
+# Tiles sparser on average than this many vectors (83.6 % sparse: 7/8 of the 384-vector register buffer) are
+# cleared entry by entry (SpmmConfig.clear = "entries") in 4-warp blocks up to this tile_n. Same run on an H200,
+# N = 8 and 16 (RESULTS.md, ninth session): "entries" -6 % at 80 % sparsity (410 vectors), -11 % at 75 %, +7-9 % at
+# 85 % (307), where the threshold of 288 (86 %) still cleared rows.
+CLEAR_ENTRIES_UPTO = 336
 CLEAR_ENTRIES_TILE_N = 16
 # What the simulator pretends the device is, so that split-K is exercised on the small shapes tests use.
 _SIMULATED_SMS = 4
@@ -123,9 +125,8 @@ def warps_for(mma: str, tile_n: int) -> int:
 def clear_for(warps: int, tile_n: int, tile_vectors: int | None) -> str:
     """How A buffers are zeroed (``SpmmConfig.clear``): ``"entries"`` for 4-warp blocks up to
     ``CLEAR_ENTRIES_TILE_N`` whose matrix has at most ``CLEAR_ENTRIES_UPTO`` vectors per tile on average, else
-    ``"rows"``. Same runs on an H100, N = 8 and 16 (RESULTS.md): the final kernel +9 % at 90 % sparsity and +4-7 %
-    at 88 % against clearing rows; the first version even at 85 % and -4 % at 80 %, and -12 % at 90 % with 8 warps
-    (N = 32 and 64)."""
+    ``"rows"``. Same runs on an H100, N = 8 and 16 (RESULTS.md): +9 % at 90 % sparsity and +4-7 % at 88 % against
+    clearing rows, -12 % at 90 % with 8 warps (N = 32 and 64); on an H200 +7-9 % at 85 %, -6 % at 80 %."""
     sparse = tile_vectors is not None and tile_vectors <= CLEAR_ENTRIES_UPTO
     if warps == 4 and tile_n <= CLEAR_ENTRIES_TILE_N and sparse:
         return "entries"

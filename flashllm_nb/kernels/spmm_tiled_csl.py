@@ -52,7 +52,7 @@ others because no other warp reads them (``clear_own_rows``); zeroing the whole 
 the first versions did, measured 1-4 % slower (H100, ``bench/RESULTS.md``). Any tile density is legal: the register
 budget only decides how much of a tile's words load ahead of time.
 
-Sparse matrices (``SpmmConfig.clear = "entries"``, 4-warp blocks, tiles of at most ~288 vectors) clear by entries
+Sparse matrices (``SpmmConfig.clear = "entries"``, 4-warp blocks, tiles of at most ~336 vectors) clear by entries
 instead: zeroing 16 KiB of rows costs 128 shared-memory wavefronts per tile at any sparsity, zeroing the positions
 a thread scattered costs about as many as the scatter (~45 at 90 %). Those positions lie in every warp's rows, so a
 per-buffer mbarrier stands in for the second barrier: each thread arrives when its reads of A[i%2] are over (after
