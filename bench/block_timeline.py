@@ -82,8 +82,8 @@ REC = 24  # int32 per block
 
 if ptx.SIMULATOR:
     _device = cuda.jit(device=True)'''),
-    ("cp_cols_left, a_off, b_off, frag0, frag1, acc, w_cur, w_next, clear_first):\n        \"\"\"Step i",
-    "cp_cols_left, a_off, b_off, frag0, frag1, acc, w_cur, w_next, clear_first, prof):\n        \"\"\"Step i"),
+    ("w_cur, w_next, clear_first, o0, o1, o2, o3):\n        \"\"\"Step i",
+    "w_cur, w_next, clear_first, o0, o1, o2, o3, prof):\n        \"\"\"Step i"),
     ("""        ptx.cp_async_wait_group(_PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
         if WGMMA:
             # wgmma reads""", """        c0 = _clock()
@@ -194,9 +194,11 @@ if ptx.SIMULATOR:
             while i < n_tiles_block:""", """            c_loop = _clock()
             i = 0
             while i < n_tiles_block:"""),
-    ("acc, w_a if ENTRIES else w_b, w_b, clear_first)", "acc, w_a if ENTRIES else w_b, w_b, clear_first, prof)"),
-    ("w_c if ENTRIES else w_a, clear_first)", "w_c if ENTRIES else w_a, clear_first, prof)"),
-    ("acc, w_c, w_a, clear_first)", "acc, w_c, w_a, clear_first, prof)"),
+    ("w_a if ENTRIES else w_b, w_b, clear_first, o0, o1, o2, o3)",
+     "w_a if ENTRIES else w_b, w_b, clear_first, o0, o1, o2, o3, prof)"),
+    ("w_c if ENTRIES else w_a, clear_first, o0, o1,\n                                            o2, o3)",
+     "w_c if ENTRIES else w_a, clear_first, o0, o1,\n                                            o2, o3, prof)"),
+    ("w_a, clear_first, o0, o1, o2, o3)", "w_a, clear_first, o0, o1, o2, o3, prof)"),
     ("""            ptx.cp_async_wait_all()
 
         if SPLITS:""", """            ptx.cp_async_wait_all()
