@@ -66,8 +66,9 @@ normally arrived. The words of tile i stay in registers until then, in a third r
 Why words go to registers and not through shared memory: both were measured on an H200 (``bench/RESULTS.md``).
 Staging the words in shared memory with ``cp.async`` lets them run several tiles ahead, but costs a copy, a
 shared-memory read per word and 7-16 KB per stage, which halves the blocks per SM. Blocks per SM are what the
-kernel cannot spare: at 90 % it is bound by the serial chain of each k-step, and more blocks per SM hide more of it
-(at 80 % the main loop moves the words at the copy bandwidth; the kernel's start and tail are what is left). Kernel
+kernel cannot spare: it is bound by the serial chain of each k-step, and more blocks per SM hide more of it (at 80 %
+a block's loop moves its words at ~2.9 TB/s on an H100 and on an H200 alike, though the H200's copy bandwidth is a
+third higher; per-block timelines, ``bench/block_timeline.py``). Kernel
 copies with one part of the step taken away (H100, N = 16, ``bench/RESULTS.md``) gain at most 5 % at 80 %, whichever
 part it is: the zeroing, the proxy fence, the Tensor-Core work, the activation copies, or DRAM latency. At 90 % the
 two cross-warp waits gain 10-12 % each: the mbarrier before the un-scatter, and the wgmma wait in front of the
