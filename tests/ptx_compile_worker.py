@@ -43,6 +43,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,19 +115,21 @@ def compile_ptx_in_subprocess(
             )
             workers.append((process, response))
         per_config = [None] * len(configs)
-        for i, (process, response) in enumerate(workers):
-            try:
-                _, stderr = process.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                for other, _ in workers:
-                    other.kill()
-                raise
-            if process.returncode != 0:
-                raise RuntimeError(f"the PTX compile worker failed ({process.returncode}):\n{stderr[-4000:]}")
-            # A worker answers len(ccs) results per config of its chunk, in the chunk's order.
-            answered = json.loads(response.read_text())
-            for j in range(len(chunks[i])):
-                per_config[i + j * jobs] = answered[j * len(ccs):(j + 1) * len(ccs)]
+        deadline = time.monotonic() + timeout  # for the whole call, as with one worker
+        try:
+            for i, (process, response) in enumerate(workers):
+                _, stderr = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
+                if process.returncode != 0:
+                    raise RuntimeError(f"the PTX compile worker failed ({process.returncode}):\n{stderr[-4000:]}")
+                # A worker answers len(ccs) results per config of its chunk, in the chunk's order.
+                answered = json.loads(response.read_text())
+                for j in range(len(chunks[i])):
+                    per_config[i + j * jobs] = answered[j * len(ccs):(j + 1) * len(ccs)]
+        finally:  # on a failure or a timeout, no worker outlives the call (or its temporary directory)
+            for process, _ in workers:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
     raw = [r for answers in per_config for r in answers]
     results = [PtxResult(r["config"], tuple(r["cc"]), r["ptx"], r["error"]) for r in raw]
     if not assemble:
