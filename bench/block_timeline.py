@@ -131,13 +131,17 @@ if ptx.SIMULATOR:
     ("""                ptx.mbarrier_wait_parity(smem32, mbarrier, (i >> 1) & 1)
                 unscatter_tile(smem16, clear_v0, clear_v1, a_stage, w_cur)
             if i + 3 < n_tiles_block:
-                load_words(words, load_v0, load_v1, w_cur)""", """                ptx.mbarrier_wait_parity(smem32, mbarrier, (i >> 1) & 1)
+                # Tile i's positions are used: tile i+1's take their place, and tile i+1's word buffer takes
+                # tile i+3's loads.
+                keep_positions(scatter_v0, scatter_v1, w_next, w_cur)
+                load_words(words, load_v0, load_v1, w_next)""", """                ptx.mbarrier_wait_parity(smem32, mbarrier, (i >> 1) & 1)
                 c6 = _clock()
                 prof[5] += c6 - c5
                 unscatter_tile(smem16, clear_v0, clear_v1, a_stage, w_cur)
             c7 = _clock()
             if i + 3 < n_tiles_block:
-                load_words(words, load_v0, load_v1, w_cur)
+                keep_positions(scatter_v0, scatter_v1, w_next, w_cur)
+                load_words(words, load_v0, load_v1, w_next)
             c8 = _clock()
             prof[6] += c8 - c7
             prof[7] += c8 - c0"""),
@@ -194,11 +198,10 @@ if ptx.SIMULATOR:
             while i < n_tiles_block:""", """            c_loop = _clock()
             i = 0
             while i < n_tiles_block:"""),
-    ("w_a if ENTRIES else w_b, w_b, clear_first, o0, o1, o2, o3)",
-     "w_a if ENTRIES else w_b, w_b, clear_first, o0, o1, o2, o3, prof)"),
-    ("w_c if ENTRIES else w_a, clear_first, o0, o1,\n                                            o2, o3)",
-     "w_c if ENTRIES else w_a, clear_first, o0, o1,\n                                            o2, o3, prof)"),
-    ("w_a, clear_first, o0, o1, o2, o3)", "w_a, clear_first, o0, o1, o2, o3, prof)"),
+    ("positions if ENTRIES else w_b, w_b, clear_first, o0, o1, o2, o3)",
+     "positions if ENTRIES else w_b, w_b, clear_first, o0, o1, o2, o3, prof)"),
+    ("positions if ENTRIES else w_a, w_a, clear_first, o0, o1, o2, o3)",
+     "positions if ENTRIES else w_a, w_a, clear_first, o0, o1, o2, o3, prof)"),
     ("""            ptx.cp_async_wait_all()
 
         if SPLITS:""", """            ptx.cp_async_wait_all()

@@ -86,8 +86,8 @@ def test_sparsity_range(sparsity):
     (27648, 9216, 5, 0.9, "nk", 2), (9216, 9216, 16, 0.84, "nk", 3),
 ])
 def test_sparse_layers_clear_by_entries(m, k, n, sparsity, layout, split_k):
-    """84-95 % sparse OPT-66B layers at N <= 16: planned with clear="entries" (mbarrier, three word buffers), with
-    automatic and forced split-K (block k ranges of every length modulo the loop's unrolling by three). At 84 % the
+    """84-95 % sparse OPT-66B layers at N <= 16: planned with clear="entries" (mbarrier, positions buffer), with
+    automatic and forced split-K (block k ranges of both lengths modulo the loop's unrolling by two). At 84 % the
     tiles (~328 vectors on average) come close to the 384-vector register buffer."""
     from flashllm_nb.kernels import launch
 

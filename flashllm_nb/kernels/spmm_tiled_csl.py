@@ -57,11 +57,17 @@ instead: zeroing 16 KiB of rows costs 128 shared-memory wavefronts per tile at a
 a thread scattered costs about as many as the scatter (~45 at 90 %). Those positions lie in every warp's rows, so a
 per-buffer mbarrier stands in for the second barrier: each thread arrives when its reads of A[i%2] are over (after
 its mma.sync, or after its wgmma wait) and waits on the phase after scattering tile i+1, by when the others have
-normally arrived. The words of tile i stay in registers until then, in a third register buffer::
+normally arrived. Tile i's positions (the high halves of its words, two to a register) stay in registers until
+then, in a half-size buffer beside the two word buffers::
 
     ... ldmatrix + mma.sync on A[i%2] (or wgmma, issued then waited for); arrive on mbarrier[i%2]
         scatter words(i+1) -> A[(i+1)%2]
-        wait for mbarrier[i%2]'s phase; zero A[i%2] at words(i)'s positions; load words(i+3) into words(i)'s buffer
+        wait for mbarrier[i%2]'s phase; zero A[i%2] at positions(i)
+        positions(i) <- positions of words(i+1); load words(i+3) into words(i+1)'s buffer
+
+Keeping the positions rather than tile i's whole words (a third word buffer and a loop unrolled three ways, the
+design until the tenth session) halves that buffer and lets the loop alternate two buffers as "rows" does: +0.6 to
++2.5 % at 85-90 % (H100, N = 8 and 16, same run; ``bench/RESULTS.md``).
 
 Why words go to registers and not through shared memory: both were measured on an H200 (``bench/RESULTS.md``).
 Staging the words in shared memory with ``cp.async`` lets them run several tiles ahead, but costs a copy, a
@@ -148,8 +154,9 @@ _PENDING_IN_LOOP = STAGES - 2
 # Word vectors a block holds per k-tile in one register buffer (SpmmConfig.prefetch_vectors): 512 vectors = 2048
 # entries, a 25 %-dense tile (4 per thread with 4 warps, 2 with 8), or 640 = 31 % (5 per thread; 4 warps, used up
 # to tile_n 16: 8 registers more, within what 5 blocks per SM allow); 256 or 384 (a 12.5 / 19 %-dense tile) for
-# clear="entries", which holds three buffers. The buffers rotate, so a tile's words are requested two k-tiles before
-# they are scattered; vectors beyond the buffer are loaded during the scatter, unhidden.
+# clear="entries", which also holds the positions of the tile it zeroes next. The two buffers alternate, so a tile's
+# words are requested two k-tiles before they are scattered; vectors beyond the buffer are loaded during the
+# scatter, unhidden.
 PREFETCH_CHOICES = (256, 384, 512, 640)
 # How a consumed A buffer is zeroed again for the tile after next (SpmmConfig.clear): "rows" = each warp zeroes the
 # rows it read (16 KiB of stores per tile, whatever the sparsity); "entries" = each thread zeroes the positions it
@@ -200,8 +207,8 @@ class SpmmConfig:
         multiple of the block's threads: a tile with more has the rest loaded during its scatter, unhidden.
     clear : str
         ``"rows"`` or ``"entries"`` (``CLEAR_CHOICES``): how an A buffer is zeroed after its tile's products. "rows"
-        costs the same at every sparsity; "entries" costs a store per entry and three word buffers of registers
-        instead of two, and a tile over ``prefetch_vectors`` is zeroed whole.
+        costs the same at every sparsity; "entries" costs a store per entry and a buffer of positions (half a
+        word buffer) in registers, and a tile over ``prefetch_vectors`` is zeroed whole.
     """
 
     tile_n: int
@@ -344,8 +351,8 @@ def build_kernel(cfg: SpmmConfig):
     ENTRIES = cfg.clear == "entries"
     R = cfg.prefetch_vectors // THREADS  # 16-byte word vectors per thread per register buffer (2 .. 5; 8 warps: 1-2)
     WORDS = 4 * R
-    THIRD_WORDS = WORDS if ENTRIES else 1  # "entries" keeps a tile's words until the step that clears them
-    UNROLL = 3 if ENTRIES else 2  # k-steps per main-loop iteration: one per register buffer
+    POSITIONS = 2 * R if ENTRIES else 1  # "entries": the positions of the tile zeroed next, two per register
+    UNROLL = 2  # k-steps per main-loop iteration: one per word buffer
     B_CHUNKS = TILE_K * TILE_N // 8  # 16-byte cp.async chunks per activation tile
     B_ROUNDS = (B_CHUNKS + THREADS - 1) // THREADS
     LAST_ROUND_CHUNKS = B_CHUNKS - (B_ROUNDS - 1) * THREADS  # threads with a chunk in the last round
@@ -492,11 +499,11 @@ def build_kernel(cfg: SpmmConfig):
             ptx.st_shared_v4_u32(a_s, first + rows * TILE_K, 0, 0, 0, 0)
 
     @_device
-    def unscatter_tile(a_s, v0, v1, a_stage, wbuf):
+    def unscatter_tile(a_s, v0, v1, a_stage, positions):
         """clear="entries": zero A buffer ``a_stage`` where this thread scattered the registered words of the tile
         whose vectors are ``v0 .. v1 - 1``, once every warp has read it (the caller waits on the buffer's
-        mbarrier). Padding words zero position 0, which is to be zero anyway; a tile with more vectors than the
-        registers hold is zeroed whole, by all threads.
+        mbarrier); ``positions`` holds their positions (``keep_positions``). Padding words zero position 0, which
+        is to be zero anyway; a tile with more vectors than the registers hold is zeroed whole, by all threads.
 
         Why: at 90 % sparsity a tile has ~205 vectors, whose ~820 2-byte stores take ~45 shared-memory wavefronts
         against the 128 of zeroing 16 KiB (``clear_own_rows``). Unlike the rows a warp read, the positions a thread
@@ -512,8 +519,22 @@ def build_kernel(cfg: SpmmConfig):
         left = int32(v1 - (v0 + cuda.threadIdx.x))
         for j in range(R):
             if j * THREADS < left:
-                for e in range(4):
-                    a_s[a_base + uint64(wbuf[4 * j + e] >> uint32(16))] = uint16(0)
+                for h in range(2):
+                    pair = positions[2 * j + h]
+                    a_s[a_base + uint64(pair & uint32(0xFFFF))] = uint16(0)
+                    a_s[a_base + uint64(pair >> uint32(16))] = uint16(0)
+
+    @_device
+    def keep_positions(v0, v1, wbuf, positions):
+        """clear="entries": copy the positions (high halves) of this thread's registered words of the tile
+        ``v0 .. v1 - 1`` into ``positions``, two per register, as ``unscatter_tile`` reads them. The tile is
+        zeroed a step after its scatter; keeping only this half of its words frees the word buffer for the next
+        load at once."""
+        left = int32(v1 - (v0 + cuda.threadIdx.x))
+        for j in range(R):
+            if j * THREADS < left:
+                positions[2 * j] = (wbuf[4 * j] >> uint32(16)) | (wbuf[4 * j + 1] & uint32(0xFFFF0000))
+                positions[2 * j + 1] = (wbuf[4 * j + 2] >> uint32(16)) | (wbuf[4 * j + 3] & uint32(0xFFFF0000))
 
     @_device
     def load_fragments(smem16, a_base, b_base, a_off, b_off, ks, frag):
@@ -609,11 +630,11 @@ def build_kernel(cfg: SpmmConfig):
     def k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
                cp_cols_left, a_off, b_off, frag0, frag1, acc, w_cur, w_next, clear_first, o0, o1, o2, o3):
         """Step i of the main loop. On entry A tile i is expanded and, if tile i+1 exists, the other A buffer is zero
-        (both visible after the barrier), tile i+1's words are in ``w_next`` and tile i+2's in flight into a third
-        buffer ("entries") or the second ("rows"; then ``w_cur`` is ``w_next``). On exit tile i+1 is expanded, A
-        tile i's buffer is zero again if tile i+2 exists, and tile i+3's loads are in flight: into ``w_cur``, whose
-        tile i words the clearing has used ("entries"), or into ``w_next`` ("rows"). The caller rotates the
-        buffers: words travel two k-tiles ahead of their use.
+        (both visible after the barrier), tile i+1's words are in ``w_next``, tile i+2's are in flight into the
+        other word buffer and ("entries") tile i's positions are in ``w_cur`` ("rows" passes ``w_next`` there,
+        unused). On exit tile i+1 is expanded, A tile i's buffer is zero again if tile i+2 exists, ("entries")
+        ``w_cur`` holds tile i+1's positions, and tile i+3's loads are in flight into ``w_next``. The caller
+        alternates the two word buffers: words travel two k-tiles ahead of their use.
 
         ``o0 .. o3`` are the offsets of tiles i .. i+3 (``tile_offset``, indices clamped to ``n_tiles_block``), a
         window the caller carries from step to step: the step reads only o4 and returns ``(o1, o2, o3, o4)``. Tile
@@ -665,7 +686,10 @@ def build_kernel(cfg: SpmmConfig):
                 ptx.mbarrier_wait_parity(smem32, mbarrier, (i >> 1) & 1)
                 unscatter_tile(smem16, clear_v0, clear_v1, a_stage, w_cur)
             if i + 3 < n_tiles_block:
-                load_words(words, load_v0, load_v1, w_cur)
+                # Tile i's positions are used: tile i+1's take their place, and tile i+1's word buffer takes
+                # tile i+3's loads.
+                keep_positions(scatter_v0, scatter_v1, w_next, w_cur)
+                load_words(words, load_v0, load_v1, w_next)
         else:
             if i + 1 < n_tiles_block:
                 scatter_tile(words, smem16, scatter_v0, scatter_v1, 1 - a_stage, w_next)
@@ -764,9 +788,9 @@ def build_kernel(cfg: SpmmConfig):
         # The epilogue's view: the A buffers reused (and, at tile_n 64, the first activation stage).
         smemf = cuda.shared.array(0, float32, alignment=SMEM_ALIGN)
         acc = cuda.local.array(ACC, float32)
-        w_a = cuda.local.array(WORDS, uint32)  # register buffers of words, rotating (see k_step)
+        w_a = cuda.local.array(WORDS, uint32)  # register buffers of words, alternating (see k_step)
         w_b = cuda.local.array(WORDS, uint32)
-        w_c = cuda.local.array(THIRD_WORDS, uint32)  # "entries" only
+        positions = cuda.local.array(POSITIONS, uint32)  # "entries": positions of the tile zeroed next
         a_off = cuda.local.array(K_STEPS, int64)
         b_off = cuda.local.array(NPAIR, int64)
         frag0 = cuda.local.array(FRAG, uint32)  # one k16 step's A and B fragments, double-buffered (mma_tile)
@@ -849,25 +873,22 @@ def build_kernel(cfg: SpmmConfig):
                 load_words(words, o1, o2, w_b)
             scatter_tile(words, smem16, o0, o1, 0, w_a)
             if n_tiles_block > 2:
-                load_words(words, o2, o3, w_c if ENTRIES else w_a)
+                if ENTRIES:
+                    keep_positions(o0, o1, w_a, positions)
+                load_words(words, o2, o3, w_a)
 
-            # The loop is unrolled by the number of register buffers, so that each is a fixed set of registers:
-            # "entries" rotates three (tile i's words, cleared at step i; tile i+1's; tile i+2's in flight), "rows"
-            # alternates two (tile i+1's; tile i+2's in flight), each step's w_cur being its w_next.
+            # The loop is unrolled by two, so that each word buffer is a fixed set of registers: they alternate
+            # between tile i+1's words and tile i+2's in flight. Step i's w_cur is the positions of tile i
+            # ("entries") or, unused, its w_next ("rows").
             i = 0
             while i < n_tiles_block:
                 o0, o1, o2, o3 = k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src,
                                         cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc,
-                                        w_a if ENTRIES else w_b, w_b, clear_first, o0, o1, o2, o3)
+                                        positions if ENTRIES else w_b, w_b, clear_first, o0, o1, o2, o3)
                 if i + 1 < n_tiles_block:
                     o0, o1, o2, o3 = k_step(words, x, ldx, smem16, smem32, i + 1, n_tiles_block, kt_begin, cp_dst,
                                             cp_src, cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc,
-                                            w_b if ENTRIES else w_a, w_c if ENTRIES else w_a, clear_first, o0, o1,
-                                            o2, o3)
-                if ENTRIES and i + 2 < n_tiles_block:
-                    o0, o1, o2, o3 = k_step(words, x, ldx, smem16, smem32, i + 2, n_tiles_block, kt_begin, cp_dst,
-                                            cp_src, cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc, w_c,
-                                            w_a, clear_first, o0, o1, o2, o3)
+                                            positions if ENTRIES else w_a, w_a, clear_first, o0, o1, o2, o3)
                 i += UNROLL
             ptx.cp_async_wait_all()
 
