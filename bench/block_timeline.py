@@ -84,10 +84,10 @@ if ptx.SIMULATOR:
     _device = cuda.jit(device=True)'''),
     ("w_cur, w_next, clear_first, o0, o1, o2, o3):\n        \"\"\"Step i",
     "w_cur, w_next, clear_first, o0, o1, o2, o3, prof):\n        \"\"\"Step i"),
-    ("""        ptx.cp_async_wait_group(_PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
+    ("""        ptx.cp_async_wait_group(PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
         if WGMMA:
             # wgmma reads""", """        c0 = _clock()
-        ptx.cp_async_wait_group(_PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
+        ptx.cp_async_wait_group(PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
         c1 = _clock()
         prof[0] += c1 - c0
         if WGMMA:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from flashllm_nb.kernels.launch import (
     CLEAR_ENTRIES_TILE_N,
     CLEAR_ENTRIES_UPTO,
+    ENTRIES_SMALL_PREFETCH_UPTO,
     MIN_K_TILES_PER_SPLIT,
     PARTIAL_WAVE_FLOOR,
     PREFETCH_MORE_FROM,
@@ -20,6 +21,7 @@ from flashllm_nb.kernels.launch import (
     plan,
     prefetch_for,
     split_cost,
+    stages_for,
     tile_n_for,
 )
 
@@ -205,14 +207,15 @@ def test_bad_prefetch_choices_are_named(warps, prefetch):
 
 
 @pytest.mark.parametrize("warps,tile_n,tile_vectors,clear,prefetch", [
-    (4, 16, 205, "entries", 256), (4, 8, 224, "entries", 256), (4, 16, 225, "entries", 384),
+    (4, 16, 205, "entries", 256), (4, 8, 246, "entries", 256), (4, 16, ENTRIES_SMALL_PREFETCH_UPTO, "entries", 256),
+    (4, 16, ENTRIES_SMALL_PREFETCH_UPTO + 1, "entries", 384),
     (4, 16, CLEAR_ENTRIES_UPTO, "entries", 384), (4, 16, CLEAR_ENTRIES_UPTO + 1, "rows", 512),
     (4, 16, 0, "entries", 256),
     (4, 16, None, "rows", 512), (4, CLEAR_ENTRIES_TILE_N * 2, 205, "rows", 512), (8, 16, 205, "rows", 512),
 ])
 def test_sparse_matrices_on_narrow_4_warp_blocks_clear_by_entries(warps, tile_n, tile_vectors, clear, prefetch):
     """90 % sparse tiles hold ~205 vectors, 88 % ~246, 85 % ~307: those get clear="entries" with the register
-    buffer that holds them (256 up to 7/8 full, else 384); 8-warp and wide blocks, and unknown densities, keep
+    buffer that holds most of them (256 up to 248 on average, else 384); 8-warp and wide blocks, and unknown densities, keep
     "rows" (measured slower with 8 warps)."""
     assert clear_for(warps, tile_n, tile_vectors) == clear
     assert prefetch_for(warps, tile_n, tile_vectors, clear) == prefetch
@@ -222,6 +225,39 @@ def test_plan_passes_the_clearing_on():
     assert plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=205).config.clear == "entries"
     assert plan(1000, 16, 640, "float16", "kn", split_k=2, tile_vectors=205).config.prefetch_vectors == 256
     assert plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=410).config.clear == "rows"
+
+
+@pytest.mark.parametrize("mma,tile_n,clear,prefetch,stages", [
+    ("wgmma", 16, "entries", 256, 2), ("wgmma", 16, "entries", 384, 4), ("wgmma", 8, "entries", 256, 4),
+    ("sync", 16, "entries", 256, 4), ("wgmma", 16, "rows", 512, 4),
+])
+def test_two_activation_stages_only_where_a_sixth_block_fits_and_was_measured(mma, tile_n, clear, prefetch, stages):
+    assert stages_for(mma, tile_n, clear, prefetch) == stages
+
+
+def test_plan_passes_the_stages_on_and_they_fit_six_blocks():
+    """A 90 %-sparse matrix at N = 16 on the (simulated) Hopper: wgmma, entries, 256 vectors, 2 stages, and a
+    block's shared memory (k-tiles of a 9216-wide layer split 3 ways) small enough for 6 blocks on a 228 KB SM
+    (1 KB reserved per block)."""
+    config = plan(1000, 16, 9216, "float16", "nk", split_k=3, tile_vectors=205).config
+    assert (config.mma, config.clear, config.prefetch_vectors, config.stages) == ("wgmma", "entries", 256, 2)
+    assert config.launch_bounds == (128, 6)
+    assert 6 * (config.shared_bytes(48) + 1024) <= 228 * 1024
+    assert plan(1000, 16, 9216, "float16", "kn", split_k=3, tile_vectors=205).config.stages == 4
+    assert plan(1000, 16, 9216, "float16", "nk", split_k=3, tile_vectors=410).config.stages == 4
+
+
+@pytest.mark.parametrize("changes", [dict(clear="rows", prefetch_vectors=512), dict(prefetch_vectors=384),
+                                     dict(tile_n=32), dict(warps=8)])
+def test_two_stages_outside_what_was_built_are_refused(changes):
+    from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
+
+    config = dict(tile_n=16, warps=4, mma="wgmma", clear="entries", prefetch_vectors=256, stages=2) | changes
+    with pytest.raises(ValueError, match=r"stages=2 is built only with warps=4, tile_n <= 16, clear='entries' and "
+                                         r"prefetch_vectors=256"):
+        SpmmConfig(**config)
+    with pytest.raises(ValueError, match=r"Invalid stages of SpmmConfig: expected one of \(2, 4\), got 3"):
+        SpmmConfig(tile_n=16, stages=3)
 
 
 def test_bad_clear_is_named():

@@ -50,6 +50,12 @@ WGMMA_CONFIGS = [
     dict(tile_n=t, dtype="float16", x_layout="nk", splits=True, warps=4, mma="wgmma", prefetch_vectors=p,
          clear="entries")
     for t, p in ((16, 384), (16, 256), (8, 256))
+] + [
+    # Two activation stages and a promise of 6 blocks per SM hold ptxas to 80 registers: the plan's only such
+    # configuration (stages_for), both dtypes, with and without split-K.
+    dict(tile_n=16, dtype=d, x_layout="nk", splits=s, warps=4, mma="wgmma", prefetch_vectors=256, clear="entries",
+         stages=2)
+    for d, s in itertools.product(("float16", "bfloat16"), (False, True))
 ]
 WGMMA_INSTRUCTIONS = [
     "wgmma.fence.sync.aligned",
@@ -85,7 +91,7 @@ def compiled():
 def _id(config, cc):
     return (f"n{config['tile_n']}-{config['dtype']}-{config['x_layout']}-{'split' if config['splits'] else 'whole'}"
             f"-{config.get('mma', 'sync')}-p{config.get('prefetch_vectors', 512)}-{config.get('clear', 'rows')}"
-            f"-sm{''.join(str(c) for c in cc)}")
+            f"-s{config.get('stages', 4)}-sm{''.join(str(c) for c in cc)}")
 
 
 def _assembled_without_local_memory(result, config, cc):

@@ -152,23 +152,28 @@ def clearing(request, monkeypatch):
 
 # spmm ("kn") always takes mma.sync, so its wgmma cases would repeat the sync ones; "entries" is planned for 4-warp
 # blocks up to tile_n 16 only, and checked with 8 warps on the wgmma path (256 arrivals per mbarrier phase).
-_SEQUENCE_CASES = [(path, "rows", layout, n) for path in ("wgmma", "sync") for layout, n in (("nk", 16), ("kn", 16),
-                                                                                              ("nk", 64))
-                   if not (path == "wgmma" and layout == "kn")]
-_SEQUENCE_CASES += [("wgmma", "entries", "nk", 16), ("sync", "entries", "nk", 16), ("sync", "entries", "kn", 16),
-                    ("wgmma", "entries", "nk", 64)]
+# The last field forces the 256-vector register buffer, with which the wgmma path at N = 16 gets two activation
+# stages (stages_for).
+_SEQUENCE_CASES = [(path, "rows", layout, n, False) for path in ("wgmma", "sync")
+                   for layout, n in (("nk", 16), ("kn", 16), ("nk", 64)) if not (path == "wgmma" and layout == "kn")]
+_SEQUENCE_CASES += [("wgmma", "entries", "nk", 16, False), ("wgmma", "entries", "nk", 16, True),
+                    ("sync", "entries", "nk", 16, False), ("sync", "entries", "kn", 16, False),
+                    ("wgmma", "entries", "nk", 64, False)]
 
 
-@pytest.mark.parametrize("tensor_core_path, clearing, x_layout, n", _SEQUENCE_CASES,
+@pytest.mark.parametrize("tensor_core_path, clearing, x_layout, n, small_buffer", _SEQUENCE_CASES,
                          indirect=["tensor_core_path", "clearing"])
-def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layout, n):
+def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layout, n, small_buffer, monkeypatch):
     """Along one tile row, sparse tiles, a dense tile (more words than the registers prefetch), empty tiles and a
     one-entry tile (three padding words) follow each other in the two alternating A buffers, so a value that the
     clearing between tiles missed would enter a later tile's product (kernels that skipped clearing part of a
     buffer, or the last word of each vector, failed this test). clear="rows": each warp clears the rows it read;
     "entries": each thread the positions it scattered, after the mbarrier, or the whole buffer after a tile denser
     than its registers; 11 tiles are five rounds of the loop unrolled by two and one step. N = 16 checks 4-warp
-    blocks, N = 64 on the wgmma path 8-warp ones (two warpgroups). Pruned values are +0.0: from_dense stores -0.0."""
+    blocks, N = 64 on the wgmma path 8-warp ones (two warpgroups); with the 256-vector buffer forced, the wgmma
+    block at N = 16 has two activation stages. Pruned values are +0.0: from_dense stores -0.0."""
+    if small_buffer:
+        monkeypatch.setattr(launch, "ENTRIES_SMALL_PREFETCH_UPTO", 10**9)
     rng = np.random.default_rng(3)
     densities = [0.1, 0.12, 1.0, 0.05, 0.0, 0.3, 0.1, 0.0, 0.2, 0.08, 0.15]
     W = np.zeros((128, 64 * len(densities)), np.float32)
@@ -176,23 +181,30 @@ def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layo
         W[:, 64 * t:64 * (t + 1)] = np.where(rng.random((128, 64)) < density, rng.standard_normal((128, 64)), 0)
     W[5, 64 * 7 + 3] = 1.5  # the one entry of tile 7
     W = W.astype(np.float16)
-    assert launch.plan(128, n, W.shape[1], "float16", x_layout, tile_vectors=417).config.clear == clearing
+    tile_vectors = fl.TiledCSL.from_dense(W).mean_tile_vectors
+    config = launch.plan(128, n, W.shape[1], "float16", x_layout, tile_vectors=tile_vectors).config
+    assert config.clear == clearing
+    assert config.stages == (2 if small_buffer else 4)
     if x_layout == "nk":
         _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=1)
     else:
         _check_spmm(W, rng.standard_normal((W.shape[1], n)).astype(np.float16), split_k=1)
 
 
-@pytest.mark.parametrize("tensor_core_path, n, split_k", [("wgmma", 16, 1), ("wgmma", 5, 3), ("sync", 9, 2)],
+@pytest.mark.parametrize("tensor_core_path, n, split_k", [("wgmma", 16, 1), ("wgmma", 16, 3), ("wgmma", 5, 3),
+                                                         ("sync", 9, 2)],
                          indirect=["tensor_core_path"])
 def test_sparse_matrices_clear_by_entries(tensor_core_path, n, split_k):
     """A 93 %-sparse matrix is planned with clear="entries" (the plan's own choice, not forced), and its product
     is right for block k ranges of both lengths modulo the loop's unrolling by two (7 k-tiles split 1, 2 or 3
-    ways: 7; 4 and 3; 3, 3 and 1)."""
+    ways: 7; 4 and 3; 3, 3 and 1). At N = 16 on the wgmma path the plan gives the block two activation stages
+    (one tile ahead instead of three)."""
     rng = np.random.default_rng(n)
     W = _random_sparse(rng, 130, 7 * 64 - 5, 0.93, np.float16)
     A = fl.TiledCSL.from_dense(W)
-    assert launch.plan(130, n, W.shape[1], "float16", "nk", tile_vectors=A.mean_tile_vectors).config.clear == "entries"
+    config = launch.plan(130, n, W.shape[1], "float16", "nk", tile_vectors=A.mean_tile_vectors).config
+    assert config.clear == "entries"
+    assert config.stages == (2 if (tensor_core_path, n) == ("wgmma", 16) else 4)
     _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=split_k)
 
 

@@ -7,7 +7,8 @@ tile), never from a hand-made table:
 * the Tensor-Core instruction: ``wgmma`` on Hopper (compute capability 9.x) for ``linear`` ("nk" activations),
   ``mma.sync`` everywhere else (the simulator plays a Hopper GPU, so CI runs the kernels Hopper users get), and the
   warps per block from it and ``tile_n`` (``warps_for``);
-* the word vectors prefetched per tile, from the matrix's mean stored vectors per tile (``prefetch_for``);
+* the word vectors prefetched per tile, from the matrix's mean stored vectors per tile (``prefetch_for``), and
+  the activation stages from that (``stages_for``);
 * split-K: from the SM count and the blocks per SM the driver's occupancy calculator allows for this kernel's
   registers and shared memory, ``choose_splits`` picks the factor with the least estimated time, counting waves of
   blocks (a partly filled last wave almost as a full one), each block's fixed cost and its partial sums' traffic.
@@ -66,6 +67,10 @@ PREFETCH_MORE_TILE_N = 16
 # 85 % (307), where the threshold of 288 (86 %) still cleared rows.
 CLEAR_ENTRIES_UPTO = 336
 CLEAR_ENTRIES_TILE_N = 16
+# clear="entries" holds 256 vectors per tile in registers, not 384, up to this mean (88 % sparse: 246 vectors, ~8 %
+# of tiles over 256). Same run on an H100 (RESULTS.md, tenth session): 256 +1.3 % (N = 16) and +3.5 % (N = 8) at 88 %,
+# but -12 to -15 % at 84 % and 86 % (287 vectors), where most tiles overflow it.
+ENTRIES_SMALL_PREFETCH_UPTO = 248
 # What the simulator pretends the device is, so that split-K is exercised on the small shapes tests use.
 _SIMULATED_SMS = 4
 _SIMULATED_CC = (9, 0)
@@ -142,14 +147,24 @@ def prefetch_for(warps: int, tile_n: int, tile_vectors: int | None, clear: str =
     to spare: tile_n 64 spills on sm_80), else 512. Same run on an H100, N = 8 and 16 (RESULTS.md): +5-6 % at 70 %
     sparsity, -0.4-1.2 % at 80-90 %, where the larger buffer is empty registers.
 
-    With ``clear="entries"`` (three buffers): 256 up to 7/8 of it on average, else 384 (4 warps; 8 warps: 256, a
-    multiple of their threads). At 88 % sparsity (246 vectors) 384 measured 1 % ahead of 256; at 90 % 256 keeps 6
-    blocks per SM at tile_n 8."""
+    With ``clear="entries"`` (two word buffers and a positions buffer): 256 up to ``ENTRIES_SMALL_PREFETCH_UPTO``
+    on average, else 384 (4 warps; 8 warps: 256, a multiple of their threads)."""
     if clear == "entries":
-        return 384 if warps == 4 and (tile_vectors is None or tile_vectors > 224) else 256
+        small = tile_vectors is not None and tile_vectors <= ENTRIES_SMALL_PREFETCH_UPTO
+        return 384 if warps == 4 and not small else 256
     if warps == 4 and tile_n <= PREFETCH_MORE_TILE_N and tile_vectors is not None and tile_vectors > PREFETCH_MORE_FROM:
         return 640
     return 512
+
+
+def stages_for(mma: str, tile_n: int, clear: str, prefetch_vectors: int) -> int:
+    """Activation stages (``SpmmConfig.stages``): 2 for a wgmma block of tile_n 16 clearing by entries with the
+    256-vector buffer, where the 4 KiB that two stages fewer free fit a sixth block on an SM (80 registers, 37 KB);
+    else 4. Same run on an H100, N = 16, against 4 stages and 5 blocks (RESULTS.md, tenth session): +1.7 % at 88 %,
+    +1.5 % at 90 %, +4.6 % at 95 %. At tile_n 8 the sixth block gained nothing (-0.3 to 0 % at 90-95 %)."""
+    if mma == "wgmma" and tile_n == 16 and clear == "entries" and prefetch_vectors == 256:
+        return 2
+    return 4
 
 
 def split_cost(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, s: int, tile_n: int,
@@ -199,8 +214,9 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     warps = warps_for(mma, tile_n)
     clear = clear_for(warps, tile_n, tile_vectors)
     prefetch = prefetch_for(warps, tile_n, tile_vectors, clear)
+    stages = stages_for(mma, tile_n, clear, prefetch)
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch,
-                        clear=clear)
+                        clear=clear, stages=stages)
     if split_k is None:
         resident = 1 if ptx.SIMULATOR else _compiled(config).blocks_per_sm(config.shared_bytes(k_tiles))
         split_k = choose_splits(tile_rows * n_blocks, k_tiles, _sm_count(), max(resident, 1), tile_n, tile_vectors)
@@ -208,7 +224,7 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma,
-                        prefetch_vectors=prefetch, clear=clear)
+                        prefetch_vectors=prefetch, clear=clear, stages=stages)
     return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
 
 

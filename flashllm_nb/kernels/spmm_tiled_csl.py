@@ -27,10 +27,10 @@ owns 16 rows: one m16 fragment times ``tile_n / 8`` n8 fragments of ``mma.m16n8k
 
 Pipeline
 --------
-Activation tiles travel by ``cp.async`` into ``STAGES`` shared stages, ``STAGES - 1`` k-tiles ahead; a tile's
-sparse words travel by 16-byte ``ld.global.nc`` loads straight into registers, two k-tiles ahead (two register
-buffers that alternate, the loop unrolled by two), and are scattered from there into one of two dense shared A
-tiles. At step i tile i is multiplied while tile i+1's words wait in registers and tile i+2's and i+3's are in
+Activation tiles travel by ``cp.async`` into ``STAGES`` shared stages (``SpmmConfig.stages``: 4, or 2 where a
+sixth block per SM pays), ``STAGES - 1`` k-tiles ahead; a tile's sparse words travel by 16-byte ``ld.global.nc``
+loads straight into registers, two k-tiles ahead (two register buffers that alternate, the loop unrolled by two),
+and are scattered from there into one of two dense shared A tiles. At step i tile i is multiplied while tile i+1's words wait in registers and tile i+2's and i+3's are in
 flight::
 
     prologue: tile offsets of the block -> shared; zero A[0] and A[1]; issue activations 0 .. STAGES-2;
@@ -145,12 +145,13 @@ WARP_CHOICES = (4, 8)  # warps per block: 4 warps own two m16 row bands each, 8 
 # operands from shared memory (sm_90a only; "nk" activations; 4 warps = one warpgroup, or 8 = two).
 MMA_CHOICES = ("sync", "wgmma")
 TILE_N_CHOICES = (8, 16, 32, 64)
-# Activation tiles in flight: STAGES - 1 k-tiles of X are copied ahead of the one being multiplied. They are small
-# (64 x tile_n fp16) and read from L2, so depth costs little shared memory and hides their latency completely.
-STAGES = 4
-# cp.async.wait_group takes an immediate: the number of most recent groups that may still be in flight. At step i
-# activation tiles 0 .. i+STAGES-2 have been issued; tile i must have landed.
-_PENDING_IN_LOOP = STAGES - 2
+# Activation stages (SpmmConfig.stages): STAGES - 1 k-tiles of X are copied ahead of the one being multiplied. They
+# are small (64 x tile_n fp16) and read from L2, so 4 stages cost little shared memory and hide their latency
+# completely. 2 stages (one tile ahead, a whole k-step of slack for an L2 read) free 4 KiB at tile_n 16: 37 KB
+# blocks, 6 per SM instead of 5, which pays where the k-step is latency-bound, on 88-95 %-sparse matrices
+# (clear="entries" with the 256-vector buffer: 76-80 registers, within what 6 blocks allow). Powers of two: the
+# stage of tile t is t & (STAGES - 1).
+STAGE_CHOICES = (2, 4)
 # Word vectors a block holds per k-tile in one register buffer (SpmmConfig.prefetch_vectors): 512 vectors = 2048
 # entries, a 25 %-dense tile (4 per thread with 4 warps, 2 with 8), or 640 = 31 % (5 per thread; 4 warps, used up
 # to tile_n 16: 8 registers more, within what 5 blocks per SM allow); 256 or 384 (a 12.5 / 19 %-dense tile) for
@@ -162,10 +163,14 @@ PREFETCH_CHOICES = (256, 384, 512, 640)
 # rows it read (16 KiB of stores per tile, whatever the sparsity); "entries" = each thread zeroes the positions it
 # scattered (as many stores as the tile has entries), once an mbarrier says every warp has read the buffer.
 CLEAR_CHOICES = ("rows", "entries")
-# Blocks per SM promised to ptxas (launch_bounds) per tile_n with 4 warps: what the shared memory of a block
-# (37 / 42 / 51 / 70 KB) allows on a 228 KB SM, except tile_n = 8, where a promise of 6 would hold ptxas to 80
+# Blocks per SM promised to ptxas (launch_bounds) per tile_n with 4 warps and 4 stages: what the shared memory of a
+# block (37 / 42 / 51 / 70 KB) allows on a 228 KB SM, except tile_n = 8, where a promise of 6 would hold ptxas to 80
 # registers and cost the double-buffered fragments (ptxas -v / nvdisasm, sm_90).
 _BLOCKS_PER_SM = {8: 5, 16: 5, 32: 4, 64: 3}
+# With 2 stages (4 warps, clear="entries", 256-vector buffer, tile_n <= 16; nothing else is built with 2): 35 / 37 KB
+# blocks, 6 per SM, and ptxas then holds the kernel to 80 registers, which these configurations meet without
+# spilling (tests/test_spmm_ptx.py).
+_BLOCKS_PER_SM_TWO_STAGES = 6
 # wgmma with 8 warps (two warpgroups, one per m64 half): each thread holds half the accumulators and words, 64
 # registers at most for tile_n <= 32 (80 at 64); 4 blocks of 256 threads fit 64 registers each, 3 fit 85.
 _BLOCKS_PER_SM_WGMMA_8_WARPS = {8: 4, 16: 4, 32: 4, 64: 3}
@@ -209,6 +214,9 @@ class SpmmConfig:
         ``"rows"`` or ``"entries"`` (``CLEAR_CHOICES``): how an A buffer is zeroed after its tile's products. "rows"
         costs the same at every sparsity; "entries" costs a store per entry and a buffer of positions (half a
         word buffer) in registers, and a tile over ``prefetch_vectors`` is zeroed whole.
+    stages : int
+        Activation tiles in shared memory, one of ``STAGE_CHOICES``: 4, or 2 (only with 4 warps, tile_n <= 16,
+        clear="entries" and a 256-vector buffer), which fits 6 blocks per SM instead of 5.
     """
 
     tile_n: int
@@ -219,6 +227,7 @@ class SpmmConfig:
     mma: str = "sync"
     prefetch_vectors: int = 512
     clear: str = "rows"
+    stages: int = 4
 
     @property
     def threads(self) -> int:
@@ -247,6 +256,15 @@ class SpmmConfig:
                 "Invalid SpmmConfig: mma='wgmma' needs x_layout='nk' (both operands K-major), "
                 f"got x_layout={self.x_layout!r}"
             )
+        if self.stages not in STAGE_CHOICES:
+            raise ValueError(f"Invalid stages of SpmmConfig: expected one of {STAGE_CHOICES}, got {self.stages}")
+        if self.stages == 2 and not (self.warps == 4 and self.tile_n <= 16 and self.clear == "entries"
+                                     and self.prefetch_vectors == 256):
+            raise ValueError(
+                "Invalid SpmmConfig: stages=2 is built only with warps=4, tile_n <= 16, clear='entries' and "
+                f"prefetch_vectors=256 (6 blocks per SM in 80 registers), got warps={self.warps}, "
+                f"tile_n={self.tile_n}, clear={self.clear!r}, prefetch_vectors={self.prefetch_vectors}"
+            )
 
     @property
     def launch_bounds(self) -> tuple[int, int]:
@@ -256,6 +274,8 @@ class SpmmConfig:
         it sinks every ldmatrix next to its mma to save registers, and the mma waits on shared-memory latency)."""
         if self.mma == "wgmma" and self.warps == 8:
             return self.threads, _BLOCKS_PER_SM_WGMMA_8_WARPS[self.tile_n]
+        if self.stages == 2:
+            return self.threads, _BLOCKS_PER_SM_TWO_STAGES
         return self.threads, max(1, _BLOCKS_PER_SM[self.tile_n] * WARP_CHOICES[0] // self.warps)
 
     @property
@@ -265,10 +285,10 @@ class SpmmConfig:
         return TILE_K if self.mma == "wgmma" else NK_ROW
 
     def shared_bytes(self, k_tiles_per_split: int) -> int:
-        """Dynamic shared memory of one block: two A tiles (32 KiB, reused by the epilogue), STAGES activation
+        """Dynamic shared memory of one block: two A tiles (32 KiB, reused by the epilogue), ``stages`` activation
         tiles, two 8-byte mbarriers (used by clear="entries") and the block's tile offsets."""
         activation_tile = self.tile_n * self.nk_row if self.x_layout == "nk" else TILE_K * self.tile_n
-        return 2 * TILE_ELEMS * 2 + STAGES * activation_tile * 2 + _MBARRIER_BYTES + 4 * (k_tiles_per_split + 1)
+        return 2 * TILE_ELEMS * 2 + self.stages * activation_tile * 2 + _MBARRIER_BYTES + 4 * (k_tiles_per_split + 1)
 
 
 def _kn_chunk_xor(tile_n: int):
@@ -315,6 +335,10 @@ def build_kernel(cfg: SpmmConfig):
     NPAIR = max(NF // 2, 1)  # ldmatrix.x4 loads of B per k16 step (x2 when tile_n == 8)
     K_STEPS = TILE_K // 16  # k16 steps of mma per k-tile
     THREADS = cfg.threads
+    STAGES = cfg.stages  # activation stages (STAGE_CHOICES)
+    # cp.async.wait_group takes an immediate: the number of most recent groups that may still be in flight. At step
+    # i activation tiles 0 .. i+STAGES-2 have been issued; tile i must have landed.
+    PENDING_IN_LOOP = STAGES - 2
     WARP_ROWS = TILE_M // cfg.warps  # 32 rows (two m16 fragments) with 4 warps, 16 (one) with 8
     MF = WARP_ROWS // 16  # m16 fragments per warp
     FRAG = 4 * MF + 4 * NPAIR  # fragment registers of one k16 step: A x4 per m16 band, B x4 per n8 pair
@@ -650,7 +674,7 @@ def build_kernel(cfg: SpmmConfig):
         load_v0, load_v1 = o3, o4
         if ENTRIES:
             clear_v0, clear_v1 = o0, o1
-        ptx.cp_async_wait_group(_PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
+        ptx.cp_async_wait_group(PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
         if WGMMA:
             # wgmma reads through the async proxy: this thread's scatter, zeros and landed copies must be made
             # visible to it before the barrier that publishes them.
