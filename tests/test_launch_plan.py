@@ -236,26 +236,33 @@ def test_two_activation_stages_only_where_a_sixth_block_fits_and_was_measured(mm
 
 
 def test_plan_passes_the_stages_on_and_they_fit_six_blocks():
-    """A 90 %-sparse matrix at N = 16 on the (simulated) Hopper: wgmma, entries, 256 vectors, 2 stages, and a
-    block's shared memory (k-tiles of a 9216-wide layer split 3 ways) small enough for 6 blocks on a 228 KB SM
-    (1 KB reserved per block)."""
-    config = plan(1000, 16, 9216, "float16", "nk", split_k=3, tile_vectors=205).config
+    """A 90 %-sparse matrix at N = 16 on the wgmma path (forced, so that the test means the same on any device):
+    entries, 256 vectors, 2 stages, and a block's shared memory (k-tiles of a 9216-wide layer split 3 ways) small
+    enough for 6 blocks on a 228 KB SM (1 KB reserved per block)."""
+    config = plan(1000, 16, 9216, "float16", "nk", split_k=3, mma="wgmma", tile_vectors=205).config
     assert (config.mma, config.clear, config.prefetch_vectors, config.stages) == ("wgmma", "entries", 256, 2)
     assert config.launch_bounds == (128, 6)
     assert 6 * (config.shared_bytes(48) + 1024) <= 228 * 1024
+    assert plan(1000, 16, 9216, "float16", "nk", split_k=3, mma="sync", tile_vectors=205).config.stages == 4
     assert plan(1000, 16, 9216, "float16", "kn", split_k=3, tile_vectors=205).config.stages == 4
-    assert plan(1000, 16, 9216, "float16", "nk", split_k=3, tile_vectors=410).config.stages == 4
+    assert plan(1000, 16, 9216, "float16", "nk", split_k=3, mma="wgmma", tile_vectors=410).config.stages == 4
 
 
 @pytest.mark.parametrize("changes", [dict(clear="rows", prefetch_vectors=512), dict(prefetch_vectors=384),
-                                     dict(tile_n=32), dict(warps=8)])
+                                     dict(tile_n=8), dict(warps=8), dict(mma="sync")])
 def test_two_stages_outside_what_was_built_are_refused(changes):
     from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
 
-    config = dict(tile_n=16, warps=4, mma="wgmma", clear="entries", prefetch_vectors=256, stages=2) | changes
-    with pytest.raises(ValueError, match=r"stages=2 is built only with warps=4, tile_n <= 16, clear='entries' and "
-                                         r"prefetch_vectors=256"):
-        SpmmConfig(**config)
+    config = dict(tile_n=16, warps=4, mma="wgmma", clear="entries", prefetch_vectors=256, stages=2)
+    assert SpmmConfig(**config).launch_bounds == (128, 6)
+    with pytest.raises(ValueError, match=r"stages=2 is built only with mma='wgmma', warps=4, tile_n=16, "
+                                         r"clear='entries' and prefetch_vectors=256"):
+        SpmmConfig(**(config | changes))
+
+
+def test_bad_stages_are_named():
+    from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
+
     with pytest.raises(ValueError, match=r"Invalid stages of SpmmConfig: expected one of \(2, 4\), got 3"):
         SpmmConfig(tile_n=16, stages=3)
 

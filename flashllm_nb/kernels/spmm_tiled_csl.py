@@ -30,11 +30,11 @@ Pipeline
 Activation tiles travel by ``cp.async`` into ``STAGES`` shared stages (``SpmmConfig.stages``: 4, or 2 where a
 sixth block per SM pays), ``STAGES - 1`` k-tiles ahead; a tile's sparse words travel by 16-byte ``ld.global.nc``
 loads straight into registers, two k-tiles ahead (two register buffers that alternate, the loop unrolled by two),
-and are scattered from there into one of two dense shared A tiles. At step i tile i is multiplied while tile i+1's words wait in registers and tile i+2's and i+3's are in
-flight::
+and are scattered from there into one of two dense shared A tiles. At step i tile i is multiplied while tile i+1's
+words wait in registers and tile i+2's and i+3's are in flight::
 
     prologue: tile offsets of the block -> shared; zero A[0] and A[1]; issue activations 0 .. STAGES-2;
-              load words(0), words(1); scatter words(0) -> A[0]; load words(2)
+              load words(0), words(1); scatter words(0) -> A[0]; ("entries": keep positions(0)); load words(2)
     for i in the block's k-tiles:
         wait for activation tile i; barrier      # A[i%2] expanded, A[(i+1)%2] zero (if tile i+1 exists);
                                                  # everyone is done with tile i-1's activation stage
@@ -135,7 +135,7 @@ from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.ptx import SHARED_ALIGN, WGMMA_SHARED_ALIGN
 
 __all__ = ["SpmmConfig", "TILE_M", "TILE_K", "build_kernel", "kernel_signature", "TILE_N_CHOICES", "WARP_CHOICES",
-           "MMA_CHOICES", "PREFETCH_CHOICES", "CLEAR_CHOICES"]
+           "MMA_CHOICES", "PREFETCH_CHOICES", "CLEAR_CHOICES", "STAGE_CHOICES"]
 
 TILE_M = 128  # rows of A per block: one tile row of the Tiled-CSL grid
 TILE_K = 64  # k per pipeline step: one tile column of the grid
@@ -167,9 +167,9 @@ CLEAR_CHOICES = ("rows", "entries")
 # block (37 / 42 / 51 / 70 KB) allows on a 228 KB SM, except tile_n = 8, where a promise of 6 would hold ptxas to 80
 # registers and cost the double-buffered fragments (ptxas -v / nvdisasm, sm_90).
 _BLOCKS_PER_SM = {8: 5, 16: 5, 32: 4, 64: 3}
-# With 2 stages (4 warps, clear="entries", 256-vector buffer, tile_n <= 16; nothing else is built with 2): 35 / 37 KB
-# blocks, 6 per SM, and ptxas then holds the kernel to 80 registers, which these configurations meet without
-# spilling (tests/test_spmm_ptx.py).
+# With 2 stages (wgmma, 4 warps, tile_n 16, clear="entries", 256-vector buffer; nothing else is built with 2): 37 KB
+# blocks, 6 per SM, and ptxas then holds the kernel to 80 registers, which this configuration meets without
+# spilling (tests/test_spmm_ptx.py, both dtypes, with and without split-K).
 _BLOCKS_PER_SM_TWO_STAGES = 6
 # wgmma with 8 warps (two warpgroups, one per m64 half): each thread holds half the accumulators and words, 64
 # registers at most for tile_n <= 32 (80 at 64); 4 blocks of 256 threads fit 64 registers each, 3 fit 85.
@@ -215,8 +215,8 @@ class SpmmConfig:
         costs the same at every sparsity; "entries" costs a store per entry and a buffer of positions (half a
         word buffer) in registers, and a tile over ``prefetch_vectors`` is zeroed whole.
     stages : int
-        Activation tiles in shared memory, one of ``STAGE_CHOICES``: 4, or 2 (only with 4 warps, tile_n <= 16,
-        clear="entries" and a 256-vector buffer), which fits 6 blocks per SM instead of 5.
+        Activation tiles in shared memory, one of ``STAGE_CHOICES``: 4, or 2 (only for a wgmma block of 4 warps,
+        tile_n 16, clear="entries" and a 256-vector buffer), which fits 6 blocks per SM instead of 5.
     """
 
     tile_n: int
@@ -258,12 +258,13 @@ class SpmmConfig:
             )
         if self.stages not in STAGE_CHOICES:
             raise ValueError(f"Invalid stages of SpmmConfig: expected one of {STAGE_CHOICES}, got {self.stages}")
-        if self.stages == 2 and not (self.warps == 4 and self.tile_n <= 16 and self.clear == "entries"
-                                     and self.prefetch_vectors == 256):
+        if self.stages == 2 and not (self.mma == "wgmma" and self.warps == 4 and self.tile_n == 16
+                                     and self.clear == "entries" and self.prefetch_vectors == 256):
             raise ValueError(
-                "Invalid SpmmConfig: stages=2 is built only with warps=4, tile_n <= 16, clear='entries' and "
-                f"prefetch_vectors=256 (6 blocks per SM in 80 registers), got warps={self.warps}, "
-                f"tile_n={self.tile_n}, clear={self.clear!r}, prefetch_vectors={self.prefetch_vectors}"
+                "Invalid SpmmConfig: stages=2 is built only with mma='wgmma', warps=4, tile_n=16, clear='entries' "
+                f"and prefetch_vectors=256 (6 blocks per SM in 80 registers), got mma={self.mma!r}, "
+                f"warps={self.warps}, tile_n={self.tile_n}, clear={self.clear!r}, "
+                f"prefetch_vectors={self.prefetch_vectors}"
             )
 
     @property
