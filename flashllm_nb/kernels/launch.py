@@ -33,6 +33,7 @@ from flashllm_nb.kernels.spmm_tiled_csl import (
     SpmmConfig,
     build_kernel,
     kernel_signature,
+    two_stages_built,
 )
 
 __all__ = ["Plan", "PreparedLaunch", "plan", "launch", "prepare"]
@@ -162,9 +163,7 @@ def stages_for(mma: str, tile_n: int, clear: str, prefetch_vectors: int) -> int:
     256-vector buffer, where the 4 KiB that two stages fewer free fit a sixth block on an SM (80 registers, 37 KB);
     else 4. Same run on an H100, N = 16, against 4 stages and 5 blocks (RESULTS.md, tenth session): +1.7 % at 88 %,
     +1.5 % at 90 %, +4.6 % at 95 %. At tile_n 8 the sixth block gained nothing (-0.3 to 0 % at 90-95 %)."""
-    if mma == "wgmma" and tile_n == 16 and clear == "entries" and prefetch_vectors == 256:
-        return 2
-    return 4
+    return 2 if two_stages_built(mma, warps_for(mma, tile_n), tile_n, clear, prefetch_vectors) else 4
 
 
 def split_cost(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, s: int, tile_n: int,

@@ -171,6 +171,12 @@ _BLOCKS_PER_SM = {8: 5, 16: 5, 32: 4, 64: 3}
 # blocks, 6 per SM, and ptxas then holds the kernel to 80 registers, which this configuration meets without
 # spilling (tests/test_spmm_ptx.py, both dtypes, with and without split-K).
 _BLOCKS_PER_SM_TWO_STAGES = 6
+
+
+def two_stages_built(mma: str, warps: int, tile_n: int, clear: str, prefetch_vectors: int) -> bool:
+    """Whether a configuration is one that 2 activation stages are built and tested for (the one the plan gives
+    them, ``launch.stages_for``; ``SpmmConfig`` refuses 2 elsewhere)."""
+    return mma == "wgmma" and warps == 4 and tile_n == 16 and clear == "entries" and prefetch_vectors == 256
 # wgmma with 8 warps (two warpgroups, one per m64 half): each thread holds half the accumulators and words, 64
 # registers at most for tile_n <= 32 (80 at 64); 4 blocks of 256 threads fit 64 registers each, 3 fit 85.
 _BLOCKS_PER_SM_WGMMA_8_WARPS = {8: 4, 16: 4, 32: 4, 64: 3}
@@ -258,8 +264,8 @@ class SpmmConfig:
             )
         if self.stages not in STAGE_CHOICES:
             raise ValueError(f"Invalid stages of SpmmConfig: expected one of {STAGE_CHOICES}, got {self.stages}")
-        if self.stages == 2 and not (self.mma == "wgmma" and self.warps == 4 and self.tile_n == 16
-                                     and self.clear == "entries" and self.prefetch_vectors == 256):
+        if self.stages == 2 and not two_stages_built(self.mma, self.warps, self.tile_n, self.clear,
+                                                     self.prefetch_vectors):
             raise ValueError(
                 "Invalid SpmmConfig: stages=2 is built only with mma='wgmma', warps=4, tile_n=16, clear='entries' "
                 f"and prefetch_vectors=256 (6 blocks per SM in 80 registers), got mma={self.mma!r}, "
