@@ -52,15 +52,35 @@ others because no other warp reads them (``clear_own_rows``); zeroing the whole 
 the first versions did, measured 1-4 % slower (H100, ``bench/RESULTS.md``). Any tile density is legal: the register
 budget only decides how much of a tile's words load ahead of time.
 
-Sparse matrices (``SpmmConfig.clear = "entries"``, 4-warp blocks, tiles of at most ~336 vectors) clear by entries
-instead: zeroing 16 KiB of rows costs 128 shared-memory wavefronts per tile at any sparsity, zeroing the positions
-a thread scattered costs about as many as the scatter (~45 at 90 %). Those positions lie in every warp's rows, so a
-per-buffer mbarrier stands in for the second barrier: each thread arrives when its reads of A[i%2] are over (after
-its mma.sync, or after its wgmma wait) and waits on the phase after scattering tile i+1, by when the others have
-normally arrived. Tile i's positions (the high halves of its words, two to a register) stay in registers until
-then, in a half-size buffer beside the two word buffers::
+Sparse matrices (``SpmmConfig.clear = "entries"``, 4-warp blocks; tiles of at most ~480 vectors on the wgmma
+path, ~336 with mma.sync) clear by entries instead: zeroing 16 KiB of rows costs 128 shared-memory wavefronts per
+tile at any sparsity, zeroing the positions a thread scattered costs about as many as the scatter (~45 at 90 %).
+Those positions lie in every warp's rows, so the zeros need a second cross-warp ordering besides the step's
+barrier. A tile's positions (the high halves of its words, two to a register) stay in registers until then, in
+half-size buffers beside the two word buffers. The two paths place that ordering differently.
 
-    ... ldmatrix + mma.sync on A[i%2] (or wgmma, issued then waited for); arrive on mbarrier[i%2]
+wgmma ("zero first"): every thread has waited for tile i-1's products before step i's barrier, so right after it,
+while the Tensor Cores work on tile i, each thread zeroes where it scattered tile i-1, and a second barrier orders
+those zeros before anyone scatters tile i+1 into the same buffer. The wgmma wait moves to the end of the step,
+behind the zeroing and the scatter; positions(i-1) and positions(i) are both live, in two buffers that alternate::
+
+    ... barrier; issue wgmma on A[i%2] and activations(i); issue activations i+STAGES-1
+        zero A[(i+1)%2] at positions(i-1); barrier
+        scatter words(i+1) -> A[(i+1)%2]
+        positions(i+1) <- positions of words(i+1), into positions(i-1)'s buffer
+        load words(i+3) into words(i+1)'s buffer; wait for the wgmma group
+
+Measured against the mbarrier design below (H100, same process, ``bench/RESULTS.md``, eleventh session): +4.0 /
++4.7 % at 90 % (N = 16 / 8), +5.3 / +5.4 % at 85 %, +2.8 / +3.5 % at 95 %; and it clears 77-83 %-sparse matrices
+faster by entries than by rows (+1.9 % at 77 %, +2.3 % at 80 %, +5.4 % at 83 %, N = 16), where the mbarrier design
+was level with rows at 80 %. Its own second barrier costs less than the wgmma wait it takes out of the middle of the
+step.
+
+mma.sync: a per-buffer mbarrier stands in for the second barrier. Each thread arrives when its reads of A[i%2] are
+over (after its mma.sync) and waits on the phase after scattering tile i+1, by when the others have normally
+arrived; then it zeroes tile i's positions, kept in one buffer::
+
+    ... ldmatrix + mma.sync on A[i%2]; arrive on mbarrier[i%2]
         scatter words(i+1) -> A[(i+1)%2]
         wait for mbarrier[i%2]'s phase; zero A[i%2] at positions(i)
         positions(i) <- positions of words(i+1); load words(i+3) into words(i+1)'s buffer
@@ -77,8 +97,8 @@ a block's loop moves its words at ~2.9 TB/s on an H100 and on an H200 alike, tho
 third higher; per-block timelines, ``bench/block_timeline.py``). Kernel
 copies with one part of the step taken away (H100, N = 16, ``bench/RESULTS.md``) gain at most 5 % at 80 %, whichever
 part it is: the zeroing, the proxy fence, the Tensor-Core work, the activation copies, or DRAM latency. At 90 % the
-two cross-warp waits gain 10-12 % each: the mbarrier before the un-scatter, and the wgmma wait in front of the
-scatter. Fewer blocks with a deeper pipeline lost: three A buffers at 4 blocks per SM gave -8 %. Prefetching the
+two cross-warp waits of the mbarrier design gained 10-12 % each: the mbarrier before the un-scatter, and the wgmma
+wait in front of the scatter (zeroing first took the second out of the chain: +4-5 %). Fewer blocks with a deeper pipeline lost: three A buffers at 4 blocks per SM gave -8 %. Prefetching the
 words into L2 ahead of their register loads lost too (-3 to -21 %).
 
 Shared-memory layout and swizzle
@@ -154,14 +174,15 @@ TILE_N_CHOICES = (8, 16, 32, 64)
 STAGE_CHOICES = (2, 4)
 # Word vectors a block holds per k-tile in one register buffer (SpmmConfig.prefetch_vectors): 512 vectors = 2048
 # entries, a 25 %-dense tile (4 per thread with 4 warps, 2 with 8), or 640 = 31 % (5 per thread; 4 warps, used up
-# to tile_n 16: 8 registers more, within what 5 blocks per SM allow); 256 or 384 (a 12.5 / 19 %-dense tile) for
-# clear="entries", which also holds the positions of the tile it zeroes next. The two buffers alternate, so a tile's
+# to tile_n 16: 8 registers more, within what 5 blocks per SM allow); 256, 384 or 512 (a 12.5 / 19 / 25 %-dense
+# tile) for clear="entries", which also holds the positions of the tiles it zeroes next. The two buffers alternate, so a tile's
 # words are requested two k-tiles before they are scattered; vectors beyond the buffer are loaded during the
 # scatter, unhidden.
 PREFETCH_CHOICES = (256, 384, 512, 640)
 # How a consumed A buffer is zeroed again for the tile after next (SpmmConfig.clear): "rows" = each warp zeroes the
 # rows it read (16 KiB of stores per tile, whatever the sparsity); "entries" = each thread zeroes the positions it
-# scattered (as many stores as the tile has entries), once an mbarrier says every warp has read the buffer.
+# scattered (as many stores as the tile has entries), once every warp has read the buffer (wgmma: a second barrier
+# per step; mma.sync: an mbarrier).
 CLEAR_CHOICES = ("rows", "entries")
 # Blocks per SM promised to ptxas (launch_bounds) per tile_n with 4 warps and 4 stages: what the shared memory of a
 # block (37 / 42 / 51 / 70 KB) allows on a 228 KB SM, except tile_n = 8, where a promise of 6 would hold ptxas to 80
@@ -184,7 +205,7 @@ _BLOCKS_PER_SM_WGMMA_8_WARPS = {8: 4, 16: 4, 32: 4, 64: 3}
 # ldmatrix reads then start in eight different 16-byte bank groups (row n in group (9n + chunk) % 8), and unlike
 # an XOR swizzle the row of k16 step ks is a constant 32 bytes further, so no per-step address arithmetic.
 NK_ROW = TILE_K + 8
-_MBARRIER_BYTES = 16  # one mbarrier per A buffer (clear="entries"): "every warp has read this buffer"
+_MBARRIER_BYTES = 16  # one mbarrier per A buffer (mma.sync, clear="entries"): "every warp has read this buffer"
 
 
 if ptx.SIMULATOR:
@@ -219,7 +240,7 @@ class SpmmConfig:
     clear : str
         ``"rows"`` or ``"entries"`` (``CLEAR_CHOICES``): how an A buffer is zeroed after its tile's products. "rows"
         costs the same at every sparsity; "entries" costs a store per entry and a buffer of positions (half a
-        word buffer) in registers, and a tile over ``prefetch_vectors`` is zeroed whole.
+        word buffer; two on the wgmma path) in registers, and a tile over ``prefetch_vectors`` is zeroed whole.
     stages : int
         Activation tiles in shared memory, one of ``STAGE_CHOICES``: 4, or 2 (only for a wgmma block of 4 warps,
         tile_n 16, clear="entries" and a 256-vector buffer), which fits 6 blocks per SM instead of 5.
@@ -293,7 +314,7 @@ class SpmmConfig:
 
     def shared_bytes(self, k_tiles_per_split: int) -> int:
         """Dynamic shared memory of one block: two A tiles (32 KiB, reused by the epilogue), ``stages`` activation
-        tiles, two 8-byte mbarriers (used by clear="entries") and the block's tile offsets."""
+        tiles, two 8-byte mbarriers (used by mma.sync with clear="entries") and the block's tile offsets."""
         activation_tile = self.tile_n * self.nk_row if self.x_layout == "nk" else TILE_K * self.tile_n
         return 2 * TILE_ELEMS * 2 + self.stages * activation_tile * 2 + _MBARRIER_BYTES + 4 * (k_tiles_per_split + 1)
 
@@ -532,15 +553,14 @@ def build_kernel(cfg: SpmmConfig):
     @_device
     def unscatter_tile(a_s, v0, v1, a_stage, positions):
         """clear="entries": zero A buffer ``a_stage`` where this thread scattered the registered words of the tile
-        whose vectors are ``v0 .. v1 - 1``, once every warp has read it (the caller waits on the buffer's
-        mbarrier); ``positions`` holds their positions (``keep_positions``). Padding words zero position 0, which
+        whose vectors are ``v0 .. v1 - 1``, once every warp has read it (the caller orders that, see ``k_step``);
+        ``positions`` holds their positions (``keep_positions``). Padding words zero position 0, which
         is to be zero anyway; a tile with more vectors than the registers hold is zeroed whole, by all threads.
 
         Why: at 90 % sparsity a tile has ~205 vectors, whose ~820 2-byte stores take ~45 shared-memory wavefronts
         against the 128 of zeroing 16 KiB (``clear_own_rows``). Unlike the rows a warp read, the positions a thread
-        scattered lie in every warp's rows, hence the mbarrier: each thread arrives when its reads of the buffer are
-        done and waits after its scatter of the next tile, so the wait is normally over when it starts, and the
-        step keeps its single ``syncthreads``. Measured (H100, N = 8 and 16, 4 warps, bench/RESULTS.md): +9 % at
+        scattered lie in every warp's rows, so the zeros need their own cross-warp ordering (the module docstring:
+        a second barrier on the wgmma path, an mbarrier with mma.sync). Measured with the mbarrier (H100, N = 8 and 16, 4 warps, bench/RESULTS.md): +9 % at
         90 %, +4-7 % at 88 %; a first version: even at 85 %, -4 % at 80 % (more registers for a smaller saving),
         -12 % with 8 warps."""
         if v1 - v0 > R * THREADS:
@@ -659,18 +679,19 @@ def build_kernel(cfg: SpmmConfig):
 
     @_device
     def k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
-               cp_cols_left, a_off, b_off, frag0, frag1, acc, w_cur, w_next, clear_first, o0, o1, o2, o3):
-        """Step i of the main loop. On entry A tile i is expanded and, if tile i+1 exists, the other A buffer is zero
-        (both visible after the barrier), tile i+1's words are in ``w_next``, tile i+2's are in flight into the
-        other word buffer and ("entries") tile i's positions are in ``w_cur`` ("rows" passes ``w_next`` there,
-        unused). On exit tile i+1 is expanded, A tile i's buffer is zero again if tile i+2 exists, ("entries")
-        ``w_cur`` holds tile i+1's positions, and tile i+3's loads are in flight into ``w_next``. The caller
-        alternates the two word buffers: words travel two k-tiles ahead of their use.
+               cp_cols_left, a_off, b_off, frag0, frag1, acc, w_cur, w_next, clear_first, om1, o0, o1, o2, o3):
+        """Step i of the main loop. On entry A tile i is expanded, tile i+1's words are in ``w_next``, tile i+2's are
+        in flight into the other word buffer, and the other A buffer is zero if tile i+1 exists ("rows", and
+        "entries" with mma.sync) or still holds tile i-1 ("entries" on the wgmma path, zeroed by this step before
+        its scatter). ``w_cur`` ("entries") holds the positions this step zeroes: tile i's with mma.sync, tile
+        i-1's on the wgmma path; "rows" passes ``w_next`` there, unused. On exit tile i+1 is expanded, ``w_cur``
+        holds tile i+1's positions, and tile i+3's loads are in flight into ``w_next``. The caller alternates the
+        two word buffers: words travel two k-tiles ahead of their use.
 
-        ``o0 .. o3`` are the offsets of tiles i .. i+3 (``tile_offset``, indices clamped to ``n_tiles_block``), a
-        window the caller carries from step to step: the step reads only o4 and returns ``(o1, o2, o3, o4)``. Tile
-        t's vectors are o_t .. o_{t+1} - 1, so the window gives the ranges of the tiles this step clears
-        ("entries": i), scatters (i+1) and starts loading (i+3). Reading those ranges every step cost four to six
+        ``om1 .. o3`` are the offsets of tiles i-1 .. i+3 (``tile_offset``, indices clamped to ``[0,
+        n_tiles_block]``), a window the caller carries from step to step: the step reads only o4 and returns
+        ``(o0, o1, o2, o3, o4)``. Tile t's vectors are o_t .. o_{t+1} - 1, so the window gives the ranges of the
+        tiles this step clears ("entries": i-1 or i), scatters (i+1) and starts loading (i+3). Reading those ranges every step cost four to six
         shared loads per warp, the largest part of the shared-memory wavefronts a 90 %-sparse step is not
         spending on its tile (ncu, H100: 31 of ~307); the clamping keeps every range a step uses exact."""
         a_stage = i & 1
@@ -679,8 +700,6 @@ def build_kernel(cfg: SpmmConfig):
         o4 = tile_offset(smem32, min(i + 4, n_tiles_block))
         scatter_v0, scatter_v1 = o1, o2
         load_v0, load_v1 = o3, o4
-        if ENTRIES:
-            clear_v0, clear_v1 = o0, o1
         ptx.cp_async_wait_group(PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
         if WGMMA:
             # wgmma reads through the async proxy: this thread's scatter, zeros and landed copies must be made
@@ -698,15 +717,28 @@ def build_kernel(cfg: SpmmConfig):
                           cp_cols_left)
         if not WGMMA:
             mma_tile(smem16, a_stage, i & (STAGES - 1), a_off, b_off, frag0, frag1, acc)
-        if ENTRIES:
+        if ENTRIES and WGMMA:
+            # Zero first: every thread waited for tile i-1's wgmma before this step's barrier, so the other A
+            # buffer is free. Each thread zeroes where it scattered tile i-1, a barrier orders all those zeros
+            # before anyone's scatter of tile i+1 into the same buffer, and the wgmma of tile i runs meanwhile,
+            # waited for only at the end of the step.
+            if i + 1 < n_tiles_block:
+                if i >= 1:
+                    unscatter_tile(smem16, om1, o0, 1 - a_stage, w_cur)
+                    cuda.syncthreads()  # conditions uniform across the block
+                scatter_tile(words, smem16, scatter_v0, scatter_v1, 1 - a_stage, w_next)
+            if i + 3 < n_tiles_block:
+                # Tile i-1's positions are used: tile i+1's take their place, and tile i+1's word buffer takes
+                # tile i+3's loads.
+                keep_positions(scatter_v0, scatter_v1, w_next, w_cur)
+                load_words(words, load_v0, load_v1, w_next)
+            # Tile i's products are complete before the next barrier, after which tile i's activation stage is
+            # refilled and its A buffer zeroed.
+            ptx.wgmma_wait_group(0, acc, ACC)
+        elif ENTRIES:
             # Steps 0 .. n_tiles_block - 3 arrive on their buffer's mbarrier, so step i is use i >> 1 of buffer
             # i & 1: phase i >> 1, waited for by its parity.
             mbarrier = MBARRIER_BASE32 + 2 * a_stage
-            if WGMMA:
-                # The Tensor Cores have read A tile i once this warp's share is complete (also needed before the
-                # next barrier refills tile i's activation stage). Waiting here, before the scatter rather than
-                # after it, lets the thread arrive early: 2 % faster at 90 %, N = 8 and 16 (H100, same run).
-                ptx.wgmma_wait_group(0, acc, ACC)
             if i + 2 < n_tiles_block:
                 ptx.mbarrier_arrive(smem32, mbarrier)  # this thread's reads of A tile i are done
             if i + 1 < n_tiles_block:
@@ -715,7 +747,7 @@ def build_kernel(cfg: SpmmConfig):
                 # Everyone has read A tile i: zero it where this thread scattered it, for tile i+2 (scattered into
                 # this buffer after the next barrier, which orders these zeros before it).
                 ptx.mbarrier_wait_parity(smem32, mbarrier, (i >> 1) & 1)
-                unscatter_tile(smem16, clear_v0, clear_v1, a_stage, w_cur)
+                unscatter_tile(smem16, o0, o1, a_stage, w_cur)
             if i + 3 < n_tiles_block:
                 # Tile i's positions are used: tile i+1's take their place, and tile i+1's word buffer takes
                 # tile i+3's loads.
@@ -737,7 +769,7 @@ def build_kernel(cfg: SpmmConfig):
                     ptx.warp_sync()
                 # Zeros for tile i+2, which the next step scatters into this buffer after its barrier.
                 clear_own_rows(smem16, a_stage, clear_first)
-        return o1, o2, o3, o4
+        return o0, o1, o2, o3, o4
 
     @_device
     def accumulator_of(row, col):
@@ -822,6 +854,7 @@ def build_kernel(cfg: SpmmConfig):
         w_a = cuda.local.array(WORDS, uint32)  # register buffers of words, alternating (see k_step)
         w_b = cuda.local.array(WORDS, uint32)
         positions = cuda.local.array(POSITIONS, uint32)  # "entries": positions of the tile zeroed next
+        positions_odd = cuda.local.array(POSITIONS, uint32)  # wgmma "entries": those of odd tiles
         a_off = cuda.local.array(K_STEPS, int64)
         b_off = cuda.local.array(NPAIR, int64)
         frag0 = cuda.local.array(FRAG, uint32)  # one k16 step's A and B fragments, double-buffered (mma_tile)
@@ -885,7 +918,7 @@ def build_kernel(cfg: SpmmConfig):
             zero_a_tile(smem16, 0)
             zero_a_tile(smem16, 1)  # for tile 1, scattered by step 0 (later steps clear what they have used)
             clear_first = (warp * CLEAR_WARP_ROWS + (lane >> 3)) * TILE_K + (lane & 7) * 8
-            if ENTRIES and tid == 0:
+            if ENTRIES and not WGMMA and tid == 0:  # wgmma clears by entries behind a barrier instead
                 ptx.mbarrier_init(smem32, MBARRIER_BASE32, THREADS)
                 ptx.mbarrier_init(smem32, MBARRIER_BASE32 + 2, THREADS)
             cuda.syncthreads()  # offsets, zeros and mbarriers visible
@@ -895,7 +928,7 @@ def build_kernel(cfg: SpmmConfig):
             # Fill the word pipeline: tile 0 is expanded now (its load latency exposed once per block), tiles 1
             # and 2 travel while the first steps run.
             # The first window of tile offsets (k_step): tiles 0, 1 and 2 are o0 .. o1, o1 .. o2 and o2 .. o3.
-            o0 = tile_offset(smem32, 0)
+            om1 = o0 = tile_offset(smem32, 0)
             o1 = tile_offset(smem32, min(1, n_tiles_block))
             o2 = tile_offset(smem32, min(2, n_tiles_block))
             o3 = tile_offset(smem32, min(3, n_tiles_block))
@@ -909,17 +942,21 @@ def build_kernel(cfg: SpmmConfig):
                 load_words(words, o2, o3, w_a)
 
             # The loop is unrolled by two, so that each word buffer is a fixed set of registers: they alternate
-            # between tile i+1's words and tile i+2's in flight. Step i's w_cur is the positions of tile i
-            # ("entries") or, unused, its w_next ("rows").
+            # between tile i+1's words and tile i+2's in flight. Step i's w_cur ("entries") is the positions it
+            # zeroes, of tile i (mma.sync, one buffer) or of tile i-1 (wgmma: tile t's in positions if t is even,
+            # else in positions_odd), or, unused, its w_next ("rows"). The window of tile offsets starts at tile
+            # -1, an empty range that step 0 does not clear.
             i = 0
             while i < n_tiles_block:
-                o0, o1, o2, o3 = k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src,
-                                        cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc,
-                                        positions if ENTRIES else w_b, w_b, clear_first, o0, o1, o2, o3)
+                om1, o0, o1, o2, o3 = k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst,
+                                             cp_src, cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc,
+                                             (positions_odd if WGMMA else positions) if ENTRIES else w_b, w_b,
+                                             clear_first, om1, o0, o1, o2, o3)
                 if i + 1 < n_tiles_block:
-                    o0, o1, o2, o3 = k_step(words, x, ldx, smem16, smem32, i + 1, n_tiles_block, kt_begin, cp_dst,
-                                            cp_src, cp_rows_left, cp_cols_left, a_off, b_off, frag0, frag1, acc,
-                                            positions if ENTRIES else w_a, w_a, clear_first, o0, o1, o2, o3)
+                    om1, o0, o1, o2, o3 = k_step(words, x, ldx, smem16, smem32, i + 1, n_tiles_block, kt_begin,
+                                                 cp_dst, cp_src, cp_rows_left, cp_cols_left, a_off, b_off, frag0,
+                                                 frag1, acc, positions if ENTRIES else w_a, w_a, clear_first, om1,
+                                                 o0, o1, o2, o3)
                 i += UNROLL
             ptx.cp_async_wait_all()
 
