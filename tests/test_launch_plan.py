@@ -16,6 +16,7 @@ from flashllm_nb.kernels.launch import (
     PREFETCH_MORE_FROM,
     PREFETCH_MORE_TILE_N,
     PROLOGUE_TILES,
+    WGMMA_CLEAR_ENTRIES_UPTO,
     choose_splits,
     clear_for,
     plan,
@@ -206,25 +207,43 @@ def test_bad_prefetch_choices_are_named(warps, prefetch):
         SpmmConfig(tile_n=64, warps=warps, prefetch_vectors=prefetch)
 
 
-@pytest.mark.parametrize("warps,tile_n,tile_vectors,clear,prefetch", [
+_CLEAR_CASES = [
     (4, 16, 205, "entries", 256), (4, 8, 246, "entries", 256), (4, 16, ENTRIES_SMALL_PREFETCH_UPTO, "entries", 256),
-    (4, 16, ENTRIES_SMALL_PREFETCH_UPTO + 1, "entries", 384),
-    (4, 16, CLEAR_ENTRIES_UPTO, "entries", 384), (4, 16, CLEAR_ENTRIES_UPTO + 1, "rows", 512),
-    (4, 16, 0, "entries", 256),
-    (4, 16, None, "rows", 512), (4, CLEAR_ENTRIES_TILE_N * 2, 205, "rows", 512), (8, 16, 205, "rows", 512),
-])
-def test_sparse_matrices_on_narrow_4_warp_blocks_clear_by_entries(warps, tile_n, tile_vectors, clear, prefetch):
+    (4, 16, ENTRIES_SMALL_PREFETCH_UPTO + 1, "entries", 384), (4, 16, CLEAR_ENTRIES_UPTO, "entries", 384),
+    (4, 16, 0, "entries", 256), (4, 16, None, "rows", 512), (4, CLEAR_ENTRIES_TILE_N * 2, 205, "rows", 512),
+    (8, 16, 205, "rows", 512),
+]
+
+
+@pytest.mark.parametrize("mma", ["sync", "wgmma"])
+@pytest.mark.parametrize("warps,tile_n,tile_vectors,clear,prefetch", _CLEAR_CASES)
+def test_sparse_matrices_on_narrow_4_warp_blocks_clear_by_entries(mma, warps, tile_n, tile_vectors, clear, prefetch):
     """90 % sparse tiles hold ~205 vectors, 88 % ~246, 85 % ~307: those get clear="entries" with the register
-    buffer that holds most of them (256 up to 248 on average, else 384); 8-warp and wide blocks, and unknown densities, keep
-    "rows" (measured slower with 8 warps)."""
-    assert clear_for(warps, tile_n, tile_vectors) == clear
+    buffer that holds most of them (256 up to 248 on average, else 384), on either Tensor-Core path; 8-warp and
+    wide blocks, and unknown densities, keep "rows" (measured slower with 8 warps)."""
+    assert clear_for(mma, warps, tile_n, tile_vectors) == clear
     assert prefetch_for(warps, tile_n, tile_vectors, clear) == prefetch
+
+
+@pytest.mark.parametrize("mma,tile_n,tile_vectors,clear,prefetch", [
+    ("wgmma", 16, CLEAR_ENTRIES_UPTO + 1, "entries", 512), ("wgmma", 8, 410, "entries", 512),
+    ("wgmma", 16, WGMMA_CLEAR_ENTRIES_UPTO, "entries", 512), ("wgmma", 16, WGMMA_CLEAR_ENTRIES_UPTO + 1, "rows", 640),
+    ("sync", 16, CLEAR_ENTRIES_UPTO + 1, "rows", 512), ("sync", 8, 410, "rows", 512),
+])
+def test_wgmma_blocks_clear_by_entries_down_to_77_percent(mma, tile_n, tile_vectors, clear, prefetch):
+    """The wgmma path zeroes first (spmm_tiled_csl), which measured faster than clearing rows down to 77 % sparse
+    (471 vectors; 80 %: 410) with the 512-vector buffer; mma.sync blocks keep "rows" from 337 vectors on."""
+    assert WGMMA_CLEAR_ENTRIES_UPTO < 512
+    assert clear_for(mma, 4, tile_n, tile_vectors) == clear
+    assert prefetch_for(4, tile_n, tile_vectors, clear) == prefetch
 
 
 def test_plan_passes_the_clearing_on():
     assert plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=205).config.clear == "entries"
     assert plan(1000, 16, 640, "float16", "kn", split_k=2, tile_vectors=205).config.prefetch_vectors == 256
-    assert plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=410).config.clear == "rows"
+    assert plan(1000, 16, 640, "float16", "nk", split_k=1, mma="sync", tile_vectors=410).config.clear == "rows"
+    config = plan(1000, 16, 640, "float16", "nk", split_k=1, mma="wgmma", tile_vectors=410).config
+    assert (config.clear, config.prefetch_vectors, config.stages) == ("entries", 512, 4)
 
 
 @pytest.mark.parametrize("mma,tile_n,clear,prefetch,stages", [

@@ -84,21 +84,22 @@ def test_sparsity_range(sparsity):
 @pytest.mark.parametrize("m,k,n,sparsity,layout,split_k", [
     (9216, 9216, 16, 0.9, "nk", None), (36864, 9216, 8, 0.88, "kn", None), (9216, 36864, 16, 0.95, "nk", 7),
     (27648, 9216, 5, 0.9, "nk", 2), (9216, 9216, 16, 0.84, "nk", 3), (27648, 9216, 16, 0.885, "nk", None),
-    (9216, 9216, 9, 0.9, "nk", 5),
+    (9216, 9216, 9, 0.9, "nk", 5), (27648, 9216, 16, 0.8, "nk", None), (9216, 36864, 8, 0.77, "nk", 3),
 ])
 def test_sparse_layers_clear_by_entries(m, k, n, sparsity, layout, split_k):
-    """84-95 % sparse OPT-66B layers at N <= 16: planned with clear="entries" (mbarrier, positions buffer), with
-    automatic and forced split-K (block k ranges of both lengths modulo the loop's unrolling by two). At 84 % the
-    tiles (~328 vectors on average) come close to the 384-vector register buffer; at 88.5 % (~236) the
-    256-vector buffer takes them, a few overflowing it. On Hopper "nk" at N 9-16 and 88.5 % or sparser runs on the
-    wgmma path with two activation stages and 6 blocks per SM."""
+    """84-95 % sparse OPT-66B layers at N <= 16: planned with clear="entries" (positions buffers; an mbarrier with
+    mma.sync, a second barrier per step with wgmma), with automatic and forced split-K (block k ranges of both
+    lengths modulo the loop's unrolling by two). At 84 % the tiles (~328 vectors on average) come close to the
+    384-vector register buffer; at 88.5 % (~236) the 256-vector buffer takes them, a few overflowing it. On Hopper
+    "nk" at N 9-16 and 88.5 % or sparser runs on the wgmma path with two activation stages and 6 blocks per SM, and
+    "nk" at 77-80 % clears by entries too, with the 512-vector buffer (elsewhere those two cases clear rows)."""
     from flashllm_nb.kernels import launch
 
     rng = np.random.default_rng(m + n)
     W = _pruned(rng, m, k, sparsity)
     A = fl.TiledCSL.from_dense(W.astype(np.float16))
     config = launch.plan(m, n, k, "float16", layout, tile_vectors=A.mean_tile_vectors).config
-    assert config.clear == "entries"
+    assert config.clear == ("entries" if sparsity >= 0.84 or config.mma == "wgmma" else "rows")
     assert config.stages == (2 if config.mma == "wgmma" and 8 < n <= 16 and sparsity >= 0.88 else 4)
     _check(W, cp.asarray(rng.standard_normal((n, k), dtype=np.float32)), np.float16, layout=layout, split_k=split_k)
 

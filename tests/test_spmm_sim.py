@@ -144,7 +144,7 @@ def test_empty_dense_and_overflowing_tiles(tensor_core_path, dtype):
 @pytest.fixture
 def clearing(request, monkeypatch):
     """Plan every product with ``SpmmConfig.clear = request.param`` (indirect parametrization) for a test."""
-    monkeypatch.setattr(launch, "clear_for", lambda warps, tile_n, tile_vectors: request.param)
+    monkeypatch.setattr(launch, "clear_for", lambda mma, warps, tile_n, tile_vectors: request.param)
     launch.plan.cache_clear()
     yield request.param
     launch.plan.cache_clear()
@@ -168,8 +168,8 @@ def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layo
     one-entry tile (three padding words) follow each other in the two alternating A buffers, so a value that the
     clearing between tiles missed would enter a later tile's product (kernels that skipped clearing part of a
     buffer, or the last word of each vector, failed this test). clear="rows": each warp clears the rows it read;
-    "entries": each thread the positions it scattered, after the mbarrier, or the whole buffer after a tile denser
-    than its registers; 11 tiles are five rounds of the loop unrolled by two and one step. N = 16 checks 4-warp
+    "entries": each thread the positions it scattered (after the mbarrier with mma.sync; on the wgmma path a
+    step after, before a second barrier), or the whole buffer after a tile denser than its registers; 11 tiles are five rounds of the loop unrolled by two and one step. N = 16 checks 4-warp
     blocks, N = 64 on the wgmma path 8-warp ones (two warpgroups); with the 256-vector buffer forced, the wgmma
     block at N = 16 has two activation stages. Pruned values are +0.0: from_dense stores -0.0."""
     if small_buffer:

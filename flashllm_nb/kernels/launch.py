@@ -63,11 +63,17 @@ TYPICAL_TILE_VECTORS = 410  # 16-byte word vectors of an 80 %-sparse tile, where
 PREFETCH_MORE_FROM = 448
 PREFETCH_MORE_TILE_N = 16
 # Tiles sparser on average than this many vectors (83.6 % sparse: 7/8 of the 384-vector register buffer) are
-# cleared entry by entry (SpmmConfig.clear = "entries") in 4-warp blocks up to this tile_n. Same run on an H200,
-# N = 8 and 16 (RESULTS.md, ninth session): "entries" -6 % at 80 % sparsity (410 vectors), -11 % at 75 %, +7-9 % at
-# 85 % (307), where the threshold of 288 (86 %) still cleared rows.
+# cleared entry by entry (SpmmConfig.clear = "entries") in 4-warp mma.sync blocks up to this tile_n. Same run on an
+# H200, N = 8 and 16 (RESULTS.md, ninth session): "entries" -6 % at 80 % sparsity (410 vectors), -11 % at 75 %,
+# +7-9 % at 85 % (307), where the threshold of 288 (86 %) still cleared rows.
 CLEAR_ENTRIES_UPTO = 336
 CLEAR_ENTRIES_TILE_N = 16
+# wgmma blocks clear by entries up to this mean (~76.5 % sparse; 15/16 of the 512-vector buffer they then get): they
+# zero a tile's entries at the start of the step after next, while the Tensor Cores work (spmm_tiled_csl), which
+# costs less than the mbarrier design the threshold above was measured with. Same run on an H100, against "rows"
+# (RESULTS.md, eleventh session): +1.9 % (N = 16) and +0.7 % (N = 8) at 77 % (471 vectors), +2.3 % and +0.9 % at
+# 80 %, +5.4 % at 83 % (N = 16), -3 % at 75 % (512 vectors, half the tiles over the buffer).
+WGMMA_CLEAR_ENTRIES_UPTO = 480
 # clear="entries" holds 256 vectors per tile in registers, not 384, up to this mean (88 % sparse: 246 vectors, ~8 %
 # of tiles over 256). Same run on an H100 (RESULTS.md, tenth session): 256 +1.3 % (N = 16) and +3.5 % (N = 8) at 88 %,
 # but -12 to -15 % at 84 % and 86 % (287 vectors), where most tiles overflow it.
@@ -128,12 +134,15 @@ def warps_for(mma: str, tile_n: int) -> int:
     return 8 if mma == "wgmma" and tile_n >= WGMMA_8_WARPS_FROM_TILE_N else DEFAULT_WARPS
 
 
-def clear_for(warps: int, tile_n: int, tile_vectors: int | None) -> str:
+def clear_for(mma: str, warps: int, tile_n: int, tile_vectors: int | None) -> str:
     """How A buffers are zeroed (``SpmmConfig.clear``): ``"entries"`` for 4-warp blocks up to
-    ``CLEAR_ENTRIES_TILE_N`` whose matrix has at most ``CLEAR_ENTRIES_UPTO`` vectors per tile on average, else
-    ``"rows"``. Same runs on an H100, N = 8 and 16 (RESULTS.md): +9 % at 90 % sparsity and +4-7 % at 88 % against
-    clearing rows, -12 % at 90 % with 8 warps (N = 32 and 64); on an H200 +7-9 % at 85 %, -6 % at 80 %."""
-    sparse = tile_vectors is not None and tile_vectors <= CLEAR_ENTRIES_UPTO
+    ``CLEAR_ENTRIES_TILE_N`` whose matrix has at most ``WGMMA_CLEAR_ENTRIES_UPTO`` (wgmma) or
+    ``CLEAR_ENTRIES_UPTO`` (mma.sync) vectors per tile on average, else ``"rows"``. Same runs on an H100, N = 8 and
+    16 (RESULTS.md): +9 % at 90 % sparsity and +4-7 % at 88 % against clearing rows, -12 % at 90 % with 8 warps
+    (N = 32 and 64); on an H200 +7-9 % at 85 %, -6 % at 80 % (before wgmma blocks zeroed first, which made 77-83 %
+    faster by entries too)."""
+    upto = WGMMA_CLEAR_ENTRIES_UPTO if mma == "wgmma" else CLEAR_ENTRIES_UPTO
+    sparse = tile_vectors is not None and tile_vectors <= upto
     if warps == 4 and tile_n <= CLEAR_ENTRIES_TILE_N and sparse:
         return "entries"
     return "rows"
@@ -148,11 +157,13 @@ def prefetch_for(warps: int, tile_n: int, tile_vectors: int | None, clear: str =
     to spare: tile_n 64 spills on sm_80), else 512. Same run on an H100, N = 8 and 16 (RESULTS.md): +5-6 % at 70 %
     sparsity, -0.4-1.2 % at 80-90 %, where the larger buffer is empty registers.
 
-    With ``clear="entries"`` (two word buffers and a positions buffer): 256 up to ``ENTRIES_SMALL_PREFETCH_UPTO``
-    on average, else 384 (4 warps; 8 warps: 256, a multiple of their threads)."""
+    With ``clear="entries"`` (two word buffers and the positions of one or two tiles): 256 up to
+    ``ENTRIES_SMALL_PREFETCH_UPTO`` on average, 384 up to ``CLEAR_ENTRIES_UPTO``, else 512 (4 warps; 8 warps: 256, a
+    multiple of their threads). At 85 % (307 vectors) 512 measured 1-3 % slower than 384 (H100, eleventh session)."""
     if clear == "entries":
-        small = tile_vectors is not None and tile_vectors <= ENTRIES_SMALL_PREFETCH_UPTO
-        return 384 if warps == 4 and not small else 256
+        if warps != 4 or (tile_vectors is not None and tile_vectors <= ENTRIES_SMALL_PREFETCH_UPTO):
+            return 256
+        return 512 if tile_vectors is not None and tile_vectors > CLEAR_ENTRIES_UPTO else 384
     if warps == 4 and tile_n <= PREFETCH_MORE_TILE_N and tile_vectors is not None and tile_vectors > PREFETCH_MORE_FROM:
         return 640
     return 512
@@ -211,7 +222,7 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     elif mma not in MMA_CHOICES:
         raise ValueError(f"Invalid mma: expected one of {MMA_CHOICES} or None, got {mma!r}")
     warps = warps_for(mma, tile_n)
-    clear = clear_for(warps, tile_n, tile_vectors)
+    clear = clear_for(mma, warps, tile_n, tile_vectors)
     prefetch = prefetch_for(warps, tile_n, tile_vectors, clear)
     stages = stages_for(mma, tile_n, clear, prefetch)
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch,
