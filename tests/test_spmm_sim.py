@@ -168,10 +168,11 @@ def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layo
     one-entry tile (three padding words) follow each other in the two alternating A buffers, so a value that the
     clearing between tiles missed would enter a later tile's product (kernels that skipped clearing part of a
     buffer, or the last word of each vector, failed this test). clear="rows": each warp clears the rows it read;
-    "entries": each thread the positions it scattered (after the mbarrier with mma.sync; on the wgmma path a
-    step after, before a second barrier), or the whole buffer after a tile denser than its registers; 11 tiles are five rounds of the loop unrolled by two and one step. N = 16 checks 4-warp
-    blocks, N = 64 on the wgmma path 8-warp ones (two warpgroups); with the 256-vector buffer forced, the wgmma
-    block at N = 16 has two activation stages. Pruned values are +0.0: from_dense stores -0.0."""
+    "entries": each thread the positions it scattered (after the mbarrier with mma.sync; on the wgmma path a step after,
+    before a second barrier), or the whole buffer after a tile denser than its registers; 11 tiles are five rounds of
+    the loop unrolled by two and one step. N = 16 checks 4-warp blocks, N = 64 on the wgmma path 8-warp ones (two
+    warpgroups); with the 256-vector buffer forced, the wgmma block at N = 16 has two activation stages. Pruned values
+    are +0.0: from_dense stores -0.0."""
     if small_buffer:
         monkeypatch.setattr(launch, "ENTRIES_SMALL_PREFETCH_UPTO", 10**9)
     rng = np.random.default_rng(3)

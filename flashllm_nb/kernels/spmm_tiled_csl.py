@@ -96,10 +96,11 @@ kernel cannot spare: it is bound by the serial chain of each k-step, and more bl
 a block's loop moves its words at ~2.9 TB/s on an H100 and on an H200 alike, though the H200's copy bandwidth is a
 third higher; per-block timelines, ``bench/block_timeline.py``). Kernel
 copies with one part of the step taken away (H100, N = 16, ``bench/RESULTS.md``) gain at most 5 % at 80 %, whichever
-part it is: the zeroing, the proxy fence, the Tensor-Core work, the activation copies, or DRAM latency. At 90 % the
-two cross-warp waits of the mbarrier design gained 10-12 % each: the mbarrier before the un-scatter, and the wgmma
-wait in front of the scatter (zeroing first took the second out of the chain: +4-5 %). Fewer blocks with a deeper pipeline lost: three A buffers at 4 blocks per SM gave -8 %. Prefetching the
-words into L2 ahead of their register loads lost too (-3 to -21 %).
+part it is: the zeroing, the proxy fence, the Tensor-Core work, the activation copies, or DRAM latency. At 90 % the two
+cross-warp waits of the mbarrier design gained 10-12 % each: the mbarrier before the un-scatter, and the wgmma wait in
+front of the scatter (zeroing first took the second out of the chain: +4-5 %). Fewer blocks with a deeper pipeline lost:
+three A buffers at 4 blocks per SM gave -8 %. Prefetching the words into L2 ahead of their register loads lost too (-3
+to -21 %).
 
 Shared-memory layout and swizzle
 --------------------------------
@@ -175,9 +176,9 @@ STAGE_CHOICES = (2, 4)
 # Word vectors a block holds per k-tile in one register buffer (SpmmConfig.prefetch_vectors): 512 vectors = 2048
 # entries, a 25 %-dense tile (4 per thread with 4 warps, 2 with 8), or 640 = 31 % (5 per thread; 4 warps, used up
 # to tile_n 16: 8 registers more, within what 5 blocks per SM allow); 256, 384 or 512 (a 12.5 / 19 / 25 %-dense
-# tile) for clear="entries", which also holds the positions of the tiles it zeroes next. The two buffers alternate, so a tile's
-# words are requested two k-tiles before they are scattered; vectors beyond the buffer are loaded during the
-# scatter, unhidden.
+# tile) for clear="entries", which also holds the positions of the tiles it zeroes next. The two buffers alternate,
+# so a tile's words are requested two k-tiles before they are scattered; vectors beyond the buffer are loaded during
+# the scatter, unhidden.
 PREFETCH_CHOICES = (256, 384, 512, 640)
 # How a consumed A buffer is zeroed again for the tile after next (SpmmConfig.clear): "rows" = each warp zeroes the
 # rows it read (16 KiB of stores per tile, whatever the sparsity); "entries" = each thread zeroes the positions it
@@ -559,10 +560,10 @@ def build_kernel(cfg: SpmmConfig):
 
         Why: at 90 % sparsity a tile has ~205 vectors, whose ~820 2-byte stores take ~45 shared-memory wavefronts
         against the 128 of zeroing 16 KiB (``clear_own_rows``). Unlike the rows a warp read, the positions a thread
-        scattered lie in every warp's rows, so the zeros need their own cross-warp ordering (the module docstring:
-        a second barrier on the wgmma path, an mbarrier with mma.sync). Measured with the mbarrier (H100, N = 8 and 16, 4 warps, bench/RESULTS.md): +9 % at
-        90 %, +4-7 % at 88 %; a first version: even at 85 %, -4 % at 80 % (more registers for a smaller saving),
-        -12 % with 8 warps."""
+        scattered lie in every warp's rows, so the zeros need their own cross-warp ordering (the module docstring: a
+        second barrier on the wgmma path, an mbarrier with mma.sync). Measured with the mbarrier (H100, N = 8 and 16, 4
+        warps, bench/RESULTS.md): +9 % at 90 %, +4-7 % at 88 %; a first version: even at 85 %, -4 % at 80 % (more
+        registers for a smaller saving), -12 % with 8 warps."""
         if v1 - v0 > R * THREADS:
             zero_a_tile(a_s, a_stage)
             return
@@ -688,12 +689,12 @@ def build_kernel(cfg: SpmmConfig):
         holds tile i+1's positions, and tile i+3's loads are in flight into ``w_next``. The caller alternates the
         two word buffers: words travel two k-tiles ahead of their use.
 
-        ``om1 .. o3`` are the offsets of tiles i-1 .. i+3 (``tile_offset``, indices clamped to ``[0,
-        n_tiles_block]``), a window the caller carries from step to step: the step reads only o4 and returns
-        ``(o0, o1, o2, o3, o4)``. Tile t's vectors are o_t .. o_{t+1} - 1, so the window gives the ranges of the
-        tiles this step clears ("entries": i-1 or i), scatters (i+1) and starts loading (i+3). Reading those ranges every step cost four to six
-        shared loads per warp, the largest part of the shared-memory wavefronts a 90 %-sparse step is not
-        spending on its tile (ncu, H100: 31 of ~307); the clamping keeps every range a step uses exact."""
+        ``om1 .. o3`` are the offsets of tiles i-1 .. i+3 (``tile_offset``, indices clamped to ``[0, n_tiles_block]``),
+        a window the caller carries from step to step: the step reads only o4 and returns ``(o0, o1, o2, o3, o4)``. Tile
+        t's vectors are o_t .. o_{t+1} - 1, so the window gives the ranges of the tiles this step clears ("entries": i-1
+        or i), scatters (i+1) and starts loading (i+3). Reading those ranges every step cost four to six shared loads
+        per warp, the largest part of the shared-memory wavefronts a 90 %-sparse step is not spending on its tile (ncu,
+        H100: 31 of ~307); the clamping keeps every range a step uses exact."""
         a_stage = i & 1
         # Read before the barrier: next to its use its latency stalled each thread in front of the loads (ncu, H100:
         # once the largest short-scoreboard stall).
