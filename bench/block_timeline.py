@@ -43,7 +43,8 @@ REC = 24
 # The step parts, in record order. "scatter" includes the wait for the words ("words wait", also on its own); with
 # mma.sync (no wgmma) the products run between the issue and the scatter and count as "words wait".
 STEP_PARTS = ["cp.async wait", "barrier", "issue (wgmma + copies)", "wgmma wait", "scatter",
-              "mbarrier wait / clear rows", "load words", "whole step", "wgmma issue", "words wait"]
+              "clear (rows; entries: mbarrier wait, or zeroing + second barrier)", "load words", "whole step",
+              "wgmma issue", "words wait"]
 
 
 # (anchor in the kernel source, its replacement): the clock reads, the per-step sums (prof), the block records.
@@ -82,8 +83,8 @@ REC = 24  # int32 per block
 
 if ptx.SIMULATOR:
     _device = cuda.jit(device=True)'''),
-    ("w_cur, w_next, clear_first, o0, o1, o2, o3):\n        \"\"\"Step i",
-    "w_cur, w_next, clear_first, o0, o1, o2, o3, prof):\n        \"\"\"Step i"),
+    ("w_cur, w_next, clear_first, om1, o0, o1, o2, o3):\n        \"\"\"Step i",
+    "w_cur, w_next, clear_first, om1, o0, o1, o2, o3, prof):\n        \"\"\"Step i"),
     ("""        ptx.cp_async_wait_group(PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
         if WGMMA:
             # wgmma reads""", """        c0 = _clock()
@@ -106,30 +107,50 @@ if ptx.SIMULATOR:
         issue_activations("""),
     ("""        if not WGMMA:
             mma_tile(smem16, a_stage, i & (STAGES - 1), a_off, b_off, frag0, frag1, acc)
-        if ENTRIES:""", """        c3 = _clock()
+        if ENTRIES and WGMMA:""", """        c3 = _clock()
         prof[2] += c3 - c2
         if not WGMMA:
             mma_tile(smem16, a_stage, i & (STAGES - 1), a_off, b_off, frag0, frag1, acc)
-        if ENTRIES:"""),
-    ("""                ptx.wgmma_wait_group(0, acc, ACC)
+        if ENTRIES and WGMMA:"""),
+    # zero first (wgmma, "entries"): the zeroing and its barrier count as "clear", then scatter, loads, wgmma wait
+    ("""                    cuda.syncthreads()  # conditions uniform across the block
+                scatter_tile(words, smem16, scatter_v0, scatter_v1, 1 - a_stage, w_next)
+            if i + 3 < n_tiles_block:
+                # Tile i-1's positions are used""", """                    cuda.syncthreads()  # conditions uniform across the block
+                c4 = _clock()
+                prof[5] += c4 - c3
+                c4b = _clock_after(w_next[0] ^ w_next[WORDS - 1])
+                prof[9] += c4b - c4
+                scatter_tile(words, smem16, scatter_v0, scatter_v1, 1 - a_stage, w_next)
+                prof[4] += _clock() - c4
+            c6 = _clock()
+            if i + 3 < n_tiles_block:
+                # Tile i-1's positions are used"""),
+    ("""            ptx.wgmma_wait_group(0, acc, ACC)
+        elif ENTRIES:""", """            c7 = _clock()
+            prof[6] += c7 - c6
+            ptx.wgmma_wait_group(0, acc, ACC)
+            c8 = _clock()
+            prof[3] += c8 - c7
+            prof[7] += c8 - c0
+        elif ENTRIES:"""),
+    ("""            mbarrier = MBARRIER_BASE32 + 2 * a_stage
             if i + 2 < n_tiles_block:
                 ptx.mbarrier_arrive(smem32, mbarrier)  # this thread's reads of A tile i are done
             if i + 1 < n_tiles_block:
                 scatter_tile(words, smem16, scatter_v0, scatter_v1, 1 - a_stage, w_next)
-            if i + 2 < n_tiles_block:""", """                ptx.wgmma_wait_group(0, acc, ACC)
-            c4 = _clock()
-            prof[3] += c4 - c3
+            if i + 2 < n_tiles_block:""", """            mbarrier = MBARRIER_BASE32 + 2 * a_stage
             if i + 2 < n_tiles_block:
                 ptx.mbarrier_arrive(smem32, mbarrier)  # this thread's reads of A tile i are done
             c4b = _clock_after(w_next[0] ^ w_next[WORDS - 1])
-            prof[9] += c4b - c4
+            prof[9] += c4b - c3
             if i + 1 < n_tiles_block:
                 scatter_tile(words, smem16, scatter_v0, scatter_v1, 1 - a_stage, w_next)
             c5 = _clock()
-            prof[4] += c5 - c4
+            prof[4] += c5 - c3
             if i + 2 < n_tiles_block:"""),
     ("""                ptx.mbarrier_wait_parity(smem32, mbarrier, (i >> 1) & 1)
-                unscatter_tile(smem16, clear_v0, clear_v1, a_stage, w_cur)
+                unscatter_tile(smem16, o0, o1, a_stage, w_cur)
             if i + 3 < n_tiles_block:
                 # Tile i's positions are used: tile i+1's take their place, and tile i+1's word buffer takes
                 # tile i+3's loads.
@@ -137,7 +158,7 @@ if ptx.SIMULATOR:
                 load_words(words, load_v0, load_v1, w_next)""", """                ptx.mbarrier_wait_parity(smem32, mbarrier, (i >> 1) & 1)
                 c6 = _clock()
                 prof[5] += c6 - c5
-                unscatter_tile(smem16, clear_v0, clear_v1, a_stage, w_cur)
+                unscatter_tile(smem16, o0, o1, a_stage, w_cur)
             c7 = _clock()
             if i + 3 < n_tiles_block:
                 keep_positions(scatter_v0, scatter_v1, w_next, w_cur)
@@ -198,10 +219,10 @@ if ptx.SIMULATOR:
             while i < n_tiles_block:""", """            c_loop = _clock()
             i = 0
             while i < n_tiles_block:"""),
-    ("positions if ENTRIES else w_b, w_b, clear_first, o0, o1, o2, o3)",
-     "positions if ENTRIES else w_b, w_b, clear_first, o0, o1, o2, o3, prof)"),
-    ("positions if ENTRIES else w_a, w_a, clear_first, o0, o1, o2, o3)",
-     "positions if ENTRIES else w_a, w_a, clear_first, o0, o1, o2, o3, prof)"),
+    ("clear_first, om1, o0, o1, o2, o3)\n                if i + 1 < n_tiles_block:",
+     "clear_first, om1, o0, o1, o2, o3, prof)\n                if i + 1 < n_tiles_block:"),
+    ("clear_first, om1,\n                                                 o0, o1, o2, o3)",
+     "clear_first, om1,\n                                                 o0, o1, o2, o3, prof)"),
     ("""            ptx.cp_async_wait_all()
 
         if SPLITS:""", """            ptx.cp_async_wait_all()
