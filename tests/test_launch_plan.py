@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from flashllm_nb.kernels.launch import (
     CLEAR_ENTRIES_TILE_N,
     CLEAR_ENTRIES_UPTO,
+    ENTRIES_MID_PREFETCH_UPTO,
     ENTRIES_SMALL_PREFETCH_UPTO,
     MIN_K_TILES_PER_SPLIT,
     PARTIAL_WAVE_FLOOR,
@@ -209,7 +210,8 @@ def test_bad_prefetch_choices_are_named(warps, prefetch):
 
 _CLEAR_CASES = [
     (4, 16, 205, "entries", 256), (4, 8, 246, "entries", 256), (4, 16, ENTRIES_SMALL_PREFETCH_UPTO, "entries", 256),
-    (4, 16, ENTRIES_SMALL_PREFETCH_UPTO + 1, "entries", 384), (4, 16, CLEAR_ENTRIES_UPTO, "entries", 384),
+    (4, 16, ENTRIES_SMALL_PREFETCH_UPTO + 1, "entries", 384), (4, 16, ENTRIES_MID_PREFETCH_UPTO, "entries", 384),
+    (4, 16, CLEAR_ENTRIES_UPTO, "entries", 384),
     (4, 16, 0, "entries", 256), (4, 16, None, "rows", 512), (4, CLEAR_ENTRIES_TILE_N * 2, 205, "rows", 512),
     (8, 16, 205, "rows", 512),
 ]
@@ -219,14 +221,15 @@ _CLEAR_CASES = [
 @pytest.mark.parametrize("warps,tile_n,tile_vectors,clear,prefetch", _CLEAR_CASES)
 def test_sparse_matrices_on_narrow_4_warp_blocks_clear_by_entries(mma, warps, tile_n, tile_vectors, clear, prefetch):
     """90 % sparse tiles hold ~205 vectors, 88 % ~246, 85 % ~307: those get clear="entries" with the register
-    buffer that holds most of them (256 up to 248 on average, else 384), on either Tensor-Core path; 8-warp and
-    wide blocks, and unknown densities, keep "rows" (measured slower with 8 warps)."""
+    buffer that holds most of them (256 up to 248 on average, else 384 up to 336; 512 beyond, on the wgmma path
+    only: see the next test), on either Tensor-Core path; 8-warp and wide blocks, and unknown densities, keep
+    "rows" (measured slower with 8 warps)."""
     assert clear_for(mma, warps, tile_n, tile_vectors) == clear
     assert prefetch_for(warps, tile_n, tile_vectors, clear) == prefetch
 
 
 @pytest.mark.parametrize("mma,tile_n,tile_vectors,clear,prefetch", [
-    ("wgmma", 16, CLEAR_ENTRIES_UPTO + 1, "entries", 512), ("wgmma", 8, 410, "entries", 512),
+    ("wgmma", 16, ENTRIES_MID_PREFETCH_UPTO + 1, "entries", 512), ("wgmma", 8, 410, "entries", 512),
     ("wgmma", 16, WGMMA_CLEAR_ENTRIES_UPTO, "entries", 512), ("wgmma", 16, WGMMA_CLEAR_ENTRIES_UPTO + 1, "rows", 640),
     ("sync", 16, CLEAR_ENTRIES_UPTO + 1, "rows", 512), ("sync", 8, 410, "rows", 512),
 ])

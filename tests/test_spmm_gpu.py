@@ -104,6 +104,30 @@ def test_sparse_layers_clear_by_entries(m, k, n, sparsity, layout, split_k):
     _check(W, cp.asarray(rng.standard_normal((n, k), dtype=np.float32)), np.float16, layout=layout, split_k=split_k)
 
 
+@pytest.mark.parametrize("n, split_k", [(16, None), (8, 3)])
+def test_wgmma_entries_zero_whole_tiles_over_the_register_buffer(n, split_k, monkeypatch):
+    """clear="entries" forced on a 72 %-sparse layer on the wgmma path: its tiles (~575 vectors) overflow the
+    512-vector buffer, so every thread zeroes the whole buffer (not its entries) before the zero-first barrier, and
+    the overflowing vectors load during the scatter. The plan never chooses this (entries stop at 480 vectors);
+    the kernel must still be right. Needs the wgmma path (Hopper)."""
+    from flashllm_nb.kernels import launch
+
+    if launch.mma_for("nk") != "wgmma":
+        pytest.skip("the wgmma path needs a Hopper (sm_90) GPU")
+    monkeypatch.setattr(launch, "clear_for", lambda mma, warps, tile_n, tile_vectors: "entries")
+    launch.plan.cache_clear()
+    try:
+        rng = np.random.default_rng(72 + n)
+        W = _pruned(rng, 4096, 6144, 0.72)
+        A = fl.TiledCSL.from_dense(W.astype(np.float16))
+        config = launch.plan(4096, n, 6144, "float16", "nk", tile_vectors=A.mean_tile_vectors).config
+        assert (config.mma, config.clear, config.prefetch_vectors) == ("wgmma", "entries", 512)
+        assert A.mean_tile_vectors > 512
+        _check(W, cp.asarray(rng.standard_normal((n, 6144), dtype=np.float32)), np.float16, split_k=split_k)
+    finally:
+        launch.plan.cache_clear()  # the forced plans must not outlive the test
+
+
 @pytest.mark.parametrize("n", [1, 7, 8, 33, 100, 256])
 @pytest.mark.parametrize("layout", ["nk", "kn"])
 def test_ragged_shapes_and_layouts(n, layout):

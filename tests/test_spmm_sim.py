@@ -151,30 +151,32 @@ def clearing(request, monkeypatch):
 
 
 # spmm ("kn") always takes mma.sync, so its wgmma cases would repeat the sync ones; "entries" is planned for 4-warp
-# blocks up to tile_n 16 only, and checked with 8 warps on the wgmma path (256 arrivals per mbarrier phase).
-# The last field forces the 256-vector register buffer, with which the wgmma path at N = 16 gets two activation
-# stages (stages_for).
-_SEQUENCE_CASES = [(path, "rows", layout, n, False) for path in ("wgmma", "sync")
+# blocks up to tile_n 16 only, and checked with 8 warps on the wgmma path too (256 threads behind each barrier).
+# The last field is the "entries" register buffer: None = the plan's for this matrix (~389 vectors per tile: 512 on
+# the wgmma path, 256 with 8 warps), or 256 / 384 forced (the buffers of sparser matrices; mma.sync never gets 512).
+# With 256 the wgmma path at N = 16 gets two activation stages (stages_for).
+_SEQUENCE_CASES = [(path, "rows", layout, n, None) for path in ("wgmma", "sync")
                    for layout, n in (("nk", 16), ("kn", 16), ("nk", 64)) if not (path == "wgmma" and layout == "kn")]
-_SEQUENCE_CASES += [("wgmma", "entries", "nk", 16, False), ("wgmma", "entries", "nk", 16, True),
-                    ("sync", "entries", "nk", 16, False), ("sync", "entries", "kn", 16, False),
-                    ("wgmma", "entries", "nk", 64, False)]
+_SEQUENCE_CASES += [("wgmma", "entries", "nk", 16, None), ("wgmma", "entries", "nk", 16, 256),
+                    ("wgmma", "entries", "nk", 16, 384), ("sync", "entries", "nk", 16, 384),
+                    ("sync", "entries", "kn", 16, 384), ("wgmma", "entries", "nk", 64, None)]
+_FORCE_ENTRIES_BUFFER = {256: "ENTRIES_SMALL_PREFETCH_UPTO", 384: "ENTRIES_MID_PREFETCH_UPTO"}
 
 
-@pytest.mark.parametrize("tensor_core_path, clearing, x_layout, n, small_buffer", _SEQUENCE_CASES,
+@pytest.mark.parametrize("tensor_core_path, clearing, x_layout, n, entries_buffer", _SEQUENCE_CASES,
                          indirect=["tensor_core_path", "clearing"])
-def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layout, n, small_buffer, monkeypatch):
+def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layout, n, entries_buffer, monkeypatch):
     """Along one tile row, sparse tiles, a dense tile (more words than the registers prefetch), empty tiles and a
     one-entry tile (three padding words) follow each other in the two alternating A buffers, so a value that the
     clearing between tiles missed would enter a later tile's product (kernels that skipped clearing part of a
     buffer, or the last word of each vector, failed this test). clear="rows": each warp clears the rows it read;
-    "entries": each thread the positions it scattered (after the mbarrier with mma.sync; on the wgmma path a step after,
-    before a second barrier), or the whole buffer after a tile denser than its registers; 11 tiles are five rounds of
-    the loop unrolled by two and one step. N = 16 checks 4-warp blocks, N = 64 on the wgmma path 8-warp ones (two
-    warpgroups); with the 256-vector buffer forced, the wgmma block at N = 16 has two activation stages. Pruned values
-    are +0.0: from_dense stores -0.0."""
-    if small_buffer:
-        monkeypatch.setattr(launch, "ENTRIES_SMALL_PREFETCH_UPTO", 10**9)
+    "entries": each thread the positions it scattered (after the mbarrier with mma.sync; on the wgmma path a step
+    after, before a second barrier), or the whole buffer after a tile denser than its registers (the dense tile and
+    the 30 %-dense one, 614 vectors); 11 tiles are five rounds of the loop unrolled by two and one step.
+    N = 16 checks 4-warp blocks, N = 64 on the wgmma path 8-warp ones (two warpgroups). Pruned values are +0.0:
+    from_dense stores -0.0."""
+    if entries_buffer is not None:
+        monkeypatch.setattr(launch, _FORCE_ENTRIES_BUFFER[entries_buffer], 10**9)
     rng = np.random.default_rng(3)
     densities = [0.1, 0.12, 1.0, 0.05, 0.0, 0.3, 0.1, 0.0, 0.2, 0.08, 0.15]
     W = np.zeros((128, 64 * len(densities)), np.float32)
@@ -185,7 +187,9 @@ def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layo
     tile_vectors = fl.TiledCSL.from_dense(W).mean_tile_vectors
     config = launch.plan(128, n, W.shape[1], "float16", x_layout, tile_vectors=tile_vectors).config
     assert config.clear == clearing
-    assert config.stages == (2 if small_buffer else 4)
+    if entries_buffer is not None:
+        assert config.prefetch_vectors == entries_buffer
+    assert config.stages == (2 if entries_buffer == 256 else 4)
     if x_layout == "nk":
         _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=1)
     else:

@@ -69,15 +69,19 @@ PREFETCH_MORE_TILE_N = 16
 CLEAR_ENTRIES_UPTO = 336
 CLEAR_ENTRIES_TILE_N = 16
 # wgmma blocks clear by entries up to this mean (~76.5 % sparse; 15/16 of the 512-vector buffer they then get): they
-# zero a tile's entries at the start of the step after next, while the Tensor Cores work (spmm_tiled_csl), which
-# costs less than the mbarrier design the threshold above was measured with. Same run on an H100, against "rows"
-# (RESULTS.md, eleventh session): +1.9 % (N = 16) and +0.7 % (N = 8) at 77 % (471 vectors), +2.3 % and +0.9 % at
-# 80 %, +5.4 % at 83 % (N = 16), -3 % at 75 % (512 vectors, half the tiles over the buffer).
+# zero a tile's entries early in the step after its products, while the Tensor Cores work on the next tile
+# (spmm_tiled_csl, "zero first"), which costs less than the mbarrier design the threshold above was measured with.
+# Same run on an H100, against "rows" (RESULTS.md, eleventh session): +1.9 % (N = 16) and +0.7 % (N = 8) at 77 %
+# (471 vectors), +2.3 % and +0.9 % at 80 %, +5.4 % at 83 % (N = 16), -3 % at 75 % (512 vectors, half the tiles over
+# the buffer).
 WGMMA_CLEAR_ENTRIES_UPTO = 480
 # clear="entries" holds 256 vectors per tile in registers, not 384, up to this mean (88 % sparse: 246 vectors, ~8 %
 # of tiles over 256). Same run on an H100 (RESULTS.md, tenth session): 256 +1.3 % (N = 16) and +3.5 % (N = 8) at 88 %,
 # but -12 to -15 % at 84 % and 86 % (287 vectors), where most tiles overflow it.
 ENTRIES_SMALL_PREFETCH_UPTO = 248
+# ... and 384 up to this mean (7/8 of 384), 512 above it (wgmma blocks only: mma.sync clears rows beyond
+# CLEAR_ENTRIES_UPTO). At 85 % (307 vectors) 512 measured 1-3 % slower than 384 (H100, eleventh session).
+ENTRIES_MID_PREFETCH_UPTO = 336
 # What the simulator pretends the device is, so that split-K is exercised on the small shapes tests use.
 _SIMULATED_SMS = 4
 _SIMULATED_CC = (9, 0)
@@ -158,12 +162,12 @@ def prefetch_for(warps: int, tile_n: int, tile_vectors: int | None, clear: str =
     sparsity, -0.4-1.2 % at 80-90 %, where the larger buffer is empty registers.
 
     With ``clear="entries"`` (two word buffers and the positions of one or two tiles): 256 up to
-    ``ENTRIES_SMALL_PREFETCH_UPTO`` on average, 384 up to ``CLEAR_ENTRIES_UPTO``, else 512 (4 warps; 8 warps: 256, a
-    multiple of their threads). At 85 % (307 vectors) 512 measured 1-3 % slower than 384 (H100, eleventh session)."""
+    ``ENTRIES_SMALL_PREFETCH_UPTO`` on average, 384 up to ``ENTRIES_MID_PREFETCH_UPTO``, else 512 (4 warps; 8
+    warps: 256, a multiple of their threads)."""
     if clear == "entries":
         if warps != 4 or (tile_vectors is not None and tile_vectors <= ENTRIES_SMALL_PREFETCH_UPTO):
             return 256
-        return 512 if tile_vectors is not None and tile_vectors > CLEAR_ENTRIES_UPTO else 384
+        return 512 if tile_vectors is not None and tile_vectors > ENTRIES_MID_PREFETCH_UPTO else 384
     if warps == 4 and tile_n <= PREFETCH_MORE_TILE_N and tile_vectors is not None and tile_vectors > PREFETCH_MORE_FROM:
         return 640
     return 512

@@ -46,11 +46,11 @@ words wait in registers and tile i+2's and i+3's are in flight::
         load words(i+3) into the buffer words(i+1) just left
         each warp zeroes the rows of A[i%2] it read  # for tile i+2, scattered there by the next step
 
-One barrier per k-tile: it publishes the expansion (and the copies) before the mma reads them, and orders every
-warp's zeroing before any thread's scatter into that buffer. A warp may zero its rows without waiting for the
-others because no other warp reads them (``clear_own_rows``); zeroing the whole buffer after a second barrier, as
-the first versions did, measured 1-4 % slower (H100, ``bench/RESULTS.md``). Any tile density is legal: the register
-budget only decides how much of a tile's words load ahead of time.
+One barrier per k-tile (clear="rows"): it publishes the expansion (and the copies) before the mma reads them, and
+orders every warp's zeroing before any thread's scatter into that buffer. A warp may zero its rows without waiting
+for the others because no other warp reads them (``clear_own_rows``); zeroing the whole buffer after a second
+barrier, as the first versions did, measured 1-4 % slower (H100, ``bench/RESULTS.md``). Any tile density is legal:
+the register budget only decides how much of a tile's words load ahead of time.
 
 Sparse matrices (``SpmmConfig.clear = "entries"``, 4-warp blocks; tiles of at most ~480 vectors on the wgmma
 path, ~336 with mma.sync) clear by entries instead: zeroing 16 KiB of rows costs 128 shared-memory wavefronts per
@@ -129,7 +129,8 @@ layout: the format's swizzled positions are exactly wgmma's K-major 128-byte swi
 1024-byte boundary (``WGMMA_SHARED_ALIGN``); the "nk" activation rows are unpadded (64 values) and swizzled the same
 way. Per step: fence (``fence.proxy.async``: the threads' stores and copies become visible to the Tensor Cores'
 async proxy), barrier, issue the k-tile's wgmma group, then issue copies and scatter into the *other* A buffer while
-it runs, wait for the group, and zero the rows of this buffer that fed the warp's accumulators. Measured on an H100
+it runs, wait for the group, and zero the rows of this buffer that fed the warp's accumulators (clear="rows"; for
+"entries" see "zero first" above). Measured on an H100
 (``bench/RESULTS.md``): level at N = 8, up to 5 / 9 / 19 % faster at N = 16 / 32 / 64 with 4 warps, since the warps
 share one read of the activation tile per half and no fragments occupy registers; 8 warps add 4-10 % at N = 32 and
 64.
@@ -404,7 +405,7 @@ def build_kernel(cfg: SpmmConfig):
     ENTRIES = cfg.clear == "entries"
     R = cfg.prefetch_vectors // THREADS  # 16-byte word vectors per thread per register buffer (2 .. 5; 8 warps: 1-2)
     WORDS = 4 * R
-    POSITIONS = 2 * R if ENTRIES else 1  # "entries": the positions of the tile zeroed next, two per register
+    POSITIONS = 2 * R if ENTRIES else 1  # "entries": the positions of one tile, two per register
     UNROLL = 2  # k-steps per main-loop iteration: one per word buffer
     B_CHUNKS = TILE_K * TILE_N // 8  # 16-byte cp.async chunks per activation tile
     B_ROUNDS = (B_CHUNKS + THREADS - 1) // THREADS
@@ -580,8 +581,8 @@ def build_kernel(cfg: SpmmConfig):
     def keep_positions(v0, v1, wbuf, positions):
         """clear="entries": copy the positions (high halves) of this thread's registered words of the tile
         ``v0 .. v1 - 1`` into ``positions``, two per register, as ``unscatter_tile`` reads them. The tile is
-        zeroed a step after its scatter; keeping only this half of its words frees the word buffer for the next
-        load at once."""
+        zeroed after its products (at the end of that step with mma.sync, early in the next on the wgmma path);
+        keeping only this half of its words frees the word buffer for the next load at once."""
         left = int32(v1 - (v0 + cuda.threadIdx.x))
         for j in range(R):
             if j * THREADS < left:
@@ -706,9 +707,10 @@ def build_kernel(cfg: SpmmConfig):
             # wgmma reads through the async proxy: this thread's scatter, zeros and landed copies must be made
             # visible to it before the barrier that publishes them.
             ptx.fence_proxy_async_shared()
-        # The step's one barrier: A tile i is expanded, the other A buffer is cleared where tile i+1 will be
-        # scattered, everyone's copies of activation tile i are visible, and everyone is done with tile i - 1's
-        # activation stage.
+        # The step's barrier (the only one but on the wgmma path's zero-first clearing): A tile i is expanded, the
+        # other A buffer is cleared where tile i+1 will be scattered (zero first: it still holds tile i-1, whose
+        # products everyone has waited for), everyone's copies of activation tile i are visible, and everyone is
+        # done with tile i - 1's activation stage and its wgmma.
         cuda.syncthreads()
         if WGMMA:
             # The Tensor Cores work on tile i while the threads issue the next copies and scatter into the other
@@ -854,8 +856,8 @@ def build_kernel(cfg: SpmmConfig):
         acc = cuda.local.array(ACC, float32)
         w_a = cuda.local.array(WORDS, uint32)  # register buffers of words, alternating (see k_step)
         w_b = cuda.local.array(WORDS, uint32)
-        positions = cuda.local.array(POSITIONS, uint32)  # "entries": positions of the tile zeroed next
-        positions_odd = cuda.local.array(POSITIONS, uint32)  # wgmma "entries": those of odd tiles
+        positions = cuda.local.array(POSITIONS, uint32)  # "entries": the next tile to zero's (wgmma: even tiles')
+        positions_odd = cuda.local.array(POSITIONS, uint32)  # wgmma "entries": odd tiles' positions
         a_off = cuda.local.array(K_STEPS, int64)
         b_off = cuda.local.array(NPAIR, int64)
         frag0 = cuda.local.array(FRAG, uint32)  # one k16 step's A and B fragments, double-buffered (mma_tile)
