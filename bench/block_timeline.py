@@ -42,7 +42,7 @@ from flashllm_nb.kernels import api, launch, spmm_tiled_csl  # noqa: E402
 REC = 24
 # The step parts, in record order. "scatter" includes the wait for the words ("words wait", also on its own); with
 # mma.sync (no wgmma) the products run between the issue and the scatter and count as "words wait".
-STEP_PARTS = ["cp.async wait", "barrier", "issue (wgmma + copies)", "wgmma wait", "scatter",
+STEP_PARTS = ["cp.async wait + proxy fence", "barrier", "issue (wgmma + copies)", "wgmma wait", "scatter",
               "clear (rows; entries: mbarrier wait, or zeroing + second barrier)", "load words", "whole step",
               "wgmma issue", "words wait"]
 
@@ -85,14 +85,22 @@ if ptx.SIMULATOR:
     _device = cuda.jit(device=True)'''),
     ("w_cur, w_next, clear_first, om1, o0, o1, o2, o3):\n        \"\"\"Step i",
     "w_cur, w_next, clear_first, om1, o0, o1, o2, o3, prof):\n        \"\"\"Step i"),
-    ("""        ptx.cp_async_wait_group(PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
-        if WGMMA:
-            # wgmma reads""", """        c0 = _clock()
-        ptx.cp_async_wait_group(PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
+    ("""        if not FENCE_BEFORE_LOADS:  # else the previous step (or the prologue) did this before its word loads
+            publish_shared_writes()
+""", """        c0 = _clock()
+        if not FENCE_BEFORE_LOADS:  # else the previous step (or the prologue) did this before its word loads
+            publish_shared_writes()
         c1 = _clock()
         prof[0] += c1 - c0
-        if WGMMA:
-            # wgmma reads"""),
+"""),
+    # where the fence comes before the word loads, it counts as "cp.async wait + fence", not as "load words"
+    ("""            if FENCE_BEFORE_LOADS:
+                publish_shared_writes()  # for step i+1: activation tile i+1, these zeros and this scatter""", """            if FENCE_BEFORE_LOADS:
+                cf = _clock()
+                publish_shared_writes()
+                cf = _clock() - cf
+                prof[0] += cf
+                prof[6] -= cf"""),
     ("""        cuda.syncthreads()
         if WGMMA:
             # The Tensor Cores work on tile i while""", """        cuda.syncthreads()

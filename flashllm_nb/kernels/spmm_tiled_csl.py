@@ -68,7 +68,18 @@ behind the zeroing and the scatter; positions(i-1) and positions(i) are both liv
         zero A[(i+1)%2] at positions(i-1); barrier
         scatter words(i+1) -> A[(i+1)%2]
         positions(i+1) <- positions of words(i+1), into positions(i-1)'s buffer
+        (512-vector buffer: wait for activations(i+1) and fence here, not at the top of step i+1)
         load words(i+3) into words(i+1)'s buffer; wait for the wgmma group
+
+Where the proxy fence goes: ptxas lowers ``fence.proxy.async.shared::cta`` (and the release-only
+``fence.proxy.async::generic.release.sync_restrict::shared::cta.cluster`` alike) to ``MEMBAR.ALL.CTA`` +
+``FENCE.VIEW.ASYNC.S``, and the membar waits for the thread's outstanding global loads too. At the top of the step
+it waited for the words of tile i+3, requested just before; moved in front of those loads it waits only for tile
+i+2's, requested a step earlier (``FENCE_BEFORE_LOADS``). That pays where a step is longer than those loads take
+to arrive, on the densest tiles that clear by entries. Same runs on an H100 (RESULTS.md, twelfth session): at 80 %
+(512-vector buffer) +1.1 to +1.3 % (N = 16) and +1.4 % (N = 8); at 85 % (384 vectors, shorter steps) -1.1 / -1.2 %;
+at 90 % (two activation stages, the wait for activations(i+1), issued in the same step, too early) -1.1 / -1.5 %.
+So only blocks with the 512-vector buffer fence before their loads.
 
 Measured against the mbarrier design below (H100, same process, ``bench/RESULTS.md``, eleventh session): +4.0 /
 +4.7 % at 90 % (N = 16 / 8), +5.3 / +5.4 % at 85 %, +2.8 / +3.5 % at 95 %; and it clears 77-83 %-sparse matrices
@@ -403,6 +414,10 @@ def build_kernel(cfg: SpmmConfig):
     MBARRIER_BASE32 = (B_BASE + STAGES * B_ELEMS) // 2  # uint32 index of A buffer 0's mbarrier (buffer 1's: + 2)
     OFFSETS_BASE32 = MBARRIER_BASE32 + _MBARRIER_BYTES // 4  # uint32 index of the block's tile offsets
     ENTRIES = cfg.clear == "entries"
+    # Where a wgmma block waits for the next activation tile and fences its shared writes: in front of the step's
+    # word loads (zero-first blocks with the 512-vector buffer, 77-84 % sparse) or at the top of the next step
+    # (module docstring, "Where the proxy fence goes").
+    FENCE_BEFORE_LOADS = WGMMA and ENTRIES and cfg.prefetch_vectors == 512
     R = cfg.prefetch_vectors // THREADS  # 16-byte word vectors per thread per register buffer (2 .. 5; 8 warps: 1-2)
     WORDS = 4 * R
     POSITIONS = 2 * R if ENTRIES else 1  # "entries": the positions of one tile, two per register
@@ -680,6 +695,15 @@ def build_kernel(cfg: SpmmConfig):
         ptx.wgmma_commit_group()
 
     @_device
+    def publish_shared_writes():
+        """Wait for this thread's copies of the next activation tile to be multiplied, then make them and this
+        thread's scatter and zeros visible to the async proxy, through which wgmma reads (the step's barrier then
+        publishes them to the other threads). With mma.sync only the wait."""
+        ptx.cp_async_wait_group(PENDING_IN_LOOP)
+        if WGMMA:
+            ptx.fence_proxy_async_shared()
+
+    @_device
     def k_step(words, x, ldx, smem16, smem32, i, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
                cp_cols_left, a_off, b_off, frag0, frag1, acc, w_cur, w_next, clear_first, om1, o0, o1, o2, o3):
         """Step i of the main loop. On entry A tile i is expanded, tile i+1's words are in ``w_next``, tile i+2's are
@@ -702,11 +726,8 @@ def build_kernel(cfg: SpmmConfig):
         o4 = tile_offset(smem32, min(i + 4, n_tiles_block))
         scatter_v0, scatter_v1 = o1, o2
         load_v0, load_v1 = o3, o4
-        ptx.cp_async_wait_group(PENDING_IN_LOOP)  # this thread's copies of activation tile i landed
-        if WGMMA:
-            # wgmma reads through the async proxy: this thread's scatter, zeros and landed copies must be made
-            # visible to it before the barrier that publishes them.
-            ptx.fence_proxy_async_shared()
+        if not FENCE_BEFORE_LOADS:  # else the previous step (or the prologue) did this before its word loads
+            publish_shared_writes()
         # The step's barrier (the only one but on the wgmma path's zero-first clearing): A tile i is expanded, the
         # other A buffer is cleared where tile i+1 will be scattered (zero first: it still holds tile i-1, whose
         # products everyone has waited for), everyone's copies of activation tile i are visible, and everyone is
@@ -731,10 +752,12 @@ def build_kernel(cfg: SpmmConfig):
                     cuda.syncthreads()  # conditions uniform across the block
                 scatter_tile(words, smem16, scatter_v0, scatter_v1, 1 - a_stage, w_next)
             if i + 3 < n_tiles_block:
-                # Tile i-1's positions are used: tile i+1's take their place, and tile i+1's word buffer takes
-                # tile i+3's loads.
+                # Tile i-1's positions are used: tile i+1's take their place.
                 keep_positions(scatter_v0, scatter_v1, w_next, w_cur)
-                load_words(words, load_v0, load_v1, w_next)
+            if FENCE_BEFORE_LOADS:
+                publish_shared_writes()  # for step i+1: activation tile i+1, these zeros and this scatter
+            if i + 3 < n_tiles_block:
+                load_words(words, load_v0, load_v1, w_next)  # tile i+1's word buffer takes tile i+3's loads
             # Tile i's products are complete before the next barrier, after which tile i's activation stage is
             # refilled and its A buffer zeroed.
             ptx.wgmma_wait_group(0, acc, ACC)
@@ -939,6 +962,8 @@ def build_kernel(cfg: SpmmConfig):
             if n_tiles_block > 1:
                 load_words(words, o1, o2, w_b)
             scatter_tile(words, smem16, o0, o1, 0, w_a)
+            if FENCE_BEFORE_LOADS:
+                publish_shared_writes()  # for step 0 (activation tile 0, the first scatter)
             if n_tiles_block > 2:
                 if ENTRIES:
                     keep_positions(o0, o1, w_a, positions)
