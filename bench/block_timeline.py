@@ -302,7 +302,7 @@ _records = {}
 
 def use(instrumented: bool) -> None:
     """Make later launches of this process build from the instrumented copy, or from the package again (a
-    benchmark's override, as in mma_ab.py; plans and remembered launches are cleared)."""
+    benchmark's override, as in kernel_ab.py; plans and remembered launches are cleared)."""
     if instrumented:
         module = _instrumented_module()
         launch.build_kernel, launch.SpmmConfig = module.build_kernel, module.SpmmConfig

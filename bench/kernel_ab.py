@@ -8,8 +8,11 @@ A variant is ``NAME[@MODULE.py][:KEY=VALUE,...]``:
 * ``MODULE.py``: a copy of ``flashllm_nb/kernels/spmm_tiled_csl.py`` with a change to measure (a development
   file, not committed); without it the installed module. Its ``build_kernel`` and the names ``launch`` imports from
   the module replace the installed ones while the variant runs.
-* ``KEY=VALUE``: the plan's choices forced for blocks of ``tile_n`` up to ``upto`` (16 unless given): ``mma``
-  (sync, wgmma), ``warps`` (4, 8), ``clear`` (rows, entries), ``prefetch`` (256 .. 640), ``stages`` (2, 4).
+* ``KEY=VALUE``: the plan's choices forced for ``linear`` products (X as (N, K), the ones timed here; ``spmm``
+  keeps its plan): ``mma`` (sync, wgmma) for every block width, ``warps`` (4, 8), ``clear`` (rows, entries),
+  ``prefetch`` (256 .. 640) and ``stages`` (2, 4) for blocks of ``tile_n`` up to ``upto`` (16 unless given).
+  ``stages=2`` applies only where ``two_stages_built`` allows it; values are checked against the module's
+  ``*_CHOICES``.
 
 Every variant times the same pruned matrices (rotated past the L2, calls queued behind a spin kernel:
 ``dev_kernel.time_batched``) per OPT-66B layer and as the geometric mean over the layers, with the fraction of the
@@ -47,7 +50,10 @@ _MODULE_NAMES = ("MMA_CHOICES", "TILE_M", "TILE_N_CHOICES", "SpmmConfig", "build
 _PLAN_FUNCTIONS = ("mma_for", "warps_for", "clear_for", "prefetch_for", "stages_for")
 _ORIGINAL = {name: getattr(launch, name) for name in _MODULE_NAMES + _PLAN_FUNCTIONS}
 _ORIGINAL_COMPILED = launch._compiled
+_ORIGINAL_PLAN = launch.plan.__wrapped__
 _KEYS = {"mma": str, "warps": int, "clear": str, "prefetch": int, "stages": int, "upto": int}
+# Which product the plan is choosing for: the forced choices apply to "nk" (linear) plans only.
+_PLANNING = {"x_layout": None}
 
 
 @dataclass
@@ -76,7 +82,15 @@ class Variant:
             if key not in _KEYS or not value:
                 raise SystemExit(f"--variant {spec!r}: expected KEY=VALUE with KEY one of {sorted(_KEYS)}, "
                                  f"got {item!r}")
-            forced[key] = _KEYS[key](value)
+            try:
+                forced[key] = _KEYS[key](value)
+            except ValueError:
+                raise SystemExit(f"--variant {spec!r}: {key} must be {_KEYS[key].__name__}, got {value!r}") from None
+            choices = {"mma": module.MMA_CHOICES, "warps": module.WARP_CHOICES, "clear": module.CLEAR_CHOICES,
+                       "prefetch": module.PREFETCH_CHOICES, "stages": module.STAGE_CHOICES,
+                       "upto": module.TILE_N_CHOICES}[key]
+            if forced[key] not in choices:
+                raise SystemExit(f"--variant {spec!r}: {key} must be one of {choices}, got {forced[key]!r}")
         return cls(name, module, forced)
 
 
@@ -87,20 +101,38 @@ def use(v: Variant) -> None:
     forced, upto = v.forced, v.forced.get("upto", 16)
 
     def forced_for(key, tile_n, chosen):
-        return forced[key] if key in forced and tile_n <= upto else chosen
+        narrow = _PLANNING["x_layout"] == "nk" and tile_n <= upto
+        return forced[key] if key in forced and narrow else chosen
 
-    # The plan's own functions, each replaced by one that returns the forced value for narrow enough blocks.
+    def stages_for(mma, tile_n, clear, prefetch):
+        stages = forced_for("stages", tile_n, _ORIGINAL["stages_for"](mma, tile_n, clear, prefetch))
+        two_ok = v.module.two_stages_built(mma, launch.warps_for(mma, tile_n), tile_n, clear, prefetch)
+        return stages if stages != 2 or two_ok else 4
+
+    # The plan's own functions, each replaced by one that returns the forced value for linear products (and narrow
+    # enough blocks); plan() says which product it is choosing for.
     launch.mma_for = lambda x_layout: (forced.get("mma", _ORIGINAL["mma_for"](x_layout)) if x_layout == "nk"
                                        else _ORIGINAL["mma_for"](x_layout))
     launch.warps_for = lambda mma, t: forced_for("warps", t, _ORIGINAL["warps_for"](mma, t))
     launch.clear_for = lambda mma, w, t, tv: forced_for("clear", t, _ORIGINAL["clear_for"](mma, w, t, tv))
     launch.prefetch_for = lambda w, t, tv, c="rows": forced_for("prefetch", t, _ORIGINAL["prefetch_for"](w, t, tv, c))
-    launch.stages_for = lambda mma, t, c, p: forced_for("stages", t, _ORIGINAL["stages_for"](mma, t, c, p))
+    launch.stages_for = stages_for
     if v.compiled is None:
         v.compiled = functools.cache(_ORIGINAL_COMPILED.__wrapped__)
     launch._compiled = v.compiled
+    launch.plan = _plan
     launch.plan.cache_clear()
     api._fast_calls = api._FastCalls()
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(m, n, k, dtype, x_layout, *args, **kwargs):
+    """launch.plan, telling the forced choices which product it plans."""
+    _PLANNING["x_layout"] = x_layout
+    try:
+        return _ORIGINAL_PLAN(m, n, k, dtype, x_layout, *args, **kwargs)
+    finally:
+        _PLANNING["x_layout"] = None
 
 
 
@@ -142,20 +174,19 @@ def compare(variants: list[Variant], ns, sparsities, shapes, check=()) -> None:
                     t = time_batched([lambda a=a: fl.linear(x, a, out=y) for a in matrices] * 8)
                     ratios[v.name].append(t_dense / t)
                     bounds[v.name].append(t_bound / t)
-                    line += f"  {v.name} {t * 1e3:.1f} ({t_dense / t:.3f}x)"
+                    line += f"  {v.name} {t * 1e3:.1f} ({t_dense / t:.3f}x, {t_bound / t:.2f} bound)"
                 print(line, flush=True)
             print(f"GEOMEAN N={n} {s:.0%}: " + "  ".join(
                 f"{name} {geomean(ratios[name]):.3f}x ({geomean(bounds[name]):.3f} bound)" for name in ratios),
                 flush=True)
-        m, k = shapes[0]
-        tile_vectors = launch.TYPICAL_TILE_VECTORS
-        for v in variants:
-            use(v)
-            p = launch.plan(m, n, k, "float16", "nk", tile_vectors=tile_vectors)
-            kernel = launch._compiled(p.config)
-            print(f"  {v.name} N={n} ({tile_vectors} vectors per tile): {p.config}, "
-                  f"{kernel.numba_kernel.regs_per_thread} registers, {kernel.blocks_per_sm(p.shared_bytes)} "
-                  f"blocks/SM, {p.splits} splits of {m}x{k}", flush=True)
+            tile_vectors = matrices[0].mean_tile_vectors  # the last layer's, as planned for its timing
+            for v in variants:
+                use(v)
+                p = launch.plan(m, n, k, "float16", "nk", tile_vectors=tile_vectors)
+                kernel = launch._compiled(p.config)
+                print(f"  {v.name} N={n} {s:.0%} {m}x{k} ({tile_vectors} vectors per tile): {p.config}, "
+                      f"{kernel.numba_kernel.regs_per_thread} registers, {kernel.blocks_per_sm(p.shared_bytes)} "
+                      f"blocks/SM, {p.splits} splits", flush=True)
 
 
 def main() -> None:

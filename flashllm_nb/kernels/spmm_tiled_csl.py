@@ -73,13 +73,14 @@ behind the zeroing and the scatter; positions(i-1) and positions(i) are both liv
 
 Where the proxy fence goes: ptxas lowers ``fence.proxy.async.shared::cta`` (and the release-only
 ``fence.proxy.async::generic.release.sync_restrict::shared::cta.cluster`` alike) to ``MEMBAR.ALL.CTA`` +
-``FENCE.VIEW.ASYNC.S``, and the membar waits for the thread's outstanding global loads too. At the top of the step
-it waited for the words of tile i+3, requested just before; moved in front of those loads it waits only for tile
-i+2's, requested a step earlier (``FENCE_BEFORE_LOADS``). That pays where a step is longer than those loads take
-to arrive, on the densest tiles that clear by entries. Same runs on an H100 (RESULTS.md, twelfth session): at 80 %
-(512-vector buffer) +1.1 to +1.3 % (N = 16) and +1.4 % (N = 8); at 85 % (384 vectors, shorter steps) -1.1 / -1.2 %;
-at 90 % (two activation stages, the wait for activations(i+1), issued in the same step, too early) -1.1 / -1.5 %.
-So only blocks with the 512-vector buffer fence before their loads.
+``FENCE.VIEW.ASYNC.S``, and the membar waits for the thread's outstanding global loads too. At the top of step i+1
+it waited for the words of tile i+3, requested at the end of step i; moved in front of those loads it waits only for
+tile i+2's, requested a step earlier (``FENCE_BEFORE_LOADS``). That pays where a step is longer than those loads
+take to arrive, on the densest tiles that clear by entries. Same runs on an H100 (RESULTS.md, twelfth session): at
+80 % (512-vector buffer) +1.1 to +1.3 % (N = 16) and +1.4 % (N = 8); on sparser matrices, whose steps are shorter,
+it lost: 85 % (384 vectors) -1.1 / -1.2 %, 90 % (256 vectors; at N = 16 also two activation stages, where the wait
+for activations(i+1), issued in the same step, comes early) -1.1 / -1.5 %. So only blocks with the 512-vector buffer
+fence before their loads.
 
 Measured against the mbarrier design below (H100, same process, ``bench/RESULTS.md``, eleventh session): +4.0 /
 +4.7 % at 90 % (N = 16 / 8), +5.3 / +5.4 % at 85 %, +2.8 / +3.5 % at 95 %; and it clears 77-83 %-sparse matrices
