@@ -95,7 +95,8 @@ if ptx.SIMULATOR:
 """),
     # where the fence comes before the word loads, it counts as "cp.async wait + fence", not as "load words"
     ("""            if FENCE_BEFORE_LOADS:
-                publish_shared_writes()  # for step i+1: activation tile i+1, these zeros and this scatter""", """            if FENCE_BEFORE_LOADS:
+                publish_shared_writes()  # for step i+1: activation tile i+1, these zeros and this scatter""",
+     """            if FENCE_BEFORE_LOADS:
                 cf = _clock()
                 publish_shared_writes()
                 cf = _clock() - cf
