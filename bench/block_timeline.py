@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import os
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dev_kernel import OPT66B, check_correctness, copy_bandwidth, pruned_copies, time_batched  # noqa: E402
+from kernel_ab import Variant  # noqa: E402
+from kernel_ab import use as use_variant  # noqa: E402
 
 import flashllm_nb as fl  # noqa: E402
 from flashllm_nb.kernels import api, launch, spmm_tiled_csl  # noqa: E402
@@ -286,37 +287,20 @@ def instrument(source: str) -> str:
 
 
 @functools.cache
-def _instrumented_module():
-    source = instrument(Path(spmm_tiled_csl.__file__).read_text())
+def _variants() -> tuple[Variant, Variant]:
+    """The package's kernel and the instrumented copy, as kernel_ab variants (the copy written to a temporary file)."""
     path = Path(tempfile.mkdtemp()) / "spmm_tiled_csl_timeline.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("flashllm_nb.kernels._spmm_timeline", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    path.write_text(instrument(Path(spmm_tiled_csl.__file__).read_text()))
+    return Variant.parse("package"), Variant.parse(f"timeline@{path}")
 
 
-_PACKAGE = (launch.build_kernel, launch.SpmmConfig, launch._compiled)
 _records = {}
 
 
 def use(instrumented: bool) -> None:
-    """Make later launches of this process build from the instrumented copy, or from the package again (a
-    benchmark's override, as in kernel_ab.py; plans and remembered launches are cleared)."""
-    if instrumented:
-        module = _instrumented_module()
-        launch.build_kernel, launch.SpmmConfig = module.build_kernel, module.SpmmConfig
-        launch._compiled = _compiled_instrumented
-    else:
-        launch.build_kernel, launch.SpmmConfig, launch._compiled = _PACKAGE
-    launch.plan.cache_clear()
-    api._fast_calls = api._FastCalls()
-
-
-@functools.cache
-def _compiled_instrumented(config):
-    return launch._CompiledKernel(config)
+    """Make later launches of this process build from the instrumented copy, or from the package again
+    (``kernel_ab.use``: the launcher's kernel module swapped, plans and remembered launches cleared)."""
+    use_variant(_variants()[1 if instrumented else 0])
 
 
 def _workspace_with_records(xp, n_partials, n_tickets, stream_handle):
