@@ -302,10 +302,13 @@ def _arguments(p, words, tile_offsets, x_bits, ldx, y_bits, bias_bits, m, n, k, 
 
 
 def _simulate(p: Plan, arrays, scalars) -> None:
+    from flashllm_nb.kernels.sim_blocks import polite_blocks
+
     w, o, x, y, b, ws, t = arrays
     ldx, has_bias, m, n, k, cols, per = (np.int32(v) for v in scalars)
-    build_kernel(p.config)[p.grid, p.config.threads, 0, p.shared_bytes](w, o, x, ldx, y, b, has_bias, ws, t, m, n, k,
-                                                                        cols, per)
+    with polite_blocks():  # 5-7 times faster than the simulator's own block manager
+        build_kernel(p.config)[p.grid, p.config.threads, 0, p.shared_bytes](w, o, x, ldx, y, b, has_bias, ws, t, m, n,
+                                                                            k, cols, per)
 
 
 class _CompiledKernel:
