@@ -156,6 +156,14 @@ no second kernel. That last block is the kernel's tail, since the blocks of a wa
 other, so its work is kept short: the partials of several splits are loaded per round trip, and the output store
 uses shifts and unsigned indices (a per-block timeline, ``bench/block_timeline.py``, measured the tail at 6-9 us of
 a 33-100 us kernel before, 3-4 us after; H100, N = 16).
+
+Two other tails were built and measured against this one (H100, same process, ``bench/RESULTS.md``, thirteenth
+session) and lost. Taking the ticket first, so that the last block does not publish its own partial and copies the
+others' by cp.async: level at N = 16 (2.058x at 80 %, 2.937x against 2.945x at 90 %), 0.7-1.4 % slower at N = 8.
+Summing the splits of an output tile in a thread-block cluster through distributed shared memory (no workspace, the
+stores spread over the cluster): 2.29x against 2.99x at 90 %; launching the unchanged kernel in clusters of its 9
+splits already cost 4 us (90 %) and 15 us (80 %) on the 9216 x 9216 layer, though the driver reports room for 74
+such clusters where 72 run.
 """
 
 from __future__ import annotations
