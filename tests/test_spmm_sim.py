@@ -77,7 +77,7 @@ _LINEAR_CASES = dict(
 )
 
 
-@settings(max_examples=12)
+@settings(max_examples=40)
 @given(**_LINEAR_CASES)
 def test_linear_matches_reference(m, k, n, sparsity, dtype, split_k, seed):
     """linear(X, A) equals X @ A.T within the fp32-accumulation bound, for any shape, density, dtype and split
@@ -87,7 +87,7 @@ def test_linear_matches_reference(m, k, n, sparsity, dtype, split_k, seed):
 
 # The fixture's patch is meant to hold for every example of the test, which is what a function-scoped fixture gives.
 @pytest.mark.parametrize("tensor_core_path", ["sync"], indirect=True)
-@settings(max_examples=5, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(**_LINEAR_CASES)
 def test_linear_matches_reference_with_mma_sync(tensor_core_path, m, k, n, sparsity, dtype, split_k, seed):
     """The same property on the mma.sync kernels that linear takes on GPUs other than Hopper."""
@@ -100,7 +100,7 @@ def _linear_case(m, k, n, sparsity, dtype, split_k, seed):
                   split_k=split_k)
 
 
-@settings(max_examples=8)
+@settings(max_examples=25)
 @given(
     m=st.integers(1, 200),
     k=st.integers(1, 150),
