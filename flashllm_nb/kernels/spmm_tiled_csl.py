@@ -149,6 +149,10 @@ share one read of the activation tile per half and no fragments occupy registers
 
 Split-K
 -------
+The splits of a tile row take equal ranges of its k-tiles (the last one the remainder). Ranges tapered by launch
+order, the first-launched blocks of an SM taking more, measured slower at every taper tried (H100, fourteenth
+session, ``bench/RESULTS.md``): a one-wave kernel's time follows its longest block.
+
 With ``splits > 1`` each block writes its fp32 partial tile to a workspace (coalesced), then the last block of an
 output tile to arrive (an atomic ticket per output tile, one fence by one thread on each side) sums the partials in
 split order (deterministic), rounds once, and resets the ticket to zero for the next launch. One launch, no memset,
