@@ -14,12 +14,11 @@ The same order serves the clearing by entries, which stores zeros at the same po
 import math
 import sys
 from pathlib import Path
-import cupy as cp
+
 import numba
 import numpy as np
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dev_kernel import OPT66B, copy_bandwidth, pruned_copies, time_batched  # noqa: E402
-import flashllm_nb as fl  # noqa: E402
+
+import flashllm_nb as fl
 
 
 @numba.njit(cache=False)
@@ -112,16 +111,27 @@ def balanced_order(words, offsets):
 
 
 def relaid(A):
-    """(A with its words in the balanced order, wavefronts before, after)."""
-    words = cp.asnumpy(A.words)
-    offsets = cp.asnumpy(A.tile_offsets).astype(np.int64)
+    """(A with its words in the balanced order, on A's device; the scatter's wavefronts before; after). Host
+    (NumPy) or device (CuPy) A; the reordering runs on the host."""
+    on_device = not isinstance(A.words, np.ndarray)
+    words = A.words.get() if on_device else A.words
+    offsets = (A.tile_offsets.get() if on_device else A.tile_offsets).astype(np.int64)
     new = balanced_order(words, offsets)
-    assert np.array_equal(np.sort(new), np.sort(words))
-    return fl.TiledCSL._from_parts(cp.asarray(new), A.tile_offsets, A.shape, A.dtype, A.nnz), \
-        store_wavefronts(words, offsets), store_wavefronts(new, offsets)
+    assert np.array_equal(np.sort(new), np.sort(words)), "the balanced order lost or invented words"
+    before, after = store_wavefronts(words, offsets), store_wavefronts(new, offsets)
+    if on_device:
+        import cupy as cp
+
+        new = cp.asarray(new)
+    return fl.TiledCSL._from_parts(new, A.tile_offsets, A.shape, A.dtype, A.nnz), before, after
 
 
 def main():
+    import cupy as cp
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dev_kernel import OPT66B, copy_bandwidth, pruned_copies, time_batched
+
     ns = [int(a) for a in sys.argv[1:]] or [16, 8]
     rng = cp.random.default_rng(0)
     bw = copy_bandwidth()

@@ -372,3 +372,33 @@ def test_layout_ab_script_builds_the_row_major_twin_and_runs_in_the_simulator():
                           env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
     assert done.returncode == 0, done.stderr
     assert "bit-identical" in done.stdout
+
+
+def test_word_order_ab_balanced_twin_holds_the_same_matrix_with_fewer_store_wavefronts():
+    """bench/word_order_ab.py: the balanced twin moves words only inside their tiles (the same matrix, padding
+    still in each tile's last vector, the canonical order back from ``from_raw(reorder=True)``), and its scatter
+    columns take fewer wavefronts than the format's order on a random sparse matrix (none more on a dense one)."""
+    import importlib.util
+
+    from flashllm_nb.formats.tiled_csl import TiledCSL
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "word_order_ab.py"
+    spec = importlib.util.spec_from_file_location("word_order_ab", script)
+    word_order_ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(word_order_ab)
+    rng = np.random.default_rng(2)
+    for sparsity in (0.9, 0.0):
+        W = rng.standard_normal((300, 330)).astype(np.float16)  # partial tiles on both edges
+        W[rng.random(W.shape) < sparsity] = 0
+        A = TiledCSL.from_dense(W)
+        B, before, after = word_order_ab.relaid(A)
+        np.testing.assert_array_equal(B.tile_offsets, A.tile_offsets)
+        np.testing.assert_array_equal(B.to_dense().view(np.uint16), W.view(np.uint16))
+        assert (TiledCSL.from_raw(B.words, B.tile_offsets, B.shape, B.dtype, reorder=True).words == A.words).all()
+        for t in range(A.n_tiles):  # padding (value bits 0) only in the tile's last vector
+            w = B.words[4 * B.tile_offsets[t] : 4 * B.tile_offsets[t + 1]]
+            assert not ((w[:-4] & 0xFFFF) == 0).any()
+        if sparsity:
+            assert after < 0.95 * before, (before, after)
+        else:
+            assert after <= before, (before, after)
