@@ -28,12 +28,12 @@ __all__ = ["PoliteBlockManager", "polite_blocks", "POLL_PAUSE_S", "COMPATIBLE"]
 # 0.1 ms: short against a simulated block's run (seconds), long enough to give the lock away on every pass.
 POLL_PAUSE_S = 1e-4
 
-# The internals PoliteBlockManager.run relies on, as numba-cuda 0.30 defines them: the thread's constructor, and the
-# manager's, which keeps f, block_dim and debug as _f, _block_dim and _debug.
 def _parameters(function) -> list[str]:
     return list(inspect.signature(function).parameters)
 
 
+# The internals PoliteBlockManager.run relies on, as numba-cuda 0.30 defines them: the thread's constructor, and the
+# manager's, which keeps f, block_dim and debug as _f, _block_dim and _debug.
 COMPATIBLE = (_parameters(BlockThread.__init__) == ["self", "f", "manager", "blockIdx", "threadIdx", "debug"]
               and _parameters(BlockManager.__init__) == ["self", "f", "grid_dim", "block_dim", "debug"])
 

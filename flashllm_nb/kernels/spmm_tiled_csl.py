@@ -164,8 +164,9 @@ a 33-100 us kernel before, 3-4 us after; H100, N = 16).
 Three other tails were built and measured against this one (H100, same process, ``bench/RESULTS.md``, thirteenth
 and fourteenth sessions) and lost. Copying the other splits' partials by cp.async into shared memory, four per L2
 round trip at tile_n 16 instead of two per round trip in registers, the own partial kept in registers: up to 1.3 %
-slower on the four layers at N = 8 and 16, 80 and 90 % (2.975x -> 2.960x at 90 %, N = 16). Taking the ticket first, so that the last block does not publish its own partial and copies the
-others' by cp.async: level at N = 16 (2.058x at 80 %, 2.937x against 2.945x at 90 %), 0.7-1.4 % slower at N = 8.
+slower on the four layers at N = 8 and 16, 80 and 90 % (2.975x -> 2.960x at 90 %, N = 16). Taking the ticket
+first, so that the last block does not publish its own partial and copies the others' by cp.async: level at
+N = 16 (2.058x at 80 %, 2.937x against 2.945x at 90 %), 0.7-1.4 % slower at N = 8.
 Summing the splits of an output tile in a thread-block cluster through distributed shared memory (no workspace, the
 stores spread over the cluster): 2.29x against 2.99x at 90 %; launching the unchanged kernel in clusters of its 9
 splits already cost 4 us (90 %) and 15 us (80 %) on the 9216 x 9216 layer, though the driver reports room for 74
