@@ -1,0 +1,151 @@
+"""Launching a Numba kernel compiled once for one signature, without Numba's dispatcher.
+
+``kernel[grid, block](*args)`` re-types every argument and converts every array through
+``__cuda_array_interface__`` on each call: tens of microseconds with CuPy arrays, and a synchronisation on the
+array's stream where the interface names one, which breaks CUDA-graph capture. A :class:`Kernel` compiles its
+dispatcher once for a fixed signature of flat (1-D, C-contiguous) arrays and int32 / float32 scalars, packs each
+call's arguments into a parameter block in Numba's kernel ABI and calls the driver's ``cuLaunchKernel`` through
+ctypes: one foreign call, on the stream it is given, so it is captured like any other launch.
+
+Under Numba's CUDA simulator the same object launches the dispatcher on NumPy arrays (with the faster block
+manager of :mod:`flashllm_nb.kernels.sim_blocks`), so kernel code and launch code are the same in both modes.
+
+Numba's ABI for an argument: a 1-D array is seven 8-byte parameters (meminfo, parent, nitems, itemsize, data,
+shape[0], strides[0]); a scalar is one parameter, read at its own width (the low bytes of its 8-byte slot on this
+little-endian target).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import struct
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+
+from flashllm_nb._runtime import cuda_driver
+from flashllm_nb.kernels import ptx
+
+__all__ = ["Kernel", "cu_launch_kernel"]
+
+_ARRAY_SLOTS = 7  # meminfo, parent, nitems, itemsize, data, shape[0], strides[0]
+
+
+class Kernel:
+    """A ``@cuda.jit`` dispatcher bound to one signature, launched as ``kernel(grid, block, args, stream, shared)``.
+
+    Parameters
+    ----------
+    dispatcher
+        The ``numba.cuda.jit`` kernel.
+    signature : tuple of numba types
+        ``types.Array(dtype, 1, "C")``, ``types.int32`` or ``types.float32`` per argument, in order.
+    name : str
+        For error messages.
+    """
+
+    def __init__(self, dispatcher, signature: Sequence[Any], name: str):
+        from numba import types
+
+        self.name = name
+        self._dispatcher = dispatcher
+        self._signature = tuple(signature)
+        self._kinds = []
+        for ty in self._signature:
+            if isinstance(ty, types.Array) and ty.ndim == 1:
+                self._kinds.append("array")
+            elif ty == types.int32:
+                self._kinds.append("int32")
+            elif ty == types.float32:
+                self._kinds.append("float32")
+            else:
+                raise TypeError(f"Invalid signature of {name}: expected 1-D arrays, int32 or float32, got {ty}")
+        self._n_slots = sum(_ARRAY_SLOTS if k == "array" else 1 for k in self._kinds)
+        self._format = struct.Struct(f"<{self._n_slots}q")
+        self._local = threading.local()
+        self._function = None
+        self._cufunc = None
+
+    @property
+    def dispatcher(self):
+        """The ``cuda.jit`` kernel (for PTX inspection)."""
+        return self._dispatcher
+
+    @property
+    def signature(self) -> tuple:
+        return self._signature
+
+    # ------------------------------------------------------------------------------------------------- launching
+
+    def __call__(self, grid: tuple[int, ...], block: int, args: Sequence[Any], stream: int = 0,
+                 shared: int = 0) -> None:
+        """Launch on ``grid`` (1 to 3 ints) with ``block`` threads; ``stream`` a raw CUDA stream handle (ignored by
+        the simulator), ``shared`` bytes of dynamic shared memory."""
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        if any(g == 0 for g in grid):
+            return
+        if ptx.SIMULATOR:
+            self._simulate(grid, block, args, shared)
+            return
+        if self._function is None:
+            self._compile()
+        block_slots = self._parameter_block()
+        buffer, pointers = block_slots
+        self._format.pack_into(buffer, 0, *self._slots(args))
+        error = cu_launch_kernel()(self._function, grid[0], grid[1], grid[2], block, 1, 1, shared, stream,
+                                   pointers, None)
+        if error:
+            raise RuntimeError(f"cuLaunchKernel of {self.name} failed with CUDA error {error}")
+
+    def _slots(self, args: Sequence[Any]) -> list[int]:
+        slots: list[int] = []
+        for kind, value in zip(self._kinds, args, strict=True):
+            if kind == "array":
+                size, itemsize = value.size, value.itemsize
+                slots += (0, 0, size, itemsize, value.data.ptr, size, itemsize)
+            elif kind == "int32":
+                slots.append(int(value))
+            else:
+                slots.append(struct.unpack("<i", struct.pack("<f", value))[0])
+        return slots
+
+    def _simulate(self, grid, block, args, shared) -> None:
+        from flashllm_nb.kernels.sim_blocks import polite_blocks
+
+        converted = []
+        for kind, value in zip(self._kinds, args, strict=True):
+            converted.append(value if kind == "array" else np.int32(value) if kind == "int32" else np.float32(value))
+        with polite_blocks():
+            self._dispatcher[grid, block, 0, shared](*converted)
+
+    def _compile(self) -> None:
+        self._dispatcher.compile(self._signature)
+        self._cufunc = self._dispatcher.overloads[self._signature]._codelibrary.get_cufunc()
+        self._function = int(self._cufunc.handle)
+
+    def _parameter_block(self):
+        """This thread's parameter block: the 8-byte slots and the address of the array of pointers to them that
+        ``cuLaunchKernel`` takes (kept alive with the block). Per thread: two threads packing one block could
+        launch each other's arguments."""
+        block = getattr(self._local, "block", None)
+        if block is None:
+            buffer = (ctypes.c_int64 * self._n_slots)()
+            pointers = (ctypes.c_void_p * self._n_slots)(*[ctypes.addressof(buffer) + 8 * i
+                                                            for i in range(self._n_slots)])
+            self._local.keep = pointers
+            block = self._local.block = (buffer, ctypes.addressof(pointers))
+        return block
+
+    def __repr__(self) -> str:
+        return f"<flashllm_nb.kernels.driver.Kernel {self.name}>"
+
+
+@functools.cache
+def cu_launch_kernel():
+    """``cuLaunchKernel`` of the driver library through ctypes: the one foreign call of a launch."""
+    function = cuda_driver().cuLaunchKernel
+    function.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
+    function.restype = ctypes.c_int
+    return function
