@@ -2,7 +2,8 @@
 
 - :mod:`.spmm`: float64 ``spmm_reference``, ``linear_reference`` and ``abs_product`` (the error scale);
 - :mod:`.tolerance`: the elementwise error bound of an fp32-accumulated product and its assertion;
-- :mod:`.fragments`: the lane-level emulator of ``mma.sync`` and ``ldmatrix``, the PTX fragment layouts' spec.
+- :mod:`.fragments`: the lane-level emulator of ``mma.sync`` and ``ldmatrix``, the PTX fragment layouts' spec;
+- :mod:`.decoder`: a float64 OPT / Llama decoder, the logits the inference engine is checked against.
 """
 
 from .spmm import abs_product, linear_reference, spmm_reference

@@ -68,3 +68,39 @@ def assert_close_to_reference(result, ref: np.ndarray, abs_product: np.ndarray, 
         for idx in bad[:10]
     ]
     raise AssertionError(f"{what}: {len(bad)} of {ok.size} elements outside the error bound\n" + "\n".join(lines))
+
+
+# A whole decoder ---------------------------------------------------------------------------------------------------
+#: Roundings to the model's dtype per decoder layer on the way to the logits: the normalised input, the fused
+#: projection, the queries and keys after RoPE, the attention output, the output projection, the residual stream,
+#: the MLP's inner activations and its output.
+ROUNDINGS_PER_LAYER = 8
+
+
+def logits_bound(ref: np.ndarray, num_layers: int, dtype) -> np.ndarray:
+    """Elementwise bound on |logits - ref| for a decoder run in ``dtype`` against the float64 reference ``ref``
+    (..., vocab), with the same weights.
+
+    Each rounding of an activation to ``dtype`` perturbs it by at most ``ROUND`` relative; carried to the logits
+    it is worth about ``ROUND`` times their scale (the row's root mean square), and the ``ROUNDINGS_PER_LAYER``
+    roundings of each layer, plus as many again for the embedding, the final norm and the head, add up. The
+    logit's own final rounding adds ``ROUND * |ref|``. This is a first-order model, not a worst case: a sum of
+    roundings that all err the same way, with unit sensitivity."""
+    u = ROUND[np.dtype(dtype)]
+    scale = np.sqrt(np.mean(ref * ref, axis=-1, keepdims=True))
+    return u * ROUNDINGS_PER_LAYER * (num_layers + 1) * scale + u * np.abs(ref)
+
+
+def assert_logits_close(got, ref: np.ndarray, num_layers: int, dtype, what: str = "logits") -> None:
+    """Raise AssertionError naming the worst elements where ``got`` breaks :func:`logits_bound`."""
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != ref.shape:
+        raise AssertionError(f"{what}: shape {got.shape} != reference shape {ref.shape}")
+    bound = logits_bound(ref, num_layers, dtype)
+    bad = ~(np.abs(got - ref) <= bound)  # NaN fails
+    if not bad.any():
+        return
+    worst = np.argsort(-(np.abs(got - ref) / bound).reshape(-1))[:5]
+    lines = [f"  at {np.unravel_index(i, got.shape)}: got {got.reshape(-1)[i]!r}, reference {ref.reshape(-1)[i]!r}, "
+             f"bound {bound.reshape(-1)[i]:.3g}" for i in worst]
+    raise AssertionError(f"{what}: {int(bad.sum())} of {bad.size} logits outside the bound\n" + "\n".join(lines))
