@@ -1,0 +1,230 @@
+"""One pass of the decoder over a batch of tokens: the buffers it works in, the KV cache, and the order of kernels.
+
+A pass takes T tokens, each with its own sequence (a cache slot) and position, and runs every layer on all of them
+at once, so the same code is a prefill (the prompts' tokens, ragged, one after the other), a decode step (one token
+per sequence) and a plain forward (a fresh cache). Per layer, pre-LN (OPT's usual form and Llama)::
+
+    normed   = norm_1(residual += delta)           # add_norm: the previous layer's MLP output joins the stream
+    qkv      = normed @ W_qkv.T + b                # sparse (Tiled-CSL) or dense
+    q, cache = split_heads(qkv)                    # RoPE for Llama; keys and values to the cache
+    attn     = attention(q, cache)                 # causal, per sequence, GQA
+    delta    = attn @ W_out.T + b
+    normed   = norm_2(residual += delta)
+    ffn      = activation(normed @ W_ffn_in.T + b) # ReLU, or SiLU-GLU of the fused [gate; up]
+    delta    = ffn @ W_ffn_out.T + b
+
+and at the end ``final_norm(residual += delta)``, the optional ``project_out`` and the LM head on the rows whose
+logits are wanted. OPT-350m's post-LN layers normalise ``residual + delta`` into the residual instead.
+
+Every buffer is allocated once per :class:`Activations` (and the cache once per :class:`KVCache`), so a decode step
+reads and writes the same addresses every time: it can be captured once as a CUDA graph and replayed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flashllm_nb.llm import device, kernels
+
+__all__ = ["KVCache", "Activations", "run_decoder", "PREFILL_POLICIES"]
+
+PREFILL_POLICIES = ("auto", "sparse", "dense")
+SPARSE_UP_TO_TOKENS = 64  # the Tiled-CSL kernel covers up to 64 tokens in one pass over the weights
+OPT_POSITION_OFFSET = 2  # OPT's learned position table starts two rows in (HF's OPTLearnedPositionalEmbedding)
+
+
+class KVCache:
+    """Keys and values of ``slots`` sequences of up to ``max_len`` tokens, all layers, in one allocation.
+
+    Layer l's keys are the flat array ``k[l]``, laid out (slot, kv_head, position, head_dim)."""
+
+    def __init__(self, config, slots: int, max_len: int):
+        self.slots, self.max_len = slots, max_len
+        per_layer = slots * config.num_kv_heads * max_len * config.head_dim
+        xp = device.xp()
+        self._storage = xp.zeros(2 * config.num_layers * per_layer, np.uint16)
+        self.k = [self._storage[(2 * i) * per_layer:(2 * i + 1) * per_layer] for i in range(config.num_layers)]
+        self.v = [self._storage[(2 * i + 1) * per_layer:(2 * i + 2) * per_layer] for i in range(config.num_layers)]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._storage.nbytes)
+
+    @staticmethod
+    def bytes_needed(config, slots: int, max_len: int) -> int:
+        return 2 * config.num_layers * slots * config.num_kv_heads * max_len * config.head_dim * 2
+
+
+class Activations:
+    """Every buffer of one pass over ``tokens`` tokens (flat uint16 bit arrays; int32 token metadata).
+
+    ``ids``, ``positions`` and ``slots`` say, per token, what it is, where it stands in its sequence and which cache
+    slot holds that sequence; ``logit_rows`` rows of the final hidden states get logits in ``logits``."""
+
+    def __init__(self, config, tokens: int, logit_rows: int):
+        xp = device.xp()
+        h = config.hidden_size
+        self.tokens, self.logit_rows = tokens, logit_rows
+        self.ids = xp.zeros(tokens, np.int32)
+        self.positions = xp.zeros(tokens, np.int32)
+        self.slots = xp.zeros(tokens, np.int32)
+        self.residual = xp.zeros(tokens * h, np.uint16)
+        self.normed = xp.zeros(tokens * h, np.uint16)
+        self.delta = xp.zeros(tokens * h, np.uint16)
+        self.qkv = xp.zeros(tokens * config.qkv_size, np.uint16)
+        self.q = xp.zeros(tokens * config.q_size, np.uint16)
+        self.attn = xp.zeros(tokens * config.q_size, np.uint16)
+        self.ffn = xp.zeros(tokens * config.ffn_in_size, np.uint16)
+        # ReLU works in place; SiLU-GLU halves the row
+        self.act = self.ffn if config.activation == "relu" else xp.zeros(tokens * config.ffn_size, np.uint16)
+        self.embed = xp.zeros(tokens * config.embed_dim, np.uint16) if config.word_embed_dim else None
+        self.head_in = xp.zeros(logit_rows * config.embed_dim, np.uint16)
+        self.logits = xp.zeros(logit_rows * config.vocab_size, np.uint16)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = {id(a): a for a in vars(self).values() if hasattr(a, "nbytes")}
+        return int(sum(a.nbytes for a in arrays.values()))
+
+    @staticmethod
+    def bytes_needed(config, tokens: int, logit_rows: int) -> int:
+        per_token = (3 * config.hidden_size + config.qkv_size + 2 * config.q_size + config.ffn_in_size
+                     + (config.ffn_size if config.activation != "relu" else 0) + (config.word_embed_dim or 0)) * 2
+        return tokens * (per_token + 12) + logit_rows * (config.embed_dim + config.vocab_size) * 2
+
+
+def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None, stream: int = 0,
+                planner: "PrefillPlanner | None" = None) -> None:
+    """Run every layer on the first ``tokens`` tokens of ``acts`` and the LM head on the final hidden rows
+    ``rows`` (a device int array; None: all of them, in order, as in a decode step).
+
+    ``planner`` decides, per sparse layer, whether it multiplies through the Tiled-CSL kernel or expands into a
+    dense scratch for cuBLAS (prefill of many tokens); None keeps every layer on its own kernel."""
+    c, dtype = model.config, model.dtype
+
+    def scratch(linear, x, out):
+        return None if planner is None else planner.scratch_for(linear, x, out, tokens, stream)
+
+    h = c.hidden_size
+    _embed(model, acts, tokens, stream)
+    pending = None  # the last sub-layer's output, not yet added to the residual stream (pre-LN)
+    for index, block in enumerate(model.blocks):
+        if c.norm_before:
+            _norm(model, block.attn_norm, acts, pending, tokens, stream)
+            x = acts.normed
+        else:
+            x = acts.residual
+        block.qkv(x, acts.qkv, tokens, stream, scratch(block.qkv, x, acts.qkv))
+        kernels.split_heads(acts.qkv, acts.q, cache.k[index], cache.v[index], acts.slots, acts.positions,
+                            model.inv_freq, tokens, c.num_heads, c.num_kv_heads, c.head_dim, cache.max_len, dtype,
+                            stream)
+        kernels.attention(acts.q, cache.k[index], cache.v[index], acts.slots, acts.positions, acts.attn, tokens,
+                          c.num_heads, c.num_kv_heads, c.head_dim, cache.max_len, c.sliding_window or 0,
+                          c.head_dim ** -0.5, dtype, stream)
+        block.out(acts.attn, acts.delta, tokens, stream, scratch(block.out, acts.attn, acts.delta))
+        _norm(model, block.attn_norm if not c.norm_before else block.ffn_norm, acts, acts.delta, tokens, stream,
+              post=not c.norm_before)
+        x = acts.normed if c.norm_before else acts.residual
+        block.ffn_in(x, acts.ffn, tokens, stream, scratch(block.ffn_in, x, acts.ffn))
+        kernels.activation(acts.ffn, acts.act, tokens, c.ffn_size, c.activation, dtype, stream)
+        block.ffn_out(acts.act, acts.delta, tokens, stream, scratch(block.ffn_out, acts.act, acts.delta))
+        if c.norm_before:
+            pending = acts.delta
+        else:
+            _norm(model, block.ffn_norm, acts, acts.delta, tokens, stream, post=True)
+    if c.norm_before and model.final_norm is not None:
+        _norm(model, model.final_norm, acts, pending, tokens, stream)
+        final = acts.normed
+    else:
+        if pending is not None:
+            kernels.add(acts.residual, pending, tokens * h, dtype, stream)
+        final = acts.residual
+    _head(model, acts, final, tokens, rows, stream)
+
+
+def _embed(model, acts, tokens, stream) -> None:
+    c, dtype = model.config, model.dtype
+    positions = model.embed_positions
+    if c.word_embed_dim is None:
+        kernels.embed(acts.ids, model.embed_tokens, acts.residual, c.hidden_size, dtype,
+                      positions=None if positions is None else acts.positions, pos_table=positions,
+                      pos_offset=OPT_POSITION_OFFSET, tokens=tokens, stream=stream)
+        return
+    # OPT with a narrower embedding: project it in, then add the learned positions
+    kernels.embed(acts.ids, model.embed_tokens, acts.embed, c.embed_dim, dtype, tokens=tokens, stream=stream)
+    model.project_in(acts.embed, acts.residual, tokens, stream)
+    kernels.embed(acts.positions, positions, acts.delta, c.hidden_size, dtype, row_offset=OPT_POSITION_OFFSET,
+                  tokens=tokens, stream=stream)
+    kernels.add(acts.residual, acts.delta, tokens * c.hidden_size, dtype, stream)
+
+
+def _norm(model, norm, acts, delta, tokens, stream, post: bool = False) -> None:
+    c = model.config
+    kernels.add_norm(acts.residual, delta, norm.weight, norm.bias, acts.normed, tokens, c.hidden_size, c.norm_eps,
+                     c.norm, model.dtype, post=post, stream=stream)
+
+
+def _head(model, acts, final, tokens, rows, stream) -> None:
+    c = model.config
+    if rows is None:
+        x, n = final, tokens
+    else:
+        xp = device.xp()
+        n = int(rows.size)
+        x = xp.take(final[: tokens * c.hidden_size].reshape(tokens, c.hidden_size), rows, axis=0).reshape(-1)
+    if model.project_out is not None:
+        model.project_out(x, acts.head_in, n, stream)
+        x = acts.head_in
+    model.lm_head(x, acts.logits, n, stream)
+
+
+class PrefillPlanner:
+    """Per sparse layer and number of tokens: the Tiled-CSL kernel, or expansion into one reused dense scratch
+    buffer and cuBLAS. The kernel re-reads its weights for every 64 tokens, cuBLAS reads a dense matrix once but
+    must first have it written out; which wins depends on the shape, the density and the card, so ``"auto"``
+    times both once per (shape, density, power-of-two bucket of tokens) on the GPU and keeps the faster.
+    ``"sparse"`` and ``"dense"`` force one (for any number of tokens); under ``"auto"`` up to 64 tokens, which the
+    kernel covers in one pass, always take the kernel."""
+
+    def __init__(self, model, policy: str = "auto"):
+        if policy not in PREFILL_POLICIES:
+            raise ValueError(f"Invalid prefill policy: expected one of {PREFILL_POLICIES}, got {policy!r}")
+        self.policy = policy
+        self._model = model
+        self._scratch = None
+        self._choices: dict[tuple, bool] = {}
+
+    @property
+    def scratch_bytes(self) -> int:
+        return 0 if self._scratch is None else int(self._scratch.nbytes)
+
+    def scratch_for(self, linear, x, out, tokens: int, stream: int):
+        """The dense scratch if ``linear`` should multiply densely for ``tokens`` tokens, else None."""
+        if not linear.sparse or self.policy == "sparse" or (self.policy == "auto" and tokens <= SPARSE_UP_TO_TOKENS):
+            return None
+        if self._scratch is None:
+            largest = max(layer.rows * layer.cols for block in self._model.blocks for layer in block.linears
+                          if layer.sparse)
+            self._scratch = device.xp().empty(largest, np.uint16)
+        if self.policy == "dense":
+            return self._scratch
+        key = (linear.rows, linear.cols, round(linear.sparsity, 2), 1 << (tokens - 1).bit_length())
+        if key not in self._choices:
+            self._choices[key] = device.SIMULATOR or self._dense_is_faster(linear, x, out, tokens, stream)
+        return self._scratch if self._choices[key] else None
+
+    def _dense_is_faster(self, linear, x, out, tokens: int, stream: int) -> bool:
+        import cupy
+
+        cupy_stream = cupy.cuda.ExternalStream(stream)
+        times = []
+        for scratch in (None, self._scratch):
+            linear(x, out, tokens, stream, scratch)  # warm-up: compilation, plans, workspaces
+            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record(cupy_stream)
+            for _ in range(3):
+                linear(x, out, tokens, stream, scratch)
+            stop.record(cupy_stream)
+            stop.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, stop))
+        return times[1] < times[0]
