@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (the device tool): install the carried wheels, then run the named steps, each
+# logged under $OUT. Steps: tests-llm, tests-kernel, bench-smoke, bench-opt66b, bench-opt30b, load-speed,
+# bench-llama70b.
+# Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv | tee "$OUT/gpu.txt"
+bench() { python3 -c "import sys; from flashllm_nb.bench.e2e import main; sys.exit(main(sys.argv[1:]))" "$@"; }
+for step in "$@"; do
+  echo "=== $step ($(date -u +%H:%M:%S))"
+  case $step in
+    tests-llm) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_llm_gpu.py tests/test_llm.py \
+                 2>&1 | tee "$OUT/tests-llm.log" | tail -40 ;;
+    tests-kernel) timeout 420 python3 -m pytest -q -p no:cacheprovider -x tests/test_tiled_csl_gpu.py \
+                    tests/test_spmm_gpu.py tests/test_ptx_gpu.py 2>&1 | tee "$OUT/tests-kernel.log" | tail -15 ;;
+    bench-smoke) timeout 300 bench --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
+                   2>&1 | tee "$OUT/bench-smoke.log" | tail -12 ;;
+    bench-opt66b) timeout 480 bench --model opt-66b --sparsity 0.7 0.8 0.9 --batch 1 8 16 32 64 --out "$OUT" \
+                    2>&1 | tee "$OUT/bench-opt66b.log" | tail -25 ;;
+    bench-opt30b) timeout 480 bench --model opt-30b --sparsity 0 0.8 0.9 --batch 1 16 --hf --hf-new 128 \
+                    --out "$OUT" 2>&1 | tee "$OUT/bench-opt30b.log" | tail -25 ;;
+    load-speed) timeout 300 python3 dev/load_speed.py --model opt-6.7b --sparsity 0.8 2>&1 | tee "$OUT/load.log" ;;
+    bench-llama70b) timeout 300 bench --model llama-2-70b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
+                      2>&1 | tee "$OUT/bench-llama70b.log" | tail -12 ;;
+    *) echo "unknown step $step" ;;
+  esac
+done

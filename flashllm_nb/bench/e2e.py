@@ -1,0 +1,313 @@
+"""The end-to-end benchmark: ``flashllm-nb bench-e2e``, whole models generating, dense and sparse in one run.
+
+Flash-LLM's setup: prompts of 64 tokens, 512 new tokens, batch 1 to 64, fp16, random weights of a published model's
+shapes (pruned by magnitude: a random mask, as for random weights). Per (sparsity, batch):
+
+- build the model on the GPU (:func:`flashllm_nb.llm.random_model`; its time is reported);
+- predict whether the KV cache fits beside it, and report "does not fit" with the numbers where it does not;
+- one short warm-up generation (compiles kernels, plans, times the prefill choices), then one timed generation:
+  time to first token, decode tokens/s (all sequences), host time per step, memory by component;
+- the decode bound: a step reads every weight byte once and the KV cache so far, so tokens/s <= batch x copy
+  bandwidth / (weight bytes + mean KV bytes per step); its fraction is the measured rate over it.
+
+With ``--hf`` the same shapes run dense in Hugging Face ``transformers`` (eager; ``--hf-compile`` adds its static
+cache with ``torch.compile``) as the outside baseline, where they fit. Results: JSON, CSV, markdown and a PNG in
+``--out``, a table printed last. Without a GPU it runs the pipeline on a tiny preset in the simulator and times
+nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "decode_bound", "markdown_table"]
+
+DEFAULT_OUT = Path("bench/out")
+_FIELDS = ["model", "provider", "sparsity", "batch", "prompt", "new", "status", "ttft_s", "decode_tok_s",
+           "bound_tok_s", "bound_fraction", "step_ms", "host_us_per_step", "weights_gb", "kv_gb", "activations_gb",
+           "scratch_gb", "build_s", "graph", "note"]
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flashllm-nb bench-e2e", description="End-to-end generation: dense and sparse models, one run.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  flashllm-nb bench-e2e                                  # OPT-66B, 80/90 %, batch 1-64\n"
+               "  flashllm-nb bench-e2e --model opt-30b --sparsity 0 0.8 0.9 --batch 1 16 --hf\n"
+               "  flashllm-nb bench-e2e --model llama-2-70b --sparsity 0.8 --batch 1 16 --new 128\n")
+    parser.add_argument("--model", nargs="+", default=["opt-66b"], help="presets (flashllm_nb.llm.PRESETS)")
+    parser.add_argument("--sparsity", nargs="+", type=_fraction, default=[0.8, 0.9],
+                        help="fractions of zeros; 0 runs the model dense (cuBLAS)")
+    parser.add_argument("--batch", nargs="+", type=_positive, default=[1, 8, 16, 32, 64])
+    parser.add_argument("--prompt", type=_positive, default=64, help="prompt tokens per sequence")
+    parser.add_argument("--new", type=_positive, default=512, help="new tokens per sequence")
+    parser.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
+    parser.add_argument("--hf", action="store_true", help="add Hugging Face transformers dense (eager) rows")
+    parser.add_argument("--hf-compile", action="store_true", help="add transformers' static cache + torch.compile")
+    parser.add_argument("--hf-new", type=_positive, default=None, help="new tokens for the transformers rows")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the result files")
+    return parser
+
+
+def decode_bound(weight_bytes: int, kv_bytes_per_token: int, batch: int, prompt: int, new: int,
+                 copy_gbps: float) -> float:
+    """Tokens/s at which a decode step would take exactly the time of reading every weight byte once and each
+    sequence's KV cache at its mean length over the run (prompt + new / 2 tokens) at the copy bandwidth."""
+    step_bytes = weight_bytes + batch * kv_bytes_per_token * (prompt + new / 2)
+    return batch * copy_gbps * 1e9 / step_bytes
+
+
+def _gb(n) -> float:
+    return round(n / 1e9, 3)
+
+
+def _run_flashllm(args, name: str, sparsity: float, batches, copy_gbps, log, rows) -> None:
+    from flashllm_nb import llm
+
+    start = time.perf_counter()
+    try:
+        model = llm.random_model(name, sparsity=sparsity, dtype=args.dtype, progress=False)
+    except MemoryError as e:
+        for batch in batches:
+            rows.append(dict(model=name, provider="flashllm_nb", sparsity=sparsity, batch=batch, prompt=args.prompt,
+                             new=args.new, status="does not fit", note=str(e)))
+        log(f"{name} at {sparsity:.0%}: does not fit: {e}")
+        return
+    build_s = time.perf_counter() - start
+    log(f"{model!r} built in {build_s:.1f} s")
+    weights = model.nbytes
+    kv_per_token = model.config.kv_bytes_per_token(model.dtype.itemsize)
+    rng = np.random.default_rng(0)
+    for batch in batches:
+        row = dict(model=name, provider="flashllm_nb", sparsity=sparsity, batch=batch, prompt=args.prompt,
+                   new=args.new, build_s=round(build_s, 2), weights_gb=_gb(weights))
+        prompts = rng.integers(4, model.config.vocab_size, (batch, args.prompt))
+        try:
+            llm.generate(model, prompts, max_new_tokens=4, eos_token_id=None)  # warm-up
+            _, stats = llm.generate(model, prompts, max_new_tokens=args.new, eos_token_id=None, return_stats=True)
+        except MemoryError as e:
+            rows.append(dict(row, status="does not fit", note=str(e)))
+            log(f"  batch {batch}: does not fit: {e}")
+            continue
+        bound = decode_bound(weights, kv_per_token, batch, args.prompt, args.new, copy_gbps) if copy_gbps else None
+        row.update(status="ok", ttft_s=round(stats.time_to_first_token_s, 4),
+                   decode_tok_s=round(stats.decode_tokens_per_s, 2),
+                   step_ms=round(1e3 * stats.decode_s / max(stats.decode_steps, 1), 3),
+                   host_us_per_step=round(1e6 * stats.host_step_s, 1),
+                   kv_gb=_gb(stats.memory["kv_cache"]), activations_gb=_gb(stats.memory["activations"]),
+                   scratch_gb=_gb(stats.memory["prefill_scratch"]), graph=stats.graph)
+        if bound:
+            row.update(bound_tok_s=round(bound, 1), bound_fraction=round(stats.decode_tokens_per_s / bound, 3))
+        rows.append(row)
+        log(f"  batch {batch:3d}: {row['decode_tok_s']:9.1f} tok/s ({row.get('bound_fraction', float('nan')):.2f} of "
+            f"the bound {row.get('bound_tok_s', float('nan')):.0f}), TTFT {row['ttft_s'] * 1e3:.1f} ms, step "
+            f"{row['step_ms']:.2f} ms, host {row['host_us_per_step']:.0f} us/step")
+    del model
+    _release()
+
+
+def _run_hf(args, name: str, batches, compile_: bool, log, rows) -> None:
+    """transformers dense fp16, random weights of the preset's shapes, greedy with min_new_tokens = new."""
+    import torch
+    import transformers
+
+    from flashllm_nb.llm.config import PRESETS
+
+    provider = "hf-compiled" if compile_ else "hf-eager"
+    new = args.hf_new or args.new
+    config = transformers.AutoConfig.for_model(**PRESETS[name])
+    dtype = torch.float16 if args.dtype == "float16" else torch.bfloat16
+    try:
+        with torch.device("cuda"):
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    except torch.OutOfMemoryError as e:
+        for batch in batches:
+            rows.append(dict(model=name, provider=provider, sparsity=0.0, batch=batch, prompt=args.prompt, new=new,
+                             status="does not fit", note=str(e).splitlines()[0]))
+        _release()
+        return
+    if compile_:
+        model.generation_config.cache_implementation = "static"
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    for batch in batches:
+        row = dict(model=name, provider=provider, sparsity=0.0, batch=batch, prompt=args.prompt, new=new,
+                   weights_gb=_gb(weights))
+        ids = torch.randint(4, config.vocab_size, (batch, args.prompt), device="cuda")
+
+        def run(tokens: int) -> float:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            with torch.no_grad():
+                model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        try:
+            run(4)  # warm-up (and compilation)
+            first = run(1)
+            total = run(new)
+        except torch.OutOfMemoryError as e:
+            rows.append(dict(row, status="does not fit", note=str(e).splitlines()[0]))
+            continue
+        decode = total - first
+        row.update(status="ok", ttft_s=round(first, 4), decode_tok_s=round(batch * (new - 1) / decode, 2),
+                   step_ms=round(1e3 * decode / (new - 1), 3))
+        rows.append(row)
+        log(f"  {provider} batch {batch:3d}: {row['decode_tok_s']:9.1f} tok/s, TTFT {first * 1e3:.1f} ms")
+    del model
+    _release()
+
+
+def _release() -> None:
+    gc.collect()
+    try:
+        import cupy
+
+        cupy.get_default_memory_pool().free_all_blocks()
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| model | provider | sparsity | batch | decode tok/s | of bound | TTFT ms | step ms | host us/step | "
+             "weights GB | KV GB | status |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        def cell(key, scale=1.0, fmt="{:.1f}"):
+            value = r.get(key)
+            return "" if value is None else fmt.format(value * scale)
+
+        lines.append(f"| {r['model']} | {r['provider']} | {r['sparsity']:.0%} | {r['batch']} | "
+                     f"{cell('decode_tok_s')} | {cell('bound_fraction', fmt='{:.2f}')} | {cell('ttft_s', 1e3)} | "
+                     f"{cell('step_ms', fmt='{:.2f}')} | {cell('host_us_per_step', fmt='{:.0f}')} | "
+                     f"{cell('weights_gb', fmt='{:.1f}')} | {cell('kv_gb', fmt='{:.1f}')} | {r['status']} |")
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict], meta: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    models = sorted({r["model"] for r in ok})
+    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(6 * max(len(models), 1), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        for provider, sparsity in sorted({(r["provider"], r["sparsity"]) for r in ok if r["model"] == name}):
+            line = sorted((r["batch"], r["decode_tok_s"]) for r in ok if r["model"] == name and
+                          r["provider"] == provider and r["sparsity"] == sparsity)
+            label = f"{provider}, {'dense' if sparsity == 0 else f'{sparsity:.0%} sparse'}"
+            ax.plot([b for b, _ in line], [t for _, t in line], marker="o", label=label)
+        ax.set(xscale="log", yscale="log", xlabel="batch (sequences)", ylabel="decode tokens/s",
+               title=f"{name} on {meta.get('device', '?')}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write(out: Path, meta: dict, rows: list[dict], stamp: str) -> dict[str, Path]:
+    import csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"e2e_{stamp}.json", "csv": out / f"e2e_{stamp}.csv", "md": out / f"e2e_{stamp}.md"}
+    paths["json"].write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    paths["md"].write_text(f"# End-to-end generation, {meta.get('device')}, {meta.get('date')}\n\n"
+                           f"Command: `{meta.get('command')}`; copy bandwidth {meta.get('copy_gbps')} GB/s.\n\n"
+                           + markdown_table(rows) + "\n")
+    try:
+        paths["png"] = out / f"e2e_{stamp}.png"
+        _plot(rows, meta, paths["png"])
+    except ImportError:
+        paths.pop("png")
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from flashllm_nb.kernels.ptx import SIMULATOR
+    from flashllm_nb.llm import device
+    from flashllm_nb.llm.config import PRESETS
+
+    unknown = [m for m in args.model if m not in PRESETS]
+    if unknown:
+        build_parser().error(f"unknown --model {unknown}; presets: {', '.join(sorted(PRESETS))}")
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
+    if SIMULATOR:
+        return _simulated(log)
+    from flashllm_nb.bench.timing import copy_bandwidth
+
+    copy_gbps = round(copy_bandwidth(), 1)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    meta = {"device": device.device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "command": "flashllm-nb bench-e2e " + " ".join(sys.argv[2:] if argv is None else argv),
+            "copy_gbps": copy_gbps, "python": platform.python_version()}
+    log(f"{meta['device']}: device-to-device copy {copy_gbps} GB/s")
+    rows: list[dict] = []
+    for name in args.model:
+        for sparsity in args.sparsity:
+            _run_flashllm(args, name, sparsity, args.batch, copy_gbps, log, rows)
+            _write(args.out, meta, rows, stamp)
+        for compile_ in [False] * args.hf + [True] * args.hf_compile:
+            _run_hf(args, name, args.batch, compile_, log, rows)
+            _write(args.out, meta, rows, stamp)
+    paths = _write(args.out, meta, rows, stamp)
+    print(markdown_table(rows))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _simulated(log) -> int:
+    """No GPU: the whole pipeline once on a tiny preset in the simulator; nothing is timed."""
+    from flashllm_nb import llm
+
+    log("no GPU: generating with a tiny random OPT in Numba's CUDA simulator (pipeline check; nothing is timed)")
+    model = llm.random_model("opt-tiny", sparsity=0.8, progress=False)
+    out = llm.generate(model, np.array([[5, 6, 7]]), max_new_tokens=2, eos_token_id=None)
+    log(f"{model!r}\ngenerated {out[0, 3:].tolist()}")
+    return 0
