@@ -113,3 +113,17 @@ def test_under_the_simulator_xp_is_numpy_and_to_device_is_the_host_matrix():
     A = fl.TiledCSL.from_dense(np.eye(128, 64, dtype=np.float16))
     assert fl.simulator_enabled() and fl.xp is np
     assert A.to_device() is A and not A.on_device
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("product", ["linear", "spmm", "prepare_linear"])
+def test_read_only_out_is_refused_before_the_kernel_runs(product):
+    rng = np.random.default_rng(0)
+    A = fl.TiledCSL.from_dense(fl.prune.random(rng.standard_normal((128, 64)).astype(np.float16), 0.5, seed=0))
+    X = rng.standard_normal((8, 64)).astype(np.float16)
+    args, shape = ((A, X.T.copy()), (128, 8)) if product == "spmm" else ((X, A), (8, 128))
+    out = np.zeros(shape, np.float16)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^Invalid writability of out: expected a writeable array, got a read-only"):
+        getattr(fl, product)(*args, out=out)
+    assert not out.any()

@@ -156,6 +156,8 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
     if out is None:
         out = _empty_like_input(X, kind, out_shape, dtype)
     y, out_kind = _operand(out, "out", dtype)
+    if out_kind == "numpy" and not y.flags.writeable:  # CuPy and PyTorch device arrays are always writeable
+        raise invalid("writability", "out", "a writeable array", "a read-only one (out.flags.writeable is False)")
     if y.shape != out_shape:
         check_shape(y, "out", out_shape)
     if out_kind != kind:
