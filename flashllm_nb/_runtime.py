@@ -132,7 +132,7 @@ def choose_mode_at_import() -> None:
     """What ``import flashllm_nb`` does: the simulator when ``NUMBA_ENABLE_CUDASIM`` is unset, ``numba.cuda`` not yet
     imported and there is no usable GPU. An explicit ``NUMBA_ENABLE_CUDASIM`` (0 included) is left as it is."""
     if os.environ.get(_SWITCH, "") == "" and "numba.cuda" not in sys.modules and not gpu_available():
-        os.environ[_SWITCH] = "1"
+        use_simulator()
 
 
 def cupy() -> ModuleType:
