@@ -10,12 +10,24 @@ run in Numba's CUDA simulator.
 >>> A.shape, A.nnz
 ((256, 128), 6554)
 
+Without a GPU: ``import flashllm_nb`` on a machine with no usable CUDA GPU switches Numba's CUDA simulator on
+(unless ``NUMBA_ENABLE_CUDASIM`` is set either way), and the kernels then take NumPy arrays and run on the CPU,
+slowly: small sizes only. ``use_simulator()`` forces the simulator on a GPU machine too, ``simulator_enabled()``
+says which mode this process runs in, and ``xp`` is the array module the kernels take in it (``numpy`` under the
+simulator, ``cupy`` on a GPU), so the same code runs in both.
+
 Names are imported lazily so that ``import flashllm_nb`` is cheap and needs neither a GPU nor CuPy.
 """
 
 from __future__ import annotations
 
 import importlib
+
+from flashllm_nb import _runtime
+from flashllm_nb._runtime import simulator_enabled, use_simulator
+
+# First: Numba reads NUMBA_ENABLE_CUDASIM once, when numba.cuda is first imported (by the kernels, or the user).
+_runtime.choose_mode_at_import()
 
 __version__ = "0.1.0"
 
@@ -34,10 +46,12 @@ _LAZY = {
     "kernels": None,
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = sorted([*_LAZY, "simulator_enabled", "use_simulator", "xp"]) + ["__version__"]
 
 
 def __getattr__(name: str):
+    if name == "xp":  # not cached: use_simulator() may still change the mode
+        return _runtime.array_module()
     if name not in _LAZY:
         raise AttributeError(f"module 'flashllm_nb' has no attribute {name!r}")
     module = _LAZY[name]

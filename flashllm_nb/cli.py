@@ -2,6 +2,10 @@
 
 The mode is fixed first: with no GPU, Numba's CUDA simulator is switched on before anything imports ``numba.cuda``,
 so both commands run everywhere (in the simulator only tiny, correctness-only cases: its timings mean nothing).
+
+Each command is one sub-parser whose ``run`` default takes the parsed arguments and the arguments left over; a
+command with a parser of its own (``bench``) is declared with ``add_help=False`` and ``delegated=True`` and reads
+the leftovers itself. Bad arguments get argparse's usage and one-line error, and exit status 2.
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flashllm_nb._runtime import use_simulator_if_no_gpu
+from flashllm_nb._runtime import simulator_enabled, use_simulator_if_no_gpu
+from flashllm_nb.bench.command import non_negative_int, sparsity_fraction
 
+PROG = "flashllm-nb"
 # A built-in layer: OPT-66B's attention output projection, pruned to 80 %, 16 tokens.
 DEMO_GPU = dict(m=9216, k=9216, n=16, sparsity=0.8)
 # Small enough for the simulator (which runs every GPU thread as a Python thread), big enough for several tiles,
@@ -18,22 +24,50 @@ DEMO_GPU = dict(m=9216, k=9216, n=16, sparsity=0.8)
 DEMO_SIM = dict(m=200, k=136, n=12, sparsity=0.8)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flashllm-nb", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="prune a built-in layer, encode it, multiply, check against a reference")
-    demo.add_argument("--sparsity", type=float, default=None, help="fraction of zeros (default 0.8)")
-    demo.add_argument("--seed", type=int, default=0)
-    sub.add_parser("bench", help="the kernel benchmark; `flashllm-nb bench --help` lists its options", add_help=False)
-    args, rest = parser.parse_known_args(argv)
-    simulator = use_simulator_if_no_gpu()
-    if args.command == "bench":
-        from flashllm_nb.bench import main as bench_main
+def build_parser() -> argparse.ArgumentParser:
+    """The ``flashllm-nb`` parser, one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Unstructured-sparse LLM weights on NVIDIA Tensor Cores: a demo and the kernel "
+                               "benchmark. Without a GPU both run in Numba's CUDA simulator, at small sizes.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo", help="prune a built-in layer, encode it, multiply, check against a reference",
+        description="Prune a built-in layer (OPT-66B's 9216 x 9216 output projection, 16 tokens; a 200 x 136 one "
+                    "in the simulator), encode it in Tiled-CSL, multiply, check against the float64 reference and, "
+                    "on a GPU, time it against cuBLAS.")
+    demo.add_argument("--sparsity", type=sparsity_fraction, default=None, metavar="S",
+                      help="fraction of zeros in [0, 1) (default 0.8)")
+    demo.add_argument("--seed", type=non_negative_int, default=0,
+                      help="seed of the random weights and activations (default 0)")
+    demo.set_defaults(run=_demo_command)
+    bench = sub.add_parser("bench", add_help=False,
+                           help=f"the kernel benchmark; '{PROG} bench --help' lists its options")
+    bench.set_defaults(run=_bench_command, delegated=True)
+    return parser
 
-        return bench_main(rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return _demo(simulator, args.sparsity, args.seed)
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status: 2 for bad arguments (after argparse's usage and one-line error on
+    stderr), 0 after ``--help``, else the command's."""
+    parser = build_parser()
+    try:
+        args, rest = parser.parse_known_args(argv)
+        if rest and not getattr(args, "delegated", False):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    except SystemExit as exc:  # argparse has printed the usage and the error (or the help)
+        return exc.code if isinstance(exc.code, int) else 0
+    use_simulator_if_no_gpu()  # before anything imports numba.cuda
+    return args.run(args, rest)
+
+
+def _bench_command(args: argparse.Namespace, rest: list[str]) -> int:
+    from flashllm_nb.bench import main as bench_main
+
+    return bench_main(rest, prog=f"{PROG} bench")
+
+
+def _demo_command(args: argparse.Namespace, rest: list[str]) -> int:
+    return _demo(simulator_enabled(), args.sparsity, args.seed)
 
 
 def _demo(simulator: bool, sparsity: float | None, seed: int) -> int:

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from flashllm_nb._runtime import use_simulator_if_no_gpu
+from flashllm_nb._runtime import gpu_unavailable_reason, use_simulator_if_no_gpu
 
 from .providers import BASELINE, PROVIDERS
 from .shapes import PRESETS, SIMULATOR_SHAPES, parse_shape, resolve_shapes
 
-__all__ = ["build_parser", "resolve_sweep", "main"]
+__all__ = ["build_parser", "resolve_sweep", "main", "positive_int", "non_negative_int", "sparsity_fraction"]
 
 DEFAULT_PRESET = "opt-66b"
 DEFAULT_NS = (8, 16, 32, 64)
@@ -21,20 +21,25 @@ QUICK = {"preset": ["opt-66b"], "n": [16], "sparsity": [0.7, 0.8, 0.9]}
 SIMULATOR_NS = (8, 16)
 SIMULATOR_SPARSITIES = (0.5, 0.9)
 
+DEFAULT_OUT = Path("bench/out")
+PROG = "python -m flashllm_nb.bench"
+
+# argparse fills in %(prog)s (the command as it was called) and so reads %% as one %.
 _EPILOG = """\
 examples:
-  python -m flashllm_nb.bench                          # OPT-66B, N = 8 16 32 64, 50-90 %% sparsity, fp16
-  python -m flashllm_nb.bench --quick                  # about a minute: OPT-66B, N = 16, 70/80/90 %%
-  python -m flashllm_nb.bench --preset llama2-70b --n 16 --sparsity 0.5 0.8
-  python -m flashllm_nb.bench --shape 9216,36864 --providers cublas,flashllm_tiled_csl
-  python -m flashllm_nb.bench --list                   # presets and providers (with why any is unavailable)
+  %(prog)s                          # OPT-66B, N = 8 16 32 64, 50-90 %% sparsity, fp16
+  %(prog)s --quick                  # about a minute: OPT-66B, N = 16, 70/80/90 %%
+  %(prog)s --preset llama2-70b --n 16 --sparsity 0.5 0.8
+  %(prog)s --shape 9216,36864 --providers cublas,flashllm_tiled_csl
+  %(prog)s --list                   # presets and providers (with why any is unavailable)
 
 Without a GPU (or with NUMBA_ENABLE_CUDASIM=1) it checks flashllm_nb's kernels for correctness in Numba's CUDA
-simulator on a 256 x 128 weight, and times nothing.
+simulator on a 256 x 128 weight, times nothing and writes no files.
 """
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -44,7 +49,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
     try:
         value = int(text)
     except ValueError:
@@ -54,7 +60,8 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _sparsity(text: str) -> float:
+def sparsity_fraction(text: str) -> float:
+    """argparse type: a fraction of zeros in [0, 1)."""
     try:
         value = float(text)
     except ValueError:
@@ -74,10 +81,11 @@ def _provider_list(text: str) -> list[str]:
     return names
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The benchmark's parser; ``prog`` is the command as the user calls it (``flashllm-nb bench`` from the CLI)."""
     p = argparse.ArgumentParser(
-        prog="python -m flashllm_nb.bench",
-        description="Time Y = X @ W.T for pruned LLM weights: flashllm_nb's kernels beside cuBLAS, cuSPARSE and "
+        prog=prog,
+        description="Time Y = X @ W.T for pruned LLM weights: flashllm_nb's kernels beside cuBLAS, cuSPARSE and\n"
                     "2:4 sparsity, in one process; write markdown, CSV, JSON and a plot.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -88,23 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
                            f"(default {DEFAULT_PRESET} when no --shape either)")
     what.add_argument("--shape", action="append", type=parse_shape, metavar="M,K",
                       help="a weight of M out_features x K in_features, repeatable, e.g. --shape 9216,36864")
-    what.add_argument("--n", nargs="+", type=_positive_int, metavar="N",
+    what.add_argument("--n", nargs="+", type=positive_int, metavar="N",
                       help=f"token counts (columns of X.T) (default {' '.join(map(str, DEFAULT_NS))})")
-    what.add_argument("--sparsity", nargs="+", type=_sparsity, metavar="S",
+    what.add_argument("--sparsity", nargs="+", type=sparsity_fraction, metavar="S",
                       help=f"fractions of zeros in W (default {' '.join(map(str, DEFAULT_SPARSITIES))})")
     what.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16",
                       help="weights and activations (default fp16)")
     what.add_argument("--providers", type=_provider_list, metavar="A,B",
-                      help=f"which providers (default all: {','.join(PROVIDERS)}); {BASELINE} always runs")
+                      help=f"which providers (default all: {', '.join(PROVIDERS)}); {BASELINE} always runs")
     what.add_argument("--quick", action="store_true",
                       help="about a minute: --preset opt-66b --n 16 --sparsity 0.7 0.8 0.9 (explicit options win)")
     how = p.add_argument_group("how")
-    how.add_argument("--reps", type=_positive_int, default=100,
+    how.add_argument("--reps", type=positive_int, default=100,
                      help="timed repetitions per case (fewer, >= 10, for calls over 5 ms) (default 100)")
-    how.add_argument("--warmup", type=_non_negative_int, default=10, help="untimed calls first (default 10)")
-    how.add_argument("--seed", type=int, default=0, help="seed of the random weights, activations and pruning")
-    how.add_argument("--out", type=Path, default=Path("bench/out"),
-                     help="directory for kernel_bench_<date>.{json,csv,md,png} (default bench/out)")
+    how.add_argument("--warmup", type=non_negative_int, default=10, help="untimed calls first (default 10)")
+    how.add_argument("--seed", type=non_negative_int, default=0,
+                     help="seed of the random weights, activations and pruning (default 0)")
+    how.add_argument("--out", type=Path, default=None,
+                     help=f"directory for kernel_bench_<date>.{{json,csv,md,png}} (default {DEFAULT_OUT}; the "
+                          "simulator writes no files)")
     p.add_argument("--list", action="store_true", help="list presets and providers, then exit")
     return p
 
@@ -127,6 +137,8 @@ def resolve_sweep(args: argparse.Namespace, simulator: bool):
         ns = tuple(args.n or SIMULATOR_NS)
         sparsities = tuple(args.sparsity or SIMULATOR_SPARSITIES)
         names = [n for n in names if PROVIDERS[n].simulator]
+        if args.out is not None:
+            notes.append(f"--out {args.out} ignored: the simulator checks correctness only and writes no files")
     else:
         shapes = resolve_shapes(args.preset, args.shape, DEFAULT_PRESET)
         ns = tuple(args.n or DEFAULT_NS)
@@ -138,28 +150,37 @@ def resolve_sweep(args: argparse.Namespace, simulator: bool):
     return sweep, notes
 
 
-def _print_list() -> None:
+def _print_list(simulator: bool) -> None:
     print("presets (M x K = out_features x in_features):")
     for name, shapes in PRESETS.items():
         one_model = len({s.model for s in shapes}) == 1
         print(f"  {name:11s} " + ", ".join(f"{s.layer} {s.M}x{s.K}" if one_model else s.label for s in shapes))
     print("providers:")
+    # In the simulator only the providers that run in it can: the others need a GPU whatever their modules say.
+    no_gpu = gpu_unavailable_reason()
+    why_not = (f"no CUDA GPU here ({no_gpu})" if no_gpu
+               else "Numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1) and this provider does not run in it")
     for p in PROVIDERS.values():
-        reason = p.unavailable("fp16", 0.5)
-        print(f"  {p.name:19s} {p.label:32s} " + (f"unavailable: {reason}" if reason else "available"))
+        if simulator:
+            state = "available in the simulator (correctness only, no timings)" if p.simulator else \
+                f"unavailable: {why_not}"
+        else:
+            reason = p.unavailable("fp16", 0.5)
+            state = f"unavailable: {reason}" if reason else "available"
+        print(f"  {p.name:19s} {p.label:32s} {state}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run the benchmark; returns the exit status (0 ok, 1 a flashllm_nb kernel was wrong or the run aborted,
-    2 bad arguments or a missing requirement)."""
+    2 bad arguments or a missing requirement). ``prog`` names the command in the help and the usage errors."""
     simulator = use_simulator_if_no_gpu()  # first: Numba reads the switch when numba.cuda is first imported
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(prog).parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage and the error (or --help)
         return exc.code if isinstance(exc.code, int) else 0
     if args.list:
-        _print_list()
+        _print_list(simulator)
         return 0
     sweep, notes = resolve_sweep(args, simulator)
     for note in notes:
@@ -168,4 +189,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if simulator:
         return run_simulator_check(sweep, argv)
-    return run_gpu_benchmark(sweep, argv, args.out)
+    return run_gpu_benchmark(sweep, argv, args.out or DEFAULT_OUT)

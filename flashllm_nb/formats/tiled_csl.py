@@ -771,9 +771,17 @@ class TiledCSL:
         return scipy.sparse.csr_array((data, (rows, cols)), shape=self._shape)
 
     def to_device(self) -> "TiledCSL":
-        """A copy with CuPy arrays (``self`` when already on the device)."""
-        if self.on_device:
+        """A copy with CuPy arrays (``self`` when already on the device).
+
+        Under Numba's CUDA simulator (no GPU, or ``flashllm_nb.use_simulator()``) the simulated device reads host
+        memory, so this returns the host matrix itself, which the kernels then take: code written for the GPU runs
+        unchanged there. Without a GPU and with the simulator off it raises a RuntimeError that says so.
+        """
+        from flashllm_nb import _runtime
+
+        if self.on_device or _runtime.simulator_enabled():
             return self
+        _runtime.require_gpu("TiledCSL.to_device()")
         return TiledCSL._from_parts(to_device(self._words), to_device(self._tile_offsets), self._shape, self._dtype,
                                     self._nnz)
 
