@@ -41,6 +41,7 @@ _LAZY = {
     "prepare_linear": "flashllm_nb.kernels.api",
     "Prepared": "flashllm_nb.kernels.api",
     "prune": None,
+    "llm": None,
     "reference": None,
     "formats": None,
     "kernels": None,

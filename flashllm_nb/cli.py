@@ -1,10 +1,11 @@
-"""The ``flashllm-nb`` command: ``demo`` (prune, encode, multiply, check, time) and ``bench`` (the kernel benchmark).
+"""The ``flashllm-nb`` command: ``demo`` (prune, encode, multiply, check, time), ``bench`` (the kernel benchmark),
+``generate`` (text from a pruned model) and ``bench-e2e`` (whole models, dense and sparse).
 
 The mode is fixed first: with no GPU, Numba's CUDA simulator is switched on before anything imports ``numba.cuda``,
 so both commands run everywhere (in the simulator only tiny, correctness-only cases: its timings mean nothing).
 
 Each command is one sub-parser whose ``run`` default takes the parsed arguments and the arguments left over; a
-command with a parser of its own (``bench``) is declared with ``add_help=False`` and ``delegated=True`` and reads
+command with a parser of its own (``bench``, ``generate``, ``bench-e2e``) is declared with ``add_help=False`` and ``delegated=True`` and reads
 the leftovers itself. Bad arguments get argparse's usage and one-line error, and exit status 2.
 """
 
@@ -27,8 +28,9 @@ DEMO_SIM = dict(m=200, k=136, n=12, sparsity=0.8)
 def build_parser() -> argparse.ArgumentParser:
     """The ``flashllm-nb`` parser, one sub-parser per command."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Unstructured-sparse LLM weights on NVIDIA Tensor Cores: a demo and the kernel "
-                               "benchmark. Without a GPU both run in Numba's CUDA simulator, at small sizes.")
+        prog=PROG, description="Unstructured-sparse LLM weights on NVIDIA Tensor Cores: a demo, the kernel "
+                               "benchmark, text generation and the end-to-end benchmark. Without a GPU they run "
+                               "in Numba's CUDA simulator, at small sizes.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
         "demo", help="prune a built-in layer, encode it, multiply, check against a reference",
@@ -43,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", add_help=False,
                            help=f"the kernel benchmark; '{PROG} bench --help' lists its options")
     bench.set_defaults(run=_bench_command, delegated=True)
+    generate = sub.add_parser("generate", add_help=False,
+                              help=f"generate text with a pruned model; '{PROG} generate --help' lists its options")
+    generate.set_defaults(run=_generate_command, delegated=True)
+    e2e = sub.add_parser("bench-e2e", add_help=False,
+                         help=f"the end-to-end benchmark; '{PROG} bench-e2e --help' lists its options")
+    e2e.set_defaults(run=_e2e_command, delegated=True)
     return parser
 
 
@@ -64,6 +72,26 @@ def _bench_command(args: argparse.Namespace, rest: list[str]) -> int:
     from flashllm_nb.bench import main as bench_main
 
     return bench_main(rest, prog=f"{PROG} bench")
+
+
+def _generate_command(args: argparse.Namespace, rest: list[str]) -> int:
+    from flashllm_nb.llm.command import main as generate_main
+
+    return _exit_code(generate_main, rest)
+
+
+def _e2e_command(args: argparse.Namespace, rest: list[str]) -> int:
+    from flashllm_nb.bench.e2e import main as e2e_main
+
+    return _exit_code(e2e_main, rest)
+
+
+def _exit_code(command, rest: list[str]) -> int:
+    """A delegated command's status, 2 after its own argparse error."""
+    try:
+        return command(rest)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
 
 
 def _demo_command(args: argparse.Namespace, rest: list[str]) -> int:

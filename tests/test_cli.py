@@ -32,6 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
     (["demo", "--tokens", "16"], "unrecognized arguments: --tokens 16"),
     (["bench", "--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
     (["bench", "--sparsity", "80"], "argument --sparsity: expected a fraction in [0, 1), e.g. 0.8 (not 80)"),
+    (["generate", "--model", "opt-tiny", "--sparsity", "0.8x"], "argument --sparsity: expected a fraction in [0, 1)"),
+    (["generate", "--model", "opt-tiny", "--top-p", "0"], "argument --top-p: expected a number in (0, 1]"),
+    (["generate", "--model", "opt-tiny", "--max-new-tokens", "0"], "argument --max-new-tokens: expected a positive"),
+    (["generate", "--model", "no-such-model"], "--model 'no-such-model' is neither a folder nor a preset"),
+    (["generate"], "the following arguments are required: --model"),
+    (["bench-e2e", "--batch", "0"], "argument --batch: expected a positive integer, got '0'"),
+    (["bench-e2e", "--model", "gpt-5"], "unknown --model ['gpt-5']"),
     ([], "the following arguments are required: COMMAND"),
     (["train"], "argument COMMAND: invalid choice: 'train'"),
 ])
@@ -56,6 +63,8 @@ def test_bad_argument_from_the_shell_prints_no_traceback():
     (["--help"], "usage: flashllm-nb [-h] COMMAND"),
     (["demo", "--help"], "usage: flashllm-nb demo"),
     (["bench", "--help"], "usage: flashllm-nb bench"),
+    (["generate", "--help"], "usage: flashllm-nb generate"),
+    (["bench-e2e", "--help"], "usage: flashllm-nb bench-e2e"),
 ])
 def test_help_is_plain_text_under_the_command_name(argv, usage, capsys):
     assert main(argv) == 0

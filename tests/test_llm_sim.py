@@ -131,3 +131,13 @@ def test_random_model_is_pruned_and_runs():
         assert layer.sparse and abs(layer.weight.sparsity - 0.8) < 1e-3
     assert np.isfinite(model.forward(np.array([[1, 2]]))).all()
     assert from_hf(llm.PRESETS["opt-tiny"]) == model.config
+
+
+def test_checkpoint_tensors_give_back_the_loaded_weights(llama_checkpoint):
+    """The fused layers split back into the checkpoint's matrices, bit for bit (an untied head, GQA shapes)."""
+    path, tensors = llama_checkpoint
+    model = llm.load(path, progress=False)
+    exported = model.checkpoint_tensors()
+    assert sorted(exported) == sorted(tensors)
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(exported[name].view(np.uint16), value.view(np.uint16), err_msg=name)

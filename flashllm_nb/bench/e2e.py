@@ -29,32 +29,14 @@ from typing import Sequence
 
 import numpy as np
 
+from flashllm_nb.bench.command import positive_int, sparsity_fraction
+
 __all__ = ["main", "build_parser", "decode_bound", "markdown_table"]
 
 DEFAULT_OUT = Path("bench/out")
 _FIELDS = ["model", "provider", "sparsity", "batch", "prompt", "new", "status", "ttft_s", "decode_tok_s",
            "bound_tok_s", "bound_fraction", "step_ms", "host_us_per_step", "weights_gb", "kv_gb", "activations_gb",
            "scratch_gb", "build_s", "graph", "note"]
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,15 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
                "  flashllm-nb bench-e2e --model opt-30b --sparsity 0 0.8 0.9 --batch 1 16 --hf\n"
                "  flashllm-nb bench-e2e --model llama-2-70b --sparsity 0.8 --batch 1 16 --new 128\n")
     parser.add_argument("--model", nargs="+", default=["opt-66b"], help="presets (flashllm_nb.llm.PRESETS)")
-    parser.add_argument("--sparsity", nargs="+", type=_fraction, default=[0.8, 0.9],
+    parser.add_argument("--sparsity", nargs="+", type=sparsity_fraction, default=[0.8, 0.9],
                         help="fractions of zeros; 0 runs the model dense (cuBLAS)")
-    parser.add_argument("--batch", nargs="+", type=_positive, default=[1, 8, 16, 32, 64])
-    parser.add_argument("--prompt", type=_positive, default=64, help="prompt tokens per sequence")
-    parser.add_argument("--new", type=_positive, default=512, help="new tokens per sequence")
+    parser.add_argument("--batch", nargs="+", type=positive_int, default=[1, 8, 16, 32, 64])
+    parser.add_argument("--prompt", type=positive_int, default=64, help="prompt tokens per sequence")
+    parser.add_argument("--new", type=positive_int, default=512, help="new tokens per sequence")
     parser.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
     parser.add_argument("--hf", action="store_true", help="add Hugging Face transformers dense (eager) rows")
     parser.add_argument("--hf-compile", action="store_true", help="add transformers' static cache + torch.compile")
-    parser.add_argument("--hf-new", type=_positive, default=None, help="new tokens for the transformers rows")
+    parser.add_argument("--hf-new", type=positive_int, default=None, help="new tokens for the transformers rows")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the result files")
     return parser
 

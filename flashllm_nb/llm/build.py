@@ -18,7 +18,7 @@ import numpy as np
 
 from flashllm_nb._checks import invalid
 from flashllm_nb.llm import device, memory
-from flashllm_nb.llm.checkpoint import LINEAR_PARTS, Checkpoint, block_tensors, model_tensors
+from flashllm_nb.llm.checkpoint import LINEAR_PARTS, NORMS, Checkpoint, block_tensors, model_tensors
 from flashllm_nb.llm.config import ModelConfig, preset
 from flashllm_nb.llm.model import Block, Model, Norm
 from flashllm_nb.llm.weights import DENSE_BELOW, PRUNE_METHODS, Linear, encode_linear, prune_bits
@@ -206,8 +206,7 @@ def _build(config: ModelConfig, dtype, read: Callable[[str], object], sizes: dic
                 bias = None if not biases else biases[0] if len(biases) == 1 else xp.concatenate(biases)
                 linears[layer] = encode_linear(stacked, bias, dtype, None, prune, dense_below)
                 del stacked
-            first, second = ("self_attn_layer_norm", "final_layer_norm") if config.family == "opt" else \
-                ("input_layernorm", "post_attention_layernorm")
+            first, second = NORMS[config.family]
             blocks.append(Block(attn_norm=norm(prefix + first), ffn_norm=norm(prefix + second), **linears))
         if config.family == "opt":
             final_norm = norm("final_layer_norm") if config.final_norm else None

@@ -18,7 +18,7 @@ import numpy as np
 
 from flashllm_nb.llm.config import ModelConfig, read_config
 
-__all__ = ["Checkpoint", "block_tensors", "model_tensors", "LINEAR_PARTS"]
+__all__ = ["Checkpoint", "block_tensors", "model_tensors", "LINEAR_PARTS", "NORMS"]
 
 _FLOAT_DTYPES = {"F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16), "F32": np.dtype(np.float32)}
 # Where a family's decoder tensors sit: the first prefix under which the embedding is found is the checkpoint's.
@@ -31,7 +31,8 @@ LINEAR_PARTS = {
     "llama": {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "out": ("self_attn.o_proj",),
               "ffn_in": ("mlp.gate_proj", "mlp.up_proj"), "ffn_out": ("mlp.down_proj",)},
 }
-_NORMS = {"opt": ("self_attn_layer_norm", "final_layer_norm"), "llama": ("input_layernorm", "post_attention_layernorm")}
+#: A block's two norms: before (after, post-LN) attention and before the MLP.
+NORMS = {"opt": ("self_attn_layer_norm", "final_layer_norm"), "llama": ("input_layernorm", "post_attention_layernorm")}
 
 
 def _part_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
@@ -53,7 +54,7 @@ def block_tensors(config: ModelConfig, index: int) -> dict[str, tuple[int, ...]]
         if attention_bias if part.startswith("self_attn") else mlp_bias:
             names[f"layers.{index}.{part}.bias"] = (shape[0],)
     affine = config.family == "llama" or config.layer_norm_affine
-    for norm in _NORMS[config.family]:
+    for norm in NORMS[config.family]:
         if affine:
             names[f"layers.{index}.{norm}.weight"] = (config.hidden_size,)
             if config.family == "opt":

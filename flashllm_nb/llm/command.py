@@ -14,27 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
+from flashllm_nb.bench.command import positive_int, sparsity_fraction
+
 __all__ = ["build_parser", "main"]
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _non_negative(text: str) -> float:
@@ -63,18 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  flashllm-nb generate --model ./opt-6.7b --sparsity 0.8 --prompt \"The capital of France is\"\n"
-               "  flashllm-nb generate --model ./llama-2-7b-wanda --prompt \"Hello\" --max-new-tokens 32 --temperature 0.7\n"
+               "  flashllm-nb generate --model ./llama-2-7b-wanda --prompt Hello --temperature 0.7\n"
                "  flashllm-nb generate --model opt-66b --sparsity 0.8 --batch 16   # random weights: speed only\n")
     parser.add_argument("--model", required=True, help="checkpoint folder, or a preset name (random weights)")
-    parser.add_argument("--sparsity", type=_fraction, default=None,
+    parser.add_argument("--sparsity", type=sparsity_fraction, default=None,
                         help="prune every linear layer to this fraction of zeros (default: keep the checkpoint's "
                              "zeros; 0.8 for a preset)")
     parser.add_argument("--prune", choices=("magnitude", "magnitude-row"), default="magnitude")
     parser.add_argument("--dtype", choices=("float16", "bfloat16"), default=None)
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (text); repeat for a batch")
     parser.add_argument("--prompt-ids", default=None, help="comma-separated token ids instead of text")
-    parser.add_argument("--batch", type=_positive, default=None, help="repeat the prompt(s) to this many sequences")
-    parser.add_argument("--max-new-tokens", type=_positive, default=64)
+    parser.add_argument("--batch", type=positive_int, default=None, help="repeat the prompt(s) to this many sequences")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--temperature", type=_non_negative, default=0.0, help="0: greedy")
     parser.add_argument("--top-p", type=_top_p, default=1.0)
     parser.add_argument("--seed", type=int, default=0)

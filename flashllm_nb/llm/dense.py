@@ -1,9 +1,10 @@
 """Dense products of the decoder: ``y = x @ W.T`` for the layers that stay dense (embedding projections, the LM
 head, matrices too dense to gain from Tiled-CSL, the dense baseline) and for prefill through an expanded scratch.
 
-On a GPU this is cuBLAS ``gemmEx`` called directly (CuPy's ``matmul`` has no bfloat16), float16 or bfloat16 in and
-out, fp32 accumulation: the same arithmetic as PyTorch's ``F.linear``. The handle gets a workspace of its own once,
-so that a product captured in a CUDA graph never asks cuBLAS to allocate. Under the simulator it is a float32 NumPy
+On a GPU this is cuBLAS ``cublasGemmEx`` called through ctypes on a handle of the engine's own (CuPy's ``matmul``
+has no bfloat16, and CuPy's cuBLAS bindings refuse to run during CUDA-graph capture), float16 or bfloat16 in and
+out, fp32 accumulation: the same arithmetic as PyTorch's ``F.linear``. The handle has a workspace of its own, so
+that a product captured in a CUDA graph never asks cuBLAS to allocate. Under the simulator it is a float32 NumPy
 product rounded once, the same bound.
 """
 
@@ -24,8 +25,6 @@ _CUBLAS_COMPUTE_32F = 68
 _CUBLAS_GEMM_DEFAULT = -1
 _CUBLAS_OP_N, _CUBLAS_OP_T = 0, 1
 _WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommendation for Hopper
-_ONE = np.ones(1, np.float32)
-_ZERO = np.zeros(1, np.float32)
 
 
 def bits_to_float32(bits, dtype):
@@ -46,53 +45,71 @@ def matmul_t(x, w, y, n: int, m: int, k: int, dtype, stream: int = 0) -> None:
         return
     if ptx.SIMULATOR:
         with np.errstate(over="ignore", invalid="ignore"):
-            product = bits_to_float32(x[: n * k].reshape(n, k), dtype) @ bits_to_float32(w[: m * k].reshape(m, k), dtype).T
+            product = (bits_to_float32(x[: n * k].reshape(n, k), dtype)
+                       @ bits_to_float32(w[: m * k].reshape(m, k), dtype).T)
             y[: n * m] = float32_to_bits(product, dtype).reshape(-1)
         return
     if k == 0:
         y[: n * m] = 0
         return
-    from cupy_backends.cuda.libs import cublas
-
-    handle = _handle()
-    cublas.setStream(handle, stream)
     kind = _CUDA_R_16F if np.dtype(dtype) == np.float16 else _CUDA_R_16BF
-    # Column-major view: y.T (m x n) = W (m x k, stored as k x m column-major, hence op T) @ x.T (k x n).
-    cublas.gemmEx(handle, _CUBLAS_OP_T, _CUBLAS_OP_N, m, n, k, _ONE.ctypes.data, w.data.ptr, kind, k, x.data.ptr,
-                  kind, k, _ZERO.ctypes.data, y.data.ptr, kind, m, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
+    _cublas().gemm_t(x.data.ptr, w.data.ptr, y.data.ptr, n, m, k, kind, stream)
 
 
-_WORKSPACES: dict = {}
+class _Cublas:
+    """A cuBLAS handle of the engine's own, called through ctypes.
 
+    CuPy's cuBLAS bindings refuse to run while a stream is being captured; the library itself supports capture
+    (given a workspace, so that it never allocates then). One handle, one workspace, and the two calls a product
+    needs: ``cublasSetStream_v2`` and ``cublasGemmEx``."""
 
-def _handle() -> int:
-    """CuPy's cuBLAS handle of the current device, with a workspace of its own set once."""
-    import cupy
-    from cupy.cuda import device
+    def __init__(self):
+        import cupy
+        from cupy_backends.cuda.libs import cublas  # loads libcublas into the process
 
-    handle = device.get_cublas_handle()
-    if handle not in _WORKSPACES:
-        workspace = cupy.empty(_WORKSPACE_BYTES, np.uint8)
-        status = _set_workspace()(ctypes.c_void_p(handle), ctypes.c_void_p(workspace.data.ptr),
-                                  ctypes.c_size_t(_WORKSPACE_BYTES))
+        del cublas
+        self._lib = _load_cublas()
+        handle = ctypes.c_void_p()
+        self._check(self._lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate_v2")
+        self._handle = handle
+        self._workspace = cupy.empty(_WORKSPACE_BYTES, np.uint8)
+        self._check(self._lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(self._workspace.data.ptr),
+                                                    ctypes.c_size_t(_WORKSPACE_BYTES)), "cublasSetWorkspace_v2")
+        self._gemm = self._lib.cublasGemmEx
+        self._gemm.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                               ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                               ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self._gemm.restype = ctypes.c_int
+        self._set_stream = self._lib.cublasSetStream_v2
+        self._set_stream.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self._set_stream.restype = ctypes.c_int
+        self._one, self._zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
         if status:
-            raise RuntimeError(f"cublasSetWorkspace failed with status {status}")
-        _WORKSPACES[handle] = workspace
-    return handle
+            raise RuntimeError(f"{what} failed with cuBLAS status {status}")
+
+    def gemm_t(self, x: int, w: int, y: int, n: int, m: int, k: int, kind: int, stream: int) -> None:
+        """``y = x @ w.T`` for row-major device pointers; column-major: y.T (m x n) = op_T(W) (k x m stored)
+        @ x.T (k x n)."""
+        self._check(self._set_stream(self._handle, stream), "cublasSetStream_v2")
+        self._check(self._gemm(self._handle, _CUBLAS_OP_T, _CUBLAS_OP_N, m, n, k, ctypes.byref(self._one), w, kind,
+                               k, x, kind, k, ctypes.byref(self._zero), y, kind, m, _CUBLAS_COMPUTE_32F,
+                               _CUBLAS_GEMM_DEFAULT), "cublasGemmEx")
 
 
 @functools.cache
-def _set_workspace():
-    """``cublasSetWorkspace_v2`` of the cuBLAS library CuPy has loaded (CuPy does not wrap it)."""
-    from cupy_backends.cuda.libs import cublas  # loads libcublas into the process
+def _cublas() -> _Cublas:
+    return _Cublas()
 
-    del cublas
+
+def _load_cublas() -> ctypes.CDLL:
+    """The cuBLAS library CuPy has loaded, by its soname."""
     for name in ("libcublas.so.13", "libcublas.so.12", "libcublas.so"):
         try:
-            function = ctypes.CDLL(name).cublasSetWorkspace_v2
-        except (OSError, AttributeError):
+            return ctypes.CDLL(name)
+        except OSError:
             continue
-        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-        function.restype = ctypes.c_int
-        return function
-    raise RuntimeError("cuBLAS (libcublas.so.13 or .12) could not be loaded for cublasSetWorkspace_v2")
+    raise RuntimeError("cuBLAS (libcublas.so.13 or .12) could not be loaded")

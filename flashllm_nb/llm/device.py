@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from flashllm_nb import _runtime
 from flashllm_nb.kernels import ptx
 
 __all__ = ["SIMULATOR", "xp", "to_device", "to_host", "Stream", "synchronize", "free_memory", "device_name"]
@@ -15,12 +16,8 @@ SIMULATOR = ptx.SIMULATOR
 
 
 def xp():
-    """``cupy`` on a GPU, ``numpy`` under the simulator."""
-    if SIMULATOR:
-        return np
-    import cupy
-
-    return cupy
+    """``cupy`` on a GPU, ``numpy`` under the simulator (``flashllm_nb.xp``)."""
+    return np if SIMULATOR else _runtime.array_module()
 
 
 def to_device(a):

@@ -216,7 +216,7 @@ class PrefillPlanner:
     def _dense_is_faster(self, linear, x, out, tokens: int, stream: int) -> bool:
         import cupy
 
-        cupy_stream = cupy.cuda.ExternalStream(stream)
+        cupy_stream = self._model.stream.cupy_stream  # the stream every pass of this model runs on
         times = []
         for scratch in (None, self._scratch):
             linear(x, out, tokens, stream, scratch)  # warm-up: compilation, plans, workspaces
@@ -228,3 +228,4 @@ class PrefillPlanner:
             stop.synchronize()
             times.append(cupy.cuda.get_elapsed_time(start, stop))
         return times[1] < times[0]
+

@@ -192,9 +192,7 @@ def generate(model, prompts, max_new_tokens: int = 64, temperature: float = 0.0,
                 graph.launch(stream=stream.cupy_stream)
             elif index == 1 and use_graph and not device.SIMULATOR:
                 # the first step ran eagerly (compiling kernels, creating plans and workspaces): capture the second
-                stream.cupy_stream.begin_capture()
-                step()
-                graph = stream.cupy_stream.end_capture()
+                graph = _capture(step, stream)
                 graph.launch(stream=stream.cupy_stream)
             else:
                 step()
@@ -215,6 +213,18 @@ def generate(model, prompts, max_new_tokens: int = 64, temperature: float = 0.0,
 def _logits_host(model, logits, batch) -> np.ndarray:
     vocab = model.config.vocab_size
     return device.to_host(bits_to_float32(logits[: batch * vocab], model.dtype)).reshape(batch, vocab)
+
+
+def _capture(step, stream):
+    """``step``'s launches on ``stream`` as a CUDA graph; the capture is ended (and the graph dropped) if the step
+    raises, so the stream is usable again."""
+    stream.cupy_stream.begin_capture()
+    try:
+        step()
+    except BaseException:
+        stream.cupy_stream.end_capture()
+        raise
+    return stream.cupy_stream.end_capture()
 
 
 def _now(stream) -> float:

@@ -21,7 +21,18 @@ from flashllm_nb.llm.dense import bits_to_float32
 from flashllm_nb.llm.engine import Activations, KVCache, PrefillPlanner, run_decoder
 from flashllm_nb.llm.weights import Linear
 
-__all__ = ["Model", "Block", "Norm"]
+__all__ = ["Model", "Block", "Norm", "part_rows"]
+
+
+def part_rows(config: ModelConfig, part: str) -> int:
+    """Rows of checkpoint matrix ``part`` (``"self_attn.k_proj"``, ``"fc1"``, ...) inside its fused layer."""
+    if part.endswith(("k_proj", "v_proj")):
+        return config.kv_size
+    if part.endswith("q_proj"):
+        return config.q_size
+    if part.endswith(("out_proj", "o_proj", "fc2", "down_proj")):
+        return config.hidden_size
+    return config.ffn_size
 
 
 @dataclass
@@ -141,6 +152,48 @@ class Model:
             index = tuple(int(i) for i in np.argwhere(bad)[0])
             raise invalid("value", name, f"token ids in [0, {self.config.vocab_size})",
                           f"{int(ids[index])} at {index}")
+
+    def checkpoint_tensors(self) -> dict[str, np.ndarray]:
+        """The weights as the checkpoint names them (inside the decoder prefix; an untied head as
+        ``/lm_head.weight``), dense host arrays of the model's dtype: the fused layers split back into their
+        matrices, Tiled-CSL decoded. What :func:`flashllm_nb.reference.decoder.decoder_logits` takes."""
+        from flashllm_nb.llm.checkpoint import LINEAR_PARTS, NORMS
+
+        c = self.config
+
+        def host(bits, shape):
+            return device.to_host(bits).view(self.dtype).reshape(shape)
+
+        tensors = {"embed_tokens.weight": host(self.embed_tokens, (c.vocab_size, c.embed_dim))}
+        if self.embed_positions is not None:
+            tensors["embed_positions.weight"] = host(self.embed_positions, (c.max_positions + 2, c.hidden_size))
+        for name in ("project_in", "project_out"):
+            layer = getattr(self, name)
+            if layer is not None:
+                tensors[f"{name}.weight"] = host(layer.weight, (layer.rows, layer.cols))
+        if self.lm_head.weight is not self.embed_tokens:
+            tensors["/lm_head.weight"] = host(self.lm_head.weight, (c.vocab_size, c.embed_dim))
+        final = "final_layer_norm" if c.family == "opt" else "norm"
+        norms = [(final, self.final_norm)] if self.final_norm is not None else []
+        for i, block in enumerate(self.blocks):
+            first, second = NORMS[c.family]
+            norms += [(f"layers.{i}.{first}", block.attn_norm), (f"layers.{i}.{second}", block.ffn_norm)]
+            for layer_name, parts in LINEAR_PARTS[c.family].items():
+                layer = getattr(block, layer_name)
+                weight = layer.weight.to_host().to_dense() if layer.sparse else host(layer.weight,
+                                                                                      (layer.rows, layer.cols))
+                bias = None if layer.bias is None else host(layer.bias, (layer.rows,))
+                rows = np.cumsum([0] + [part_rows(c, part) for part in parts])
+                for part, start, stop in zip(parts, rows[:-1], rows[1:]):
+                    tensors[f"layers.{i}.{part}.weight"] = weight[start:stop]
+                    if bias is not None:
+                        tensors[f"layers.{i}.{part}.bias"] = bias[start:stop]
+        for name, norm in norms:
+            if c.family == "llama" or c.layer_norm_affine:
+                tensors[f"{name}.weight"] = host(norm.weight, (c.hidden_size,))
+                if norm.bias is not None:
+                    tensors[f"{name}.bias"] = host(norm.bias, (c.hidden_size,))
+        return tensors
 
     # ------------------------------------------------------------------------------------------------ inventory
 
