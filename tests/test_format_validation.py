@@ -109,6 +109,18 @@ def test_positions_below_8192():
             w=words(ONE, 0, 0, 0, 8192 << 16 | ONE, 0, 0, 0))
 
 
+@pytest.mark.parametrize("reorder", [False, True])
+def test_negative_zero_is_not_stored(reorder):
+    w = words(ONE, 0, 0, 0, 0x8000, 0, 0, 0)  # tile 1: one -0.0 "entry"
+    if not reorder:
+        refuses(ValueError, "word 4 (word 0 of tile 1) holds -0.0 (value bits 0x8000); -0.0 is a zero, which "
+                            "Tiled-CSL does not store (TiledCSL.from_raw(..., reorder=True) drops it)", w=w)
+        return
+    A = TiledCSL.from_raw(w, offsets(0, 1, 2, 2), SHAPE, np.float16, reorder=True)
+    assert A.nnz == 1 and A.words.tolist() == [ONE, 0, 0, 0] and A.tile_offsets.tolist() == [0, 1, 1, 1]
+    assert A.to_dense(bits=True)[0, 64] == 0
+
+
 def test_padding_words_are_all_zero():
     refuses(ValueError, "word 1 (word 1 of tile 0) has value bits 0 but position 5; a word with value bits 0 is "
                         "padding and must be 0x00000000", w=words(ONE, 5 << 16, 0, 0, ONE, 0, 0, 0))
@@ -182,4 +194,4 @@ def test_every_encoder_output_passes_from_raw(M, K, sparsity, seed):
     bits[rng.random((M, K)) < sparsity] = 0
     A = TiledCSL.from_dense(bits.view(np.float16))
     B = TiledCSL.from_raw(A.words, A.tile_offsets, A.shape, A.dtype)
-    assert B.nnz == A.nnz == np.count_nonzero(bits)
+    assert B.nnz == A.nnz == np.count_nonzero(bits & 0x7FFF)

@@ -21,8 +21,8 @@ from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M, TILE_SIZE, VECTOR_WORD
 
 F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
 
-# Bit patterns that must survive a round trip: -0.0, +-Inf, NaNs with payloads (quiet and signalling, both signs),
-# the smallest and largest subnormals, the largest finite value.
+# Bit patterns for the round trips: -0.0 (a zero: read back as +0.0), and what must come back bit-exactly: +-Inf,
+# NaNs with payloads (quiet and signalling, both signs), the smallest and largest subnormals, the largest finite.
 SPECIAL_BITS = {
     F16: [0x8000, 0x7C00, 0xFC00, 0x7E01, 0xFE55, 0x7C01, 0x0001, 0x03FF, 0x8001, 0x7BFF],
     BF16: [0x8000, 0x7F80, 0xFF80, 0x7FC1, 0xFFA5, 0x7F81, 0x0001, 0x007F, 0x8001, 0x7F7F],
@@ -57,6 +57,7 @@ def _spec_encode(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             tile = np.zeros((TILE_M, TILE_K), np.uint32)
             part = bits[tr * TILE_M : (tr + 1) * TILE_M, tc * TILE_K : (tc + 1) * TILE_K]
             tile[: part.shape[0], : part.shape[1]] = part
+            tile[tile == 0x8000] = 0  # -0.0 is a zero
             rows, cols = np.nonzero(tile)  # row-major: ascending (row, col)
             tile_words = _spec_layout([(int(r) * 64 + (int(c) ^ ((int(r) % 8) << 3))) << 16 | int(tile[r, c])
                                        for r, c in zip(rows, cols)])
@@ -109,18 +110,18 @@ def test_words_worked_out_by_hand_for_a_3x70_matrix():
     W[1, 2] = 0xC000  # -2.0
     W[1, 9] = 0x3800  # 0.5
     W[2, 5] = 0x0000  # +0.0: not stored
-    W[2, 63] = 0x8000  # -0.0: stored
+    W[2, 63] = 0x8000  # -0.0: not stored either
     W[0, 69] = 0x7C00  # +inf, tile 1 (columns 64..69)
     W[1, 66] = 0x0001  # smallest subnormal, tile 1
     W[2, 64] = 0x7E01  # NaN with a payload, tile 1
     A = TiledCSL.from_dense(W.view(np.float16))
     expected_words = [
-        # tile 0 (rows 0..2, columns 0..63): 4 entries, no padding. Banks (position // 2 % 32): 0, 5, 0, 23;
-        # the deal's first round is positions 0, 74, 175 (banks 0, 5, 23), its second 65 (bank 0 again).
+        # tile 0 (rows 0..2, columns 0..63): 3 entries, 1 padding word. Banks (position // 2 % 32): 0, 5, 0;
+        # the deal's first round is positions 0, 74 (banks 0, 5), its second 65 (bank 0 again).
         0x0000_3C00,  # (0, 0):  0*64 + (0 ^ 0)           = 0
         0x004A_C000,  # (1, 2):  1*64 + (2 ^ 8)  = 64 + 10 = 74 = 0x4A
-        0x00AF_8000,  # (2, 63): 2*64 + (63 ^ 16) = 128 + 47 = 175 = 0xAF
         0x0041_3800,  # (1, 9):  1*64 + (9 ^ 8)  = 64 + 1  = 65 = 0x41
+        0x0000_0000,  # padding to a 16-byte vector
         # tile 1 (rows 0..2, columns 64..69), local columns: 3 entries, 1 padding word
         0x0005_7C00,  # (0, 5):  0*64 + (5 ^ 0)           = 5
         0x004A_0001,  # (1, 2):  1*64 + (2 ^ 8)           = 74 = 0x4A
@@ -130,8 +131,8 @@ def test_words_worked_out_by_hand_for_a_3x70_matrix():
     assert A.words.dtype == np.uint32 and A.tile_offsets.dtype == np.int32
     assert [hex(w) for w in A.words] == [hex(w) for w in expected_words]
     assert A.tile_offsets.tolist() == [0, 1, 2, 2]  # vectors: tile 0 ends at 1, tile 1 at 2, repeated
-    assert A.nnz == 7
-    np.testing.assert_array_equal(A.to_dense(bits=True), W)
+    assert A.nnz == 6
+    np.testing.assert_array_equal(A.to_dense(bits=True), np.where(W == 0x8000, 0, W))
 
 
 def test_bfloat16_words_hold_bfloat16_bits():
@@ -168,17 +169,52 @@ def test_encoder_matches_the_spec_encoder(case):
 # --------------------------------------------------------------------------------------------------- round trips
 
 
+def _without_negative_zeros(bits: np.ndarray) -> np.ndarray:
+    """What a round trip gives back: every -0.0 as +0.0, every other bit pattern as it was."""
+    return np.where(bits == 0x8000, np.uint16(0), bits)
+
+
 @given(sparse_bits())
-def test_dense_round_trip_is_bit_exact(case):
-    """to_dense(from_dense(W)) has W's bit patterns, NaN payloads, -0.0 and subnormals included; the encoding is
-    canonical (passes the full check) and nnz counts the non-0x0000 patterns."""
+def test_dense_round_trip_is_bit_exact_but_for_negative_zero(case):
+    """to_dense(from_dense(W)) has W's bit patterns, NaN payloads, +-Inf and subnormals included, with -0.0 read
+    back as +0.0; the encoding is canonical (passes the full check) and nnz counts the patterns that are not
+    zeros."""
     bits, dtype = case
     A = TiledCSL.from_dense(bits.view(dtype))
     dense = A.to_dense()
     assert dense.dtype == dtype and dense.shape == bits.shape
-    np.testing.assert_array_equal(dense.view(np.uint16), bits)
-    assert A.nnz == np.count_nonzero(bits)
+    np.testing.assert_array_equal(dense.view(np.uint16), _without_negative_zeros(bits))
+    assert A.nnz == np.count_nonzero(bits & 0x7FFF)
     A.check_format(full_check=True)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16])
+def test_special_values_round_trip(dtype):
+    bits = np.zeros((130, 70), np.uint16)
+    bits[::7, ::3].flat[: 4 * len(SPECIAL_BITS[dtype])] = SPECIAL_BITS[dtype] * 4
+    assert (bits == 0x8000).sum() == 4  # the test means something: -0.0 is there
+    A = TiledCSL.from_dense(bits.view(dtype))
+    assert A.nnz == 4 * (len(SPECIAL_BITS[dtype]) - 1)
+    np.testing.assert_array_equal(A.to_dense(bits=True), _without_negative_zeros(bits))
+    assert not (A.words & 0xFFFF == 0x8000).any()
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16])
+@pytest.mark.parametrize("shape, kept", [((300, 200), 0.2), ((256, 128), 0.5), ((129, 65), 0.03)])
+def test_weights_pruned_with_a_mask_store_only_their_nonzeros(shape, kept, dtype):
+    """``W * mask`` leaves -0.0 wherever W < 0; the encoding stores exactly count_nonzero(W * mask) entries, the
+    same words as the mask applied with +0.0, and reads the zeros back as +0.0."""
+    rng = np.random.default_rng(shape[0])
+    W = rng.standard_normal(shape).astype(dtype)
+    mask = rng.random(shape) < kept
+    P = W * mask.astype(dtype)
+    assert (P.view(np.uint16) == 0x8000).sum() > 0.4 * (~mask).sum()  # the test means something
+    A = TiledCSL.from_dense(P)
+    assert A.nnz == np.count_nonzero(P) == np.count_nonzero(W[mask])
+    B = TiledCSL.from_dense(np.where(mask, W, dtype.type(0)))
+    np.testing.assert_array_equal(A.words, B.words)
+    np.testing.assert_array_equal(A.tile_offsets, B.tile_offsets)
+    np.testing.assert_array_equal(A.to_dense().view(np.uint16), _without_negative_zeros(P.view(np.uint16)))
 
 
 @given(sparse_bits(max_side=200))
@@ -190,7 +226,7 @@ def test_to_scipy_equals_the_dense_matrix(case):
     S = A.to_scipy()
     assert S.format == "csr" and S.dtype == np.float32 and S.has_sorted_indices and S.nnz == A.nnz
     coo = S.tocoo()
-    assert np.count_nonzero(bits[coo.row, coo.col]) == A.nnz == np.count_nonzero(bits)  # exactly the stored ones
+    assert np.count_nonzero(bits[coo.row, coo.col] & 0x7FFF) == A.nnz == np.count_nonzero(bits & 0x7FFF)
     expected = bits.view(dtype).astype(np.float32)[coo.row, coo.col]
     np.testing.assert_array_equal(coo.data.view(np.uint32), expected.view(np.uint32))
 
@@ -221,10 +257,12 @@ def test_all_zero_matrix_stores_no_words():
     assert A.tile_offsets.tolist() == [0] * (A.n_tiles + 2)
 
 
-def test_positive_zero_is_dropped_negative_zero_kept():
-    A = TiledCSL.from_dense(np.array([[0.0, -0.0, 1.0]], np.float16))
-    assert A.nnz == 2
-    assert np.signbit(A.to_dense()[0, 1])
+@pytest.mark.parametrize("dtype", [F16, BF16])
+def test_both_zeros_are_dropped_and_read_back_as_positive_zero(dtype):
+    A = TiledCSL.from_dense(np.array([[0.0, -0.0, 1.0, -1.0]], dtype))
+    assert A.nnz == 2 and A.to_scipy().nnz == 2
+    assert A.to_dense(bits=True).tolist() == [[0, 0, np.array(1.0, dtype).view(np.uint16),
+                                              np.array(-1.0, dtype).view(np.uint16)]]
 
 
 def test_non_contiguous_input():

@@ -35,8 +35,11 @@ scatter each entry straight to its conflict-free place.
 
 Policies (each decided once, here):
 
-- Stored entries: every element whose 16-bit pattern is not 0x0000. -0.0 (0x8000) is stored, so a round trip
-  is bit-exact; NaN (payload included) and +-Inf are stored as values; +0.0 is dropped.
+- Stored entries: every element that is not a zero. +0.0 (0x0000) and -0.0 (0x8000) are both zeros: neither is
+  stored or counted in ``nnz``, and both read back as +0.0, as in SciPy, ``torch.Tensor.to_sparse``, cuSPARSE and
+  Flash-LLM's encoder (it stores ``fabs(x) > 0``, which drops NaN too). This matters for pruned weights: ``W * mask``
+  leaves -0.0 wherever W < 0. Every other bit pattern is an entry and round-trips bit-exactly: NaN (payload
+  included), +-Inf, subnormals.
 - Order: bank-interleaved (see ``_layout_sorted``): inside a tile the entries are dealt round-robin over the 32
   shared-memory banks their positions fall in and stored so that each 32-lane store of the kernel's scatter is
   one such round, i.e. 32 different banks (4-way bank conflicts in row-major order, about 1.5-way in this one).
@@ -85,6 +88,9 @@ TILE_SIZE = TILE_M * TILE_K  # 8192 positions in a tile; fits the 16-bit positio
 VECTOR_WORDS = 4  # 4 uint32 words = one 16-byte load, the kernel's unit of reading ``words``
 
 _TILE_SHIFT = TILE_SIZE.bit_length() - 1  # 13: key >> 13 is the tile, key & 8191 the index inside it
+_MAGNITUDE = 0x7FFF  # value bits without the sign: 0 for +0.0 and -0.0, the two zeros, in fp16 and bf16 alike
+_NEGATIVE_ZERO = 0x8000
+_HOST_BLOCK = 1 << 18  # elements per block of the host's entry mask: 512 KiB of uint16, within a core's L2 cache
 _MAX_VECTORS = int(np.iinfo(np.int32).max)  # tile_offsets are int32
 
 
@@ -126,8 +132,22 @@ def _encode_dense(xp: Any, bits: Any, grid: tuple[int, int]) -> tuple[Any, Any, 
     # (row, col) order inside each tile -- no sort needed.
     tiled = xp.ascontiguousarray(bits.reshape(n_tile_rows, TILE_M, n_tile_cols, TILE_K).transpose(0, 2, 1, 3))
     tiled = tiled.reshape(-1)
-    keys = xp.flatnonzero(tiled != 0)  # via a bool mask: NumPy's nonzero is several times faster on bool than uint16
+    keys = xp.flatnonzero(_is_entry(xp, tiled))
     return _pack(xp, keys, tiled[keys], n_tile_rows * n_tile_cols)
+
+
+def _is_entry(xp: Any, bits: Any) -> Any:
+    """Bool mask of the 1-D uint16 ``bits`` that are entries: neither +0.0 nor -0.0 (the sign bit masked off).
+
+    A bool mask, because NumPy's nonzero is several times faster on bool than on uint16. On the host it is built in
+    blocks that stay in the CPU's cache: masking the whole matrix at once writes and reads back a temporary as large
+    as the matrix, which costs about a third of the nonzero itself."""
+    if xp is not np:
+        return (bits & _MAGNITUDE) != 0
+    entry = np.empty(bits.size, bool)
+    for start in range(0, bits.size, _HOST_BLOCK):
+        np.not_equal(bits[start : start + _HOST_BLOCK] & _MAGNITUDE, 0, out=entry[start : start + _HOST_BLOCK])
+    return entry
 
 
 def _pack(xp: Any, keys: Any, values: Any, n_tiles: int) -> tuple[Any, Any, int]:
@@ -294,9 +314,10 @@ def _word_tiles(xp: Any, tile_offsets: Any, n_words: int) -> Any:
 
 
 def _entries(xp: Any, words: Any, tile_offsets: Any) -> tuple[Any, Any, Any]:
-    """(tile, row * 64 + col inside the tile, uint16 value bits) of every entry, padding left out."""
+    """(tile, row * 64 + col inside the tile, uint16 value bits) of every entry: padding (value bits 0) writes
+    nothing, and neither does a -0.0 word (refused by the full check, dropped by ``from_raw(..., reorder=True)``)."""
     values = (words & 0xFFFF).astype(np.uint16)
-    keep = xp.flatnonzero(values != 0)  # bool mask: see _encode_dense
+    keep = xp.flatnonzero((values & _MAGNITUDE) != 0)  # bool mask: see _encode_dense
     tiles = _word_tiles(xp, tile_offsets, words.size)[keep]
     return tiles, swizzle(words[keep] >> 16), values[keep]
 
@@ -322,6 +343,10 @@ def _check_words(xp: Any, words: Any, tile_offsets: Any, offsets: np.ndarray, sh
     if i is not None:
         raise ValueError(f"{_where(i, int(tiles[i]), offsets)} has position {int(positions[i])}; "
                          f"positions in a {TILE_M} x {TILE_K} tile are < {TILE_SIZE}")
+    i = first(values == _NEGATIVE_ZERO)
+    if i is not None:
+        raise ValueError(f"{_where(i, int(tiles[i]), offsets)} holds -0.0 (value bits 0x8000); -0.0 is a zero, "
+                         f"which Tiled-CSL does not store (TiledCSL.from_raw(..., reorder=True) drops it)")
     padding = values == 0
     i = first(padding & (positions != 0))
     if i is not None:
@@ -434,7 +459,7 @@ class TiledCSL:
 
     @classmethod
     def from_dense(cls, W: Any, dtype: Any = None) -> "TiledCSL":
-        """Encode a dense fp16/bf16 matrix; every element whose bit pattern is not +0.0 is stored.
+        """Encode a dense fp16/bf16 matrix; every element that is not a zero (+0.0 or -0.0) is stored.
 
         Parameters
         ----------
@@ -518,7 +543,7 @@ class TiledCSL:
             raise invalid("value", "S", f"values that fit {dtype} (|x| <= {float(ml_dtypes.finfo(dtype).max)})",
                           f"{coo.data[i]} at ({coo.row[i]}, {coo.col[i]}) and {overflow.size - 1} more")
         bits = cast.view(np.uint16)
-        keep = (bits & 0x7FFF) != 0  # drop +0.0 and -0.0
+        keep = (bits & _MAGNITUDE) != 0  # drop +0.0 and -0.0
         rows, cols, bits = coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64), bits[keep]
         shape = (int(S.shape[0]), int(S.shape[1]))
         n_tile_cols = _tile_grid(shape)[1]
@@ -538,8 +563,8 @@ class TiledCSL:
             As for the class. Both arrays NumPy (host) or both CuPy (device); they are not copied.
         reorder : bool
             Accept the entries of each tile in any order (Flash-LLM's encoder writes them in row-major order) and
-            lay them out anew in the canonical order (new arrays); words with value bits 0 are dropped as padding.
-            Without it, the arrays must already be canonical.
+            lay them out anew in the canonical order (new arrays): words with value bits 0 are dropped as padding,
+            and so are -0.0 words (zeros). Without it, the arrays must already be canonical.
 
         Returns
         -------
@@ -563,7 +588,7 @@ class TiledCSL:
         if reorder:
             xp = array_module(words, "words")
             positions = words >> 16
-            bad = xp.flatnonzero(((words & 0xFFFF) != 0) & (positions >= TILE_SIZE))
+            bad = xp.flatnonzero(((words & _MAGNITUDE) != 0) & (positions >= TILE_SIZE))
             if bad.size:
                 i = int(bad[0])
                 raise ValueError(f"word {i} has position {int(positions[i])}; positions in a {TILE_M} x {TILE_K} "
@@ -592,10 +617,12 @@ class TiledCSL:
         With ``full_check`` (O(nnz); sets ``nnz``):
 
         5. every position is < 8192;
-        6. a word whose value bits are 0 is padding and must be 0x00000000;
-        7. padding only at the end of its tile, and at most 3 padding words in a tile;
-        8. every entry lies inside the logical shape (matters for edge tiles);
-        9. no position twice in a tile, and the entries in the canonical, bank-interleaved order (``_layout_sorted``).
+        6. no word holds -0.0 (value bits 0x8000): a zero is not stored;
+        7. a word whose value bits are 0 is padding and must be 0x00000000;
+        8. padding only at the end of its tile, and at most 3 padding words in a tile;
+        9. every entry lies inside the logical shape (matters for edge tiles);
+        10. no position twice in a tile, and the entries in the canonical, bank-interleaved order
+            (``_layout_sorted``).
         """
         words, tile_offsets, shape = self._words, self._tile_offsets, self._shape
         xp = array_module(words, "words")
@@ -734,9 +761,11 @@ class TiledCSL:
 
         Examples
         --------
-        >>> A = TiledCSL.from_dense(np.array([[1.0, -0.0]], np.float16))
+        -0.0 is a zero, not stored, and comes back as +0.0; every other value bit-exactly:
+
+        >>> A = TiledCSL.from_dense(np.array([[1.0, -0.0, np.nan]], np.float16))
         >>> A.to_dense(bits=True)
-        array([[15360, 32768]], dtype=uint16)
+        array([[15360,     0, 32256]], dtype=uint16)
         """
         xp = array_module(self._words)
         if not bits and xp is not np and self._dtype != np.float16:
@@ -754,7 +783,7 @@ class TiledCSL:
     def to_scipy(self) -> scipy.sparse.csr_array:
         """The matrix as a float32 SciPy CSR array on the host (exact: float32 holds every fp16 and bf16 value).
 
-        Its ``nnz`` equals ``self.nnz``: -0.0 entries stay explicit.
+        One explicit entry per stored entry (NaN included): its ``nnz`` equals ``self.nnz``.
 
         Examples
         --------
