@@ -94,7 +94,7 @@ def test_torch_cuda_tensors_are_accepted(dtype):
 @pytest.mark.parametrize("shape, kept", [((4096, 4096), 0.2), ((1000, 777), 0.1), ((129, 65), 0.5)])
 def test_weights_pruned_with_a_mask_store_only_their_nonzeros_on_the_gpu(shape, kept, dtype):
     """``W * mask`` (-0.0 wherever W < 0) encodes on the GPU to exactly count_nonzero(W * mask) entries, the same
-    words as on the host."""
+    words as on the host, padding on the same free positions."""
     bits = _masked(shape, kept, seed=shape[1], dtype=dtype)
     device = TiledCSL.from_dense(cupy.asarray(bits), dtype=dtype)
     assert device.nnz == np.count_nonzero(bits & 0x7FFF) == np.count_nonzero(bits.view(dtype))

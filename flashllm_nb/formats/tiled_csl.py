@@ -46,10 +46,18 @@ Policies (each decided once, here):
   Flash-LLM's encoder writes row-major order: ``TiledCSL.from_raw(..., reorder=True)`` takes that (or any) order
   and lays it out anew. Only the canonical order is accepted otherwise, so one matrix has exactly one encoding
   (words compare and checksum bit-for-bit).
-- Padding: each tile ends with the fewest all-zero words (0x00000000) that make its length a multiple of 4, i.e.
-  0 to 3. An empty tile has no words; a dense tile has 8192. A word with value bits 0 is a no-op for the kernel,
-  so padding is harmless even though its position field reads 0.
-- ``nnz`` counts entries (words with non-zero value bits), never padding.
+- Padding: each tile ends with the fewest words of value bits 0 that make its length a multiple of 4 (0 to 3; an
+  empty tile has no words, a dense one 8192). Padding word q (q = 0, 1, 2) sits on the q-th position of its tile,
+  in row-major (row, col) order, that holds no entry, swizzled like an entry's position; an edge tile's positions
+  outside the logical shape hold no entry and count too, so padding may point there (entries never do). This
+  library's kernels skip padding, but Flash-LLM's kernel scatters it like any entry, so padding on an entry's
+  position would erase that entry. Flash-LLM's row-major encoder pads exactly so (AlibabaResearch/flash-llm at
+  1d2828a: ``InitSparseMatrixA_API_NoReorder``, ``csrc/SpMM_API.cu:456-471``, writing the zero's own bits, -0.0
+  included; the scatter, ``csrc/SpMM_Kernel.cuh:162``); its bank-balanced encoder takes the first zero position
+  of the least-filled bank instead and may repeat one (``csrc/SpMM_API.cu:243-285``). Flash-LLM has no edge
+  tiles (it asserts M % 128 == K % 64 == 0, ``csrc/SpMM_API.cu:432``). Free positions never run out: a tile of n
+  entries needs ``(8192 - n) % 4`` of its ``8192 - n``.
+- ``nnz`` counts entries (words with value bits other than 0), never padding.
 - Shape: any M, K >= 0. An empty matrix (M == 0 or K == 0) has no tiles: ``tile_offsets == [0, 0]``, no words,
   ``sparsity == 1.0`` (nothing is stored; the same value as an all-zero matrix). The kernels treat it as a no-op.
 - Device storage: CuPy arrays. CuPy has no bfloat16, so the value type is carried as :attr:`TiledCSL.dtype`
@@ -62,8 +70,8 @@ Examples
 >>> A = TiledCSL.from_dense(W)
 >>> A
 <TiledCSL 3x70 float16, nnz=2 (99.0% sparse), 48 B, host>
->>> [hex(w) for w in A.words[A.words != 0]], A.tile_offsets.tolist()
-(['0x4a3c00', '0x1c000'], [0, 1, 2, 2])
+>>> [hex(w) for w in A.words], A.tile_offsets.tolist()  # entry, then padding on the first free positions
+(['0x4a3c00', '0x0', '0x10000', '0x20000', '0x1c000', '0x0', '0x20000', '0x30000'], [0, 1, 2, 2])
 >>> bool((A.to_dense() == W).all())
 True
 """
@@ -181,7 +189,8 @@ def _pack(xp: Any, keys: Any, values: Any, n_tiles: int) -> tuple[Any, Any, int]
 
 def _place_words(xp: Any, keys: Any, packed: Any, starts: Any, tile_offsets: Any, n_words: int) -> Any:
     """The words array: entry j (ascending ``keys``, packed word ``packed[j]``) stored where the canonical layout
-    (``_layout_sorted``) puts it, padding 0x00000000. ``starts[t]`` is tile t's first entry.
+    (``_layout_sorted``) puts it, and each tile's padding (its last 0 to 3 words) on the tile's first positions
+    that hold no entry (``_padding_index``). ``starts[t]`` is tile t's first entry.
 
     On the host a compiled loop, O(nnz): NumPy's two nnz-long sorts took 16 s for a 36864 x 9216 matrix at 80 %,
     against the encoder's 5 s budget. On the GPU the sorts (CUB radix sorts) are cheap."""
@@ -189,11 +198,41 @@ def _place_words(xp: Any, keys: Any, packed: Any, starts: Any, tile_offsets: Any
     if xp is np:
         _place_words_kernel()(keys, packed, starts, tile_offsets, words)
     else:
-        counts = starts[1:] - starts[:-1]
-        order, slot = _layout_sorted(xp, keys, packed >> 16, starts, counts)
-        tile = (keys >> _TILE_SHIFT)[order]
-        words[VECTOR_WORDS * tile_offsets[tile].astype(np.int64) + slot] = packed[order]
+        _place_words_sorted(xp, keys, packed, starts, tile_offsets, words)
     return words
+
+
+def _place_words_sorted(xp: Any, keys: Any, packed: Any, starts: Any, tile_offsets: Any, words: Any) -> None:
+    """``_place_words`` with whole-array operations (the GPU's; it runs on NumPy too): write into zeroed ``words``."""
+    counts = starts[1:] - starts[:-1]
+    order, slot = _layout_sorted(xp, keys, packed >> 16, starts, counts)
+    tile = (keys >> _TILE_SHIFT)[order]
+    words[VECTOR_WORDS * tile_offsets[tile].astype(np.int64) + slot] = packed[order]
+    del order, slot, tile
+    ends = VECTOR_WORDS * tile_offsets[1:-1].astype(np.int64)  # one past each tile's last word
+    holes = ends - VECTOR_WORDS * tile_offsets[:-2].astype(np.int64) - counts  # padding words per tile
+    padded = xp.flatnonzero(holes)
+    # Three columns q = 0, 1, 2 per padded tile; where q >= holes[t] a column repeats q = holes[t] - 1 (the same
+    # word to the same slot), so every shape is known without synchronising.
+    q = xp.minimum(xp.arange(VECTOR_WORDS - 1)[None, :], holes[padded][:, None] - 1)
+    index = _padding_index(xp, keys, starts, padded[:, None], q)
+    words[ends[padded][:, None] - holes[padded][:, None] + q] = swizzle(index).astype(np.uint32) << 16
+
+
+def _padding_index(xp: Any, keys: Any, starts: Any, tile: Any, q: Any) -> Any:
+    """In-tile index (row * 64 + col) of the q-th position of tile ``tile`` (in row-major order) holding no entry,
+    for entries at ascending, distinct ``keys``; ``starts[t]`` is tile t's first entry. ``tile`` and ``q`` are
+    integer arrays (broadcast together).
+
+    ``keys[j] - j`` counts the free positions (over all tiles' positions) before entry j and never decreases. Free
+    position number f (counting from 0 over all tiles) is then ``f + m``, m being the number of entries with at most
+    f free positions before them, found by one binary search; tile t's first free position is number
+    ``t * 8192 - starts[t]``. Input with repeated keys (refused by the full format check) gets indices in range."""
+    free_before = keys - xp.arange(keys.size, dtype=keys.dtype)
+    tile = tile.astype(np.int64)
+    number = tile * TILE_SIZE - starts[tile].astype(np.int64) + q
+    index = number + xp.searchsorted(free_before, number.reshape(-1), side="right").reshape(number.shape)
+    return xp.clip(index - tile * TILE_SIZE, 0, TILE_SIZE - 1)
 
 
 def _layout_sorted(xp: Any, keys: Any, positions: Any, starts: Any, counts: Any) -> tuple[Any, Any]:
@@ -254,7 +293,8 @@ def _layout_sorted(xp: Any, keys: Any, positions: Any, starts: Any, counts: Any)
 @functools.cache
 def _place_words_kernel():
     """``_place_words`` for NumPy arrays as a numba-compiled loop (compiled on first use, cached on disk): per
-    tile, group the entries by bank, deal the rounds, and write each dealt entry to its transposed slot."""
+    tile, group the entries by bank, deal the rounds, write each dealt entry to its transposed slot, and walk the
+    tile's first entries to its first free positions for the padding."""
     import numba
 
     @numba.njit(cache=True, nogil=True)
@@ -297,6 +337,18 @@ def _place_words_kernel():
                             slot = (block << 7) + 4 * (kk - start_of_s) + s
                         words[base + slot] = packed[by_bank[bank_start[b] + r]]
                         k += 1
+            # padding: the tile's last `holes` words, on its first indices without an entry, ascending
+            end, tile_end = first + count, VECTOR_WORDS * np.int64(tile_offsets[t + 1])
+            pad, index, j = tile_end - holes, 0, first
+            while pad < tile_end:
+                if j < end and (keys[j] & (TILE_SIZE - 1)) <= index:
+                    if (keys[j] & (TILE_SIZE - 1)) == index:  # an entry: not free
+                        index += 1
+                    j += 1  # (a repeated key, refused by the full check, is passed over)
+                else:
+                    words[pad] = np.uint32(index ^ ((index >> 3) & 0x38)) << np.uint32(16)
+                    pad += 1
+                    index += 1
 
     return place_words
 
@@ -348,10 +400,6 @@ def _check_words(xp: Any, words: Any, tile_offsets: Any, offsets: np.ndarray, sh
         raise ValueError(f"{_where(i, int(tiles[i]), offsets)} holds -0.0 (value bits 0x8000); -0.0 is a zero, "
                          f"which Tiled-CSL does not store (TiledCSL.from_raw(..., reorder=True) drops it)")
     padding = values == 0
-    i = first(padding & (positions != 0))
-    if i is not None:
-        raise ValueError(f"{_where(i, int(tiles[i]), offsets)} has value bits 0 but position {int(positions[i])}; "
-                         f"a word with value bits 0 is padding and must be 0x00000000")
     i = first(padding[:-1] & ~padding[1:] & (tiles[:-1] == tiles[1:]))
     if i is not None:
         raise ValueError(f"{_where(i, int(tiles[i]), offsets)} is padding but the entry after it is in the same "
@@ -377,7 +425,8 @@ def _check_words(xp: Any, words: Any, tile_offsets: Any, offsets: np.ndarray, sh
             i = int(entries[j])
             raise ValueError(f"{_where(i, int(tiles[i]), offsets)} is at row {int(row[j])}, column {int(col[j])} of "
                              f"the matrix, outside its {shape[0]} x {shape[1]} shape")
-    # Canonical layout: no position twice, and every entry where _place_words puts it (one matrix, one encoding).
+    # Canonical layout: no position twice, every entry where _place_words puts it and every padding word on the
+    # position it gives (one matrix, one encoding).
     keys = entry_tiles.astype(np.int64) * TILE_SIZE + index.astype(np.int64)
     by_key = xp.argsort(keys, kind="stable")
     sorted_keys = keys[by_key]
@@ -392,15 +441,23 @@ def _check_words(xp: Any, words: Any, tile_offsets: Any, offsets: np.ndarray, sh
                             words.size)
     i = first(expected != words)
     if i is not None:
-        t = int(tiles[i])
+        t, word = int(tiles[i]), int(words[i])
 
         def cell(word: int) -> str:
             row, col = divmod(int(swizzle(word >> 16)), TILE_K)
             return f"tile row {row}, column {col}"
 
-        raise ValueError(f"{_where(i, t, offsets)} holds {cell(int(words[i]))} where the canonical layout has "
-                         f"{cell(int(expected[i]))}: entries go in the format's bank-interleaved order "
-                         f"(TiledCSL.from_raw(..., reorder=True) lays out entries given in any order)")
+        if word & 0xFFFF:
+            raise ValueError(f"{_where(i, t, offsets)} holds {cell(word)} where the canonical layout has "
+                             f"{cell(int(expected[i]))}: entries go in the format's bank-interleaved order "
+                             f"(TiledCSL.from_raw(..., reorder=True) lays out entries given in any order)")
+        key = t * TILE_SIZE + int(swizzle(word >> 16))
+        k = int(xp.searchsorted(sorted_keys, key))
+        on_entry = k < sorted_keys.size and int(sorted_keys[k]) == key  # synchronize!
+        why = (f", which holds an entry (word {int(entries[by_key[k]])}): a kernel that scatters padding, as "
+               f"Flash-LLM's does, would erase it" if on_entry else "")
+        raise ValueError(f"{_where(i, t, offsets)} is padding on {cell(word)}{why}; a tile's padding goes on its "
+                         f"first positions without an entry in row-major order, here {cell(int(expected[i]))}")
     return int(entries.size)
 
 
@@ -430,7 +487,8 @@ class TiledCSL:
     Parameters
     ----------
     words : numpy.ndarray or cupy.ndarray
-        uint32, 1-D: the entries, tile after tile, each tile padded to a multiple of 4 words.
+        uint32, 1-D: the entries, tile after tile, each tile padded to a multiple of 4 words (padding on positions
+        of the tile that hold no entry).
     tile_offsets : numpy.ndarray or cupy.ndarray
         int32, n_tiles + 2 entries counted in 4-word vectors: ``[0, end of tile 0, ..., end of last, end of last]``.
         Same array module as ``words``.
@@ -563,8 +621,10 @@ class TiledCSL:
             As for the class. Both arrays NumPy (host) or both CuPy (device); they are not copied.
         reorder : bool
             Accept the entries of each tile in any order (Flash-LLM's encoder writes them in row-major order) and
-            lay them out anew in the canonical order (new arrays): words with value bits 0 are dropped as padding,
-            and so are -0.0 words (zeros). Without it, the arrays must already be canonical.
+            lay them out anew in the canonical order (new arrays): words with value bits 0 are dropped as padding
+            wherever they are and whatever their positions, so are -0.0 words (zeros), and each tile is padded
+            anew. Files of earlier versions of this library load this way. Without it, the arrays must already be
+            canonical.
 
         Returns
         -------
@@ -579,10 +639,20 @@ class TiledCSL:
 
         Examples
         --------
-        >>> A = TiledCSL.from_raw(np.array([0x4a3c00, 0, 0, 0], np.uint32), np.array([0, 1, 1], np.int32),
-        ...                       (3, 64), np.float16)
+        One entry, 1.0 at tile row 1, column 2 (position 1 * 64 + (2 ^ 8) = 0x4a), and the padding on the tile's
+        first three free positions, 0, 1 and 2:
+
+        >>> A = TiledCSL.from_raw(np.array([0x4a3c00, 0x00000, 0x10000, 0x20000], np.uint32),
+        ...                       np.array([0, 1, 1], np.int32), (3, 64), np.float16)
         >>> A.to_dense()[1, 2]
         np.float16(1.0)
+
+        Flash-LLM's row-major order, or padding anywhere, needs ``reorder=True``:
+
+        >>> B = TiledCSL.from_raw(np.array([0x4a3c00, 0, 0, 0], np.uint32), np.array([0, 1, 1], np.int32),
+        ...                       (3, 64), np.float16, reorder=True)
+        >>> bool((B.words == A.words).all())
+        True
         """
         self = cls(words, tile_offsets, shape, dtype)
         if reorder:
@@ -618,11 +688,11 @@ class TiledCSL:
 
         5. every position is < 8192;
         6. no word holds -0.0 (value bits 0x8000): a zero is not stored;
-        7. a word whose value bits are 0 is padding and must be 0x00000000;
-        8. padding only at the end of its tile, and at most 3 padding words in a tile;
-        9. every entry lies inside the logical shape (matters for edge tiles);
-        10. no position twice in a tile, and the entries in the canonical, bank-interleaved order
-            (``_layout_sorted``).
+        7. padding (value bits 0) only at the end of its tile, and at most 3 padding words in a tile;
+        8. every entry lies inside the logical shape (matters for edge tiles; padding may point outside it);
+        9. no position twice among a tile's entries;
+        10. the canonical layout: entries in the bank-interleaved order (``_layout_sorted``), and padding word q of
+            a tile on the tile's q-th position (row-major) that holds no entry.
         """
         words, tile_offsets, shape = self._words, self._tile_offsets, self._shape
         xp = array_module(words, "words")
@@ -679,7 +749,8 @@ class TiledCSL:
 
     @property
     def words(self) -> Any:
-        """uint32 entries and padding, tile after tile (NumPy or CuPy)."""
+        """uint32 entries and padding (value bits 0, on positions without an entry), tile after tile (NumPy or
+        CuPy)."""
         return self._words
 
     @property
