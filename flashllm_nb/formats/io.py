@@ -1,10 +1,10 @@
 """One-file storage of a :class:`~flashllm_nb.formats.tiled_csl.TiledCSL`: ``save(path, A)`` and ``load(path)``.
 
-File layout, all little-endian (version 2)::
+File layout, all little-endian (version 3)::
 
     offset  size  field
          0     8  magic            b"\\x89FLCSL\\r\\n"   (as PNG: a non-ASCII byte, CR LF to catch text-mode copies)
-         8     4  version          uint32, 2 (1: the same layout with entries in row-major order inside a tile)
+         8     4  version          uint32, 3
         12     8  dtype            ASCII, NUL-padded: b"float16\\0" or b"bfloat16"
         20     8  M                uint64
         28     8  K                uint64
@@ -17,13 +17,17 @@ File layout, all little-endian (version 2)::
                   words            n_words x uint32
        end-32    32  sha256         of every byte before it (header and payload)
 
+The payload is the format's canonical encoding (``TiledCSL.check_format``). Earlier versions have the same layout
+and load too, laid out anew by ``TiledCSL.from_raw(..., reorder=True)``, which drops their -0.0 entries and pads
+every tile on its first free positions: version 1 kept each tile's entries in row-major order, versions 1 and 2
+stored -0.0 and padded with 0x00000000 words.
+
 ``save`` writes a temporary file beside the target and renames it over the target (``os.replace``), so a reader
 sees the old file or the complete new one, never a partial one. ``load`` reads the 64-byte header first and checks
 magic, version, header and the file's size against the one the header announces, so a file that is not one of
 these is refused after reading 64 bytes; only then does it read the payload, check the checksum, and hand the
 arrays to ``TiledCSL.from_raw`` for the full format check. Any failure is a ValueError naming the file, and nothing
-is returned half-loaded. Version 1 files (written before the format's entry order became bank-interleaved) load
-too: their entries are laid out anew.
+is returned half-loaded.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ from .tiled_csl import TILE_K, TILE_M, TiledCSL
 __all__ = ["save", "load", "MAGIC", "VERSION"]
 
 MAGIC = b"\x89FLCSL\r\n"
-VERSION = 2
-_READABLE = (1, 2)  # version 1: row-major entry order, re-laid out on load
+VERSION = 3
+_READABLE = (1, 2, 3)  # versions 1 and 2 are laid out anew on load (module docstring)
 _HEADER = struct.Struct("<8sI8sQQIIQQ4x")  # 64 bytes: the table above
 _DIGEST = hashlib.sha256().digest_size  # 32
 _DTYPE_NAMES = {FLOAT16: b"float16", BFLOAT16: b"bfloat16"}
@@ -128,6 +132,7 @@ def load(path: str | os.PathLike, device: bool = False) -> TiledCSL:
     Returns
     -------
     TiledCSL
+        Canonical: files of versions 1 and 2 are laid out anew (module docstring).
 
     Raises
     ------
