@@ -123,6 +123,13 @@ def test_from_raw_checks_device_arrays():
     host = TiledCSL.from_dense(_bits((300, 200), 0.8, seed=3).view(np.float16))
     words, offsets = cupy.asarray(host.words), cupy.asarray(host.tile_offsets)
     _assert_same_encoding(TiledCSL.from_raw(words, offsets, host.shape, F16), host)
+    pad = int(np.flatnonzero((host.words & 0xFFFF) == 0)[0])  # a padding word, moved onto its tile's first entry
+    tile_start = 4 * int(host.tile_offsets[np.searchsorted(4 * host.tile_offsets, pad, side="right") - 1])
+    words[pad] = cupy.uint32(int(host.words[tile_start]) >> 16 << 16)
+    on_entry = rf"word {pad} .* is padding on .*, which holds an entry \(word {tile_start}\)"
+    with pytest.raises(ValueError, match=on_entry):
+        TiledCSL.from_raw(words, offsets, host.shape, F16)
+    words[pad] = cupy.uint32(int(host.words[pad]))
     words[0] |= np.uint32(9000 << 16)
     with pytest.raises(ValueError, match="positions in a 128 x 64 tile are < 8192"):
         TiledCSL.from_raw(words, offsets, host.shape, F16)

@@ -452,7 +452,7 @@ def _check_words(xp: Any, words: Any, tile_offsets: Any, offsets: np.ndarray, sh
                              f"{cell(int(expected[i]))}: entries go in the format's bank-interleaved order "
                              f"(TiledCSL.from_raw(..., reorder=True) lays out entries given in any order)")
         key = t * TILE_SIZE + int(swizzle(word >> 16))
-        k = int(xp.searchsorted(sorted_keys, key))
+        k = int(xp.searchsorted(sorted_keys, xp.asarray([key]))[0])
         on_entry = k < sorted_keys.size and int(sorted_keys[k]) == key  # synchronize!
         why = (f", which holds an entry (word {int(entries[by_key[k]])}): a kernel that scatters padding, as "
                f"Flash-LLM's does, would erase it" if on_entry else "")
