@@ -4,7 +4,7 @@ Both functions return a new array of ``W``'s dtype and array module (NumPy or Cu
 The number of zeros asked for is ``k = round(sparsity * n)`` (Python's ``round``, half to even) where ``n`` is
 ``W.size``, or the row length with ``per_row=True``. Entries that are already zero (+0.0 or -0.0) count as pruned
 first, so the result has exactly ``max(k, zeros already in W)`` zeros (per row with ``per_row=True``), and every
-pruned entry is written as +0.0 -- the value Tiled-CSL does not store (it keeps -0.0).
+pruned entry is written as +0.0, whatever the sign of the weight it replaces (Tiled-CSL stores neither zero).
 
 Both pick the k entries of lowest priority with one ``partition`` (O(n), no sort), ties broken by position
 (lowest flat index first), so the result is deterministic.

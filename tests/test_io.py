@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flashllm_nb.formats import io as flcsl_io
+from flashllm_nb.formats import tiled_csl
 from flashllm_nb.formats.io import MAGIC, VERSION, load, save
 from flashllm_nb.formats.tiled_csl import TiledCSL
 from row_major import row_major_words
@@ -68,6 +70,7 @@ def test_round_trip(tmp_path, M, K, dtype, seed):
 def test_layout_matches_the_documented_header(saved):
     A, path = saved
     data = path.read_bytes()
+    assert VERSION == 3
     assert data[:8] == MAGIC == b"\x89FLCSL\r\n"
     n_offsets = 2 * 3 + 2  # 2 x 3 tiles
     assert struct.unpack_from("<I8sQQIIQQ", data, 8) == (VERSION, b"float16\0", 200, 150, 128, 64, n_offsets,
@@ -98,6 +101,27 @@ def test_failed_save_keeps_the_old_file(saved, tmp_path, monkeypatch):
     monkeypatch.undo()
     _assert_same(A, load(path))
     assert os.listdir(tmp_path) == ["w.flcsl"]
+
+
+def test_save_into_a_missing_directory_names_the_path_given(tmp_path):
+    path = tmp_path / "missing_dir" / "x.flcsl"
+    with pytest.raises(FileNotFoundError) as caught:
+        save(path, _matrix())
+    assert str(caught.value) == (f"[Errno 2] Invalid value of path: expected a file in an existing directory, got "
+                                 f"{str(path)!r} (no directory {str(tmp_path / 'missing_dir')!r})")
+    assert not os.listdir(tmp_path)
+
+
+def test_save_that_cannot_create_its_file_names_the_path_given(tmp_path, monkeypatch):
+    def refused(file, mode):
+        raise PermissionError(13, "Permission denied", file)
+
+    monkeypatch.setattr(flcsl_io, "open", refused, raising=False)
+    path = tmp_path / "x.flcsl"
+    with pytest.raises(PermissionError) as caught:
+        save(path, _matrix())
+    assert str(caught.value) == (f"[Errno 13] Permission denied (creating a temporary file beside it to write it): "
+                                 f"{str(path)!r}")
 
 
 def test_save_needs_a_tiled_csl(tmp_path):
@@ -143,10 +167,11 @@ def test_foreign_file(tmp_path):
     refuses(path, re.escape(r"not a flashllm_nb Tiled-CSL file (starts with b'PK\x03\x04\x00\x00\x00\x00'"))
 
 
-def test_wrong_version(saved):
+@pytest.mark.parametrize("version", [0, 4])
+def test_wrong_version(saved, version):
     A, path = saved
-    _rewrite(path, lambda body: struct.pack_into("<I", body, 8, 3))
-    refuses(path, re.escape("format version 3; this flashllm_nb reads versions (1, 2)"))
+    _rewrite(path, lambda body: struct.pack_into("<I", body, 8, version))
+    refuses(path, re.escape(f"format version {version}; this flashllm_nb reads versions (1, 2, 3)"))
 
 
 def test_version_1_file_with_row_major_entries_loads_into_the_canonical_layout(saved):
@@ -186,3 +211,136 @@ def test_inconsistent_payload(saved):
     A, path = saved
     _rewrite(path, lambda body: struct.pack_into("<I", body, 64 + 32, 9000 << 16 | 0x3C00))
     refuses(path, "inconsistent: word 0 \\(word 0 of tile 0\\) has position 9000")
+
+
+def _write(path, version, A_shape, offsets, words, dtype_name=b"float16"):
+    """A file of the documented layout, written without ``save``."""
+    body = struct.pack("<8sI8sQQIIQQ4x", MAGIC, version, dtype_name, *A_shape, 128, 64, offsets.size, words.size)
+    body += offsets.astype("<i4").tobytes() + words.astype("<u4").tobytes()
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def _masked(shape=(300, 200), seed=2):
+    """A float16 matrix pruned as ``W * mask``: -0.0 wherever a pruned weight was negative."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal(shape).astype(np.float16)
+    P = W * (rng.random(shape) < 0.3).astype(np.float16)
+    assert (P.view(np.uint16) == 0x8000).any()
+    return P
+
+
+def _version_2_words(bits):
+    """The words versions 1 and 2 of this library stored: -0.0 as an entry, every padding word 0x00000000 (position
+    0), entries in the bank-interleaved order (version 2's; the same as today's for the same entries)."""
+    n_tile_rows, n_tile_cols = -(-bits.shape[0] // 128), -(-bits.shape[1] // 64)
+    rows, cols = np.nonzero(bits)
+    keys = ((rows // 128) * n_tile_cols + cols // 64) * 8192 + (rows % 128) * 64 + cols % 64
+    order = np.argsort(keys)
+    words, offsets, _ = tiled_csl._pack(np, keys[order], bits[rows, cols][order], n_tile_rows * n_tile_cols)
+    words[(words & 0xFFFF) == 0] = 0
+    return words, offsets
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_files_of_earlier_versions_with_negative_zeros_load_canonically(tmp_path, version):
+    """Versions 1 and 2 stored -0.0 and padded with 0x00000000, on an entry's position where a tile has one at
+    (0, 0); version 1 also kept entries in row-major order. They load laid out anew: -0.0 dropped, padding on each
+    tile's first free positions."""
+    P = _masked()
+    words, offsets = _version_2_words(P.view(np.uint16))
+    if version == 1:
+        words, offsets = row_major_words(TiledCSL(words, offsets, P.shape, np.float16))
+    assert ((words & 0xFFFF) == 0x8000).sum() > 1000 and (words == 0).any()  # the test means something
+    path = tmp_path / "old.flcsl"
+    _write(path, version, P.shape, offsets, words)
+    A = load(path)
+    _assert_same(TiledCSL.from_dense(P), A)
+    assert A.nnz == np.count_nonzero(P) < int(((words & 0xFFFF) != 0).sum())
+
+
+@pytest.mark.parametrize("what, edit, message", [
+    ("-0.0", lambda w: w.__setitem__(0, w[0] & 0xFFFF0000 | 0x8000), "holds -0.0 (value bits 0x8000)"),
+    ("padding 0", lambda w: w.__setitem__(w & 0xFFFF == 0, 0), "is padding on tile row 0, column 0"),
+])
+def test_version_3_file_in_an_earlier_layout_is_refused(tmp_path, what, edit, message):
+    """Version 3 promises the canonical encoding: a -0.0 word, or padding 0x00000000 as version 2 wrote it, is
+    refused with the reason."""
+    A = TiledCSL.from_dense(_masked())
+    words = A.words.copy()
+    edit(words)
+    path = tmp_path / "v3.flcsl"
+    _write(path, 3, A.shape, A.tile_offsets, words)
+    refuses(path, "inconsistent: word \\d+ \\(word \\d+ of tile \\d+\\) " + re.escape(message))
+
+
+@pytest.mark.parametrize("field, value", [("n_words", 1), ("n_words", -1), ("n_offsets", 1), ("n_words", 2**60)])
+def test_header_that_lies_about_sizes(saved, field, value):
+    """A header (under a consistent checksum) announcing more or fewer words or offsets than the file holds: refused
+    by the size check, before any payload is read or allocated."""
+    A, path = saved
+    at = {"n_offsets": 44, "n_words": 52}[field]
+    size = path.stat().st_size
+    announced = struct.unpack_from("<Q", path.read_bytes(), at)[0]
+    new = value if value == 2**60 else announced + value
+    _rewrite(path, lambda body: struct.pack_into("<Q", body, at, new))
+    refuses(path, f"(truncated|has trailing bytes): {size} bytes; its header announces {size + 4 * (new - announced)}")
+
+
+class _CountingFile:
+    """A binary file that counts the bytes read from it."""
+
+    def __init__(self, path):
+        self._f = open(path, "rb")
+        self.bytes_read = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def fileno(self):
+        return self._f.fileno()
+
+    def read(self, n=-1):
+        data = self._f.read(n)
+        self.bytes_read += len(data)
+        return data
+
+    def readinto(self, buffer):
+        n = self._f.readinto(buffer)
+        self.bytes_read += n
+        return n
+
+
+@pytest.fixture
+def counted_open(monkeypatch):
+    """Make ``load`` open files through ``_CountingFile``; yields the list of files it opened."""
+    opened = []
+
+    def open_counting(path, mode="r"):
+        assert mode == "rb"
+        opened.append(_CountingFile(path))
+        return opened[-1]
+
+    monkeypatch.setattr(flcsl_io, "open", open_counting, raising=False)
+    return opened
+
+
+@pytest.mark.parametrize("start", [b"PK\x03\x04", MAGIC])
+def test_large_file_is_refused_after_reading_its_header(tmp_path, counted_open, start):
+    """A 1 GiB file (sparse on disk): a foreign one is refused by its magic, one with this format's magic but no
+    valid header by its header; either way after reading at most the 64-byte header."""
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as f:
+        f.write(start)
+        f.truncate(2**30)
+    with pytest.raises(ValueError, match="not a flashllm_nb Tiled-CSL file|format version 0"):
+        load(path)
+    assert counted_open[0].bytes_read <= 64
+
+
+def test_load_reads_the_header_then_the_payload_once(saved, counted_open):
+    A, path = saved
+    _assert_same(A, load(path))
+    assert counted_open[0].bytes_read == path.stat().st_size

@@ -1,7 +1,8 @@
 """Tiled-CSL on the host: the bit layout against hand-worked words, round trips, conversions and constructors.
 
 An independent, loop-per-tile encoder written straight from the spec (``_spec_encode``) checks the vectorised one
-word for word on random matrices; the layout itself is pinned by words worked out by hand.
+word for word on random matrices; the layout itself is pinned by words worked out by hand. -0.0 is a zero: never
+stored, read back as +0.0; padding sits on the first positions of its tile that hold no entry.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flashllm_nb.formats import tiled_csl
-from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M, TILE_SIZE, VECTOR_WORDS, TiledCSL, swizzle
+from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M, TILE_SIZE, TiledCSL, swizzle
 
 F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
 
-# Bit patterns that must survive a round trip: -0.0, +-Inf, NaNs with payloads (quiet and signalling, both signs),
-# the smallest and largest subnormals, the largest finite value.
+# Bit patterns for the round trips: -0.0 (a zero: read back as +0.0), and what must come back bit-exactly: +-Inf,
+# NaNs with payloads (quiet and signalling, both signs), the smallest and largest subnormals, the largest finite.
 SPECIAL_BITS = {
     F16: [0x8000, 0x7C00, 0xFC00, 0x7E01, 0xFE55, 0x7C01, 0x0001, 0x03FF, 0x8001, 0x7BFF],
     BF16: [0x8000, 0x7F80, 0xFF80, 0x7FC1, 0xFFA5, 0x7F81, 0x0001, 0x007F, 0x8001, 0x7F7F],
@@ -30,7 +31,8 @@ SPECIAL_BITS = {
 
 
 def _spec_layout(tile_words: list[int]) -> list[int]:
-    """The canonical order of one tile's words (row-major in), as the format's docstring states it."""
+    """The canonical order of one tile's entries (row-major in), as the format's docstring states it; 0 where the
+    padding goes."""
     by_bank: dict[int, list[int]] = {}
     for w in tile_words:  # deal: round r takes the r-th entry of every bank that has one, banks ascending
         by_bank.setdefault(((w >> 16) >> 1) % 32, []).append(w)
@@ -57,9 +59,13 @@ def _spec_encode(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             tile = np.zeros((TILE_M, TILE_K), np.uint32)
             part = bits[tr * TILE_M : (tr + 1) * TILE_M, tc * TILE_K : (tc + 1) * TILE_K]
             tile[: part.shape[0], : part.shape[1]] = part
+            tile[tile == 0x8000] = 0  # -0.0 is a zero
             rows, cols = np.nonzero(tile)  # row-major: ascending (row, col)
             tile_words = _spec_layout([(int(r) * 64 + (int(c) ^ ((int(r) % 8) << 3))) << 16 | int(tile[r, c])
                                        for r, c in zip(rows, cols)])
+            holes = len(tile_words) - len(rows)  # the last words; padding q on the q-th zero, row-major
+            free = np.flatnonzero(tile.reshape(-1) == 0)[:holes]
+            tile_words[len(tile_words) - holes :] = [int(swizzle(int(f))) << 16 for f in free]
             words += tile_words
             offsets.append(offsets[-1] + len(tile_words) // 4)
     offsets.append(offsets[-1])
@@ -109,29 +115,45 @@ def test_words_worked_out_by_hand_for_a_3x70_matrix():
     W[1, 2] = 0xC000  # -2.0
     W[1, 9] = 0x3800  # 0.5
     W[2, 5] = 0x0000  # +0.0: not stored
-    W[2, 63] = 0x8000  # -0.0: stored
-    W[0, 69] = 0x7C00  # +inf, tile 1 (columns 64..69)
-    W[1, 66] = 0x0001  # smallest subnormal, tile 1
-    W[2, 64] = 0x7E01  # NaN with a payload, tile 1
+    W[2, 63] = 0x8000  # -0.0: not stored either
+    W[0, 64:70] = [0x0001, 0x03FF, 0xFC00, 0x7E01, 0x7BFF, 0x7C00]  # tile 1's row 0, full: subnormals, -inf, NaN,
+    W[2, 64] = 0xFE55  # a negative NaN with a payload                # the largest finite value, +inf
     A = TiledCSL.from_dense(W.view(np.float16))
     expected_words = [
-        # tile 0 (rows 0..2, columns 0..63): 4 entries, no padding. Banks (position // 2 % 32): 0, 5, 0, 23;
-        # the deal's first round is positions 0, 74, 175 (banks 0, 5, 23), its second 65 (bank 0 again).
+        # tile 0 (rows 0..2, columns 0..63): 3 entries and 1 padding word. Banks (position // 2 % 32): 0, 5, 0;
+        # the deal's first round is positions 0, 74 (banks 0, 5), its second 65 (bank 0 again).
         0x0000_3C00,  # (0, 0):  0*64 + (0 ^ 0)           = 0
         0x004A_C000,  # (1, 2):  1*64 + (2 ^ 8)  = 64 + 10 = 74 = 0x4A
-        0x00AF_8000,  # (2, 63): 2*64 + (63 ^ 16) = 128 + 47 = 175 = 0xAF
         0x0041_3800,  # (1, 9):  1*64 + (9 ^ 8)  = 64 + 1  = 65 = 0x41
-        # tile 1 (rows 0..2, columns 64..69), local columns: 3 entries, 1 padding word
-        0x0005_7C00,  # (0, 5):  0*64 + (5 ^ 0)           = 5
-        0x004A_0001,  # (1, 2):  1*64 + (2 ^ 8)           = 74 = 0x4A
-        0x0090_7E01,  # (2, 0):  2*64 + (0 ^ 16) = 128 + 16 = 144 = 0x90
-        0x0000_0000,  # padding to a 16-byte vector
+        0x0001_0000,  # padding on the tile's first position without an entry, (0, 1): position 1
+        # tile 1 (rows 0..2, columns 64..69; local columns below): 7 entries, positions 0..5 (banks 0, 0, 1, 1, 2,
+        # 2) and (2, 0): 2*64 + (0 ^ 16) = 144 = 0x90 (bank 8). Dealt: 0, 2, 4, 144 | 1, 3, 5. Two vectors, one
+        # padding slot: columns s = 0, 1, 2 take two dealt entries each (vector 0, vector 1), column 3 one.
+        0x0000_0001,  # (0, 0)  s = 0, vector 0
+        0x0004_7BFF,  # (0, 4)  s = 1, vector 0
+        0x0001_03FF,  # (0, 1)  s = 2, vector 0
+        0x0005_7C00,  # (0, 5)  s = 3, vector 0
+        0x0002_FC00,  # (0, 2)  s = 0, vector 1
+        0x0090_FE55,  # (2, 0)  s = 1, vector 1
+        0x0003_7E01,  # (0, 3)  s = 2, vector 1
+        0x0006_0000,  # padding on the first free position, (0, 6): matrix column 70, outside the 70 columns
     ]
     assert A.words.dtype == np.uint32 and A.tile_offsets.dtype == np.int32
     assert [hex(w) for w in A.words] == [hex(w) for w in expected_words]
-    assert A.tile_offsets.tolist() == [0, 1, 2, 2]  # vectors: tile 0 ends at 1, tile 1 at 2, repeated
-    assert A.nnz == 7
-    np.testing.assert_array_equal(A.to_dense(bits=True), W)
+    assert A.tile_offsets.tolist() == [0, 1, 3, 3]  # vectors: tile 0 ends at 1, tile 1 at 3, repeated
+    assert A.nnz == 10
+    np.testing.assert_array_equal(A.to_dense(bits=True), np.where(W == 0x8000, 0, W))
+    TiledCSL.from_raw(A.words, A.tile_offsets, A.shape, A.dtype)  # the full check agrees
+
+
+def test_padding_positions_are_swizzled_like_entries():
+    W = np.zeros((128, 64), np.float16)
+    W[0, :] = 1.0  # row 0 full, then (1, 0): the first free positions are (1, 1), (1, 2), (1, 3)
+    W[1, 0] = 2.0
+    A = TiledCSL.from_dense(W)
+    assert A.words.size == 68 and A.nnz == 65
+    # row 1 swizzles columns with 1 << 3: position 64 + (c ^ 8)
+    assert [hex(w) for w in A.words[-3:]] == ["0x490000", "0x4a0000", "0x4b0000"]
 
 
 def test_bfloat16_words_hold_bfloat16_bits():
@@ -139,7 +161,7 @@ def test_bfloat16_words_hold_bfloat16_bits():
     W[8, 0] = 1.0  # bf16 0x3F80; row 8 swizzles like row 0: position 8*64 + 0 = 512 = 0x200
     A = TiledCSL.from_dense(W)
     assert A.dtype == BF16
-    assert A.words.tolist() == [0x0200_3F80, 0, 0, 0]
+    assert A.words.tolist() == [0x0200_3F80, 0x0000_0000, 0x0001_0000, 0x0002_0000]  # padding on positions 0, 1, 2
 
 
 def test_fully_dense_tile_and_empty_tiles():
@@ -168,17 +190,70 @@ def test_encoder_matches_the_spec_encoder(case):
 # --------------------------------------------------------------------------------------------------- round trips
 
 
+def _without_negative_zeros(bits: np.ndarray) -> np.ndarray:
+    """What a round trip gives back: every -0.0 as +0.0, every other bit pattern as it was."""
+    return np.where(bits == 0x8000, np.uint16(0), bits)
+
+
 @given(sparse_bits())
-def test_dense_round_trip_is_bit_exact(case):
-    """to_dense(from_dense(W)) has W's bit patterns, NaN payloads, -0.0 and subnormals included; the encoding is
-    canonical (passes the full check) and nnz counts the non-0x0000 patterns."""
+def test_dense_round_trip_is_bit_exact_but_for_negative_zero(case):
+    """to_dense(from_dense(W)) has W's bit patterns, NaN payloads, +-Inf and subnormals included, with -0.0 read
+    back as +0.0; the encoding is canonical (passes the full check) and nnz counts the patterns that are not
+    zeros."""
     bits, dtype = case
     A = TiledCSL.from_dense(bits.view(dtype))
     dense = A.to_dense()
     assert dense.dtype == dtype and dense.shape == bits.shape
-    np.testing.assert_array_equal(dense.view(np.uint16), bits)
-    assert A.nnz == np.count_nonzero(bits)
+    np.testing.assert_array_equal(dense.view(np.uint16), _without_negative_zeros(bits))
+    assert A.nnz == np.count_nonzero(bits & 0x7FFF)
     A.check_format(full_check=True)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16])
+def test_special_values_round_trip(dtype):
+    bits = np.zeros((130, 70), np.uint16)
+    bits[::7, ::3].flat[: 4 * len(SPECIAL_BITS[dtype])] = SPECIAL_BITS[dtype] * 4
+    assert (bits == 0x8000).sum() == 4  # the test means something: -0.0 is there
+    A = TiledCSL.from_dense(bits.view(dtype))
+    assert A.nnz == 4 * (len(SPECIAL_BITS[dtype]) - 1)
+    np.testing.assert_array_equal(A.to_dense(bits=True), _without_negative_zeros(bits))
+    assert not (A.words & 0xFFFF == 0x8000).any()
+
+
+@given(sparse_bits())
+def test_padding_sits_on_the_first_free_positions_of_its_tile(case):
+    """Each tile's padding words (its last 0..3, value bits 0) hold, in order, the first positions of the tile in
+    row-major order that hold no entry: never an entry's position, never the same position twice."""
+    bits, dtype = case
+    A = TiledCSL.from_dense(bits.view(dtype))
+    for t in range(A.n_tiles):
+        tile_words = A.words[4 * A.tile_offsets[t] : 4 * A.tile_offsets[t + 1]]
+        is_padding = (tile_words & 0xFFFF) == 0
+        n_pad = int(is_padding.sum())
+        assert n_pad <= 3 and is_padding[len(tile_words) - n_pad :].all()  # a suffix
+        entry_index = swizzle(tile_words[~is_padding] >> 16)
+        padding_index = swizzle(tile_words[is_padding] >> 16)
+        assert not np.isin(padding_index, entry_index).any()
+        free = np.setdiff1d(np.arange(TILE_SIZE), entry_index)  # ascending: row-major
+        np.testing.assert_array_equal(padding_index, free[:n_pad])
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16])
+@pytest.mark.parametrize("shape, kept", [((300, 200), 0.2), ((256, 128), 0.5), ((129, 65), 0.03)])
+def test_weights_pruned_with_a_mask_store_only_their_nonzeros(shape, kept, dtype):
+    """``W * mask`` leaves -0.0 wherever W < 0; the encoding stores exactly count_nonzero(W * mask) entries, the
+    same words as the mask applied with +0.0, and reads the zeros back as +0.0."""
+    rng = np.random.default_rng(shape[0])
+    W = rng.standard_normal(shape).astype(dtype)
+    mask = rng.random(shape) < kept
+    P = W * mask.astype(dtype)
+    assert (P.view(np.uint16) == 0x8000).sum() > 0.4 * (~mask).sum()  # the test means something
+    A = TiledCSL.from_dense(P)
+    assert A.nnz == np.count_nonzero(P) == np.count_nonzero(W[mask])
+    B = TiledCSL.from_dense(np.where(mask, W, dtype.type(0)))
+    np.testing.assert_array_equal(A.words, B.words)
+    np.testing.assert_array_equal(A.tile_offsets, B.tile_offsets)
+    np.testing.assert_array_equal(A.to_dense().view(np.uint16), _without_negative_zeros(P.view(np.uint16)))
 
 
 @given(sparse_bits(max_side=200))
@@ -190,7 +265,7 @@ def test_to_scipy_equals_the_dense_matrix(case):
     S = A.to_scipy()
     assert S.format == "csr" and S.dtype == np.float32 and S.has_sorted_indices and S.nnz == A.nnz
     coo = S.tocoo()
-    assert np.count_nonzero(bits[coo.row, coo.col]) == A.nnz == np.count_nonzero(bits)  # exactly the stored ones
+    assert np.count_nonzero(bits[coo.row, coo.col] & 0x7FFF) == A.nnz == np.count_nonzero(bits & 0x7FFF)
     expected = bits.view(dtype).astype(np.float32)[coo.row, coo.col]
     np.testing.assert_array_equal(coo.data.view(np.uint32), expected.view(np.uint32))
 
@@ -221,10 +296,12 @@ def test_all_zero_matrix_stores_no_words():
     assert A.tile_offsets.tolist() == [0] * (A.n_tiles + 2)
 
 
-def test_positive_zero_is_dropped_negative_zero_kept():
-    A = TiledCSL.from_dense(np.array([[0.0, -0.0, 1.0]], np.float16))
-    assert A.nnz == 2
-    assert np.signbit(A.to_dense()[0, 1])
+@pytest.mark.parametrize("dtype", [F16, BF16])
+def test_both_zeros_are_dropped_and_read_back_as_positive_zero(dtype):
+    A = TiledCSL.from_dense(np.array([[0.0, -0.0, 1.0, -1.0]], dtype))
+    assert A.nnz == 2 and A.to_scipy().nnz == 2
+    assert A.to_dense(bits=True).tolist() == [[0, 0, np.array(1.0, dtype).view(np.uint16),
+                                              np.array(-1.0, dtype).view(np.uint16)]]
 
 
 def test_non_contiguous_input():
@@ -367,8 +444,9 @@ def test_nnz_of_a_checked_wrap_counts_entries_not_padding():
 
 @given(sparse_bits(max_side=400))
 def test_the_sorted_layout_of_the_gpu_encoder_equals_the_host_loop(case):
-    """The GPU encoder lays words out with two sorts (``_layout_sorted``), the host encoder with a compiled loop;
-    run the sorted one on NumPy here and compare word for word."""
+    """The GPU encoder lays words out with whole-array operations (two sorts, ``_layout_sorted``, and binary
+    searches for the padding), the host encoder with a compiled loop; run the GPU one on NumPy here and compare word
+    for word, padding included."""
     bits, dtype = case
     A = TiledCSL.from_dense(bits.view(dtype))  # host: the loop
     tiles, index, values = tiled_csl._entries(np, A.words, A.tile_offsets)
@@ -377,7 +455,6 @@ def test_the_sorted_layout_of_the_gpu_encoder_equals_the_host_loop(case):
         (keys >> 13) // A.n_tile_cols * TILE_M + (keys & (TILE_SIZE - 1)) // TILE_K,
         (keys >> 13) % A.n_tile_cols * TILE_K + (keys & (TILE_K - 1))]
     starts = np.searchsorted(keys, np.arange(A.n_tiles + 1) * TILE_SIZE)
-    order, slot = tiled_csl._layout_sorted(np, keys, packed >> 16, starts, starts[1:] - starts[:-1])
     words = np.zeros_like(A.words)
-    words[VECTOR_WORDS * A.tile_offsets[(keys >> 13)[order]].astype(np.int64) + slot] = packed[order]
+    tiled_csl._place_words_sorted(np, keys, packed, starts, A.tile_offsets, words)
     np.testing.assert_array_equal(words, A.words)

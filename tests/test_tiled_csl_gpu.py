@@ -33,6 +33,20 @@ def _bits(shape, sparsity, seed):
     return bits
 
 
+def _without_negative_zeros(bits):
+    """What a round trip gives back: -0.0 as +0.0 (a zero, not stored), every other pattern as it was."""
+    return np.where(bits == 0x8000, np.uint16(0), bits)
+
+
+def _masked(shape, kept, seed, dtype=F16):
+    """``W * mask`` as pruning code writes it: -0.0 wherever a pruned weight was negative (as uint16 bits)."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    bits = (W * (rng.random(shape, dtype=np.float32) < kept).astype(dtype)).view(np.uint16)
+    assert (bits == 0x8000).any()
+    return bits
+
+
 def _assert_same_encoding(device: TiledCSL, host: TiledCSL):
     assert device.on_device and not host.on_device
     assert (device.shape, device.dtype, device.nnz) == (host.shape, host.dtype, host.nnz)
@@ -48,7 +62,7 @@ def test_cupy_encoder_equals_numpy_encoder(shape, sparsity, dtype):
     host = TiledCSL.from_dense(bits.view(dtype))
     device = TiledCSL.from_dense(cupy.asarray(bits), dtype=dtype)
     _assert_same_encoding(device, host)
-    np.testing.assert_array_equal(cupy.asnumpy(device.to_dense(bits=True)), bits)
+    np.testing.assert_array_equal(cupy.asnumpy(device.to_dense(bits=True)), _without_negative_zeros(bits))
     _assert_same_encoding(host.to_device(), host)
     _assert_same_encoding(device, device.to_host())
 
@@ -58,7 +72,7 @@ def test_device_float16_round_trip_and_bfloat16_needs_bits():
     A = TiledCSL.from_dense(cupy.asarray(bits.view(np.float16)))
     dense = A.to_dense()
     assert isinstance(dense, cupy.ndarray) and dense.dtype == np.float16
-    np.testing.assert_array_equal(cupy.asnumpy(dense.view(cupy.uint16)), bits)
+    np.testing.assert_array_equal(cupy.asnumpy(dense.view(cupy.uint16)), _without_negative_zeros(bits))
     B = TiledCSL.from_dense(cupy.asarray(bits), dtype=BF16)
     with pytest.raises(TypeError, match="CuPy has no bfloat16"):
         B.to_dense()
@@ -72,13 +86,50 @@ def test_torch_cuda_tensors_are_accepted(dtype):
     A = TiledCSL.from_dense(t.requires_grad_(True))
     _assert_same_encoding(A, TiledCSL.from_dense(bits.view(dtype)))
     back = torch.from_dlpack(A.to_dense(bits=True)).view(t.dtype)
-    assert torch.equal(back.view(torch.int16), t.detach().view(torch.int16))
+    expected = torch.from_numpy(_without_negative_zeros(bits).view(np.int16)).cuda()
+    assert torch.equal(back.view(torch.int16), expected)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16])
+@pytest.mark.parametrize("shape, kept", [((4096, 4096), 0.2), ((1000, 777), 0.1), ((129, 65), 0.5)])
+def test_weights_pruned_with_a_mask_store_only_their_nonzeros_on_the_gpu(shape, kept, dtype):
+    """``W * mask`` (-0.0 wherever W < 0) encodes on the GPU to exactly count_nonzero(W * mask) entries, the same
+    words as on the host, padding on the same free positions."""
+    bits = _masked(shape, kept, seed=shape[1], dtype=dtype)
+    device = TiledCSL.from_dense(cupy.asarray(bits), dtype=dtype)
+    assert device.nnz == np.count_nonzero(bits & 0x7FFF) == np.count_nonzero(bits.view(dtype))
+    _assert_same_encoding(device, TiledCSL.from_dense(bits.view(dtype)))
+    device.check_format(full_check=True)
+
+
+def test_reorder_on_the_device_drops_negative_zeros_and_repads():
+    """Words in any order inside their tiles, padding 0x00000000 (as this library's files before version 3) or
+    holding -0.0 on some position: from_raw(reorder=True) on CuPy arrays gives the host's canonical encoding."""
+    bits = _masked((700, 300), 0.2, seed=8)
+    host = TiledCSL.from_dense(bits.view(np.float16))
+    old = host.words.copy()
+    padding = np.flatnonzero((old & 0xFFFF) == 0)
+    old[padding[::2]] = 0  # on position 0
+    old[padding[1::2]] = (padding[1::2].astype(np.uint32) % 8192) << 16 | 0x8000  # -0.0 somewhere
+    assert padding.size > 20  # the test means something
+    rng = np.random.default_rng(9)
+    for t in range(host.n_tiles):  # shuffled inside each tile
+        rng.shuffle(old[4 * host.tile_offsets[t] : 4 * host.tile_offsets[t + 1]])
+    device = TiledCSL.from_raw(cupy.asarray(old), cupy.asarray(host.tile_offsets), host.shape, F16, reorder=True)
+    _assert_same_encoding(device, host)
 
 
 def test_from_raw_checks_device_arrays():
     host = TiledCSL.from_dense(_bits((300, 200), 0.8, seed=3).view(np.float16))
     words, offsets = cupy.asarray(host.words), cupy.asarray(host.tile_offsets)
     _assert_same_encoding(TiledCSL.from_raw(words, offsets, host.shape, F16), host)
+    pad = int(np.flatnonzero((host.words & 0xFFFF) == 0)[0])  # a padding word, moved onto its tile's first entry
+    tile_start = 4 * int(host.tile_offsets[np.searchsorted(4 * host.tile_offsets, pad, side="right") - 1])
+    words[pad] = cupy.uint32(int(host.words[tile_start]) >> 16 << 16)
+    on_entry = rf"word {pad} .* is padding on .*, which holds an entry \(word {tile_start}\)"
+    with pytest.raises(ValueError, match=on_entry):
+        TiledCSL.from_raw(words, offsets, host.shape, F16)
+    words[pad] = cupy.uint32(int(host.words[pad]))
     words[0] |= np.uint32(9000 << 16)
     with pytest.raises(ValueError, match="positions in a 128 x 64 tile are < 8192"):
         TiledCSL.from_raw(words, offsets, host.shape, F16)

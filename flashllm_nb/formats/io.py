@@ -1,10 +1,10 @@
 """One-file storage of a :class:`~flashllm_nb.formats.tiled_csl.TiledCSL`: ``save(path, A)`` and ``load(path)``.
 
-File layout, all little-endian (version 2)::
+File layout, all little-endian (version 3)::
 
     offset  size  field
          0     8  magic            b"\\x89FLCSL\\r\\n"   (as PNG: a non-ASCII byte, CR LF to catch text-mode copies)
-         8     4  version          uint32, 2 (1: the same layout with entries in row-major order inside a tile)
+         8     4  version          uint32, 3
         12     8  dtype            ASCII, NUL-padded: b"float16\\0" or b"bfloat16"
         20     8  M                uint64
         28     8  K                uint64
@@ -17,20 +17,28 @@ File layout, all little-endian (version 2)::
                   words            n_words x uint32
        end-32    32  sha256         of every byte before it (header and payload)
 
+The payload is the format's canonical encoding (``TiledCSL.check_format``). Earlier versions have the same layout
+and load too, laid out anew by ``TiledCSL.from_raw(..., reorder=True)``, which drops their -0.0 entries and pads
+every tile on its first free positions: version 1 kept each tile's entries in row-major order, versions 1 and 2
+stored -0.0 and padded with 0x00000000 words.
+
 ``save`` writes a temporary file beside the target and renames it over the target (``os.replace``), so a reader
-sees the old file or the complete new one, never a partial one. ``load`` reads the whole file, checks in order
-magic, version, size, checksum and header, then hands the arrays to ``TiledCSL.from_raw`` for the full format
-check; any failure is a ValueError naming the file, and nothing is returned half-loaded. Version 1 files (written
-before the format's entry order became bank-interleaved) load too: their entries are laid out anew.
+sees the old file or the complete new one, never a partial one. ``load`` reads the 64-byte header first and checks
+magic, version, header and the file's size against the one the header announces, so a file that is not one of
+these is refused after reading 64 bytes; only then does it read the payload, check the checksum, and hand the
+arrays to ``TiledCSL.from_raw`` for the full format check. Any failure is a ValueError naming the file, and nothing
+is returned half-loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
 import struct
+
 import numpy as np
 
 from .._checks import invalid
@@ -40,8 +48,8 @@ from .tiled_csl import TILE_K, TILE_M, TiledCSL
 __all__ = ["save", "load", "MAGIC", "VERSION"]
 
 MAGIC = b"\x89FLCSL\r\n"
-VERSION = 2
-_READABLE = (1, 2)  # version 1: row-major entry order, re-laid out on load
+VERSION = 3
+_READABLE = (1, 2, 3)  # versions 1 and 2 are laid out anew on load (module docstring)
 _HEADER = struct.Struct("<8sI8sQQIIQQ4x")  # 64 bytes: the table above
 _DIGEST = hashlib.sha256().digest_size  # 32
 _DTYPE_NAMES = {FLOAT16: b"float16", BFLOAT16: b"bfloat16"}
@@ -56,6 +64,15 @@ def save(path: str | os.PathLike, A: TiledCSL) -> None:
     path : str or path-like
         The file to create or replace. The conventional suffix is ``.flcsl``.
     A : TiledCSL
+
+    Raises
+    ------
+    TypeError
+        ``A`` is not a TiledCSL.
+    FileNotFoundError
+        The directory of ``path`` does not exist.
+    OSError
+        The file cannot be written; the message names ``path``. An existing file at ``path`` is left as it was.
 
     Examples
     --------
@@ -79,7 +96,16 @@ def save(path: str | os.PathLike, A: TiledCSL) -> None:
     # gets the usual permissions (mkstemp would make it owner-only).
     temporary = f"{os.fspath(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        with open(temporary, "xb") as f:
+        f = open(temporary, "xb")
+    except OSError as e:  # report the caller's path: the temporary file is this function's business
+        if isinstance(e, FileNotFoundError):
+            directory = os.path.dirname(os.fspath(path)) or "."
+            raise FileNotFoundError(errno.ENOENT, f"Invalid value of path: expected a file in an existing directory, "
+                                                  f"got {os.fspath(path)!r} (no directory {directory!r})") from None
+        raise type(e)(e.errno, f"{e.strerror} (creating a temporary file beside it to write it)",
+                      os.fspath(path)) from None
+    try:
+        with f:
             f.write(header)
             for array in (offsets, words):
                 f.write(memoryview(array).cast("B"))
@@ -106,44 +132,52 @@ def load(path: str | os.PathLike, device: bool = False) -> TiledCSL:
     Returns
     -------
     TiledCSL
+        Canonical: files of versions 1 and 2 are laid out anew (module docstring).
 
     Raises
     ------
     ValueError
-        The file is truncated, corrupted (checksum), not a Tiled-CSL file (magic), of another format version, or
-        self-inconsistent (header or any invariant of ``TiledCSL.check_format``). The message names the file.
+        The file is not a Tiled-CSL file (magic), of a version this library does not read, self-inconsistent
+        (header, or any invariant of ``TiledCSL.check_format``), truncated or longer than its header announces,
+        or corrupted (checksum). The message names the file.
     OSError
         The file cannot be read.
     """
-    with open(path, "rb") as f:
-        data = bytearray(f.read())  # writable, so the arrays below are writable views of it
-
     def refuse(why: str) -> ValueError:
         return ValueError(f"{os.fspath(path)!r}: {why}")
 
-    if data[: len(MAGIC)] != MAGIC[: len(data)]:
-        start = bytes(data[: len(MAGIC)])
-        raise refuse(f"not a flashllm_nb Tiled-CSL file (starts with {start!r}; expected {MAGIC!r})")
-    if len(data) < _HEADER.size:
-        raise refuse(f"truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
-    _, version, dtype_name, M, K, tile_m, tile_k, n_offsets, n_words = _HEADER.unpack_from(data)
-    if version not in _READABLE:
-        raise refuse(f"format version {version}; this flashllm_nb reads versions {_READABLE}")
-    expected = _HEADER.size + 4 * n_offsets + 4 * n_words + _DIGEST
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "has trailing bytes"
-        raise refuse(f"{what}: {len(data)} bytes; its header announces {expected}")
-    if hashlib.sha256(memoryview(data)[:-_DIGEST]).digest() != data[-_DIGEST:]:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        header = f.read(_HEADER.size)
+        start = header[: len(MAGIC)]
+        if start != MAGIC[: len(start)]:
+            raise refuse(f"not a flashllm_nb Tiled-CSL file (starts with {start!r}; expected {MAGIC!r})")
+        if len(header) < _HEADER.size:
+            raise refuse(f"truncated: {size} bytes, shorter than the {_HEADER.size}-byte header")
+        _, version, dtype_name, M, K, tile_m, tile_k, n_offsets, n_words = _HEADER.unpack(header)
+        if version not in _READABLE:
+            raise refuse(f"format version {version}; this flashllm_nb reads versions {_READABLE}")
+        dtype = {name: dt for dt, name in _DTYPE_NAMES.items()}.get(dtype_name.rstrip(b"\0"))
+        if dtype is None:
+            raise refuse(f"inconsistent header: dtype {dtype_name!r}; expected b'float16' or b'bfloat16'")
+        if (tile_m, tile_k) != (TILE_M, TILE_K):
+            raise refuse(f"inconsistent header: tile {tile_m} x {tile_k}; this flashllm_nb uses {TILE_M} x {TILE_K}")
+        expected = _HEADER.size + 4 * n_offsets + 4 * n_words + _DIGEST
+        if size != expected:
+            what = "truncated" if size < expected else "has trailing bytes"
+            raise refuse(f"{what}: {size} bytes; its header announces {expected}")
+        payload = bytearray(expected - _HEADER.size)  # writable, so the arrays below are writable views of it
+        got = f.readinto(payload)
+        if got != len(payload):  # the file shrank since fstat
+            raise refuse(f"truncated: {_HEADER.size + got} bytes; its header announces {expected}")
+    digest = hashlib.sha256(header)
+    digest.update(memoryview(payload)[:-_DIGEST])
+    if digest.digest() != payload[-_DIGEST:]:
         raise refuse("checksum mismatch: the file is corrupted")
-    dtype = {name: dt for dt, name in _DTYPE_NAMES.items()}.get(dtype_name.rstrip(b"\0"))
-    if dtype is None:
-        raise refuse(f"inconsistent header: dtype {dtype_name!r}; expected b'float16' or b'bfloat16'")
-    if (tile_m, tile_k) != (TILE_M, TILE_K):
-        raise refuse(f"inconsistent header: tile {tile_m} x {tile_k}; this flashllm_nb uses {TILE_M} x {TILE_K}")
-    offsets = np.frombuffer(data, _LE_OFFSETS, n_offsets, _HEADER.size).astype(np.int32, copy=False)
-    words = np.frombuffer(data, _LE_WORDS, n_words, _HEADER.size + 4 * n_offsets).astype(np.uint32, copy=False)
+    offsets = np.frombuffer(payload, _LE_OFFSETS, n_offsets).astype(np.int32, copy=False)
+    words = np.frombuffer(payload, _LE_WORDS, n_words, 4 * n_offsets).astype(np.uint32, copy=False)
     try:
-        A = TiledCSL.from_raw(words, offsets, (M, K), dtype, reorder=version == 1)
+        A = TiledCSL.from_raw(words, offsets, (M, K), dtype, reorder=version < VERSION)
     except (TypeError, ValueError) as e:
         raise refuse(f"inconsistent: {e}") from e
     return A.to_device() if device else A

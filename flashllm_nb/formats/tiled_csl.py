@@ -35,18 +35,29 @@ scatter each entry straight to its conflict-free place.
 
 Policies (each decided once, here):
 
-- Stored entries: every element whose 16-bit pattern is not 0x0000. -0.0 (0x8000) is stored, so a round trip
-  is bit-exact; NaN (payload included) and +-Inf are stored as values; +0.0 is dropped.
+- Stored entries: every element that is not a zero. +0.0 (0x0000) and -0.0 (0x8000) are both zeros: neither is
+  stored or counted in ``nnz``, and both read back as +0.0, as in SciPy, ``torch.Tensor.to_sparse``, cuSPARSE and
+  Flash-LLM's encoder (it stores ``fabs(x) > 0``, which drops NaN too). This matters for pruned weights: ``W * mask``
+  leaves -0.0 wherever W < 0. Every other bit pattern is an entry and round-trips bit-exactly: NaN (payload
+  included), +-Inf, subnormals.
 - Order: bank-interleaved (see ``_layout_sorted``): inside a tile the entries are dealt round-robin over the 32
   shared-memory banks their positions fall in and stored so that each 32-lane store of the kernel's scatter is
   one such round, i.e. 32 different banks (4-way bank conflicts in row-major order, about 1.5-way in this one).
   Flash-LLM's encoder writes row-major order: ``TiledCSL.from_raw(..., reorder=True)`` takes that (or any) order
   and lays it out anew. Only the canonical order is accepted otherwise, so one matrix has exactly one encoding
   (words compare and checksum bit-for-bit).
-- Padding: each tile ends with the fewest all-zero words (0x00000000) that make its length a multiple of 4, i.e.
-  0 to 3. An empty tile has no words; a dense tile has 8192. A word with value bits 0 is a no-op for the kernel,
-  so padding is harmless even though its position field reads 0.
-- ``nnz`` counts entries (words with non-zero value bits), never padding.
+- Padding: each tile ends with the fewest words of value bits 0 that make its length a multiple of 4 (0 to 3; an
+  empty tile has no words, a dense one 8192). Padding word q (q = 0, 1, 2) sits on the q-th position of its tile,
+  in row-major (row, col) order, that holds no entry, swizzled like an entry's position; an edge tile's positions
+  outside the logical shape hold no entry and count too, so padding may point there (entries never do). This
+  library's kernels skip padding, but Flash-LLM's kernel scatters it like any entry, so padding on an entry's
+  position would erase that entry. Flash-LLM's row-major encoder pads exactly so (AlibabaResearch/flash-llm at
+  1d2828a: ``InitSparseMatrixA_API_NoReorder``, ``csrc/SpMM_API.cu:456-471``, writing the zero's own bits, -0.0
+  included; the scatter, ``csrc/SpMM_Kernel.cuh:162``); its bank-balanced encoder takes the first zero position
+  of the least-filled bank instead and may repeat one (``csrc/SpMM_API.cu:243-285``). Flash-LLM has no edge
+  tiles (it asserts M % 128 == K % 64 == 0, ``csrc/SpMM_API.cu:432``). Free positions never run out: a tile of n
+  entries needs ``(8192 - n) % 4`` of its ``8192 - n``.
+- ``nnz`` counts entries (words with value bits other than 0), never padding.
 - Shape: any M, K >= 0. An empty matrix (M == 0 or K == 0) has no tiles: ``tile_offsets == [0, 0]``, no words,
   ``sparsity == 1.0`` (nothing is stored; the same value as an all-zero matrix). The kernels treat it as a no-op.
 - Device storage: CuPy arrays. CuPy has no bfloat16, so the value type is carried as :attr:`TiledCSL.dtype`
@@ -59,8 +70,8 @@ Examples
 >>> A = TiledCSL.from_dense(W)
 >>> A
 <TiledCSL 3x70 float16, nnz=2 (99.0% sparse), 48 B, host>
->>> [hex(w) for w in A.words[A.words != 0]], A.tile_offsets.tolist()
-(['0x4a3c00', '0x1c000'], [0, 1, 2, 2])
+>>> [hex(w) for w in A.words], A.tile_offsets.tolist()  # entry, then padding on the first free positions
+(['0x4a3c00', '0x0', '0x10000', '0x20000', '0x1c000', '0x0', '0x20000', '0x30000'], [0, 1, 2, 2])
 >>> bool((A.to_dense() == W).all())
 True
 """
@@ -85,6 +96,9 @@ TILE_SIZE = TILE_M * TILE_K  # 8192 positions in a tile; fits the 16-bit positio
 VECTOR_WORDS = 4  # 4 uint32 words = one 16-byte load, the kernel's unit of reading ``words``
 
 _TILE_SHIFT = TILE_SIZE.bit_length() - 1  # 13: key >> 13 is the tile, key & 8191 the index inside it
+_MAGNITUDE = 0x7FFF  # value bits without the sign: 0 for +0.0 and -0.0, the two zeros, in fp16 and bf16 alike
+_NEGATIVE_ZERO = 0x8000
+_HOST_BLOCK = 1 << 18  # elements per block of the host's entry mask: 512 KiB of uint16, within a core's L2 cache
 _MAX_VECTORS = int(np.iinfo(np.int32).max)  # tile_offsets are int32
 
 
@@ -126,8 +140,22 @@ def _encode_dense(xp: Any, bits: Any, grid: tuple[int, int]) -> tuple[Any, Any, 
     # (row, col) order inside each tile -- no sort needed.
     tiled = xp.ascontiguousarray(bits.reshape(n_tile_rows, TILE_M, n_tile_cols, TILE_K).transpose(0, 2, 1, 3))
     tiled = tiled.reshape(-1)
-    keys = xp.flatnonzero(tiled != 0)  # via a bool mask: NumPy's nonzero is several times faster on bool than uint16
+    keys = xp.flatnonzero(_is_entry(xp, tiled))
     return _pack(xp, keys, tiled[keys], n_tile_rows * n_tile_cols)
+
+
+def _is_entry(xp: Any, bits: Any) -> Any:
+    """Bool mask of the 1-D uint16 ``bits`` that are entries: neither +0.0 nor -0.0 (the sign bit masked off).
+
+    A bool mask, because NumPy's nonzero is several times faster on bool than on uint16. On the host it is built in
+    blocks that stay in the CPU's cache: masking the whole matrix at once writes and reads back a temporary as large
+    as the matrix, which costs about a third of the nonzero itself."""
+    if xp is not np:
+        return (bits & _MAGNITUDE) != 0
+    entry = np.empty(bits.size, bool)
+    for start in range(0, bits.size, _HOST_BLOCK):
+        np.not_equal(bits[start : start + _HOST_BLOCK] & _MAGNITUDE, 0, out=entry[start : start + _HOST_BLOCK])
+    return entry
 
 
 def _pack(xp: Any, keys: Any, values: Any, n_tiles: int) -> tuple[Any, Any, int]:
@@ -161,7 +189,8 @@ def _pack(xp: Any, keys: Any, values: Any, n_tiles: int) -> tuple[Any, Any, int]
 
 def _place_words(xp: Any, keys: Any, packed: Any, starts: Any, tile_offsets: Any, n_words: int) -> Any:
     """The words array: entry j (ascending ``keys``, packed word ``packed[j]``) stored where the canonical layout
-    (``_layout_sorted``) puts it, padding 0x00000000. ``starts[t]`` is tile t's first entry.
+    (``_layout_sorted``) puts it, and each tile's padding (its last 0 to 3 words) on the tile's first positions
+    that hold no entry (``_padding_index``). ``starts[t]`` is tile t's first entry.
 
     On the host a compiled loop, O(nnz): NumPy's two nnz-long sorts took 16 s for a 36864 x 9216 matrix at 80 %,
     against the encoder's 5 s budget. On the GPU the sorts (CUB radix sorts) are cheap."""
@@ -169,11 +198,41 @@ def _place_words(xp: Any, keys: Any, packed: Any, starts: Any, tile_offsets: Any
     if xp is np:
         _place_words_kernel()(keys, packed, starts, tile_offsets, words)
     else:
-        counts = starts[1:] - starts[:-1]
-        order, slot = _layout_sorted(xp, keys, packed >> 16, starts, counts)
-        tile = (keys >> _TILE_SHIFT)[order]
-        words[VECTOR_WORDS * tile_offsets[tile].astype(np.int64) + slot] = packed[order]
+        _place_words_sorted(xp, keys, packed, starts, tile_offsets, words)
     return words
+
+
+def _place_words_sorted(xp: Any, keys: Any, packed: Any, starts: Any, tile_offsets: Any, words: Any) -> None:
+    """``_place_words`` with whole-array operations (the GPU's; it runs on NumPy too): write into zeroed ``words``."""
+    counts = starts[1:] - starts[:-1]
+    order, slot = _layout_sorted(xp, keys, packed >> 16, starts, counts)
+    tile = (keys >> _TILE_SHIFT)[order]
+    words[VECTOR_WORDS * tile_offsets[tile].astype(np.int64) + slot] = packed[order]
+    del order, slot, tile
+    ends = VECTOR_WORDS * tile_offsets[1:-1].astype(np.int64)  # one past each tile's last word
+    holes = ends - VECTOR_WORDS * tile_offsets[:-2].astype(np.int64) - counts  # padding words per tile
+    padded = xp.flatnonzero(holes)
+    # Three columns q = 0, 1, 2 per padded tile; where q >= holes[t] a column repeats q = holes[t] - 1 (the same
+    # word to the same slot), so every shape is known without synchronising.
+    q = xp.minimum(xp.arange(VECTOR_WORDS - 1)[None, :], holes[padded][:, None] - 1)
+    index = _padding_index(xp, keys, starts, padded[:, None], q)
+    words[ends[padded][:, None] - holes[padded][:, None] + q] = swizzle(index).astype(np.uint32) << 16
+
+
+def _padding_index(xp: Any, keys: Any, starts: Any, tile: Any, q: Any) -> Any:
+    """In-tile index (row * 64 + col) of the q-th position of tile ``tile`` (in row-major order) holding no entry,
+    for entries at ascending, distinct ``keys``; ``starts[t]`` is tile t's first entry. ``tile`` and ``q`` are
+    integer arrays (broadcast together).
+
+    ``keys[j] - j`` counts the free positions (over all tiles' positions) before entry j and never decreases. Free
+    position number f (counting from 0 over all tiles) is then ``f + m``, m being the number of entries with at most
+    f free positions before them, found by one binary search; tile t's first free position is number
+    ``t * 8192 - starts[t]``. Input with repeated keys (refused by the full format check) gets indices in range."""
+    free_before = keys - xp.arange(keys.size, dtype=keys.dtype)
+    tile = tile.astype(np.int64)
+    number = tile * TILE_SIZE - starts[tile].astype(np.int64) + q
+    index = number + xp.searchsorted(free_before, number.reshape(-1), side="right").reshape(number.shape)
+    return xp.clip(index - tile * TILE_SIZE, 0, TILE_SIZE - 1)
 
 
 def _layout_sorted(xp: Any, keys: Any, positions: Any, starts: Any, counts: Any) -> tuple[Any, Any]:
@@ -234,7 +293,8 @@ def _layout_sorted(xp: Any, keys: Any, positions: Any, starts: Any, counts: Any)
 @functools.cache
 def _place_words_kernel():
     """``_place_words`` for NumPy arrays as a numba-compiled loop (compiled on first use, cached on disk): per
-    tile, group the entries by bank, deal the rounds, and write each dealt entry to its transposed slot."""
+    tile, group the entries by bank, deal the rounds, write each dealt entry to its transposed slot, and walk the
+    tile's first entries to its first free positions for the padding."""
     import numba
 
     @numba.njit(cache=True, nogil=True)
@@ -277,6 +337,18 @@ def _place_words_kernel():
                             slot = (block << 7) + 4 * (kk - start_of_s) + s
                         words[base + slot] = packed[by_bank[bank_start[b] + r]]
                         k += 1
+            # padding: the tile's last `holes` words, on its first indices without an entry, ascending
+            end, tile_end = first + count, VECTOR_WORDS * np.int64(tile_offsets[t + 1])
+            pad, index, j = tile_end - holes, 0, first
+            while pad < tile_end:
+                if j < end and (keys[j] & (TILE_SIZE - 1)) <= index:
+                    if (keys[j] & (TILE_SIZE - 1)) == index:  # an entry: not free
+                        index += 1
+                    j += 1  # (a repeated key, refused by the full check, is passed over)
+                else:
+                    words[pad] = np.uint32(index ^ ((index >> 3) & 0x38)) << np.uint32(16)
+                    pad += 1
+                    index += 1
 
     return place_words
 
@@ -294,9 +366,10 @@ def _word_tiles(xp: Any, tile_offsets: Any, n_words: int) -> Any:
 
 
 def _entries(xp: Any, words: Any, tile_offsets: Any) -> tuple[Any, Any, Any]:
-    """(tile, row * 64 + col inside the tile, uint16 value bits) of every entry, padding left out."""
+    """(tile, row * 64 + col inside the tile, uint16 value bits) of every entry: padding (value bits 0) writes
+    nothing, and neither does a -0.0 word (refused by the full check, dropped by ``from_raw(..., reorder=True)``)."""
     values = (words & 0xFFFF).astype(np.uint16)
-    keep = xp.flatnonzero(values != 0)  # bool mask: see _encode_dense
+    keep = xp.flatnonzero((values & _MAGNITUDE) != 0)  # bool mask: see _encode_dense
     tiles = _word_tiles(xp, tile_offsets, words.size)[keep]
     return tiles, swizzle(words[keep] >> 16), values[keep]
 
@@ -322,11 +395,11 @@ def _check_words(xp: Any, words: Any, tile_offsets: Any, offsets: np.ndarray, sh
     if i is not None:
         raise ValueError(f"{_where(i, int(tiles[i]), offsets)} has position {int(positions[i])}; "
                          f"positions in a {TILE_M} x {TILE_K} tile are < {TILE_SIZE}")
-    padding = values == 0
-    i = first(padding & (positions != 0))
+    i = first(values == _NEGATIVE_ZERO)
     if i is not None:
-        raise ValueError(f"{_where(i, int(tiles[i]), offsets)} has value bits 0 but position {int(positions[i])}; "
-                         f"a word with value bits 0 is padding and must be 0x00000000")
+        raise ValueError(f"{_where(i, int(tiles[i]), offsets)} holds -0.0 (value bits 0x8000); -0.0 is a zero, "
+                         f"which Tiled-CSL does not store (TiledCSL.from_raw(..., reorder=True) drops it)")
+    padding = values == 0
     i = first(padding[:-1] & ~padding[1:] & (tiles[:-1] == tiles[1:]))
     if i is not None:
         raise ValueError(f"{_where(i, int(tiles[i]), offsets)} is padding but the entry after it is in the same "
@@ -352,7 +425,8 @@ def _check_words(xp: Any, words: Any, tile_offsets: Any, offsets: np.ndarray, sh
             i = int(entries[j])
             raise ValueError(f"{_where(i, int(tiles[i]), offsets)} is at row {int(row[j])}, column {int(col[j])} of "
                              f"the matrix, outside its {shape[0]} x {shape[1]} shape")
-    # Canonical layout: no position twice, and every entry where _place_words puts it (one matrix, one encoding).
+    # Canonical layout: no position twice, every entry where _place_words puts it and every padding word on the
+    # position it gives (one matrix, one encoding).
     keys = entry_tiles.astype(np.int64) * TILE_SIZE + index.astype(np.int64)
     by_key = xp.argsort(keys, kind="stable")
     sorted_keys = keys[by_key]
@@ -367,15 +441,23 @@ def _check_words(xp: Any, words: Any, tile_offsets: Any, offsets: np.ndarray, sh
                             words.size)
     i = first(expected != words)
     if i is not None:
-        t = int(tiles[i])
+        t, word = int(tiles[i]), int(words[i])
 
         def cell(word: int) -> str:
             row, col = divmod(int(swizzle(word >> 16)), TILE_K)
             return f"tile row {row}, column {col}"
 
-        raise ValueError(f"{_where(i, t, offsets)} holds {cell(int(words[i]))} where the canonical layout has "
-                         f"{cell(int(expected[i]))}: entries go in the format's bank-interleaved order "
-                         f"(TiledCSL.from_raw(..., reorder=True) lays out entries given in any order)")
+        if word & 0xFFFF:
+            raise ValueError(f"{_where(i, t, offsets)} holds {cell(word)} where the canonical layout has "
+                             f"{cell(int(expected[i]))}: entries go in the format's bank-interleaved order "
+                             f"(TiledCSL.from_raw(..., reorder=True) lays out entries given in any order)")
+        key = t * TILE_SIZE + int(swizzle(word >> 16))
+        k = int(xp.searchsorted(sorted_keys, xp.asarray([key]))[0])
+        on_entry = k < sorted_keys.size and int(sorted_keys[k]) == key  # synchronize!
+        why = (f", which holds an entry (word {int(entries[by_key[k]])}): a kernel that scatters padding, as "
+               f"Flash-LLM's does, would erase it" if on_entry else "")
+        raise ValueError(f"{_where(i, t, offsets)} is padding on {cell(word)}{why}; a tile's padding goes on its "
+                         f"first positions without an entry in row-major order, here {cell(int(expected[i]))}")
     return int(entries.size)
 
 
@@ -405,7 +487,8 @@ class TiledCSL:
     Parameters
     ----------
     words : numpy.ndarray or cupy.ndarray
-        uint32, 1-D: the entries, tile after tile, each tile padded to a multiple of 4 words.
+        uint32, 1-D: the entries, tile after tile, each tile padded to a multiple of 4 words (padding on positions
+        of the tile that hold no entry).
     tile_offsets : numpy.ndarray or cupy.ndarray
         int32, n_tiles + 2 entries counted in 4-word vectors: ``[0, end of tile 0, ..., end of last, end of last]``.
         Same array module as ``words``.
@@ -434,7 +517,7 @@ class TiledCSL:
 
     @classmethod
     def from_dense(cls, W: Any, dtype: Any = None) -> "TiledCSL":
-        """Encode a dense fp16/bf16 matrix; every element whose bit pattern is not +0.0 is stored.
+        """Encode a dense fp16/bf16 matrix; every element that is not a zero (+0.0 or -0.0) is stored.
 
         Parameters
         ----------
@@ -518,7 +601,7 @@ class TiledCSL:
             raise invalid("value", "S", f"values that fit {dtype} (|x| <= {float(ml_dtypes.finfo(dtype).max)})",
                           f"{coo.data[i]} at ({coo.row[i]}, {coo.col[i]}) and {overflow.size - 1} more")
         bits = cast.view(np.uint16)
-        keep = (bits & 0x7FFF) != 0  # drop +0.0 and -0.0
+        keep = (bits & _MAGNITUDE) != 0  # drop +0.0 and -0.0
         rows, cols, bits = coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64), bits[keep]
         shape = (int(S.shape[0]), int(S.shape[1]))
         n_tile_cols = _tile_grid(shape)[1]
@@ -538,8 +621,10 @@ class TiledCSL:
             As for the class. Both arrays NumPy (host) or both CuPy (device); they are not copied.
         reorder : bool
             Accept the entries of each tile in any order (Flash-LLM's encoder writes them in row-major order) and
-            lay them out anew in the canonical order (new arrays); words with value bits 0 are dropped as padding.
-            Without it, the arrays must already be canonical.
+            lay them out anew in the canonical order (new arrays): words with value bits 0 are dropped as padding
+            wherever they are and whatever their positions, so are -0.0 words (zeros), and each tile is padded
+            anew. Files of earlier versions of this library load this way. Without it, the arrays must already be
+            canonical.
 
         Returns
         -------
@@ -554,16 +639,26 @@ class TiledCSL:
 
         Examples
         --------
-        >>> A = TiledCSL.from_raw(np.array([0x4a3c00, 0, 0, 0], np.uint32), np.array([0, 1, 1], np.int32),
-        ...                       (3, 64), np.float16)
+        One entry, 1.0 at tile row 1, column 2 (position 1 * 64 + (2 ^ 8) = 0x4a), and the padding on the tile's
+        first three free positions, 0, 1 and 2:
+
+        >>> A = TiledCSL.from_raw(np.array([0x4a3c00, 0x00000, 0x10000, 0x20000], np.uint32),
+        ...                       np.array([0, 1, 1], np.int32), (3, 64), np.float16)
         >>> A.to_dense()[1, 2]
         np.float16(1.0)
+
+        Flash-LLM's row-major order, or padding anywhere, needs ``reorder=True``:
+
+        >>> B = TiledCSL.from_raw(np.array([0x4a3c00, 0, 0, 0], np.uint32), np.array([0, 1, 1], np.int32),
+        ...                       (3, 64), np.float16, reorder=True)
+        >>> bool((B.words == A.words).all())
+        True
         """
         self = cls(words, tile_offsets, shape, dtype)
         if reorder:
             xp = array_module(words, "words")
             positions = words >> 16
-            bad = xp.flatnonzero(((words & 0xFFFF) != 0) & (positions >= TILE_SIZE))
+            bad = xp.flatnonzero(((words & _MAGNITUDE) != 0) & (positions >= TILE_SIZE))
             if bad.size:
                 i = int(bad[0])
                 raise ValueError(f"word {i} has position {int(positions[i])}; positions in a {TILE_M} x {TILE_K} "
@@ -592,10 +687,12 @@ class TiledCSL:
         With ``full_check`` (O(nnz); sets ``nnz``):
 
         5. every position is < 8192;
-        6. a word whose value bits are 0 is padding and must be 0x00000000;
-        7. padding only at the end of its tile, and at most 3 padding words in a tile;
-        8. every entry lies inside the logical shape (matters for edge tiles);
-        9. no position twice in a tile, and the entries in the canonical, bank-interleaved order (``_layout_sorted``).
+        6. no word holds -0.0 (value bits 0x8000): a zero is not stored;
+        7. padding (value bits 0) only at the end of its tile, and at most 3 padding words in a tile;
+        8. every entry lies inside the logical shape (matters for edge tiles; padding may point outside it);
+        9. no position twice among a tile's entries;
+        10. the canonical layout: entries in the bank-interleaved order (``_layout_sorted``), and padding word q of
+            a tile on the tile's q-th position (row-major) that holds no entry.
         """
         words, tile_offsets, shape = self._words, self._tile_offsets, self._shape
         xp = array_module(words, "words")
@@ -652,7 +749,8 @@ class TiledCSL:
 
     @property
     def words(self) -> Any:
-        """uint32 entries and padding, tile after tile (NumPy or CuPy)."""
+        """uint32 entries and padding (value bits 0, on positions without an entry), tile after tile (NumPy or
+        CuPy)."""
         return self._words
 
     @property
@@ -734,9 +832,11 @@ class TiledCSL:
 
         Examples
         --------
-        >>> A = TiledCSL.from_dense(np.array([[1.0, -0.0]], np.float16))
+        -0.0 is a zero, not stored, and comes back as +0.0; every other value bit-exactly:
+
+        >>> A = TiledCSL.from_dense(np.array([[1.0, -0.0, np.nan]], np.float16))
         >>> A.to_dense(bits=True)
-        array([[15360, 32768]], dtype=uint16)
+        array([[15360,     0, 32256]], dtype=uint16)
         """
         xp = array_module(self._words)
         if not bits and xp is not np and self._dtype != np.float16:
@@ -754,7 +854,7 @@ class TiledCSL:
     def to_scipy(self) -> scipy.sparse.csr_array:
         """The matrix as a float32 SciPy CSR array on the host (exact: float32 holds every fp16 and bf16 value).
 
-        Its ``nnz`` equals ``self.nnz``: -0.0 entries stay explicit.
+        One explicit entry per stored entry (NaN included): its ``nnz`` equals ``self.nnz``.
 
         Examples
         --------
