@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv | tee "$OUT/gpu.txt"
-bench() { python3 -c "import sys; from flashllm_nb.bench.e2e import main; sys.exit(main(sys.argv[1:]))" "$@"; }
+bench() { local limit=$1; shift; timeout "$limit" python3 -m flashllm_nb.cli bench-e2e "$@"; }
 for step in "$@"; do
   echo "=== $step ($(date -u +%H:%M:%S))"
   case $step in
@@ -17,14 +17,14 @@ for step in "$@"; do
                  2>&1 | tee "$OUT/tests-llm.log" | tail -40 ;;
     tests-kernel) timeout 420 python3 -m pytest -q -p no:cacheprovider -x tests/test_tiled_csl_gpu.py \
                     tests/test_spmm_gpu.py tests/test_ptx_gpu.py 2>&1 | tee "$OUT/tests-kernel.log" | tail -15 ;;
-    bench-smoke) timeout 300 bench --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
+    bench-smoke) bench 300 --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
                    2>&1 | tee "$OUT/bench-smoke.log" | tail -12 ;;
-    bench-opt66b) timeout 480 bench --model opt-66b --sparsity 0.7 0.8 0.9 --batch 1 8 16 32 64 --out "$OUT" \
+    bench-opt66b) bench 540 --model opt-66b --sparsity 0.7 0.8 0.9 --batch 1 8 16 32 64 --out "$OUT" \
                     2>&1 | tee "$OUT/bench-opt66b.log" | tail -25 ;;
-    bench-opt30b) timeout 480 bench --model opt-30b --sparsity 0 0.8 0.9 --batch 1 16 --hf --hf-new 128 \
+    bench-opt30b) bench 540 --model opt-30b --sparsity 0 0.8 0.9 --batch 1 16 --hf --hf-new 128 \
                     --out "$OUT" 2>&1 | tee "$OUT/bench-opt30b.log" | tail -25 ;;
     load-speed) timeout 300 python3 dev/load_speed.py --model opt-6.7b --sparsity 0.8 2>&1 | tee "$OUT/load.log" ;;
-    bench-llama70b) timeout 300 bench --model llama-2-70b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
+    bench-llama70b) bench 300 --model llama-2-70b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
                       2>&1 | tee "$OUT/bench-llama70b.log" | tail -12 ;;
     *) echo "unknown step $step" ;;
   esac

@@ -344,3 +344,20 @@ def test_load_reads_the_header_then_the_payload_once(saved, counted_open):
     A, path = saved
     _assert_same(A, load(path))
     assert counted_open[0].bytes_read == path.stat().st_size
+
+
+def test_read_header_reports_the_matrix_without_reading_the_payload(tmp_path):
+    """Shape, dtype and size from the 64-byte header; a truncated file is refused there already."""
+    from flashllm_nb.formats.io import read_header
+
+    W = np.zeros((300, 70), ml_dtypes.bfloat16)
+    W[5, 3] = 1.5
+    path = tmp_path / "w.flcsl"
+    save(path, TiledCSL.from_dense(W))
+    info = read_header(path)
+    assert info["shape"] == (300, 70) and info["dtype"] == np.dtype(ml_dtypes.bfloat16)
+    assert info["file_bytes"] == os.path.getsize(path) and info["version"] == 3
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 1)
+    with pytest.raises(ValueError, match="truncated"):
+        read_header(path)

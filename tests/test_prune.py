@@ -62,7 +62,7 @@ def test_ties_go_to_the_lowest_index_and_existing_zeros_first():
 def test_pruned_entries_are_positive_zero():
     W = np.array([-0.0, -1.0, 2.0, -3.0], np.float16)
     P = prune.magnitude(W, 0.5)
-    assert P.view(np.uint16).tolist()[:2] == [0, 0]  # +0.0, not -0.0: Tiled-CSL would store -0.0
+    assert P.view(np.uint16).tolist()[:2] == [0, 0]  # +0.0, not -0.0: the canonical zero
 
 
 def test_more_existing_zeros_than_asked_are_left_alone():

@@ -173,8 +173,7 @@ def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layo
     "entries": each thread the positions it scattered (after the mbarrier with mma.sync; on the wgmma path a step
     after, before a second barrier), or the whole buffer after a tile denser than its registers (the dense tile and
     the 30 %-dense one, 614 vectors); 11 tiles are five rounds of the loop unrolled by two and one step.
-    N = 16 checks 4-warp blocks, N = 64 on the wgmma path 8-warp ones (two warpgroups). Pruned values are +0.0:
-    from_dense stores -0.0."""
+    N = 16 checks 4-warp blocks, N = 64 on the wgmma path 8-warp ones (two warpgroups)."""
     if entries_buffer is not None:
         monkeypatch.setattr(launch, _FORCE_ENTRIES_BUFFER[entries_buffer], 10**9)
     rng = np.random.default_rng(3)

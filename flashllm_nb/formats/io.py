@@ -45,7 +45,7 @@ from .._checks import invalid
 from ._xp import BFLOAT16, FLOAT16, to_host
 from .tiled_csl import TILE_K, TILE_M, TiledCSL
 
-__all__ = ["save", "load", "MAGIC", "VERSION"]
+__all__ = ["save", "load", "read_header", "MAGIC", "VERSION"]
 
 MAGIC = b"\x89FLCSL\r\n"
 VERSION = 3
@@ -120,6 +120,50 @@ def save(path: str | os.PathLike, A: TiledCSL) -> None:
         raise
 
 
+def read_header(path: str | os.PathLike) -> dict:
+    """What a file written by :func:`save` holds, from its 64-byte header alone: ``shape``, ``dtype``,
+    ``version``, ``n_words`` and ``file_bytes``, after the checks :func:`load` makes before reading the payload
+    (magic, version, dtype, tile shape, and the file's size against the header). Reads 64 bytes.
+
+    Raises
+    ------
+    ValueError
+        As :func:`load` for the header and size; the payload and its checksum are not read.
+    """
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"{os.fspath(path)!r}: {why}")
+
+    with open(path, "rb") as f:
+        info = _read_header(f, refuse)
+    del info["raw"]
+    return info
+
+
+def _read_header(f, refuse) -> dict:
+    """The checked header of the open file ``f`` (module docstring's layout); ``refuse(why)`` builds the error."""
+    size = os.fstat(f.fileno()).st_size
+    header = f.read(_HEADER.size)
+    start = header[: len(MAGIC)]
+    if start != MAGIC[: len(start)]:
+        raise refuse(f"not a flashllm_nb Tiled-CSL file (starts with {start!r}; expected {MAGIC!r})")
+    if len(header) < _HEADER.size:
+        raise refuse(f"truncated: {size} bytes, shorter than the {_HEADER.size}-byte header")
+    _, version, dtype_name, M, K, tile_m, tile_k, n_offsets, n_words = _HEADER.unpack(header)
+    if version not in _READABLE:
+        raise refuse(f"format version {version}; this flashllm_nb reads versions {_READABLE}")
+    dtype = {name: dt for dt, name in _DTYPE_NAMES.items()}.get(dtype_name.rstrip(b"\0"))
+    if dtype is None:
+        raise refuse(f"inconsistent header: dtype {dtype_name!r}; expected b'float16' or b'bfloat16'")
+    if (tile_m, tile_k) != (TILE_M, TILE_K):
+        raise refuse(f"inconsistent header: tile {tile_m} x {tile_k}; this flashllm_nb uses {TILE_M} x {TILE_K}")
+    expected = _HEADER.size + 4 * n_offsets + 4 * n_words + _DIGEST
+    if size != expected:
+        what = "truncated" if size < expected else "has trailing bytes"
+        raise refuse(f"{what}: {size} bytes; its header announces {expected}")
+    return {"raw": header, "version": version, "dtype": dtype, "shape": (M, K), "n_offsets": n_offsets,
+            "n_words": n_words, "file_bytes": expected}
+
+
 def load(path: str | os.PathLike, device: bool = False) -> TiledCSL:
     """Read a file written by :func:`save`, checking it completely.
 
@@ -147,25 +191,10 @@ def load(path: str | os.PathLike, device: bool = False) -> TiledCSL:
         return ValueError(f"{os.fspath(path)!r}: {why}")
 
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        header = f.read(_HEADER.size)
-        start = header[: len(MAGIC)]
-        if start != MAGIC[: len(start)]:
-            raise refuse(f"not a flashllm_nb Tiled-CSL file (starts with {start!r}; expected {MAGIC!r})")
-        if len(header) < _HEADER.size:
-            raise refuse(f"truncated: {size} bytes, shorter than the {_HEADER.size}-byte header")
-        _, version, dtype_name, M, K, tile_m, tile_k, n_offsets, n_words = _HEADER.unpack(header)
-        if version not in _READABLE:
-            raise refuse(f"format version {version}; this flashllm_nb reads versions {_READABLE}")
-        dtype = {name: dt for dt, name in _DTYPE_NAMES.items()}.get(dtype_name.rstrip(b"\0"))
-        if dtype is None:
-            raise refuse(f"inconsistent header: dtype {dtype_name!r}; expected b'float16' or b'bfloat16'")
-        if (tile_m, tile_k) != (TILE_M, TILE_K):
-            raise refuse(f"inconsistent header: tile {tile_m} x {tile_k}; this flashllm_nb uses {TILE_M} x {TILE_K}")
-        expected = _HEADER.size + 4 * n_offsets + 4 * n_words + _DIGEST
-        if size != expected:
-            what = "truncated" if size < expected else "has trailing bytes"
-            raise refuse(f"{what}: {size} bytes; its header announces {expected}")
+        info = _read_header(f, refuse)
+        header, version, dtype, M, K, n_offsets, n_words = (info["raw"], info["version"], info["dtype"],
+                                                           *info["shape"], info["n_offsets"], info["n_words"])
+        expected = info["file_bytes"]
         payload = bytearray(expected - _HEADER.size)  # writable, so the arrays below are writable views of it
         got = f.readinto(payload)
         if got != len(payload):  # the file shrank since fstat

@@ -524,9 +524,10 @@ def build_kernel(cfg: SpmmConfig):
     def scatter_vector(a_s, a_base, w0, w1, w2, w3, last):
         """Write four entries' values to their swizzled slots of the A buffer at ``a_base``.
 
-        Padding (value bits 0, position 0) exists only in the tile's last vector, after at least one entry (the
-        format's rule 7), so only that vector tests values: a padding word must not overwrite a real entry at
-        position 0. Every other vector stores all four words unconditionally, three instructions each."""
+        Padding (value bits 0, on a position without an entry) exists only in the tile's last vector, after at
+        least one entry (the format's rule 7), so only that vector tests values: writing a padding word would be
+        harmless in a checked matrix, and skipping it keeps any matrix built without the checks safe too. Every
+        other vector stores all four words unconditionally, three instructions each."""
         a_s[a_base + uint64(w0 >> uint32(16))] = uint16(w0 & uint32(0xFFFF))
         if last:
             if (w1 & uint32(0xFFFF)) != uint32(0):
@@ -587,8 +588,8 @@ def build_kernel(cfg: SpmmConfig):
     def unscatter_tile(a_s, v0, v1, a_stage, positions):
         """clear="entries": zero A buffer ``a_stage`` where this thread scattered the registered words of the tile
         whose vectors are ``v0 .. v1 - 1``, once every warp has read it (the caller orders that, see ``k_step``);
-        ``positions`` holds their positions (``keep_positions``). Padding words zero position 0, which
-        is to be zero anyway; a tile with more vectors than the registers hold is zeroed whole, by all threads.
+        ``positions`` holds their positions (``keep_positions``). Padding words zero positions without an
+        entry, which are zero anyway; a tile with more vectors than the registers hold is zeroed whole, by all threads.
 
         Why: at 90 % sparsity a tile has ~205 vectors, whose ~820 2-byte stores take ~45 shared-memory wavefronts
         against the 128 of zeroing 16 KiB (``clear_own_rows``). Unlike the rows a warp read, the positions a thread
