@@ -2,11 +2,11 @@
 ``generate`` (text from a pruned model) and ``bench-e2e`` (whole models, dense and sparse).
 
 The mode is fixed first: with no GPU, Numba's CUDA simulator is switched on before anything imports ``numba.cuda``,
-so both commands run everywhere (in the simulator only tiny, correctness-only cases: its timings mean nothing).
+so every command runs everywhere (in the simulator only tiny, correctness-only cases: its timings mean nothing).
 
 Each command is one sub-parser whose ``run`` default takes the parsed arguments and the arguments left over; a
-command with a parser of its own (``bench``, ``generate``, ``bench-e2e``) is declared with ``add_help=False`` and ``delegated=True`` and reads
-the leftovers itself. Bad arguments get argparse's usage and one-line error, and exit status 2.
+command with a parser of its own (``bench``, ``generate``, ``bench-e2e``) is declared with ``add_help=False`` and
+``delegated=True`` and reads the leftovers itself. Bad arguments get argparse's usage and one-line error, and exit status 2.
 """
 
 from __future__ import annotations

@@ -138,9 +138,9 @@ def test_attention_matches_reference(dtype, window):
     v = bits(rng.standard_normal((slots, n_kv, max_len, d)), dtype)
     out = np.zeros(3 * n_heads * d, np.uint16)
     kernels.attention(q, k, v, token_slots, positions, out, 3, n_heads, n_kv, d, max_len, window, d ** -0.5, dtype)
-    ref = attention_reference(values(q, dtype).reshape(3, n_heads, d), values(k, dtype).reshape(slots, n_kv, max_len, d),
-                              values(v, dtype).reshape(slots, n_kv, max_len, d), token_slots, positions, n_heads,
-                              n_kv, window)
+    cache_shape = (slots, n_kv, max_len, d)
+    ref = attention_reference(values(q, dtype).reshape(3, n_heads, d), values(k, dtype).reshape(cache_shape),
+                              values(v, dtype).reshape(cache_shape), token_slots, positions, n_heads, n_kv, window)
     close(out, ref, dtype, 4, "attention")
 
 
