@@ -22,14 +22,12 @@ def write_random_checkpoint(name: str, folder: str, shard_bytes: int = 4 << 30) 
     import cupy
     from safetensors.numpy import save_file
 
-    from flashllm_nb.llm.checkpoint import block_tensors, model_tensors
+    from flashllm_nb.llm.checkpoint import all_tensors
     from flashllm_nb.llm.config import PRESETS, from_hf
 
     config = from_hf(PRESETS[name])
     prefix = "model.decoder." if config.family == "opt" else "model."
-    shapes = dict(model_tensors(config))
-    for index in range(config.num_layers):
-        shapes.update(block_tensors(config, index))
+    shapes = all_tensors(config)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(PRESETS[name], f)

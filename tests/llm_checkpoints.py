@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
-from flashllm_nb.llm.checkpoint import block_tensors, model_tensors
+from flashllm_nb.llm.checkpoint import all_tensors
 from flashllm_nb.llm.config import PRESETS, from_hf
 
 PREFIX = {"opt": "model.decoder.", "llama": "model."}
@@ -31,9 +31,7 @@ def random_tensors(hf_config: dict, seed: int = 0, dtype=np.float16, zero_fracti
     multiplied by a random 0/1 mask, as pruning code does, which leaves -0.0 where a weight was negative."""
     config = from_hf(hf_config)
     rng = np.random.default_rng(seed)
-    shapes = dict(model_tensors(config))
-    for index in range(config.num_layers):
-        shapes.update(block_tensors(config, index))
+    shapes = all_tensors(config)
     tensors = {}
     for name, shape in shapes.items():
         if "norm" in name:

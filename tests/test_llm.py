@@ -203,3 +203,28 @@ def test_bad_prompts_are_refused():
         llm.generate(model, [np.array([], np.int64)])
     with pytest.raises(ValueError, match="ids.*positions"):
         model.forward(np.zeros((1, 65), np.int64))
+
+
+def test_settings_are_checked_and_named():
+    """Refused before any work, naming the argument: a prefill policy, a string end id; accepted: NumPy scalars
+    and arrays of end ids. A configuration hashes (it is frozen)."""
+    with pytest.raises(ValueError, match="prefill"):
+        llm.random_model("opt-tiny", sparsity=0.5, prefill="fast", progress=False)
+    model = llm.random_model("opt-tiny", sparsity=0.0, progress=False)
+    with pytest.raises(ValueError, match="prefill"):
+        model.prefill.policy = "fast"
+    with pytest.raises(ValueError, match="eos_token_id"):
+        llm.generate(model, np.array([[1, 2]]), eos_token_id="12")
+    with pytest.raises(ValueError, match="eos_token_id.*token ids in \\[0, 96\\)"):
+        llm.generate(model, np.array([[1, 2]]), eos_token_id=[3, 500])
+    with pytest.raises(ValueError, match="prompts.*at most 64 tokens"):
+        llm.generate(model, np.ones((1, 65), np.int64))
+    assert hash(preset("llama-3.1-8b")) == hash(preset("llama-3.1-8b"))
+
+
+def test_generation_may_use_every_position():
+    """A 60-token prompt and 5 new tokens fill a 64-position model exactly: the last token fed stands at 63."""
+    model = llm.random_model("opt-tiny", sparsity=0.0, progress=False)
+    out = llm.generate(model, np.ones((1, 60), np.int64), max_new_tokens=5, eos_token_id=np.array([95]),
+                       temperature=np.float32(0))
+    assert out.shape == (1, 65)

@@ -141,3 +141,20 @@ def test_checkpoint_tensors_give_back_the_loaded_weights(llama_checkpoint):
     assert sorted(exported) == sorted(tensors)
     for name, value in tensors.items():
         np.testing.assert_array_equal(exported[name].view(np.uint16), value.view(np.uint16), err_msg=name)
+
+
+def test_saved_folder_is_checked_before_loading(opt_checkpoint, tmp_path):
+    """A dense tensor cut short in dense.safetensors is refused, naming it; so are settings that a saved model's
+    matrices cannot honour."""
+    from safetensors.numpy import load_file, save_file
+
+    path, _ = opt_checkpoint
+    model = llm.load(path, sparsity=0.7, progress=False)
+    model.save(tmp_path / "saved")
+    with pytest.raises(ValueError, match="dtype"):
+        llm.load(tmp_path / "saved", dtype="bfloat16", progress=False)
+    dense = load_file(str(tmp_path / "saved" / "dense.safetensors"))
+    dense["layers.1.ffn_norm.bias"] = dense["layers.1.ffn_norm.bias"][:10]
+    save_file(dense, str(tmp_path / "saved" / "dense.safetensors"))
+    with pytest.raises(ValueError, match=r"'layers\.1\.ffn_norm\.bias'.*expected 64 float16 values, got 10"):
+        llm.load(tmp_path / "saved", progress=False)

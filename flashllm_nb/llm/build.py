@@ -18,8 +18,9 @@ import numpy as np
 
 from flashllm_nb._checks import invalid
 from flashllm_nb.llm import device, memory
-from flashllm_nb.llm.checkpoint import LINEAR_PARTS, NORMS, Checkpoint, block_tensors, model_tensors
+from flashllm_nb.llm.checkpoint import LINEAR_PARTS, NORMS, Checkpoint, all_tensors
 from flashllm_nb.llm.config import ModelConfig, preset
+from flashllm_nb.llm.engine import check_prefill_policy
 from flashllm_nb.llm.model import Block, Model, Norm
 from flashllm_nb.llm.weights import DENSE_BELOW, PRUNE_METHODS, Linear, encode_linear, prune_bits
 
@@ -85,10 +86,15 @@ def load(path: str | os.PathLike, sparsity: float | None = None, prune: str = "m
     """
     from flashllm_nb.llm import saved
 
+    check_prefill_policy(prefill)
     if saved.is_saved(path):
-        if sparsity is not None:
-            raise invalid("value", "sparsity", f"None for a saved flashllm_nb model ({os.fspath(path)!r} is one)",
-                          sparsity)
+        # a saved model's matrices are used as they are: nothing that would change them applies
+        given = {"sparsity": (sparsity, None), "prune": (prune, "magnitude"), "dtype": (dtype, None),
+                 "dense_below": (dense_below, DENSE_BELOW)}
+        for name, (value, default) in given.items():
+            if value != default:
+                raise invalid("value", name, f"{default!r} for a saved flashllm_nb model ({os.fspath(path)!r} is "
+                              f"one: its matrices are used as they were saved)", value)
         return saved.load_saved(path, prefill=prefill, progress=progress)
     _check_sparsity(sparsity, allow_none=True)
     if prune not in PRUNE_METHODS:
@@ -102,7 +108,7 @@ def load(path: str | os.PathLike, sparsity: float | None = None, prune: str = "m
     def read(name: str):
         return _to_bits(checkpoint.read(name), dtype, checkpoint.full_name(name))
 
-    sizes = {name: checkpoint.nbytes(name) for name in _all_names(config)}
+    sizes = {name: checkpoint.nbytes(name) for name in all_tensors(config)}
     model = _build(config, dtype, read, sizes, sparsity, prune, dense_below, prefill, progress,
                    f"loading {os.path.basename(os.path.normpath(checkpoint.path))}")
     model.tokenizer_file = checkpoint.tokenizer_file
@@ -122,15 +128,14 @@ def random_model(name: str | ModelConfig, sparsity: float = 0.8, dtype=None, see
     if not isinstance(config, ModelConfig):
         raise invalid("type", "name", "a preset name or a ModelConfig", type(name).__name__, TypeError)
     _check_sparsity(sparsity, allow_none=False)
+    check_prefill_policy(prefill)
     if prune not in PRUNE_METHODS:
         raise invalid("value", "prune", f"one of {PRUNE_METHODS}", prune)
     dtype = resolve_dtype(dtype, config)
     memory.check_fits(memory.predict_load(config, dtype, sparsity, dense_below), config, sparsity)
     xp = device.xp()
     generator = xp.random.default_rng(seed)
-    shapes = dict(model_tensors(config))
-    for index in range(config.num_layers):
-        shapes.update(block_tensors(config, index))
+    shapes = all_tensors(config)
 
     def read(tensor: str):
         shape = shapes[tensor]
@@ -146,13 +151,6 @@ def random_model(name: str | ModelConfig, sparsity: float = 0.8, dtype=None, see
 
 
 # -------------------------------------------------------------------------------------------------- building
-
-
-def _all_names(config: ModelConfig) -> list[str]:
-    names = list(model_tensors(config))
-    for index in range(config.num_layers):
-        names += list(block_tensors(config, index))
-    return names
 
 
 def _build(config: ModelConfig, dtype, read: Callable[[str], object], sizes: dict[str, int], sparsity, prune,

@@ -18,7 +18,7 @@ import numpy as np
 
 from flashllm_nb.llm.config import ModelConfig, read_config
 
-__all__ = ["Checkpoint", "block_tensors", "model_tensors", "LINEAR_PARTS", "NORMS"]
+__all__ = ["Checkpoint", "all_tensors", "block_tensors", "model_tensors", "LINEAR_PARTS", "NORMS"]
 
 _FLOAT_DTYPES = {"F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16), "F32": np.dtype(np.float32)}
 # Where a family's decoder tensors sit: the first prefix under which the embedding is found is the checkpoint's.
@@ -81,6 +81,14 @@ def model_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return names
 
 
+def all_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of every tensor of the model: :func:`model_tensors` and each block's."""
+    names = dict(model_tensors(config))
+    for index in range(config.num_layers):
+        names.update(block_tensors(config, index))
+    return names
+
+
 class Checkpoint:
     """A checked, open checkpoint folder (module docstring). Raises ``FileNotFoundError`` or ``ValueError``
     naming the file and the tensor at fault."""
@@ -138,9 +146,7 @@ class Checkpoint:
         return name[1:] if name.startswith("/") else self.prefix + name
 
     def _check_tensors(self) -> None:
-        expected = dict(model_tensors(self.config))
-        for index in range(self.config.num_layers):
-            expected.update(block_tensors(self.config, index))
+        expected = all_tensors(self.config)
         missing = [self.full_name(n) for n in expected if self.full_name(n) not in self._where]
         if missing:
             raise ValueError(f"Invalid checkpoint {self.path!r}: {len(missing)} tensors missing, e.g. {missing[:3]}")
@@ -173,10 +179,6 @@ class Checkpoint:
         full = self.full_name(name)
         view = self._files[self._where[full]].get_slice(full)
         return int(np.prod(view.get_shape())) * _FLOAT_DTYPES[view.get_dtype()].itemsize
-
-    def stored_dtype(self, name: str) -> np.dtype:
-        full = self.full_name(name)
-        return _FLOAT_DTYPES[self._files[self._where[full]].get_slice(full).get_dtype()]
 
     @property
     def tokenizer_file(self) -> str | None:

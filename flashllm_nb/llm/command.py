@@ -14,29 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from flashllm_nb.bench.command import positive_int, sparsity_fraction
+from flashllm_nb.bench.command import non_negative_float, positive_int, sparsity_fraction, top_p_fraction
 
 __all__ = ["build_parser", "main"]
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _top_p(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt-ids", default=None, help="comma-separated token ids instead of text")
     parser.add_argument("--batch", type=positive_int, default=None, help="repeat the prompt(s) to this many sequences")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
-    parser.add_argument("--temperature", type=_non_negative, default=0.0, help="0: greedy")
-    parser.add_argument("--top-p", type=_top_p, default=1.0)
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy")
+    parser.add_argument("--top-p", type=top_p_fraction, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", default=None, help="also save the pruned model to this folder")
     return parser

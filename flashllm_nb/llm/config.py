@@ -56,7 +56,8 @@ class ModelConfig:
     attention_bias: bool = False
     mlp_bias: bool = False
     rope_theta: float = 10000.0
-    rope_scaling: Mapping[str, Any] | None = None  # {"rope_type": "linear" | "llama3", ...}, None for plain RoPE
+    # {"rope_type": "linear" | "llama3", ...}, None for plain RoPE; compared, but left out of the hash (a dict)
+    rope_scaling: Mapping[str, Any] | None = field(default=None, hash=False)
     sliding_window: int | None = None
     # both
     tie_embeddings: bool = True

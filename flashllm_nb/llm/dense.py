@@ -85,6 +85,7 @@ class _Cublas:
         self._set_stream.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self._set_stream.restype = ctypes.c_int
         self._one, self._zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
+        self._stream = None
 
     @staticmethod
     def _check(status: int, what: str) -> None:
@@ -94,7 +95,12 @@ class _Cublas:
     def gemm_t(self, x: int, w: int, y: int, n: int, m: int, k: int, kind: int, stream: int) -> None:
         """``y = x @ w.T`` for row-major device pointers; column-major: y.T (m x n) = op_T(W) (k x m stored)
         @ x.T (k x n)."""
-        self._check(self._set_stream(self._handle, stream), "cublasSetStream_v2")
+        if stream != self._stream:
+            # cublasSetStream resets the handle to cuBLAS's own workspace pool: set ours again after it
+            self._check(self._set_stream(self._handle, stream), "cublasSetStream_v2")
+            self._check(self._lib.cublasSetWorkspace_v2(self._handle, ctypes.c_void_p(self._workspace.data.ptr),
+                                                        ctypes.c_size_t(_WORKSPACE_BYTES)), "cublasSetWorkspace_v2")
+            self._stream = stream
         self._check(self._gemm(self._handle, _CUBLAS_OP_T, _CUBLAS_OP_N, m, n, k, ctypes.byref(self._one), w, kind,
                                k, x, kind, k, ctypes.byref(self._zero), y, kind, m, _CUBLAS_COMPUTE_32F,
                                _CUBLAS_GEMM_DEFAULT), "cublasGemmEx")

@@ -26,7 +26,7 @@ import numpy as np
 
 from flashllm_nb.llm import device, kernels
 
-__all__ = ["KVCache", "Activations", "run_decoder", "PREFILL_POLICIES"]
+__all__ = ["KVCache", "Activations", "PrefillPlanner", "run_decoder", "PREFILL_POLICIES", "check_prefill_policy"]
 
 PREFILL_POLICIES = ("auto", "sparse", "dense")
 SPARSE_UP_TO_TOKENS = 64  # the Tiled-CSL kernel covers up to 64 tokens in one pass over the weights
@@ -78,7 +78,7 @@ class Activations:
         # ReLU works in place; SiLU-GLU halves the row
         self.act = self.ffn if config.activation == "relu" else xp.zeros(tokens * config.ffn_size, np.uint16)
         self.embed = xp.zeros(tokens * config.embed_dim, np.uint16) if config.word_embed_dim else None
-        self.head_in = xp.zeros(logit_rows * config.embed_dim, np.uint16)
+        self.head_in = xp.zeros(logit_rows * config.embed_dim, np.uint16) if config.word_embed_dim else None
         self.logits = xp.zeros(logit_rows * config.vocab_size, np.uint16)
 
     @property
@@ -178,6 +178,12 @@ def _head(model, acts, final, tokens, rows, stream) -> None:
     model.lm_head(x, acts.logits, n, stream)
 
 
+def check_prefill_policy(policy) -> None:
+    """Refuse anything but one of :data:`PREFILL_POLICIES`, naming the argument."""
+    if policy not in PREFILL_POLICIES:
+        raise ValueError(f"Invalid value of prefill: expected one of {PREFILL_POLICIES}, got {policy!r}")
+
+
 class PrefillPlanner:
     """Per sparse layer and number of tokens: the Tiled-CSL kernel, or expansion into one reused dense scratch
     buffer and cuBLAS. The kernel re-reads its weights for every 64 tokens, cuBLAS reads a dense matrix once but
@@ -187,12 +193,19 @@ class PrefillPlanner:
     kernel covers in one pass, always take the kernel."""
 
     def __init__(self, model, policy: str = "auto"):
-        if policy not in PREFILL_POLICIES:
-            raise ValueError(f"Invalid prefill policy: expected one of {PREFILL_POLICIES}, got {policy!r}")
         self.policy = policy
         self._model = model
         self._scratch = None
         self._choices: dict[tuple, bool] = {}
+
+    @property
+    def policy(self) -> str:
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: str) -> None:
+        check_prefill_policy(value)
+        self._policy = value
 
     @property
     def scratch_bytes(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any, Sequence
 
 import numpy as np
@@ -111,103 +112,147 @@ def generate(model, prompts, max_new_tokens: int = 64, temperature: float = 0.0,
     logits : numpy.ndarray
         Only with ``output_logits``.
     """
-    c = model.config
     rows, rectangular = _prompts(prompts, model)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-        raise invalid("value", "max_new_tokens", "an integer >= 1", max_new_tokens)
-    if not (isinstance(temperature, (int, float)) and temperature >= 0 and np.isfinite(temperature)):
-        raise invalid("value", "temperature", "a finite number >= 0", temperature)
-    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise invalid("value", "top_p", "a number in (0, 1]", top_p)
-    eos = list(c.eos_token_id) if eos_token_id == "config" else [] if eos_token_id is None else \
-        [eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else list(eos_token_id)
+    eos = _check_settings(model, rows, max_new_tokens, temperature, top_p, eos_token_id)
     lengths = np.array([r.size for r in rows])
-    batch, longest = len(rows), int(lengths.max())
-    max_len = longest + max_new_tokens
-    if max_len > c.max_positions:
-        raise invalid("value", "max_new_tokens", f"at most {c.max_positions - longest} for a {longest}-token prompt "
-                      f"(the model has {c.max_positions} positions)", max_new_tokens)
-    if batch > 1024:
-        raise invalid("value", "prompts", "at most 1024 sequences", batch)
-    prediction = memory.predict_generate(model, batch, max_len, int(lengths.sum()))
-    memory.check_generate_fits(prediction, batch, max_len)
-
-    xp = device.xp()
-    stream = model.stream
-    greedy = temperature == 0
-    start = _now(stream)
-    with stream:  # every array below is made on the engine's stream, ordered with its kernels
-        history = xp.zeros(batch * max_new_tokens, np.int32)
-        done = xp.zeros(batch, np.int32)
-        step_counter = xp.zeros(1, np.int32)
-        eos_ids = xp.asarray(np.array(eos or [-1], np.int32))
-        generator = None if greedy else xp.random.default_rng(seed)
-        cache = KVCache(c, batch, max_len)
-        decode = Activations(c, batch, batch)
-        # prefill: every prompt token at once, then the first new token of each sequence
-        tokens = int(lengths.sum())
-        prefill = Activations(c, tokens, batch)
-        prefill.ids[...] = xp.asarray(np.concatenate(rows).astype(np.int32))
-        prefill.positions[...] = xp.asarray(np.concatenate([np.arange(n, dtype=np.int32) for n in lengths]))
-        prefill.slots[...] = xp.asarray(np.repeat(np.arange(batch, dtype=np.int32), lengths))
-        last_rows = xp.asarray((np.cumsum(lengths) - 1).astype(np.int64))
-        run_decoder(model, prefill, cache, tokens, rows=last_rows, stream=stream.ptr, planner=model.prefill)
-        decode.slots[...] = xp.arange(batch, dtype=np.int32)
-        # decode.positions holds the position of the token in decode.ids; finish_step moves it on from the last
-        # prompt token's to the first new token's
-        decode.positions[...] = xp.asarray((lengths - 1).astype(np.int32))
-        collected = [_logits_host(model, prefill.logits, batch)] if output_logits else None
-        _choose(model, prefill.logits, decode.ids, batch, greedy, temperature, top_p, generator, stream)
-        kernels.finish_step(decode.ids, decode.positions, history, done, step_counter, eos_ids, batch,
-                            max_new_tokens, stream.ptr)
-        memory_used = {"kv_cache": cache.nbytes, "activations": prefill.nbytes + decode.nbytes,
-                       "prefill_scratch": model.prefill.scratch_bytes}
-        del prefill
-    first_token = _now(stream)
-
-    def step() -> None:
-        run_decoder(model, decode, cache, batch, stream=stream.ptr)
-        if greedy:
-            _choose(model, decode.logits, decode.ids, batch, True, 0.0, 1.0, None, stream)
-            kernels.finish_step(decode.ids, decode.positions, history, done, step_counter, eos_ids, batch,
-                                max_new_tokens, stream.ptr)
-
-    def after_step() -> None:
-        if output_logits:
-            collected.append(_logits_host(model, decode.logits, batch))
-        if not greedy:
-            _choose(model, decode.logits, decode.ids, batch, False, temperature, top_p, generator, stream)
-            kernels.finish_step(decode.ids, decode.positions, history, done, step_counter, eos_ids, batch,
-                                max_new_tokens, stream.ptr)
-
-    graph = None
-    steps = 0
-    issue_s: list[float] = []
-    with stream:
-        for index in range(max_new_tokens - 1):
-            if index % CHECK_EVERY == 0 and eos and bool(done.all()):  # synchronize!
-                break
-            issued = time.perf_counter()
-            if graph is not None:
-                graph.launch(stream=stream.cupy_stream)
-            elif index == 1 and use_graph and not device.SIMULATOR:
-                # the first step ran eagerly (compiling kernels, creating plans and workspaces): capture the second
-                graph = _capture(step, stream)
-                graph.launch(stream=stream.cupy_stream)
-            else:
-                step()
-            after_step()
-            issue_s.append(time.perf_counter() - issued)
-            steps += 1
-    end = _now(stream)
-    generated = device.to_host(history).reshape(batch, max_new_tokens)[:, : steps + 1].astype(np.int64)
+    batch = len(rows)
+    # the last token fed to the decoder stands at position longest + max_new_tokens - 2
+    max_len = int(lengths.max()) + max_new_tokens - 1
+    memory.check_generate_fits(memory.predict_generate(model, batch, max_len, int(lengths.sum())), batch, max_len)
+    run = _Decoding(model, batch, max_len, max_new_tokens, eos, temperature, top_p, seed, output_logits)
+    start = _now(model.stream)
+    run.prefill(rows, lengths)
+    first_token = _now(model.stream)
+    steps, graph, issue_s = run.decode(use_graph)
+    end = _now(model.stream)
+    generated = device.to_host(run.history).reshape(batch, max_new_tokens)[:, : steps + 1].astype(np.int64)
     stats = GenerationStats(batch=batch, prompt_tokens=int(lengths.sum()), new_tokens=steps + 1, decode_steps=steps,
                             time_to_first_token_s=first_token - start, decode_s=end - first_token,
                             host_step_s=float(np.percentile(issue_s, 10)) if issue_s else 0.0,
-                            graph=graph is not None, memory={**model.memory(), **memory_used})
-    result = _assemble(rows, generated, eos, rectangular, max_new_tokens, c)
-    extras = ((stats,) if return_stats else ()) + ((np.stack(collected, axis=1),) if output_logits else ())
+                            graph=graph, memory={**model.memory(), **run.memory_used})
+    result = _assemble(rows, generated, eos, rectangular, max_new_tokens, model.config)
+    extras = ((stats,) if return_stats else ()) + ((np.stack(run.collected, axis=1),) if output_logits else ())
     return (result, *extras) if extras else result
+
+
+def _check_settings(model, rows, max_new_tokens, temperature, top_p, eos_token_id) -> list[int]:
+    """Every setting of :func:`generate` checked before anything runs; returns the end ids."""
+    c = model.config
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise invalid("value", "max_new_tokens", "an integer >= 1", max_new_tokens)
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not 0 <= temperature < np.inf:
+        raise invalid("value", "temperature", "a finite number >= 0", temperature)
+    if isinstance(top_p, bool) or not isinstance(top_p, Real) or not 0 < top_p <= 1:
+        raise invalid("value", "top_p", "a number in (0, 1]", top_p)
+    if isinstance(eos_token_id, str):
+        if eos_token_id != "config":
+            raise invalid("value", "eos_token_id", "an id, a sequence of ids, None or 'config'", eos_token_id)
+        eos = list(c.eos_token_id)
+    elif eos_token_id is None:
+        eos = []
+    else:
+        ids = np.atleast_1d(np.asarray(eos_token_id))
+        if ids.ndim != 1 or ids.dtype.kind not in "iu" or ((ids < 0) | (ids >= c.vocab_size)).any():
+            raise invalid("value", "eos_token_id", f"token ids in [0, {c.vocab_size}) (an id or a sequence of ids)",
+                          eos_token_id)
+        eos = [int(i) for i in ids]
+    longest = max(r.size for r in rows)
+    if longest > c.max_positions:
+        raise invalid("shape", "prompts", f"at most {c.max_positions} tokens per prompt (the model's positions)",
+                      f"a prompt of {longest}")
+    if longest + max_new_tokens - 1 > c.max_positions:
+        raise invalid("value", "max_new_tokens", f"at most {c.max_positions - longest + 1} for a {longest}-token "
+                      f"prompt (the model has {c.max_positions} positions)", max_new_tokens)
+    if len(rows) > 1024:
+        raise invalid("value", "prompts", "at most 1024 sequences", len(rows))
+    return eos
+
+
+class _Decoding:
+    """One generation's device state: the KV cache, the decode step's buffers, the tokens so far, and the step
+    itself (eager, or captured once and replayed)."""
+
+    def __init__(self, model, batch, max_len, max_new_tokens, eos, temperature, top_p, seed, output_logits):
+        xp = device.xp()
+        self.model, self.batch, self.max_new_tokens = model, batch, max_new_tokens
+        self.greedy = temperature == 0
+        self.temperature, self.top_p = temperature, top_p
+        self.eos = eos
+        self.stream = model.stream
+        with self.stream:  # every array is made on the engine's stream, ordered with its kernels
+            self.history = xp.zeros(batch * max_new_tokens, np.int32)
+            self.done = xp.zeros(batch, np.int32)
+            self.step_counter = xp.zeros(1, np.int32)
+            self.eos_ids = xp.asarray(np.array(eos or [-1], np.int32))
+            self.generator = None if self.greedy else xp.random.default_rng(seed)
+            self.cache = KVCache(model.config, batch, max_len)
+            self.acts = Activations(model.config, batch, batch)
+        self.collected = [] if output_logits else None
+        self.memory_used = {}
+
+    def prefill(self, rows, lengths) -> None:
+        """Every prompt token in one ragged pass, then the first new token of each sequence."""
+        xp, model, stream, batch = device.xp(), self.model, self.stream, self.batch
+        tokens = int(lengths.sum())
+        with stream:
+            prefill = Activations(model.config, tokens, batch)
+            prefill.ids[...] = xp.asarray(np.concatenate(rows).astype(np.int32))
+            prefill.positions[...] = xp.asarray(np.concatenate([np.arange(n, dtype=np.int32) for n in lengths]))
+            prefill.slots[...] = xp.asarray(np.repeat(np.arange(batch, dtype=np.int32), lengths))
+            last_rows = xp.asarray((np.cumsum(lengths) - 1).astype(np.int64))
+            run_decoder(model, prefill, self.cache, tokens, rows=last_rows, stream=stream.ptr, planner=model.prefill)
+            self.acts.slots[...] = xp.arange(batch, dtype=np.int32)
+            # acts.positions holds the position of the token in acts.ids; finish_step moves it on from the last
+            # prompt token's to the first new token's
+            self.acts.positions[...] = xp.asarray((lengths - 1).astype(np.int32))
+            self._choose_and_record(prefill.logits, self.greedy)
+            self.memory_used = {"kv_cache": self.cache.nbytes, "activations": prefill.nbytes + self.acts.nbytes,
+                                "prefill_scratch": model.prefill.scratch_bytes}
+
+    def _choose_and_record(self, logits, greedy: bool) -> None:
+        if self.collected is not None:
+            self.collected.append(_logits_host(self.model, logits, self.batch))
+        _choose(self.model, logits, self.acts.ids, self.batch, greedy, self.temperature, self.top_p,
+                self.generator, self.stream)
+        kernels.finish_step(self.acts.ids, self.acts.positions, self.history, self.done, self.step_counter,
+                            self.eos_ids, self.batch, self.max_new_tokens, self.stream.ptr)
+
+    def _step(self) -> None:
+        """What the graph holds: the decoder on one token per sequence, and, greedy, the choice and bookkeeping."""
+        run_decoder(self.model, self.acts, self.cache, self.batch, stream=self.stream.ptr)
+        if self.greedy:
+            _choose(self.model, self.acts.logits, self.acts.ids, self.batch, True, 0.0, 1.0, None, self.stream)
+            kernels.finish_step(self.acts.ids, self.acts.positions, self.history, self.done, self.step_counter,
+                                self.eos_ids, self.batch, self.max_new_tokens, self.stream.ptr)
+
+    def decode(self, use_graph: bool) -> tuple[int, bool, list[float]]:
+        """The decode steps, until every sequence has ended or has its tokens; returns (steps, whether a graph
+        ran them, the host's time to issue each step)."""
+        stream = self.stream
+        graph = None
+        steps = 0
+        issue_s: list[float] = []
+        with stream:
+            for index in range(self.max_new_tokens - 1):
+                if index % CHECK_EVERY == 0 and self.eos and bool(self.done.all()):  # synchronize!
+                    break
+                issued = time.perf_counter()
+                if graph is not None:
+                    graph.launch(stream=stream.cupy_stream)
+                elif index == 1 and use_graph and not device.SIMULATOR:
+                    # the first step ran eagerly (compiling kernels, creating plans and workspaces): capture the
+                    # second
+                    graph = _capture(self._step, stream)
+                    graph.launch(stream=stream.cupy_stream)
+                else:
+                    self._step()
+                if self.collected is not None and self.greedy:
+                    self.collected.append(_logits_host(self.model, self.acts.logits, self.batch))
+                elif not self.greedy:
+                    self._choose_and_record(self.acts.logits, False)
+                issue_s.append(time.perf_counter() - issued)
+                steps += 1
+        return steps, graph is not None, issue_s
 
 
 def _logits_host(model, logits, batch) -> np.ndarray:

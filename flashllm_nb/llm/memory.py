@@ -17,6 +17,7 @@ from flashllm_nb.llm import device
 from flashllm_nb.llm.config import ModelConfig
 
 __all__ = ["predict_load", "check_fits", "tiled_csl_bytes", "predict_generate", "check_generate_fits",
+           "predict_forward", "check_forward_fits",
            "BUILD_BYTES_PER_ELEMENT", "RESERVE_BYTES"]
 
 BUILD_BYTES_PER_ELEMENT = 18  # dense bits (2), pruning keys and mask (~4), encoder keys, sorts and words (~12)
@@ -79,11 +80,9 @@ def check_fits(prediction: dict[str, int], config: ModelConfig, sparsity: float 
     """Refuse (``MemoryError``) a build whose predicted peak exceeds the GPU's free memory (``free`` bytes, asked
     of the device when None), saying by how much and what sparsity would fit. Nothing to check under the
     simulator."""
+    free = _free_bytes(free)
     if free is None:
-        memory_info = device.free_memory()
-        if memory_info is None:
-            return
-        free = memory_info[0]
+        return
     available = free - RESERVE_BYTES
     if prediction["build_peak"] <= available:
         return
@@ -99,35 +98,68 @@ def check_fits(prediction: dict[str, int], config: ModelConfig, sparsity: float 
                       f"{sparsity}{hint}")
 
 
+def _scratch_bytes(model, tokens: int) -> int:
+    """The dense prefill scratch a pass over ``tokens`` tokens may still allocate (the largest sparse matrix)."""
+    sparse = [layer for layer in model.linears if layer.sparse]
+    policy = model.prefill.policy
+    if not sparse or policy == "sparse" or (policy == "auto" and tokens <= 64):
+        return 0
+    return max(2 * max(layer.rows * layer.cols for layer in sparse) - model.prefill.scratch_bytes, 0)
+
+
 def predict_generate(model, batch: int, max_len: int, prompt_tokens: int) -> dict[str, int]:
     """Bytes :func:`~flashllm_nb.llm.generate` will allocate: the KV cache, the prefill and decode activations,
     and the dense prefill scratch."""
     from flashllm_nb.llm.engine import Activations, KVCache
 
     c = model.config
-    scratch = 0
-    if prompt_tokens > 64 and model.prefill.policy != "sparse" and any(layer.sparse for layer in model.linears):
-        scratch = 2 * max(layer.rows * layer.cols for layer in model.linears if layer.sparse)
     return {"kv_cache": KVCache.bytes_needed(c, batch, max_len),
             "activations": Activations.bytes_needed(c, prompt_tokens, batch) + Activations.bytes_needed(c, batch,
                                                                                                           batch),
-            "prefill_scratch": max(scratch - model.prefill.scratch_bytes, 0)}
+            "prefill_scratch": _scratch_bytes(model, prompt_tokens)}
+
+
+def predict_forward(model, batch: int, seq: int) -> dict[str, int]:
+    """Bytes :meth:`Model.forward` will allocate: its cache, activations with every row's logits (and their float32
+    copy), the dense prefill scratch."""
+    from flashllm_nb.llm.engine import Activations, KVCache
+
+    c = model.config
+    tokens = batch * seq
+    return {"kv_cache": KVCache.bytes_needed(c, batch, seq),
+            "activations": Activations.bytes_needed(c, tokens, tokens) + 4 * tokens * c.vocab_size,
+            "prefill_scratch": _scratch_bytes(model, tokens)}
+
+
+def _free_bytes(free: int | None) -> int | None:
+    if free is not None:
+        return free
+    memory_info = device.free_memory()
+    return None if memory_info is None else memory_info[0]
+
+
+def check_forward_fits(prediction: dict[str, int], free: int | None = None) -> None:
+    """Refuse (``MemoryError``) a forward pass whose buffers exceed the free memory, with the numbers."""
+    free = _free_bytes(free)
+    needed = sum(prediction.values())
+    if free is None or needed <= free - RESERVE_BYTES:
+        return
+    raise MemoryError(f"This forward pass needs about {_gb(needed)} of GPU memory (" + ", ".join(
+        f"{name.replace('_', ' ')} {_gb(value)}" for name, value in prediction.items()) + f"), but {_gb(free)} is "
+        f"free ({_gb(RESERVE_BYTES)} kept in reserve); pass fewer or shorter sequences")
 
 
 def check_generate_fits(prediction: dict[str, int], batch: int, max_len: int, free: int | None = None) -> None:
     """Refuse (``MemoryError``) a generation whose buffers exceed the free memory (``free`` bytes, asked of the
-    device when None), with the numbers and how many sequences would fit."""
-    if free is None:
-        memory_info = device.free_memory()
-        if memory_info is None:
-            return
-        free = memory_info[0]
+    device when None), with the numbers and how many sequences of this length would fit (everything but the
+    prefill scratch scales with the number of sequences)."""
+    free = _free_bytes(free)
     needed = sum(prediction.values())
-    if needed <= free - RESERVE_BYTES:
+    if free is None or needed <= free - RESERVE_BYTES:
         return
-    per_sequence = prediction["kv_cache"] / batch if batch else 0
-    fits = int(max(free - RESERVE_BYTES - needed + prediction["kv_cache"], 0) // per_sequence) if per_sequence \
-        else 0
+    per_sequence = (prediction["kv_cache"] + prediction["activations"]) / batch if batch else 0
+    room = free - RESERVE_BYTES - prediction["prefill_scratch"]
+    fits = int(max(room, 0) // per_sequence) if per_sequence else 0
     raise MemoryError(f"Generating {batch} sequences of up to {max_len} tokens needs about {_gb(needed)} of GPU "
                       f"memory (KV cache {_gb(prediction['kv_cache'])}, activations {_gb(prediction['activations'])}"
                       f", prefill scratch {_gb(prediction['prefill_scratch'])}), but {_gb(free)} is free "

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from flashllm_nb._checks import invalid
-from flashllm_nb.llm import device
+from flashllm_nb.llm import device, memory
 from flashllm_nb.llm.config import ModelConfig
 from flashllm_nb.llm.dense import bits_to_float32
 from flashllm_nb.llm.engine import Activations, KVCache, PrefillPlanner, run_decoder
@@ -120,9 +120,10 @@ class Model:
         batch, seq = ids.shape
         tokens = batch * seq
         xp = device.xp()
-        acts = Activations(self.config, tokens, tokens)
-        cache = KVCache(self.config, batch, seq)
-        with self.stream:
+        memory.check_forward_fits(memory.predict_forward(self, batch, seq))
+        with self.stream:  # the buffers are zeroed on the engine's stream, ordered with its kernels
+            acts = Activations(self.config, tokens, tokens)
+            cache = KVCache(self.config, batch, seq)
             acts.ids[...] = xp.asarray(ids.reshape(-1), dtype=np.int32)
             acts.positions[...] = xp.tile(xp.arange(seq, dtype=np.int32), batch)
             acts.slots[...] = xp.repeat(xp.arange(batch, dtype=np.int32), seq)

@@ -8,8 +8,8 @@ Folder layout::
     tokenizer.json                     copied from the source checkpoint when it had one
 
 Loading checks the manifest against the files before moving anything to the GPU (every .flcsl header and the
-dense tensors' shapes), then reads each matrix through :func:`flashllm_nb.load`, which verifies its checksum and
-every format invariant.
+dense tensors' sizes and dtypes), then reads each matrix through :func:`flashllm_nb.load`, which verifies its
+checksum and every format invariant.
 """
 
 from __future__ import annotations
@@ -66,6 +66,37 @@ def _dense_tensors(model: Model) -> dict:
             if layer.bias is not None:
                 tensors[f"layers.{i}.{name}.bias"] = layer.bias
     return tensors
+
+
+def _expected_dense(config: ModelConfig, sparse: dict[str, bool]) -> dict[str, int]:
+    """Name -> element count of every tensor ``dense.safetensors`` must hold (all stored flat)."""
+    h, e, v = config.hidden_size, config.embed_dim, config.vocab_size
+    expected = {"embed_tokens": v * e}
+    if config.family == "opt":
+        expected["embed_positions"] = (config.max_positions + 2) * h
+        if config.word_embed_dim:
+            expected.update(project_in=h * e, project_out=e * h)
+    if not config.tie_embeddings:
+        expected["lm_head"] = v * e
+    layer_norm = config.family == "opt"
+    if config.family == "llama" or config.final_norm:
+        expected["final_norm.weight"] = h
+        if layer_norm:
+            expected["final_norm.bias"] = h
+    attention_bias, mlp_bias = config.has_linear_bias
+    shapes = config.linear_shapes()
+    for i in range(config.num_layers):
+        for norm in ("attn_norm", "ffn_norm"):
+            expected[f"layers.{i}.{norm}.weight"] = h
+            if layer_norm:
+                expected[f"layers.{i}.{norm}.bias"] = h
+        for name in _LINEARS:
+            rows, cols = shapes[name]
+            if not sparse[f"layers.{i}.{name}"]:
+                expected[f"layers.{i}.{name}.weight"] = rows * cols
+            if attention_bias if name in ("qkv", "out") else mlp_bias:
+                expected[f"layers.{i}.{name}.bias"] = rows
+    return expected
 
 
 def save(model: Model, path, tokenizer_file: str | None = None) -> None:
@@ -125,13 +156,19 @@ def load_saved(path, prefill: str = "auto", progress: bool = True) -> Model:
         if header["shape"] != (rows, cols) or header["dtype"] != dtype:
             raise ValueError(f"Invalid saved model {path!r}: {file} holds a {header['shape']} {header['dtype']} "
                              f"matrix, expected ({rows}, {cols}) {dtype}")
+    stored = {name: dense.get_slice(name) for name in dense.keys()}
+    for name, size in _expected_dense(config, sparse).items():
+        if name not in stored:
+            raise ValueError(f"Invalid saved model {path!r}: {dense_file} has no tensor {name!r}")
+        got_size, got_dtype = int(np.prod(stored[name].get_shape())), stored[name].get_dtype()
+        if got_size != size or got_dtype != {"float16": "F16", "bfloat16": "BF16"}[dtype.name]:
+            raise ValueError(f"Invalid tensor {name!r} in {dense_file}: expected {size} {dtype} values, got "
+                             f"{got_size} {got_dtype}")
     linear_bytes = sum(os.path.getsize(f) for f in files.values())
     memory.check_fits({"linears": linear_bytes, "dense": os.path.getsize(dense_file),
                        "build_peak": linear_bytes + os.path.getsize(dense_file)}, config, None)
 
     def tensor(name: str):
-        if name not in dense.keys():
-            raise ValueError(f"Invalid saved model {path!r}: {dense_file} has no tensor {name!r}")
         return device.to_device(np.ascontiguousarray(dense.get_tensor(name)).view(np.uint16).reshape(-1))
 
     def optional(name: str):

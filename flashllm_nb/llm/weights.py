@@ -7,8 +7,8 @@ cuBLAS, since Tiled-CSL moves 4 bytes per stored entry against dense's 2 per ele
 half zeros (``docs/anchors.md``, the bound table).
 
 At run time a sparse layer multiplies through the Tiled-CSL kernel (``flashllm_nb.linear``), or, for many tokens
-at once (prefill), expands into a dense scratch buffer and calls cuBLAS, whichever :class:`PrefillChoice` says is
-faster for its shape.
+at once (prefill), expands into a dense scratch buffer and calls cuBLAS, whichever
+:class:`~flashllm_nb.llm.engine.PrefillPlanner` says is faster for its shape.
 """
 
 from __future__ import annotations
