@@ -156,7 +156,7 @@ def random_model(name: str | ModelConfig, sparsity: float = 0.8, dtype=None, see
 def _build(config: ModelConfig, dtype, read: Callable[[str], object], sizes: dict[str, int], sparsity, prune,
            dense_below, prefill, progress, what: str) -> Model:
     """Assemble a Model from ``read(name)``, which gives a tensor's bits on the device in the model's dtype."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     xp = device.xp()
     bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc=what, disable=not progress)

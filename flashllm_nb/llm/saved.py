@@ -125,7 +125,7 @@ def save(model: Model, path, tokenizer_file: str | None = None) -> None:
 def load_saved(path, prefill: str = "auto", progress: bool = True) -> Model:
     """Read a folder written by :func:`save` (module docstring)."""
     import safetensors
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     path = os.fspath(path)
     with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
