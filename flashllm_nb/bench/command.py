@@ -38,59 +38,29 @@ simulator on a 256 x 128 weight, times nothing and writes no files.
 """
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number_type(convert, accept, expected: str, unparsable: str | None = None):
+    """An argparse type: ``convert(text)`` (int or float) that ``accept`` takes, else the one-line error
+    "expected {expected}, got '{text}'" (``unparsable`` instead of ``expected`` when the text is no number)."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unparsable or expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def sparsity_fraction(text: str) -> float:
-    """argparse type: a fraction of zeros in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), e.g. 0.8, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), e.g. 0.8 (not 80), got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def top_p_fraction(text: str) -> float:
-    """argparse type: a probability mass in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
+#: argparse types shared by every command of the package.
+positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
+sparsity_fraction = _number_type(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1), e.g. 0.8 (not 80)",
+                                 "a fraction in [0, 1), e.g. 0.8")
+non_negative_float = _number_type(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+top_p_fraction = _number_type(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def _provider_list(text: str) -> list[str]:

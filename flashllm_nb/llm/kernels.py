@@ -275,6 +275,12 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
     words = head_dim // 2  # uint32 words per row
     partial_size = lanes * head_dim  # a shared array's size must be one compile-time constant
 
+    @cuda.jit(device=True)
+    def pair(word):
+        """The two float32 values of one 32-bit word of a key or value row."""
+        low, high = ptx.unpack_u16x2(word)
+        return load(low), load(high)
+
     @cuda.jit
     def attention_kernel(q, k_cache, v_cache, slots, positions, out, n_heads, n_kv, max_len, window, scale):
         token = cuda.blockIdx.x
@@ -309,15 +315,10 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
                 word0 = (row0 + j) * words
                 dot = np.float32(0)
                 for w in range(0, words, 4):
-                    w0, w1, w2, w3 = ptx.ld_global_nc_v4_u32(k_cache, word0 + w)
-                    a, b = ptx.unpack_u16x2(w0)
-                    dot += q_scaled[2 * w] * load(a) + q_scaled[2 * w + 1] * load(b)
-                    a, b = ptx.unpack_u16x2(w1)
-                    dot += q_scaled[2 * w + 2] * load(a) + q_scaled[2 * w + 3] * load(b)
-                    a, b = ptx.unpack_u16x2(w2)
-                    dot += q_scaled[2 * w + 4] * load(a) + q_scaled[2 * w + 5] * load(b)
-                    a, b = ptx.unpack_u16x2(w3)
-                    dot += q_scaled[2 * w + 6] * load(a) + q_scaled[2 * w + 7] * load(b)
+                    vector = ptx.ld_global_nc_v4_u32(k_cache, word0 + w)
+                    for u in range(4):
+                        x, y = pair(vector[u])
+                        dot += q_scaled[2 * (w + u)] * x + q_scaled[2 * (w + u) + 1] * y
                 score = dot
             new_max = max(running_max, block_max(scratch, score, t))
             correction = math.exp(running_max - new_max)
@@ -334,19 +335,11 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
                 count = min(threads, pos + 1 - chunk)
                 for jj in range(lane, count, lanes):
                     pj = probabilities[jj]
-                    w0, w1, w2, w3 = ptx.ld_global_nc_v4_u32(v_cache, (row0 + chunk + jj) * words + group * 4)
-                    a, b = ptx.unpack_u16x2(w0)
-                    acc[0] += pj * load(a)
-                    acc[1] += pj * load(b)
-                    a, b = ptx.unpack_u16x2(w1)
-                    acc[2] += pj * load(a)
-                    acc[3] += pj * load(b)
-                    a, b = ptx.unpack_u16x2(w2)
-                    acc[4] += pj * load(a)
-                    acc[5] += pj * load(b)
-                    a, b = ptx.unpack_u16x2(w3)
-                    acc[6] += pj * load(a)
-                    acc[7] += pj * load(b)
+                    vector = ptx.ld_global_nc_v4_u32(v_cache, (row0 + chunk + jj) * words + group * 4)
+                    for u in range(4):
+                        x, y = pair(vector[u])
+                        acc[2 * u] += pj * x
+                        acc[2 * u + 1] += pj * y
             cuda.syncthreads()  # the next chunk overwrites probabilities
         if lane < lanes:
             for e in range(VECTOR):
