@@ -144,7 +144,9 @@ class Kernel:
 
 @functools.cache
 def cu_launch_kernel():
-    """``cuLaunchKernel`` of the driver library through ctypes: the one foreign call of a launch."""
+    """``cuLaunchKernel`` of the driver library through ctypes: the one foreign call of a launch (through
+    cuda-bindings' wrapper a call also builds a stream object and an enum result). Shared with the SpMM
+    launcher."""
     function = cuda_driver().cuLaunchKernel
     function.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
     function.restype = ctypes.c_int

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flashllm_nb._runtime import cuda_driver
 from flashllm_nb.kernels import ptx
+from flashllm_nb.kernels.driver import cu_launch_kernel
 from flashllm_nb.kernels.spmm_tiled_csl import (
     MMA_CHOICES,
     TILE_M,
@@ -329,7 +329,7 @@ class _CompiledKernel:
         cufunc = self.numba_kernel._codelibrary.get_cufunc()
         self._cufunc = cufunc
         self._function = int(cufunc.handle)  # the raw CUfunction, for the ctypes launch
-        self._cu_launch_kernel = _cu_launch_kernel()
+        self._cu_launch_kernel = cu_launch_kernel()
         self._local = threading.local()
         self._threads = config.threads
         from numba.cuda.cudadrv.driver import binding, driver
@@ -432,16 +432,6 @@ _PARAMETERS = struct.Struct(f"<{_N_PARAMETERS}q")
 X_POINTER_SLOT = 14 + 4
 Y_POINTER_SLOT = 22 + 4
 BIAS_POINTER_SLOT = 29 + 4
-
-
-@functools.cache
-def _cu_launch_kernel():
-    """``cuLaunchKernel`` of the driver library through ctypes. Through cuda-bindings' wrapper a call also builds
-    a stream object and an enum result; this is the one foreign call and nothing else."""
-    function = cuda_driver().cuLaunchKernel
-    function.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
-    function.restype = ctypes.c_int
-    return function
 
 
 @functools.cache
