@@ -6,8 +6,9 @@ The number of zeros asked for is ``k = round(sparsity * n)`` (Python's ``round``
 first, so the result has exactly ``max(k, zeros already in W)`` zeros (per row with ``per_row=True``), and every
 pruned entry is written as +0.0, whatever the sign of the weight it replaces (Tiled-CSL stores neither zero).
 
-Both pick the k entries of lowest priority with one ``partition`` (O(n), no sort), ties broken by position
-(lowest flat index first), so the result is deterministic.
+Both pick the k entries of lowest priority, ties broken by position (lowest flat index first), so the result is
+deterministic: 16-bit magnitudes of a whole matrix from a histogram of their 65536 possible values (one counting
+pass), anything else with one ``partition`` per row.
 
 >>> import numpy as np
 >>> W = np.array([[0.5, -3.0, 0.0, 2.0], [8.0, -6.0, 4.0, 5.0]], np.float16)
@@ -58,6 +59,8 @@ def _lowest(xp: Any, key: Any, k: int) -> Any:
     """Bool mask of the k smallest keys in each row of the 2-D ``key``, ties going to the lowest column first."""
     if k == 0:
         return xp.zeros(key.shape, bool)
+    if key.shape[0] == 1 and key.dtype == np.uint16:
+        return _lowest_16bit(xp, key, k)
     kth = xp.partition(key, k - 1, axis=1)[:, k - 1 : k]  # the k-th smallest key of each row
     chosen = key < kth
     tie = key == kth
@@ -69,10 +72,21 @@ def _lowest(xp: Any, key: Any, k: int) -> Any:
     return chosen | (tie & (xp.cumsum(tie, axis=1, dtype=np.int32) <= missing))
 
 
+def _lowest_16bit(xp: Any, key: Any, k: int) -> Any:
+    """``_lowest`` for one row of 16-bit keys: the k-th smallest key from a histogram of the 65536 possible keys
+    (one counting pass instead of a partition, which sorts on the GPU), then the ties by position."""
+    counts = xp.bincount(key[0], minlength=1 << 16)
+    at_most = xp.cumsum(counts)  # at_most[v]: keys <= v
+    kth = int(xp.searchsorted(at_most, xp.asarray([k], at_most.dtype))[0])  # synchronize! smallest v: >= k keys <= v
+    below = int(at_most[kth - 1]) if kth else 0  # keys < kth, all chosen
+    chosen = key < kth
+    first_ties = xp.flatnonzero(key[0] == kth)[: k - below]
+    chosen[0, first_ties] = True
+    return chosen
+
+
 def _zeroed(xp: Any, W: Any, mask: Any) -> Any:
-    out = W.copy()
-    out[mask] = 0
-    return out
+    return xp.where(mask, xp.zeros((), W.dtype), W)  # +0.0 where pruned, whatever the sign of the weight
 
 
 def magnitude(W: Any, sparsity: float, per_row: bool = False) -> Any:
