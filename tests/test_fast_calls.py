@@ -38,6 +38,8 @@ class StubLaunch:
         self.arrays = ("arrays of the first call",)
         self.launched = []
 
+    set_pointers = _launch.PreparedLaunch.set_pointers
+
     def __call__(self):
         s = self.slots
         self.launched.append((s[_launch.X_POINTER_SLOT], s[_launch.Y_POINTER_SLOT], s[_launch.BIAS_POINTER_SLOT]))

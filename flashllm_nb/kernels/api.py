@@ -95,13 +95,33 @@ class Prepared:
     aligned buffer on every call.
     """
 
-    def __init__(self, out: Any, run):
+    def __init__(self, out: Any, run, launch=None):
         self.out = out
         self._run = run
+        self._launch = launch  # the packed kernel launch, when X is read in place on a GPU
 
     def __call__(self) -> Any:
         self._run()
         return self.out
+
+    @property
+    def retargetable(self) -> bool:
+        """Whether :meth:`set_pointers` can be used: a GPU launch that reads X in place."""
+        return self._launch is not None
+
+    def set_pointers(self, x: int, out: int, bias: int | None = None) -> None:
+        """Run later calls on other arrays of the same shapes, dtypes and row-major layout, given by their raw
+        device addresses: X at ``x`` (16-byte aligned), the output at ``out``, the bias at ``bias`` (None keeps the
+        prepared one; a product prepared without a bias takes none). ``self.out`` keeps naming the first output.
+        The caller keeps the arrays alive until the products have run. This is how a framework with its own
+        tensors (``flashllm_nb.torch``) reuses one launch for every call of a layer."""
+        if self._launch is None:
+            raise ValueError("Invalid use of set_pointers: this product reads X through an aligned copy or runs in "
+                             "the simulator; prepare it on a GPU with an X whose rows are a multiple of 8 values "
+                             "and start 16-byte aligned")
+        if x % 16:
+            raise invalid("alignment", "x", "an address that is a multiple of 16", hex(x))
+        self._launch.set_pointers(x, out, bias)
 
     def __repr__(self) -> str:
         return f"<flashllm_nb.Prepared product into {type(self.out).__module__} array of shape {tuple(self.out.shape)}>"
@@ -195,7 +215,7 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
         return out
     launch = _launch.prepare(*arguments)
     if x is given_x:
-        return Prepared(out, launch)
+        return Prepared(out, launch, None if kind == "numpy" else launch)
     cols = given_x.shape[1]
 
     def copy_and_launch():  # X is read through an aligned copy: refresh it first
@@ -260,12 +280,9 @@ class _FastCalls:
             out = entry.new_output()
         elif type(out) is not cupy_array or out.strides != entry.out_strides:
             return self.MISS
-        slots = entry.slots
-        slots[_launch.X_POINTER_SLOT] = x_ptr
-        slots[_launch.Y_POINTER_SLOT] = out.data.ptr
-        if bias is not None:
-            slots[_launch.BIAS_POINTER_SLOT] = bias.data.ptr
-        entry.launch()
+        launch = entry.launch
+        launch.set_pointers(x_ptr, out.data.ptr, None if bias is None else bias.data.ptr)
+        launch()
         return out
 
     def remember(self, A, X, bias, given_out, out, stream, split_k, x_layout, prepare) -> None:
@@ -293,7 +310,6 @@ class _FastEntry:
         self.out_strides = out.strides
         self.bias_strides = None if bias is None else bias.strides
         self.out_shape, self.out_dtype = out.shape, out.dtype
-        self.slots = launch.slots  # the launch's own parameter block, as 8-byte slots
         # X's and the output's pointers are written before every launch, and A's arrays live as long as A (the
         # entry goes with it): the entry keeps no array of the first call alive.
         launch.arrays = None

@@ -110,7 +110,8 @@ def tile_n_for(n: int) -> int:
 
 
 @functools.cache
-def _sm_count() -> int:
+def multiprocessors() -> int:
+    """The current GPU's streaming multiprocessors (a small stand-in under the simulator)."""
     if ptx.SIMULATOR:
         return _SIMULATED_SMS
     from numba import cuda
@@ -233,7 +234,7 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
                         clear=clear, stages=stages)
     if split_k is None:
         resident = 1 if ptx.SIMULATOR else _compiled(config).blocks_per_sm(config.shared_bytes(k_tiles))
-        split_k = choose_splits(tile_rows * n_blocks, k_tiles, _sm_count(), max(resident, 1), tile_n, tile_vectors)
+        split_k = choose_splits(tile_rows * n_blocks, k_tiles, multiprocessors(), max(resident, 1), tile_n, tile_vectors)
     split_k = max(1, min(split_k, k_tiles))
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
@@ -380,8 +381,9 @@ class _CompiledKernel:
 
 class PreparedLaunch:
     """A kernel launch packed once: calling it launches again. ``slots`` is its parameter block (8-byte slots,
-    ``_pack_parameters``' layout), which a caller may patch between calls (see ``X_POINTER_SLOT``); ``arrays`` keeps
-    alive the arrays whose pointers were packed (a caller that rewrites every pointer it changes may drop it)."""
+    ``_pack_parameters``' layout); :meth:`set_pointers` points it at other activations, output and bias between
+    calls. ``arrays`` keeps alive the arrays whose pointers were packed, until the first ``set_pointers`` hands
+    that duty to the caller."""
 
     __slots__ = ("_launch", "_pointer_array", "slots", "arrays")
 
@@ -390,6 +392,17 @@ class PreparedLaunch:
         self._pointer_array = pointer_array  # cuLaunchKernel reads the slots through it: it lives with the launch
         self.slots = slots
         self.arrays = arrays
+
+    def set_pointers(self, x: int, y: int, bias: int | None = None) -> None:
+        """Read X from address ``x``, write the output to ``y`` and, for a launch packed with a bias, read it from
+        ``bias`` (None keeps the packed one). The arrays there must have the packed shapes, row-major, and X must
+        start 16-byte aligned; the caller keeps them alive until the launch has run."""
+        slots = self.slots
+        slots[X_POINTER_SLOT] = x
+        slots[Y_POINTER_SLOT] = y
+        if bias is not None:
+            slots[BIAS_POINTER_SLOT] = bias
+        self.arrays = None
 
     def __call__(self) -> None:
         self._launch()
