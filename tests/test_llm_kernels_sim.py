@@ -124,11 +124,14 @@ def attention_reference(q, k, v, slots, positions, n_heads, n_kv, window):
     return out
 
 
-@pytest.mark.parametrize("dtype,window", [(np.dtype(np.float16), 0), (BFLOAT16, 0), (np.dtype(np.float16), 20)],
-                         ids=["f16", "bf16", "f16-window"])
-def test_attention_matches_reference(dtype, window):
+@pytest.mark.parametrize("dtype,window,splits", [(np.dtype(np.float16), 0, 1), (BFLOAT16, 0, 1),
+                                                  (np.dtype(np.float16), 20, 1), (np.dtype(np.float16), 0, 3),
+                                                  (BFLOAT16, 20, 5)],
+                         ids=["f16", "bf16", "f16-window", "f16-3-splits", "bf16-window-5-splits"])
+def test_attention_matches_reference(dtype, window, splits):
     """Several chunks of keys (positions beyond the 32 threads of a simulated block), GQA (4 query heads on 2 key
-    heads), position 0 (a single key), a sliding window."""
+    heads), position 0 (a single key), a sliding window; split into spans of keys (empty spans included: position 0
+    has one key for 3 or 5 spans) and combined."""
     rng = np.random.default_rng(3)
     n_heads, n_kv, d, max_len, slots = 4, 2, 16, 80, 2
     positions = np.array([0, 70, 33], np.int32)
@@ -137,7 +140,9 @@ def test_attention_matches_reference(dtype, window):
     k = bits(rng.standard_normal((slots, n_kv, max_len, d)), dtype)
     v = bits(rng.standard_normal((slots, n_kv, max_len, d)), dtype)
     out = np.zeros(3 * n_heads * d, np.uint16)
-    kernels.attention(q, k, v, token_slots, positions, out, 3, n_heads, n_kv, d, max_len, window, d ** -0.5, dtype)
+    workspace = np.full(kernels.attention_workspace_size(3, n_heads, d, splits), np.nan, np.float32)
+    kernels.attention(q, k, v, token_slots, positions, out, 3, n_heads, n_kv, d, max_len, window, d ** -0.5, dtype,
+                      splits=splits, workspace=workspace)
     cache_shape = (slots, n_kv, max_len, d)
     ref = attention_reference(values(q, dtype).reshape(3, n_heads, d), values(k, dtype).reshape(cache_shape),
                               values(v, dtype).reshape(cache_shape), token_slots, positions, n_heads, n_kv, window)
@@ -199,3 +204,16 @@ def test_expand_equals_to_dense(shape):
     out = np.full(W.size, 0x1234, np.uint16)  # poisoned: every element must be written
     kernels.expand(A, out)
     np.testing.assert_array_equal(out.reshape(shape), A.to_dense(bits=True))
+
+
+def test_attention_splits_fill_the_gpu_only_for_small_batches():
+    """Two waves of blocks over the multiprocessors: a small batch splits its keys, a large one does not; never
+    more spans than chunks of keys, nor more than the maximum."""
+    from flashllm_nb.kernels.launch import multiprocessors
+
+    sms, chunk = multiprocessors(), kernels.ATTENTION_THREADS
+    assert kernels.attention_splits(1, 1, 100 * chunk) == min(2 * sms, kernels.MAX_ATTENTION_SPLITS)
+    assert kernels.attention_splits(2 * sms, 1, 100 * chunk) == 1
+    assert kernels.attention_splits(1, 1, chunk) == 1
+    assert kernels.attention_workspace_size(2, 3, 16, 1) == 0
+    assert kernels.attention_workspace_size(2, 3, 16, 4) == 2 * 3 * 4 * 18

@@ -17,8 +17,10 @@ CONFIGS += [dict(name="norm", dtype=d, kind=k, threads=512) for d in ("float16",
 CONFIGS += [dict(name="add", dtype="float16")]
 CONFIGS += [dict(name="split_heads", dtype=d, head_dim=h, rope=r)
             for d, h, r in (("float16", 128, False), ("bfloat16", 128, True), ("float16", 80, True))]
-CONFIGS += [dict(name="attention", dtype=d, head_dim=h, threads=128)
-            for d, h in (("float16", 128), ("bfloat16", 128), ("float16", 64), ("float16", 80))]
+CONFIGS += [dict(name="attention", dtype=d, head_dim=h, threads=128, split=split)
+            for d, h in (("float16", 128), ("bfloat16", 128), ("float16", 64), ("float16", 80))
+            for split in (False, True)]
+CONFIGS += [dict(name="combine", dtype=d, head_dim=128, threads=128) for d in ("float16", "bfloat16")]
 CONFIGS += [dict(name="activation", dtype=d, kind=k) for d in ("float16", "bfloat16") for k in ("relu", "silu_glu")]
 CONFIGS += [dict(name="add_bias", dtype="bfloat16"), dict(name="argmax", dtype="float16", threads=256),
             dict(name="finish_step"), dict(name="expand")]
@@ -42,7 +44,7 @@ def test_decoder_kernel_compiles_without_local_memory(compiled, config, cc):
     assert result.error is None, result.error
     if config["name"] == "attention":
         assert "ld.global.nc.L1::no_allocate.v4.u32" in result.ptx
-    if config["name"] in ("attention", "norm", "activation"):
+    if config["name"] in ("attention", "combine", "norm", "activation"):
         # float32 throughout: a float64 operation here would run at a fraction of the rate (split_heads is left
         # out: libdevice's sinf/cosf reduce very large angles in float64, on a path taken only for those)
         assert not [line for line in result.ptx.splitlines() if ".f64" in line and "cvt" not in line], \

@@ -80,6 +80,16 @@ class Activations:
         self.embed = xp.zeros(tokens * config.embed_dim, np.uint16) if config.word_embed_dim else None
         self.head_in = xp.zeros(logit_rows * config.embed_dim, np.uint16) if config.word_embed_dim else None
         self.logits = xp.zeros(logit_rows * config.vocab_size, np.uint16)
+        self._attention_partials = None
+
+    def attention_partials(self, size: int):
+        """A float32 workspace of at least ``size`` values for a split attention (None for 0), allocated on first
+        use and kept, so a captured step keeps its address."""
+        if size == 0:
+            return None
+        if self._attention_partials is None or self._attention_partials.size < size:
+            self._attention_partials = device.xp().zeros(size, np.float32)
+        return self._attention_partials
 
     @property
     def nbytes(self) -> int:
@@ -106,6 +116,8 @@ def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None
         return None if planner is None else planner.scratch_for(linear, x, out, tokens, stream)
 
     h = c.hidden_size
+    splits = kernels.attention_splits(tokens, c.num_heads, cache.max_len)
+    partials = acts.attention_partials(kernels.attention_workspace_size(tokens, c.num_heads, c.head_dim, splits))
     _embed(model, acts, tokens, stream)
     pending = None  # the last sub-layer's output, not yet added to the residual stream (pre-LN)
     for index, block in enumerate(model.blocks):
@@ -120,7 +132,7 @@ def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None
                             stream)
         kernels.attention(acts.q, cache.k[index], cache.v[index], acts.slots, acts.positions, acts.attn, tokens,
                           c.num_heads, c.num_kv_heads, c.head_dim, cache.max_len, c.sliding_window or 0,
-                          c.head_dim ** -0.5, dtype, stream)
+                          c.head_dim ** -0.5, dtype, stream, splits, partials)
         block.out(acts.attn, acts.delta, tokens, stream, scratch(block.out, acts.attn, acts.delta))
         _norm(model, block.attn_norm if not c.norm_before else block.ffn_norm, acts, acts.delta, tokens, stream,
               post=not c.norm_before)

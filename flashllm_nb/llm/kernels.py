@@ -11,7 +11,8 @@ products are. Kernels are built once per (dtype, compile-time shape) and cached.
 ``add_norm``           ``residual += delta`` then LayerNorm or RMSNorm of it (or, post-LN, the norm replaces it)
 ``add``                ``residual += delta`` alone (a model without a final norm)
 ``split_heads``        the fused QKV output into per-head queries and the KV cache, RoPE applied to q and k
-``attention``          causal softmax attention of each query token over its sequence's cached keys (GQA, window)
+``attention``          causal softmax attention of each query token over its sequence's cached keys (GQA, window),
+                       split over spans of keys and combined when the batch is too small to fill the GPU
 ``activation``         ReLU in place, or SiLU-GLU ``silu(gate) * up`` of a fused [gate | up] row
 ``add_bias``           a bias row added to a dense product (cuBLAS has no bias epilogue here)
 ``argmax``             the index of each row's largest logit (greedy decoding inside the captured step)
@@ -44,6 +45,8 @@ __all__ = [
 _SIM = ptx.SIMULATOR
 NORM_THREADS = 32 if _SIM else 512  # a 9216-wide row: 18 values per thread
 ATTENTION_THREADS = 32 if _SIM else 128  # keys scored per chunk, one per thread
+COMBINE_THREADS = 32 if _SIM else 128
+MAX_ATTENTION_SPLITS = 16
 ROW_THREADS = 32 if _SIM else 256  # embed, split_heads, argmax
 ELEMENTWISE_THREADS = 32 if _SIM else 256
 ELEMENTWISE_BLOCKS = 4 if _SIM else 1024  # grid-stride loops: enough blocks to fill the GPU, few in the simulator
@@ -266,7 +269,10 @@ def split_heads(qkv, q_out, k_cache, v_cache, slots, positions, inv_freq, tokens
 
 
 @functools.cache
-def _attention_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
+def _attention_kernel(dtype: str, head_dim: int, threads: int, split: bool) -> Kernel:
+    """Attention of one (token, head) over one span of its keys per block. ``split``: block z takes the z-th of
+    ``gridDim.z`` equal spans and writes its unnormalised partial (running max, running sum, P.V row) to a float32
+    workspace for ``_combine_kernel``; otherwise one block takes every key and writes the output."""
     load, store = _converters(dtype)
     block_sum = _block_reduce(threads, "sum")
     block_max = _block_reduce(threads, "max")
@@ -274,6 +280,7 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
     lanes = max(1, threads // groups)  # positions summed side by side in the P.V phase
     words = head_dim // 2  # uint32 words per row
     partial_size = lanes * head_dim  # a shared array's size must be one compile-time constant
+    record = head_dim + 2  # a split's partial: max, sum, then the P.V row
 
     @cuda.jit(device=True)
     def pair(word):
@@ -282,7 +289,8 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
         return load(low), load(high)
 
     @cuda.jit
-    def attention_kernel(q, k_cache, v_cache, slots, positions, out, n_heads, n_kv, max_len, window, scale):
+    def attention_kernel(q, k_cache, v_cache, slots, positions, out, partials, n_heads, n_kv, max_len, window,
+                         scale):
         token = cuda.blockIdx.x
         head = cuda.blockIdx.y
         t = cuda.threadIdx.x
@@ -295,6 +303,11 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
         first = 0
         if window > 0 and pos - window + 1 > 0:
             first = pos - window + 1
+        end = pos + 1
+        if split:  # this block's span of the keys first..pos
+            span = (end - first + cuda.gridDim.z - 1) // cuda.gridDim.z
+            first = min(end, first + cuda.blockIdx.z * span)
+            end = min(end, first + span)
         row0 = (np.int64(slots[token]) * n_kv + kv_head) * max_len  # cache row of position 0
         q_base = (np.int64(token) * n_heads + head) * head_dim
         for i in range(t, head_dim, threads):
@@ -307,11 +320,11 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
             acc[e] = 0
         running_max = np.float32(-np.inf)
         running_sum = np.float32(0)
-        for chunk in range(first, pos + 1, threads):
+        for chunk in range(first, end, threads):
             # scores: one key per thread, its row read 16 bytes at a time
             j = chunk + t
             score = np.float32(-np.inf)
-            if j <= pos:
+            if j < end:
                 word0 = (row0 + j) * words
                 dot = np.float32(0)
                 for w in range(0, words, 4):
@@ -323,7 +336,7 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
             new_max = max(running_max, block_max(scratch, score, t))
             correction = math.exp(running_max - new_max)
             p = np.float32(0)
-            if j <= pos:
+            if j < end:
                 p = math.exp(score - new_max)
             probabilities[t] = p
             running_sum = running_sum * correction + block_sum(scratch, p, t)
@@ -332,7 +345,7 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
                 acc[e] *= correction
             # P.V: thread (lane, group) sums 8 columns of every lanes-th key of the chunk
             if lane < lanes:
-                count = min(threads, pos + 1 - chunk)
+                count = min(threads, end - chunk)
                 for jj in range(lane, count, lanes):
                     pj = probabilities[jj]
                     vector = ptx.ld_global_nc_v4_u32(v_cache, (row0 + chunk + jj) * words + group * 4)
@@ -345,6 +358,17 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
             for e in range(VECTOR):
                 partial_out[lane * head_dim + group * VECTOR + e] = acc[e]
         cuda.syncthreads()
+        if split:
+            base = ((np.int64(token) * n_heads + head) * cuda.gridDim.z + cuda.blockIdx.z) * record
+            if t == 0:
+                partials[base] = running_max  # -inf, with sum 0, for an empty span
+                partials[base + 1] = running_sum
+            for i in range(t, head_dim, threads):
+                total = np.float32(0)
+                for r in range(lanes):
+                    total += partial_out[r * head_dim + i]
+                partials[base + 2 + i] = total
+            return
         inv_sum = np.float32(1) / running_sum
         for i in range(t, head_dim, threads):
             total = np.float32(0)
@@ -352,19 +376,73 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
                 total += partial_out[r * head_dim + i]
             out[q_base + i] = store(total * inv_sum)
 
-    return Kernel(attention_kernel, (_U16, _U32, _U32, _I32A, _I32A, _U16, _I32, _I32, _I32, _I32, _F32),
-                  f"attention[{dtype}, d={head_dim}]")
+    return Kernel(attention_kernel, (_U16, _U32, _U32, _I32A, _I32A, _U16, _F32A, _I32, _I32, _I32, _I32, _F32),
+                  f"attention[{dtype}, d={head_dim}{', split' if split else ''}]")
+
+
+@functools.cache
+def _combine_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
+    """One block per (token, head): the splits' partials rescaled to their common maximum and summed."""
+    _, store = _converters(dtype)
+    record = head_dim + 2
+
+    @cuda.jit
+    def combine_kernel(partials, out, splits):
+        cell = np.int64(cuda.blockIdx.x)
+        base = cell * splits * record
+        largest = np.float32(-np.inf)
+        for s in range(splits):
+            largest = max(largest, partials[base + s * record])
+        total = np.float32(0)
+        for s in range(splits):
+            total += math.exp(partials[base + s * record] - largest) * partials[base + s * record + 1]
+        inv_total = np.float32(1) / total
+        for i in range(cuda.threadIdx.x, head_dim, threads):
+            value = np.float32(0)
+            for s in range(splits):
+                value += math.exp(partials[base + s * record] - largest) * partials[base + s * record + 2 + i]
+            out[cell * head_dim + i] = store(value * inv_total)
+
+    return Kernel(combine_kernel, (_F32A, _U16, _I32), f"attention_combine[{dtype}, d={head_dim}]")
+
+
+def attention_splits(tokens: int, n_heads: int, max_len: int) -> int:
+    """Spans to split each (token, head)'s keys into: enough blocks for two waves over the GPU's multiprocessors
+    when tokens x heads alone are fewer (decoding a small batch), at most one span per chunk of keys a block
+    scores at once, at most ``MAX_ATTENTION_SPLITS``."""
+    from flashllm_nb.kernels.launch import multiprocessors
+
+    cells = max(1, tokens * n_heads)
+    wanted = -(-2 * multiprocessors() // cells)
+    return max(1, min(wanted, -(-max_len // ATTENTION_THREADS), MAX_ATTENTION_SPLITS))
+
+
+def attention_workspace_size(tokens: int, n_heads: int, head_dim: int, splits: int) -> int:
+    """float32 values of the partials a split attention writes (0 without a split)."""
+    return 0 if splits <= 1 else tokens * n_heads * splits * (head_dim + 2)
 
 
 def attention(q, k_cache, v_cache, slots, positions, out, tokens: int, n_heads: int, n_kv: int, head_dim: int,
-              max_len: int, window: int, scale: float, dtype, stream: int = 0) -> None:
+              max_len: int, window: int, scale: float, dtype, stream: int = 0, splits: int = 1,
+              workspace=None) -> None:
     """``out[t, h] = softmax(scale * q[t, h] . K[:p+1]) @ V[:p+1]`` over the cache rows of sequence ``slots[t]``
     up to its position ``p = positions[t]`` (from ``p - window + 1`` when ``window > 0``). Keys and values are
-    read 16 bytes at a time from uint32 views of the cache; softmax runs online over chunks of keys in float32."""
-    _attention_kernel(_dtype_name(dtype), head_dim, ATTENTION_THREADS)(
-        (tokens, n_heads), ATTENTION_THREADS,
-        (q, k_cache.view(np.uint32), v_cache.view(np.uint32), slots, positions, out, n_heads, n_kv, max_len,
-         window, scale), stream)
+    read 16 bytes at a time from uint32 views of the cache; softmax runs online over chunks of keys in float32.
+
+    With ``splits > 1`` each (token, head)'s keys are split into that many equal spans, one block each, whose
+    partial results meet in ``workspace`` (a float32 array of ``attention_workspace_size`` values) and are combined
+    by a second kernel: a small batch then fills the GPU."""
+    name = _dtype_name(dtype)
+    arguments = (q, k_cache.view(np.uint32), v_cache.view(np.uint32), slots, positions, out,
+                 _dummy_f32(q) if splits <= 1 else workspace, n_heads, n_kv, max_len, window, scale)
+    if splits <= 1:
+        _attention_kernel(name, head_dim, ATTENTION_THREADS, False)((tokens, n_heads), ATTENTION_THREADS, arguments,
+                                                                    stream)
+        return
+    _attention_kernel(name, head_dim, ATTENTION_THREADS, True)((tokens, n_heads, splits), ATTENTION_THREADS,
+                                                               arguments, stream)
+    _combine_kernel(name, head_dim, COMBINE_THREADS)((tokens * n_heads,), COMBINE_THREADS,
+                                                     (workspace, out, splits), stream)
 
 
 # ------------------------------------------------------------------------------------------ elementwise ops
