@@ -1,0 +1,21 @@
+"""PyTorch and Hugging Face ``transformers``: a drop-in sparse ``nn.Linear``.
+
+>>> import flashllm_nb.torch as flt                                                     # doctest: +SKIP
+>>> model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float16).cuda()  # doctest: +SKIP
+>>> flt.sparsify(model, sparsity=0.8, prune="magnitude", skip=("lm_head",))            # doctest: +SKIP
+>>> model.generate(...)                                                                 # doctest: +SKIP
+
+- :class:`SparseLinear`: an ``nn.Module`` holding a Tiled-CSL weight and the bias, built with
+  :meth:`SparseLinear.from_linear`; state dict round trip; float16 and bfloat16; any leading dimensions.
+- :func:`sparsify`: every ``nn.Linear`` of a model replaced in place, each dense weight dropped as it goes.
+- ``torch.ops.flashllm_nb.sparse_linear``: the operator behind them, with a fake implementation for
+  ``torch.compile`` and CUDA graphs (:mod:`flashllm_nb.torch.ops`).
+
+The engine in :mod:`flashllm_nb.llm` runs whole models faster; this package is for models that stay in PyTorch.
+"""
+
+from flashllm_nb.torch.convert import DENSE_BELOW, SparsifyReport, sparsify
+from flashllm_nb.torch.modules import PRUNE_METHODS, SparseLinear
+from flashllm_nb.torch.ops import sparse_linear
+
+__all__ = ["SparseLinear", "sparsify", "SparsifyReport", "sparse_linear", "DENSE_BELOW", "PRUNE_METHODS"]

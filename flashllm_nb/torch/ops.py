@@ -1,0 +1,145 @@
+"""The PyTorch operator ``torch.ops.flashllm_nb.sparse_linear``: ``x @ W.T + bias`` for a Tiled-CSL ``W`` held in
+two int32 tensors.
+
+    sparse_linear(Tensor x, Tensor words, Tensor tile_offsets, Tensor? bias, int out_features) -> Tensor
+
+``x`` is (..., in_features) float16 or bfloat16; ``words`` and ``tile_offsets`` are the matrix's Tiled-CSL arrays
+(``TiledCSL.words`` and ``tile_offsets``, viewed as int32) on the same device; the result is (..., out_features)
+in ``x``'s dtype. It is a ``torch.library`` custom operator with a fake (meta) implementation, so
+``torch.compile(fullgraph=True)`` traces through it and CUDA graphs capture its launch; it runs on torch's current
+stream. On a machine without a GPU (the simulator) the tensors are CPU tensors and the same kernel runs in Numba's
+CUDA simulator.
+
+Each call goes to the kernel through :mod:`flashllm_nb.kernels.api`. A :class:`MatrixState` (one per
+:class:`~flashllm_nb.torch.SparseLinear`) keeps the matrix as a :class:`~flashllm_nb.TiledCSL` over the module's
+own tensors and one prepared launch per (tokens, stream, bias) that later calls point at their tensors with
+``Prepared.set_pointers``: after the first call of a shape, a call costs a lookup, an allocation and the driver call.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import numpy as np
+import torch
+
+from flashllm_nb.formats import _xp
+from flashllm_nb.formats.tiled_csl import TiledCSL
+from flashllm_nb.kernels import api, ptx
+
+__all__ = ["sparse_linear", "MatrixState", "matrix_views"]
+
+_LAUNCHES_PER_MATRIX = 16  # prepared launches kept per matrix (token counts x streams); the oldest goes first
+_TORCH_DTYPES = {torch.float16: _xp.FLOAT16, torch.bfloat16: _xp.BFLOAT16}
+
+
+def matrix_views(words: torch.Tensor, tile_offsets: torch.Tensor, shape: tuple[int, int], dtype,
+                 full_check: bool = False) -> TiledCSL:
+    """A TiledCSL over two int32 tensors' memory (no copy): CuPy views of CUDA tensors, NumPy views of CPU tensors
+    under the simulator. ``full_check`` checks every invariant (for tensors from outside, as a state dict);
+    otherwise only the cheap ones."""
+    if ptx.SIMULATOR:
+        w, o = words.numpy().view(np.uint32), tile_offsets.numpy()
+    else:
+        import cupy
+
+        w, o = cupy.from_dlpack(words.detach()).view(np.uint32), cupy.from_dlpack(tile_offsets.detach())
+    return TiledCSL.from_raw(w, o, shape, dtype) if full_check else TiledCSL(w, o, shape, dtype)
+
+
+class MatrixState:
+    """The kernel-side state of one sparse matrix: the TiledCSL over the tensors ``words`` and ``tile_offsets``
+    (whose data pointers it was made for) and its prepared launches."""
+
+    def __init__(self, words: torch.Tensor, tile_offsets: torch.Tensor, shape: tuple[int, int], dtype,
+                 full_check: bool = False):
+        self.matrix = matrix_views(words, tile_offsets, shape, dtype, full_check)
+        self.words_ptr, self.offsets_ptr = words.data_ptr(), tile_offsets.data_ptr()
+        self.device_index = words.get_device()  # -1 on the CPU
+        self._launches: dict[tuple, api.Prepared] = {}
+
+    def run(self, x: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> None:
+        """``out = x @ W.T + bias`` for 2-D row-major ``x`` and ``out`` on the matrix's device."""
+        if ptx.SIMULATOR:  # CPU tensors: the kernel API takes their bits as NumPy arrays (shared memory)
+            api.linear(_host_bits(x), self.matrix, None if bias is None else _host_bits(bias), _host_bits(out))
+            return
+        stream = _current_stream(self.device_index)
+        key = (x.shape[0], stream, bias is None)
+        launch = self._launches.get(key)
+        x_ptr = x.data_ptr()
+        if launch is not None and not x_ptr % 16:
+            launch.set_pointers(x_ptr, out.data_ptr(), None if bias is None else bias.data_ptr())
+            launch()
+            return
+        if launch is None and not x_ptr % 16 and not x.shape[1] % 8:
+            launch = api.prepare_linear(x, self.matrix, bias, out, stream=stream)
+            if len(self._launches) >= _LAUNCHES_PER_MATRIX:
+                self._launches.pop(next(iter(self._launches)))
+            self._launches[key] = launch
+            launch()
+            return
+        api.linear(x, self.matrix, bias, out, stream=stream)  # rows the kernel cannot read in place: copied
+
+
+# The raw handle of torch's current stream on a device. torch.cuda.current_stream(i).cuda_stream builds a Stream
+# object per call (a microsecond or two, paid on every layer); Triton and torch's inductor read the handle through
+# torch._C._cuda_getCurrentRawStream instead, which this uses where the torch build has it.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _current_stream(device_index: int) -> int:
+    if _raw_stream is not None:
+        return _raw_stream(device_index)
+    return torch.cuda.current_stream(device_index).cuda_stream
+
+
+def _host_bits(t: torch.Tensor) -> np.ndarray:
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
+# Each SparseLinear files its state here under its words tensor's address; the operator finds it there. The
+# module holds the state: it goes when the module goes.
+_STATES: "weakref.WeakValueDictionary[int, MatrixState]" = weakref.WeakValueDictionary()
+
+
+def register(state: MatrixState) -> None:
+    _STATES[state.words_ptr] = state
+
+
+def _state_for(words: torch.Tensor, tile_offsets: torch.Tensor, out_features: int, x: torch.Tensor) -> MatrixState:
+    state = _STATES.get(words.data_ptr())
+    if state is not None and state.offsets_ptr == tile_offsets.data_ptr() and \
+            state.matrix.shape == (out_features, x.shape[-1]) and _TORCH_DTYPES[x.dtype] == state.matrix.dtype:
+        return state
+    # tensors no SparseLinear registered (a direct call, or copies made by a tracer): wrap them for this call
+    return MatrixState(words, tile_offsets, (out_features, x.shape[-1]), _TORCH_DTYPES[x.dtype])
+
+
+@torch.library.custom_op("flashllm_nb::sparse_linear", mutates_args=())
+def sparse_linear(x: torch.Tensor, words: torch.Tensor, tile_offsets: torch.Tensor, bias: Optional[torch.Tensor],
+                  out_features: int) -> torch.Tensor:
+    """``x @ W.T + bias`` for the Tiled-CSL ``W`` of shape (out_features, x.shape[-1]) in ``words`` and
+    ``tile_offsets`` (see the module docstring)."""
+    return run_sparse_linear(x, words, tile_offsets, bias, out_features)
+
+
+def run_sparse_linear(x: torch.Tensor, words: torch.Tensor, tile_offsets: torch.Tensor,
+                      bias: Optional[torch.Tensor], out_features: int,
+                      state: Optional[MatrixState] = None) -> torch.Tensor:
+    """The operator's implementation, also called directly by an eager ``SparseLinear`` (with its ``state``),
+    which skips the dispatcher's per-call cost. Arguments are trusted: the module checks them."""
+    rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    if not rows.is_contiguous():
+        rows = rows.contiguous()
+    out = rows.new_empty((rows.shape[0], out_features))
+    if rows.shape[0]:
+        if state is None:
+            state = _state_for(words, tile_offsets, out_features, x)
+        state.run(rows, bias, out)
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], out_features)
+
+
+@sparse_linear.register_fake
+def _(x, words, tile_offsets, bias, out_features):
+    return x.new_empty((*x.shape[:-1], out_features))

@@ -1,0 +1,217 @@
+"""``flashllm_nb.torch``: SparseLinear, sparsify and the custom operator, against float64 references.
+
+Everything runs where the kernel runs: CPU tensors through Numba's CUDA simulator without a GPU (tiny sizes),
+CUDA tensors on a GPU. Tiny OPT and Llama models are made by ``transformers`` in the test, their decoder weights
+masked to 80 % zeros; the sparsified model's logits must match the same dense weights in float64 within the fp16
+bound, greedy generation must follow the reference where its choice is clear, and ``torch.compile`` must trace the
+model in one graph and agree with eager.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import flashllm_nb.torch as flt
+from flashllm_nb import prune
+from flashllm_nb.kernels import ptx
+from flashllm_nb.reference.tolerance import assert_close_to_reference, assert_logits_close, logits_bound
+
+DEVICE = torch.device("cpu") if ptx.SIMULATOR else torch.device("cuda")
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _linear(out_features, in_features, dtype=torch.float16, bias=True, seed=0, zeros=0.0):
+    torch.manual_seed(seed)
+    linear = torch.nn.Linear(in_features, out_features, bias=bias)
+    with torch.no_grad():
+        if zeros:
+            linear.weight.mul_(torch.rand_like(linear.weight) >= zeros)
+    return linear.to(dtype=dtype, device=DEVICE).requires_grad_(False)
+
+
+def _reference(x: torch.Tensor, weight: torch.Tensor, bias):
+    """float64 ``x @ W.T + b`` and ``|x| @ |W|.T`` (for the error bound), on the host."""
+    x64, w64 = x.double().cpu().numpy(), weight.double().cpu().numpy()
+    ref = x64 @ w64.T + (0 if bias is None else bias.double().cpu().numpy())
+    return ref, np.abs(x64) @ np.abs(w64).T
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape,leading,bias", [((130, 200), (3, 5), True), ((64, 64), (1,), False),
+                                                 ((128, 72), (2, 1, 3), True)])
+def test_sparse_linear_matches_float64(dtype, shape, leading, bias):
+    """Shapes that are not tile multiples, one token, several leading dimensions, with and without bias; the
+    stored matrix is exactly the pruned weight."""
+    linear = _linear(*shape, DTYPES[dtype], bias=bias)
+    layer = flt.SparseLinear.from_linear(linear, sparsity=0.8)
+    weight = layer.to_dense()
+    bits = linear.weight.view(torch.int16).cpu().numpy().view(np.uint16)
+    kept = prune.magnitude(bits.view(np.float16), 0.8) != 0  # magnitude order of the bits, either dtype
+    assert torch.equal(weight.cpu(), linear.weight.cpu() * torch.as_tensor(kept))
+    assert int(kept.sum()) == shape[0] * shape[1] - round(0.8 * shape[0] * shape[1])
+    x = torch.randn(*leading, shape[1]).to(dtype=DTYPES[dtype], device=DEVICE)
+    with torch.no_grad():
+        y = layer(x)
+    assert y.shape == (*leading, shape[0]) and y.dtype == DTYPES[dtype] and y.device == x.device
+    ref, abs_product = _reference(x.reshape(-1, shape[1]), weight, layer.bias)
+    assert_close_to_reference(y.reshape(-1, shape[0]).double().cpu().numpy(), ref, abs_product, shape[1],
+                              layer.matrix.dtype)
+
+
+def test_pruning_per_row_is_exact_and_existing_zeros_are_kept():
+    """magnitude-row: the same count in every row; sparsity=None: exactly the zeros the weight has, -0.0
+    included."""
+    linear = _linear(96, 128, zeros=0.7)
+    with torch.no_grad():
+        linear.weight[0, :5] = -0.0
+    kept = flt.SparseLinear.from_linear(linear)
+    np.testing.assert_array_equal((kept.to_dense() != 0).cpu().numpy(), (linear.weight != 0).cpu().numpy())
+    rows = flt.SparseLinear.from_linear(_linear(96, 128), sparsity=0.75, prune="magnitude-row")
+    assert ((rows.to_dense() != 0).sum(dim=1) == 32).all()
+
+
+def test_state_dict_round_trip_and_a_damaged_state_is_refused():
+    layer = flt.SparseLinear.from_linear(_linear(130, 200), sparsity=0.9)
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=False)
+    fresh = flt.SparseLinear(200, 130, dtype=torch.float16)
+    fresh.load_state_dict(state)
+    x = torch.randn(4, 200).to(dtype=torch.float16, device=DEVICE)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), layer(x))
+    damaged = dict(state, tile_offsets=state["tile_offsets"].flip(0).contiguous())
+    with pytest.raises(RuntimeError, match="loaded Tiled-CSL arrays are invalid"):
+        flt.SparseLinear(200, 130).load_state_dict(damaged)
+    with pytest.raises(ValueError, match=r"Invalid state of SparseLinear: expected a float16 matrix of shape \[130, 128\]"):
+        flt.SparseLinear(128, 130).set_extra_state(state["_extra_state"])
+
+
+def test_bad_input_is_refused_naming_it():
+    layer = flt.SparseLinear.from_linear(_linear(64, 64), sparsity=0.8)
+    x = torch.randn(2, 64, device=DEVICE)
+    with pytest.raises(TypeError, match=r"Invalid dtype of x: expected torch.float16 \(the layer's\), got torch.float32"):
+        layer(x)
+    with pytest.raises(ValueError, match=r"Invalid shape of x: expected \(\.\.\., 64\), got \(2, 63\)"):
+        layer(torch.zeros(2, 63, dtype=torch.float16, device=DEVICE))
+    with pytest.raises(RuntimeError, match="for inference"):
+        layer(x.half().requires_grad_())
+    with pytest.raises(TypeError, match="Invalid dtype of linear.weight"):
+        flt.SparseLinear.from_linear(torch.nn.Linear(8, 8).to(DEVICE))
+    with pytest.raises(ValueError, match="Invalid value of sparsity"):
+        flt.SparseLinear.from_linear(_linear(64, 64), sparsity=1.0)
+    with pytest.raises(TypeError, match="its matrix is torch.float16 and stays so"):
+        layer.to(torch.bfloat16)
+    assert layer.bias.dtype == torch.float16
+    model = torch.nn.Sequential(_linear(64, 64), torch.nn.Linear(64, 8).to(DEVICE))
+    with pytest.raises(TypeError, match=r"Invalid dtype of 1.weight"):
+        flt.sparsify(model, sparsity=0.5)
+    assert isinstance(model[0], torch.nn.Linear)  # nothing converted: the model is as it was
+
+
+def test_operator_passes_torch_opcheck():
+    """Schema, fake implementation and tracing: torch's own checker."""
+    layer = flt.SparseLinear.from_linear(_linear(64, 128), sparsity=0.8)
+    x = torch.randn(3, 128).to(dtype=torch.float16, device=DEVICE)
+    torch.library.opcheck(torch.ops.flashllm_nb.sparse_linear.default,
+                          (x, layer.words, layer.tile_offsets, layer.bias, 64))
+
+
+# ------------------------------------------------------------------------------------------------ whole models
+
+TINY_MODELS = {
+    "opt": dict(model_type="opt", vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                ffn_dim=128, max_position_embeddings=64, word_embed_proj_dim=64),
+    "llama": dict(model_type="llama", vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=128, max_position_embeddings=64),
+}
+
+
+def _tiny_models(name: str):
+    """A transformers model with 80 % of each decoder linear weight zeroed, in float16, and the same weights in
+    float64 on the host (the reference)."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(**TINY_MODELS[name])
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and ".layers." in module_name:
+                module.weight.mul_(torch.rand_like(module.weight) >= 0.8)
+    model.half()
+    reference = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    reference.load_state_dict(model.state_dict())
+    return model.to(DEVICE), reference.double()
+
+
+@pytest.mark.parametrize("name", list(TINY_MODELS))
+def test_sparsified_model_matches_float64_and_generates_its_greedy_tokens(name):
+    model, reference = _tiny_models(name)
+    report = flt.sparsify(model, progress=False)
+    assert len(report.converted) == (6 if name == "opt" else 7) * 2 and report.skipped == ["lm_head"]
+    assert all(isinstance(m, flt.SparseLinear) for n, m in model.named_modules() if ".layers." in n
+               and n.endswith(("proj", "fc1", "fc2")))
+    ids = torch.as_tensor(np.random.default_rng(1).integers(4, 96, (2, 7)))
+    with torch.no_grad():
+        got = model(ids.to(DEVICE)).logits.float().cpu().numpy()
+        ref = reference(ids).logits.numpy()
+    layers = TINY_MODELS[name]["num_hidden_layers"]
+    assert_logits_close(got, ref, layers, np.float16, what=name)
+
+    prompt = ids[:1]
+    with torch.no_grad():
+        out = model.generate(prompt.to(DEVICE), max_new_tokens=5, do_sample=False).cpu()
+        full_ref = reference(out[:, :-1]).logits[0, prompt.shape[1] - 1:].numpy()
+    top2 = np.sort(full_ref, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * logits_bound(full_ref, layers, np.float16).max(axis=1)
+    decided = np.cumprod(clear).astype(bool)
+    assert (out[0, prompt.shape[1]:].numpy()[decided] == np.argmax(full_ref, axis=1)[decided]).all()
+
+
+def test_compiled_model_is_one_graph_and_equals_eager():
+    """torch.compile(fullgraph=True) traces through the operator (aot_eager without a GPU, inductor with one)."""
+    model, _ = _tiny_models("llama")
+    flt.sparsify(model, progress=False)
+    ids = torch.as_tensor(np.random.default_rng(2).integers(4, 96, (2, 5)), device=DEVICE)
+    backend = "aot_eager" if ptx.SIMULATOR else "inductor"
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    with torch.no_grad():
+        eager = model(ids, use_cache=False).logits
+        traced = compiled(ids, use_cache=False).logits
+    torch.testing.assert_close(traced, eager, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.gpu
+def test_cpu_input_on_a_gpu_is_refused():
+    layer = flt.SparseLinear.from_linear(_linear(64, 64), sparsity=0.8)
+    with pytest.raises(ValueError, match=r"Invalid device of x: expected cuda:0 \(the layer's\), got cpu"):
+        layer(torch.zeros(1, 64, dtype=torch.float16))
+    with pytest.raises(ValueError, match="Invalid device of linear.weight: expected a CUDA tensor"):
+        flt.SparseLinear.from_linear(torch.nn.Linear(64, 64).half())
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_and_current_stream():
+    """A captured call replays on new input; a call on a side stream runs on that stream."""
+    layer = flt.SparseLinear.from_linear(_linear(256, 512), sparsity=0.8)
+    x = torch.randn(8, 512, dtype=torch.float16, device="cuda")
+    with torch.no_grad():
+        expected = layer(x)
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            layer(x)  # the launch for this stream is prepared outside the capture
+            with torch.cuda.graph(graph, stream=stream):
+                captured = layer(x)
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(captured, layer(x), rtol=0, atol=0)
+        assert not torch.equal(captured, expected)
