@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the device tool): install the carried wheels, then run the named steps, each
-# logged under $OUT. Steps: tests-llm, tests-kernel, bench-smoke, bench-opt66b, bench-opt30b, load-speed,
-# bench-llama70b.
+# logged under $OUT. Steps: tests-llm, tests-kernel, tests-torch, profile, bench-smoke, bench-opt66b-80,
+# bench-opt66b, bench-opt30b, bench-hf-sparse, load-speed, bench-llama70b.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -13,16 +13,25 @@ bench() { local limit=$1; shift; timeout "$limit" python3 -m flashllm_nb.cli ben
 for step in "$@"; do
   echo "=== $step ($(date -u +%H:%M:%S))"
   case $step in
-    tests-llm) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_llm_gpu.py tests/test_llm.py \
-                 2>&1 | tee "$OUT/tests-llm.log" | tail -40 ;;
+    tests-llm) timeout 330 python3 -m pytest -v -p no:cacheprovider -o faulthandler_timeout=120 --durations=12 \
+                 tests/test_llm_gpu.py tests/test_llm.py 2>&1 | tee "$OUT/tests-llm.log" | tail -60 ;;
     tests-kernel) timeout 420 python3 -m pytest -q -p no:cacheprovider -x tests/test_tiled_csl_gpu.py \
                     tests/test_spmm_gpu.py tests/test_ptx_gpu.py 2>&1 | tee "$OUT/tests-kernel.log" | tail -15 ;;
     bench-smoke) bench 300 --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
                    2>&1 | tee "$OUT/bench-smoke.log" | tail -12 ;;
+    bench-opt66b-80) bench 170 --model opt-66b --sparsity 0.8 --batch 1 16 --out "$OUT" \
+                       2>&1 | tee "$OUT/bench-opt66b-80.log" | tail -12 ;;
     bench-opt66b) bench 540 --model opt-66b --sparsity 0.7 0.8 0.9 --batch 1 8 16 32 64 --out "$OUT" \
                     2>&1 | tee "$OUT/bench-opt66b.log" | tail -25 ;;
     bench-opt30b) bench 540 --model opt-30b --sparsity 0 0.8 0.9 --batch 1 16 --hf --hf-new 128 \
                     --out "$OUT" 2>&1 | tee "$OUT/bench-opt30b.log" | tail -25 ;;
+    profile) timeout 240 python3 dev/profile_e2e.py --model opt-66b --layers 8 --sparsity 0.8 --batch 1 16 \
+               2>&1 | tee "$OUT/profile.log" ;;
+    tests-torch) timeout 300 python3 -m pytest -v -p no:cacheprovider -o faulthandler_timeout=120 --durations=8 \
+                   tests/test_torch.py 2>&1 | tee "$OUT/tests-torch.log" | tail -40
+                 timeout 60 python3 dev/torch_host_cost.py 2>&1 | tee "$OUT/torch-host.log" ;;
+    bench-hf-sparse) bench 270 --model opt-30b --sparsity 0.8 --batch 1 16 --hf-compile --hf-sparse \
+                       --hf-new 128 --new 128 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-sparse.log" | tail -25 ;;
     load-speed) timeout 300 python3 dev/load_speed.py --model opt-6.7b --sparsity 0.8 2>&1 | tee "$OUT/load.log" ;;
     bench-llama70b) bench 300 --model llama-2-70b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
                       2>&1 | tee "$OUT/bench-llama70b.log" | tail -12 ;;

@@ -11,7 +11,8 @@ shapes (pruned by magnitude: a random mask, as for random weights). Per (sparsit
   bandwidth / (weight bytes + mean KV bytes per step); its fraction is the measured rate over it.
 
 With ``--hf`` the same shapes run dense in Hugging Face ``transformers`` (eager; ``--hf-compile`` adds its static
-cache with ``torch.compile``) as the outside baseline, where they fit. Results: JSON, CSV, markdown and a PNG in
+cache with ``torch.compile``) as the outside baseline, where they fit; ``--hf-sparse`` adds the same model with its
+decoder layers pruned and replaced by :class:`flashllm_nb.torch.SparseLinear` at each sparsity. Results: JSON, CSV, markdown and a PNG in
 ``--out``, a table printed last. Without a GPU it runs the pipeline on a tiny preset in the simulator and times
 nothing.
 """
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  flashllm-nb bench-e2e                                  # OPT-66B, 80/90 %, batch 1-64\n"
                "  flashllm-nb bench-e2e --model opt-30b --sparsity 0 0.8 0.9 --batch 1 16 --hf\n"
+               "  flashllm-nb bench-e2e --model opt-30b --sparsity 0.8 0.9 --batch 1 16 --hf --hf-compile "
+               "--hf-sparse --hf-new 128\n"
                "  flashllm-nb bench-e2e --model llama-2-70b --sparsity 0.8 --batch 1 16 --new 128\n")
     parser.add_argument("--model", nargs="+", default=["opt-66b"], help="presets (flashllm_nb.llm.PRESETS)")
     parser.add_argument("--sparsity", nargs="+", type=sparsity_fraction, default=[0.8, 0.9],
@@ -56,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
     parser.add_argument("--hf", action="store_true", help="add Hugging Face transformers dense (eager) rows")
     parser.add_argument("--hf-compile", action="store_true", help="add transformers' static cache + torch.compile")
+    parser.add_argument("--hf-sparse", action="store_true",
+                        help="with --hf / --hf-compile: also transformers sparsified by flashllm_nb.torch at each "
+                             "--sparsity above 0")
     parser.add_argument("--hf-new", type=positive_int, default=None, help="new tokens for the transformers rows")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the result files")
     return parser
@@ -118,8 +124,9 @@ def _run_flashllm(args, name: str, sparsity: float, batches, copy_gbps, log, row
     _release()
 
 
-def _run_hf(args, name: str, batches, compile_: bool, log, rows) -> None:
-    """transformers dense fp16, random weights of the preset's shapes, greedy with min_new_tokens = new."""
+def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows) -> None:
+    """transformers fp16, random weights of the preset's shapes, greedy with min_new_tokens = new; dense, or with
+    every decoder linear layer pruned to ``sparsity`` and replaced by ``flashllm_nb.torch.SparseLinear``."""
     import torch
     import transformers
 
@@ -132,18 +139,24 @@ def _run_hf(args, name: str, batches, compile_: bool, log, rows) -> None:
     try:
         with torch.device("cuda"):
             model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+        if sparsity:
+            import flashllm_nb.torch as flt
+
+            start = time.perf_counter()
+            report = flt.sparsify(model, sparsity=sparsity, progress=False)
+            log(f"  transformers {name} sparsified in {time.perf_counter() - start:.1f} s: {report}")
     except torch.OutOfMemoryError as e:
         for batch in batches:
-            rows.append(dict(model=name, provider=provider, sparsity=0.0, batch=batch, prompt=args.prompt, new=new,
-                             status="does not fit", note=str(e).splitlines()[0]))
+            rows.append(dict(model=name, provider=provider, sparsity=sparsity, batch=batch, prompt=args.prompt,
+                             new=new, status="does not fit", note=str(e).splitlines()[0]))
         _release()
         return
     if compile_:
         model.generation_config.cache_implementation = "static"
         model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     for batch in batches:
-        row = dict(model=name, provider=provider, sparsity=0.0, batch=batch, prompt=args.prompt, new=new,
+        row = dict(model=name, provider=provider, sparsity=sparsity, batch=batch, prompt=args.prompt, new=new,
                    weights_gb=_gb(weights))
         ids = torch.randint(4, config.vocab_size, (batch, args.prompt), device="cuda")
 
@@ -166,7 +179,8 @@ def _run_hf(args, name: str, batches, compile_: bool, log, rows) -> None:
         row.update(status="ok", ttft_s=round(first, 4), decode_tok_s=round(batch * (new - 1) / decode, 2),
                    step_ms=round(1e3 * decode / (new - 1), 3))
         rows.append(row)
-        log(f"  {provider} batch {batch:3d}: {row['decode_tok_s']:9.1f} tok/s, TTFT {first * 1e3:.1f} ms")
+        log(f"  {provider} {'dense' if not sparsity else f'{sparsity:.0%}'} batch {batch:3d}: "
+            f"{row['decode_tok_s']:9.1f} tok/s, TTFT {first * 1e3:.1f} ms")
     del model
     _release()
 
@@ -275,9 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sparsity in args.sparsity:
             _run_flashllm(args, name, sparsity, args.batch, copy_gbps, log, rows)
             _write(args.out, meta, rows, stamp)
+        hf_sparsities = [0.0] + ([s for s in args.sparsity if s > 0] if args.hf_sparse else [])
         for compile_ in [False] * args.hf + [True] * args.hf_compile:
-            _run_hf(args, name, args.batch, compile_, log, rows)
-            _write(args.out, meta, rows, stamp)
+            for sparsity in hf_sparsities:
+                _run_hf(args, name, args.batch, compile_, sparsity, log, rows)
+                _write(args.out, meta, rows, stamp)
     paths = _write(args.out, meta, rows, stamp)
     print(markdown_table(rows))
     print("wrote " + ", ".join(str(p) for p in paths.values()))

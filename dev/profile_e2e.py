@@ -1,0 +1,181 @@
+"""Where a decode step's time and a random model's build time go, on a GPU.
+
+    python dev/profile_e2e.py --model opt-66b --layers 8 --sparsity 0.8 --batch 1 16 --context 320
+
+Step: a model of the preset's shapes with ``--layers`` layers (time per layer is what matters; every layer is the
+same) is given a KV cache filled with random keys and values up to ``--context`` positions. Each component of the
+step (the four linear layers, attention with its head split, the norms and activation, the whole step) is captured
+for all layers as one CUDA graph and replayed, so the components run back to back as in the real step, on weights
+that are not in L2. Each is reported in microseconds per layer, with its bytes moved and the fraction of the
+measured copy bandwidth that makes.
+
+Build: one layer's matrices are drawn, pruned and encoded phase by phase with the GPU synchronised in between.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import numpy as np
+
+
+def copy_bandwidth(cupy) -> float:
+    """Device-to-device copy bandwidth, bytes read plus written per second (the bound's rate: bytes read by a
+    step over this rate)."""
+    a = cupy.empty(1 << 30, np.uint8)
+    b = cupy.empty_like(a)
+    b[...] = a
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(10):
+        b[...] = a
+    stop.record()
+    stop.synchronize()
+    return 2 * 10 * a.nbytes / (cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+
+
+def graph_time_us(cupy, stream, launches, replays: int = 20) -> float:
+    """Microseconds per replay of a graph holding ``launches()``."""
+    launches()  # eager once: compile, plan, allocate
+    stream.cupy_stream.synchronize()
+    stream.cupy_stream.begin_capture()
+    launches()
+    graph = stream.cupy_stream.end_capture()
+    graph.launch(stream=stream.cupy_stream)
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record(stream.cupy_stream)
+    for _ in range(replays):
+        graph.launch(stream=stream.cupy_stream)
+    stop.record(stream.cupy_stream)
+    stop.synchronize()
+    return 1e3 * cupy.cuda.get_elapsed_time(start, stop) / replays
+
+
+def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict]:
+    import cupy
+
+    from flashllm_nb.llm import kernels
+    from flashllm_nb.llm.engine import Activations, KVCache, _head, _norm, run_decoder
+
+    c, dtype, stream = model.config, model.dtype, model.stream
+    layers = len(model.blocks)
+    cache = KVCache(c, batch, context + 1)
+    cache._storage[...] = (0.5 * cupy.random.standard_normal(cache._storage.size, dtype=np.float32)).astype(
+        np.float16).view(np.uint16)
+    acts = Activations(c, batch, batch)
+    acts.ids[...] = cupy.random.randint(4, c.vocab_size, batch, dtype=np.int32)
+    acts.positions[...] = context
+    acts.slots[...] = cupy.arange(batch, dtype=np.int32)
+    for buffer in (acts.residual, acts.normed, acts.qkv, acts.attn, acts.ffn):
+        buffer[...] = (cupy.random.standard_normal(buffer.size, dtype=np.float32)).astype(np.float16).view(np.uint16)
+    s = stream.ptr
+
+    def linear(attr, x, out):
+        return lambda: [getattr(b, attr)(x, out, batch, s) for b in model.blocks]
+
+    def attention():
+        for i in range(layers):
+            kernels.split_heads(acts.qkv, acts.q, cache.k[i], cache.v[i], acts.slots, acts.positions,
+                                model.inv_freq, batch, c.num_heads, c.num_kv_heads, c.head_dim, cache.max_len,
+                                dtype, s)
+            kernels.attention(acts.q, cache.k[i], cache.v[i], acts.slots, acts.positions, acts.attn, batch,
+                              c.num_heads, c.num_kv_heads, c.head_dim, cache.max_len, c.sliding_window or 0,
+                              c.head_dim ** -0.5, dtype, s)
+
+    def elementwise():
+        for block in model.blocks:
+            _norm(model, block.attn_norm, acts, acts.delta, batch, s)
+            _norm(model, block.ffn_norm, acts, acts.delta, batch, s)
+            kernels.activation(acts.ffn, acts.act, batch, c.ffn_size, c.activation, dtype, s)
+
+    def whole_step():
+        run_decoder(model, acts, cache, batch, stream=s)
+
+    head_bytes = model.lm_head.nbytes + batch * c.vocab_size * 2
+    kv_bytes = 2 * batch * c.num_kv_heads * (context + 1) * c.head_dim * 2
+    parts = [("qkv", linear("qkv", acts.normed, acts.qkv), model.blocks[0].qkv.nbytes),
+             ("out", linear("out", acts.attn, acts.delta), model.blocks[0].out.nbytes),
+             ("ffn_in", linear("ffn_in", acts.normed, acts.ffn), model.blocks[0].ffn_in.nbytes),
+             ("ffn_out", linear("ffn_out", acts.act, acts.delta), model.blocks[0].ffn_out.nbytes),
+             ("attention", attention, kv_bytes),
+             ("norms+activation", elementwise, 0),
+             ("lm_head", lambda: _head(model, acts, acts.normed, batch, None, s), head_bytes / layers),
+             ("whole step", whole_step, sum(b.nbytes for b in model.blocks[0].linears) + kv_bytes + head_bytes / layers)]
+    rows = []
+    with stream:
+        for name, launches, nbytes in parts:
+            us = graph_time_us(cupy, stream, launches)
+            row = dict(batch=batch, part=name, us=round(us, 1), us_per_layer=round(us / layers, 2))
+            if nbytes:
+                row.update(mb_per_layer=round(nbytes / 1e6, 2),
+                           bandwidth_fraction=round(nbytes * layers / (us / 1e6) / bandwidth, 3))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def profile_build(config, sparsity: float) -> None:
+    import cupy
+
+    from flashllm_nb.llm.build import RANDOM_WEIGHT_STD, _float32_to_bits
+    from flashllm_nb.llm.weights import encode_linear, prune_bits
+
+    dtype = np.dtype(np.float16)
+    generator = cupy.random.default_rng(0)
+    totals: dict[str, float] = {}
+
+    def timed(phase, fn):
+        cupy.cuda.Device().synchronize()
+        start = time.perf_counter()
+        result = fn()
+        cupy.cuda.Device().synchronize()
+        totals[phase] = totals.get(phase, 0.0) + time.perf_counter() - start
+        return result
+
+    for _ in range(2):  # the first round compiles; report the second
+        totals.clear()
+        for name, (rows, cols) in config.linear_shapes().items():
+            values = timed("draw", lambda: RANDOM_WEIGHT_STD * generator.standard_normal((rows, cols), np.float32))
+            bits = timed("round", lambda: _float32_to_bits(values, dtype))
+            del values
+            pruned = timed("prune", lambda: prune_bits(bits, sparsity, "magnitude"))
+            del bits
+            timed("encode", lambda: encode_linear(pruned, None, dtype, None))
+            del pruned
+    layer_total = sum(totals.values())
+    print(json.dumps(dict(build_per_layer_s={k: round(v, 4) for k, v in totals.items()},
+                          total_s=round(layer_total, 3), model_estimate_s=round(layer_total * config.num_layers, 1))),
+          flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="opt-66b")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.8])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--context", type=int, default=320)
+    args = parser.parse_args()
+    import cupy
+
+    from flashllm_nb import llm
+    from flashllm_nb.llm.config import preset
+
+    bandwidth = copy_bandwidth(cupy)
+    print(json.dumps(dict(device=llm.device.device_name(), copy_tb_s=round(bandwidth / 1e12, 3))), flush=True)
+    full = preset(args.model)
+    profile_build(full, args.sparsity[0])
+    config = dataclasses.replace(full, num_layers=args.layers)
+    for sparsity in args.sparsity:
+        print(json.dumps(dict(model=args.model, layers=args.layers, sparsity=sparsity)), flush=True)
+        model = llm.random_model(config, sparsity=sparsity, progress=False)
+        for batch in args.batch:
+            profile_step(model, batch, args.context, bandwidth)
+        del model
+
+
+if __name__ == "__main__":
+    main()
