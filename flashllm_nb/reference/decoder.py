@@ -51,7 +51,7 @@ def _rope(x, positions, inv_freq):
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def decoder_logits(config, tensors: Mapping[str, np.ndarray], ids) -> np.ndarray:
+def decoder_logits(config, tensors: Mapping[str, np.ndarray], ids, tensor_parallel: int = 1) -> np.ndarray:
     """float64 logits (seq, vocab) of one sequence of token ``ids`` (1-D ints).
 
     Parameters
@@ -60,7 +60,13 @@ def decoder_logits(config, tensors: Mapping[str, np.ndarray], ids) -> np.ndarray
     tensors : mapping of name to array
         The model's weights (module docstring).
     ids : 1-D int array
+    tensor_parallel : int
+        Compute each block's attention and MLP as ``tensor_parallel`` ranks would, each on its shard of the weights
+        (:mod:`flashllm_nb.llm.parallel`), and sum their outputs as the all-reduce does: the same logits, up to
+        float64 rounding, when the sharding is right.
     """
+    from flashllm_nb.llm.parallel import shard_config, shard_tensor
+
     w = {name: np.asarray(value, dtype=np.float64) for name, value in tensors.items()}
     ids = np.asarray(ids, dtype=np.int64)
     seq = ids.size
@@ -72,9 +78,10 @@ def decoder_logits(config, tensors: Mapping[str, np.ndarray], ids) -> np.ndarray
             x = x @ w["project_in.weight"].T
         x = x + w["embed_positions.weight"][positions + 2]
     inv_freq = c.rope_inv_freq()
-    heads, kv, d = c.num_heads, c.num_kv_heads, c.head_dim
+    ranks = [(shard_config(c, tensor_parallel), {name: shard_tensor(c, name, value, tensor_parallel, rank)
+                                                 for name, value in w.items()}) for rank in range(tensor_parallel)]
 
-    def linear(name, value):
+    def linear(w, name, value):
         out = value @ w[f"{name}.weight"].T
         bias = w.get(f"{name}.bias")
         return out if bias is None else out + bias
@@ -86,34 +93,41 @@ def decoder_logits(config, tensors: Mapping[str, np.ndarray], ids) -> np.ndarray
             return _layer_norm(value, 1.0, 0.0, c.norm_eps)
         return _layer_norm(value, w[f"{name}.weight"], w[f"{name}.bias"], c.norm_eps)
 
-    for i in range(c.num_layers):
-        p = f"layers.{i}."
-        if c.family == "opt":
-            h = norm(p + "self_attn_layer_norm", x) if c.norm_before else x
-            out_name = p + "self_attn.out_proj"
-        else:
-            h = norm(p + "input_layernorm", x)
-            out_name = p + "self_attn.o_proj"
-        q = linear(p + "self_attn.q_proj", h).reshape(seq, heads, d).transpose(1, 0, 2)
-        k = linear(p + "self_attn.k_proj", h).reshape(seq, kv, d).transpose(1, 0, 2)
-        v = linear(p + "self_attn.v_proj", h).reshape(seq, kv, d).transpose(1, 0, 2)
+    def attention(rc, w, p, h):
+        heads, kv, d = rc.num_heads, rc.num_kv_heads, rc.head_dim
+        q = linear(w, p + "self_attn.q_proj", h).reshape(seq, heads, d).transpose(1, 0, 2)
+        k = linear(w, p + "self_attn.k_proj", h).reshape(seq, kv, d).transpose(1, 0, 2)
+        v = linear(w, p + "self_attn.v_proj", h).reshape(seq, kv, d).transpose(1, 0, 2)
         if inv_freq is not None:
             q, k = _rope(q, positions, inv_freq), _rope(k, positions, inv_freq)
         group = heads // kv
         k, v = np.repeat(k, group, axis=0), np.repeat(v, group, axis=0)
         attended = _attention(q, k, v, c.sliding_window).transpose(1, 0, 2).reshape(seq, heads * d)
-        x = x + linear(out_name, attended)
+        return linear(w, p + ("self_attn.out_proj" if c.family == "opt" else "self_attn.o_proj"), attended)
+
+    def mlp(w, p, h):
+        if c.family == "opt":
+            return linear(w, p + "fc2", np.maximum(linear(w, p + "fc1", h), 0))
+        gate = linear(w, p + "mlp.gate_proj", h)
+        return linear(w, p + "mlp.down_proj", gate / (1 + np.exp(-gate)) * linear(w, p + "mlp.up_proj", h))
+
+    for i in range(c.num_layers):
+        p = f"layers.{i}."
+        if c.family == "opt":
+            h = norm(p + "self_attn_layer_norm", x) if c.norm_before else x
+        else:
+            h = norm(p + "input_layernorm", x)
+        x = x + sum(attention(rc, rw, p, h) for rc, rw in ranks)
         if c.family == "opt":
             if not c.norm_before:
                 x = norm(p + "self_attn_layer_norm", x)
             h = norm(p + "final_layer_norm", x) if c.norm_before else x
-            x = x + linear(p + "fc2", np.maximum(linear(p + "fc1", h), 0))
+            x = x + sum(mlp(rw, p, h) for _, rw in ranks)
             if not c.norm_before:
                 x = norm(p + "final_layer_norm", x)
         else:
             h = norm(p + "post_attention_layernorm", x)
-            gate = linear(p + "mlp.gate_proj", h)
-            x = x + linear(p + "mlp.down_proj", gate / (1 + np.exp(-gate)) * linear(p + "mlp.up_proj", h))
+            x = x + sum(mlp(rw, p, h) for _, rw in ranks)
     if c.family == "opt":
         if c.final_norm:
             x = norm("final_layer_norm", x)
