@@ -22,11 +22,13 @@ from flashllm_nb.llm.checkpoint import LINEAR_PARTS, NORMS, Checkpoint, all_tens
 from flashllm_nb.llm.config import ModelConfig, preset
 from flashllm_nb.llm.engine import check_prefill_policy
 from flashllm_nb.llm.model import Block, Model, Norm
+from flashllm_nb.llm.parallel import COLUMN_SPLIT
 from flashllm_nb.llm.weights import DENSE_BELOW, PRUNE_METHODS, Linear, encode_linear, prune_bits
 
 __all__ = ["load", "random_model", "resolve_dtype"]
 
 RANDOM_WEIGHT_STD = 0.02  # Hugging Face's initializer_range for OPT and Llama
+COLUMN_SPLIT_BIASES = tuple(f"{part}.bias" for part in COLUMN_SPLIT)
 _DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
@@ -50,7 +52,8 @@ def _check_sparsity(sparsity, allow_none: bool) -> None:
 
 
 def load(path: str | os.PathLike, sparsity: float | None = None, prune: str = "magnitude", dtype=None,
-         dense_below: float = DENSE_BELOW, prefill: str = "auto", progress: bool = True) -> Model:
+         dense_below: float = DENSE_BELOW, prefill: str = "auto", progress: bool = True,
+         tensor_parallel: int | None = None) -> Model:
     """Load a Hugging Face OPT / Llama / Mistral checkpoint folder onto the GPU, pruned and encoded on arrival.
 
     Parameters
@@ -72,6 +75,11 @@ def load(path: str | os.PathLike, sparsity: float | None = None, prune: str = "m
         How sparse layers multiply prompts of more than 64 tokens (:class:`~flashllm_nb.llm.engine.PrefillPlanner`).
     progress : bool
         Show a progress bar (tqdm) while loading.
+    tensor_parallel : int, optional
+        Split the model over this many GPUs, one process each (started by ``flashllm-nb generate --tp``,
+        ``torchrun`` or Slurm, whose variables say which rank this process is): this process loads its rank's
+        shard (:mod:`flashllm_nb.llm.parallel`) on its GPU and joins the ranks' NCCL communicator. 1 or None:
+        the single-GPU model.
 
     Returns
     -------
@@ -95,34 +103,41 @@ def load(path: str | os.PathLike, sparsity: float | None = None, prune: str = "m
             if value != default:
                 raise invalid("value", name, f"{default!r} for a saved flashllm_nb model ({os.fspath(path)!r} is "
                               f"one: its matrices are used as they were saved)", value)
+        if tensor_parallel not in (None, 1):
+            raise invalid("value", "tensor_parallel", "None or 1 for a saved flashllm_nb model (load the checkpoint "
+                          "folder to split it over GPUs)", tensor_parallel)
         return saved.load_saved(path, prefill=prefill, progress=progress)
     _check_sparsity(sparsity, allow_none=True)
     if prune not in PRUNE_METHODS:
         raise invalid("value", "prune", f"one of {PRUNE_METHODS}", prune)
     checkpoint = Checkpoint(path)
-    config = checkpoint.config
-    dtype = resolve_dtype(dtype, config)
+    dtype = resolve_dtype(dtype, checkpoint.config)
+    config, group = _rank_config(checkpoint.config, tensor_parallel)
     memory.check_fits(memory.predict_load(config, dtype, sparsity, dense_below, checkpoint=checkpoint),
                       config, sparsity)
+    communicator = _communicator(group)
 
     def read(name: str):
-        return _to_bits(checkpoint.read(name), dtype, checkpoint.full_name(name))
+        values = checkpoint.read(name) if group is None else checkpoint.read_shard(name, group.world_size,
+                                                                                     group.rank)
+        return _to_bits(values, dtype, checkpoint.full_name(name))
 
-    sizes = {name: checkpoint.nbytes(name) for name in all_tensors(config)}
+    sizes = {name: int(np.prod(shape)) * dtype.itemsize for name, shape in all_tensors(config).items()}
     model = _build(config, dtype, read, sizes, sparsity, prune, dense_below, prefill, progress,
-                   f"loading {os.path.basename(os.path.normpath(checkpoint.path))}")
+                   f"loading {os.path.basename(os.path.normpath(checkpoint.path))}", communicator)
     model.tokenizer_file = checkpoint.tokenizer_file
     return model
 
 
 def random_model(name: str | ModelConfig, sparsity: float = 0.8, dtype=None, seed: int = 0,
                  prune: str = "magnitude", dense_below: float = DENSE_BELOW, prefill: str = "auto",
-                 progress: bool = True) -> Model:
+                 progress: bool = True, tensor_parallel: int | None = None) -> Model:
     """A model of a preset's shapes (or any :class:`ModelConfig`) with random weights, built on the device: for
     speed and memory measurements, not for text.
 
     Weights are drawn from N(0, 0.02^2) (Hugging Face's initialisation range), then pruned by magnitude to
-    ``sparsity`` (0 keeps every matrix dense); norms get weights near 1, biases small random values.
+    ``sparsity`` (0 keeps every matrix dense); norms get weights near 1, biases small random values. With
+    ``tensor_parallel`` (see :func:`load`) each rank draws its own shard.
     """
     config = preset(name) if isinstance(name, str) else name
     if not isinstance(config, ModelConfig):
@@ -132,9 +147,11 @@ def random_model(name: str | ModelConfig, sparsity: float = 0.8, dtype=None, see
     if prune not in PRUNE_METHODS:
         raise invalid("value", "prune", f"one of {PRUNE_METHODS}", prune)
     dtype = resolve_dtype(dtype, config)
+    config, group = _rank_config(config, tensor_parallel)
     memory.check_fits(memory.predict_load(config, dtype, sparsity, dense_below), config, sparsity)
+    communicator = _communicator(group)
     xp = device.xp()
-    generator = xp.random.default_rng(seed)
+    generator = xp.random.default_rng(seed + (0 if group is None else group.rank))
     shapes = all_tensors(config)
 
     def read(tensor: str):
@@ -143,18 +160,47 @@ def random_model(name: str | ModelConfig, sparsity: float = 0.8, dtype=None, see
             values = 1 + RANDOM_WEIGHT_STD * generator.standard_normal(shape, dtype=np.float32)
         else:
             values = RANDOM_WEIGHT_STD * generator.standard_normal(shape, dtype=np.float32)
+        if group is not None and group.rank != 0 and tensor.endswith(COLUMN_SPLIT_BIASES):
+            values = xp.zeros_like(values)  # a column-split layer's bias lives on rank 0
         return _float32_to_bits(values, dtype)
 
     sizes = {tensor: int(np.prod(shape)) * dtype.itemsize for tensor, shape in shapes.items()}
     return _build(config, dtype, read, sizes, None if sparsity == 0 else sparsity, prune, dense_below, prefill,
-                  progress, f"building random {config.name or config.family}")
+                  progress, f"building random {config.name or config.family}", communicator)
+
+
+def _rank_config(config: ModelConfig, tensor_parallel):
+    """(this process's share of ``config``, its process group) under tensor parallelism over more than one GPU,
+    with this process's GPU made current; (``config``, None) for None or 1."""
+    from flashllm_nb.llm import distributed, parallel
+
+    if tensor_parallel is None:
+        return config, None
+    world = parallel.check_tensor_parallel(config, tensor_parallel)
+    if world == 1:
+        return config, None
+    group = distributed.process_group_from_environ()
+    if group.world_size != world:
+        raise ValueError(f"Invalid tensor_parallel: {world} ranks asked for, but this process is one of "
+                         f"{group.world_size} (WORLD_SIZE); start one process per GPU: flashllm-nb generate --tp "
+                         f"{world}, torchrun --nproc-per-node {world}, or srun with {world} tasks")
+    device.use_device(group.local_rank)
+    return parallel.shard_config(config, world), group
+
+
+def _communicator(group):
+    if group is None:
+        return None
+    from flashllm_nb.llm.collectives import communicator_for
+
+    return communicator_for(group)
 
 
 # -------------------------------------------------------------------------------------------------- building
 
 
 def _build(config: ModelConfig, dtype, read: Callable[[str], object], sizes: dict[str, int], sparsity, prune,
-           dense_below, prefill, progress, what: str) -> Model:
+           dense_below, prefill, progress, what: str, communicator=None) -> Model:
     """Assemble a Model from ``read(name)``, which gives a tensor's bits on the device in the model's dtype."""
     from tqdm import tqdm
 
@@ -215,7 +261,7 @@ def _build(config: ModelConfig, dtype, read: Callable[[str], object], sizes: dic
     finally:
         bar.close()
     return Model(config, dtype, embed_tokens, embed_positions, project_in, project_out, blocks, final_norm, lm_head,
-                 prefill_policy=prefill)
+                 prefill_policy=prefill, communicator=communicator)
 
 
 def _to_bits(values: np.ndarray, dtype: np.dtype, name: str):

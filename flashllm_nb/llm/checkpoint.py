@@ -39,8 +39,8 @@ def _part_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
     """(rows, cols) of each checkpoint matrix of a block, by its name inside the block."""
     h, q, kv, f = config.hidden_size, config.q_size, config.kv_size, config.ffn_size
     if config.family == "opt":
-        return {"self_attn.q_proj": (h, h), "self_attn.k_proj": (h, h), "self_attn.v_proj": (h, h),
-                "self_attn.out_proj": (h, h), "fc1": (f, h), "fc2": (h, f)}
+        return {"self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+                "self_attn.out_proj": (h, q), "fc1": (f, h), "fc2": (h, f)}
     return {"self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
             "self_attn.o_proj": (h, q), "mlp.gate_proj": (f, h), "mlp.up_proj": (f, h), "mlp.down_proj": (h, f)}
 
@@ -168,6 +168,16 @@ class Checkpoint:
         dtype (float16, bfloat16 or float32)."""
         full = self.full_name(name)
         return self._files[self._where[full]].get_tensor(full)
+
+    def read_shard(self, name: str, world: int, rank: int) -> np.ndarray:
+        """Rank ``rank``'s piece of tensor ``name`` for tensor parallelism over ``world`` ranks
+        (:func:`flashllm_nb.llm.parallel.shard_tensor`), reading only that piece's bytes."""
+        from flashllm_nb.llm.parallel import shard_tensor
+
+        full = self.full_name(name)
+        view = self._files[self._where[full]].get_slice(full)
+        piece = shard_tensor(self.config, name, view, world, rank)
+        return view[:] if piece is view else np.asarray(piece)  # a replicated tensor comes back whole
 
     def read_rows(self, name: str, rows: int) -> np.ndarray:
         """The first ``rows`` rows of a matrix (for estimates; reads only those bytes)."""

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  flashllm-nb generate --model ./opt-6.7b --sparsity 0.8 --prompt \"The capital of France is\"\n"
                "  flashllm-nb generate --model ./llama-2-7b-wanda --prompt Hello --temperature 0.7\n"
-               "  flashllm-nb generate --model opt-66b --sparsity 0.8 --batch 16   # random weights: speed only\n")
+               "  flashllm-nb generate --model opt-66b --sparsity 0.8 --batch 16   # random weights: speed only\n"
+               "  flashllm-nb generate --model opt-175b --sparsity 0.8 --tp 2       # one process per GPU\n")
     parser.add_argument("--model", required=True, help="checkpoint folder, or a preset name (random weights)")
     parser.add_argument("--sparsity", type=sparsity_fraction, default=None,
                         help="prune every linear layer to this fraction of zeros (default: keep the checkpoint's "
@@ -41,28 +42,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-p", type=top_p_fraction, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", default=None, help="also save the pruned model to this folder")
+    parser.add_argument("--tp", type=positive_int, default=1,
+                        help="tensor parallelism: split the model over this many GPUs of this node, one process "
+                             "each (under torchrun or Slurm, give their world size)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[2:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     from flashllm_nb import llm
-    from flashllm_nb.llm import device
+    from flashllm_nb.llm import device, distributed
     from flashllm_nb.llm.config import PRESETS
 
     is_folder = os.path.isdir(args.model)
     if not is_folder and args.model not in PRESETS:
         parser.error(f"--model {args.model!r} is neither a folder nor a preset ({', '.join(sorted(PRESETS))})")
-    if device.SIMULATOR:
+    if args.tp > 1 and args.save:
+        parser.error("--save with --tp: each rank holds only its shard; save from a single-GPU run")
+    if args.tp > 1 and distributed.process_group_from_environ().world_size == 1:
+        # the launching process: one process per GPU runs this same command as a rank
+        _check_tp(args, is_folder, parser)
+        try:
+            distributed.launch(args.tp, ["-m", "flashllm_nb.cli", "generate", *argv])
+        except distributed.RankFailed as error:
+            print(error, file=sys.stderr)
+            return 1
+        return 0
+    rank = distributed.process_group_from_environ().rank if args.tp > 1 else 0
+    if rank != 0:  # every rank computes the same tokens; rank 0 reports them
+        sys.stdout = open(os.devnull, "w")
+    if device.SIMULATOR and rank == 0:
         print("no GPU: running in Numba's CUDA simulator, on the CPU; only tiny models finish (e.g. --model "
               "opt-tiny), and times are meaningless", file=sys.stderr)
     if is_folder:
-        model = llm.load(args.model, sparsity=args.sparsity, prune=args.prune, dtype=args.dtype)
+        model = llm.load(args.model, sparsity=args.sparsity, prune=args.prune, dtype=args.dtype,
+                         tensor_parallel=args.tp, progress=rank == 0)
     else:
         model = llm.random_model(args.model, sparsity=0.8 if args.sparsity is None else args.sparsity,
-                                 prune=args.prune, dtype=args.dtype)
-    print(model)
+                                 prune=args.prune, dtype=args.dtype, tensor_parallel=args.tp, progress=rank == 0)
+    print(model if args.tp == 1 else f"{model} (rank 0 of {args.tp})")
     tokenizer = _tokenizer(model)
     prompts = _prompts(args, model, tokenizer, parser)
     out, stats = llm.generate(model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -82,6 +102,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         model.save(args.save)
         print(f"saved to {args.save}")
     return 0
+
+
+def _check_tp(args, is_folder: bool, parser) -> None:
+    """Refuse a --tp that does not divide the model's heads and MLP before starting any rank."""
+    from flashllm_nb.llm import parallel, saved
+    from flashllm_nb.llm.config import preset, read_config
+
+    if is_folder and saved.is_saved(args.model):
+        parser.error("--tp needs a checkpoint folder or a preset; a saved flashllm_nb folder holds whole matrices")
+    config = read_config(args.model)[0] if is_folder else preset(args.model)
+    try:
+        parallel.check_tensor_parallel(config, args.tp)
+    except ValueError as error:
+        parser.error(f"--tp {args.tp}: {error}")
 
 
 def _tokenizer(model):

@@ -10,7 +10,8 @@ import numpy as np
 from flashllm_nb import _runtime
 from flashllm_nb.kernels import ptx
 
-__all__ = ["SIMULATOR", "xp", "to_device", "to_host", "Stream", "synchronize", "free_memory", "device_name"]
+__all__ = ["SIMULATOR", "xp", "to_device", "to_host", "Stream", "use_device", "synchronize", "free_memory",
+           "device_name"]
 
 SIMULATOR = ptx.SIMULATOR
 
@@ -57,6 +58,18 @@ class Stream:
     def synchronize(self) -> None:
         if self.cupy_stream is not None:
             self.cupy_stream.synchronize()
+
+
+def use_device(index: int) -> None:
+    """Make GPU ``index`` current for CuPy and for Numba's kernels (one process per GPU under tensor parallelism);
+    nothing under the simulator."""
+    if SIMULATOR:
+        return
+    import cupy
+    from numba import cuda
+
+    cupy.cuda.Device(index).use()
+    cuda.select_device(index)
 
 
 def synchronize() -> None:

@@ -14,7 +14,9 @@ per sequence) and a plain forward (a fresh cache). Per layer, pre-LN (OPT's usua
     delta    = ffn @ W_ffn_out.T + b
 
 and at the end ``final_norm(residual += delta)``, the optional ``project_out`` and the LM head on the rows whose
-logits are wanted. OPT-350m's post-LN layers normalise ``residual + delta`` into the residual instead.
+logits are wanted. OPT-350m's post-LN layers normalise ``residual + delta`` into the residual instead. Under
+tensor parallelism (:mod:`flashllm_nb.llm.parallel`) a rank holds some heads and MLP rows, and the model's
+communicator sums ``delta`` over the ranks after each of the two output projections.
 
 Every buffer is allocated once per :class:`Activations` (and the cache once per :class:`KVCache`), so a decode step
 reads and writes the same addresses every time: it can be captured once as a CUDA graph and replayed.
@@ -116,6 +118,7 @@ def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None
         return None if planner is None else planner.scratch_for(linear, x, out, tokens, stream)
 
     h = c.hidden_size
+    comm = model.communicator
     splits = kernels.attention_splits(tokens, c.num_heads, cache.max_len)
     partials = acts.attention_partials(kernels.attention_workspace_size(tokens, c.num_heads, c.head_dim, splits))
     _embed(model, acts, tokens, stream)
@@ -134,12 +137,16 @@ def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None
                           c.num_heads, c.num_kv_heads, c.head_dim, cache.max_len, c.sliding_window or 0,
                           c.head_dim ** -0.5, dtype, stream, splits, partials)
         block.out(acts.attn, acts.delta, tokens, stream, scratch(block.out, acts.attn, acts.delta))
+        if comm is not None:  # tensor parallelism: each rank's output projection is a partial sum
+            comm.all_reduce(acts.delta, tokens * h, dtype, stream)
         _norm(model, block.attn_norm if not c.norm_before else block.ffn_norm, acts, acts.delta, tokens, stream,
               post=not c.norm_before)
         x = acts.normed if c.norm_before else acts.residual
         block.ffn_in(x, acts.ffn, tokens, stream, scratch(block.ffn_in, x, acts.ffn))
         kernels.activation(acts.ffn, acts.act, tokens, c.ffn_size, c.activation, dtype, stream)
         block.ffn_out(acts.act, acts.delta, tokens, stream, scratch(block.ffn_out, acts.act, acts.delta))
+        if comm is not None:
+            comm.all_reduce(acts.delta, tokens * h, dtype, stream)
         if c.norm_before:
             pending = acts.delta
         else:

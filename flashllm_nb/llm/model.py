@@ -74,11 +74,16 @@ class Model:
     blocks : list of Block
     prefill : PrefillPlanner
         How sparse layers multiply many tokens at once (``model.prefill.policy = "sparse" | "dense" | "auto"``).
+    communicator : optional
+        Under tensor parallelism, the all-reduce between ranks (:mod:`flashllm_nb.llm.collectives`); ``config``
+        is then this rank's share of the model (:func:`flashllm_nb.llm.parallel.shard_config`).
     """
 
     def __init__(self, config: ModelConfig, dtype, embed_tokens, embed_positions, project_in, project_out,
-                 blocks: list[Block], final_norm: Norm | None, lm_head: Linear, prefill_policy: str = "auto"):
+                 blocks: list[Block], final_norm: Norm | None, lm_head: Linear, prefill_policy: str = "auto",
+                 communicator=None):
         self.config = config
+        self.communicator = communicator  # tensor parallelism: sums partial outputs over the ranks
         self.dtype = np.dtype(dtype)
         self.embed_tokens = embed_tokens
         self.embed_positions = embed_positions
