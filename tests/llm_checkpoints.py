@@ -76,3 +76,14 @@ def write_checkpoint(path, hf_config: dict, tensors: dict, shards: int = 1, drop
 
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def zero_decoder_linears(model, fraction: float = 0.8) -> None:
+    """Zero about ``fraction`` of every decoder linear weight of a transformers ``model`` in place, by a random
+    mask from torch's generator (what pruning code leaves: -0.0 where a weight was negative)."""
+    import torch
+
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and ".layers." in module_name:
+                module.weight.mul_(torch.rand_like(module.weight) >= fraction)

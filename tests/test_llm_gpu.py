@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from flashllm_nb.reference.tolerance import assert_logits_close, logits_bound
+from llm_checkpoints import zero_decoder_linears
 
 pytestmark = pytest.mark.gpu
 
@@ -38,10 +39,7 @@ def _hf_checkpoint(path, name: str, dtype: str = "float16", seed: int = 0):
     torch.manual_seed(seed)
     config = transformers.AutoConfig.for_model(**CONFIGS[name])
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for module_name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and ".layers." in module_name:
-                module.weight.mul_(torch.rand_like(module.weight) >= 0.8)
+    zero_decoder_linears(model, 0.8)
     model.to(getattr(torch, dtype)).save_pretrained(path)
     reference = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64,
                                                                   attn_implementation="eager").cuda().eval()

@@ -4,16 +4,13 @@ give the eager steps' tokens. Skipped where fewer than two GPUs are visible, say
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from flashllm_nb.llm.config import from_hf
-from flashllm_nb.llm.distributed import launch
 from flashllm_nb.reference.decoder import decoder_logits
 from flashllm_nb.reference.tolerance import assert_logits_close
-from llm_checkpoints import random_tensors, tiny_config, write_checkpoint
+from parallel_ranks import run_ranks
 
 pytestmark = pytest.mark.gpu
 
@@ -21,8 +18,8 @@ RANK_SCRIPT = """
 import json, os, sys
 import numpy as np
 from flashllm_nb import llm
-path, out = sys.argv[1], sys.argv[2]
-model = llm.load(path, tensor_parallel=2, progress=False)
+path, out, world = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model = llm.load(path, tensor_parallel=world, progress=False)
 ids = np.array(json.loads(os.environ["IDS"]))
 logits = model.forward(ids).get()
 graph = llm.generate(model, ids, max_new_tokens=8, eos_token_id=None)
@@ -44,14 +41,8 @@ def _gpus() -> int:
 @pytest.mark.skipif(_gpus() < 2, reason="needs two GPUs (tensor parallelism over NCCL)")
 @pytest.mark.parametrize("name", ["opt-tiny", "llama-tiny"])
 def test_two_gpus_match_the_reference_and_the_graph_matches_eager(tmp_path, monkeypatch, name):
-    hf_config = tiny_config(name)
-    tensors = random_tensors(hf_config, seed=7, zero_fraction=0.8)
-    path = write_checkpoint(tmp_path / "ckpt", hf_config, tensors)
-    ids = np.random.default_rng(3).integers(4, hf_config["vocab_size"], (2, 9))
-    monkeypatch.setenv("IDS", json.dumps(ids.tolist()))
-    out = tmp_path / "rank0.npz"
-    launch(2, ["-c", RANK_SCRIPT, path, str(out)])
-    result = np.load(out)
+    hf_config, tensors, ids, result = run_ranks(tmp_path, monkeypatch, name, RANK_SCRIPT, 2, (2, 9), seed=7,
+                                                simulator=False)
     config = from_hf(hf_config)
     ref = np.stack([decoder_logits(config, tensors, row) for row in ids])
     assert_logits_close(result["logits"], ref, config.num_layers, np.float16, what=f"{name} on 2 GPUs")

@@ -6,7 +6,6 @@ testable here: the device tool lends one GPU at a time)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,10 +14,10 @@ import numpy as np
 import pytest
 
 from flashllm_nb.llm.config import from_hf
-from flashllm_nb.llm.distributed import launch
 from flashllm_nb.reference.decoder import decoder_logits
 from flashllm_nb.reference.tolerance import assert_logits_close, logits_bound
 from llm_checkpoints import random_tensors, tiny_config, write_checkpoint
+from parallel_ranks import run_ranks
 
 pytestmark = pytest.mark.sim
 
@@ -38,15 +37,8 @@ if os.environ["RANK"] == "0":
 
 @pytest.mark.parametrize("name", ["opt-tiny", "llama-tiny"])
 def test_two_ranks_match_the_reference(tmp_path, monkeypatch, name):
-    hf_config = tiny_config(name)
-    tensors = random_tensors(hf_config, seed=5, zero_fraction=0.8)
-    path = write_checkpoint(tmp_path / "ckpt", hf_config, tensors)
-    ids = np.random.default_rng(2).integers(4, hf_config["vocab_size"], (2, 6))
-    monkeypatch.setenv("IDS", json.dumps(ids.tolist()))
-    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
-    out = tmp_path / "rank0.npz"
-    launch(2, ["-c", RANK_SCRIPT, path, str(out), "2"])
-    result = np.load(out)
+    hf_config, tensors, ids, result = run_ranks(tmp_path, monkeypatch, name, RANK_SCRIPT, 2, (2, 6), seed=5,
+                                                simulator=True)
     config = from_hf(hf_config)
     assert int(result["heads"]) == config.num_heads // 2  # each rank ran half the heads
     ref = np.stack([decoder_logits(config, tensors, row) for row in ids])

@@ -19,6 +19,7 @@ import flashllm_nb.torch as flt
 from flashllm_nb import prune
 from flashllm_nb.kernels import ptx
 from flashllm_nb.reference.tolerance import assert_close_to_reference, assert_logits_close, logits_bound
+from llm_checkpoints import zero_decoder_linears
 
 DEVICE = torch.device("cpu") if ptx.SIMULATOR else torch.device("cuda")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -140,10 +141,7 @@ def _tiny_models(name: str):
     torch.manual_seed(0)
     config = transformers.AutoConfig.for_model(**TINY_MODELS[name])
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for module_name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and ".layers." in module_name:
-                module.weight.mul_(torch.rand_like(module.weight) >= 0.8)
+    zero_decoder_linears(model, 0.8)
     model.half()
     reference = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     reference.load_state_dict(model.state_dict())
