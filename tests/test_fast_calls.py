@@ -46,18 +46,16 @@ class StubLaunch:
 
 
 @pytest.fixture
-def calls(monkeypatch):
-    monkeypatch.setattr(api, "_current_stream", lambda: 7)
-    monkeypatch.setattr(api, "_cupy", lambda: types.SimpleNamespace(
-        empty=lambda shape, dtype: FakeArray(shape, 0x9000, dtype)))
-    return api._FastCalls()
+def calls():
+    """A cache whose current stream is 7 and whose new outputs are stand-ins at 0x9000."""
+    return api._FastCalls(current_stream=lambda: 7, empty=lambda shape, dtype: FakeArray(shape, 0x9000, dtype))
 
 
-def remember(calls, A, X, bias=None, out=None, stream=None, split_k=None):
+def remember(calls, A, X, bias=None, out=None, stream=None, split_k=None, force=None):
     """Remember a call as _run does after its checks; returns the stub launch."""
     launch = StubLaunch()
     output = out if out is not None else FakeArray((X.shape[0], 64), 0x8000)
-    calls.remember(A, X, bias, out, output, stream, split_k, "nk", lambda: launch)
+    calls.remember(A, X, bias, out, output, stream, split_k, "nk", force, lambda: launch)
     return launch
 
 
@@ -77,7 +75,7 @@ def test_a_repeated_call_patches_the_pointers_and_launches(calls):
     assert launch_bias.launched == [(0x2000, 0x3000, 0x5000)]
 
 
-@pytest.mark.parametrize("change", ["strides", "misaligned", "shape", "dtype", "split_k", "split_k_bool",
+@pytest.mark.parametrize("change", ["strides", "misaligned", "shape", "dtype", "split_k", "split_k_bool", "force",
                                     "stream", "layout", "bias_type", "out_strides", "other_matrix"])
 def test_anything_the_key_or_checks_do_not_cover_misses(calls, change):
     A, X, out = Matrix(), FakeArray((16, 128), 0x1000), FakeArray((16, 64), 0x3000)
@@ -96,6 +94,8 @@ def test_anything_the_key_or_checks_do_not_cover_misses(calls, change):
         args["split_k"] = 2
     elif change == "split_k_bool":  # True == 1, but the full path rejects a bool
         args["split_k"] = True
+    elif change == "force":
+        args["force"] = _launch.Force(mma="sync")
     elif change == "stream":
         args["stream"] = 5
     elif change == "layout":
@@ -117,7 +117,7 @@ def test_calls_with_other_kinds_of_arrays_are_not_remembered(calls, bias):
     """Such calls could never hit (run re-checks the types): packing a launch for them would only cost time."""
     A, X = Matrix(), FakeArray((16, 128), 0x1000)
     packed = []
-    calls.remember(A, X, bias, None, FakeArray((16, 64), 0x8000), None, None, "nk", lambda: packed.append(1))
+    calls.remember(A, X, bias, None, FakeArray((16, 64), 0x8000), None, None, "nk", None, lambda: packed.append(1))
     assert packed == [] and calls.run(A, X, bias, None, None, None, "nk") is calls.MISS
 
 

@@ -13,6 +13,7 @@ from flashllm_nb.kernels.launch import (
     ENTRIES_MID_PREFETCH_UPTO,
     ENTRIES_SMALL_PREFETCH_UPTO,
     MIN_K_TILES_PER_SPLIT,
+    Force,
     PARTIAL_WAVE_FLOOR,
     PREFETCH_MORE_FROM,
     PREFETCH_MORE_TILE_N,
@@ -174,7 +175,7 @@ def test_linear_takes_wgmma_on_the_simulated_hopper_and_spmm_mma_sync(n, warps):
     assert (nk.mma, nk.warps) == ("wgmma", warps)
     kn = plan(1000, n, 640, "float16", "kn").config
     assert (kn.mma, kn.warps) == ("sync", 4)
-    forced = plan(1000, n, 640, "bfloat16", "nk", mma="sync").config
+    forced = plan(1000, n, 640, "bfloat16", "nk", force=Force(mma="sync")).config
     assert (forced.mma, forced.warps, forced.dtype) == ("sync", 4, "bfloat16")
 
 
@@ -182,7 +183,7 @@ def test_bad_mma_choices_are_named():
     from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
 
     with pytest.raises(ValueError, match=r"Invalid mma: expected one of \('sync', 'wgmma'\) or None, got 'hmma'"):
-        plan(128, 16, 64, "float16", "nk", mma="hmma")
+        Force(mma="hmma")
     with pytest.raises(ValueError, match=r"mma='wgmma' needs x_layout='nk'.*got x_layout='kn'"):
         SpmmConfig(tile_n=16, x_layout="kn", mma="wgmma")
     with pytest.raises(ValueError, match=r"Invalid mma of SpmmConfig: expected one of .*got 'x'"):
@@ -244,8 +245,9 @@ def test_wgmma_blocks_clear_by_entries_down_to_77_percent(mma, tile_n, tile_vect
 def test_plan_passes_the_clearing_on():
     assert plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=205).config.clear == "entries"
     assert plan(1000, 16, 640, "float16", "kn", split_k=2, tile_vectors=205).config.prefetch_vectors == 256
-    assert plan(1000, 16, 640, "float16", "nk", split_k=1, mma="sync", tile_vectors=410).config.clear == "rows"
-    config = plan(1000, 16, 640, "float16", "nk", split_k=1, mma="wgmma", tile_vectors=410).config
+    assert plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=410,
+                force=Force(mma="sync")).config.clear == "rows"
+    config = plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=410, force=Force(mma="wgmma")).config
     assert (config.clear, config.prefetch_vectors, config.stages) == ("entries", 512, 4)
 
 
@@ -261,13 +263,15 @@ def test_plan_passes_the_stages_on_and_they_fit_six_blocks():
     """A 90 %-sparse matrix at N = 16 on the wgmma path (forced, so that the test means the same on any device):
     entries, 256 vectors, 2 stages, and a block's shared memory (k-tiles of a 9216-wide layer split 3 ways) small
     enough for 6 blocks on a 228 KB SM (1 KB reserved per block)."""
-    config = plan(1000, 16, 9216, "float16", "nk", split_k=3, mma="wgmma", tile_vectors=205).config
+    config = plan(1000, 16, 9216, "float16", "nk", split_k=3, tile_vectors=205, force=Force(mma="wgmma")).config
     assert (config.mma, config.clear, config.prefetch_vectors, config.stages) == ("wgmma", "entries", 256, 2)
     assert config.launch_bounds == (128, 6)
     assert 6 * (config.shared_bytes(48) + 1024) <= 228 * 1024
-    assert plan(1000, 16, 9216, "float16", "nk", split_k=3, mma="sync", tile_vectors=205).config.stages == 4
+    assert plan(1000, 16, 9216, "float16", "nk", split_k=3, tile_vectors=205,
+                force=Force(mma="sync")).config.stages == 4
     assert plan(1000, 16, 9216, "float16", "kn", split_k=3, tile_vectors=205).config.stages == 4
-    assert plan(1000, 16, 9216, "float16", "nk", split_k=3, mma="wgmma", tile_vectors=410).config.stages == 4
+    assert plan(1000, 16, 9216, "float16", "nk", split_k=3, tile_vectors=410,
+                force=Force(mma="wgmma")).config.stages == 4
 
 
 @pytest.mark.parametrize("changes", [dict(clear="rows", prefetch_vectors=512), dict(prefetch_vectors=384),
@@ -295,3 +299,18 @@ def test_bad_clear_is_named():
     expected = r"Invalid clear of SpmmConfig: expected one of \('rows', 'entries'\), got 'none'"
     with pytest.raises(ValueError, match=expected):
         SpmmConfig(tile_n=16, clear="none")
+
+
+def test_force_fixes_each_choice_and_refuses_what_is_not_built():
+    """Force replaces a decision, field by field; the rest are decided as usual; SpmmConfig refuses a variant the
+    kernel is not built for. Plans are cached per force (a forced plan never answers an unforced call)."""
+    free = plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=410).config
+    forced = plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=410,
+                  force=Force(mma="sync", clear="entries", prefetch_vectors=384)).config
+    assert (forced.mma, forced.clear, forced.prefetch_vectors, forced.warps) == ("sync", "entries", 384, 4)
+    assert free == plan(1000, 16, 640, "float16", "nk", split_k=1, tile_vectors=410).config != forced
+    assert plan(1000, 64, 640, "float16", "nk", force=Force(mma="wgmma", warps=4)).config.warps == 4
+    assert plan(1000, 16, 64 * 40, "float16", "nk", force=Force(split_k=5)).splits == 5
+    assert plan(1000, 16, 64 * 40, "float16", "nk", split_k=2, force=Force(split_k=5)).splits == 2  # argument first
+    with pytest.raises(ValueError, match="stages=2 is built only with"):
+        plan(1000, 16, 640, "float16", "nk", force=Force(mma="sync", stages=2))

@@ -26,7 +26,7 @@ def _pruned(rng, m, k, sparsity):
     return W
 
 
-def _check(W32, X32, dtype, *, layout="nk", split_k=None, bias32=None):
+def _check(W32, X32, dtype, *, layout="nk", split_k=None, bias32=None, force=None):
     """Run linear (layout "nk") or spmm ("kn") on W, X rounded to dtype; compare with the float64 product."""
     as_dtype = (lambda a: a.astype(np.float16)) if dtype == np.float16 else _to_torch_bf16
     W, X = as_dtype(W32), as_dtype(X32)
@@ -35,13 +35,13 @@ def _check(W32, X32, dtype, *, layout="nk", split_k=None, bias32=None):
     if layout == "nk":
         out = _poisoned(as_dtype, (X32.shape[0], W32.shape[0]))
         bias = None if bias32 is None else as_dtype(bias32)
-        Y = fl.linear(X, A, bias=bias, out=out, split_k=split_k)
+        Y = fl.linear(X, A, bias=bias, out=out, split_k=split_k, force=force)
         ref = X64 @ W64.T + (0 if bias is None else _float64(bias)[None, :])
         abs_prod = cp.abs(X64) @ cp.abs(W64).T
     else:
         Xt = as_dtype(X32.T.copy())
         out = _poisoned(as_dtype, (W32.shape[0], X32.shape[0]))
-        Y = fl.spmm(A, Xt, out=out, split_k=split_k)
+        Y = fl.spmm(A, Xt, out=out, split_k=split_k, force=force)
         ref = W64 @ X64.T
         abs_prod = cp.abs(W64) @ cp.abs(X64).T
     assert Y is out
@@ -105,7 +105,7 @@ def test_sparse_layers_clear_by_entries(m, k, n, sparsity, layout, split_k):
 
 
 @pytest.mark.parametrize("n, split_k", [(16, None), (8, 3)])
-def test_wgmma_entries_zero_whole_tiles_over_the_register_buffer(n, split_k, monkeypatch):
+def test_wgmma_entries_zero_whole_tiles_over_the_register_buffer(n, split_k):
     """clear="entries" forced on a 72 %-sparse layer on the wgmma path: its tiles (~575 vectors) overflow the
     512-vector buffer, so every thread zeroes the whole buffer (not its entries) before the zero-first barrier, and
     the overflowing vectors load during the scatter. The plan never chooses this (entries stop at 480 vectors);
@@ -114,18 +114,14 @@ def test_wgmma_entries_zero_whole_tiles_over_the_register_buffer(n, split_k, mon
 
     if launch.mma_for("nk") != "wgmma":
         pytest.skip("the wgmma path needs a Hopper (sm_90) GPU")
-    monkeypatch.setattr(launch, "clear_for", lambda mma, warps, tile_n, tile_vectors: "entries")
-    launch.plan.cache_clear()
-    try:
-        rng = np.random.default_rng(72 + n)
-        W = _pruned(rng, 4096, 6144, 0.72)
-        A = fl.TiledCSL.from_dense(W.astype(np.float16))
-        config = launch.plan(4096, n, 6144, "float16", "nk", tile_vectors=A.mean_tile_vectors).config
-        assert (config.mma, config.clear, config.prefetch_vectors) == ("wgmma", "entries", 512)
-        assert A.mean_tile_vectors > 512
-        _check(W, cp.asarray(rng.standard_normal((n, 6144), dtype=np.float32)), np.float16, split_k=split_k)
-    finally:
-        launch.plan.cache_clear()  # the forced plans must not outlive the test
+    force = launch.Force(clear="entries")
+    rng = np.random.default_rng(72 + n)
+    W = _pruned(rng, 4096, 6144, 0.72)
+    A = fl.TiledCSL.from_dense(W.astype(np.float16))
+    config = launch.plan(4096, n, 6144, "float16", "nk", tile_vectors=A.mean_tile_vectors, force=force).config
+    assert (config.mma, config.clear, config.prefetch_vectors) == ("wgmma", "entries", 512)
+    assert A.mean_tile_vectors > 512
+    _check(W, cp.asarray(rng.standard_normal((n, 6144), dtype=np.float32)), np.float16, split_k=split_k, force=force)
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 33, 100, 256])
@@ -217,13 +213,13 @@ def test_repeated_calls_take_the_remembered_launch_and_stay_right(monkeypatch):
     with and without bias, and new matrices at possibly recycled addresses, every result equals the float64
     reference; arguments the remembered launch cannot take (column-major X, misaligned X, a wrong out dtype)
     still take the full path, which copies or raises as ever."""
-    from flashllm_nb.kernels import api
+    from flashllm_nb.kernels import launch
 
     rng = np.random.default_rng(11)
     m = k = 4096
     full_path = []
-    original = api._launch.launch
-    monkeypatch.setattr(api._launch, "launch", lambda *a: (full_path.append(1), original(*a)))
+    original = launch.launch
+    monkeypatch.setattr(launch, "launch", lambda *a: (full_path.append(1), original(*a)))  # a spy on a public name
 
     def check(Y, X, W, bias):
         X64, W64 = _float64(X), _float64(W)

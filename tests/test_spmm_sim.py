@@ -5,9 +5,9 @@ Python thread per CUDA thread, so shapes stay at a few tiles. The awkward cases 
 are not tile multiples, N = 1 and N not a multiple of 8, empty and fully dense tiles, tiles denser than the
 register budget (the overflow pass), split-K on and off, NaN and Inf, bf16, bias, a caller's ``out``.
 
-The simulator plays a Hopper GPU, so ``linear`` plans the wgmma kernels; the ``tensor_core_path`` fixture runs the
-``linear`` tests a second time with the mma.sync kernels that every other GPU's ``linear`` takes (``spmm`` always
-takes them).
+The simulator plays a Hopper GPU, so ``linear`` plans the wgmma kernels; tests parametrized by ``path`` run the
+``linear`` cases a second time with the mma.sync kernels that every other GPU's ``linear`` takes (``spmm`` always
+takes them), forced through ``launch.Force``, as are the clearing and register-buffer variants.
 """
 
 from __future__ import annotations
@@ -29,20 +29,14 @@ pytestmark = pytest.mark.sim
 DTYPES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
 
 
-BOTH_PATHS = pytest.mark.parametrize("tensor_core_path", ["wgmma", "sync"], indirect=True)
+BOTH_PATHS = pytest.mark.parametrize("path", ["wgmma", "sync"])
 
 
-@pytest.fixture
-def tensor_core_path(request, monkeypatch):
-    """Plan ``linear`` products with the Tensor-Core instruction ``request.param`` (indirect parametrization) for the
-    length of a test (plans are cached, so the cache is emptied on the way in and out). The mma.sync kernels are
-    slower to simulate (28 warp collectives per warp and k-tile against wgmma's 8 per warpgroup), so the slowest
-    tests run them on fewer cases."""
+def _force(path=None, clear=None, prefetch_vectors=None):
+    """The plan choices a test fixes (None: the plan's own); the simulator plays a Hopper GPU, where linear takes
+    the wgmma kernels unless told otherwise."""
     assert launch.mma_for("nk") == "wgmma", "the simulator is meant to play a Hopper GPU"
-    monkeypatch.setattr(launch, "mma_for", lambda x_layout: request.param if x_layout == "nk" else "sync")
-    launch.plan.cache_clear()
-    yield request.param
-    launch.plan.cache_clear()
+    return launch.Force(mma=path, clear=clear, prefetch_vectors=prefetch_vectors)
 
 
 def _random_sparse(rng, m, k, sparsity, dtype):
@@ -51,17 +45,17 @@ def _random_sparse(rng, m, k, sparsity, dtype):
     return W.astype(dtype)
 
 
-def _check_linear(W, X, bias=None, split_k=None):
+def _check_linear(W, X, bias=None, split_k=None, force=None):
     A = fl.TiledCSL.from_dense(W)
-    Y = fl.linear(X, A, bias=bias, split_k=split_k)
+    Y = fl.linear(X, A, bias=bias, split_k=split_k, force=force)
     assert Y.dtype == W.dtype and Y.shape == (X.shape[0], W.shape[0])
     ref = linear_reference(X, A, bias)
     assert_close_to_reference(Y, ref, abs_product(X, W.T), W.shape[1], W.dtype, what="linear")
 
 
-def _check_spmm(W, X, split_k=None):
+def _check_spmm(W, X, split_k=None, force=None):
     A = fl.TiledCSL.from_dense(W)
-    Y = fl.spmm(A, X, split_k=split_k)
+    Y = fl.spmm(A, X, split_k=split_k, force=force)
     assert Y.dtype == W.dtype and Y.shape == (W.shape[0], X.shape[1])
     assert_close_to_reference(Y, spmm_reference(A, X), abs_product(W, X), W.shape[1], W.dtype, what="spmm")
 
@@ -85,19 +79,17 @@ def test_linear_matches_reference(m, k, n, sparsity, dtype, split_k, seed):
     _linear_case(m, k, n, sparsity, dtype, split_k, seed)
 
 
-# The fixture's patch is meant to hold for every example of the test, which is what a function-scoped fixture gives.
-@pytest.mark.parametrize("tensor_core_path", ["sync"], indirect=True)
-@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=15, suppress_health_check=[HealthCheck.too_slow])
 @given(**_LINEAR_CASES)
-def test_linear_matches_reference_with_mma_sync(tensor_core_path, m, k, n, sparsity, dtype, split_k, seed):
+def test_linear_matches_reference_with_mma_sync(m, k, n, sparsity, dtype, split_k, seed):
     """The same property on the mma.sync kernels that linear takes on GPUs other than Hopper."""
-    _linear_case(m, k, n, sparsity, dtype, split_k, seed)
+    _linear_case(m, k, n, sparsity, dtype, split_k, seed, _force("sync"))
 
 
-def _linear_case(m, k, n, sparsity, dtype, split_k, seed):
+def _linear_case(m, k, n, sparsity, dtype, split_k, seed, force=None):
     rng = np.random.default_rng(seed)
     _check_linear(_random_sparse(rng, m, k, sparsity, dtype), rng.standard_normal((n, k)).astype(dtype),
-                  split_k=split_k)
+                  split_k=split_k, force=force)
 
 
 @settings(max_examples=25)
@@ -117,17 +109,18 @@ def test_spmm_matches_reference(m, k, n, sparsity, dtype, split_k, seed):
                 split_k=split_k)
 
 
-@pytest.mark.parametrize("tensor_core_path, n", [("wgmma", n) for n in (1, 7, 8, 9, 16, 33, 64, 65)]
-                         + [("sync", n) for n in (1, 9, 16, 33)], indirect=["tensor_core_path"])
-def test_every_block_width(tensor_core_path, n):
+@pytest.mark.parametrize("path, n", [("wgmma", n) for n in (1, 7, 8, 9, 16, 33, 64, 65)]
+                         + [("sync", n) for n in (1, 9, 16, 33)])
+def test_every_block_width(path, n):
     """Each tile_n (8/16/32/64) and the column-block grid beyond 64, with N on and off multiples of 8."""
     rng = np.random.default_rng(n)
-    _check_linear(_random_sparse(rng, 130, 72, 0.7, np.float16), rng.standard_normal((n, 72)).astype(np.float16))
+    _check_linear(_random_sparse(rng, 130, 72, 0.7, np.float16), rng.standard_normal((n, 72)).astype(np.float16),
+                  force=_force(path))
 
 
-@pytest.mark.parametrize("tensor_core_path, dtype", [("wgmma", DTYPES[0]), ("wgmma", DTYPES[1]), ("sync", DTYPES[0])],
-                         ids=["wgmma-fp16", "wgmma-bf16", "sync-fp16"], indirect=["tensor_core_path"])
-def test_empty_dense_and_overflowing_tiles(tensor_core_path, dtype):
+@pytest.mark.parametrize("path, dtype", [("wgmma", DTYPES[0]), ("wgmma", DTYPES[1]), ("sync", DTYPES[0])],
+                         ids=["wgmma-fp16", "wgmma-bf16", "sync-fp16"])
+def test_empty_dense_and_overflowing_tiles(path, dtype):
     """Tile rows/columns that are entirely empty next to fully dense tiles (8192 entries: more than the 2560 the
     registers prefetch for a matrix this dense, so the overflow pass runs), across split-K boundaries."""
     rng = np.random.default_rng(1)
@@ -138,16 +131,7 @@ def test_empty_dense_and_overflowing_tiles(tensor_core_path, dtype):
     A = fl.TiledCSL.from_dense(W)
     assert launch.prefetch_for(4, 8, A.mean_tile_vectors) == 640  # the larger register buffer is the one exercised here
     for split_k in (1, 2, 4):
-        _check_linear(W, X, split_k=split_k)
-
-
-@pytest.fixture
-def clearing(request, monkeypatch):
-    """Plan every product with ``SpmmConfig.clear = request.param`` (indirect parametrization) for a test."""
-    monkeypatch.setattr(launch, "clear_for", lambda mma, warps, tile_n, tile_vectors: request.param)
-    launch.plan.cache_clear()
-    yield request.param
-    launch.plan.cache_clear()
+        _check_linear(W, X, split_k=split_k, force=_force(path))
 
 
 # spmm ("kn") always takes mma.sync, so its wgmma cases would repeat the sync ones; "entries" is planned for 4-warp
@@ -160,12 +144,10 @@ _SEQUENCE_CASES = [(path, "rows", layout, n, None) for path in ("wgmma", "sync")
 _SEQUENCE_CASES += [("wgmma", "entries", "nk", 16, None), ("wgmma", "entries", "nk", 16, 256),
                     ("wgmma", "entries", "nk", 16, 384), ("sync", "entries", "nk", 16, 384),
                     ("sync", "entries", "kn", 16, 384), ("wgmma", "entries", "nk", 64, None)]
-_FORCE_ENTRIES_BUFFER = {256: "ENTRIES_SMALL_PREFETCH_UPTO", 384: "ENTRIES_MID_PREFETCH_UPTO"}
 
 
-@pytest.mark.parametrize("tensor_core_path, clearing, x_layout, n, entries_buffer", _SEQUENCE_CASES,
-                         indirect=["tensor_core_path", "clearing"])
-def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layout, n, entries_buffer, monkeypatch):
+@pytest.mark.parametrize("path, clearing, x_layout, n, entries_buffer", _SEQUENCE_CASES)
+def test_tile_sequence_leaves_no_stale_values(path, clearing, x_layout, n, entries_buffer):
     """Along one tile row, sparse tiles, a dense tile (more words than the registers prefetch), empty tiles and a
     one-entry tile (three padding words) follow each other in the two alternating A buffers, so a value that the
     clearing between tiles missed would enter a later tile's product (kernels that skipped clearing part of a
@@ -174,8 +156,7 @@ def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layo
     after, before a second barrier), or the whole buffer after a tile denser than its registers (the dense tile and
     the 30 %-dense one, 614 vectors); 11 tiles are five rounds of the loop unrolled by two and one step.
     N = 16 checks 4-warp blocks, N = 64 on the wgmma path 8-warp ones (two warpgroups)."""
-    if entries_buffer is not None:
-        monkeypatch.setattr(launch, _FORCE_ENTRIES_BUFFER[entries_buffer], 10**9)
+    force = _force(path if x_layout == "nk" else None, clearing, entries_buffer)
     rng = np.random.default_rng(3)
     densities = [0.1, 0.12, 1.0, 0.05, 0.0, 0.3, 0.1, 0.0, 0.2, 0.08, 0.15]
     W = np.zeros((128, 64 * len(densities)), np.float32)
@@ -184,21 +165,19 @@ def test_tile_sequence_leaves_no_stale_values(tensor_core_path, clearing, x_layo
     W[5, 64 * 7 + 3] = 1.5  # the one entry of tile 7
     W = W.astype(np.float16)
     tile_vectors = fl.TiledCSL.from_dense(W).mean_tile_vectors
-    config = launch.plan(128, n, W.shape[1], "float16", x_layout, tile_vectors=tile_vectors).config
+    config = launch.plan(128, n, W.shape[1], "float16", x_layout, tile_vectors=tile_vectors, force=force).config
     assert config.clear == clearing
     if entries_buffer is not None:
         assert config.prefetch_vectors == entries_buffer
     assert config.stages == (2 if entries_buffer == 256 else 4)
     if x_layout == "nk":
-        _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=1)
+        _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=1, force=force)
     else:
-        _check_spmm(W, rng.standard_normal((W.shape[1], n)).astype(np.float16), split_k=1)
+        _check_spmm(W, rng.standard_normal((W.shape[1], n)).astype(np.float16), split_k=1, force=force)
 
 
-@pytest.mark.parametrize("tensor_core_path, n, split_k", [("wgmma", 16, 1), ("wgmma", 16, 3), ("wgmma", 5, 3),
-                                                         ("sync", 9, 2)],
-                         indirect=["tensor_core_path"])
-def test_sparse_matrices_clear_by_entries(tensor_core_path, n, split_k):
+@pytest.mark.parametrize("path, n, split_k", [("wgmma", 16, 1), ("wgmma", 16, 3), ("wgmma", 5, 3), ("sync", 9, 2)])
+def test_sparse_matrices_clear_by_entries(path, n, split_k):
     """A 93 %-sparse matrix is planned with clear="entries" (the plan's own choice, not forced), and its product
     is right for block k ranges of both lengths modulo the loop's unrolling by two (7 k-tiles split 1, 2 or 3
     ways: 7; 4 and 3; 3, 3 and 1). At N = 16 on the wgmma path the plan gives the block two activation stages
@@ -206,10 +185,11 @@ def test_sparse_matrices_clear_by_entries(tensor_core_path, n, split_k):
     rng = np.random.default_rng(n)
     W = _random_sparse(rng, 130, 7 * 64 - 5, 0.93, np.float16)
     A = fl.TiledCSL.from_dense(W)
-    config = launch.plan(130, n, W.shape[1], "float16", "nk", tile_vectors=A.mean_tile_vectors).config
+    force = _force(path)
+    config = launch.plan(130, n, W.shape[1], "float16", "nk", tile_vectors=A.mean_tile_vectors, force=force).config
     assert config.clear == "entries"
-    assert config.stages == (2 if (tensor_core_path, n) == ("wgmma", 16) else 4)
-    _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=split_k)
+    assert config.stages == (2 if (path, n) == ("wgmma", 16) else 4)
+    _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=split_k, force=force)
 
 
 def test_all_zero_matrix_gives_zeros_and_bias():
@@ -235,7 +215,7 @@ def test_bias_and_caller_output(dtype):
 
 
 @BOTH_PATHS
-def test_nan_and_inf_propagate_as_dense(tensor_core_path):
+def test_nan_and_inf_propagate_as_dense(path):
     """NaN/Inf in A or X give what a dense product gives: 0 * Inf is NaN even where A's entry is a structural
     zero, because the kernel computes each tile densely."""
     rng = np.random.default_rng(4)
@@ -246,8 +226,8 @@ def test_nan_and_inf_propagate_as_dense(tensor_core_path):
     X = rng.standard_normal((6, 130)).astype(np.float16)
     X[2, 17] = np.inf  # column 17 of A has zeros: those rows turn NaN in a dense product
     X[4, 5] = 0  # 0 * inf in row 3 -> NaN for token 4
-    _check_linear(W, X)
-    _check_linear(W, X, split_k=2)
+    _check_linear(W, X, force=_force(path))
+    _check_linear(W, X, split_k=2, force=_force(path))
 
 
 @pytest.mark.parametrize("n", [3, 16])
@@ -314,3 +294,7 @@ class TestValidation:
     def test_bad_split_k(self):
         with pytest.raises(ValueError, match="Invalid value of split_k"):
             fl.linear(self.X, self.A, split_k=0)
+
+    def test_bad_force(self):
+        with pytest.raises(TypeError, match="Invalid type of force: expected None or a flashllm_nb.kernels.launch"):
+            fl.linear(self.X, self.A, force={"mma": "sync"})

@@ -29,7 +29,8 @@ __all__ = ["spmm", "linear", "prepare_spmm", "prepare_linear", "Prepared"]
 _CHUNK = 8  # the kernel moves activations in 16-byte chunks of 8 values: rows must start 16-byte aligned
 
 
-def spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: int | None = None) -> Any:
+def spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: int | None = None,
+         force: _launch.Force | None = None) -> Any:
     """Sparse times dense: ``A @ X``.
 
     Parameters
@@ -45,6 +46,9 @@ def spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: i
         A Numba or CuPy stream to launch on; the default stream when omitted.
     split_k : int, optional
         Force the number of K splits (1 = none); chosen from the shape and the device when omitted.
+    force : flashllm_nb.kernels.launch.Force, optional
+        Fix other choices of the plan (Tensor-Core instruction, clearing, register buffer, stages): for tests and
+        benchmarks that must run one variant; every variant computes the same product.
 
     Returns
     -------
@@ -56,11 +60,11 @@ def spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: i
     >>> Y = fl.spmm(A, X)                                          # doctest: +SKIP
     >>> np.allclose(Y.astype(np.float32), A.to_dense().astype(np.float32) @ X.astype(np.float32), rtol=1e-2)  # doctest: +SKIP
     """
-    return _run(A, X, None, out, stream, split_k, x_layout="kn")
+    return _run(A, X, None, out, stream, split_k, x_layout="kn", force=force)
 
 
 def linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any = None, *,
-           split_k: int | None = None) -> Any:
+           split_k: int | None = None, force: _launch.Force | None = None) -> Any:
     """A sparse linear layer: ``X @ A.T + bias``.
 
     Parameters
@@ -73,7 +77,7 @@ def linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any =
         (M,) added before the single rounding of the output.
     out : array, optional
         (N, M) row-major output; allocated when omitted.
-    stream, split_k
+    stream, split_k, force
         As for :func:`spmm`.
 
     Returns
@@ -81,7 +85,7 @@ def linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any =
     array
         (N, M) = X @ A.T + bias; ``out`` when given.
     """
-    return _run(A, X, bias, out, stream, split_k, x_layout="nk")
+    return _run(A, X, bias, out, stream, split_k, x_layout="nk", force=force)
 
 
 class Prepared:
@@ -127,14 +131,15 @@ class Prepared:
         return f"<flashllm_nb.Prepared product into {type(self.out).__module__} array of shape {tuple(self.out.shape)}>"
 
 
-def prepare_spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: int | None = None) -> Prepared:
+def prepare_spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: int | None = None,
+                 force: _launch.Force | None = None) -> Prepared:
     """:func:`spmm`, checked and packed once: ``P = prepare_spmm(A, X); P()`` computes ``A @ X`` into ``P.out``
     as often as it is called. Arguments and errors as for :func:`spmm`."""
-    return _run(A, X, None, out, stream, split_k, x_layout="kn", prepared=True)
+    return _run(A, X, None, out, stream, split_k, x_layout="kn", prepared=True, force=force)
 
 
 def prepare_linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any = None, *,
-                   split_k: int | None = None) -> Prepared:
+                   split_k: int | None = None, force: _launch.Force | None = None) -> Prepared:
     """:func:`linear`, checked and packed once: ``P = prepare_linear(X, A, bias); P()`` computes
     ``X @ A.T + bias`` into ``P.out`` as often as it is called. Arguments and errors as for :func:`linear`.
 
@@ -144,15 +149,15 @@ def prepare_linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, strea
     >>> for step in range(steps):                                  # doctest: +SKIP
     ...     X[...] = next_activations(); P()                      # Y now holds X @ A.T
     """
-    return _run(A, X, bias, out, stream, split_k, x_layout="nk", prepared=True)
+    return _run(A, X, bias, out, stream, split_k, x_layout="nk", prepared=True, force=force)
 
 
-def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
+def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None):
     # This is the per-call host path of every sparse layer: it checks everything, but in a few attribute reads
     # per argument (see _operand); the launch below it trusts its inputs. A repeated CuPy call takes the
     # remembered launch instead (_FastCalls), after the checks that can change from call to call.
     if not prepared and _kind(X) == "cupy":
-        result = _fast_calls.run(A, X, bias, out, stream, split_k, x_layout)
+        result = _fast_calls.run(A, X, bias, out, stream, split_k, x_layout, force)
         if result is not _fast_calls.MISS:
             return result
     given_out = out
@@ -171,6 +176,8 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
         check_shape(x, "X", (None, k) if x_layout == "nk" else (k, None))
     if split_k is not None and (isinstance(split_k, bool) or not isinstance(split_k, (int, np.integer)) or split_k < 1):
         raise invalid("value", "split_k", "None or an integer >= 1", split_k)
+    if force is not None and not isinstance(force, _launch.Force):
+        raise invalid("type", "force", "None or a flashllm_nb.kernels.launch.Force", type(force).__name__, TypeError)
 
     out_shape = (n, m) if x_layout == "nk" else (m, n)
     if out is None:
@@ -200,7 +207,7 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
     given_x = x
     x, ldx = _aligned_rows(x, xp)
     p = _launch.plan(m, n, k, "bfloat16" if dtype == _xp.BFLOAT16 else "float16", x_layout,
-                     None if split_k is None else int(split_k), tile_vectors=A.mean_tile_vectors)
+                     None if split_k is None else int(split_k), tile_vectors=A.mean_tile_vectors, force=force)
     if kind == "numpy":  # the simulator indexes its arrays: flat uint16 views
         x_flat, y = x.reshape(-1), y.reshape(-1)
     else:
@@ -209,7 +216,7 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False):
                  0 if kind == "numpy" else _stream_handle(stream, X))
     if not prepared:
         if kind == "cupy" and x is given_x and out_kind == "cupy":
-            _fast_calls.remember(A, X, given_bias, given_out, out, stream, split_k, x_layout,
+            _fast_calls.remember(A, X, given_bias, given_out, out, stream, split_k, x_layout, force,
                                  lambda: _launch.prepare(*arguments))
         _launch.launch(*arguments)
         return out
@@ -243,8 +250,12 @@ class _FastCalls:
     MISS = object()
     _PER_MATRIX = 16  # call signatures remembered per matrix (shapes, out/bias, stream); the oldest goes first
 
-    def __init__(self):
+    def __init__(self, current_stream=None, empty=None):
+        """``current_stream()`` gives the raw handle ``stream=None`` means and ``empty(shape, dtype)`` allocates an
+        output: CuPy's by default (a test without a GPU gives its own)."""
         self._local = threading.local()
+        self._current_stream = current_stream or _current_stream
+        self._empty = empty or (lambda shape, dtype: _cupy().empty(shape, dtype))
 
     def _by_matrix(self) -> weakref.WeakKeyDictionary:
         by_matrix = getattr(self._local, "by_matrix", None)
@@ -252,20 +263,19 @@ class _FastCalls:
             by_matrix = self._local.by_matrix = weakref.WeakKeyDictionary()
         return by_matrix
 
-    @staticmethod
-    def _key(X, bias, out, stream, split_k, x_layout):
+    def _key(self, X, bias, out, stream, split_k, x_layout, force):
         # split_k's type is part of the key: True == 1 and hashes alike, but only 1 is valid. The stream is keyed by
         # its raw handle (None: CuPy's current stream), which keeps no stream object alive.
         return (x_layout, X.shape, X.dtype.char, None if out is None else (out.shape, out.dtype.char),
-                None if bias is None else (bias.shape, bias.dtype.char), split_k, type(split_k),
-                _current_stream() if stream is None else _stream_handle(stream, X))
+                None if bias is None else (bias.shape, bias.dtype.char), split_k, type(split_k), force,
+                self._current_stream() if stream is None else _stream_handle(stream, X))
 
-    def run(self, A, X, bias, out, stream, split_k, x_layout):
+    def run(self, A, X, bias, out, stream, split_k, x_layout, force=None):
         try:
             calls = self._by_matrix().get(A)
             if calls is None:
                 return self.MISS
-            entry = calls.get(self._key(X, bias, out, stream, split_k, x_layout))
+            entry = calls.get(self._key(X, bias, out, stream, split_k, x_layout, force))
         except (AttributeError, TypeError):  # arguments without shape/dtype, unhashable ones, a bad stream
             return self.MISS
         if entry is None:
@@ -277,7 +287,7 @@ class _FastCalls:
         if bias is not None and (type(bias) is not cupy_array or bias.strides != entry.bias_strides):
             return self.MISS
         if out is None:
-            out = entry.new_output()
+            out = self._empty(entry.out_shape, entry.out_dtype)
         elif type(out) is not cupy_array or out.strides != entry.out_strides:
             return self.MISS
         launch = entry.launch
@@ -285,14 +295,14 @@ class _FastCalls:
         launch()
         return out
 
-    def remember(self, A, X, bias, given_out, out, stream, split_k, x_layout, prepare) -> None:
+    def remember(self, A, X, bias, given_out, out, stream, split_k, x_layout, force, prepare) -> None:
         """Keep the launch (``prepare()`` packs it) of a call that just passed every check under the key of its
         arguments (``out``: its output, ``given_out``: what the caller passed, None included). Only calls whose X,
         output and bias are all CuPy arrays can ever hit (``run`` re-checks their types): nothing else is packed."""
         if any(a is not None and _kind(a) != "cupy" for a in (X, bias, given_out)):
             return
         try:
-            key = self._key(X, bias, given_out, stream, split_k, x_layout)
+            key = self._key(X, bias, given_out, stream, split_k, x_layout, force)
         except (AttributeError, TypeError):
             return
         calls = self._by_matrix().setdefault(A, {})
@@ -314,9 +324,6 @@ class _FastEntry:
         # entry goes with it): the entry keeps no array of the first call alive.
         launch.arrays = None
         self.launch = launch
-
-    def new_output(self):
-        return _cupy().empty(self.out_shape, self.out_dtype)
 
 
 def _current_stream() -> int:

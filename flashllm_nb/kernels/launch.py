@@ -36,7 +36,7 @@ from flashllm_nb.kernels.spmm_tiled_csl import (
     two_stages_built,
 )
 
-__all__ = ["Plan", "PreparedLaunch", "plan", "launch", "prepare"]
+__all__ = ["Force", "Plan", "PreparedLaunch", "plan", "launch", "prepare"]
 
 MIN_K_TILES_PER_SPLIT = 4
 DEFAULT_WARPS = 4  # warps per block (SpmmConfig.warps): 4 measured 0.98x of cuBLAS against 8 warps' 0.91x (RESULTS.md)
@@ -85,6 +85,24 @@ ENTRIES_MID_PREFETCH_UPTO = 336
 # What the simulator pretends the device is, so that split-K is exercised on the small shapes tests use.
 _SIMULATED_SMS = 4
 _SIMULATED_CC = (9, 0)
+
+
+@dataclass(frozen=True)
+class Force:
+    """Choices a :func:`plan` takes as given instead of deciding them: for tests that must run one variant, A/B
+    tools and benchmarks. A field left None is decided as usual; the resulting configuration is checked by
+    ``SpmmConfig`` (a variant the kernel is not built for is refused)."""
+
+    mma: str | None = None  # one of MMA_CHOICES
+    warps: int | None = None
+    clear: str | None = None  # "rows" or "entries"
+    prefetch_vectors: int | None = None
+    stages: int | None = None
+    split_k: int | None = None
+
+    def __post_init__(self):
+        if self.mma is not None and self.mma not in MMA_CHOICES:
+            raise ValueError(f"Invalid mma: expected one of {MMA_CHOICES} or None, got {self.mma!r}")
 
 
 @dataclass(frozen=True)
@@ -213,34 +231,38 @@ def choose_splits(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, tile_
 
 
 @functools.lru_cache(maxsize=1024)
-def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None = None, mma: str | None = None,
-         tile_vectors: int | None = None) -> Plan:
+def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None = None,
+         tile_vectors: int | None = None, force: Force | None = None) -> Plan:
     """Pick the configuration and grid for an (m x k) @ (k x n) product whose A holds ``tile_vectors`` 16-byte word
-    vectors per tile on average (None: unknown, the small prefetch). ``split_k`` and ``mma`` (one of
-    ``MMA_CHOICES``) override the choice, for benchmarks and tests."""
+    vectors per tile on average (None: unknown, the small prefetch). ``split_k`` and ``force`` (a :class:`Force`)
+    fix choices instead, for benchmarks and tests."""
+    force = force or _NO_FORCE
     tile_n = tile_n_for(n)
     tile_rows = -(-m // TILE_M)
     n_blocks = -(-n // tile_n)
     k_tiles = -(-k // 64)
-    if mma is None:
-        mma = mma_for(x_layout)
-    elif mma not in MMA_CHOICES:
-        raise ValueError(f"Invalid mma: expected one of {MMA_CHOICES} or None, got {mma!r}")
-    warps = warps_for(mma, tile_n)
-    clear = clear_for(mma, warps, tile_n, tile_vectors)
-    prefetch = prefetch_for(warps, tile_n, tile_vectors, clear)
-    stages = stages_for(mma, tile_n, clear, prefetch)
+    mma = force.mma or mma_for(x_layout)
+    warps = force.warps or warps_for(mma, tile_n)
+    clear = force.clear or clear_for(mma, warps, tile_n, tile_vectors)
+    prefetch = force.prefetch_vectors or prefetch_for(warps, tile_n, tile_vectors, clear)
+    stages = force.stages or stages_for(mma, tile_n, clear, prefetch)
+    if split_k is None:
+        split_k = force.split_k
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch,
                         clear=clear, stages=stages)
     if split_k is None:
         resident = 1 if ptx.SIMULATOR else _compiled(config).blocks_per_sm(config.shared_bytes(k_tiles))
-        split_k = choose_splits(tile_rows * n_blocks, k_tiles, multiprocessors(), max(resident, 1), tile_n, tile_vectors)
+        split_k = choose_splits(tile_rows * n_blocks, k_tiles, multiprocessors(), max(resident, 1), tile_n,
+                                tile_vectors)
     split_k = max(1, min(split_k, k_tiles))
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma,
                         prefetch_vectors=prefetch, clear=clear, stages=stages)
     return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
+
+
+_NO_FORCE = Force()
 
 
 class _Workspaces:
