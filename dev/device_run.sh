@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the device tool): install the carried wheels, then run the named steps, each
 # logged under $OUT. Steps: tests-llm, tests-kernel, tests-torch, profile, bench-smoke, bench-opt66b-80,
-# bench-opt66b, bench-opt30b, bench-hf-sparse, load-speed, bench-llama70b.
+# bench-opt66b, bench-opt30b, bench-hf-sparse, load-speed, bench-llama70b; on two GPUs (kind nvidia-h100-x2):
+# tests-parallel, bench-tp2, bench-opt175b-tp2.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -32,6 +33,12 @@ for step in "$@"; do
                  timeout 60 python3 dev/torch_host_cost.py 2>&1 | tee "$OUT/torch-host.log" ;;
     bench-hf-sparse) bench 240 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse \
                        --hf-new 128 --new 128 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-sparse.log" | tail -25 ;;
+    tests-parallel) timeout 300 python3 -m pytest -v -p no:cacheprovider tests/test_parallel_gpu.py \
+                      2>&1 | tee "$OUT/tests-parallel.log" | tail -20 ;;
+    bench-tp2) bench 560 --model opt-66b --sparsity 0.8 --batch 1 16 --tp 2 --new 128 --out "$OUT" \
+                 2>&1 | tee "$OUT/bench-tp2.log" | tail -20 ;;
+    bench-opt175b-tp2) bench 560 --model opt-175b --sparsity 0.8 --batch 8 --tp 2 --out "$OUT" \
+                         2>&1 | tee "$OUT/bench-opt175b-tp2.log" | tail -20 ;;
     load-speed) timeout 300 python3 dev/load_speed.py --model opt-6.7b --sparsity 0.8 2>&1 | tee "$OUT/load.log" ;;
     bench-llama70b) bench 300 --model llama-2-70b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
                       2>&1 | tee "$OUT/bench-llama70b.log" | tail -12 ;;

@@ -81,3 +81,17 @@ def test_one_rank_is_the_single_gpu_model_and_a_missing_launch_is_named(tmp_path
     np.testing.assert_array_equal(one.forward(ids), single.forward(ids))
     with pytest.raises(ValueError, match=r"2 ranks asked for, but this process is one of 1 \(WORLD_SIZE\).*--tp 2"):
         llm.load(path, tensor_parallel=2, progress=False)
+
+
+def test_bench_e2e_with_tp_runs_its_ranks_and_refuses_what_cannot_split():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    run = subprocess.run([sys.executable, "-m", "flashllm_nb.cli", "bench-e2e", "--tp", "2"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "[rank 0] generated" in run.stdout and "[rank 1]" not in run.stdout
+    for extra, message in ((["--tp", "3"], "--tp 3 with opt-tiny: Invalid tensor_parallel: expected a divisor of "
+                                           "num_heads (4)"),
+                           (["--tp", "2", "--hf"], "--tp runs this library's rows only")):
+        bad = subprocess.run([sys.executable, "-m", "flashllm_nb.cli", "bench-e2e", *extra], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr

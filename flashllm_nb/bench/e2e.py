@@ -10,7 +10,8 @@ shapes (pruned by magnitude: a random mask, as for random weights). Per (sparsit
 - the decode bound: a step reads every weight byte once and the KV cache so far, so tokens/s <= batch x copy
   bandwidth / (weight bytes + mean KV bytes per step); its fraction is the measured rate over it.
 
-With ``--hf`` the same shapes run dense in Hugging Face ``transformers`` (eager; ``--hf-compile`` adds its static
+With ``--tp K`` this library's rows run over K GPUs of the node, one process each (weights, memory and the bound
+per GPU). With ``--hf`` the same shapes run dense in Hugging Face ``transformers`` (eager; ``--hf-compile`` adds its static
 cache with ``torch.compile``) as the outside baseline, where they fit; ``--hf-sparse`` adds the same model with its
 decoder layers pruned and replaced by :class:`flashllm_nb.torch.SparseLinear` at each sparsity. Results: JSON, CSV, markdown and a PNG in
 ``--out``, a table printed last. Without a GPU it runs the pipeline on a tiny preset in the simulator and times
@@ -35,6 +36,7 @@ from flashllm_nb.bench.command import positive_int, sparsity_fraction
 __all__ = ["main", "build_parser", "decode_bound", "markdown_table"]
 
 DEFAULT_OUT = Path("bench/out")
+SIMULATED_MODEL = "opt-tiny"  # what runs without a GPU
 _FIELDS = ["model", "provider", "sparsity", "batch", "prompt", "new", "status", "ttft_s", "decode_tok_s",
            "bound_tok_s", "bound_fraction", "step_ms", "host_us_per_step", "weights_gb", "kv_gb", "activations_gb",
            "scratch_gb", "build_s", "graph", "note"]
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --hf / --hf-compile: also transformers sparsified by flashllm_nb.torch at each "
                              "--sparsity above 0")
     parser.add_argument("--hf-new", type=positive_int, default=None, help="new tokens for the transformers rows")
+    parser.add_argument("--tp", type=positive_int, default=1,
+                        help="tensor parallelism: this many GPUs of this node, one process each (this library's "
+                             "rows only)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the result files")
     return parser
 
@@ -80,11 +85,12 @@ def _gb(n) -> float:
 
 
 def _run_flashllm(args, name: str, sparsity: float, batches, copy_gbps, log, rows) -> None:
+    """This library's rows; under --tp every rank runs this, with its shard (weights and bound per GPU)."""
     from flashllm_nb import llm
 
     start = time.perf_counter()
     try:
-        model = llm.random_model(name, sparsity=sparsity, dtype=args.dtype, progress=False)
+        model = llm.random_model(name, sparsity=sparsity, dtype=args.dtype, progress=False, tensor_parallel=args.tp)
     except MemoryError as e:
         for batch in batches:
             rows.append(dict(model=name, provider="flashllm_nb", sparsity=sparsity, batch=batch, prompt=args.prompt,
@@ -97,8 +103,9 @@ def _run_flashllm(args, name: str, sparsity: float, batches, copy_gbps, log, row
     kv_per_token = model.config.kv_bytes_per_token(model.dtype.itemsize)
     rng = np.random.default_rng(0)
     for batch in batches:
-        row = dict(model=name, provider="flashllm_nb", sparsity=sparsity, batch=batch, prompt=args.prompt,
-                   new=args.new, build_s=round(build_s, 2), weights_gb=_gb(weights))
+        row = dict(model=name, provider="flashllm_nb" if args.tp == 1 else f"flashllm_nb tp{args.tp}",
+                   sparsity=sparsity, batch=batch, prompt=args.prompt, new=args.new, build_s=round(build_s, 2),
+                   weights_gb=_gb(weights))
         prompts = rng.integers(4, model.config.vocab_size, (batch, args.prompt))
         try:
             llm.generate(model, prompts, max_new_tokens=4, eos_token_id=None)  # warm-up
@@ -262,50 +269,75 @@ def _write(out: Path, meta: dict, rows: list[dict], stamp: str) -> dict[str, Pat
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[2:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from flashllm_nb.kernels.ptx import SIMULATOR
-    from flashllm_nb.llm import device
-    from flashllm_nb.llm.config import PRESETS
+    from flashllm_nb.llm import device, distributed, parallel
+    from flashllm_nb.llm.config import PRESETS, preset
 
     unknown = [m for m in args.model if m not in PRESETS]
     if unknown:
-        build_parser().error(f"unknown --model {unknown}; presets: {', '.join(sorted(PRESETS))}")
+        parser.error(f"unknown --model {unknown}; presets: {', '.join(sorted(PRESETS))}")
+    if args.tp > 1:
+        if args.hf or args.hf_compile:
+            parser.error("--tp runs this library's rows only; leave out --hf and --hf-compile")
+        for name in [SIMULATED_MODEL] if SIMULATOR else args.model:  # the model that will run
+            try:
+                parallel.check_tensor_parallel(preset(name), args.tp)
+            except ValueError as error:
+                parser.error(f"--tp {args.tp} with {name}: {error}")
+        if distributed.process_group_from_environ().world_size == 1:  # launch the ranks, each runs this command
+            try:
+                distributed.launch(args.tp, ["-m", "flashllm_nb.cli", "bench-e2e", *argv])
+            except distributed.RankFailed as error:
+                print(error, file=sys.stderr)
+                return 1
+            return 0
+    rank = 0
+    if args.tp > 1:
+        group = distributed.process_group_from_environ()
+        rank = group.rank
+        device.use_device(group.local_rank)  # before the first allocation (the bandwidth probe)
 
     def log(text: str) -> None:
-        print(text, flush=True)
+        if rank == 0:  # every rank computes the same; rank 0 reports
+            print(text, flush=True)
 
     if SIMULATOR:
-        return _simulated(log)
+        return _simulated(log, args.tp)
     from flashllm_nb.bench.timing import copy_bandwidth
 
     copy_gbps = round(copy_bandwidth(), 1)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     meta = {"device": device.device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": "flashllm-nb bench-e2e " + " ".join(sys.argv[2:] if argv is None else argv),
-            "copy_gbps": copy_gbps, "python": platform.python_version()}
+            "copy_gbps": copy_gbps, "python": platform.python_version(), "tensor_parallel": args.tp}
     log(f"{meta['device']}: device-to-device copy {copy_gbps} GB/s")
     rows: list[dict] = []
     for name in args.model:
         for sparsity in args.sparsity:
             _run_flashllm(args, name, sparsity, args.batch, copy_gbps, log, rows)
-            _write(args.out, meta, rows, stamp)
+            if rank == 0:
+                _write(args.out, meta, rows, stamp)
         hf_sparsities = [0.0] + ([s for s in args.sparsity if s > 0] if args.hf_sparse else [])
         for compile_ in [False] * args.hf + [True] * args.hf_compile:
             for sparsity in hf_sparsities:
                 _run_hf(args, name, args.batch, compile_, sparsity, log, rows)
                 _write(args.out, meta, rows, stamp)
-    paths = _write(args.out, meta, rows, stamp)
-    print(markdown_table(rows))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if rank == 0:
+        paths = _write(args.out, meta, rows, stamp)
+        print(markdown_table(rows))
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
-def _simulated(log) -> int:
-    """No GPU: the whole pipeline once on a tiny preset in the simulator; nothing is timed."""
+def _simulated(log, tp: int) -> int:
+    """No GPU: the whole pipeline once on a tiny preset in the simulator (over ``tp`` ranks); nothing is timed."""
     from flashllm_nb import llm
 
     log("no GPU: generating with a tiny random OPT in Numba's CUDA simulator (pipeline check; nothing is timed)")
-    model = llm.random_model("opt-tiny", sparsity=0.8, progress=False)
+    model = llm.random_model(SIMULATED_MODEL, sparsity=0.8, progress=False, tensor_parallel=tp)
     out = llm.generate(model, np.array([[5, 6, 7]]), max_new_tokens=2, eos_token_id=None)
     log(f"{model!r}\ngenerated {out[0, 3:].tolist()}")
     return 0
