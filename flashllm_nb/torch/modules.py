@@ -81,6 +81,7 @@ class SparseLinear(torch.nn.Module):
         self.register_buffer("tile_offsets", torch.zeros(n_tiles + 2, dtype=torch.int32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
         self._state: Optional[ops.MatrixState] = None
+        self._checked = True  # whether words and tile_offsets passed the full format check (loaded ones must)
 
     # ------------------------------------------------------------------------------------------------ building
 
@@ -130,7 +131,7 @@ class SparseLinear(torch.nn.Module):
         offsets = torch.from_dlpack(matrix.tile_offsets)
         self.words = words.to(device, copy=True)
         self.tile_offsets = offsets.to(device, copy=True)
-        self._state = None
+        self._relink()
 
     # ------------------------------------------------------------------------------------------------ running
 
@@ -160,12 +161,24 @@ class SparseLinear(torch.nn.Module):
             raise RuntimeError("SparseLinear is for inference: x requires grad with autograd on; run under "
                                "torch.no_grad() or torch.inference_mode()")
 
+    def _relink(self) -> None:
+        """Make the kernel's view of this module's tensors now, where the kernel can reach them: making it reads
+        tile_offsets back to check them, which a CUDA graph being captured (``torch.compile``'s
+        ``reduce-overhead``) would not allow on a first call."""
+        self._state = None
+        if self.words.device.type == kernel_device().type:
+            self._kernel_state()
+
     def _kernel_state(self) -> ops.MatrixState:
-        """The kernel-side view of this module's tensors, made again after they moved (``.to()``, loading)."""
+        """The kernel-side view of this module's tensors, made again after they moved (``.to()``, loading); loaded
+        arrays get the full format check first."""
         state = self._state
         if state is None or state.words_ptr != self.words.data_ptr() or \
                 state.offsets_ptr != self.tile_offsets.data_ptr():
             check_weight_device(self.words.device, "SparseLinear.words")
+            if not self._checked:
+                ops.matrix_views(self.words, self.tile_offsets, self.shape, _NAMES[self.dtype], full_check=True)
+                self._checked = True
             state = self._state = ops.MatrixState(self.words, self.tile_offsets, self.shape, _NAMES[self.dtype])
             ops.register(state)
         return state
@@ -217,12 +230,14 @@ class SparseLinear(torch.nn.Module):
             self.words = torch.empty(incoming.shape, dtype=torch.int32, device=self.words.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        if not any(key.startswith(prefix) for key in missing_keys) and not error_msgs:
-            try:  # every invariant of the loaded arrays, before any kernel reads them
-                ops.matrix_views(self.words, self.tile_offsets, self.shape, _NAMES[self.dtype], full_check=True)
-            except (TypeError, ValueError) as e:
-                error_msgs.append(f"{prefix or 'SparseLinear'}: the loaded Tiled-CSL arrays are invalid: {e}")
         self._state = None
+        if any(key.startswith(prefix) for key in missing_keys) or error_msgs:
+            return
+        self._checked = False  # arrays from outside: every invariant is checked before any kernel reads them
+        try:
+            self._relink()
+        except (TypeError, ValueError) as e:
+            error_msgs.append(f"{prefix or 'SparseLinear'}: the loaded Tiled-CSL arrays are invalid: {e}")
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
@@ -230,5 +245,5 @@ class SparseLinear(torch.nn.Module):
             self.bias = self.bias.to(self.dtype)
             raise TypeError(f"Invalid dtype conversion of SparseLinear: its matrix is {self.dtype} and stays so; "
                             f"convert the model before sparsifying it")
-        self._state = None
+        self._relink()
         return result
