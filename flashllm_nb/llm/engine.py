@@ -90,7 +90,9 @@ class Activations:
         if size == 0:
             return None
         if self._attention_partials is None or self._attention_partials.size < size:
-            self._attention_partials = device.xp().zeros(size, np.float32)
+            # empty, not zeros: every value is written by the attention kernel before the combine reads it, and a
+            # zeroing kernel here would run on CuPy's current stream, unordered with the engine's
+            self._attention_partials = device.xp().empty(size, np.float32)
         return self._attention_partials
 
     @property
