@@ -3,6 +3,7 @@ checkpoint checks before any weight moves, memory predictions and refusals, samp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -223,8 +224,11 @@ def test_settings_are_checked_and_named():
 
 
 def test_generation_may_use_every_position():
-    """A 60-token prompt and 5 new tokens fill a 64-position model exactly: the last token fed stands at 63."""
-    model = llm.random_model("opt-tiny", sparsity=0.0, progress=False)
-    out = llm.generate(model, np.ones((1, 60), np.int64), max_new_tokens=5, eos_token_id=np.array([95]),
+    """A 12-token prompt and 5 new tokens fill a 16-position model exactly: the last token fed stands at 15."""
+    config = dataclasses.replace(preset("opt-tiny"), max_positions=16)
+    model = llm.random_model(config, sparsity=0.0, progress=False)
+    out = llm.generate(model, np.ones((1, 12), np.int64), max_new_tokens=5, eos_token_id=np.array([95]),
                        temperature=np.float32(0))
-    assert out.shape == (1, 65)
+    assert out.shape == (1, 17)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        llm.generate(model, np.ones((1, 12), np.int64), max_new_tokens=6)
