@@ -287,13 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parallel.check_tensor_parallel(preset(name), args.tp)
             except ValueError as error:
                 parser.error(f"--tp {args.tp} with {name}: {error}")
-        if distributed.process_group_from_environ().world_size == 1:  # launch the ranks, each runs this command
-            try:
-                distributed.launch(args.tp, ["-m", "flashllm_nb.cli", "bench-e2e", *argv])
-            except distributed.RankFailed as error:
-                print(error, file=sys.stderr)
-                return 1
-            return 0
+        status = distributed.launch_command(args.tp, "bench-e2e", argv)  # the ranks, each running this command
+        if status is not None:
+            return status
     rank = 0
     if args.tp > 1:
         group = distributed.process_group_from_environ()

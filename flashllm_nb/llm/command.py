@@ -61,15 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--model {args.model!r} is neither a folder nor a preset ({', '.join(sorted(PRESETS))})")
     if args.tp > 1 and args.save:
         parser.error("--save with --tp: each rank holds only its shard; save from a single-GPU run")
-    if args.tp > 1 and distributed.process_group_from_environ().world_size == 1:
-        # the launching process: one process per GPU runs this same command as a rank
+    if args.tp > 1:
         _check_tp(args, is_folder, parser)
-        try:
-            distributed.launch(args.tp, ["-m", "flashllm_nb.cli", "generate", *argv])
-        except distributed.RankFailed as error:
-            print(error, file=sys.stderr)
-            return 1
-        return 0
+        status = distributed.launch_command(args.tp, "generate", argv)  # the ranks, each running this command
+        if status is not None:
+            return status
     rank = distributed.process_group_from_environ().rank if args.tp > 1 else 0
     if rank != 0:  # every rank computes the same tokens; rank 0 reports them
         sys.stdout = open(os.devnull, "w")

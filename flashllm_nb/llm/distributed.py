@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-__all__ = ["ProcessGroup", "process_group_from_environ", "share_bytes", "launch", "RankFailed"]
+__all__ = ["ProcessGroup", "process_group_from_environ", "share_bytes", "launch", "launch_command", "RankFailed"]
 
 _TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 _SLURM = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
@@ -183,3 +183,17 @@ def launch(world_size: int, argv: Sequence[str], environ: Mapping[str, str] | No
         thread.join(timeout=1.0)
     if failed is not None:
         raise RankFailed(failed, processes[failed].returncode, "".join(outputs[failed][-20:]).rstrip())
+
+
+def launch_command(world_size: int, command: str, argv: Sequence[str]) -> int | None:
+    """For a ``flashllm-nb`` command asked to run on ``world_size`` GPUs: in the process a user started (no rank
+    in the environment), run ``flashllm-nb command argv...`` as ``world_size`` ranks and return its exit status (1,
+    with the failing rank's report on stderr, when one fails); in a rank, or for one GPU, None: go on."""
+    if world_size <= 1 or process_group_from_environ().world_size > 1:
+        return None
+    try:
+        launch(world_size, ["-m", "flashllm_nb.cli", command, *argv])
+    except RankFailed as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
