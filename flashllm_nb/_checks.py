@@ -11,12 +11,23 @@ from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["invalid", "check_ndim", "check_shape", "check_dtype", "check_c_contiguous", "check_int_in_range"]
+__all__ = ["invalid", "wrong_device", "check_ndim", "check_shape", "check_dtype", "check_c_contiguous", "check_int_in_range"]
 
 
 def invalid(what: str, name: str, expected: Any, got: Any, exc: type[Exception] = ValueError) -> Exception:
     """Build (not raise) the library's standard error: ``Invalid {what} of {name}: expected {expected}, got {got}``."""
     return exc(f"Invalid {what} of {name}: expected {expected}, got {got}")
+
+
+def wrong_device(name: str, expected: str, got: Any, advice: str = "") -> ValueError:
+    """The error for an argument on the wrong side of the bus, with ``advice`` on how to move it; on a machine
+    without a usable GPU (simulator off) it says so, and how to run in the simulator, instead of the advice."""
+    from flashllm_nb._runtime import gpu_available, no_gpu_hint
+    from flashllm_nb.kernels import ptx  # deferred: importing it fixes Numba's mode, which the package sets first
+
+    if ptx.SIMULATOR or gpu_available():
+        return invalid("device", name, expected + advice, got)
+    return ValueError(f"{invalid('device', name, expected, got)}; but {no_gpu_hint()}")
 
 
 def check_ndim(x: Any, name: str, ndim: int) -> None:

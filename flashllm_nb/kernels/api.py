@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from flashllm_nb._checks import check_ndim, check_shape, invalid
-from flashllm_nb._runtime import gpu_available, no_gpu_hint
+from flashllm_nb._checks import check_ndim, check_shape, invalid, wrong_device
 from flashllm_nb.formats import _xp
 from flashllm_nb.formats.tiled_csl import TiledCSL
 from flashllm_nb.kernels import launch as _launch
@@ -165,7 +164,7 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None)
         raise invalid("type", "A", "a flashllm_nb.TiledCSL", type(A).__name__, TypeError)
     if A.on_device == ptx.SIMULATOR:
         where = "on the host (NumPy) under the simulator" if ptx.SIMULATOR else "on the device"
-        raise _wrong_device("A", where, "device" if A.on_device else "host", advice=" (A.to_device())")
+        raise wrong_device("A", where, "device" if A.on_device else "host", advice=" (A.to_device())")
     m, k = A.shape
     dtype = A.dtype
     x, kind = _operand(X, "X", dtype)
@@ -373,18 +372,10 @@ def _operand(x, name: str, dtype):
             kind = "numpy" if isinstance(array, np.ndarray) else "cupy"
     if (kind == "numpy") != ptx.SIMULATOR:
         expected = "a NumPy array under the simulator" if ptx.SIMULATOR else "a device array (CuPy, PyTorch CUDA, ...)"
-        raise _wrong_device(name, expected, "host (NumPy)" if kind == "numpy" else "device")
+        raise wrong_device(name, expected, "host (NumPy)" if kind == "numpy" else "device")
     if not array.flags.c_contiguous:
         raise invalid("memory layout", name, "a C-contiguous (row-major) array", f"strides {array.strides}")
     return array, kind
-
-
-def _wrong_device(name: str, expected: str, got: str, advice: str = "") -> ValueError:
-    """The error for an argument on the wrong side of the bus, with ``advice`` on how to move it; on a machine
-    without a usable GPU (simulator off) it says so, and how to run in the simulator, instead of the advice."""
-    if ptx.SIMULATOR or gpu_available():
-        return invalid("device", name, expected + advice, got)
-    return ValueError(f"{invalid('device', name, expected, got)}; but {no_gpu_hint()}")
 
 
 _CUPY = None

@@ -35,6 +35,7 @@ from numba import cuda, types
 from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.driver import Kernel
+from flashllm_nb.kernels.launch import multiprocessors
 
 __all__ = [
     "embed", "add_norm", "add", "split_heads", "attention", "activation", "add_bias", "argmax", "finish_step",
@@ -410,8 +411,6 @@ def attention_splits(tokens: int, n_heads: int, max_len: int) -> int:
     """Spans to split each (token, head)'s keys into: enough blocks for two waves over the GPU's multiprocessors
     when tokens x heads alone are fewer (decoding a small batch), at most one span per chunk of keys a block
     scores at once, at most ``MAX_ATTENTION_SPLITS``."""
-    from flashllm_nb.kernels.launch import multiprocessors
-
     cells = max(1, tokens * n_heads)
     wanted = -(-2 * multiprocessors() // cells)
     return max(1, min(wanted, -(-max_len // ATTENTION_THREADS), MAX_ATTENTION_SPLITS))

@@ -14,8 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from flashllm_nb import _runtime
-from flashllm_nb._checks import invalid
+from flashllm_nb._checks import invalid, wrong_device
 from flashllm_nb.formats import _xp
 from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M, TiledCSL
 from flashllm_nb.kernels import ptx
@@ -39,9 +38,7 @@ def check_weight_device(device: torch.device, name: str) -> None:
     if ptx.SIMULATOR and device.type != "cpu":
         raise invalid("device", name, "a CPU tensor under the simulator", device)
     if not ptx.SIMULATOR and device.type != "cuda":
-        hint = "" if _runtime.gpu_available() else f"; but {_runtime.no_gpu_hint()}"
-        raise invalid("device", name, "a CUDA tensor (move the model with .cuda() first)", device, ValueError) \
-            if not hint else ValueError(f"{invalid('device', name, 'a CUDA tensor', device)}{hint}")
+        raise wrong_device(name, "a CUDA tensor", device, advice=" (move the model with .cuda() first)")
 
 
 class SparseLinear(torch.nn.Module):
