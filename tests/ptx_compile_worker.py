@@ -9,7 +9,7 @@ Use (``tests/`` is on ``sys.path`` during a pytest session)::
     from ptx_compile_worker import compile_ptx_in_subprocess
 
     results = compile_ptx_in_subprocess(
-        "flashllm_nb.kernels.spmm_tiled_csl", "build_kernel", [{"tile_n": 8}, {"tile_n": 64}], ccs=[(8, 0), (9, 0)]
+        "flashllm_nb.kernels.spmm.tiled_csl", "build_kernel", [{"tile_n": 8}, {"tile_n": 64}], ccs=[(8, 0), (9, 0)]
     )
     for r in results:  # one per (config, cc), configs outer
         assert r.error is None, r.error

@@ -342,19 +342,15 @@ def test_runner_reports_ok_wrong_and_skipped_and_the_exit_status(monkeypatch):
 
 
 def test_layout_ab_script_builds_the_row_major_twin_and_runs_in_the_simulator():
-    """bench/layout_ab.py: its row-major twin holds the same matrix in Flash-LLM's order, and its simulator mode
+    """dev/layout_ab.py: its row-major twin holds the same matrix in Flash-LLM's order, and its simulator mode
     (what a GPU-less machine runs) checks both layouts give bit-identical products."""
-    import importlib.util
     import os
     import subprocess
     import sys
 
+    from dev import layout_ab
     from flashllm_nb.formats.tiled_csl import TiledCSL
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "layout_ab.py"
-    spec = importlib.util.spec_from_file_location("layout_ab", script)
-    layout_ab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(layout_ab)
     rng = np.random.default_rng(1)
     W = rng.standard_normal((300, 130)).astype(np.float16)
     W[rng.random(W.shape) < 0.6] = 0
@@ -368,24 +364,19 @@ def test_layout_ab_script_builds_the_row_major_twin_and_runs_in_the_simulator():
         w = w[(w & 0xFFFF) != 0] >> 16
         index = w ^ ((w >> 3) & 0x38)
         assert (np.diff(index.astype(np.int64)) > 0).all()
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    done = subprocess.run([sys.executable, "-m", "dev.layout_ab"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     assert "bit-identical" in done.stdout
 
 
 def test_word_order_ab_balanced_twin_holds_the_same_matrix_with_fewer_store_wavefronts():
-    """bench/word_order_ab.py: the balanced twin moves words only inside their tiles (the same matrix, padding
+    """dev/word_order_ab.py: the balanced twin moves words only inside their tiles (the same matrix, padding
     still in each tile's last vector, the canonical order back from ``from_raw(reorder=True)``), and its scatter
     columns take fewer wavefronts than the format's order on a random sparse matrix (none more on a dense one)."""
-    import importlib.util
-
+    from dev import word_order_ab
     from flashllm_nb.formats.tiled_csl import TiledCSL
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "word_order_ab.py"
-    spec = importlib.util.spec_from_file_location("word_order_ab", script)
-    word_order_ab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(word_order_ab)
     rng = np.random.default_rng(2)
     for sparsity in (0.9, 0.0):
         W = rng.standard_normal((300, 330)).astype(np.float16)  # partial tiles on both edges

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from flashllm_nb.kernels import api
-from flashllm_nb.kernels import launch as _launch
+from flashllm_nb.kernels.spmm import driver as _launch
+from flashllm_nb.kernels.spmm.plan import Force
 
 
 class FakeArray:
@@ -95,7 +96,7 @@ def test_anything_the_key_or_checks_do_not_cover_misses(calls, change):
     elif change == "split_k_bool":  # True == 1, but the full path rejects a bool
         args["split_k"] = True
     elif change == "force":
-        args["force"] = _launch.Force(mma="sync")
+        args["force"] = Force(mma="sync")
     elif change == "stream":
         args["stream"] = 5
     elif change == "layout":

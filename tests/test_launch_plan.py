@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flashllm_nb.kernels.launch import (
+from flashllm_nb.kernels.spmm.plan import (
     CLEAR_ENTRIES_TILE_N,
     CLEAR_ENTRIES_UPTO,
     ENTRIES_MID_PREFETCH_UPTO,
@@ -84,7 +84,7 @@ def test_a_small_grid_is_split_to_fill_the_gpu():
     assert choose_splits(blocks=72, k_tiles=144, sms=132, blocks_per_sm=5, tile_n=16) > 4
 
 
-# The factors bench/split_k.py measured fastest (or within 1 %) on an H100, 132 SMs (bench/RESULTS.md, fifth
+# The factors dev/split_k.py measured fastest (or within 1 %) on an H100, 132 SMs (bench/RESULTS.md, fifth
 # session): what the model's constants were fitted to. Not listed, the two it misses: N = 8 FFN1 (it picks 4,
 # 4 % slower than 9) and N = 32 QKV at 70 % (4, 2 % slower than 7). tile_vectors: ~410 at 80 %, ~615 at 70 %.
 MEASURED_FASTEST = [
@@ -148,7 +148,7 @@ class _StubArray:
 def test_pointer_slots_name_x_y_and_bias_in_the_packed_block():
     """The fast path of repeated calls patches X's, the output's and the bias's pointers in place: the slot
     constants must be where _pack_parameters writes those pointers, and each array's slots Numba's ABI order."""
-    from flashllm_nb.kernels import launch
+    from flashllm_nb.kernels.spmm import driver as launch
 
     names = ("words", "offsets", "x", "y", "bias", "workspace", "tickets")
     arrays = tuple(_StubArray(0x1000 * (i + 1), 10 + i, 2 + (i % 3)) for i in range(len(names)))
@@ -180,7 +180,7 @@ def test_linear_takes_wgmma_on_the_simulated_hopper_and_spmm_mma_sync(n, warps):
 
 
 def test_bad_mma_choices_are_named():
-    from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
+    from flashllm_nb.kernels.spmm.config import SpmmConfig
 
     with pytest.raises(ValueError, match=r"Invalid mma: expected one of \('sync', 'wgmma'\) or None, got 'hmma'"):
         Force(mma="hmma")
@@ -201,7 +201,7 @@ def test_plan_gives_dense_matrices_the_larger_prefetch_on_narrow_blocks():
 
 @pytest.mark.parametrize("warps,prefetch", [(4, 600), (8, 640), (8, 384), (4, 0)])
 def test_bad_prefetch_choices_are_named(warps, prefetch):
-    from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
+    from flashllm_nb.kernels.spmm.config import SpmmConfig
 
     expected = (rf"Invalid prefetch_vectors of SpmmConfig: expected one of \(256, 384, 512, 640\) and a multiple "
                 rf"of the {32 * warps} threads of {warps} warps, got {prefetch}")
@@ -235,7 +235,7 @@ def test_sparse_matrices_on_narrow_4_warp_blocks_clear_by_entries(mma, warps, ti
     ("sync", 16, CLEAR_ENTRIES_UPTO + 1, "rows", 512), ("sync", 8, 410, "rows", 512),
 ])
 def test_wgmma_blocks_clear_by_entries_down_to_77_percent(mma, tile_n, tile_vectors, clear, prefetch):
-    """The wgmma path zeroes first (spmm_tiled_csl), which measured faster than clearing rows down to 77 % sparse
+    """The wgmma path zeroes first (spmm.tiled_csl), which measured faster than clearing rows down to 77 % sparse
     (471 vectors; 80 %: 410) with the 512-vector buffer; mma.sync blocks keep "rows" from 337 vectors on."""
     assert WGMMA_CLEAR_ENTRIES_UPTO < 512
     assert clear_for(mma, 4, tile_n, tile_vectors) == clear
@@ -277,7 +277,7 @@ def test_plan_passes_the_stages_on_and_they_fit_six_blocks():
 @pytest.mark.parametrize("changes", [dict(clear="rows", prefetch_vectors=512), dict(prefetch_vectors=384),
                                      dict(tile_n=8), dict(warps=8), dict(mma="sync")])
 def test_two_stages_outside_what_was_built_are_refused(changes):
-    from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
+    from flashllm_nb.kernels.spmm.config import SpmmConfig
 
     config = dict(tile_n=16, warps=4, mma="wgmma", clear="entries", prefetch_vectors=256, stages=2)
     assert SpmmConfig(**config).launch_bounds == (128, 6)
@@ -287,14 +287,14 @@ def test_two_stages_outside_what_was_built_are_refused(changes):
 
 
 def test_bad_stages_are_named():
-    from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
+    from flashllm_nb.kernels.spmm.config import SpmmConfig
 
     with pytest.raises(ValueError, match=r"Invalid stages of SpmmConfig: expected one of \(2, 4\), got 3"):
         SpmmConfig(tile_n=16, stages=3)
 
 
 def test_bad_clear_is_named():
-    from flashllm_nb.kernels.spmm_tiled_csl import SpmmConfig
+    from flashllm_nb.kernels.spmm.config import SpmmConfig
 
     expected = r"Invalid clear of SpmmConfig: expected one of \('rows', 'entries'\), got 'none'"
     with pytest.raises(ValueError, match=expected):

@@ -209,7 +209,7 @@ def test_expand_equals_to_dense(shape):
 def test_attention_splits_fill_the_gpu_only_for_small_batches():
     """Two waves of blocks over the multiprocessors: a small batch splits its keys, a large one does not; never
     more spans than chunks of keys, nor more than the maximum."""
-    from flashllm_nb.kernels.launch import multiprocessors
+    from flashllm_nb.kernels.spmm.plan import multiprocessors
 
     sms, chunk = multiprocessors(), kernels.ATTENTION_THREADS
     assert kernels.attention_splits(1, 1, 100 * chunk) == min(2 * sms, kernels.MAX_ATTENTION_SPLITS)

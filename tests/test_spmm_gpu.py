@@ -93,7 +93,7 @@ def test_sparse_layers_clear_by_entries(m, k, n, sparsity, layout, split_k):
     384-vector register buffer; at 88.5 % (~236) the 256-vector buffer takes them, a few overflowing it. On Hopper
     "nk" at N 9-16 and 88.5 % or sparser runs on the wgmma path with two activation stages and 6 blocks per SM, and
     "nk" at 77-80 % clears by entries too, with the 512-vector buffer (elsewhere those two cases clear rows)."""
-    from flashllm_nb.kernels import launch
+    from flashllm_nb.kernels.spmm import plan as launch
 
     rng = np.random.default_rng(m + n)
     W = _pruned(rng, m, k, sparsity)
@@ -110,7 +110,7 @@ def test_wgmma_entries_zero_whole_tiles_over_the_register_buffer(n, split_k):
     512-vector buffer, so every thread zeroes the whole buffer (not its entries) before the zero-first barrier, and
     the overflowing vectors load during the scatter. The plan never chooses this (entries stop at 480 vectors);
     the kernel must still be right. Needs the wgmma path (Hopper)."""
-    from flashllm_nb.kernels import launch
+    from flashllm_nb.kernels.spmm import plan as launch
 
     if launch.mma_for("nk") != "wgmma":
         pytest.skip("the wgmma path needs a Hopper (sm_90) GPU")
@@ -213,13 +213,13 @@ def test_repeated_calls_take_the_remembered_launch_and_stay_right(monkeypatch):
     with and without bias, and new matrices at possibly recycled addresses, every result equals the float64
     reference; arguments the remembered launch cannot take (column-major X, misaligned X, a wrong out dtype)
     still take the full path, which copies or raises as ever."""
-    from flashllm_nb.kernels import launch
+    from flashllm_nb.kernels.spmm import driver
 
     rng = np.random.default_rng(11)
     m = k = 4096
     full_path = []
-    original = launch.launch
-    monkeypatch.setattr(launch, "launch", lambda *a: (full_path.append(1), original(*a)))  # a spy on a public name
+    original = driver.launch
+    monkeypatch.setattr(driver, "launch", lambda *a: (full_path.append(1), original(*a)))  # a spy on a public name
 
     def check(Y, X, W, bias):
         X64, W64 = _float64(X), _float64(W)

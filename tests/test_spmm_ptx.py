@@ -13,8 +13,8 @@ import itertools
 
 import pytest
 
-from flashllm_nb.kernels.launch import DEFAULT_WARPS, PREFETCH_MORE_TILE_N, warps_for
-from flashllm_nb.kernels.spmm_tiled_csl import TILE_N_CHOICES
+from flashllm_nb.kernels.spmm.config import TILE_N_CHOICES
+from flashllm_nb.kernels.spmm.plan import DEFAULT_WARPS, PREFETCH_MORE_TILE_N, warps_for
 from ptx_compile_worker import compile_ptx_in_subprocess
 
 pytestmark = pytest.mark.ptx
@@ -130,7 +130,7 @@ def test_wgmma_configuration_compiles_for_sm90a_without_local_memory(compiled, c
     assert ".target sm_90a" in result.ptx
     for instruction in WGMMA_INSTRUCTIONS:
         assert instruction in result.ptx, f"{instruction} missing from {_id(config, WGMMA_CC)}"
-    # clear="entries" zeroes first, behind a second barrier per step (spmm_tiled_csl): no mbarrier on this path.
+    # clear="entries" zeroes first, behind a second barrier per step (spmm.tiled_csl): no mbarrier on this path.
     assert "mbarrier" not in result.ptx
     mma_type = "bf16" if config["dtype"] == "bfloat16" else "f16"
     products = result.ptx.count(f"wgmma.mma_async.sync.aligned.m64n{config['tile_n']}k16.f32.{mma_type}.{mma_type} ")

@@ -7,7 +7,7 @@ register budget (the overflow pass), split-K on and off, NaN and Inf, bf16, bias
 
 The simulator plays a Hopper GPU, so ``linear`` plans the wgmma kernels; tests parametrized by ``path`` run the
 ``linear`` cases a second time with the mma.sync kernels that every other GPU's ``linear`` takes (``spmm`` always
-takes them), forced through ``launch.Force``, as are the clearing and register-buffer variants.
+takes them), forced through ``plan.Force``, as are the clearing and register-buffer variants.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flashllm_nb as fl
-from flashllm_nb.kernels import launch
+from flashllm_nb.kernels.spmm import plan as launch
 from flashllm_nb.reference import linear_reference, spmm_reference
 from flashllm_nb.reference.spmm import abs_product
 from flashllm_nb.reference.tolerance import assert_close_to_reference
@@ -296,5 +296,5 @@ class TestValidation:
             fl.linear(self.X, self.A, split_k=0)
 
     def test_bad_force(self):
-        with pytest.raises(TypeError, match="Invalid type of force: expected None or a flashllm_nb.kernels.launch"):
+        with pytest.raises(TypeError, match="Invalid type of force: expected None or a flashllm_nb.kernels.spmm.plan"):
             fl.linear(self.X, self.A, force={"mma": "sync"})

@@ -1,6 +1,6 @@
 """The public products: ``spmm(A, X)`` and ``linear(X, A, bias)`` for a Tiled-CSL ``A``.
 
-Both run the same kernel (``spmm_tiled_csl``); they differ only in where the activations and the output live:
+Both run the same kernel (``spmm.tiled_csl``); they differ only in where the activations and the output live:
 ``linear`` reads X as (N, K) row-major and writes (N, M) - the memory of a K x N column-major operand - while ``spmm``
 reads X as (K, N) row-major and writes (M, N).
 
@@ -20,7 +20,9 @@ import numpy as np
 from flashllm_nb._checks import check_ndim, check_shape, invalid, wrong_device
 from flashllm_nb.formats import _xp
 from flashllm_nb.formats.tiled_csl import TiledCSL
-from flashllm_nb.kernels import launch as _launch
+from flashllm_nb.kernels.spmm import driver as _driver
+from flashllm_nb.kernels.spmm.plan import Force
+from flashllm_nb.kernels.spmm.plan import plan as _plan
 from flashllm_nb.kernels import ptx
 
 __all__ = ["spmm", "linear", "prepare_spmm", "prepare_linear", "Prepared"]
@@ -29,7 +31,7 @@ _CHUNK = 8  # the kernel moves activations in 16-byte chunks of 8 values: rows m
 
 
 def spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: int | None = None,
-         force: _launch.Force | None = None) -> Any:
+         force: Force | None = None) -> Any:
     """Sparse times dense: ``A @ X``.
 
     Parameters
@@ -45,7 +47,7 @@ def spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: i
         A Numba or CuPy stream to launch on; the default stream when omitted.
     split_k : int, optional
         Force the number of K splits (1 = none); chosen from the shape and the device when omitted.
-    force : flashllm_nb.kernels.launch.Force, optional
+    force : flashllm_nb.kernels.spmm.plan.Force, optional
         Fix other choices of the plan (Tensor-Core instruction, clearing, register buffer, stages): for tests and
         benchmarks that must run one variant; every variant computes the same product.
 
@@ -63,7 +65,7 @@ def spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: i
 
 
 def linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any = None, *,
-           split_k: int | None = None, force: _launch.Force | None = None) -> Any:
+           split_k: int | None = None, force: Force | None = None) -> Any:
     """A sparse linear layer: ``X @ A.T + bias``.
 
     Parameters
@@ -115,9 +117,10 @@ class Prepared:
     def set_pointers(self, x: int, out: int, bias: int | None = None) -> None:
         """Run later calls on other arrays of the same shapes, dtypes and row-major layout, given by their raw
         device addresses: X at ``x`` (16-byte aligned), the output at ``out``, the bias at ``bias`` (None keeps the
-        prepared one; a product prepared without a bias takes none). ``self.out`` keeps naming the first output.
-        The caller keeps the arrays alive until the products have run. This is how a framework with its own
-        tensors (``flashllm_nb.torch``) reuses one launch for every call of a layer."""
+        prepared one; a product prepared without a bias takes none). The caller keeps the arrays alive until the
+        products have run; this object keeps none of the arrays it was prepared with (``out`` becomes None, and so
+        does what a call returns). This is how a framework with its own tensors (``flashllm_nb.torch``) reuses one
+        launch for every call of a layer, and a CUDA graph recorder sees no array of the first call outlive it."""
         if self._launch is None:
             raise ValueError("Invalid use of set_pointers: this product reads X through an aligned copy or runs in "
                              "the simulator; prepare it on a GPU with an X whose rows are a multiple of 8 values "
@@ -125,20 +128,21 @@ class Prepared:
         if x % 16:
             raise invalid("alignment", "x", "an address that is a multiple of 16", hex(x))
         self._launch.set_pointers(x, out, bias)
+        self.out = None
 
     def __repr__(self) -> str:
         return f"<flashllm_nb.Prepared product into {type(self.out).__module__} array of shape {tuple(self.out.shape)}>"
 
 
 def prepare_spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: int | None = None,
-                 force: _launch.Force | None = None) -> Prepared:
+                 force: Force | None = None) -> Prepared:
     """:func:`spmm`, checked and packed once: ``P = prepare_spmm(A, X); P()`` computes ``A @ X`` into ``P.out``
     as often as it is called. Arguments and errors as for :func:`spmm`."""
     return _run(A, X, None, out, stream, split_k, x_layout="kn", prepared=True, force=force)
 
 
 def prepare_linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any = None, *,
-                   split_k: int | None = None, force: _launch.Force | None = None) -> Prepared:
+                   split_k: int | None = None, force: Force | None = None) -> Prepared:
     """:func:`linear`, checked and packed once: ``P = prepare_linear(X, A, bias); P()`` computes
     ``X @ A.T + bias`` into ``P.out`` as often as it is called. Arguments and errors as for :func:`linear`.
 
@@ -175,8 +179,8 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None)
         check_shape(x, "X", (None, k) if x_layout == "nk" else (k, None))
     if split_k is not None and (isinstance(split_k, bool) or not isinstance(split_k, (int, np.integer)) or split_k < 1):
         raise invalid("value", "split_k", "None or an integer >= 1", split_k)
-    if force is not None and not isinstance(force, _launch.Force):
-        raise invalid("type", "force", "None or a flashllm_nb.kernels.launch.Force", type(force).__name__, TypeError)
+    if force is not None and not isinstance(force, Force):
+        raise invalid("type", "force", "None or a flashllm_nb.kernels.spmm.plan.Force", type(force).__name__, TypeError)
 
     out_shape = (n, m) if x_layout == "nk" else (m, n)
     if out is None:
@@ -205,21 +209,21 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None)
     xp = np if kind == "numpy" else _cupy()
     given_x = x
     x, ldx = _aligned_rows(x, xp)
-    p = _launch.plan(m, n, k, "bfloat16" if dtype == _xp.BFLOAT16 else "float16", x_layout,
+    p = _plan(m, n, k, "bfloat16" if dtype == _xp.BFLOAT16 else "float16", x_layout,
                      None if split_k is None else int(split_k), tile_vectors=A.mean_tile_vectors, force=force)
     if kind == "numpy":  # the simulator indexes its arrays: flat uint16 views
         x_flat, y = x.reshape(-1), y.reshape(-1)
     else:
         x_flat = x
-    arguments = (p, A.words, A.tile_offsets, x_flat, ldx, y, bias, m, n, k, A.n_tile_cols, xp,
-                 0 if kind == "numpy" else _stream_handle(stream, X))
+    operands = _driver.Operands(A.words, A.tile_offsets, x_flat, ldx, y, bias, m, n, k, A.n_tile_cols)
+    arguments = (p, operands, xp, 0 if kind == "numpy" else _stream_handle(stream, X))
     if not prepared:
         if kind == "cupy" and x is given_x and out_kind == "cupy":
             _fast_calls.remember(A, X, given_bias, given_out, out, stream, split_k, x_layout, force,
-                                 lambda: _launch.prepare(*arguments))
-        _launch.launch(*arguments)
+                                 lambda: _driver.prepare(*arguments))
+        _driver.launch(*arguments)
         return out
-    launch = _launch.prepare(*arguments)
+    launch = _driver.prepare(*arguments)
     if x is given_x:
         return Prepared(out, launch, None if kind == "numpy" else launch)
     cols = given_x.shape[1]

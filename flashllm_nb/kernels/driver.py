@@ -90,7 +90,7 @@ class Kernel:
             self._simulate(grid, block, args, shared)
             return
         if self._function is None:
-            self._compile()
+            self.compile()
         block_slots = self._parameter_block()
         buffer, pointers = block_slots
         self._format.pack_into(buffer, 0, *self._slots(args))
@@ -120,7 +120,11 @@ class Kernel:
         with polite_blocks():
             self._dispatcher[grid, block, 0, shared](*converted)
 
-    def _compile(self) -> None:
+    def compile(self) -> None:
+        """Compile for the signature now (a launch compiles on first use): for callers that must not compile in
+        the middle of timed or captured work. Nothing to do under the simulator or once compiled."""
+        if ptx.SIMULATOR or self._function is not None:
+            return
         self._dispatcher.compile(self._signature)
         self._cufunc = self._dispatcher.overloads[self._signature]._codelibrary.get_cufunc()
         self._function = int(self._cufunc.handle)

@@ -11,7 +11,8 @@ them. A kernel imports everything from here and runs unchanged in either mode:
   warp-collective instructions gather the warp's 32 lanes and call :mod:`flashllm_nb.reference.fragments`, the
   lane-level NumPy emulator of the PTX fragment figures; ``cp.async`` is a synchronous copy.
 
-``SIMULATOR`` says which was bound. ``SHARED_ALIGN`` is the ``alignment=`` to give every ``cuda.shared.array`` that
+``SIMULATOR`` says which was bound; ``inlined`` is the decorator of a kernel's own device functions in either
+mode. ``SHARED_ALIGN`` is the ``alignment=`` to give every ``cuda.shared.array`` that
 ``ldmatrix`` or ``cp.async`` touches: 16 with a GPU (by default Numba aligns a float16 array to 2 bytes only, and
 these instructions need 16-byte rows), ``None`` in the simulator (which refuses any other value). Import it by
 name, as below: Numba types a module attribute (``ptx.SHARED_ALIGN``) as int64 and ``cuda.shared.array`` then
@@ -110,5 +111,18 @@ else:
     SHARED_ALIGN = 16
     WGMMA_SHARED_ALIGN = 1024  # wgmma's 128-byte swizzle repeats every 1024 bytes of address
 
+
+
+def inlined(function):
+    """A ``cuda.jit`` device function inlined into every caller with a GPU (so that the caller's constant loop
+    bounds, register arrays and branches stay visible across the call and nothing is passed through the stack), a
+    plain device function under the simulator, which takes no ``forceinline``."""
+    from numba import cuda
+
+    if SIMULATOR:
+        return cuda.jit(device=True)(function)
+    return cuda.jit(device=True, forceinline=True)(function)
+
+
 # The two implementations export the same names (ptx_asm.__all__ and ptx_sim.__all__ list them).
-__all__ = ["SIMULATOR", "SHARED_ALIGN", "WGMMA_SHARED_ALIGN", *_bound.__all__]
+__all__ = ["SIMULATOR", "SHARED_ALIGN", "WGMMA_SHARED_ALIGN", "inlined", *_bound.__all__]

@@ -1,7 +1,7 @@
 """A/B of the Tiled-CSL entry order inside a tile: the canonical bank-interleaved layout against row-major order
 (Flash-LLM's), same matrices, same kernel, one run, cuBLAS beside them.
 
-    python bench/layout_ab.py [--shape M,K ...] [--n N ...] [--sparsity S ...]
+    python -m dev.layout_ab [--shape M,K ...] [--n N ...] [--sparsity S ...]
 
 The kernel reads any order correctly (it only needs padding at the end of each tile); the layout only changes how
 many shared-memory bank conflicts its scatter stores meet. The row-major matrix is built with the constructor,
@@ -59,8 +59,7 @@ def main() -> int:
         return 0
 
     import cupy as cp
-    sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from dev_kernel import copy_bandwidth, time_batched
+    from dev.kernel_dev import copy_bandwidth, time_batched
 
     shapes = [tuple(map(int, s.split(","))) for s in args.shape] if args.shape else \
         [(27648, 9216), (9216, 9216), (36864, 9216), (9216, 36864)]

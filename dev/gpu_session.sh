@@ -1,6 +1,6 @@
 #!/bin/bash
 # Everything a GPU session checks, in one command (about 10 minutes on an H200):
-#   bash bench/gpu_session.sh [OUT_DIR] [SWEEP ARGS...]   (default bench/out; e.g. --quick: the sweep at N = 16 only)
+#   bash dev/gpu_session.sh [OUT_DIR] [SWEEP ARGS...]   (default bench/out; e.g. --quick: the sweep at N = 16 only)
 # 1. the GPU tests (kernel, format, PTX layer); 2. compute-sanitizer memcheck and racecheck on a mid-size case;
 # 3. the host cost of one linear() call and of a prepared call (queued behind a spin kernel, so only the host is
 # timed); 4. the full benchmark sweep (python -m flashllm_nb.bench), written to OUT_DIR. Logs go to OUT_DIR too.
@@ -16,5 +16,5 @@ for tool in memcheck racecheck; do
     "$SANITIZER" --tool "$tool" --report-api-errors no python3 tests/gpu_sanitizer_case.py > "$OUT/$tool.log" 2>&1
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitizer case" "$OUT/$tool.log"
 done
-python3 bench/launch_cost.py | tee "$OUT/launch_cost.txt"
+python3 -m dev.launch_cost | tee "$OUT/launch_cost.txt"
 python3 -m flashllm_nb.bench --out "$OUT" "${@:2}" 2>&1 | tail -3

@@ -1,10 +1,10 @@
 """The split-K factor the plan chooses against forced ones, on one shape, cuBLAS beside them.
 
-    python bench/split_k.py M K N SPARSITY [SPLIT ...]       e.g. python bench/split_k.py 36864 9216 16 0.8 2 4 9
+    python -m dev.split_k M K N SPARSITY [SPLIT ...]       e.g. python -m dev.split_k 36864 9216 16 0.8 2 4 9
 
 Times ``linear(X, A, out=Y, split_k=s)`` for the plan's choice (``split_k=None``) and each forced factor, with the
-weights rotated over enough copies to exceed the L2 cache (``bench/dev_kernel.py``'s timing). For tuning the
-split-K model in ``flashllm_nb.kernels.launch.choose_splits``. Needs a GPU.
+weights rotated over enough copies to exceed the L2 cache (``dev/kernel_dev.py``'s timing). For tuning the
+split-K model in ``flashllm_nb.kernels.spmm.plan.choose_splits``. Needs a GPU.
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ def main() -> int:
     except Exception as exc:  # no CUDA device
         print(f"split_k: needs a GPU ({type(exc).__name__})")
         return 0
-    sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from dev_kernel import pruned_copies, time_batched
-
     import flashllm_nb as fl
-    from flashllm_nb.kernels import launch
+    from dev.kernel_dev import pruned_copies, time_batched
+    from flashllm_nb.kernels.spmm import driver
+    from flashllm_nb.kernels.spmm.plan import plan
 
     m, k, n, sparsity = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     splits = [int(a) for a in sys.argv[5:]]
@@ -37,10 +36,10 @@ def main() -> int:
     X = rng.standard_normal((n, k), dtype=cp.float32).astype(cp.float16)
     Y = cp.empty((n, m), cp.float16)
     t_dense = time_batched([lambda: cp.matmul(X, W0.T, out=Y)] * 8)
-    p = launch.plan(m, n, k, "float16", "nk", tile_vectors=As[0].mean_tile_vectors)  # the plan linear() makes
+    p = plan(m, n, k, "float16", "nk", tile_vectors=As[0].mean_tile_vectors)  # the plan linear() makes
     print(f"{cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}: {m}x{k} N={n} {sparsity:.0%}: cuBLAS "
           f"{t_dense * 1e3:.1f} us; the plan splits {p.splits} ways, "
-          f"{launch._compiled(p.config).blocks_per_sm(p.shared_bytes)} blocks/SM")
+          f"{driver.blocks_per_sm(p.config, p.shared_bytes)} blocks/SM")
     for split_k in [None] + splits:
         t = time_batched([lambda A=A: fl.linear(X, A, out=Y, split_k=split_k) for A in As] * 8)
         print(f"  split_k={split_k}: {t * 1e3:.1f} us {t_dense / t:.2f}x", flush=True)

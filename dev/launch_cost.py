@@ -1,7 +1,7 @@
 """Host time of one sparse-layer call from Python: ``linear`` (a repeated call, which takes the remembered launch;
 with and without a caller's output), a ``Prepared`` call, and CuPy's cuBLAS matmul for scale.
 
-    python bench/launch_cost.py
+    python -m dev.launch_cost
 
 4096 x 4096 at 80 %, N = 16, fp16. The calls are queued behind a spin kernel (``dev_kernel.launch_cost``), so the
 GPU never pushes back on the host while they are timed: this is host time alone, not kernel time.
@@ -22,8 +22,7 @@ def main() -> int:
     except Exception as exc:  # no CUDA device: nothing to time
         print(f"launch_cost: no GPU ({type(exc).__name__}); host launch cost is only meaningful on one")
         return 0
-    sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from dev_kernel import launch_cost
+    from dev.kernel_dev import launch_cost
 
     import flashllm_nb as fl
 

@@ -1,6 +1,6 @@
 """The in-tile word order against a balanced one: same matrices, same process, cuBLAS beside.
 
-    python bench/word_order_ab.py [N ...]          (default N = 16 8; 90 and 80 %, the four OPT-66B layers)
+    python -m dev.word_order_ab [N ...]          (default N = 16 8; 90 and 80 %, the four OPT-66B layers)
 
 The kernel's scatter stores word s of 32 consecutive vectors per warp instruction (a "column"); values in one
 shared-memory bank but different 4-byte words cost a wavefront each. The format deals each tile's entries round-robin
@@ -13,7 +13,6 @@ The same order serves the clearing by entries, which stores zeros at the same po
 """
 import math
 import sys
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -129,8 +128,7 @@ def relaid(A):
 def main():
     import cupy as cp
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from dev_kernel import OPT66B, copy_bandwidth, pruned_copies, time_batched
+    from dev.kernel_dev import OPT66B, copy_bandwidth, pruned_copies, time_batched
 
     from flashllm_nb.bench.timing import geometric_mean
 

@@ -1,6 +1,6 @@
 """What a kernel call costs alone against queued behind its predecessor, for cuBLAS, this kernel and a memcpy.
 
-    python bench/alone_vs_queued.py [--n 16] [--sparsity 0.9] [--shapes 9216x9216,27648x9216]
+    python -m dev.alone_vs_queued [--n 16] [--sparsity 0.9] [--shapes 9216x9216,27648x9216]
 
 "queued" is ``dev_kernel.time_batched`` (the A/B tools: calls back to back behind a spin kernel, one event pair);
 "alone" is the sweep's ``flashllm_nb.bench.timing.time_calls`` (spin kernel, event, call, event). Both rotate over
@@ -11,16 +11,13 @@ the same weight copies (pruned Tiled-CSL copies past the L2; three dense copies 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import cupy as cp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dev_kernel import pruned_copies, time_batched  # noqa: E402
+from dev.kernel_dev import pruned_copies, time_batched
 
-import flashllm_nb as fl  # noqa: E402
-from flashllm_nb.bench.timing import time_calls  # noqa: E402
+import flashllm_nb as fl
+from flashllm_nb.bench.timing import time_calls
 
 
 def main() -> None:

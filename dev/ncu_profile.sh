@@ -1,6 +1,6 @@
 #!/bin/bash
 # Nsight Compute profile of the SpMM kernel on one linear() product (its third launch), with per-SASS stall samples:
-#   bash bench/ncu_profile.sh M K N SPARSITY [OUT_DIR]     e.g. bash bench/ncu_profile.sh 36864 9216 16 0.8
+#   bash dev/ncu_profile.sh M K N SPARSITY [OUT_DIR]     e.g. bash dev/ncu_profile.sh 36864 9216 16 0.8
 # Writes OUT_DIR/details.txt (all sections) and OUT_DIR/source.csv (SASS with stall reasons and shared wavefronts).
 set -eu
 M=$1 K=$2 N=$3 S=$4 OUT=${5:-bench/out}

@@ -1,6 +1,6 @@
 """Kernel development loop for one GPU call: check, inspect and time the SpMM kernel beside cuBLAS in one run.
 
-    python bench/dev_kernel.py [--quick] [--sanitize]
+    python -m dev.kernel_dev [--quick] [--no-check] [--warps 4 8] [--n 8 16]
 
 1. correctness: ``linear`` and ``spmm`` on fresh random inputs (ragged shapes, N = 1..256, fp16 and bf16, split-K on
    and off, fully dense and empty tiles) against the float64 reference, element by element;
@@ -24,7 +24,8 @@ import time
 import cupy as cp
 import numpy as np
 import flashllm_nb as fl
-from flashllm_nb.kernels import launch as _launch
+from flashllm_nb.kernels.spmm import driver
+from flashllm_nb.kernels.spmm.plan import DEFAULT_WARPS, Force, plan
 
 OPT66B = [(27648, 9216), (9216, 9216), (36864, 9216), (9216, 36864)]
 
@@ -43,7 +44,9 @@ def _spin(cycles):
     _SPIN((1,), (1,), (np.int64(cycles),))
 
 
-def check_correctness(rng, quick):
+def check_correctness(rng, quick, force_for=lambda n: None):
+    """linear and spmm on fresh random inputs against the float64 reference, element by element; ``force_for(n)``
+    gives the plan's forced choices for a linear product of n columns (spmm keeps the plan's)."""
     import ml_dtypes
 
     from flashllm_nb.reference import linear_reference, spmm_reference
@@ -71,7 +74,7 @@ def check_correctness(rng, quick):
                 for split_k in (None, 1, 3):
                     X = rng.standard_normal((n, k)).astype(dtype)
                     Xd = _to_device(X)
-                    Y = _to_host(fl.linear(Xd, Ad, split_k=split_k), dtype)
+                    Y = _to_host(fl.linear(Xd, Ad, split_k=split_k, force=force_for(n)), dtype)
                     assert_close_to_reference(Y, linear_reference(X, A), abs_product(X, W.T), k, dtype,
                                               what=f"linear {m}x{k} N={n} {dtype} s={sparsity} split={split_k}")
                     Xt = np.ascontiguousarray(X.T)
@@ -102,10 +105,9 @@ def _to_host(y, dtype):
 def report_resources(plans):
     """Registers, local memory and resident blocks per SM of each plan this run used."""
     for p in sorted(set(plans), key=str):
-        kernel = _launch._compiled(p.config)
-        print(f"  {p.config} grid {p.grid}: {kernel.numba_kernel.regs_per_thread} "
-              f"registers, {kernel.numba_kernel._codelibrary.get_cufunc().attrs.local} B local, "
-              f"{p.shared_bytes} B shared, {kernel.blocks_per_sm(p.shared_bytes)} blocks/SM")
+        registers, local_bytes = driver.kernel_resources(p.config)
+        print(f"  {p.config} grid {p.grid}: {registers} registers, {local_bytes} B local, {p.shared_bytes} B shared, "
+              f"{driver.blocks_per_sm(p.config, p.shared_bytes)} blocks/SM")
 
 
 def pruned_copies(rng, dense, sparsity):
@@ -178,7 +180,8 @@ def launch_cost(fn, reps=200):
     return host
 
 
-def time_shapes(rng, shapes, ns, sparsities, bw, rows, plans):
+def time_shapes(rng, shapes, ns, sparsities, bw, rows, plans, force=None):
+    """Time ``linear`` (with the plan's choices fixed by ``force``) beside cuBLAS per shape, N and sparsity."""
     l2 = cp.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
     for (m, k) in shapes:
         dense = [cp.asarray(rng.standard_normal((m, k), dtype=np.float32).astype(np.float16))
@@ -193,14 +196,14 @@ def time_shapes(rng, shapes, ns, sparsities, bw, rows, plans):
                     Wp = W.copy()
                     Wp[cp.asarray(rng.random((m, k)) < s)] = 0
                     As.append(fl.TiledCSL.from_dense(Wp))
-                Ys = fl.linear(X, As[0])
+                Ys = fl.linear(X, As[0], force=force)
                 ref = cp.matmul(X.astype(np.float32), fl.TiledCSL.to_dense(As[0]).astype(np.float32).T)
                 err = float(cp.max(cp.abs(Ys.astype(np.float32) - ref)) / cp.max(cp.abs(ref)))
-                t_sparse = time_batched([lambda A=A: fl.linear(X, A, out=Ys) for A in As] * 8)
-                host = launch_cost(lambda: fl.linear(X, As[0], out=Ys))
+                t_sparse = time_batched([lambda A=A: fl.linear(X, A, out=Ys, force=force) for A in As] * 8)
+                host = launch_cost(lambda: fl.linear(X, As[0], out=Ys, force=force))
                 bytes_sparse = As[0].nbytes + 2 * n * (m + k)
                 bound = bytes_sparse / bw
-                p = _launch.plan(m, n, k, "float16", "nk")
+                p = plan(m, n, k, "float16", "nk", tile_vectors=As[0].mean_tile_vectors, force=force)
                 plans.append(p)
                 rows.append(dict(m=m, k=k, n=n, s=s, dense_ms=t_dense, sparse_ms=t_sparse, speedup=t_dense / t_sparse,
                                  frac_bound=bound * 1e3 / t_sparse, launch_us=host * 1e6, err=err,
@@ -215,7 +218,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-check", action="store_true")
-    ap.add_argument("--warps", type=int, nargs="+", default=[_launch.DEFAULT_WARPS])
+    ap.add_argument("--warps", type=int, nargs="+", default=[DEFAULT_WARPS])
     ap.add_argument("--n", type=int, nargs="+", default=None, help="token counts to time (default 16 with --quick, "
                     "else 8 16 32 64)")
     args = ap.parse_args()
@@ -230,10 +233,8 @@ def main():
     rows, plans = [], []
     ns = args.n or ([16] if args.quick else [8, 16, 32, 64])
     for warps in args.warps:
-        _launch.DEFAULT_WARPS = warps
-        _launch.plan.cache_clear()
         print(f"--- {warps} warps per block")
-        time_shapes(rng, OPT66B, ns, [0.7, 0.8, 0.9], bw, rows, plans)
+        time_shapes(rng, OPT66B, ns, [0.7, 0.8, 0.9], bw, rows, plans, Force(warps=warps))
     for warps in args.warps:
         for n in ns:
             for s in (0.7, 0.8, 0.9):

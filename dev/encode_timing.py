@@ -7,8 +7,8 @@ sparsity is 80 % up to sampling noise (the printed nnz is exact).
 Each measurement is taken ``--repeat`` times after one untimed warm-up call; the first ("cold") call is reported
 separately because on a fresh process it also pays for the operating system's first touch of the memory.
 
-    PYTHONPATH=. python bench/encode_timing.py                  # host (NumPy)
-    PYTHONPATH=. python bench/encode_timing.py --device         # GPU (CuPy), when present
+    python -m dev.encode_timing                  # host (NumPy)
+    python -m dev.encode_timing --device         # GPU (CuPy), when present
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dtype = np.dtype(np.float16) if args.dtype == "float16" else np.dtype(ml_dtypes.bfloat16)
     M, K = args.shape
-    command = shlex.join([os.path.basename(sys.executable), "bench/encode_timing.py", *sys.argv[1:]])
+    command = shlex.join([os.path.basename(sys.executable), "-m", "dev.encode_timing", *sys.argv[1:]])
     print(f"command: PYTHONPATH=. {command}")
     print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "

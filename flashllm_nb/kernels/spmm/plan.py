@@ -1,0 +1,236 @@
+"""Which kernel variant and grid a problem gets: policy only.
+
+Everything is decided from the shape, the dtype, the device and A's mean density (its stored word vectors per
+tile), never from a hand-made table:
+
+* ``tile_n`` is the smallest of 8/16/32/64 that covers N (N > 64 is cut into 64-wide column blocks);
+* the Tensor-Core instruction: ``wgmma`` on Hopper (compute capability 9.x) for ``linear`` ("nk" activations),
+  ``mma.sync`` everywhere else (the simulator plays a Hopper GPU, so CI runs the kernels Hopper users get), and the
+  warps per block from it and ``tile_n``;
+* how A buffers are cleared, the word vectors prefetched per tile and the activation stages, from the matrix's
+  mean stored vectors per tile;
+* split-K: from the SM count and the blocks per SM the driver's occupancy calculator allows for this kernel's
+  registers and shared memory, ``choose_splits`` picks the factor with the least estimated time, counting waves of
+  blocks (a partly filled last wave almost as a full one), each block's fixed cost and its partial sums' traffic.
+
+A :class:`Force` takes any of these choices as given: tests that must run one variant, A/B tools and benchmarks
+force through it, never by replacing functions here. Each threshold below has its measurement in
+``docs/kernel-design.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from flashllm_nb.kernels import ptx
+from flashllm_nb.kernels.spmm.config import MMA_CHOICES, TILE_K, TILE_M, TILE_N_CHOICES, TWO_STAGES_BUILT, SpmmConfig
+
+__all__ = ["Force", "Plan", "plan", "multiprocessors", "tile_n_for", "mma_for", "warps_for", "clear_for",
+           "prefetch_for", "stages_for", "split_cost", "choose_splits"]
+
+MIN_K_TILES_PER_SPLIT = 4  # a split shorter than this spends more on its prologue and partials than it saves
+DEFAULT_WARPS = 4  # fewer warps repeat the per-tile bookkeeping less: faster than 8 wherever 8 is not needed
+# wgmma blocks of 8 warps (two warpgroups, one per m64 half) from this tile_n on: half the accumulators and words
+# per thread, so twice the warps per SM where 4 warps need 100+ registers; narrower blocks already fit 5 per SM.
+WGMMA_8_WARPS_FROM_TILE_N = 32
+# The split-K model (split_cost), fitted to forced-split timings of OPT-66B layers.
+PROLOGUE_TILES = 1  # a block's fixed cost (offsets, zeroing, pipeline fill) in k-tiles' worth of time
+# A wave that fills n of an SM's S block slots takes n/S of a full wave's time (the SM's throughput is shared), but
+# no less than this fraction of it: a thin last wave runs its blocks faster, not proportionally so.
+PARTIAL_WAVE_FLOOR = 0.8
+# A split block writes its fp32 partial tile (128 x tile_n x 4 bytes) and the reducing block reads it back: that
+# traffic counts with this weight against the same number of bytes of words (most of it stays in L2).
+PARTIAL_SUM_WEIGHT = 0.5
+TYPICAL_TILE_VECTORS = 410  # 16-byte word vectors of an 80 %-sparse tile, where the caller does not say
+# Tiles denser on average than this many vectors (7/8 of 512) get the 640-vector register buffer, in 4-warp blocks
+# up to this tile_n (wider blocks have no registers to spare).
+PREFETCH_MORE_FROM = 448
+PREFETCH_MORE_TILE_N = 16
+# mma.sync blocks of 4 warps up to this tile_n clear by entries up to this mean (83.6 % sparse: 7/8 of the
+# 384-vector buffer); above it the per-entry stores and the mbarrier cost more than zeroing rows.
+CLEAR_ENTRIES_UPTO = 336
+CLEAR_ENTRIES_TILE_N = 16
+# wgmma blocks clear by entries up to this mean (~76.5 % sparse: 15/16 of the 512-vector buffer): they zero first,
+# while the Tensor Cores work, which costs less than the mbarrier of the mma.sync path.
+WGMMA_CLEAR_ENTRIES_UPTO = 480
+# clear="entries" holds 256 vectors per tile in registers up to this mean (88 % sparse, few tiles over 256), 384
+# up to the next (7/8 of 384), 512 above it: a buffer too small for most tiles loads them unhidden.
+ENTRIES_SMALL_PREFETCH_UPTO = 248
+ENTRIES_MID_PREFETCH_UPTO = 336
+# What the simulator pretends the device is, so that split-K and the Hopper path are exercised on small shapes.
+_SIMULATED_SMS = 4
+_SIMULATED_CC = (9, 0)
+
+
+@dataclass(frozen=True)
+class Force:
+    """Choices a :func:`plan` takes as given instead of deciding them: for tests that must run one variant, A/B
+    tools and benchmarks. A field left None is decided as usual; the resulting configuration is checked by
+    ``SpmmConfig`` (a variant the kernel is not built for is refused)."""
+
+    mma: str | None = None  # one of MMA_CHOICES
+    warps: int | None = None
+    clear: str | None = None  # "rows" or "entries"
+    prefetch_vectors: int | None = None
+    stages: int | None = None
+    split_k: int | None = None
+
+    def __post_init__(self):
+        if self.mma is not None and self.mma not in MMA_CHOICES:
+            raise ValueError(f"Invalid mma: expected one of {MMA_CHOICES} or None, got {self.mma!r}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A configuration and grid for one problem shape; cheap to reuse for every call with the same shape."""
+
+    config: SpmmConfig
+    grid: tuple[int, int, int]  # (tile rows of A, column blocks of N, splits of K)
+    k_tiles_per_split: int
+
+    @property
+    def shared_bytes(self) -> int:
+        return self.config.shared_bytes(self.k_tiles_per_split)
+
+    @property
+    def splits(self) -> int:
+        return self.grid[2]
+
+
+def tile_n_for(n: int) -> int:
+    """Smallest supported block width covering n columns (64 for n > 64: the grid then covers N in 64s)."""
+    return next((t for t in TILE_N_CHOICES if n <= t), TILE_N_CHOICES[-1])
+
+
+@functools.cache
+def multiprocessors() -> int:
+    """The current GPU's streaming multiprocessors (a small stand-in under the simulator)."""
+    if ptx.SIMULATOR:
+        return _SIMULATED_SMS
+    from numba import cuda
+
+    return cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+
+@functools.cache
+def _compute_capability() -> tuple[int, int]:
+    if ptx.SIMULATOR:
+        return _SIMULATED_CC
+    from numba import cuda
+
+    return tuple(cuda.get_current_device().compute_capability)
+
+
+def mma_for(x_layout: str) -> str:
+    """The Tensor-Core instruction for this device: ``"wgmma"`` where it exists (sm_90) and the operands allow it
+    ("nk": both K-major), else ``"sync"``."""
+    return "wgmma" if x_layout == "nk" and _compute_capability()[0] == 9 else "sync"
+
+
+def warps_for(mma: str, tile_n: int) -> int:
+    """Warps per block: ``DEFAULT_WARPS``, or 8 for a wgmma block from ``WGMMA_8_WARPS_FROM_TILE_N`` on."""
+    return 8 if mma == "wgmma" and tile_n >= WGMMA_8_WARPS_FROM_TILE_N else DEFAULT_WARPS
+
+
+def clear_for(mma: str, warps: int, tile_n: int, tile_vectors: int | None) -> str:
+    """How A buffers are zeroed (``SpmmConfig.clear``): ``"entries"`` for 4-warp blocks up to
+    ``CLEAR_ENTRIES_TILE_N`` whose matrix has at most ``WGMMA_CLEAR_ENTRIES_UPTO`` (wgmma) or
+    ``CLEAR_ENTRIES_UPTO`` (mma.sync) vectors per tile on average, else ``"rows"`` (8-warp blocks always: their
+    positions buffers cost more than the stores they save)."""
+    upto = WGMMA_CLEAR_ENTRIES_UPTO if mma == "wgmma" else CLEAR_ENTRIES_UPTO
+    sparse = tile_vectors is not None and tile_vectors <= upto
+    if warps == 4 and tile_n <= CLEAR_ENTRIES_TILE_N and sparse:
+        return "entries"
+    return "rows"
+
+
+def prefetch_for(warps: int, tile_n: int, tile_vectors: int | None, clear: str = "rows") -> int:
+    """Word vectors per tile to prefetch into registers (``SpmmConfig.prefetch_vectors``).
+
+    With ``clear="rows"``: 640 where the matrix's tiles hold more than ``PREFETCH_MORE_FROM`` vectors on average,
+    for 4-warp blocks up to ``PREFETCH_MORE_TILE_N``, else 512 (on sparser matrices the larger buffer is empty
+    registers). With ``clear="entries"`` (two word buffers and the positions of one or two tiles): 256 up to
+    ``ENTRIES_SMALL_PREFETCH_UPTO`` on average, 384 up to ``ENTRIES_MID_PREFETCH_UPTO``, else 512 (4 warps; 8
+    warps: 256, a multiple of their threads)."""
+    if clear == "entries":
+        if warps != 4 or (tile_vectors is not None and tile_vectors <= ENTRIES_SMALL_PREFETCH_UPTO):
+            return 256
+        return 512 if tile_vectors is not None and tile_vectors > ENTRIES_MID_PREFETCH_UPTO else 384
+    if warps == 4 and tile_n <= PREFETCH_MORE_TILE_N and tile_vectors is not None and tile_vectors > PREFETCH_MORE_FROM:
+        return 640
+    return 512
+
+
+def stages_for(mma: str, tile_n: int, clear: str, prefetch_vectors: int) -> int:
+    """Activation stages (``SpmmConfig.stages``): 2 for the configuration ``config.TWO_STAGES_BUILT`` names,
+    where the 4 KiB two stages fewer free fit a sixth block on an SM; else 4."""
+    chosen = dict(mma=mma, warps=warps_for(mma, tile_n), tile_n=tile_n, clear=clear, prefetch_vectors=prefetch_vectors)
+    return 2 if chosen == TWO_STAGES_BUILT else 4
+
+
+def split_cost(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, s: int, tile_n: int,
+               tile_vectors: int | None = None) -> float:
+    """Estimated time of splitting K ``s`` ways, in k-tile steps of a block sharing its SM with a full complement.
+
+    ``blocks * s`` blocks run in waves of ``sms * blocks_per_sm``. Each walks ``ceil(k_tiles / s)`` k-tiles plus a
+    fixed cost of ``PROLOGUE_TILES``, plus, when split, its partial tile's traffic: ``2 * 128 * tile_n * 4`` bytes
+    (written, read back by the reducing block) weighted by ``PARTIAL_SUM_WEIGHT`` against one k-tile's words,
+    ``16 * tile_vectors`` bytes. A full wave costs ``blocks_per_sm`` block-lengths of SM time; the last, partial
+    wave its blocks per SM, but at least ``PARTIAL_WAVE_FLOOR`` of a full wave."""
+    slots = sms * blocks_per_sm
+    full_waves, rest = divmod(blocks * s, slots)
+    length = -(-k_tiles // s) + PROLOGUE_TILES
+    if s > 1:
+        vectors = TYPICAL_TILE_VECTORS if tile_vectors is None else max(tile_vectors, 1)  # an empty A: 0
+        length += PARTIAL_SUM_WEIGHT * (2 * TILE_M * tile_n * 4) / (16 * vectors)
+    cost = full_waves * blocks_per_sm * length
+    if rest:
+        per_sm = -(-rest // sms)
+        cost += min(blocks_per_sm, max(per_sm, PARTIAL_WAVE_FLOOR * blocks_per_sm)) * length
+    return cost
+
+
+def choose_splits(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, tile_n: int,
+                  tile_vectors: int | None = None) -> int:
+    """The split-K factor with the least ``split_cost`` (the smaller one on a tie); splits below
+    ``MIN_K_TILES_PER_SPLIT`` k-tiles are not considered."""
+    allowed = range(1, max(1, k_tiles // MIN_K_TILES_PER_SPLIT) + 1)
+    return min(allowed, key=lambda s: split_cost(blocks, k_tiles, sms, blocks_per_sm, s, tile_n, tile_vectors))
+
+
+@functools.lru_cache(maxsize=1024)
+def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None = None,
+         tile_vectors: int | None = None, force: Force | None = None) -> Plan:
+    """Pick the configuration and grid for an (m x k) @ (k x n) product whose A holds ``tile_vectors`` 16-byte word
+    vectors per tile on average (None: unknown, the small prefetch). ``split_k`` and ``force`` (a :class:`Force`)
+    fix choices instead, for benchmarks and tests."""
+    force = force or _NO_FORCE
+    tile_n = tile_n_for(n)
+    tile_rows = -(-m // TILE_M)
+    n_blocks = -(-n // tile_n)
+    k_tiles = -(-k // TILE_K)
+    mma = force.mma or mma_for(x_layout)
+    warps = force.warps or warps_for(mma, tile_n)
+    clear = force.clear or clear_for(mma, warps, tile_n, tile_vectors)
+    prefetch = force.prefetch_vectors or prefetch_for(warps, tile_n, tile_vectors, clear)
+    stages = force.stages or stages_for(mma, tile_n, clear, prefetch)
+    if split_k is None:
+        split_k = force.split_k
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch,
+                        clear=clear, stages=stages)
+    if split_k is None:
+        from flashllm_nb.kernels.spmm.driver import blocks_per_sm
+
+        resident = blocks_per_sm(config, config.shared_bytes(k_tiles))
+        split_k = choose_splits(tile_rows * n_blocks, k_tiles, multiprocessors(), max(resident, 1), tile_n,
+                                tile_vectors)
+    split_k = max(1, min(split_k, k_tiles))
+    per_split = -(-k_tiles // split_k)
+    split_k = -(-k_tiles // per_split)  # no empty splits
+    config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma,
+                        prefetch_vectors=prefetch, clear=clear, stages=stages)
+    return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
+
+
+_NO_FORCE = Force()

@@ -1,0 +1,308 @@
+"""The Tiled-CSL SpMM kernel: load as sparse, compute as dense.
+
+``C[m, n] = sum_k A[m, k] * B[k, n]`` with A (M x K) in Tiled-CSL and B the dense activations, fp32 accumulation,
+one rounding to fp16/bf16 at the end (plus an optional bias per row m). B is X of shape (N, K) ("nk": ``linear``,
+the output (N, M)) or (K, N) ("kn": ``spmm``, the output (M, N)), fixed per compiled kernel.
+
+One thread block (4 or 8 warps) owns a 128-row tile row of A, a ``tile_n``-wide slice of the N columns and a
+contiguous range of the 64-wide k-tiles (split-K). This module composes the stages; each is its own module:
+
+* :mod:`.activations`: tiles of X by ``cp.async`` into ``stages`` shared stages, ``stages - 1`` ahead;
+* :mod:`.words`: a tile's words by 16-byte loads into registers two k-tiles ahead, scattered into one of two dense
+  shared A buffers, zeroed again after the products (by rows, or by entries);
+* :mod:`.products`: ``ldmatrix`` + ``mma.sync``, or ``wgmma`` on Hopper;
+* :mod:`.epilogue`: split-K's fix-up and the output store.
+
+The block, in pseudo-code (step i multiplies tile i while tile i+1's words wait in registers and tile i+2's and
+i+3's are in flight)::
+
+    prologue: tile offsets -> shared; zero A[0] and A[1]; issue activations 0 .. STAGES-2;
+              load words(0), words(1); scatter words(0) -> A[0]; load words(2)
+    for i in the block's k-tiles (unrolled by two: the two word buffers alternate):
+        wait for activation tile i; barrier        # A[i%2] expanded, everyone's copies visible
+        start products of A[i%2] (wgmma)
+        issue activations i+STAGES-1 into tile i-1's stage
+        multiply A[i%2] (mma.sync)
+        clear and scatter, one of three ways (below); load words(i+3) into the buffer words(i+1) left
+    split-K: publish the partial tile; the last block of the output tile sums them
+    store the tile (bias, one rounding)
+
+The three ways a step clears and scatters (``SpmmConfig.clear`` and ``mma``)::
+
+    rows:            scatter words(i+1) -> A[(i+1)%2]; load words(i+3); finish products;
+                     each warp zeroes the rows of A[i%2] it read          # ordered by the next step's barrier
+    entries, sync:   multiply; arrive on mbarrier[i%2]; scatter words(i+1) -> A[(i+1)%2];
+                     wait for mbarrier[i%2]; zero A[i%2] at positions(i); keep positions(i+1); load words(i+3)
+    entries, wgmma:  zero A[(i+1)%2] at positions(i-1); barrier;          # zero first, while wgmma runs on tile i
+                     scatter words(i+1) -> A[(i+1)%2]; keep positions(i+1); load words(i+3); finish products
+
+Why each piece is the way it is, with the measurements behind it (registers instead of shared memory for the
+words, one barrier per step, zero first, where the proxy fence goes, the split-K tail): ``docs/kernel-design.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from numba import cuda, float32, int64, uint16, uint32
+
+from flashllm_nb.kernels import ptx
+from flashllm_nb.kernels.ptx import inlined
+from flashllm_nb.kernels.spmm.activations import activation_stage
+from flashllm_nb.kernels.spmm.config import TILE_K, TILE_M, SpmmConfig
+from flashllm_nb.kernels.spmm.epilogue import epilogue_stage
+from flashllm_nb.kernels.spmm.geometry import Geometry, geometry
+from flashllm_nb.kernels.spmm.products import product_stage
+from flashllm_nb.kernels.spmm.words import word_stage
+
+__all__ = ["build_kernel"]
+
+
+@functools.cache
+def build_kernel(cfg: SpmmConfig):
+    """The ``cuda.jit`` kernel of one configuration (compiled on first use; every constant frozen into the code).
+
+    Arguments (``config.kernel_signature``; all device arrays flat and C-contiguous):
+
+    * ``words`` uint32[nnz_stored]: Tiled-CSL entries; ``tile_offsets`` int32[n_tiles + 2] in 4-word vectors.
+    * ``x`` uint16: activation bits, row-major with leading dimension ``ldx`` (a multiple of 8, so that every
+      16-byte chunk is aligned): (N, ldx >= K) for ``"nk"``, (K, ldx >= N) for ``"kn"``.
+    * ``y`` uint16[M*N]: output bits, (N, M) for ``"nk"``, (M, N) for ``"kn"``.
+    * ``bias`` uint16[>=1]: bias bits per output row m, read only when ``has_bias``.
+    * ``workspace`` float32[splits * n_tiles_m * n_tiles_n * TILE_M * tile_n] and ``tickets`` int32[n_tiles_m *
+      n_tiles_n] (all zero before the first launch; the kernel leaves them zero): used only when ``cfg.splits``.
+    * ``M, N, K``: logical sizes; ``n_tile_cols``: k-tiles per tile row; ``k_tiles_per_split``: k-tiles per block.
+    """
+    g = geometry(cfg)
+    activations, sparse, products = activation_stage(g), word_stage(g), product_stage(g)
+    epilogue = epilogue_stage(g, products.accumulator_of)
+    k_step = _k_step(g, activations, sparse, products)
+    # Numba calls device functions by name, not through a namespace.
+    fragment_rows, copy_plan = products.fragment_rows, activations.copy_plan
+    issue_activations, publish_shared_writes = activations.issue, activations.publish
+    stage_offsets, tile_offset, zero_buffer = sparse.stage_offsets, sparse.tile_offset, sparse.zero_buffer
+    load_words, scatter_tile, keep_positions = sparse.load, sparse.scatter, sparse.keep_positions
+    reduce_splits, store_tile = epilogue.reduce_splits, epilogue.store
+    TILE_N, THREADS, STAGES, WGMMA, ENTRIES = g.tile_n, g.threads, g.stages, g.wgmma, g.entries
+    ACC, WORDS, POSITIONS, FRAG = g.accumulators, g.word_registers, g.position_registers, g.frag_registers
+    K_STEPS, NPAIR, SMEM_ALIGN, SPLITS = g.k_steps, g.b_loads, g.smem_align, g.splits
+    CLEAR_WARP_ROWS, MBARRIER_BASE32, FENCE_BEFORE_LOADS = g.clear_warp_rows, g.mbarrier_base32, g.fence_before_loads
+    REDUCE_VALUES = g.reduce_group * ACC
+
+    # The simulator's cuda.jit takes no launch bounds (they only steer ptxas).
+    @(cuda.jit if ptx.SIMULATOR else cuda.jit(launch_bounds=cfg.launch_bounds))
+    def spmm_tiled_csl(words, tile_offsets, x, ldx, y, bias, has_bias, workspace, tickets, M, N, K, n_tile_cols,
+                       k_tiles_per_split):
+        # One dynamic shared-memory block, seen as uint16 (A and activation tiles) and uint32 (tile offsets):
+        # [A 0 | A 1 | act 0 .. act STAGES-1 | mbarriers | tile offsets of this block]
+        smem16 = cuda.shared.array(0, uint16, alignment=SMEM_ALIGN)
+        smem32 = cuda.shared.array(0, uint32, alignment=SMEM_ALIGN)
+        # The epilogue's view: the A buffers reused (and, at tile_n 64, the first activation stage).
+        smemf = cuda.shared.array(0, float32, alignment=SMEM_ALIGN)
+        acc = cuda.local.array(ACC, float32)
+        w_a = cuda.local.array(WORDS, uint32)  # register buffers of words, alternating (see _k_step)
+        w_b = cuda.local.array(WORDS, uint32)
+        positions = cuda.local.array(POSITIONS, uint32)  # "entries": the next tile to zero's (wgmma: even tiles')
+        positions_odd = cuda.local.array(POSITIONS, uint32)  # wgmma "entries": odd tiles' positions
+        a_off = cuda.local.array(K_STEPS, int64)
+        b_off = cuda.local.array(NPAIR, int64)
+        frag0 = cuda.local.array(FRAG, uint32)  # one k16 step's A and B fragments, double-buffered (products)
+        frag1 = cuda.local.array(FRAG, uint32)
+        group = cuda.local.array(REDUCE_VALUES, float32)  # split-K: partials of several splits
+        for i in range(ACC):
+            acc[i] = float32(0.0)
+
+        tile_row = cuda.blockIdx.x
+        n0 = cuda.blockIdx.y * TILE_N
+        split = cuda.blockIdx.z
+        m0 = tile_row * TILE_M
+        kt_begin = split * k_tiles_per_split
+        n_tiles_block = min(k_tiles_per_split, n_tile_cols - kt_begin)
+        first_tile = tile_row * n_tile_cols + kt_begin  # tiles of one tile row are consecutive in the format
+
+        if n_tiles_block > 0:
+            tid = cuda.threadIdx.x
+            lane = tid & 31
+            fragment_rows(tid, a_off, b_off)
+            cp_dst, cp_src, cp_rows_left, cp_cols_left = copy_plan(n0, ldx, N, K)
+            stage_offsets(tid, smem32, tile_offsets, first_tile, n_tiles_block)
+            zero_buffer(smem16, 0)
+            zero_buffer(smem16, 1)  # for tile 1, scattered by step 0 (later steps clear what they used)
+            clear_first = ((tid >> 5) * CLEAR_WARP_ROWS + (lane >> 3)) * TILE_K + (lane & 7) * 8
+            if ENTRIES and not WGMMA and tid == 0:  # wgmma clears by entries behind a barrier instead
+                ptx.mbarrier_init(smem32, MBARRIER_BASE32, THREADS)
+                ptx.mbarrier_init(smem32, MBARRIER_BASE32 + 2, THREADS)
+            cuda.syncthreads()  # offsets, zeros and mbarriers visible
+            for t in range(STAGES - 1):
+                issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
+                                  cp_cols_left)
+            # Fill the word pipeline: tile 0 is expanded now (its load latency exposed once per block), tiles 1
+            # and 2 travel while the first steps run. The first window of tile offsets (_k_step): tiles 0, 1 and 2
+            # are o0 .. o1, o1 .. o2 and o2 .. o3; it starts at tile -1, an empty range that step 0 does not clear.
+            om1 = o0 = tile_offset(smem32, 0)
+            o1 = tile_offset(smem32, min(1, n_tiles_block))
+            o2 = tile_offset(smem32, min(2, n_tiles_block))
+            o3 = tile_offset(smem32, min(3, n_tiles_block))
+            load_words(words, o0, o1, w_a)
+            if n_tiles_block > 1:
+                load_words(words, o1, o2, w_b)
+            scatter_tile(words, smem16, o0, o1, 0, w_a)
+            if FENCE_BEFORE_LOADS:
+                publish_shared_writes()  # for step 0 (activation tile 0, the first scatter)
+            if n_tiles_block > 2:
+                if ENTRIES:
+                    keep_positions(o0, o1, w_a, positions)
+                load_words(words, o2, o3, w_a)
+
+            # Unrolled by two, so that each word buffer is a fixed set of registers: they alternate between tile
+            # i+1's words and tile i+2's in flight. Step i's w_cur ("entries") holds the positions it zeroes, of
+            # tile i (mma.sync, one buffer) or of tile i-1 (wgmma: tile t's in positions if t is even, else in
+            # positions_odd); "rows" passes its w_next there, unused.
+            inputs = (words, x, ldx)
+            shared = (smem16, smem32)
+            block = (n_tiles_block, kt_begin, clear_first)
+            fragments = (a_off, b_off, frag0, frag1)
+            i = 0
+            while i < n_tiles_block:
+                copy = (cp_dst, cp_src, cp_rows_left, cp_cols_left)
+                om1, o0, o1, o2, o3 = k_step(i, inputs, shared, block, copy, fragments, acc,
+                                             (positions_odd if WGMMA else positions) if ENTRIES else w_b, w_b,
+                                             (om1, o0, o1, o2, o3))
+                if i + 1 < n_tiles_block:
+                    om1, o0, o1, o2, o3 = k_step(i + 1, inputs, shared, block, copy, fragments, acc,
+                                                 positions if ENTRIES else w_a, w_a, (om1, o0, o1, o2, o3))
+                i += 2
+            ptx.cp_async_wait_all()
+
+        if SPLITS:
+            if not reduce_splits(cuda.threadIdx.x, acc, group, workspace, tickets, tile_row, split):
+                return
+        store_tile(acc, smemf, y, bias, has_bias, m0, n0, M, N)
+
+    return spmm_tiled_csl
+
+
+def _k_step(g: Geometry, activations, sparse, products):
+    """Step i of the main loop for one variant: ``k_step(i, inputs, shared, block, copy, fragments, acc, w_cur,
+    w_next, window) -> window``.
+
+    On entry A tile i is expanded, tile i+1's words are in ``w_next``, tile i+2's are in flight into the other word
+    buffer, and the other A buffer is zero if tile i+1 exists ("rows", and "entries" with mma.sync) or still holds
+    tile i-1 ("entries" with wgmma, zeroed by this step before its scatter). ``w_cur`` ("entries") holds the
+    positions this step zeroes. On exit tile i+1 is expanded, ``w_cur`` holds tile i+1's positions and tile i+3's
+    loads are in flight into ``w_next``.
+
+    ``window`` holds the vector offsets of tiles i-1 .. i+3 (indices clamped to ``[0, n_tiles_block]``), carried
+    from step to step: a step reads only the next one from shared memory, and tile t's vectors are o_t .. o_{t+1}
+    - 1, so the window gives the ranges of the tiles it clears, scatters and starts loading. ``inputs`` is
+    (words, x, ldx), ``shared`` (smem16, smem32), ``block`` (n_tiles_block, kt_begin, clear_first)."""
+    STAGES, MBARRIER_BASE32, FENCE_BEFORE_LOADS = g.stages, g.mbarrier_base32, g.fence_before_loads
+    issue_activations, publish_shared_writes = activations.issue, activations.publish
+    tile_offset, load_words, scatter_tile = sparse.tile_offset, sparse.load, sparse.scatter
+    clear_own_rows, unscatter_tile, keep_positions = sparse.clear_own_rows, sparse.unscatter, sparse.keep_positions
+    start_products, multiply, finish_products = products.start, products.multiply, products.finish
+    after_reads = products.after_reads
+
+    @inlined
+    def begin(i, inputs, shared, block, copy, fragments, acc, window):
+        """The part of a step every variant shares: the next tile offset, the barrier, the products of tile i and
+        the copy of activation tile i+STAGES-1. Returns that offset."""
+        words, x, ldx = inputs
+        smem16, smem32 = shared
+        n_tiles_block, kt_begin, _ = block
+        # Read before the barrier: next to its use its latency stalled each thread in front of the loads.
+        o4 = tile_offset(smem32, min(i + 4, n_tiles_block))
+        if not FENCE_BEFORE_LOADS:  # else the previous step (or the prologue) did this before its word loads
+            publish_shared_writes()
+        # The step's barrier: A tile i is expanded, the other A buffer is cleared where tile i+1 will be scattered
+        # (or, zero first, holds tile i-1, whose products everyone has waited for), everyone's copies of activation
+        # tile i are visible, and everyone is done with tile i-1's activation stage and its products.
+        cuda.syncthreads()
+        start_products(smem16, i & 1, i & (STAGES - 1), acc)  # wgmma works on tile i while the threads go on
+        cp_dst, cp_src, cp_rows_left, cp_cols_left = copy
+        issue_activations(x, ldx, smem16, i + STAGES - 1, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
+                          cp_cols_left)
+        multiply(smem16, i & 1, i & (STAGES - 1), fragments, acc)
+        return o4
+
+    @inlined
+    def clearing_rows(i, inputs, shared, block, copy, fragments, acc, w_cur, w_next, window):
+        """Each warp zeroes the rows it read, once its products are complete; the next barrier orders that
+        before the scatter into this buffer."""
+        om1, o0, o1, o2, o3 = window
+        o4 = begin(i, inputs, shared, block, copy, fragments, acc, window)
+        words, x, ldx = inputs
+        smem16, smem32 = shared
+        n_tiles_block, kt_begin, clear_first = block
+        if i + 1 < n_tiles_block:
+            scatter_tile(words, smem16, o1, o2, 1 - (i & 1), w_next)
+        if i + 3 < n_tiles_block:
+            load_words(words, o3, o4, w_next)
+        # The warp's products of tile i are complete before it clears the rows it read, and before the next
+        # barrier, after which tile i's activation stage is refilled.
+        finish_products(acc)
+        if i + 2 < n_tiles_block:
+            after_reads()
+            clear_own_rows(smem16, i & 1, clear_first)  # zeros for tile i+2
+        return o0, o1, o2, o3, o4
+
+    @inlined
+    def clearing_entries_sync(i, inputs, shared, block, copy, fragments, acc, w_cur, w_next, window):
+        """mma.sync, clear="entries": a per-buffer mbarrier stands in for a second barrier. Each thread arrives
+        when its reads of A[i%2] are over and waits on the phase after its scatter of tile i+1, by when the others
+        have normally arrived; then it zeroes tile i's positions."""
+        om1, o0, o1, o2, o3 = window
+        o4 = begin(i, inputs, shared, block, copy, fragments, acc, window)
+        words, x, ldx = inputs
+        smem16, smem32 = shared
+        n_tiles_block, kt_begin, _ = block
+        a_stage = i & 1
+        # Steps 0 .. n_tiles_block - 3 arrive on their buffer's mbarrier, so step i is use i >> 1 of buffer i & 1:
+        # phase i >> 1, waited for by its parity.
+        mbarrier = MBARRIER_BASE32 + 2 * a_stage
+        if i + 2 < n_tiles_block:
+            ptx.mbarrier_arrive(smem32, mbarrier)  # this thread's reads of A tile i are done
+        if i + 1 < n_tiles_block:
+            scatter_tile(words, smem16, o1, o2, 1 - a_stage, w_next)
+        if i + 2 < n_tiles_block:
+            # Everyone has read A tile i: zero it where this thread scattered it, for tile i+2 (scattered into this
+            # buffer after the next barrier, which orders these zeros before it).
+            ptx.mbarrier_wait_parity(smem32, mbarrier, (i >> 1) & 1)
+            unscatter_tile(smem16, o0, o1, a_stage, w_cur)
+        if i + 3 < n_tiles_block:
+            # Tile i's positions are used: tile i+1's take their place, and tile i+1's word buffer takes tile
+            # i+3's loads.
+            keep_positions(o1, o2, w_next, w_cur)
+            load_words(words, o3, o4, w_next)
+        return o0, o1, o2, o3, o4
+
+    @inlined
+    def clearing_entries_wgmma(i, inputs, shared, block, copy, fragments, acc, w_cur, w_next, window):
+        """wgmma, clear="entries", zero first: every thread waited for tile i-1's products before this step's
+        barrier, so the other A buffer is free. Each thread zeroes where it scattered tile i-1, a barrier orders
+        all those zeros before anyone's scatter of tile i+1 into the same buffer, and the products of tile i run
+        meanwhile, waited for only at the end of the step."""
+        om1, o0, o1, o2, o3 = window
+        o4 = begin(i, inputs, shared, block, copy, fragments, acc, window)
+        words, x, ldx = inputs
+        smem16, smem32 = shared
+        n_tiles_block, kt_begin, _ = block
+        if i + 1 < n_tiles_block:
+            if i >= 1:
+                unscatter_tile(smem16, om1, o0, 1 - (i & 1), w_cur)
+                cuda.syncthreads()  # conditions uniform across the block
+            scatter_tile(words, smem16, o1, o2, 1 - (i & 1), w_next)
+        if i + 3 < n_tiles_block:
+            keep_positions(o1, o2, w_next, w_cur)  # tile i-1's positions are used: tile i+1's take their place
+        if FENCE_BEFORE_LOADS:
+            publish_shared_writes()  # for step i+1: activation tile i+1, these zeros and this scatter
+        if i + 3 < n_tiles_block:
+            load_words(words, o3, o4, w_next)  # tile i+1's word buffer takes tile i+3's loads
+        # Tile i's products are complete before the next barrier, after which tile i's activation stage is
+        # refilled and its A buffer zeroed.
+        finish_products(acc)
+        return o0, o1, o2, o3, o4
+
+    if not g.entries:
+        return clearing_rows
+    return clearing_entries_wgmma if g.wgmma else clearing_entries_sync
