@@ -885,6 +885,11 @@ class TiledCSL:
         return TiledCSL._from_parts(to_device(self._words), to_device(self._tile_offsets), self._shape, self._dtype,
                                     self._nnz)
 
+    def copy(self) -> "TiledCSL":
+        """A copy with arrays of its own, in the same module."""
+        return TiledCSL._from_parts(self._words.copy(), self._tile_offsets.copy(), self._shape, self._dtype,
+                                    self._nnz)
+
     def to_host(self) -> "TiledCSL":
         """A copy with NumPy arrays (``self`` when already on the host)."""
         if not self.on_device:

@@ -230,10 +230,9 @@ def _build(config: ModelConfig, dtype, read: Callable[[str], object], sizes: dic
         if config.word_embed_dim:
             project_in = Linear(flat("project_in.weight"), None, config.hidden_size, config.embed_dim, dtype)
             project_out = Linear(flat("project_out.weight"), None, config.embed_dim, config.hidden_size, dtype)
-        blocks = []
         attention_bias, mlp_bias = config.has_linear_bias
-        for index in range(config.num_layers):
-            prefix = f"layers.{index}."
+
+        def make_block(prefix: str) -> Block:
             linears = {}
             for layer, parts in LINEAR_PARTS[config.family].items():
                 with_bias = attention_bias if layer in ("qkv", "out") else mlp_bias
@@ -251,7 +250,12 @@ def _build(config: ModelConfig, dtype, read: Callable[[str], object], sizes: dic
                 linears[layer] = encode_linear(stacked, bias, dtype, None, prune, dense_below)
                 del stacked
             first, second = NORMS[config.family]
-            blocks.append(Block(attn_norm=norm(prefix + first), ffn_norm=norm(prefix + second), **linears))
+            return Block(attn_norm=norm(prefix + first), ffn_norm=norm(prefix + second), **linears)
+
+        # A layer's temporaries (drawn or read matrices, pruning, encoding) come from a pool of their own, and the
+        # layer is copied out of it (device.made_apart says why).
+        blocks = [device.made_apart(lambda: make_block(f"layers.{index}."), Block.copy)
+                  for index in range(config.num_layers)]
         if config.family == "opt":
             final_norm = norm("final_layer_norm") if config.final_norm else None
         else:

@@ -11,7 +11,7 @@ from flashllm_nb import _runtime
 from flashllm_nb.kernels import ptx
 
 __all__ = ["SIMULATOR", "xp", "to_device", "to_host", "Stream", "use_device", "synchronize", "free_memory",
-           "device_name"]
+           "device_name", "made_apart"]
 
 SIMULATOR = ptx.SIMULATOR
 
@@ -29,6 +29,33 @@ def to_device(a):
 def to_host(a) -> np.ndarray:
     """``a`` as a NumPy array (a device-to-host copy on a GPU)."""
     return a if isinstance(a, np.ndarray) else a.get()  # synchronize!
+
+
+def made_apart(make, copy):
+    """``copy(make())``, where every allocation of ``make`` comes from a memory pool of its own, which goes back to
+    the device before this returns, and the copy's from the default pool: for work whose temporaries dwarf its
+    result (building a layer).
+
+    Why: CuPy's default pool cuts a small allocation out of any larger free block it holds, and that whole block
+    can then never go back to the device. Results made among large temporaries pin them so, layer after layer, and
+    the memory a KV cache needs in one piece ends up in pieces the device reports as used. Under the simulator
+    ``make()`` itself."""
+    if SIMULATOR:
+        return make()
+    import cupy
+
+    pool = cupy.cuda.MemoryPool()
+    with cupy.cuda.using_allocator(pool.malloc):
+        made = make()
+    kept = copy(made)
+    del made
+    pool.free_all_blocks()
+    if pool.used_bytes():  # something made inside outlives it (a cache): its memory must stay valid
+        _POOLS_STILL_USED.append(pool)
+    return kept
+
+
+_POOLS_STILL_USED: list = []
 
 
 class Stream:

@@ -189,6 +189,7 @@ class _Decoding:
             self.acts = Activations(model.config, batch, batch)
         self.collected = [] if output_logits else None
         self.memory_used = {}
+        kernels.compile_attention(model.dtype, model.config.head_dim)
 
     def prefill(self, rows, lengths) -> None:
         """Every prompt token in one ragged pass, then the first new token of each sequence."""

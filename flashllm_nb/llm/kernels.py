@@ -35,7 +35,7 @@ from numba import cuda, types
 from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.driver import Kernel
-from flashllm_nb.kernels.launch import multiprocessors
+from flashllm_nb.kernels.spmm.plan import multiprocessors
 
 __all__ = [
     "embed", "add_norm", "add", "split_heads", "attention", "activation", "add_bias", "argmax", "finish_step",
@@ -414,6 +414,16 @@ def attention_splits(tokens: int, n_heads: int, max_len: int) -> int:
     cells = max(1, tokens * n_heads)
     wanted = -(-2 * multiprocessors() // cells)
     return max(1, min(wanted, -(-max_len // ATTENTION_THREADS), MAX_ATTENTION_SPLITS))
+
+
+def compile_attention(dtype, head_dim: int) -> None:
+    """Compile both attention variants (whole and split, with its combine kernel) now. Which one a pass takes
+    depends on the batch and the cache length (``attention_splits``): compiled here, before generation starts, the
+    split variant is not compiled in the middle of a timed decode the first time a longer cache asks for it."""
+    name = _dtype_name(dtype)
+    _attention_kernel(name, head_dim, ATTENTION_THREADS, False).compile()
+    _attention_kernel(name, head_dim, ATTENTION_THREADS, True).compile()
+    _combine_kernel(name, head_dim, COMBINE_THREADS).compile()
 
 
 def attention_workspace_size(tokens: int, n_heads: int, head_dim: int, splits: int) -> int:

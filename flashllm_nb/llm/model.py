@@ -46,6 +46,10 @@ class Norm:
     def nbytes(self) -> int:
         return int(self.weight.nbytes) + (0 if self.bias is None else int(self.bias.nbytes))
 
+    def copy(self) -> "Norm":
+        """A copy with arrays of its own."""
+        return Norm(self.weight.copy(), None if self.bias is None else self.bias.copy())
+
 
 @dataclass
 class Block:
@@ -61,6 +65,11 @@ class Block:
     @property
     def linears(self) -> tuple[Linear, Linear, Linear, Linear]:
         return self.qkv, self.out, self.ffn_in, self.ffn_out
+
+    def copy(self) -> "Block":
+        """A copy with arrays of its own."""
+        return Block(attn_norm=self.attn_norm.copy(), qkv=self.qkv.copy(), out=self.out.copy(),
+                     ffn_norm=self.ffn_norm.copy(), ffn_in=self.ffn_in.copy(), ffn_out=self.ffn_out.copy())
 
 
 class Model:

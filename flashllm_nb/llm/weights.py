@@ -52,6 +52,11 @@ class Linear:
     def sparsity(self) -> float:
         return self.weight.sparsity if self.sparse else 0.0
 
+    def copy(self) -> "Linear":
+        """A copy with arrays of its own."""
+        return Linear(self.weight.copy(), None if self.bias is None else self.bias.copy(), self.rows, self.cols,
+                      self.dtype)
+
     def __call__(self, x, out, n: int, stream: int, scratch=None) -> None:
         """``out[:n * rows] = x[:n * cols] @ W.T + b`` on flat bit arrays. A sparse layer given a ``scratch``
         (a flat uint16 buffer of at least rows * cols) expands into it and multiplies densely instead."""
