@@ -160,7 +160,8 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
         return
     if compile_:
         model.generation_config.cache_implementation = "static"
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+        model.forward = _each_step_a_new_graph_run(torch.compile(model.forward, mode="reduce-overhead",
+                                                                 fullgraph=True))
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     for batch in batches:
         row = dict(model=name, provider=provider, sparsity=sparsity, batch=batch, prompt=args.prompt, new=new,
@@ -182,6 +183,11 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
         except torch.OutOfMemoryError as e:
             rows.append(dict(row, status="does not fit", note=str(e).splitlines()[0]))
             continue
+        except Exception as e:  # a failure of transformers or torch.compile is a result of this row, not the run's
+            note = f"{type(e).__name__}: {next((line for line in str(e).splitlines() if line.strip()), '')}"
+            rows.append(dict(row, status="failed", note=note[:500]))
+            log(f"  {provider} {'dense' if not sparsity else f'{sparsity:.0%}'} batch {batch:3d}: failed: {note}")
+            continue
         decode = total - first
         row.update(status="ok", ttft_s=round(first, 4), decode_tok_s=round(batch * (new - 1) / decode, 2),
                    step_ms=round(1e3 * decode / (new - 1), 3))
@@ -190,6 +196,19 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
             f"{row['decode_tok_s']:9.1f} tok/s, TTFT {first * 1e3:.1f} ms")
     del model
     _release()
+
+
+def _each_step_a_new_graph_run(forward):
+    """``forward``, telling torch's CUDA-graph trees before each call that a new step begins: generate() keeps the
+    previous step's outputs (the logits, the cache) while it runs the next, which the trees otherwise refuse as
+    reading outputs a later replay has overwritten."""
+    import torch
+
+    def step(*args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        return forward(*args, **kwargs)
+
+    return step
 
 
 def _release() -> None:

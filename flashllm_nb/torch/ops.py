@@ -77,6 +77,9 @@ class MatrixState:
             if len(self._launches) >= _LAUNCHES_PER_MATRIX:
                 self._launches.pop(next(iter(self._launches)))
             self._launches[key] = launch
+            # the kept launch holds no tensor of this call (one made while a CUDA graph records must not outlive
+            # the recording unseen): it is pointed at them by address, as every later call is
+            launch.set_pointers(x_ptr, out.data_ptr(), None if bias is None else bias.data_ptr())
             launch()
             return
         api.linear(x, self.matrix, bias, out, stream=stream)  # rows the kernel cannot read in place: copied
