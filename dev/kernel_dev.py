@@ -25,7 +25,7 @@ import cupy as cp
 import numpy as np
 import flashllm_nb as fl
 from flashllm_nb.kernels.spmm import driver
-from flashllm_nb.kernels.spmm.plan import DEFAULT_WARPS, Force, plan
+from flashllm_nb.kernels.spmm.plan import Force, plan
 
 OPT66B = [(27648, 9216), (9216, 9216), (36864, 9216), (9216, 36864)]
 
@@ -218,7 +218,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-check", action="store_true")
-    ap.add_argument("--warps", type=int, nargs="+", default=[DEFAULT_WARPS])
+    ap.add_argument("--warps", type=int, nargs="+", default=None,
+                    help="warps per block to force (default: the plan's choice, as users get it)")
     ap.add_argument("--n", type=int, nargs="+", default=None, help="token counts to time (default 16 with --quick, "
                     "else 8 16 32 64)")
     args = ap.parse_args()
@@ -232,16 +233,20 @@ def main():
     print(f"copy bandwidth: {bw / 1e9:.0f} GB/s", flush=True)
     rows, plans = [], []
     ns = args.n or ([16] if args.quick else [8, 16, 32, 64])
-    for warps in args.warps:
-        print(f"--- {warps} warps per block")
-        time_shapes(rng, OPT66B, ns, [0.7, 0.8, 0.9], bw, rows, plans, Force(warps=warps))
-    for warps in args.warps:
+    choices = [("the plan's warps", None)] if args.warps is None else [(f"{w} warps", Force(warps=w)) for w in args.warps]
+    for label, force in choices:
+        print(f"--- {label} per block")
+        first = len(rows)
+        time_shapes(rng, OPT66B, ns, [0.7, 0.8, 0.9], bw, rows, plans, force)
+        for row in rows[first:]:
+            row["label"] = label
+    for label, _ in choices:
         for n in ns:
             for s in (0.7, 0.8, 0.9):
-                sel = [r for r in rows if r["n"] == n and r["s"] == s and r["warps"] == warps]
+                sel = [r for r in rows if r["n"] == n and r["s"] == s and r["label"] == label]
                 g = math.exp(sum(math.log(r["speedup"]) for r in sel) / len(sel))
                 fb = sum(r["frac_bound"] for r in sel) / len(sel)
-                print(f"{warps} warps N={n} {s:.0%}: geomean speedup {g:.2f}x, mean fraction of bound {fb:.2f}")
+                print(f"{label} N={n} {s:.0%}: geomean speedup {g:.2f}x, mean fraction of bound {fb:.2f}")
     report_resources(plans)
     return 0
 

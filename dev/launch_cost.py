@@ -3,7 +3,7 @@ with and without a caller's output), a ``Prepared`` call, and CuPy's cuBLAS matm
 
     python -m dev.launch_cost
 
-4096 x 4096 at 80 %, N = 16, fp16. The calls are queued behind a spin kernel (``dev_kernel.launch_cost``), so the
+4096 x 4096 at 80 %, N = 16, fp16. The calls are queued behind a spin kernel (``kernel_dev.launch_cost``), so the
 GPU never pushes back on the host while they are timed: this is host time alone, not kernel time.
 """
 

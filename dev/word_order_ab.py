@@ -8,7 +8,7 @@ over the banks (``formats.tiled_csl._layout_sorted``): about 1.6 values per bank
 every tile's words greedily, column by column, each column taking one entry from as many banks as it can and more
 only from the banks with the most left (words move only inside their tile, padding stays in its last vector,
 ``TiledCSL._from_parts`` skips the canonical-order check), counts the stores' wavefronts of both orders, checks that
-both give the same product bit for bit, and times both (``dev_kernel.time_batched``, two rounds, the faster kept).
+both give the same product bit for bit, and times both (``kernel_dev.time_batched``, two rounds, the faster kept).
 The same order serves the clearing by entries, which stores zeros at the same positions in the same columns.
 """
 import math

@@ -251,12 +251,19 @@ def test_plan_passes_the_clearing_on():
     assert (config.clear, config.prefetch_vectors, config.stages) == ("entries", 512, 4)
 
 
-@pytest.mark.parametrize("mma,tile_n,clear,prefetch,stages", [
-    ("wgmma", 16, "entries", 256, 2), ("wgmma", 16, "entries", 384, 4), ("wgmma", 8, "entries", 256, 4),
-    ("sync", 16, "entries", 256, 4), ("wgmma", 16, "rows", 512, 4),
+@pytest.mark.parametrize("mma,warps,tile_n,clear,prefetch,stages", [
+    ("wgmma", 4, 16, "entries", 256, 2), ("wgmma", 4, 16, "entries", 384, 4), ("wgmma", 4, 8, "entries", 256, 4),
+    ("sync", 4, 16, "entries", 256, 4), ("wgmma", 4, 16, "rows", 512, 4), ("wgmma", 8, 16, "entries", 256, 4),
 ])
-def test_two_activation_stages_only_where_a_sixth_block_fits_and_was_measured(mma, tile_n, clear, prefetch, stages):
-    assert stages_for(mma, tile_n, clear, prefetch) == stages
+def test_two_activation_stages_only_where_a_sixth_block_fits_and_was_measured(mma, warps, tile_n, clear, prefetch,
+                                                                              stages):
+    assert stages_for(mma, warps, tile_n, clear, prefetch) == stages
+
+
+def test_forced_warps_decide_the_stages_too():
+    """Eight forced warps on a configuration that would get two stages with four: four stages, no refusal."""
+    config = plan(4096, 16, 4096, "float16", "nk", tile_vectors=200, force=Force(warps=8, clear="entries")).config
+    assert (config.warps, config.clear, config.prefetch_vectors, config.stages) == (8, "entries", 256, 4)
 
 
 def test_plan_passes_the_stages_on_and_they_fit_six_blocks():

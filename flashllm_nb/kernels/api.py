@@ -131,6 +131,8 @@ class Prepared:
         self.out = None
 
     def __repr__(self) -> str:
+        if self.out is None:
+            return "<flashllm_nb.Prepared product, pointed at other arrays by set_pointers>"
         return f"<flashllm_nb.Prepared product into {type(self.out).__module__} array of shape {tuple(self.out.shape)}>"
 
 
@@ -239,7 +241,7 @@ class _FastCalls:
     """Remembered launches of repeated ``linear`` / ``spmm`` calls on CuPy arrays, per thread.
 
     An LLM calls each layer with the same weights, the same activation shape and the same kind of output every
-    step. The first such call goes through every check and packs a launch of its own (``launch.prepare``); later
+    step. The first such call goes through every check and packs a launch of its own (``driver.prepare``); later
     calls with the same key re-check only what the key does not fix (types, row-major strides, 16-byte alignment),
     write the pointers of X, the output and the bias into that launch's parameter block, and launch it. This keeps
     the host cost of a call near a ``Prepared`` call's (``bench/RESULTS.md``).

@@ -10,6 +10,7 @@ byte goes to the GPU the memory the result will need is predicted and compared w
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -254,7 +255,7 @@ def _build(config: ModelConfig, dtype, read: Callable[[str], object], sizes: dic
 
         # A layer's temporaries (drawn or read matrices, pruning, encoding) come from a pool of their own, and the
         # layer is copied out of it (device.made_apart says why).
-        blocks = [device.made_apart(lambda: make_block(f"layers.{index}."), Block.copy)
+        blocks = [device.made_apart(functools.partial(make_block, f"layers.{index}."), Block.copy)
                   for index in range(config.num_layers)]
         if config.family == "opt":
             final_norm = norm("final_layer_norm") if config.final_norm else None

@@ -47,6 +47,7 @@ def made_apart(make, copy):
     pool = cupy.cuda.MemoryPool()
     with cupy.cuda.using_allocator(pool.malloc):
         made = make()
+    pool.free_all_blocks()  # the temporaries' blocks, before the copy needs room
     kept = copy(made)
     del made
     pool.free_all_blocks()

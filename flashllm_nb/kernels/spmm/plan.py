@@ -162,10 +162,10 @@ def prefetch_for(warps: int, tile_n: int, tile_vectors: int | None, clear: str =
     return 512
 
 
-def stages_for(mma: str, tile_n: int, clear: str, prefetch_vectors: int) -> int:
+def stages_for(mma: str, warps: int, tile_n: int, clear: str, prefetch_vectors: int) -> int:
     """Activation stages (``SpmmConfig.stages``): 2 for the configuration ``config.TWO_STAGES_BUILT`` names,
     where the 4 KiB two stages fewer free fit a sixth block on an SM; else 4."""
-    chosen = dict(mma=mma, warps=warps_for(mma, tile_n), tile_n=tile_n, clear=clear, prefetch_vectors=prefetch_vectors)
+    chosen = dict(mma=mma, warps=warps, tile_n=tile_n, clear=clear, prefetch_vectors=prefetch_vectors)
     return 2 if chosen == TWO_STAGES_BUILT else 4
 
 
@@ -214,7 +214,7 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     warps = force.warps or warps_for(mma, tile_n)
     clear = force.clear or clear_for(mma, warps, tile_n, tile_vectors)
     prefetch = force.prefetch_vectors or prefetch_for(warps, tile_n, tile_vectors, clear)
-    stages = force.stages or stages_for(mma, tile_n, clear, prefetch)
+    stages = force.stages or stages_for(mma, warps, tile_n, clear, prefetch)
     if split_k is None:
         split_k = force.split_k
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch,
