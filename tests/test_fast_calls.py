@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flashllm_nb.kernels import api
-from flashllm_nb.kernels.spmm import driver as _launch
+from flashllm_nb.kernels.spmm import driver
 from flashllm_nb.kernels.spmm.plan import Force
 
 
@@ -35,15 +35,15 @@ class StubLaunch:
     """A PreparedLaunch stand-in: its slots, and the X/y/bias pointers it held at each launch."""
 
     def __init__(self):
-        self.slots = [0] * _launch._N_PARAMETERS
+        self.slots = [0] * driver._N_PARAMETERS
         self.arrays = ("arrays of the first call",)
         self.launched = []
 
-    set_pointers = _launch.PreparedLaunch.set_pointers
+    set_pointers = driver.PreparedLaunch.set_pointers
 
     def __call__(self):
         s = self.slots
-        self.launched.append((s[_launch.X_POINTER_SLOT], s[_launch.Y_POINTER_SLOT], s[_launch.BIAS_POINTER_SLOT]))
+        self.launched.append((s[driver.X_POINTER_SLOT], s[driver.Y_POINTER_SLOT], s[driver.BIAS_POINTER_SLOT]))
 
 
 @pytest.fixture

@@ -148,19 +148,19 @@ class _StubArray:
 def test_pointer_slots_name_x_y_and_bias_in_the_packed_block():
     """The fast path of repeated calls patches X's, the output's and the bias's pointers in place: the slot
     constants must be where _pack_parameters writes those pointers, and each array's slots Numba's ABI order."""
-    from flashllm_nb.kernels.spmm import driver as launch
+    from flashllm_nb.kernels.spmm import driver
 
     names = ("words", "offsets", "x", "y", "bias", "workspace", "tickets")
     arrays = tuple(_StubArray(0x1000 * (i + 1), 10 + i, 2 + (i % 3)) for i in range(len(names)))
-    buffer, _, _ = launch._new_parameter_block()
-    launch._pack_parameters(buffer, arrays, (72, 1, 3, 4, 5, 6, 7))
-    assert buffer[launch.X_POINTER_SLOT] == arrays[2].data.ptr
-    assert buffer[launch.Y_POINTER_SLOT] == arrays[3].data.ptr
-    assert buffer[launch.BIAS_POINTER_SLOT] == arrays[4].data.ptr
-    x = launch.X_POINTER_SLOT - 4  # meminfo, parent, nitems, itemsize, data, shape, stride
+    buffer, _, _ = driver._new_parameter_block()
+    driver._pack_parameters(buffer, arrays, (72, 1, 3, 4, 5, 6, 7))
+    assert buffer[driver.X_POINTER_SLOT] == arrays[2].data.ptr
+    assert buffer[driver.Y_POINTER_SLOT] == arrays[3].data.ptr
+    assert buffer[driver.BIAS_POINTER_SLOT] == arrays[4].data.ptr
+    x = driver.X_POINTER_SLOT - 4  # meminfo, parent, nitems, itemsize, data, shape, stride
     assert list(buffer[x:x + 7]) == [0, 0, 12, 4, 0x3000, 12, 4]
     assert buffer[x + 7] == 72  # ldx follows x
-    assert list(buffer[launch._N_PARAMETERS - 5:]) == [3, 4, 5, 6, 7]
+    assert list(buffer[driver._N_PARAMETERS - 5:]) == [3, 4, 5, 6, 7]
 
 
 @pytest.mark.sim

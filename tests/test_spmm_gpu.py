@@ -93,12 +93,12 @@ def test_sparse_layers_clear_by_entries(m, k, n, sparsity, layout, split_k):
     384-vector register buffer; at 88.5 % (~236) the 256-vector buffer takes them, a few overflowing it. On Hopper
     "nk" at N 9-16 and 88.5 % or sparser runs on the wgmma path with two activation stages and 6 blocks per SM, and
     "nk" at 77-80 % clears by entries too, with the 512-vector buffer (elsewhere those two cases clear rows)."""
-    from flashllm_nb.kernels.spmm import plan as launch
+    from flashllm_nb.kernels.spmm import plan as spmm_plan
 
     rng = np.random.default_rng(m + n)
     W = _pruned(rng, m, k, sparsity)
     A = fl.TiledCSL.from_dense(W.astype(np.float16))
-    config = launch.plan(m, n, k, "float16", layout, tile_vectors=A.mean_tile_vectors).config
+    config = spmm_plan.plan(m, n, k, "float16", layout, tile_vectors=A.mean_tile_vectors).config
     assert config.clear == ("entries" if sparsity >= 0.84 or config.mma == "wgmma" else "rows")
     assert config.stages == (2 if config.mma == "wgmma" and 8 < n <= 16 and sparsity >= 0.88 else 4)
     _check(W, cp.asarray(rng.standard_normal((n, k), dtype=np.float32)), np.float16, layout=layout, split_k=split_k)
@@ -110,15 +110,15 @@ def test_wgmma_entries_zero_whole_tiles_over_the_register_buffer(n, split_k):
     512-vector buffer, so every thread zeroes the whole buffer (not its entries) before the zero-first barrier, and
     the overflowing vectors load during the scatter. The plan never chooses this (entries stop at 480 vectors);
     the kernel must still be right. Needs the wgmma path (Hopper)."""
-    from flashllm_nb.kernels.spmm import plan as launch
+    from flashllm_nb.kernels.spmm import plan as spmm_plan
 
-    if launch.mma_for("nk") != "wgmma":
+    if spmm_plan.mma_for("nk") != "wgmma":
         pytest.skip("the wgmma path needs a Hopper (sm_90) GPU")
-    force = launch.Force(clear="entries")
+    force = spmm_plan.Force(clear="entries")
     rng = np.random.default_rng(72 + n)
     W = _pruned(rng, 4096, 6144, 0.72)
     A = fl.TiledCSL.from_dense(W.astype(np.float16))
-    config = launch.plan(4096, n, 6144, "float16", "nk", tile_vectors=A.mean_tile_vectors, force=force).config
+    config = spmm_plan.plan(4096, n, 6144, "float16", "nk", tile_vectors=A.mean_tile_vectors, force=force).config
     assert (config.mma, config.clear, config.prefetch_vectors) == ("wgmma", "entries", 512)
     assert A.mean_tile_vectors > 512
     _check(W, cp.asarray(rng.standard_normal((n, 6144), dtype=np.float32)), np.float16, split_k=split_k, force=force)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flashllm_nb as fl
-from flashllm_nb.kernels.spmm import plan as launch
+from flashllm_nb.kernels.spmm import plan as spmm_plan
 from flashllm_nb.reference import linear_reference, spmm_reference
 from flashllm_nb.reference.spmm import abs_product
 from flashllm_nb.reference.tolerance import assert_close_to_reference
@@ -35,8 +35,8 @@ BOTH_PATHS = pytest.mark.parametrize("path", ["wgmma", "sync"])
 def _force(path=None, clear=None, prefetch_vectors=None):
     """The plan choices a test fixes (None: the plan's own); the simulator plays a Hopper GPU, where linear takes
     the wgmma kernels unless told otherwise."""
-    assert launch.mma_for("nk") == "wgmma", "the simulator is meant to play a Hopper GPU"
-    return launch.Force(mma=path, clear=clear, prefetch_vectors=prefetch_vectors)
+    assert spmm_plan.mma_for("nk") == "wgmma", "the simulator is meant to play a Hopper GPU"
+    return spmm_plan.Force(mma=path, clear=clear, prefetch_vectors=prefetch_vectors)
 
 
 def _random_sparse(rng, m, k, sparsity, dtype):
@@ -129,7 +129,7 @@ def test_empty_dense_and_overflowing_tiles(path, dtype):
     W[128:, :64] = 0  # an empty tile in tile row 1; the rest is fully dense
     X = rng.standard_normal((5, 256)).astype(dtype)
     A = fl.TiledCSL.from_dense(W)
-    assert launch.prefetch_for(4, 8, A.mean_tile_vectors) == 640  # the larger register buffer is the one exercised here
+    assert spmm_plan.prefetch_for(4, 8, A.mean_tile_vectors) == 640  # the larger register buffer is the one exercised here
     for split_k in (1, 2, 4):
         _check_linear(W, X, split_k=split_k, force=_force(path))
 
@@ -165,7 +165,7 @@ def test_tile_sequence_leaves_no_stale_values(path, clearing, x_layout, n, entri
     W[5, 64 * 7 + 3] = 1.5  # the one entry of tile 7
     W = W.astype(np.float16)
     tile_vectors = fl.TiledCSL.from_dense(W).mean_tile_vectors
-    config = launch.plan(128, n, W.shape[1], "float16", x_layout, tile_vectors=tile_vectors, force=force).config
+    config = spmm_plan.plan(128, n, W.shape[1], "float16", x_layout, tile_vectors=tile_vectors, force=force).config
     assert config.clear == clearing
     if entries_buffer is not None:
         assert config.prefetch_vectors == entries_buffer
@@ -186,7 +186,7 @@ def test_sparse_matrices_clear_by_entries(path, n, split_k):
     W = _random_sparse(rng, 130, 7 * 64 - 5, 0.93, np.float16)
     A = fl.TiledCSL.from_dense(W)
     force = _force(path)
-    config = launch.plan(130, n, W.shape[1], "float16", "nk", tile_vectors=A.mean_tile_vectors, force=force).config
+    config = spmm_plan.plan(130, n, W.shape[1], "float16", "nk", tile_vectors=A.mean_tile_vectors, force=force).config
     assert config.clear == "entries"
     assert config.stages == (2 if (path, n) == ("wgmma", 16) else 4)
     _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=split_k, force=force)
