@@ -2,8 +2,8 @@
 
     python -m dev.alone_vs_queued [--n 16] [--sparsity 0.9] [--shapes 9216x9216,27648x9216]
 
-"queued" is ``kernel_dev.time_batched`` (the A/B tools: calls back to back behind a spin kernel, one event pair);
-"alone" is the sweep's ``flashllm_nb.bench.timing.time_calls`` (spin kernel, event, call, event). Both rotate over
+"queued" is ``flashllm_nb.bench.timing.time_batched`` (the A/B tools: calls back to back behind a spin kernel, one
+event pair); "alone" is the sweep's ``timing.time_calls`` (spin kernel, event, call, event). Both rotate over
 the same weight copies (pruned Tiled-CSL copies past the L2; three dense copies for cuBLAS). The rows: cuBLAS fp16,
 ``linear`` as planned, ``linear`` with ``split_k=1``, and a device-to-device ``cudaMemcpy`` of the words. Needs a GPU.
 """
@@ -14,10 +14,10 @@ import argparse
 
 import cupy as cp
 
-from dev.kernel_dev import pruned_copies, time_batched
+from dev.kernel_dev import pruned_copies
 
 import flashllm_nb as fl
-from flashllm_nb.bench.timing import time_calls
+from flashllm_nb.bench.timing import time_batched, time_calls
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ unless given; wider blocks keep the plan's choices). A variant the kernel is not
 ``SpmmConfig`` with its reason. A variant without options is the plan itself.
 
 Every variant times the same pruned matrices (rotated past the L2, calls queued behind a spin kernel:
-``kernel_dev.time_batched``) per OPT-66B layer and as the geometric mean over the layers, with the fraction of the
-Tiled-CSL bandwidth bound (copy bandwidth measured in the same run). ``--check`` first runs
+``flashllm_nb.bench.timing.time_batched``) per OPT-66B layer and as the geometric mean over the layers, with the
+fraction of the Tiled-CSL bandwidth bound (copy bandwidth measured in the same run). ``--check`` first runs
 ``kernel_dev.check_correctness`` with the named variants (N = 1 to 256, both layouts, fp16 and bf16, split-K).
 
 A change of the kernel's source is compared by running this on each commit on the same card (the plan's variant),
@@ -25,14 +25,14 @@ Example::
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass, field
 
 import cupy as cp
 import numpy as np
 
 import flashllm_nb as fl
-from dev.kernel_dev import OPT66B, check_correctness, copy_bandwidth, pruned_copies, time_batched
+from dev.kernel_dev import OPT66B, check_correctness, pruned_copies
+from flashllm_nb.bench.timing import copy_bandwidth, geometric_mean, time_batched
 from flashllm_nb.kernels.spmm import driver
 from flashllm_nb.kernels.spmm.config import (CLEAR_CHOICES, MMA_CHOICES, PREFETCH_CHOICES, STAGE_CHOICES,
                                              TILE_N_CHOICES, WARP_CHOICES)
@@ -76,10 +76,6 @@ class Variant:
         return Force(**fixed) if fixed else None
 
 
-def geomean(xs):
-    return math.exp(sum(map(math.log, xs)) / len(xs))
-
-
 def compare(variants: list[Variant], ns, sparsities, shapes, check=()) -> None:
     """Check the variants named in ``check``, then time every variant per (N, sparsity, shape) and print the lines
     and geometric means described in the module docstring."""
@@ -92,7 +88,7 @@ def compare(variants: list[Variant], ns, sparsities, shapes, check=()) -> None:
             raise SystemExit(f"--check: expected one of {list(by_name)}, got {name!r}")
         check_correctness(np.random.default_rng(5), quick=False, force_for=by_name[name].force)
         print(f"correctness {name}: ok", flush=True)
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth() * 1e9  # bytes/s
     print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s", flush=True)
     rng = cp.random.default_rng(0)
     for n in ns:
@@ -116,8 +112,8 @@ def compare(variants: list[Variant], ns, sparsities, shapes, check=()) -> None:
                     line += f"  {v.name} {t * 1e3:.1f} ({t_dense / t:.3f}x, {t_bound / t:.2f} bound)"
                 print(line, flush=True)
             print(f"GEOMEAN N={n} {s:.0%}: " + "  ".join(
-                f"{name} {geomean(ratios[name]):.3f}x ({geomean(bounds[name]):.3f} bound)" for name in ratios),
-                flush=True)
+                f"{name} {geometric_mean(ratios[name]):.3f}x ({geometric_mean(bounds[name]):.3f} bound)"
+                for name in ratios), flush=True)
             tile_vectors = matrices[0].mean_tile_vectors  # the last layer's, as planned for its timing
             for v in variants:
                 p = plan(m, n, k, "float16", "nk", tile_vectors=tile_vectors, force=v.force(n))

@@ -8,9 +8,10 @@
 3. timing: OPT-66B layer shapes at N = 16 (and more with the full run), 70/80/90 % sparsity, against cuBLAS fp16
    timed in the same run, with the device copy bandwidth and the fraction of the bandwidth bound.
 
-Kernel-only times come from CUDA events around back-to-back launches queued behind a spin kernel, so the Python
-launch cost (which the ``launch`` column reports separately) does not leak into the kernel time. Weights rotate
-over enough copies to exceed the L2 cache.
+Kernel-only times are ``flashllm_nb.bench.timing.time_batched``'s (CUDA events around back-to-back launches
+queued behind a spin kernel), so the Python launch cost (which the ``launch`` column reports separately, from
+``timing.time_enqueue``) does not leak into the kernel time. Weights rotate over enough copies to exceed the L2
+cache.
 """
 
 from __future__ import annotations
@@ -24,24 +25,11 @@ import time
 import cupy as cp
 import numpy as np
 import flashllm_nb as fl
+from flashllm_nb.bench.timing import copy_bandwidth, geometric_mean, time_batched, time_enqueue
 from flashllm_nb.kernels.spmm import driver
 from flashllm_nb.kernels.spmm.plan import Force, plan
 
 OPT66B = [(27648, 9216), (9216, 9216), (36864, 9216), (9216, 36864)]
-
-
-_SPIN = cp.RawKernel(
-    r"""extern "C" __global__ void spin(long long cycles) {
-        long long start = clock64();
-        while (clock64() - start < cycles) { }
-    }""",
-    "spin",
-)
-
-
-def _spin(cycles):
-    """Keep the GPU busy while the host queues the calls to be timed, so no launch gap enters the measurement."""
-    _SPIN((1,), (1,), (np.int64(cycles),))
 
 
 def check_correctness(rng, quick, force_for=lambda n: None):
@@ -123,63 +111,6 @@ def pruned_copies(rng, dense, sparsity):
     return copies
 
 
-def copy_bandwidth():
-    n = 1 << 28  # 512 MiB of fp16
-    a = cp.empty(n, np.float16)
-    b = cp.empty_like(a)
-    times = _events(lambda: b.__setitem__(Ellipsis, a), reps=20)
-    return 2 * a.nbytes / (np.median(times) * 1e-3)
-
-
-def _events(fn, reps, spin_cycles=0):
-    times = []
-    for _ in range(3):
-        fn()
-    cp.cuda.Device().synchronize()
-    for _ in range(reps):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        if spin_cycles:
-            _spin(spin_cycles)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop))
-    return np.array(times)
-
-
-def time_batched(fns, batches=15, spin_cycles=20_000_000):
-    """Kernel time per call: ``len(fns)`` calls queued back to back behind a spin kernel, one event pair around them."""
-    per_call = []
-    for fn in fns[:2]:
-        fn()
-    cp.cuda.Device().synchronize()
-    for _ in range(batches):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        _spin(spin_cycles)
-        start.record()
-        for fn in fns:
-            fn()
-        stop.record()
-        stop.synchronize()
-        per_call.append(cp.cuda.get_elapsed_time(start, stop) / len(fns))
-    return float(np.median(per_call))
-
-
-def launch_cost(fn, reps=200):
-    """Host seconds per call, queued behind a spin kernel so the GPU never pushes back on the host."""
-    for _ in range(20):
-        fn()
-    cp.cuda.Device().synchronize()
-    _spin(200_000_000)
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    host = (time.perf_counter() - t) / reps
-    cp.cuda.Device().synchronize()
-    return host
-
-
 def time_shapes(rng, shapes, ns, sparsities, bw, rows, plans, force=None):
     """Time ``linear`` (with the plan's choices fixed by ``force``) beside cuBLAS per shape, N and sparsity."""
     l2 = cp.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
@@ -200,7 +131,7 @@ def time_shapes(rng, shapes, ns, sparsities, bw, rows, plans, force=None):
                 ref = cp.matmul(X.astype(np.float32), fl.TiledCSL.to_dense(As[0]).astype(np.float32).T)
                 err = float(cp.max(cp.abs(Ys.astype(np.float32) - ref)) / cp.max(cp.abs(ref)))
                 t_sparse = time_batched([lambda A=A: fl.linear(X, A, out=Ys, force=force) for A in As] * 8)
-                host = launch_cost(lambda: fl.linear(X, As[0], out=Ys, force=force))
+                host = time_enqueue(lambda: fl.linear(X, As[0], out=Ys, force=force))
                 bytes_sparse = As[0].nbytes + 2 * n * (m + k)
                 bound = bytes_sparse / bw
                 p = plan(m, n, k, "float16", "nk", tile_vectors=As[0].mean_tile_vectors, force=force)
@@ -229,7 +160,7 @@ def main():
     print(f"device: {name}", flush=True)
     if not args.no_check:
         check_correctness(rng, args.quick)
-    bw = copy_bandwidth()
+    bw = copy_bandwidth() * 1e9  # bytes/s
     print(f"copy bandwidth: {bw / 1e9:.0f} GB/s", flush=True)
     rows, plans = [], []
     ns = args.n or ([16] if args.quick else [8, 16, 32, 64])
@@ -244,7 +175,7 @@ def main():
         for n in ns:
             for s in (0.7, 0.8, 0.9):
                 sel = [r for r in rows if r["n"] == n and r["s"] == s and r["label"] == label]
-                g = math.exp(sum(math.log(r["speedup"]) for r in sel) / len(sel))
+                g = geometric_mean([r["speedup"] for r in sel])
                 fb = sum(r["frac_bound"] for r in sel) / len(sel)
                 print(f"{label} N={n} {s:.0%}: geomean speedup {g:.2f}x, mean fraction of bound {fb:.2f}")
     report_resources(plans)

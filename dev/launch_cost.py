@@ -3,8 +3,9 @@ with and without a caller's output), a ``Prepared`` call, and CuPy's cuBLAS matm
 
     python -m dev.launch_cost
 
-4096 x 4096 at 80 %, N = 16, fp16. The calls are queued behind a spin kernel (``kernel_dev.launch_cost``), so the
-GPU never pushes back on the host while they are timed: this is host time alone, not kernel time.
+4096 x 4096 at 80 %, N = 16, fp16. The calls are timed by ``flashllm_nb.bench.timing.time_enqueue``: queued behind
+a spin kernel, so the GPU never pushes back on the host while they are timed; this is host time alone, not kernel
+time.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ def main() -> int:
     except Exception as exc:  # no CUDA device: nothing to time
         print(f"launch_cost: no GPU ({type(exc).__name__}); host launch cost is only meaningful on one")
         return 0
-    from dev.kernel_dev import launch_cost
-
     import flashllm_nb as fl
+    from flashllm_nb.bench.timing import time_enqueue
 
     def host_us(call):
-        return launch_cost(call) * 1e6
+        return time_enqueue(call) * 1e6
 
     rng = np.random.default_rng(0)
     W = rng.standard_normal((4096, 4096)).astype(np.float16)

@@ -23,8 +23,9 @@ from flashllm_nb._runtime import use_simulator_if_no_gpu
 def row_major(A, xp):
     """The same matrix with each tile's entries in row-major order, padding at the end of the tile."""
     from flashllm_nb.formats import tiled_csl as T
+    from flashllm_nb.formats.tiled_csl.decode import entries
 
-    tiles, index, values = T._entries(xp, A.words, A.tile_offsets)
+    tiles, index, values = entries(xp, A.words, A.tile_offsets)
     keys = tiles.astype(np.int64) * T.TILE_SIZE + index.astype(np.int64)
     order = xp.argsort(keys, kind="stable")
     keys, values = keys[order], values[order]
@@ -59,12 +60,11 @@ def main() -> int:
         return 0
 
     import cupy as cp
-    from dev.kernel_dev import copy_bandwidth, time_batched
+    from flashllm_nb.bench.timing import copy_bandwidth, time_batched
 
     shapes = [tuple(map(int, s.split(","))) for s in args.shape] if args.shape else \
         [(27648, 9216), (9216, 9216), (36864, 9216), (9216, 36864)]
-    bw = copy_bandwidth()
-    print(f"{cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, copy bandwidth {bw / 1e9:.0f} GB/s")
+    print(f"{cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, copy bandwidth {copy_bandwidth():.0f} GB/s")
     for m, k in shapes:
         W0 = cp.asarray(rng.standard_normal((m, k), dtype=np.float32).astype(np.float16))
         for n in args.n:

@@ -3,8 +3,8 @@
     python -m dev.split_k M K N SPARSITY [SPLIT ...]       e.g. python -m dev.split_k 36864 9216 16 0.8 2 4 9
 
 Times ``linear(X, A, out=Y, split_k=s)`` for the plan's choice (``split_k=None``) and each forced factor, with the
-weights rotated over enough copies to exceed the L2 cache (``dev/kernel_dev.py``'s timing). For tuning the
-split-K model in ``flashllm_nb.kernels.spmm.plan.choose_splits``. Needs a GPU.
+weights rotated over enough copies to exceed the L2 cache (``flashllm_nb.bench.timing.time_batched``). For tuning
+the split-K model in ``flashllm_nb.kernels.spmm.plan.choose_splits``. Needs a GPU.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def main() -> int:
         print(f"split_k: needs a GPU ({type(exc).__name__})")
         return 0
     import flashllm_nb as fl
-    from dev.kernel_dev import pruned_copies, time_batched
+    from dev.kernel_dev import pruned_copies
+    from flashllm_nb.bench.timing import time_batched
     from flashllm_nb.kernels.spmm import driver
     from flashllm_nb.kernels.spmm.plan import plan
 

@@ -4,12 +4,13 @@
 
 The kernel's scatter stores word s of 32 consecutive vectors per warp instruction (a "column"); values in one
 shared-memory bank but different 4-byte words cost a wavefront each. The format deals each tile's entries round-robin
-over the banks (``formats.tiled_csl._layout_sorted``): about 1.6 values per bank per store at 90 %. This tool re-deals
-every tile's words greedily, column by column, each column taking one entry from as many banks as it can and more
-only from the banks with the most left (words move only inside their tile, padding stays in its last vector,
+over the banks (``formats.tiled_csl.layout.layout_sorted``): about 1.6 values per bank per store at 90 %. This tool
+re-deals every tile's words greedily, column by column, each column taking one entry from as many banks as it can and
+more only from the banks with the most left (words move only inside their tile, padding stays in its last vector,
 ``TiledCSL._from_parts`` skips the canonical-order check), counts the stores' wavefronts of both orders, checks that
-both give the same product bit for bit, and times both (``kernel_dev.time_batched``, two rounds, the faster kept).
-The same order serves the clearing by entries, which stores zeros at the same positions in the same columns.
+both give the same product bit for bit, and times both (``flashllm_nb.bench.timing.time_batched``, two rounds, the
+faster kept). The same order serves the clearing by entries, which stores zeros at the same positions in the same
+columns.
 """
 import math
 import sys
@@ -128,9 +129,9 @@ def relaid(A):
 def main():
     import cupy as cp
 
-    from dev.kernel_dev import OPT66B, copy_bandwidth, pruned_copies, time_batched
+    from dev.kernel_dev import OPT66B, pruned_copies
 
-    from flashllm_nb.bench.timing import geometric_mean
+    from flashllm_nb.bench.timing import copy_bandwidth, geometric_mean, time_batched
 
     def fastest_of_two_rounds(*variants):
         """Each variant's faster time over two rounds, the variants timed in turn within a round."""
@@ -139,8 +140,7 @@ def main():
 
     ns = [int(a) for a in sys.argv[1:]] or [16, 8]
     rng = cp.random.default_rng(0)
-    bw = copy_bandwidth()
-    print(f"copy bandwidth {bw / 1e9:.0f} GB/s")
+    print(f"copy bandwidth {copy_bandwidth():.0f} GB/s")
     for sparsity in (0.9, 0.8):
         res = {(n, key): [] for n in ns for key in ("cublas", "deal", "balanced")}
         for m, k in OPT66B:

@@ -125,12 +125,15 @@ def _demo(simulator: bool, sparsity: float | None, seed: int) -> int:
     else:
         import cupy as cp
 
+        from flashllm_nb.bench.timing import time_batched
+
         A = A.to_device()
         Xd, Wd = cp.asarray(X), cp.asarray(W)
         Y = fl.linear(Xd, A)
-        t_sparse = _time_gpu(lambda: fl.linear(Xd, A, out=Y))
+        # Median ms per call over 20 batches of 50 back-to-back calls: the GPU, not the launch cost, sets the pace.
+        t_sparse = time_batched([lambda: fl.linear(Xd, A, out=Y)] * 50, batches=20)
         Yd = Xd @ Wd.T
-        t_dense = _time_gpu(lambda: cp.matmul(Xd, Wd.T, out=Yd))
+        t_dense = time_batched([lambda: cp.matmul(Xd, Wd.T, out=Yd)] * 50, batches=20)
         name = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"].decode()
         print(f"{name}: flashllm_nb.linear {t_sparse * 1e3:.1f} us, cuBLAS dense {t_dense * 1e3:.1f} us: "
               f"{t_dense / t_sparse:.2f}x")
@@ -139,26 +142,6 @@ def _demo(simulator: bool, sparsity: float | None, seed: int) -> int:
     assert_close_to_reference(Y, ref, abs_product(X, W.T), k, np.float16, what="linear(X, A)")
     print(f"checked against the float64 reference: all {Y.size} outputs within the fp32-accumulation bound")
     return 0
-
-
-def _time_gpu(fn, calls: int = 50, repeats: int = 20) -> float:
-    """Median milliseconds per call of ``fn``: CUDA events around ``calls`` back-to-back calls (so the GPU, not
-    the host's launch cost, sets the pace), repeated after a warm-up."""
-    import cupy as cp
-
-    for _ in range(10):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        for _ in range(calls):
-            fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop) / calls)
-    times.sort()
-    return times[len(times) // 2]
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from flashllm_nb.bench.sample import synthetic_results
 from flashllm_nb.bench.shapes import PRESETS, SIMULATOR_SHAPES, parse_shape, resolve_shapes
 from flashllm_nb.bench.sweep import prune_random, random_normal
 from flashllm_nb.bench.timing import device_reps, geometric_mean, rotation_count, summarize
-from flashllm_nb.bench.tolerance import check_close
+from flashllm_nb.reference.tolerance import check_close, probable_bound
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,6 +188,19 @@ def test_tolerance_passes_any_fp32_summation_order():
         check = _check(y, ref, X, W)
         assert check.ok and check.worst < 0.5, check
     assert _check(tiles.astype(np.float16), exact, X, W, "float64").ok
+
+
+@pytest.mark.parametrize("out, ref, u, eta", [
+    ("float16", "float16", 2.0**-11 + 2.0**-11, 2.0**-25 + 2.0**-25),
+    ("bfloat16", "float64", 2.0**-8 + 2.0**-53, 2.0**-134),
+    ("torch.float16", np.dtype(np.float32), 2.0**-11 + 2.0**-24, 2.0**-25 + 2.0**-150),
+])
+def test_tolerance_is_the_rule_in_bench_readme(out, ref, u, eta):
+    """|y - r| <= (u_y + u_r) |r| + (eta_y + eta_r) + 2^-20 sqrt(K) ||x_i|| ||w_j||, any spelling of the dtypes."""
+    ref_abs = np.array([[0.0, 1.0, 300.0], [1e-6, 2.0, 5.0]])
+    x_norm, w_norm = np.array([2.0, 0.25]), np.array([0.5, 1.0, 3.0])
+    expected = u * ref_abs + eta + 2.0**-20 * 64.0 * np.outer(x_norm, w_norm)
+    np.testing.assert_allclose(probable_bound(ref_abs, x_norm, w_norm, 4096, out, ref), expected, rtol=1e-15)
 
 
 def test_tolerance_catches_wrong_outputs():

@@ -1,4 +1,5 @@
-"""The float64 references against a plain dense float64 product, for every kind of A, non-finite values included."""
+"""The float64 references against a plain dense float64 product, for every kind of A, non-finite values included;
+and the terms of the worst-case error bound (``reference.tolerance.error_bound``) kernels are checked with."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from flashllm_nb import TiledCSL
 from flashllm_nb.reference import abs_product, linear_reference, spmm_reference
+from flashllm_nb.reference.tolerance import error_bound
 
 DTYPES = [np.float16, ml_dtypes.bfloat16]
 
@@ -128,3 +130,12 @@ def test_type_errors_name_the_argument():
     with pytest.raises(TypeError, match="Invalid dtype of A: expected float16, bfloat16, float32 or float64, "
                                         "got int32"):
         spmm_reference(np.ones((2, 2), np.int32), np.ones((2, 1)))
+
+
+@pytest.mark.parametrize("dtype, round_, tiny", [(np.float16, 2.0**-11, 2.0**-24),
+                                                  (ml_dtypes.bfloat16, 2.0**-8, 2.0**-133)])
+def test_worst_case_error_bound_terms(dtype, round_, tiny):
+    """One rounding of |ref|, a full fp32 ulp (2^-23) per addition of |A| @ |X|, one subnormal step."""
+    ref, abs_prod = np.array([[0.0, -3.0, 1e4]]), np.array([[1.0, 5.0, 2e4]])
+    expected = round_ * np.abs(ref) + 100 * 2.0**-23 * abs_prod + tiny
+    np.testing.assert_array_equal(error_bound(ref, abs_prod, 100, dtype), expected)

@@ -16,9 +16,9 @@ In pseudo-code::
         for provider, N:       encode W (once per rotation slot), check Y elementwise, time with CUDA events
     report: per-case table, geometric mean over shapes (the headline), CSV, JSON, PNG
 
-Timing (:mod:`.timing`), the correctness rule (:mod:`.tolerance`) and the bound are explained in those modules
-and in bench/README.md. Without a GPU the command checks flashllm_nb's kernels in Numba's CUDA simulator
-instead, and times nothing.
+Timing (:mod:`.timing`), the correctness rule (the "Probable" rule of :mod:`flashllm_nb.reference.tolerance`) and
+the bound are explained in those modules and in bench/README.md. Without a GPU the command checks flashllm_nb's
+kernels in Numba's CUDA simulator instead, and times nothing.
 """
 
 from __future__ import annotations

@@ -28,10 +28,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from flashllm_nb.reference.tolerance import Check, check_close, dtype_name
+
 from . import providers as P
 from .shapes import Shape
 from .timing import copy_bandwidth, rotation_count, synchronize, time_calls
-from .tolerance import Check, check_close, dtype_name
 
 __all__ = ["Sweep", "Result", "SweepAborted", "OK", "WRONG", "SKIPPED", "ERROR", "run_gpu", "run_simulator",
            "prune_random", "environment"]

@@ -1,20 +1,46 @@
-"""How a product is timed: CUDA events around each call, launch latency hidden, weights rotated out of L2.
+"""GPU timing for the whole project: the benchmark, the dev tools and the CLI all time device work through here.
 
-One measurement of a provider on one case, in order:
+Three ways to time device work; they answer different questions, so each caller picks by its question:
+
+- :func:`time_calls`, *alone*: per sample ``spacer; event; call; event``. How long one product takes on its own,
+  after unrelated work, launch ramp-up and drain included; median, p10 and p90. The kernel benchmark
+  (``bench.sweep``) reports this.
+- :func:`time_batched`, *queued*: per sample ``spacer; event; call; call; ...; event``, divided by the calls. How
+  long a product takes in a stream of products, each launch overlapping its predecessor's tail: steadier, so small
+  differences between kernel variants show. The A/B tools (``dev/kernel_dev``, ``kernel_ab``, ``layout_ab``,
+  ``split_k``, ``word_order_ab``) and the CLI's ``demo``.
+- :func:`time_graph`, *replayed*: ``event; replay; ...; event`` around replays of one captured CUDA graph, divided
+  by the replays. A sequence of many launches (a decode step's parts) with no launch cost at all
+  (``dev/profile_e2e``).
+
+For a short kernel :func:`time_calls` is higher than :func:`time_batched` by the ramp-up and drain of one launch
+(``dev/alone_vs_queued.py`` measures by how much); the shipped benchmark reports :func:`time_calls`.
+
+Besides them, :func:`time_enqueue` measures the *host* time Python takes to issue one call (``dev/kernel_dev``,
+``dev/launch_cost``, ``dev/torch_host_cost``), and :func:`copy_bandwidth` the device-to-device copy rate, the
+denominator of every bandwidth bound (the benchmarks and the dev tools). Device times are in milliseconds (CUDA
+events' unit), host times in seconds (``perf_counter``'s), the copy rate in GB/s.
+
+The spacer: a one-thread kernel that spins on the GPU's clock. Queued before the first timed call, it keeps the
+GPU busy while Python enqueues the timed calls, so the first event is reached only once the calls wait behind it:
+the events then bracket the GPU's work, never the GPU waiting for Python. If it cannot be built (no NVRTC), timing
+goes on without it and launch latency enters the first call of each sample.
+
+:func:`time_calls` in detail, one provider on one case:
 
 1. **warm-up**: ``warmup`` calls, cycling over the rotation slots (JIT compilation, handle creation and the
    memory pool's first allocations happen here, untimed);
 2. **host loop**: calls back to back, one synchronisation at the end; wall time / calls = ``call_us``, the time a
    Python caller waits per product when it issues them in a stream (launch overhead included). The same loop
    measures how long one call takes to *enqueue* (``perf_counter`` around the bare call);
-3. **device loop**: per repetition ``spacer; event; call; event``. The spacer is a one-thread kernel that spins
-   for about three enqueue times, so the GPU is still busy with it while Python enqueues the call: the event
-   pair then brackets only the GPU's work, never the GPU waiting for Python. Its median, p10 and p90 are the
-   reported time.
+3. **device loop**: per repetition ``spacer; event; call; event``, the spacer spinning for about three enqueue
+   times. Its median, p10 and p90 are the reported time.
 
 Rotation: each slot is a full, separate copy of the provider's weights (and X and Y), and consecutive calls use
 consecutive slots. With the slots' bytes together at least twice the L2 size, the weights one call reads were
 evicted by the calls between, as in a real model where each layer's weights are read once per token.
+:func:`time_batched` times the calls it is given, in order: its callers rotate by passing calls over separate
+copies (``dev/kernel_dev.pruned_copies``).
 """
 
 from __future__ import annotations
@@ -27,14 +53,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = [
-    "Stats", "Timing", "summarize", "geometric_mean", "rotation_count", "device_reps", "time_calls",
-    "copy_bandwidth", "synchronize",
+    "Stats", "Timing", "summarize", "geometric_mean", "rotation_count", "device_reps", "time_calls", "time_batched",
+    "time_graph", "time_enqueue", "copy_bandwidth", "synchronize",
 ]
 
 #: At most this many rotation slots, and at most this many bytes in all of them (one slot is always allowed):
 #: twice a 60 MB L2 needs 120 MB; the cap only stops tiny shapes from making thousands of copies.
 MAX_SLOTS = 64
 MAX_ROTATION_BYTES = 4 << 30
+#: The spacer before each batch of :func:`time_batched`: longer than Python takes to enqueue a few hundred calls.
+BATCH_SPACER_US = 10_000.0
+#: The spacer before each round of :func:`time_enqueue`: longer than Python takes to issue its calls, so the GPU
+#: is busy, never idle and never pushing back, while the host is timed.
+ENQUEUE_SPACER_US = 100_000.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +151,6 @@ class _Spacer:
     def __init__(self) -> None:
         import cupy
 
-        self._cupy = cupy
         self.error = ""
         try:
             props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
@@ -209,6 +239,82 @@ def time_calls(calls: Sequence[Callable[[], Any]], reps: int, warmup: int, budge
     ends[-1].synchronize()
     samples = [cupy.cuda.get_elapsed_time(s, e) for s, e in zip(starts, ends)]
     return Timing(summarize(samples), call_s * 1e6, spacer_us, n)
+
+
+def time_batched(calls: Sequence[Callable[[], Any]], batches: int = 15) -> float:
+    """Median milliseconds per call of ``calls`` run back to back, queued behind the spacer, one event pair around
+    the whole sequence (the *queued* method of the module docstring).
+
+    ``calls`` is the sequence to time, in order (for rotation, calls over separate weight copies; ``[f] * 8``
+    repeats one). Two of them run first as a warm-up; then each of ``batches`` samples is ``spacer; event; calls;
+    event`` and counts the elapsed time divided by ``len(calls)``.
+    """
+    import cupy
+
+    for call in calls[:2]:
+        call()
+    synchronize()
+    spin = spacer()
+    per_call = []
+    for _ in range(batches):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        spin(BATCH_SPACER_US)
+        start.record()
+        for call in calls:
+            call()
+        stop.record()
+        stop.synchronize()
+        per_call.append(cupy.cuda.get_elapsed_time(start, stop) / len(calls))
+    return summarize(per_call).median
+
+
+def time_graph(launches: Callable[[], Any], stream: Any, replays: int = 20) -> float:
+    """Milliseconds per replay of a CUDA graph captured from ``launches()`` on the CuPy ``stream`` (the *replayed*
+    method of the module docstring): every launch in it runs back to back, with no host in between.
+
+    ``launches`` must issue its work on ``stream``. It runs once eagerly first, so compilation, plans and
+    allocations happen outside the capture; the first replay (which uploads the graph) is not timed either.
+    """
+    import cupy
+
+    launches()
+    stream.synchronize()
+    stream.begin_capture()
+    launches()
+    graph = stream.end_capture()
+    graph.launch(stream=stream)
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record(stream)
+    for _ in range(replays):
+        graph.launch(stream=stream)
+    stop.record(stream)
+    stop.synchronize()
+    return cupy.cuda.get_elapsed_time(start, stop) / replays
+
+
+def time_enqueue(call: Callable[[], Any], calls: int = 200, rounds: int = 1,
+                 spacer_us: float = ENQUEUE_SPACER_US) -> float:
+    """Host seconds per call that Python takes to issue ``call()`` (its launch cost, not its GPU time): the best of
+    ``rounds`` rounds, each ``calls`` calls back to back between two ``perf_counter`` reads.
+
+    Each round starts behind a spacer of ``spacer_us`` microseconds, so the GPU is busy but never pushes back on the
+    host; ``calls`` times the launches of one call must stay under the launch queue's depth (about a thousand), or
+    the host waits for the GPU after all. ``spacer_us=0`` leaves the GPU free, for calls whose GPU work is shorter
+    than their host cost (the GPU keeps up and the queue stays short). Twenty untimed calls warm up first.
+    """
+    for _ in range(20):
+        call()
+    synchronize()
+    best = math.inf
+    for _ in range(rounds):
+        if spacer_us:
+            spacer()(spacer_us)
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        best = min(best, time.perf_counter() - start)
+        synchronize()
+    return best / calls
 
 
 def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20) -> float:
