@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flashllm_nb.formats import io as flcsl_io
-from flashllm_nb.formats import tiled_csl
 from flashllm_nb.formats.io import MAGIC, VERSION, load, save
 from flashllm_nb.formats.tiled_csl import TiledCSL
+from flashllm_nb.formats.tiled_csl.encode import pack
 from row_major import row_major_words
 
 
@@ -236,7 +236,7 @@ def _version_2_words(bits):
     rows, cols = np.nonzero(bits)
     keys = ((rows // 128) * n_tile_cols + cols // 64) * 8192 + (rows % 128) * 64 + cols % 64
     order = np.argsort(keys)
-    words, offsets, _ = tiled_csl._pack(np, keys[order], bits[rows, cols][order], n_tile_rows * n_tile_cols)
+    words, offsets, _ = pack(np, keys[order], bits[rows, cols][order], n_tile_rows * n_tile_cols)
     words[(words & 0xFFFF) == 0] = 0
     return words, offsets
 

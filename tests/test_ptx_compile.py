@@ -130,7 +130,7 @@ def test_typing_errors_name_the_instruction(typing_errors, case):
 
 def test_every_wrapper_is_compiled_by_some_test_kernel():
     source = Path(pk.__file__).read_text()
-    exported = _all_of(Path(ptx.__file__).with_name("ptx_asm.py"))
+    exported = _all_of(Path(ptx.__file__).with_name("ptx_asm") / "__init__.py")
     assert set(exported) == set(ptx.__all__) - {"SIMULATOR", "SHARED_ALIGN", "WGMMA_SHARED_ALIGN", "inlined"}
     assert [name for name in exported if not re.search(rf"ptx\.{name}\b", source)] == []
 

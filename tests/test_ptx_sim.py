@@ -14,6 +14,7 @@ import pytest
 from numba import cuda
 
 import flashllm_nb.kernels.ptx_sim as ptx_sim
+from flashllm_nb.kernels.ptx_sim import rendezvous, sync
 import ptx_kernels as pk
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.ptx import SHARED_ALIGN
@@ -125,8 +126,8 @@ class _LateWaker:
 def quick_deadlock_checks(monkeypatch):
     """Waits poll every 10 ms and report a missing thread after 20 ms, so that a race test takes a fraction of a
     second."""
-    monkeypatch.setattr(ptx_sim, "_POLL_S", 0.01)
-    monkeypatch.setattr(ptx_sim, "_GONE_S", 0.02)
+    monkeypatch.setattr(rendezvous, "POLL_S", 0.01)
+    monkeypatch.setattr(rendezvous, "GONE_S", 0.02)
 
 
 @pytest.mark.usefixtures("quick_deadlock_checks")
@@ -134,7 +135,7 @@ def test_mbarrier_wait_sees_a_phase_that_completed_as_it_timed_out(monkeypatch):
     """Thread 0 waits; thread 1 arrives late and goes on to a syncthreads, where every other thread already is.
     The waiter's timeouts all race with that arrival: it must see the phase complete, not report a deadlock (it
     once did, about one run in three of an 8-warp kernel test)."""
-    monkeypatch.setattr(ptx_sim, "_MBARRIER", _LateWaker(ptx_sim._MBARRIER))
+    monkeypatch.setattr(sync, "_MBARRIER", _LateWaker(sync._MBARRIER))
 
     @cuda.jit
     def late_arrival(out):
@@ -159,13 +160,13 @@ def test_mbarrier_wait_sees_a_phase_that_completed_as_it_timed_out(monkeypatch):
 def test_warp_collective_sees_a_round_that_completed_as_it_timed_out(monkeypatch):
     """The same race at a warp-collective instruction: lane 1 comes last and goes on to a syncthreads; the lanes
     that timed out as it came must see their round complete, not report lane 1 as stuck at the barrier."""
-    make_rendezvous = ptx_sim._Rendezvous.__init__
+    make_rendezvous = rendezvous.Rendezvous.__init__
 
     def late_waking_rendezvous(self, group, size):
         make_rendezvous(self, group, size)
         self._condition = _LateWaker(self._condition)
 
-    monkeypatch.setattr(ptx_sim._Rendezvous, "__init__", late_waking_rendezvous)
+    monkeypatch.setattr(rendezvous.Rendezvous, "__init__", late_waking_rendezvous)
 
     @cuda.jit
     def late_lane(out):

@@ -17,8 +17,9 @@ import scipy.sparse
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flashllm_nb.formats import tiled_csl
 from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M, TILE_SIZE, TiledCSL, swizzle
+from flashllm_nb.formats.tiled_csl.decode import entries
+from flashllm_nb.formats.tiled_csl.layout import place_words_sorted
 
 F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
 
@@ -444,17 +445,17 @@ def test_nnz_of_a_checked_wrap_counts_entries_not_padding():
 
 @given(sparse_bits(max_side=400))
 def test_the_sorted_layout_of_the_gpu_encoder_equals_the_host_loop(case):
-    """The GPU encoder lays words out with whole-array operations (two sorts, ``_layout_sorted``, and binary
+    """The GPU encoder lays words out with whole-array operations (two sorts, ``layout_sorted``, and binary
     searches for the padding), the host encoder with a compiled loop; run the GPU one on NumPy here and compare word
     for word, padding included."""
     bits, dtype = case
     A = TiledCSL.from_dense(bits.view(dtype))  # host: the loop
-    tiles, index, values = tiled_csl._entries(np, A.words, A.tile_offsets)
+    tiles, index, values = entries(np, A.words, A.tile_offsets)
     keys = np.sort(tiles.astype(np.int64) * TILE_SIZE + index)
     packed = (swizzle(keys & (TILE_SIZE - 1)).astype(np.uint32) << 16) | bits.view(np.uint16)[
         (keys >> 13) // A.n_tile_cols * TILE_M + (keys & (TILE_SIZE - 1)) // TILE_K,
         (keys >> 13) % A.n_tile_cols * TILE_K + (keys & (TILE_K - 1))]
     starts = np.searchsorted(keys, np.arange(A.n_tiles + 1) * TILE_SIZE)
     words = np.zeros_like(A.words)
-    tiled_csl._place_words_sorted(np, keys, packed, starts, A.tile_offsets, words)
+    place_words_sorted(np, keys, packed, starts, A.tile_offsets, words)
     np.testing.assert_array_equal(words, A.words)
