@@ -56,7 +56,7 @@ def remember(calls, A, X, bias=None, out=None, stream=None, split_k=None, force=
     """Remember a call as _run does after its checks; returns the stub launch."""
     launch = StubLaunch()
     output = out if out is not None else FakeArray((X.shape[0], 64), 0x8000)
-    calls.remember(A, X, bias, out, output, stream, split_k, "nk", force, lambda: launch)
+    calls.remember(A, api._Call(X, bias, out, stream, split_k, "nk", force), output, lambda: launch)
     return launch
 
 
@@ -118,7 +118,8 @@ def test_calls_with_other_kinds_of_arrays_are_not_remembered(calls, bias):
     """Such calls could never hit (run re-checks the types): packing a launch for them would only cost time."""
     A, X = Matrix(), FakeArray((16, 128), 0x1000)
     packed = []
-    calls.remember(A, X, bias, None, FakeArray((16, 64), 0x8000), None, None, "nk", None, lambda: packed.append(1))
+    calls.remember(A, api._Call(X, bias, None, None, None, "nk", None), FakeArray((16, 64), 0x8000),
+                   lambda: packed.append(1))
     assert packed == [] and calls.run(A, X, bias, None, None, None, "nk") is calls.MISS
 
 

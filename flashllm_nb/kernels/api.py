@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -221,7 +221,7 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None)
     arguments = (p, operands, xp, 0 if kind == "numpy" else _stream_handle(stream, X))
     if not prepared:
         if kind == "cupy" and x is given_x and out_kind == "cupy":
-            _fast_calls.remember(A, X, given_bias, given_out, out, stream, split_k, x_layout, force,
+            _fast_calls.remember(A, _Call(X, given_bias, given_out, stream, split_k, x_layout, force), out,
                                  lambda: _driver.prepare(*arguments))
         _driver.launch(*arguments)
         return out
@@ -235,6 +235,20 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None)
         launch()
 
     return Prepared(out, copy_and_launch)
+
+
+class _Call(NamedTuple):
+    """The arguments of a ``linear`` / ``spmm`` call that a remembered launch is filed under, as the caller passed
+    them (``out`` and ``bias`` None included): the parameters of ``_FastCalls.run``, which takes them one by one
+    because it is the hot path and builds no tuple."""
+
+    X: Any
+    bias: Any
+    out: Any
+    stream: Any
+    split_k: Any
+    x_layout: str
+    force: Any
 
 
 class _FastCalls:
@@ -300,20 +314,21 @@ class _FastCalls:
         launch()
         return out
 
-    def remember(self, A, X, bias, given_out, out, stream, split_k, x_layout, force, prepare) -> None:
+    def remember(self, A, call: _Call, out, prepare) -> None:
         """Keep the launch (``prepare()`` packs it) of a call that just passed every check under the key of its
-        arguments (``out``: its output, ``given_out``: what the caller passed, None included). Only calls whose X,
-        output and bias are all CuPy arrays can ever hit (``run`` re-checks their types): nothing else is packed."""
-        if any(a is not None and _kind(a) != "cupy" for a in (X, bias, given_out)):
+        arguments ``call`` (``out``: the output it writes, which ``call.out`` is unless that is None). Only calls
+        whose X, output and bias are all CuPy arrays can ever hit (``run`` re-checks their types): nothing else is
+        packed."""
+        if any(a is not None and _kind(a) != "cupy" for a in (call.X, call.bias, call.out)):
             return
         try:
-            key = self._key(X, bias, given_out, stream, split_k, x_layout, force)
+            key = self._key(*call)
         except (AttributeError, TypeError):
             return
         calls = self._by_matrix().setdefault(A, {})
         if key not in calls and len(calls) >= self._PER_MATRIX:
             calls.pop(next(iter(calls)))
-        calls[key] = _FastEntry(X, bias, out, prepare())
+        calls[key] = _FastEntry(call.X, call.bias, out, prepare())
 
 
 class _FastEntry:

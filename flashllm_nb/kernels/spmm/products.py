@@ -41,16 +41,16 @@ _MMA = {"float16": ptx.mma_m16n8k16_f16, "bfloat16": ptx.mma_m16n8k16_bf16}
 
 def product_stage(g: Geometry) -> SimpleNamespace:
     """Device functions of the products of one variant: ``fragment_rows``, ``start``, ``multiply``, ``finish``,
-    ``after_reads`` and ``accumulator_of`` (each documented below). ``fragments`` is the tuple ``(a_off, b_off,
-    frag0, frag1)`` of register arrays the kernel allocates (unused by wgmma)."""
-    NF, NPAIR, MF, K_STEPS = g.n_frags, g.b_loads, g.m_frags, g.k_steps
-    WARP_ROWS, NK, WGMMA, ACC = g.warp_rows, g.nk, g.wgmma, g.accumulators
-    WARP_ROWS_SHIFT = WARP_ROWS.bit_length() - 1
-    B_ROW, B_ELEMS, B_BASE, TILE_N = g.b_row, g.b_elems, g.b_base, g.tile_n
-    HALF_ACC, HALVES_PER_WARPGROUP = g.half_accumulators, g.halves_per_warpgroup
+    ``after_reads`` and ``accumulator_of`` (each documented where it is defined below). ``fragments`` is the tuple
+    ``(a_off, b_off, frag0, frag1)`` of register arrays the kernel allocates (unused by wgmma)."""
+    return SimpleNamespace(fragment_rows=_fragment_rows(g), start=_start(g), multiply=_multiply(g),
+                           finish=_finish(g), after_reads=_after_reads(g), accumulator_of=_accumulator_of(g))
+
+
+def _fragment_rows(g: Geometry):
+    NF, NPAIR, K_STEPS, WARP_ROWS, NK, WGMMA = g.n_frags, g.b_loads, g.k_steps, g.warp_rows, g.nk, g.wgmma
+    B_ROW, TILE_N = g.b_row, g.tile_n
     KN_DIV_SHIFT, KN_MASK = g.kn_div.bit_length() - 1, g.kn_mask
-    mma = _MMA[g.cfg.dtype]
-    wgmma = _WGMMA[g.cfg.dtype][TILE_N]
 
     @inlined
     def fragment_rows(tid, a_off, b_off):
@@ -74,6 +74,12 @@ def product_stage(g: Geometry) -> SimpleNamespace:
             b_k = 8 * (q & 1) + r
             for p in range(NPAIR):
                 b_off[p] = b_k * TILE_N + (((2 * p + nhalf) ^ ((b_k >> KN_DIV_SHIFT) & KN_MASK)) << 3)
+
+    return fragment_rows
+
+
+def _load_fragments(g: Geometry):
+    NF, NPAIR, MF, NK, B_ROW, TILE_N = g.n_frags, g.b_loads, g.m_frags, g.nk, g.b_row, g.tile_n
 
     @inlined
     def load_fragments(smem16, a_base, b_base, a_off, b_off, ks, frag):
@@ -109,6 +115,13 @@ def product_stage(g: Geometry) -> SimpleNamespace:
             frag[4 * MF + 4 * p + 2] = b2
             frag[4 * MF + 4 * p + 3] = b3
 
+    return load_fragments
+
+
+def _mma_fragments(g: Geometry):
+    NF, MF = g.n_frags, g.m_frags
+    mma = _MMA[g.cfg.dtype]
+
     @inlined
     def mma_fragments(frag, acc):
         """acc += the MF x NF mma.sync products of one k16 step's fragments."""
@@ -122,6 +135,13 @@ def product_stage(g: Geometry) -> SimpleNamespace:
                 acc[c + 1] = d1
                 acc[c + 2] = d2
                 acc[c + 3] = d3
+
+    return mma_fragments
+
+
+def _multiply(g: Geometry):
+    K_STEPS, WGMMA, B_ELEMS, B_BASE = g.k_steps, g.wgmma, g.b_elems, g.b_base
+    load_fragments, mma_fragments = _load_fragments(g), _mma_fragments(g)
 
     @inlined
     def multiply(smem16, a_stage, b_stage, fragments, acc):
@@ -144,6 +164,14 @@ def product_stage(g: Geometry) -> SimpleNamespace:
                     load_fragments(smem16, a_base, b_base, a_off, b_off, ks + 1, frag0)
                 mma_fragments(frag1, acc)
 
+    return multiply
+
+
+def _start(g: Geometry):
+    K_STEPS, WGMMA, B_ELEMS, B_BASE = g.k_steps, g.wgmma, g.b_elems, g.b_base
+    HALF_ACC, HALVES_PER_WARPGROUP = g.half_accumulators, g.halves_per_warpgroup
+    wgmma = _WGMMA[g.cfg.dtype][g.tile_n]
+
     @inlined
     def start(smem16, a_stage, b_stage, acc):
         """wgmma: start acc += A_tile @ B_tile for one k-tile on the Tensor Cores and return at once: 4 k16 steps
@@ -162,12 +190,24 @@ def product_stage(g: Geometry) -> SimpleNamespace:
                 wgmma(smem16, a_base + mb * 64 * TILE_K + ks * 16, b_base + ks * 16, acc, mb * HALF_ACC)
         ptx.wgmma_commit_group()
 
+    return start
+
+
+def _finish(g: Geometry):
+    WGMMA, ACC = g.wgmma, g.accumulators
+
     @inlined
     def finish(acc):
         """wgmma: wait until this warpgroup's products of the tile are in ``acc`` (before anything zeroes or
         refills what they read). mma.sync: nothing, its products are complete when it returns."""
         if WGMMA:
             ptx.wgmma_wait_group(0, acc, ACC)
+
+    return finish
+
+
+def _after_reads(g: Geometry):
+    WGMMA = g.wgmma
 
     @inlined
     def after_reads():
@@ -176,6 +216,13 @@ def product_stage(g: Geometry) -> SimpleNamespace:
         ``finish`` waited."""
         if not WGMMA:
             ptx.warp_sync()
+
+    return after_reads
+
+
+def _accumulator_of(g: Geometry):
+    NF, WARP_ROWS, WGMMA, HALVES_PER_WARPGROUP = g.n_frags, g.warp_rows, g.wgmma, g.halves_per_warpgroup
+    WARP_ROWS_SHIFT = WARP_ROWS.bit_length() - 1
 
     @inlined
     def accumulator_of(row, col):
@@ -201,5 +248,4 @@ def product_stage(g: Geometry) -> SimpleNamespace:
         i = ((mf * NF + (col >> 3)) << 2) + ((r16 >> 3) << 1) + (col & 1)
         return (warp << 5) + lane, i
 
-    return SimpleNamespace(fragment_rows=fragment_rows, start=start, multiply=multiply, finish=finish,
-                           after_reads=after_reads, accumulator_of=accumulator_of)
+    return accumulator_of

@@ -76,17 +76,15 @@ def build_kernel(cfg: SpmmConfig):
     g = geometry(cfg)
     activations, sparse, products = activation_stage(g), word_stage(g), product_stage(g)
     epilogue = epilogue_stage(g, products.accumulator_of)
-    k_step = _k_step(g, activations, sparse, products)
+    fill_words, k_step = _fill_words(g, activations, sparse), _k_step(g, activations, sparse, products)
     # Numba calls device functions by name, not through a namespace.
-    fragment_rows, copy_plan = products.fragment_rows, activations.copy_plan
-    issue_activations, publish_shared_writes = activations.issue, activations.publish
-    stage_offsets, tile_offset, zero_buffer = sparse.stage_offsets, sparse.tile_offset, sparse.zero_buffer
-    load_words, scatter_tile, keep_positions = sparse.load, sparse.scatter, sparse.keep_positions
+    fragment_rows, copy_plan, issue_activations = products.fragment_rows, activations.copy_plan, activations.issue
+    stage_offsets, zero_buffer = sparse.stage_offsets, sparse.zero_buffer
     reduce_splits, store_tile = epilogue.reduce_splits, epilogue.store
     TILE_N, THREADS, STAGES, WGMMA, ENTRIES = g.tile_n, g.threads, g.stages, g.wgmma, g.entries
     ACC, WORDS, POSITIONS, FRAG = g.accumulators, g.word_registers, g.position_registers, g.frag_registers
     K_STEPS, NPAIR, SMEM_ALIGN, SPLITS = g.k_steps, g.b_loads, g.smem_align, g.splits
-    CLEAR_WARP_ROWS, MBARRIER_BASE32, FENCE_BEFORE_LOADS = g.clear_warp_rows, g.mbarrier_base32, g.fence_before_loads
+    CLEAR_WARP_ROWS, MBARRIER_BASE32 = g.clear_warp_rows, g.mbarrier_base32
     REDUCE_VALUES = g.reduce_group * ACC
 
     # The simulator's cuda.jit takes no launch bounds (they only steer ptxas).
@@ -136,23 +134,7 @@ def build_kernel(cfg: SpmmConfig):
             for t in range(STAGES - 1):
                 issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
                                   cp_cols_left)
-            # Fill the word pipeline: tile 0 is expanded now (its load latency exposed once per block), tiles 1
-            # and 2 travel while the first steps run. The first window of tile offsets (_k_step): tiles 0, 1 and 2
-            # are o0 .. o1, o1 .. o2 and o2 .. o3; it starts at tile -1, an empty range that step 0 does not clear.
-            om1 = o0 = tile_offset(smem32, 0)
-            o1 = tile_offset(smem32, min(1, n_tiles_block))
-            o2 = tile_offset(smem32, min(2, n_tiles_block))
-            o3 = tile_offset(smem32, min(3, n_tiles_block))
-            load_words(words, o0, o1, w_a)
-            if n_tiles_block > 1:
-                load_words(words, o1, o2, w_b)
-            scatter_tile(words, smem16, o0, o1, 0, w_a)
-            if FENCE_BEFORE_LOADS:
-                publish_shared_writes()  # for step 0 (activation tile 0, the first scatter)
-            if n_tiles_block > 2:
-                if ENTRIES:
-                    keep_positions(o0, o1, w_a, positions)
-                load_words(words, o2, o3, w_a)
+            om1, o0, o1, o2, o3 = fill_words(words, smem16, smem32, n_tiles_block, w_a, w_b, positions)
 
             # Unrolled by two, so that each word buffer is a fixed set of registers: they alternate between tile
             # i+1's words and tile i+2's in flight. Step i's w_cur ("entries") holds the positions it zeroes, of
@@ -182,6 +164,36 @@ def build_kernel(cfg: SpmmConfig):
     return spmm_tiled_csl
 
 
+def _fill_words(g: Geometry, activations, sparse):
+    ENTRIES, FENCE_BEFORE_LOADS = g.entries, g.fence_before_loads
+    publish_shared_writes, tile_offset = activations.publish, sparse.tile_offset
+    load_words, scatter_tile, keep_positions = sparse.load, sparse.scatter, sparse.keep_positions
+
+    @inlined
+    def fill_words(words, smem16, smem32, n_tiles_block, w_a, w_b, positions):
+        """Fill the block's word pipeline: tile 0 is expanded into A buffer 0 now (its load latency exposed once
+        per block), tiles 1 and 2 travel into ``w_b`` and ``w_a`` while the first steps run ("entries": tile 0's
+        positions kept in ``positions``). Returns the first window of tile offsets (``_k_step``): tiles 0, 1 and 2
+        are o0 .. o1, o1 .. o2 and o2 .. o3; it starts at tile -1, an empty range that step 0 does not clear."""
+        o0 = tile_offset(smem32, 0)
+        o1 = tile_offset(smem32, min(1, n_tiles_block))
+        o2 = tile_offset(smem32, min(2, n_tiles_block))
+        o3 = tile_offset(smem32, min(3, n_tiles_block))
+        load_words(words, o0, o1, w_a)
+        if n_tiles_block > 1:
+            load_words(words, o1, o2, w_b)
+        scatter_tile(words, smem16, o0, o1, 0, w_a)
+        if FENCE_BEFORE_LOADS:
+            publish_shared_writes()  # for step 0 (activation tile 0, the first scatter)
+        if n_tiles_block > 2:
+            if ENTRIES:
+                keep_positions(o0, o1, w_a, positions)
+            load_words(words, o2, o3, w_a)
+        return o0, o0, o1, o2, o3
+
+    return fill_words
+
+
 def _k_step(g: Geometry, activations, sparse, products):
     """Step i of the main loop for one variant: ``k_step(i, inputs, shared, block, copy, fragments, acc, w_cur,
     w_next, window) -> window``.
@@ -196,12 +208,19 @@ def _k_step(g: Geometry, activations, sparse, products):
     from step to step: a step reads only the next one from shared memory, and tile t's vectors are o_t .. o_{t+1}
     - 1, so the window gives the ranges of the tiles it clears, scatters and starts loading. ``inputs`` is
     (words, x, ldx), ``shared`` (smem16, smem32), ``block`` (n_tiles_block, kt_begin, clear_first)."""
-    STAGES, MBARRIER_BASE32, FENCE_BEFORE_LOADS = g.stages, g.mbarrier_base32, g.fence_before_loads
+    begin = _begin(g, activations, sparse, products)
+    if not g.entries:
+        return _clearing_rows(begin, sparse, products)
+    if g.wgmma:
+        return _clearing_entries_wgmma(g, begin, activations, sparse, products)
+    return _clearing_entries_sync(g, begin, sparse)
+
+
+def _begin(g: Geometry, activations, sparse, products):
+    STAGES, FENCE_BEFORE_LOADS = g.stages, g.fence_before_loads
     issue_activations, publish_shared_writes = activations.issue, activations.publish
-    tile_offset, load_words, scatter_tile = sparse.tile_offset, sparse.load, sparse.scatter
-    clear_own_rows, unscatter_tile, keep_positions = sparse.clear_own_rows, sparse.unscatter, sparse.keep_positions
-    start_products, multiply, finish_products = products.start, products.multiply, products.finish
-    after_reads = products.after_reads
+    tile_offset = sparse.tile_offset
+    start_products, multiply = products.start, products.multiply
 
     @inlined
     def begin(i, inputs, shared, block, copy, fragments, acc, window):
@@ -225,6 +244,13 @@ def _k_step(g: Geometry, activations, sparse, products):
         multiply(smem16, i & 1, i & (STAGES - 1), fragments, acc)
         return o4
 
+    return begin
+
+
+def _clearing_rows(begin, sparse, products):
+    scatter_tile, load_words, clear_own_rows = sparse.scatter, sparse.load, sparse.clear_own_rows
+    finish_products, after_reads = products.finish, products.after_reads
+
     @inlined
     def clearing_rows(i, inputs, shared, block, copy, fragments, acc, w_cur, w_next, window):
         """Each warp zeroes the rows it read, once its products are complete; the next barrier orders that
@@ -245,6 +271,14 @@ def _k_step(g: Geometry, activations, sparse, products):
             after_reads()
             clear_own_rows(smem16, i & 1, clear_first)  # zeros for tile i+2
         return o0, o1, o2, o3, o4
+
+    return clearing_rows
+
+
+def _clearing_entries_sync(g: Geometry, begin, sparse):
+    MBARRIER_BASE32 = g.mbarrier_base32
+    scatter_tile, load_words = sparse.scatter, sparse.load
+    unscatter_tile, keep_positions = sparse.unscatter, sparse.keep_positions
 
     @inlined
     def clearing_entries_sync(i, inputs, shared, block, copy, fragments, acc, w_cur, w_next, window):
@@ -276,6 +310,15 @@ def _k_step(g: Geometry, activations, sparse, products):
             load_words(words, o3, o4, w_next)
         return o0, o1, o2, o3, o4
 
+    return clearing_entries_sync
+
+
+def _clearing_entries_wgmma(g: Geometry, begin, activations, sparse, products):
+    FENCE_BEFORE_LOADS = g.fence_before_loads
+    publish_shared_writes, finish_products = activations.publish, products.finish
+    scatter_tile, load_words = sparse.scatter, sparse.load
+    unscatter_tile, keep_positions = sparse.unscatter, sparse.keep_positions
+
     @inlined
     def clearing_entries_wgmma(i, inputs, shared, block, copy, fragments, acc, w_cur, w_next, window):
         """wgmma, clear="entries", zero first: every thread waited for tile i-1's products before this step's
@@ -303,6 +346,4 @@ def _k_step(g: Geometry, activations, sparse, products):
         finish_products(acc)
         return o0, o1, o2, o3, o4
 
-    if not g.entries:
-        return clearing_rows
-    return clearing_entries_wgmma if g.wgmma else clearing_entries_sync
+    return clearing_entries_wgmma

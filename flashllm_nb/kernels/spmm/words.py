@@ -28,11 +28,16 @@ __all__ = ["word_stage"]
 
 def word_stage(g: Geometry) -> SimpleNamespace:
     """Device functions of the sparse side of one variant: ``stage_offsets``, ``tile_offset``, ``load``,
-    ``scatter``, ``zero_buffer``, ``clear_own_rows``, ``unscatter`` and ``keep_positions`` (each documented
-    below)."""
-    THREADS, R = g.threads, g.vectors_per_thread
-    OFFSETS_BASE32 = g.offsets_base32
-    CLEAR_STORES, CLEAR_BAND_STRIDE = g.clear_stores, g.clear_band_stride
+    ``scatter``, ``zero_buffer``, ``clear_own_rows``, ``unscatter`` and ``keep_positions`` (each documented where
+    it is defined below)."""
+    zero_buffer = _zero_buffer(g)
+    return SimpleNamespace(stage_offsets=_stage_offsets(g), tile_offset=_tile_offset(g), load=_load(g),
+                           scatter=_scatter(g), zero_buffer=zero_buffer, clear_own_rows=_clear_own_rows(g),
+                           unscatter=_unscatter(g, zero_buffer), keep_positions=_keep_positions(g))
+
+
+def _stage_offsets(g: Geometry):
+    THREADS, OFFSETS_BASE32 = g.threads, g.offsets_base32
 
     @inlined
     def stage_offsets(tid, smem32, tile_offsets, first_tile, n_tiles_block):
@@ -43,11 +48,23 @@ def word_stage(g: Geometry) -> SimpleNamespace:
             smem32[uint64(OFFSETS_BASE32) + uint64(j)] = uint32(tile_offsets[first_tile + j])
             j += THREADS
 
+    return stage_offsets
+
+
+def _tile_offset(g: Geometry):
+    OFFSETS_BASE32 = g.offsets_base32
+
     @inlined
     def tile_offset(smem32, t):
         """The first 16-byte word vector of the block's t-th tile, which is one past the last of tile t-1 (from the
         block's offsets in shared memory, t = 0 .. n_tiles_block)."""
         return int64(smem32[uint64(OFFSETS_BASE32) + uint64(t)])
+
+    return tile_offset
+
+
+def _load(g: Geometry):
+    THREADS, R = g.threads, g.vectors_per_thread
 
     @inlined
     def load(words, v0, v1, wbuf):
@@ -64,26 +81,33 @@ def word_stage(g: Geometry) -> SimpleNamespace:
                 wbuf[4 * j + 2] = w2
                 wbuf[4 * j + 3] = w3
 
-    @inlined
-    def scatter_vector(a_s, a_base, w0, w1, w2, w3, last):
-        """Write four entries' values to their swizzled slots of the A buffer at ``a_base``.
+    return load
 
-        Padding (value bits 0, on a position without an entry) exists only in the tile's last vector, after at
-        least one entry (the format's rule 7), so only that vector tests values: writing a padding word would be
-        harmless in a checked matrix, and skipping it keeps any matrix built without the checks safe too. Every
-        other vector stores all four words unconditionally, three instructions each."""
-        a_s[a_base + uint64(w0 >> uint32(16))] = uint16(w0 & uint32(0xFFFF))
-        if last:
-            if (w1 & uint32(0xFFFF)) != uint32(0):
-                a_s[a_base + uint64(w1 >> uint32(16))] = uint16(w1 & uint32(0xFFFF))
-            if (w2 & uint32(0xFFFF)) != uint32(0):
-                a_s[a_base + uint64(w2 >> uint32(16))] = uint16(w2 & uint32(0xFFFF))
-            if (w3 & uint32(0xFFFF)) != uint32(0):
-                a_s[a_base + uint64(w3 >> uint32(16))] = uint16(w3 & uint32(0xFFFF))
-        else:
+
+@inlined
+def scatter_vector(a_s, a_base, w0, w1, w2, w3, last):
+    """Write four entries' values to their swizzled slots of the A buffer at ``a_base``.
+
+    Padding (value bits 0, on a position without an entry) exists only in the tile's last vector, after at
+    least one entry (the format's rule 7), so only that vector tests values: writing a padding word would be
+    harmless in a checked matrix, and skipping it keeps any matrix built without the checks safe too. Every
+    other vector stores all four words unconditionally, three instructions each."""
+    a_s[a_base + uint64(w0 >> uint32(16))] = uint16(w0 & uint32(0xFFFF))
+    if last:
+        if (w1 & uint32(0xFFFF)) != uint32(0):
             a_s[a_base + uint64(w1 >> uint32(16))] = uint16(w1 & uint32(0xFFFF))
+        if (w2 & uint32(0xFFFF)) != uint32(0):
             a_s[a_base + uint64(w2 >> uint32(16))] = uint16(w2 & uint32(0xFFFF))
+        if (w3 & uint32(0xFFFF)) != uint32(0):
             a_s[a_base + uint64(w3 >> uint32(16))] = uint16(w3 & uint32(0xFFFF))
+    else:
+        a_s[a_base + uint64(w1 >> uint32(16))] = uint16(w1 & uint32(0xFFFF))
+        a_s[a_base + uint64(w2 >> uint32(16))] = uint16(w2 & uint32(0xFFFF))
+        a_s[a_base + uint64(w3 >> uint32(16))] = uint16(w3 & uint32(0xFFFF))
+
+
+def _scatter(g: Geometry):
+    THREADS, R = g.threads, g.vectors_per_thread
 
     @inlined
     def scatter(words, smem16, v0, v1, a_stage, wbuf):
@@ -102,6 +126,12 @@ def word_stage(g: Geometry) -> SimpleNamespace:
             scatter_vector(smem16, a_base, w0, w1, w2, w3, v == v1 - 1)
             v += THREADS
 
+    return scatter
+
+
+def _zero_buffer(g: Geometry):
+    THREADS = g.threads
+
     @inlined
     def zero_buffer(a_s, a_stage):
         """Zero a whole A buffer (the prologue's two, or after a tile over the register budget with
@@ -109,6 +139,12 @@ def word_stage(g: Geometry) -> SimpleNamespace:
         first = a_stage * TILE_ELEMS + cuda.threadIdx.x * 8
         for j in range(TILE_ELEMS // 8 // THREADS):
             ptx.st_shared_v4_u32(a_s, first + j * THREADS * 8, 0, 0, 0, 0)
+
+    return zero_buffer
+
+
+def _clear_own_rows(g: Geometry):
+    CLEAR_STORES, CLEAR_BAND_STRIDE = g.clear_stores, g.clear_band_stride
 
     @inlined
     def clear_own_rows(a_s, a_stage, clear_first):
@@ -124,6 +160,12 @@ def word_stage(g: Geometry) -> SimpleNamespace:
         for j in range(CLEAR_STORES):
             rows = 4 * (j & 3) + CLEAR_BAND_STRIDE * (j >> 2)
             ptx.st_shared_v4_u32(a_s, first + rows * TILE_K, 0, 0, 0, 0)
+
+    return clear_own_rows
+
+
+def _unscatter(g: Geometry, zero_buffer):
+    THREADS, R = g.threads, g.vectors_per_thread
 
     @inlined
     def unscatter(a_s, v0, v1, a_stage, positions):
@@ -146,6 +188,12 @@ def word_stage(g: Geometry) -> SimpleNamespace:
                     a_s[a_base + uint64(pair & uint32(0xFFFF))] = uint16(0)
                     a_s[a_base + uint64(pair >> uint32(16))] = uint16(0)
 
+    return unscatter
+
+
+def _keep_positions(g: Geometry):
+    THREADS, R = g.threads, g.vectors_per_thread
+
     @inlined
     def keep_positions(v0, v1, wbuf, positions):
         """clear="entries": copy the positions (high halves) of this thread's registered words of the tile
@@ -157,6 +205,4 @@ def word_stage(g: Geometry) -> SimpleNamespace:
                 positions[2 * j] = (wbuf[4 * j] >> uint32(16)) | (wbuf[4 * j + 1] & uint32(0xFFFF0000))
                 positions[2 * j + 1] = (wbuf[4 * j + 2] >> uint32(16)) | (wbuf[4 * j + 3] & uint32(0xFFFF0000))
 
-    return SimpleNamespace(stage_offsets=stage_offsets, tile_offset=tile_offset, load=load, scatter=scatter,
-                           zero_buffer=zero_buffer, clear_own_rows=clear_own_rows, unscatter=unscatter,
-                           keep_positions=keep_positions)
+    return keep_positions
