@@ -8,7 +8,7 @@ set -u
 OUT=${1:-bench/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-python3 -m pytest -q tests/test_spmm_gpu.py tests/test_tiled_csl_gpu.py tests/test_ptx_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
+python3 -m pytest -q tests/test_spmm.py tests/test_spmm_gpu.py tests/test_tiled_csl.py tests/test_tiled_csl_gpu.py tests/test_ptx.py tests/test_ptx_gpu.py tests/test_prepared.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 # --report-api-errors no: Numba's context creation probes cuGetProcAddress for entry points this driver lacks
 # (CUDA_ERROR_INVALID_VALUE, 34 host-side "errors" per run); only the kernels' memory accesses are of interest here.

@@ -5,7 +5,8 @@ Each kernel is one block of 32 threads (one warp; ``gemm_kernel`` four) that mov
 into an output array, so that the same source runs in the simulator, compiles to PTX, and runs on a GPU:
 
 - ``check_*`` launch a kernel on seeded random inputs and compare the result with NumPy and with the lane-level
-  emulator ``flashllm_nb.reference.fragments``; ``tests/test_ptx_sim.py`` and ``tests/test_ptx_gpu.py`` call them;
+  emulator ``flashllm_nb.reference.fragments``; ``tests/test_ptx.py`` calls them in whichever tier the session
+  runs (simulator or GPU), and ``tests/test_ptx_sim.py`` launches its misuses through ``launch``;
 - ``KERNELS`` maps a name to ``(python function, Numba signature, the PTX text it must contain)``, and ``kernel``
   and ``typing_error`` are the factories ``tests/ptx_compile_worker.py`` calls for ``tests/test_ptx_compile.py``.
 """

@@ -1,12 +1,15 @@
-"""Every simulator twin of ``flashllm_nb.kernels.ptx`` inside a real ``@cuda.jit`` kernel, in Numba's CUDA simulator,
-against NumPy (the checks live in ``ptx_kernels``, shared with the GPU tests), and the errors that turn a kernel bug
-into a failing test instead of a hang or a wrong answer on the GPU.
+"""What the simulator twins of ``flashllm_nb.kernels.ptx`` alone do, in Numba's CUDA simulator: they are bound in
+place of the inline PTX, they refuse what the GPU's typing or hardware would refuse, and they turn a kernel bug (a
+split warp, a lane that exited or waits at a barrier, an mbarrier phase that cannot complete) into an error that
+says why instead of a hang or a wrong answer, without reporting races that resolve in time.
 
-One block of 32 (``check_gemm``: 128) threads per launch keeps each test to a fraction of a second.
+The checks that the twins and the inline PTX share (each wrapper against NumPy and the emulator) are in
+``test_ptx.py``, which runs them in whichever tier the session has.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -21,61 +24,14 @@ from flashllm_nb.kernels.ptx import SHARED_ALIGN
 
 pytestmark = pytest.mark.sim
 
-SEEDS = [0, 1]
-
 
 def test_the_twins_are_bound_and_complete():
+    """Under the simulator ``ptx`` binds every twin of ``ptx_sim`` (and nothing else), with no alignments."""
     assert ptx.SIMULATOR and ptx.SHARED_ALIGN is None
     assert ptx.WGMMA_SHARED_ALIGN is None
     assert set(ptx_sim.__all__) == set(ptx.__all__) - {"SIMULATOR", "SHARED_ALIGN", "WGMMA_SHARED_ALIGN", "inlined"}
     for name in ptx_sim.__all__:
         assert getattr(ptx, name) is getattr(ptx_sim, name)
-
-
-def test_docstring_example():
-    pk.run_docstring_example()
-
-
-def test_shared_addr():
-    pk.check_shared_addr()
-
-
-@pytest.mark.parametrize("dtype", ["f16", "bf16"])
-@pytest.mark.parametrize("seed", SEEDS)
-def test_mma(dtype, seed):
-    pk.check_mma(dtype, seed)
-
-
-@pytest.mark.parametrize("num", [1, 2, 4])
-@pytest.mark.parametrize("trans", [False, True], ids=["plain", "trans"])
-@pytest.mark.parametrize("seed", SEEDS)
-def test_ldmatrix(num, trans, seed):
-    pk.check_ldmatrix(num, trans, seed)
-
-
-def test_ldmatrix_feeds_mma():
-    pk.check_ldmatrix_feeds_mma(0)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_cp_async_zero_fills(seed):
-    pk.check_cp_async(seed)
-
-
-def test_ld_global_nc():
-    pk.check_ld_global_nc(0)
-
-
-def test_st_shared():
-    pk.check_st_shared(0)
-
-
-def test_warp_sync():
-    pk.check_warp_sync(0)
-
-
-def test_mbarrier():
-    pk.check_mbarrier(0)
 
 
 def test_mbarrier_wait_that_cannot_complete_raises():
@@ -181,42 +137,15 @@ def test_warp_collective_sees_a_round_that_completed_as_it_timed_out(monkeypatch
     assert out.tolist() == [1] * 32
 
 
-def test_pack_unpack():
-    pk.check_pack(0)
-
-
-@pytest.mark.parametrize("kind", ["f16", "bf16"])
-def test_f32_to_16_bits(kind):
-    pk.check_f32_to_16_bits(kind, seed=0, n=512)
-
-
-@pytest.mark.parametrize("kind", ["f16", "bf16"])
-def test_16_bits_to_f32(kind):
-    """A sample of all 65536 patterns (the GPU test takes them all): every exponent, signs, NaNs, subnormals."""
-    bits = np.unique(np.concatenate([np.arange(0, 1 << 16, 97), [0x0000, 0x8000, 0x0001, 0x7C00, 0x7F80, 0xFFFF]]))
-    pk.check_16_bits_to_f32(kind, bits.astype(np.uint16))
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_four_warps_reuse_their_rendezvous(seed):
-    pk.check_gemm(seed)
-
-
 # --- what the twins refuse ------------------------------------------------------------------------------------------
 
 
-@cuda.jit
-def _mma_with_float64_accumulator(out):
-    zero = np.uint32(0)
-    d0, d1, d2, d3 = ptx.mma_m16n8k16_f16(zero, zero, zero, zero, zero, zero, 0.0, 0.0, 0.0, 0.0)
-    out[cuda.threadIdx.x] = d0
-
-
 def test_float64_accumulator_is_refused_as_on_the_gpu():
-    """A Python float is float64 in a Numba kernel: the GPU typing refuses it, so the twin does too."""
-    instruction = r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.f16\.f16\.f32"
-    with pytest.raises(TypeError, match=instruction + ": c0 must be a float32"):
-        _mma_with_float64_accumulator[1, 32](np.zeros(32, np.float32))
+    """A Python float is float64 in a Numba kernel: the GPU typing refuses it (``test_ptx_compile`` compiles the same
+    kernel), so the twin does too, naming the instruction and what it expected."""
+    kernel, _, (instruction, expected, _) = pk.TYPING_ERRORS["mma_float64_accumulator"]
+    with pytest.raises(TypeError, match=f"{re.escape(instruction)}: {expected}"):
+        pk.launch(kernel, np.zeros(32, np.float32))
 
 
 @cuda.jit
@@ -226,6 +155,7 @@ def _ldmatrix_at(rows, out):
 
 
 def test_misaligned_ldmatrix_row_is_refused():
+    """A lane whose ldmatrix row is not 16-byte aligned is named in an IndexError."""
     rows = np.zeros(32, np.int32)
     rows[5] = 4  # 8 bytes into the array: not 16-byte aligned
     with pytest.raises(IndexError, match=r"ldmatrix\.sync\.aligned\.m8n8\.x1\.shared\.b16: the row of lane 5"):
@@ -233,6 +163,7 @@ def test_misaligned_ldmatrix_row_is_refused():
 
 
 def test_ldmatrix_ignores_the_lanes_it_does_not_read():
+    """ldmatrix .x1 reads the rows of lanes 0-7 only: out-of-range rows of the other lanes are no error."""
     rows = np.full(32, 10_000, np.int32)  # out of range, but only lanes 0-7 matter for .x1
     rows[:8] = np.arange(8) * 8
     _ldmatrix_at[1, 32](rows, np.zeros(32, np.uint32))
@@ -244,6 +175,7 @@ def _ldmatrix_of_global(x, out):
 
 
 def test_ldmatrix_from_global_memory_is_refused():
+    """ldmatrix of a global array is refused: it reads shared memory only."""
     with pytest.raises(TypeError, match=r"ldmatrix.*arr of lane 0 must be a cuda\.shared\.array"):
         _ldmatrix_of_global[1, 32](np.zeros(64, np.uint16), np.zeros(32, np.uint32))
 
@@ -257,6 +189,7 @@ def _cp_async_from_shared(out):
 
 
 def test_cp_async_from_shared_memory_is_refused():
+    """cp.async of a shared array as source is refused: its source is global memory."""
     with pytest.raises(TypeError, match=r"cp\.async\.cg\.shared\.global: src_arr must be a device array"):
         _cp_async_from_shared[1, 32](np.zeros(32, np.uint16))
 
@@ -270,6 +203,7 @@ def _cp_async_nothing_from_anywhere(x, out):
 
 
 def test_cp_async_with_zero_bytes_reads_nothing():
+    """cp.async with src_bytes 0 zero-fills its 16 bytes without reading the source index, which may be anything."""
     out = np.ones(32, np.uint16)
     _cp_async_nothing_from_anywhere[1, 32](np.zeros(4, np.float32), out)
     assert (out == 0).all()
@@ -286,6 +220,7 @@ def _diverging_warp(out):
 
 
 def test_a_warp_split_between_two_collectives_is_reported():
+    """Half a warp at one collective and half at another is reported as a diverged warp."""
     with pytest.raises(RuntimeError, match=r"warp 0 diverged"):
         _diverging_warp[1, 32](np.zeros(32, np.uint32))
 
@@ -300,6 +235,7 @@ def _half_warp_at_syncthreads(out):
 
 
 def test_lanes_waiting_at_syncthreads_are_reported_not_hung():
+    """Lanes that wait at syncthreads while the rest of their warp waits at a collective are named."""
     with pytest.raises(RuntimeError, match=r"lanes \[16, .*31\] wait at syncthreads"):
         _half_warp_at_syncthreads[1, 32](np.zeros(32, np.uint32))
 
@@ -314,24 +250,20 @@ def _half_warp_returns(out):
 
 
 def test_lanes_that_exited_are_reported_not_hung():
+    """Lanes that returned while the rest of their warp waits at a collective are named."""
     with pytest.raises(RuntimeError, match=r"lanes \[16, .*31\] have exited"):
         _half_warp_returns[1, 32](np.zeros(32, np.uint32))
 
 
-@pytest.mark.parametrize("n", [8, 16, 32, 64])
-@pytest.mark.parametrize("dtype", ["f16", "bf16"])
-def test_wgmma(n, dtype):
-    """Four warps meet at one warpgroup rendezvous per wgmma, four times in a row."""
-    pk.check_wgmma(n, dtype, seed=n)
-
-
 def test_a_partial_warpgroup_is_refused():
+    """wgmma in a block of 64 threads is refused: it needs a whole warpgroup of 128."""
     memory, c, d = np.zeros(pk.WGMMA_SMEM_U16, np.uint16), np.zeros((64, 8), np.float32), np.zeros((64, 8), np.float32)
     with pytest.raises(RuntimeError, match=r"needs all 128 threads of a warpgroup \(4 warps\), but a block of 64"):
         pk.launch(pk.WGMMA[16, "f16"], memory, c, d, threads=64)
 
 
 def test_a_partial_warp_is_refused():
+    """A warp-collective in a block of 48 threads is refused: the second warp has 16 lanes."""
     a, c, d = np.zeros((48, 4), np.uint32), np.zeros((48, 4), np.float32), np.zeros((48, 4), np.float32)
     b = np.zeros((48, 2), np.uint32)
     with pytest.raises(RuntimeError, match=r"needs all 32 lanes of a warp, but a block of 48 threads"):

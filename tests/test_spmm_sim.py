@@ -1,9 +1,12 @@
-"""The Tiled-CSL SpMM kernel in Numba's CUDA simulator, checked element by element against the float64 reference.
+"""The Tiled-CSL SpMM kernel in Numba's CUDA simulator, checked element by element against the float64 reference:
+the sweeps that only the simulator's small shapes afford, and the validation of the kernel API on NumPy arrays.
 
 The simulator runs the same kernel source as the GPU (PTX instructions replaced by their lane-level twins), one
-Python thread per CUDA thread, so shapes stay at a few tiles. The awkward cases are swept on purpose: shapes that
-are not tile multiples, N = 1 and N not a multiple of 8, empty and fully dense tiles, tiles denser than the
-register budget (the overflow pass), split-K on and off, NaN and Inf, bf16, bias, a caller's ``out``.
+Python thread per CUDA thread, so shapes stay at a few tiles. The awkward cases are swept on purpose: any shape,
+density, dtype and split (property tests), empty and fully dense tiles, tiles denser than the register budget (the
+overflow pass), tile sequences that would leave stale values behind, an all-zero matrix. These products are
+allocated by the call; the checks shared with the GPU (block widths, clearing by entries, bias into a caller's
+``out``, NaN and Inf, forced split-K, determinism) are in ``test_spmm.py``, which runs them in either tier.
 
 The simulator plays a Hopper GPU, so ``linear`` plans the wgmma kernels; tests parametrized by ``path`` run the
 ``linear`` cases a second time with the mma.sync kernels that every other GPU's ``linear`` takes (``spmm`` always
@@ -20,16 +23,11 @@ from hypothesis import strategies as st
 
 import flashllm_nb as fl
 from flashllm_nb.kernels.spmm import plan as spmm_plan
-from flashllm_nb.reference import linear_reference, spmm_reference
-from flashllm_nb.reference.spmm import abs_product
-from flashllm_nb.reference.tolerance import assert_close_to_reference
+from spmm_checks import BF16, F16, check_product, random_activations, random_sparse
 
 pytestmark = pytest.mark.sim
 
-DTYPES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
-
-
-BOTH_PATHS = pytest.mark.parametrize("path", ["wgmma", "sync"])
+DTYPES = [F16, BF16]
 
 
 def _force(path=None, clear=None, prefetch_vectors=None):
@@ -37,27 +35,6 @@ def _force(path=None, clear=None, prefetch_vectors=None):
     the wgmma kernels unless told otherwise."""
     assert spmm_plan.mma_for("nk") == "wgmma", "the simulator is meant to play a Hopper GPU"
     return spmm_plan.Force(mma=path, clear=clear, prefetch_vectors=prefetch_vectors)
-
-
-def _random_sparse(rng, m, k, sparsity, dtype):
-    W = rng.standard_normal((m, k)).astype(np.float32)
-    W[rng.random((m, k)) < sparsity] = 0
-    return W.astype(dtype)
-
-
-def _check_linear(W, X, bias=None, split_k=None, force=None):
-    A = fl.TiledCSL.from_dense(W)
-    Y = fl.linear(X, A, bias=bias, split_k=split_k, force=force)
-    assert Y.dtype == W.dtype and Y.shape == (X.shape[0], W.shape[0])
-    ref = linear_reference(X, A, bias)
-    assert_close_to_reference(Y, ref, abs_product(X, W.T), W.shape[1], W.dtype, what="linear")
-
-
-def _check_spmm(W, X, split_k=None, force=None):
-    A = fl.TiledCSL.from_dense(W)
-    Y = fl.spmm(A, X, split_k=split_k, force=force)
-    assert Y.dtype == W.dtype and Y.shape == (W.shape[0], X.shape[1])
-    assert_close_to_reference(Y, spmm_reference(A, X), abs_product(W, X), W.shape[1], W.dtype, what="spmm")
 
 
 _LINEAR_CASES = dict(
@@ -87,9 +64,10 @@ def test_linear_matches_reference_with_mma_sync(m, k, n, sparsity, dtype, split_
 
 
 def _linear_case(m, k, n, sparsity, dtype, split_k, seed, force=None):
+    """One example of the linear properties: a random matrix and activations of the drawn shape and dtype."""
     rng = np.random.default_rng(seed)
-    _check_linear(_random_sparse(rng, m, k, sparsity, dtype), rng.standard_normal((n, k)).astype(dtype),
-                  split_k=split_k, force=force)
+    check_product(random_sparse(rng, m, k, sparsity, dtype), random_activations(rng, n, k, dtype), split_k=split_k,
+                  force=force, poisoned_out=False)
 
 
 @settings(max_examples=25)
@@ -105,17 +83,8 @@ def _linear_case(m, k, n, sparsity, dtype, split_k, seed, force=None):
 def test_spmm_matches_reference(m, k, n, sparsity, dtype, split_k, seed):
     """spmm(A, X) equals A @ X (X as K x N row-major, the transposed-load path) within the same bound."""
     rng = np.random.default_rng(seed)
-    _check_spmm(_random_sparse(rng, m, k, sparsity, dtype), rng.standard_normal((k, n)).astype(dtype),
-                split_k=split_k)
-
-
-@pytest.mark.parametrize("path, n", [("wgmma", n) for n in (1, 7, 8, 9, 16, 33, 64, 65)]
-                         + [("sync", n) for n in (1, 9, 16, 33)])
-def test_every_block_width(path, n):
-    """Each tile_n (8/16/32/64) and the column-block grid beyond 64, with N on and off multiples of 8."""
-    rng = np.random.default_rng(n)
-    _check_linear(_random_sparse(rng, 130, 72, 0.7, np.float16), rng.standard_normal((n, 72)).astype(np.float16),
-                  force=_force(path))
+    check_product(random_sparse(rng, m, k, sparsity, dtype), random_activations(rng, n, k, dtype), layout="kn",
+                  split_k=split_k, poisoned_out=False)
 
 
 @pytest.mark.parametrize("path, dtype", [("wgmma", DTYPES[0]), ("wgmma", DTYPES[1]), ("sync", DTYPES[0])],
@@ -131,7 +100,7 @@ def test_empty_dense_and_overflowing_tiles(path, dtype):
     A = fl.TiledCSL.from_dense(W)
     assert spmm_plan.prefetch_for(4, 8, A.mean_tile_vectors) == 640  # the larger register buffer is the one exercised here
     for split_k in (1, 2, 4):
-        _check_linear(W, X, split_k=split_k, force=_force(path))
+        check_product(W, X, split_k=split_k, force=_force(path), poisoned_out=False)
 
 
 # spmm ("kn") always takes mma.sync, so its wgmma cases would repeat the sync ones; "entries" is planned for 4-warp
@@ -170,29 +139,12 @@ def test_tile_sequence_leaves_no_stale_values(path, clearing, x_layout, n, entri
     if entries_buffer is not None:
         assert config.prefetch_vectors == entries_buffer
     assert config.stages == (2 if entries_buffer == 256 else 4)
-    if x_layout == "nk":
-        _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=1, force=force)
-    else:
-        _check_spmm(W, rng.standard_normal((W.shape[1], n)).astype(np.float16), split_k=1, force=force)
-
-
-@pytest.mark.parametrize("path, n, split_k", [("wgmma", 16, 1), ("wgmma", 16, 3), ("wgmma", 5, 3), ("sync", 9, 2)])
-def test_sparse_matrices_clear_by_entries(path, n, split_k):
-    """A 93 %-sparse matrix is planned with clear="entries" (the plan's own choice, not forced), and its product
-    is right for block k ranges of both lengths modulo the loop's unrolling by two (7 k-tiles split 1, 2 or 3
-    ways: 7; 4 and 3; 3, 3 and 1). At N = 16 on the wgmma path the plan gives the block two activation stages
-    (one tile ahead instead of three)."""
-    rng = np.random.default_rng(n)
-    W = _random_sparse(rng, 130, 7 * 64 - 5, 0.93, np.float16)
-    A = fl.TiledCSL.from_dense(W)
-    force = _force(path)
-    config = spmm_plan.plan(130, n, W.shape[1], "float16", "nk", tile_vectors=A.mean_tile_vectors, force=force).config
-    assert config.clear == "entries"
-    assert config.stages == (2 if (path, n) == ("wgmma", 16) else 4)
-    _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), split_k=split_k, force=force)
+    check_product(W, random_activations(rng, n, W.shape[1], F16), layout=x_layout, split_k=1, force=force,
+                  poisoned_out=False)
 
 
 def test_all_zero_matrix_gives_zeros_and_bias():
+    """A matrix without entries gives exact zeros, and with a bias exactly the bias in every row."""
     rng = np.random.default_rng(2)
     W = np.zeros((100, 70), np.float16)
     X = rng.standard_normal((3, 70)).astype(np.float16)
@@ -202,60 +154,12 @@ def test_all_zero_matrix_gives_zeros_and_bias():
     np.testing.assert_array_equal(fl.linear(X, A, bias=bias), np.broadcast_to(bias, (3, 100)))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
-def test_bias_and_caller_output(dtype):
-    rng = np.random.default_rng(3)
-    W = _random_sparse(rng, 150, 100, 0.5, dtype)
-    X = rng.standard_normal((10, 100)).astype(dtype)
-    bias = rng.standard_normal(150).astype(dtype)
-    out = np.full((10, 150), np.nan, dtype)  # poisoned: every element must be written
-    A = fl.TiledCSL.from_dense(W)
-    assert fl.linear(X, A, bias=bias, out=out, split_k=2) is out
-    assert_close_to_reference(out, linear_reference(X, A, bias), abs_product(X, W.T), 100, dtype, what="linear+bias")
-
-
-@BOTH_PATHS
-def test_nan_and_inf_propagate_as_dense(path):
-    """NaN/Inf in A or X give what a dense product gives: 0 * Inf is NaN even where A's entry is a structural
-    zero, because the kernel computes each tile densely."""
-    rng = np.random.default_rng(4)
-    W = _random_sparse(rng, 140, 130, 0.8, np.float16)
-    W[3, 5] = np.inf
-    W[70, 100] = np.nan
-    W[139, 129] = -np.inf
-    X = rng.standard_normal((6, 130)).astype(np.float16)
-    X[2, 17] = np.inf  # column 17 of A has zeros: those rows turn NaN in a dense product
-    X[4, 5] = 0  # 0 * inf in row 3 -> NaN for token 4
-    _check_linear(W, X, force=_force(path))
-    _check_linear(W, X, split_k=2, force=_force(path))
-
-
-@pytest.mark.parametrize("n", [3, 16])
-def test_split_k_reduction_in_groups_of_splits(n):
-    """The reducing block loads the partials of several splits per round trip (4 at tile_n 8, 2 at 16): 5 splits
-    leave a part-filled last group. Bias on, a ragged M, and both layouts."""
-    rng = np.random.default_rng(8)
-    W = _random_sparse(rng, 100, 5 * 64, 0.5, np.float16)
-    bias = rng.standard_normal(100).astype(np.float16)
-    _check_linear(W, rng.standard_normal((n, W.shape[1])).astype(np.float16), bias=bias, split_k=5)
-    _check_spmm(W, rng.standard_normal((W.shape[1], n)).astype(np.float16), split_k=5)
-
-
-def test_result_is_deterministic_with_split_k():
-    """Split-K partials are reduced in split order, so repeated calls give identical bits."""
-    rng = np.random.default_rng(5)
-    A = fl.TiledCSL.from_dense(_random_sparse(rng, 128, 512, 0.6, np.float16))
-    X = rng.standard_normal((4, 512)).astype(np.float16)
-    first = fl.linear(X, A, split_k=4)
-    np.testing.assert_array_equal(first.view(np.uint16), fl.linear(X, A, split_k=4).view(np.uint16))
-
-
 class TestValidation:
     """Bad input is an exception naming the argument, the expectation and what was given."""
 
     def setup_method(self):
         rng = np.random.default_rng(6)
-        self.W = _random_sparse(rng, 64, 32, 0.5, np.float16)
+        self.W = random_sparse(rng, 64, 32, 0.5, F16)
         self.A = fl.TiledCSL.from_dense(self.W)
         self.X = rng.standard_normal((4, 32)).astype(np.float16)
 

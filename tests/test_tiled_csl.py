@@ -1,4 +1,5 @@
-"""Tiled-CSL on the host: the bit layout against hand-worked words, round trips, conversions and constructors.
+"""Tiled-CSL on the host: the bit layout against hand-worked words, round trips, conversions and constructors (and
+one check of pruned weights that runs on the session's tier: the host under the simulator, the device on a GPU).
 
 An independent, loop-per-tile encoder written straight from the spec (``_spec_encode``) checks the vectorised one
 word for word on random matrices; the layout itself is pinned by words worked out by hand. -0.0 is a zero: never
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M, TILE_SIZE, TiledCSL, swizzle
 from flashllm_nb.formats.tiled_csl.decode import entries
 from flashllm_nb.formats.tiled_csl.layout import place_words_sorted
+from tier import SIMULATOR, by_tier, device, host
 
 F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
 
@@ -239,22 +241,32 @@ def test_padding_sits_on_the_first_free_positions_of_its_tile(case):
         np.testing.assert_array_equal(padding_index, free[:n_pad])
 
 
+# Under the simulator on the host encoder, on the GPU on the CuPy / PyTorch one (device inputs).
+MASKED = by_tier(sim=[((300, 200), 0.2), ((256, 128), 0.5), ((129, 65), 0.03)],
+                 gpu=[((4096, 4096), 0.2), ((1000, 777), 0.1), ((129, 65), 0.5)])
+
+
 @pytest.mark.parametrize("dtype", [F16, BF16])
-@pytest.mark.parametrize("shape, kept", [((300, 200), 0.2), ((256, 128), 0.5), ((129, 65), 0.03)])
+@pytest.mark.parametrize("shape, kept", MASKED)
 def test_weights_pruned_with_a_mask_store_only_their_nonzeros(shape, kept, dtype):
-    """``W * mask`` leaves -0.0 wherever W < 0; the encoding stores exactly count_nonzero(W * mask) entries, the
-    same words as the mask applied with +0.0, and reads the zeros back as +0.0."""
+    """``W * mask`` leaves -0.0 wherever W < 0; encoded in the session's tier (the host encoder under the
+    simulator, the device encoder on a GPU), it stores exactly count_nonzero(W * mask) entries, the same words as
+    the host encoding of the mask applied with +0.0 (padding on the same free positions), passes the full check,
+    and reads the zeros back as +0.0."""
     rng = np.random.default_rng(shape[0])
     W = rng.standard_normal(shape).astype(dtype)
     mask = rng.random(shape) < kept
     P = W * mask.astype(dtype)
     assert (P.view(np.uint16) == 0x8000).sum() > 0.4 * (~mask).sum()  # the test means something
-    A = TiledCSL.from_dense(P)
+    A = TiledCSL.from_dense(device(P))
+    assert A.on_device == (not SIMULATOR)
     assert A.nnz == np.count_nonzero(P) == np.count_nonzero(W[mask])
     B = TiledCSL.from_dense(np.where(mask, W, dtype.type(0)))
-    np.testing.assert_array_equal(A.words, B.words)
-    np.testing.assert_array_equal(A.tile_offsets, B.tile_offsets)
-    np.testing.assert_array_equal(A.to_dense().view(np.uint16), _without_negative_zeros(P.view(np.uint16)))
+    assert (A.shape, A.dtype, A.nnz) == (B.shape, B.dtype, B.nnz)
+    np.testing.assert_array_equal(host(A.words), B.words)
+    np.testing.assert_array_equal(host(A.tile_offsets), B.tile_offsets)
+    A.check_format(full_check=True)
+    np.testing.assert_array_equal(host(A.to_dense(bits=True)), _without_negative_zeros(P.view(np.uint16)))
 
 
 @given(sparse_bits(max_side=200))

@@ -1,5 +1,6 @@
 """The format layer on a GPU: the CuPy encoder and decoder equal the NumPy ones bit for bit, device inputs of every
-accepted kind (CuPy, torch incl. bfloat16), device validation, I/O and pruning, and the encoder's speed.
+accepted kind (CuPy, torch incl. bfloat16), device validation, I/O and pruning, and the encoder's speed. (Pruned
+weights with -0.0 are checked in ``test_tiled_csl.py``, which encodes them on the session's tier: here, the GPU.)
 
 Run on a machine with a CUDA GPU and CuPy: ``pytest -m gpu tests/test_tiled_csl_gpu.py``.
 """
@@ -58,6 +59,8 @@ def _assert_same_encoding(device: TiledCSL, host: TiledCSL):
 @pytest.mark.parametrize("shape, sparsity", [((4096, 4096), 0.8), ((4096, 4096), 0.0), ((1000, 777), 0.5),
                                              ((1, 1), 0.0), ((129, 65), 0.99), ((0, 64), 0.5)])
 def test_cupy_encoder_equals_numpy_encoder(shape, sparsity, dtype):
+    """The CuPy encoder gives the NumPy encoder's words and offsets bit for bit (empty, dense, ragged and large
+    matrices), its decoder the input's bits (-0.0 as +0.0), and to_device / to_host move the same encoding."""
     bits = _bits(shape, sparsity, seed=shape[0])
     host = TiledCSL.from_dense(bits.view(dtype))
     device = TiledCSL.from_dense(cupy.asarray(bits), dtype=dtype)
@@ -68,6 +71,8 @@ def test_cupy_encoder_equals_numpy_encoder(shape, sparsity, dtype):
 
 
 def test_device_float16_round_trip_and_bfloat16_needs_bits():
+    """A CuPy float16 matrix round-trips to a CuPy float16 array; a bfloat16 one decodes only to bits (CuPy has
+    no bfloat16), and says so."""
     bits = _bits((300, 200), 0.7, seed=1)
     A = TiledCSL.from_dense(cupy.asarray(bits.view(np.float16)))
     dense = A.to_dense()
@@ -80,6 +85,7 @@ def test_device_float16_round_trip_and_bfloat16_needs_bits():
 
 @pytest.mark.parametrize("dtype", [F16, BF16])
 def test_torch_cuda_tensors_are_accepted(dtype):
+    """PyTorch CUDA tensors (fp16, bf16, requiring grad) encode as the host does, and decode through DLPack."""
     torch = pytest.importorskip("torch")
     bits = _bits((257, 130), 0.6, seed=2)
     t = torch.from_numpy(bits.view(np.int16)).cuda().view(torch.float16 if dtype == F16 else torch.bfloat16)
@@ -88,18 +94,6 @@ def test_torch_cuda_tensors_are_accepted(dtype):
     back = torch.from_dlpack(A.to_dense(bits=True)).view(t.dtype)
     expected = torch.from_numpy(_without_negative_zeros(bits).view(np.int16)).cuda()
     assert torch.equal(back.view(torch.int16), expected)
-
-
-@pytest.mark.parametrize("dtype", [F16, BF16])
-@pytest.mark.parametrize("shape, kept", [((4096, 4096), 0.2), ((1000, 777), 0.1), ((129, 65), 0.5)])
-def test_weights_pruned_with_a_mask_store_only_their_nonzeros_on_the_gpu(shape, kept, dtype):
-    """``W * mask`` (-0.0 wherever W < 0) encodes on the GPU to exactly count_nonzero(W * mask) entries, the same
-    words as on the host, padding on the same free positions."""
-    bits = _masked(shape, kept, seed=shape[1], dtype=dtype)
-    device = TiledCSL.from_dense(cupy.asarray(bits), dtype=dtype)
-    assert device.nnz == np.count_nonzero(bits & 0x7FFF) == np.count_nonzero(bits.view(dtype))
-    _assert_same_encoding(device, TiledCSL.from_dense(bits.view(dtype)))
-    device.check_format(full_check=True)
 
 
 def test_reorder_on_the_device_drops_negative_zeros_and_repads():
@@ -120,6 +114,8 @@ def test_reorder_on_the_device_drops_negative_zeros_and_repads():
 
 
 def test_from_raw_checks_device_arrays():
+    """from_raw checks CuPy words and offsets like host ones: padding on an entry, a position beyond the tile and
+    offsets on the host while the words are on the device are refused, each named."""
     host = TiledCSL.from_dense(_bits((300, 200), 0.8, seed=3).view(np.float16))
     words, offsets = cupy.asarray(host.words), cupy.asarray(host.tile_offsets)
     _assert_same_encoding(TiledCSL.from_raw(words, offsets, host.shape, F16), host)
@@ -138,6 +134,7 @@ def test_from_raw_checks_device_arrays():
 
 
 def test_save_device_matrix_and_load_to_device(tmp_path):
+    """A device matrix saves and loads back to the device with the same encoding."""
     A = TiledCSL.from_dense(cupy.asarray(_bits((300, 200), 0.8, seed=4)), dtype=BF16)
     save(tmp_path / "a.flcsl", A)
     _assert_same_encoding(load(tmp_path / "a.flcsl", device=True), A.to_host())
@@ -145,6 +142,7 @@ def test_save_device_matrix_and_load_to_device(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_pruning_on_cupy_equals_numpy(dtype):
+    """Magnitude (global and per row) and random pruning of a CuPy array give the NumPy result, as CuPy."""
     W = np.random.default_rng(5).standard_normal((200, 300)).astype(dtype)
     for fn in (lambda x: prune.magnitude(x, 0.7), lambda x: prune.magnitude(x, 0.7, per_row=True),
                lambda x: prune.random(x, 0.7, seed=0)):
@@ -154,6 +152,7 @@ def test_pruning_on_cupy_equals_numpy(dtype):
 
 
 def test_reference_accepts_device_inputs():
+    """spmm_reference takes a device matrix and CuPy activations and equals the host product."""
     W = np.random.default_rng(6).standard_normal((64, 32)).astype(np.float16)
     X = np.random.default_rng(7).standard_normal((32, 8)).astype(np.float16)
     A = TiledCSL.from_dense(cupy.asarray(W))

@@ -1,0 +1,149 @@
+"""The Tiled-CSL SpMM kernel in whichever tier the session runs (``tier``), element by element against the float64
+reference: in Numba's CUDA simulator at a few tiles (one Python thread per CUDA thread), on a GPU at real sizes
+(OPT-66B layer shapes). Each test is one check; ``by_tier`` gives its cases in each tier, named by shape, N and the
+mma path (``planned``: the plan's own; the simulator plays a Hopper GPU, whose ``linear`` plans the wgmma kernels,
+so its cases force the mma.sync kernels that every other GPU takes too).
+
+What only the simulator can afford to sweep (property tests, tile sequences, validation) is in
+``test_spmm_sim.py``; what only a GPU can run (OPT-66B shapes, PyTorch tensors, remembered launches) in
+``test_spmm_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import flashllm_nb as fl
+from flashllm_nb.kernels.spmm import plan as spmm_plan
+from spmm_checks import BF16, F16, check_product, random_activations, random_sparse
+from tier import by_tier, device, host
+
+
+def _case(m, k, n, *rest, name):
+    """A pytest case (m, k, n, *rest) named by its shape, N and ``name``."""
+    return pytest.param(m, k, n, *rest, id=f"{m}x{k}-n{n}-{name}")
+
+
+BLOCK_WIDTHS = by_tier(
+    sim=[_case(130, 72, n, "nk", path, name=path) for path, ns in [("wgmma", (1, 7, 8, 9, 16, 33, 64, 65)),
+                                                                  ("sync", (1, 9, 16, 33))] for n in ns],
+    gpu=[_case(1000, 777, n, layout, None, name=f"{layout}-planned") for n in (1, 7, 8, 33, 100, 256)
+         for layout in ("nk", "kn")],
+)
+
+
+@pytest.mark.parametrize("m, k, n, layout, path", BLOCK_WIDTHS)
+def test_block_widths_on_ragged_shapes(m, k, n, layout, path):
+    """Each tile_n (8/16/32/64) and the column-block grid beyond 64, with N on and off multiples of 8 (the kernel
+    pads X's rows), M and K off the tile grid; on the GPU both activation layouts."""
+    rng = np.random.default_rng(n)
+    check_product(random_sparse(rng, m, k, 0.7, F16), random_activations(rng, n, k, F16), layout=layout,
+                  force=spmm_plan.Force(mma=path))
+
+
+CLEAR_BY_ENTRIES = by_tier(
+    sim=[_case(130, 7 * 64 - 5, n, 0.93, "nk", split_k, path, name=f"split{split_k}-{path}")
+         for path, n, split_k in [("wgmma", 16, 1), ("wgmma", 16, 3), ("wgmma", 5, 3), ("sync", 9, 2)]],
+    gpu=[_case(m, k, n, sparsity, layout, split_k, None,
+               name=f"{sparsity}-{layout}-split{split_k or '-auto'}-planned")
+         for m, k, n, sparsity, layout, split_k in [
+             (9216, 9216, 16, 0.9, "nk", None), (36864, 9216, 8, 0.88, "kn", None), (9216, 36864, 16, 0.95, "nk", 7),
+             (27648, 9216, 5, 0.9, "nk", 2), (9216, 9216, 16, 0.84, "nk", 3), (27648, 9216, 16, 0.885, "nk", None),
+             (9216, 9216, 9, 0.9, "nk", 5), (27648, 9216, 16, 0.8, "nk", None), (9216, 36864, 8, 0.77, "nk", 3)]],
+)
+
+
+@pytest.mark.parametrize("m, k, n, sparsity, layout, split_k, path", CLEAR_BY_ENTRIES)
+def test_sparse_matrices_clear_by_entries(m, k, n, sparsity, layout, split_k, path):
+    """84-95 % sparse matrices at N <= 16 are planned with clear="entries" (the plan's own choice, not forced:
+    positions buffers, an mbarrier with mma.sync, a second barrier per step with wgmma), and the product is right
+    with automatic and forced split-K (block k ranges of both lengths modulo the loop's unrolling by two: under the
+    simulator 7 k-tiles split 1, 2 or 3 ways: 7; 4 and 3; 3, 3 and 1). On the wgmma path at N 9-16 and 88 % or
+    sparser the plan gives the block two activation stages (one tile ahead instead of three). On the GPU's OPT-66B
+    layers: at 84 % the tiles (~328 vectors on average) come close to the 384-vector register buffer; at 88.5 %
+    (~236) the 256-vector buffer takes them, a few overflowing it; on Hopper "nk" at 77-80 % clears by entries too,
+    with the 512-vector buffer (elsewhere those two cases clear rows)."""
+    rng = np.random.default_rng(m + n)
+    W = random_sparse(rng, m, k, sparsity, F16)
+    force = spmm_plan.Force(mma=path)
+    tile_vectors = fl.TiledCSL.from_dense(device(W)).mean_tile_vectors
+    config = spmm_plan.plan(m, n, k, "float16", layout, tile_vectors=tile_vectors, force=force).config
+    assert config.clear == ("entries" if sparsity >= 0.84 or config.mma == "wgmma" else "rows")
+    assert config.stages == (2 if config.mma == "wgmma" and 8 < n <= 16 and sparsity >= 0.88 else 4)
+    check_product(W, random_activations(rng, n, k, F16), layout=layout, split_k=split_k, force=force)
+
+
+BIAS_CASES = by_tier(
+    sim=[_case(150, 100, 10, 0.5, 2, dtype, name=f"{dtype.name}-split2") for dtype in (F16, BF16)],
+    gpu=[_case(4096, 2048, 16, 0.8, None, dtype, name=f"{dtype.name}-split-auto") for dtype in (F16, BF16)],
+)
+
+
+@pytest.mark.parametrize("m, k, n, sparsity, split_k, dtype", BIAS_CASES)
+def test_bias_and_caller_output(m, k, n, sparsity, split_k, dtype):
+    """``linear`` with a bias writes every element of the caller's ``out`` (poisoned with NaN), returns it, and
+    equals X @ A.T + bias within the bound, fp16 and bf16 (on the GPU through PyTorch tensors)."""
+    rng = np.random.default_rng(3)
+    check_product(random_sparse(rng, m, k, sparsity, dtype), random_activations(rng, n, k, dtype),
+                  bias=random_activations(rng, 1, m, dtype)[0], split_k=split_k)
+
+
+NON_FINITE = by_tier(
+    sim=[_case(140, 130, 6, (None, 2), path, name=f"{path}-split-auto-and-2") for path in ("wgmma", "sync")],
+    gpu=[_case(2048, 2048, 8, (None,), None, name="planned-split-auto")],
+)
+
+
+# The split-K reduction's Inf - Inf is the intended NaN; NumPy warns of it under the simulator.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("m, k, n, split_ks, path", NON_FINITE)
+def test_non_finite_values_propagate_as_dense(m, k, n, split_ks, path):
+    """NaN/Inf in A or X give what a dense product gives: 0 * Inf is NaN even where A's entry is a structural
+    zero, because the kernel computes each tile densely."""
+    rng = np.random.default_rng(4)
+    W = random_sparse(rng, m, k, 0.8, F16)
+    W[3, 5] = np.inf
+    W[m // 2, k * 10 // 13] = np.nan
+    W[m - 1, k - 1] = -np.inf
+    X = random_activations(rng, n, k, F16)
+    X[2, 17] = np.inf  # column 17 of A has zeros: those rows turn NaN in a dense product
+    X[4, 5] = 0  # 0 * inf in row 3 -> NaN for token 4
+    for split_k in split_ks:
+        check_product(W, X, split_k=split_k, force=spmm_plan.Force(mma=path))
+
+
+SPLIT_K = by_tier(
+    sim=[_case(100, 5 * 64, n, 0.5, 5, name="split5") for n in (3, 16)],
+    gpu=[_case(9216, 9216, 16, 0.8, split_k, name=f"split{split_k}") for split_k in (1, 2, 7, 144)],
+)
+
+
+@pytest.mark.parametrize("m, k, n, sparsity, split_k", SPLIT_K)
+def test_forced_split_k(m, k, n, sparsity, split_k):
+    """A forced split-K, bias on, both layouts. The reducing block loads the partials of several splits per round
+    trip (4 at tile_n 8, 2 at 16): under the simulator 5 splits leave a part-filled last group, on a ragged M; on
+    the GPU up to 144 splits of an OPT-66B layer."""
+    rng = np.random.default_rng(n + split_k)
+    W = random_sparse(rng, m, k, sparsity, F16)
+    check_product(W, random_activations(rng, n, k, F16), bias=random_activations(rng, 1, m, F16)[0],
+                  split_k=split_k)
+    check_product(W, random_activations(rng, n, k, F16), layout="kn", split_k=split_k)
+
+
+REPEATED = by_tier(
+    sim=[_case(128, 512, 4, 0.6, 4, 1, name="split4")],
+    gpu=[_case(9216, 9216, 16, 0.8, None, 3, name="split-auto")],
+)
+
+
+@pytest.mark.parametrize("m, k, n, sparsity, split_k, repeats", REPEATED)
+def test_repeated_calls_are_bitwise_identical(m, k, n, sparsity, split_k, repeats):
+    """Split-K partials are reduced in split order and the tickets reset: the same call again gives the same
+    bits."""
+    rng = np.random.default_rng(5)
+    A = fl.TiledCSL.from_dense(device(random_sparse(rng, m, k, sparsity, F16)))
+    X = device(random_activations(rng, n, k, F16))
+    first = host(fl.linear(X, A, split_k=split_k)).view(np.uint16)
+    for _ in range(repeats):
+        np.testing.assert_array_equal(host(fl.linear(X, A, split_k=split_k)).view(np.uint16), first)
