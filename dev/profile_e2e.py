@@ -5,9 +5,9 @@
 Step: a model of the preset's shapes with ``--layers`` layers (time per layer is what matters; every layer is the
 same) is given a KV cache filled with random keys and values up to ``--context`` positions. Each component of the
 step (the four linear layers, attention with its head split, the norms and activation, the whole step) is captured
-for all layers as one CUDA graph and replayed, so the components run back to back as in the real step, on weights
-that are not in L2. Each is reported in microseconds per layer, with its bytes moved and the fraction of the
-measured copy bandwidth that makes.
+for all layers as one CUDA graph and replayed (``flashllm_nb.bench.timing.time_graph``), so the components run back
+to back as in the real step, on weights that are not in L2. Each is reported in microseconds per layer, with its
+bytes moved and the fraction of the measured copy bandwidth (``timing.copy_bandwidth``) that makes.
 
 Build: one layer's matrices are drawn, pruned and encoded phase by phase with the GPU synchronised in between.
 """
@@ -21,44 +21,14 @@ import time
 
 import numpy as np
 
-
-def copy_bandwidth(cupy) -> float:
-    """Device-to-device copy bandwidth, bytes read plus written per second (the bound's rate: bytes read by a
-    step over this rate)."""
-    a = cupy.empty(1 << 30, np.uint8)
-    b = cupy.empty_like(a)
-    b[...] = a
-    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    start.record()
-    for _ in range(10):
-        b[...] = a
-    stop.record()
-    stop.synchronize()
-    return 2 * 10 * a.nbytes / (cupy.cuda.get_elapsed_time(start, stop) / 1e3)
-
-
-def graph_time_us(cupy, stream, launches, replays: int = 20) -> float:
-    """Microseconds per replay of a graph holding ``launches()``."""
-    launches()  # eager once: compile, plan, allocate
-    stream.cupy_stream.synchronize()
-    stream.cupy_stream.begin_capture()
-    launches()
-    graph = stream.cupy_stream.end_capture()
-    graph.launch(stream=stream.cupy_stream)
-    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    start.record(stream.cupy_stream)
-    for _ in range(replays):
-        graph.launch(stream=stream.cupy_stream)
-    stop.record(stream.cupy_stream)
-    stop.synchronize()
-    return 1e3 * cupy.cuda.get_elapsed_time(start, stop) / replays
+from flashllm_nb.bench.timing import copy_bandwidth, time_graph
 
 
 def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict]:
     import cupy
 
-    from flashllm_nb.llm import kernels
-    from flashllm_nb.llm.engine import Activations, KVCache, _head, _norm, run_decoder
+    from flashllm_nb.llm import attention, kernels
+    from flashllm_nb.llm.engine import Activations, KVCache, _head, _norm, attention_heads, run_decoder
 
     c, dtype, stream = model.config, model.dtype, model.stream
     layers = len(model.blocks)
@@ -76,14 +46,19 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
     def linear(attr, x, out):
         return lambda: [getattr(b, attr)(x, out, batch, s) for b in model.blocks]
 
-    def attention():
+    heads = attention_heads(model, cache)
+    splits = attention.attention_splits(batch, c.num_heads, cache.max_len)
+    partials = acts.attention_partials(attention.attention_workspace_size(batch, c.num_heads, c.head_dim, splits))
+
+    def split_heads():
         for i in range(layers):
-            kernels.split_heads(acts.qkv, acts.q, cache.k[i], cache.v[i], acts.slots, acts.positions,
-                                model.inv_freq, batch, c.num_heads, c.num_kv_heads, c.head_dim, cache.max_len,
-                                dtype, s)
-            kernels.attention(acts.q, cache.k[i], cache.v[i], acts.slots, acts.positions, acts.attn, batch,
-                              c.num_heads, c.num_kv_heads, c.head_dim, cache.max_len, c.sliding_window or 0,
-                              c.head_dim ** -0.5, dtype, s)
+            attention.split_heads(acts.qkv, acts.q, cache.k[i], cache.v[i], acts.slots, acts.positions,
+                                  model.inv_freq, batch, heads, s)
+
+    def attend():
+        for i in range(layers):
+            attention.attention(acts.q, cache.k[i], cache.v[i], acts.slots, acts.positions, acts.attn, batch,
+                                heads, s, splits, partials)
 
     def elementwise():
         for block in model.blocks:
@@ -100,14 +75,15 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
              ("out", linear("out", acts.attn, acts.delta), model.blocks[0].out.nbytes),
              ("ffn_in", linear("ffn_in", acts.normed, acts.ffn), model.blocks[0].ffn_in.nbytes),
              ("ffn_out", linear("ffn_out", acts.act, acts.delta), model.blocks[0].ffn_out.nbytes),
-             ("attention", attention, kv_bytes),
+             ("split_heads", split_heads, 0),
+             (f"attention ({splits} spans)", attend, kv_bytes),
              ("norms+activation", elementwise, 0),
              ("lm_head", lambda: _head(model, acts, acts.normed, batch, None, s), head_bytes / layers),
              ("whole step", whole_step, sum(b.nbytes for b in model.blocks[0].linears) + kv_bytes + head_bytes / layers)]
     rows = []
     with stream:
         for name, launches, nbytes in parts:
-            us = graph_time_us(cupy, stream, launches)
+            us = 1e3 * time_graph(launches, stream.cupy_stream)
             row = dict(batch=batch, part=name, us=round(us, 1), us_per_layer=round(us / layers, 2))
             if nbytes:
                 row.update(mb_per_layer=round(nbytes / 1e6, 2),
@@ -159,12 +135,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--context", type=int, default=320)
     args = parser.parse_args()
-    import cupy
-
     from flashllm_nb import llm
     from flashllm_nb.llm.config import preset
 
-    bandwidth = copy_bandwidth(cupy)
+    bandwidth = copy_bandwidth() * 1e9  # bytes read plus written per second: a step's bytes over it is its bound
     print(json.dumps(dict(device=llm.device.device_name(), copy_tb_s=round(bandwidth / 1e12, 3))), flush=True)
     full = preset(args.model)
     profile_build(full, args.sparsity[0])

@@ -1,5 +1,5 @@
 """The decoder's kernels (flashllm_nb.llm.kernels) in Numba's CUDA simulator, each against a float64 NumPy
-reference on fresh random inputs: several chunks of keys, grouped-query heads, a sliding window, one token, NaN and
+reference on fresh random inputs: several chunks of keys and warps, grouped-query heads, a sliding window, one token, NaN and
 Inf, float16 and bfloat16, ties in argmax, every word of a Tiled-CSL matrix expanded."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flashllm_nb.formats.tiled_csl import TiledCSL
-from flashllm_nb.llm import kernels
+from flashllm_nb.llm import attention, kernels
 from flashllm_nb.llm.dense import bits_to_float32, float32_to_bits
 from flashllm_nb.reference.tolerance import ROUND
 from llm_checkpoints import BFLOAT16
@@ -89,8 +89,8 @@ def test_split_heads_rope_and_cache(dtype):
     q = np.zeros(tokens * n_heads * d, np.uint16)
     k_cache = np.zeros(slots * n_kv * max_len * d, np.uint16)
     v_cache = np.zeros_like(k_cache)
-    kernels.split_heads(qkv, q, k_cache, v_cache, token_slots, positions, inv_freq, tokens, n_heads, n_kv, d, max_len,
-                        dtype)
+    heads = attention.Heads(n_heads, n_kv, d, max_len, 0, d ** -0.5, dtype)
+    attention.split_heads(qkv, q, k_cache, v_cache, token_slots, positions, inv_freq, tokens, heads)
     x = values(qkv, dtype).reshape(tokens, n_heads + 2 * n_kv, d)
     angles = (positions.astype(np.float32)[:, None] * inv_freq[None, :]).astype(np.float64)  # float32 product
 
@@ -124,29 +124,65 @@ def attention_reference(q, k, v, slots, positions, n_heads, n_kv, window):
     return out
 
 
-@pytest.mark.parametrize("dtype,window,splits", [(np.dtype(np.float16), 0, 1), (BFLOAT16, 0, 1),
-                                                  (np.dtype(np.float16), 20, 1), (np.dtype(np.float16), 0, 3),
-                                                  (BFLOAT16, 20, 5)],
-                         ids=["f16", "bf16", "f16-window", "f16-3-splits", "bf16-window-5-splits"])
-def test_attention_matches_reference(dtype, window, splits):
-    """Several chunks of keys (positions beyond the 32 threads of a simulated block), GQA (4 query heads on 2 key
-    heads), position 0 (a single key), a sliding window; split into spans of keys (empty spans included: position 0
-    has one key for 3 or 5 spans) and combined."""
+def run_attention(q, k, v, token_slots, positions, heads, splits):
+    tokens = positions.size
+    out = np.zeros(tokens * heads.n_heads * heads.head_dim, np.uint16)
+    workspace = np.full(attention.attention_workspace_size(tokens, heads.n_heads, heads.head_dim, splits), np.nan,
+                        np.float32)
+    attention.attention(q, k, v, token_slots, positions, out, tokens, heads, splits=splits, workspace=workspace)
+    return out
+
+
+@pytest.mark.parametrize("dtype,window,splits,d", [(np.dtype(np.float16), 0, 1, 16), (BFLOAT16, 0, 1, 16),
+                                                    (np.dtype(np.float16), 20, 1, 16),
+                                                    (np.dtype(np.float16), 0, 3, 16), (BFLOAT16, 20, 5, 16),
+                                                    (np.dtype(np.float16), 0, 1, 40), (BFLOAT16, 0, 2, 256)],
+                         ids=["f16", "bf16", "f16-window", "f16-3-splits", "bf16-window-5-splits", "f16-d40",
+                              "bf16-d256-2-splits"])
+def test_attention_matches_reference(dtype, window, splits, d):
+    """Several chunks of keys per warp and several warps (positions beyond the 64 threads of a simulated block),
+    GQA (4 query heads on 2 key heads), position 0 (a single key), a sliding window; split into spans of keys
+    (empty spans and warps without keys included: position 0 has one key for 3 or 5 spans); head widths whose
+    16-byte groups do not divide a warp (40: 5 groups, rows of 6 lanes and 2 lanes idle) or fill it (256)."""
     rng = np.random.default_rng(3)
-    n_heads, n_kv, d, max_len, slots = 4, 2, 16, 80, 2
-    positions = np.array([0, 70, 33], np.int32)
+    n_heads, n_kv, max_len, slots = 4, 2, 150, 2
+    positions = np.array([0, 140, 33], np.int32)
     token_slots = np.array([1, 0, 1], np.int32)
     q = bits(rng.standard_normal((3, n_heads, d)) * 2, dtype)
     k = bits(rng.standard_normal((slots, n_kv, max_len, d)), dtype)
     v = bits(rng.standard_normal((slots, n_kv, max_len, d)), dtype)
-    out = np.zeros(3 * n_heads * d, np.uint16)
-    workspace = np.full(kernels.attention_workspace_size(3, n_heads, d, splits), np.nan, np.float32)
-    kernels.attention(q, k, v, token_slots, positions, out, 3, n_heads, n_kv, d, max_len, window, d ** -0.5, dtype,
-                      splits=splits, workspace=workspace)
+    heads = attention.Heads(n_heads, n_kv, d, max_len, window, d ** -0.5, dtype)
+    out = run_attention(q, k, v, token_slots, positions, heads, splits)
     cache_shape = (slots, n_kv, max_len, d)
     ref = attention_reference(values(q, dtype).reshape(3, n_heads, d), values(k, dtype).reshape(cache_shape),
                               values(v, dtype).reshape(cache_shape), token_slots, positions, n_heads, n_kv, window)
     close(out, ref, dtype, 4, "attention")
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_attention_nan_and_inf(splits):
+    """A NaN query makes its head's output NaN; an infinite value in a row that is attended makes the output
+    infinite or NaN as in the float64 reference; -0.0 keys and values are zeros; the other heads stay exact."""
+    dtype = np.dtype(np.float16)
+    rng = np.random.default_rng(7)
+    n_heads, n_kv, d, max_len = 2, 2, 16, 100
+    positions = np.array([90], np.int32)
+    token_slots = np.array([0], np.int32)
+    q = bits(rng.standard_normal((1, n_heads, d)), dtype)
+    q[3] = bits([np.nan], dtype)[0]  # head 0
+    k = bits(rng.standard_normal((1, n_kv, max_len, d)), dtype)
+    v = bits(rng.standard_normal((1, n_kv, max_len, d)), dtype)
+    k.reshape(1, n_kv, max_len, d)[0, 1, 5] = 0x8000  # -0.0 key row on head 1
+    v.reshape(1, n_kv, max_len, d)[0, 1, 6, :] = 0x8000  # -0.0 value row on head 1
+    v.reshape(1, n_kv, max_len, d)[0, 1, 70, 2] = bits([np.inf], dtype)[0]  # head 1, column 2
+    heads = attention.Heads(n_heads, n_kv, d, max_len, 0, d ** -0.5, dtype)
+    out = run_attention(q, k, v, token_slots, positions, heads, splits)
+    shape = (1, n_kv, max_len, d)
+    with np.errstate(invalid="ignore"):
+        ref = attention_reference(values(q, dtype).reshape(1, n_heads, d), values(k, dtype).reshape(shape),
+                                  values(v, dtype).reshape(shape), token_slots, positions, n_heads, n_kv, 0)
+    assert np.isnan(ref[0, 0]).all() and np.isinf(ref[0, 1, 2])
+    close(out, ref, dtype, 4, "attention with NaN and Inf")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f16", "bf16"])
@@ -211,9 +247,9 @@ def test_attention_splits_fill_the_gpu_only_for_small_batches():
     more spans than chunks of keys, nor more than the maximum."""
     from flashllm_nb.kernels.spmm.plan import multiprocessors
 
-    sms, chunk = multiprocessors(), kernels.ATTENTION_THREADS
-    assert kernels.attention_splits(1, 1, 100 * chunk) == min(2 * sms, kernels.MAX_ATTENTION_SPLITS)
-    assert kernels.attention_splits(2 * sms, 1, 100 * chunk) == 1
-    assert kernels.attention_splits(1, 1, chunk) == 1
-    assert kernels.attention_workspace_size(2, 3, 16, 1) == 0
-    assert kernels.attention_workspace_size(2, 3, 16, 4) == 2 * 3 * 4 * 18
+    sms, chunk = multiprocessors(), attention.ATTENTION_THREADS
+    assert attention.attention_splits(1, 1, 100 * chunk) == min(2 * sms, attention.MAX_ATTENTION_SPLITS)
+    assert attention.attention_splits(2 * sms, 1, 100 * chunk) == 1
+    assert attention.attention_splits(1, 1, chunk) == 1
+    assert attention.attention_workspace_size(2, 3, 16, 1) == 0
+    assert attention.attention_workspace_size(2, 3, 16, 4) == 2 * 3 * 4 * 18

@@ -1,4 +1,4 @@
-"""Every decoder kernel (flashllm_nb.llm.kernels), as the GPU runs it, compiled to PTX for sm_80 and sm_90 and
+"""Every decoder kernel (flashllm_nb.llm.kernels and .attention), as the GPU runs it, compiled to PTX for sm_80 and sm_90 and
 assembled by ``ptxas -v`` without a GPU: no local memory (a per-thread array Numba failed to keep in registers shows
 up as a stack frame), 16-byte loads where keys and values are read, no float64 arithmetic in the kernels that do
 the most arithmetic."""
@@ -13,12 +13,12 @@ pytestmark = pytest.mark.ptx
 
 CCS = [(8, 0), (9, 0)]
 CONFIGS = [dict(name="embed", dtype=d) for d in ("float16", "bfloat16")]
-CONFIGS += [dict(name="norm", dtype=d, kind=k, threads=512) for d in ("float16", "bfloat16") for k in ("layer", "rms")]
+CONFIGS += [dict(name="norm", dtype=d, kind=k, threads=1024) for d in ("float16", "bfloat16") for k in ("layer", "rms")]
 CONFIGS += [dict(name="add", dtype="float16")]
 CONFIGS += [dict(name="split_heads", dtype=d, head_dim=h, rope=r)
             for d, h, r in (("float16", 128, False), ("bfloat16", 128, True), ("float16", 80, True))]
 CONFIGS += [dict(name="attention", dtype=d, head_dim=h, threads=128, split=split)
-            for d, h in (("float16", 128), ("bfloat16", 128), ("float16", 64), ("float16", 80))
+            for d, h in (("float16", 128), ("bfloat16", 128), ("float16", 64), ("float16", 80), ("bfloat16", 256))
             for split in (False, True)]
 CONFIGS += [dict(name="combine", dtype=d, head_dim=128, threads=128) for d in ("float16", "bfloat16")]
 CONFIGS += [dict(name="activation", dtype=d, kind=k) for d in ("float16", "bfloat16") for k in ("relu", "silu_glu")]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flashllm_nb.llm import device, kernels
+from flashllm_nb.llm import attention, device, kernels
 
 __all__ = ["KVCache", "Activations", "PrefillPlanner", "run_decoder", "PREFILL_POLICIES", "check_prefill_policy"]
 
@@ -121,8 +121,9 @@ def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None
 
     h = c.hidden_size
     comm = model.communicator
-    splits = kernels.attention_splits(tokens, c.num_heads, cache.max_len)
-    partials = acts.attention_partials(kernels.attention_workspace_size(tokens, c.num_heads, c.head_dim, splits))
+    heads = attention_heads(model, cache)
+    splits = attention.attention_splits(tokens, c.num_heads, cache.max_len)
+    partials = acts.attention_partials(attention.attention_workspace_size(tokens, c.num_heads, c.head_dim, splits))
     _embed(model, acts, tokens, stream)
     pending = None  # the last sub-layer's output, not yet added to the residual stream (pre-LN)
     for index, block in enumerate(model.blocks):
@@ -132,12 +133,10 @@ def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None
         else:
             x = acts.residual
         block.qkv(x, acts.qkv, tokens, stream, scratch(block.qkv, x, acts.qkv))
-        kernels.split_heads(acts.qkv, acts.q, cache.k[index], cache.v[index], acts.slots, acts.positions,
-                            model.inv_freq, tokens, c.num_heads, c.num_kv_heads, c.head_dim, cache.max_len, dtype,
-                            stream)
-        kernels.attention(acts.q, cache.k[index], cache.v[index], acts.slots, acts.positions, acts.attn, tokens,
-                          c.num_heads, c.num_kv_heads, c.head_dim, cache.max_len, c.sliding_window or 0,
-                          c.head_dim ** -0.5, dtype, stream, splits, partials)
+        attention.split_heads(acts.qkv, acts.q, cache.k[index], cache.v[index], acts.slots, acts.positions,
+                              model.inv_freq, tokens, heads, stream)
+        attention.attention(acts.q, cache.k[index], cache.v[index], acts.slots, acts.positions, acts.attn, tokens,
+                            heads, stream, splits, partials)
         block.out(acts.attn, acts.delta, tokens, stream, scratch(block.out, acts.attn, acts.delta))
         if comm is not None:  # tensor parallelism: each rank's output projection is a partial sum
             comm.all_reduce(acts.delta, tokens * h, dtype, stream)
@@ -161,6 +160,13 @@ def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None
             kernels.add(acts.residual, pending, tokens * h, dtype, stream)
         final = acts.residual
     _head(model, acts, final, tokens, rows, stream)
+
+
+def attention_heads(model, cache: KVCache) -> attention.Heads:
+    """The attention geometry of ``model`` over ``cache``."""
+    c = model.config
+    return attention.Heads(c.num_heads, c.num_kv_heads, c.head_dim, cache.max_len, c.sliding_window or 0,
+                           c.head_dim ** -0.5, model.dtype)
 
 
 def _embed(model, acts, tokens, stream) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from flashllm_nb._checks import invalid
-from flashllm_nb.llm import device, kernels, memory
+from flashllm_nb.llm import attention, device, kernels, memory
 from flashllm_nb.llm.dense import bits_to_float32
 from flashllm_nb.llm.engine import Activations, KVCache, run_decoder
 
@@ -189,7 +189,7 @@ class _Decoding:
             self.acts = Activations(model.config, batch, batch)
         self.collected = [] if output_logits else None
         self.memory_used = {}
-        kernels.compile_attention(model.dtype, model.config.head_dim)
+        attention.compile_attention(model.dtype, model.config.head_dim)
 
     def prefill(self, rows, lengths) -> None:
         """Every prompt token in one ragged pass, then the first new token of each sequence."""
