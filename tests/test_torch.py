@@ -186,6 +186,37 @@ def test_compiled_model_is_one_graph_and_equals_eager():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("name", list(TINY_MODELS))
+def test_static_cache_generation_compiles_to_cuda_graphs(name):
+    """transformers' compiled decoding (a static cache: each step's forward compiled with fullgraph=True and
+    replayed as CUDA graphs, mode="reduce-overhead") runs through the operator without a graph break and chooses
+    the eager model's tokens wherever the eager choice is clear of fp16 noise. (CUDA graphs need a GPU: skipped
+    without one.)"""
+    import transformers
+
+    model, _ = _tiny_models(name)
+    flt.sparsify(model, progress=False)
+    prompt = torch.as_tensor(np.random.default_rng(3).integers(4, 96, (2, 6)), device=DEVICE)
+    options = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, output_logits=True,
+                   return_dict_in_generate=True)
+    with torch.no_grad():
+        eager = model.generate(prompt, **options)
+        model.generation_config.cache_implementation = "static"
+        model.generation_config.compile_config = transformers.CompileConfig(fullgraph=True, mode="reduce-overhead")
+        compiled = model.generate(prompt, **options)
+        again = model.generate(prompt, **options)  # replays the captured graphs
+    new_eager = eager.sequences[:, prompt.shape[1]:].cpu()
+    for run in (compiled, again):
+        new = run.sequences[:, prompt.shape[1]:].cpu()
+        logits = torch.stack(eager.logits, dim=1).float().cpu()  # (batch, step, vocab)
+        top2 = logits.topk(2, dim=-1).values
+        clear = torch.cumprod((top2[..., 0] - top2[..., 1] > 0.05).int(), dim=1).bool()
+        assert clear[:, 0].all(), "the eager model's first choice is not clear: pick another prompt"
+        assert torch.equal(new[clear], new_eager[clear])
+        torch.testing.assert_close(run.logits[0].float(), eager.logits[0].float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
 def test_cpu_input_on_a_gpu_is_refused():
     layer = flt.SparseLinear.from_linear(_linear(64, 64), sparsity=0.8)
     with pytest.raises(ValueError, match=r"Invalid device of x: expected cuda:0 \(the layer's\), got cpu"):

@@ -159,9 +159,10 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
         _release()
         return
     if compile_:
+        # transformers' own compiled decoding: a static cache makes generate() compile the forward pass of each
+        # decode step (not the prefill) with these options and replay it as CUDA graphs
         model.generation_config.cache_implementation = "static"
-        model.forward = _each_step_a_new_graph_run(torch.compile(model.forward, mode="reduce-overhead",
-                                                                 fullgraph=True))
+        model.generation_config.compile_config = transformers.CompileConfig(fullgraph=True, mode="reduce-overhead")
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     for batch in batches:
         row = dict(model=name, provider=provider, sparsity=sparsity, batch=batch, prompt=args.prompt, new=new,
@@ -196,19 +197,6 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
             f"{row['decode_tok_s']:9.1f} tok/s, TTFT {first * 1e3:.1f} ms")
     del model
     _release()
-
-
-def _each_step_a_new_graph_run(forward):
-    """``forward``, telling torch's CUDA-graph trees before each call that a new step begins: generate() keeps the
-    previous step's outputs (the logits, the cache) while it runs the next, which the trees otherwise refuse as
-    reading outputs a later replay has overwritten."""
-    import torch
-
-    def step(*args, **kwargs):
-        torch.compiler.cudagraph_mark_step_begin()
-        return forward(*args, **kwargs)
-
-    return step
 
 
 def _release() -> None:
