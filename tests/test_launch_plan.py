@@ -84,8 +84,8 @@ def test_a_small_grid_is_split_to_fill_the_gpu():
     assert choose_splits(blocks=72, k_tiles=144, sms=132, blocks_per_sm=5, tile_n=16) > 4
 
 
-# The factors dev/split_k.py measured fastest (or within 1 %) on an H100, 132 SMs (bench/RESULTS.md, fifth
-# session): what the model's constants were fitted to. Not listed, the two it misses: N = 8 FFN1 (it picks 4,
+# The factors dev/split_k.py measured fastest (or within 1 %) on an H100, 132 SMs (docs/kernel-design.md,
+# Split-K): what the model's constants were fitted to. Not listed, the two it misses: N = 8 FFN1 (it picks 4,
 # 4 % slower than 9) and N = 32 QKV at 70 % (4, 2 % slower than 7). tile_vectors: ~410 at 80 %, ~615 at 70 %.
 MEASURED_FASTEST = [
     ("FFN1 36864x9216, N=16, 80 %", 288, 144, 5, 16, 410, {4}),

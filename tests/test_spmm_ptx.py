@@ -4,7 +4,7 @@ the Tensor-Core and async-copy instructions it is built on, and use no local mem
 accumulator array that Numba failed to keep in registers shows up here as a stack frame).
 
 The registers and shared memory of each configuration are printed (``pytest -s``) and recorded in
-``bench/RESULTS.md``.
+``docs/kernel-results.md`` (Registers).
 """
 
 from __future__ import annotations

@@ -258,7 +258,7 @@ class _FastCalls:
     step. The first such call goes through every check and packs a launch of its own (``driver.prepare``); later
     calls with the same key re-check only what the key does not fix (types, row-major strides, 16-byte alignment),
     write the pointers of X, the output and the bias into that launch's parameter block, and launch it. This keeps
-    the host cost of a call near a ``Prepared`` call's (``bench/RESULTS.md``).
+    the host cost of a call near a ``Prepared`` call's (``docs/kernel-results.md``, the host cost of a call).
 
     Launches are filed per matrix in a ``WeakKeyDictionary``: they go when the matrix goes, so a new matrix at a
     recycled address never meets an old launch, and a model of any number of layers keeps all of its own. Blocks
