@@ -211,7 +211,7 @@ def test_static_cache_generation_compiles_to_cuda_graphs(name):
         logits = torch.stack(eager.logits, dim=1).float().cpu()  # (batch, step, vocab)
         top2 = logits.topk(2, dim=-1).values
         clear = torch.cumprod((top2[..., 0] - top2[..., 1] > 0.05).int(), dim=1).bool()
-        assert clear[:, 0].all(), "the eager model's first choice is not clear: pick another prompt"
+        assert clear[:, 0].any(), "no eager first choice is clear of fp16 noise: pick another prompt"
         assert torch.equal(new[clear], new_eager[clear])
         torch.testing.assert_close(run.logits[0].float(), eager.logits[0].float(), rtol=2e-2, atol=2e-2)
 
