@@ -17,7 +17,7 @@ import pytest
 from numba import cuda
 
 import flashllm_nb.kernels.ptx_sim as ptx_sim
-from flashllm_nb.kernels.ptx_sim import rendezvous, sync
+from flashllm_nb.kernels.ptx_sim import rendezvous
 import ptx_kernels as pk
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.ptx import SHARED_ALIGN
@@ -52,9 +52,9 @@ def test_mbarrier_wait_that_cannot_complete_raises():
 
 
 class _LateWaker:
-    """Stands in for the simulator's mbarrier condition: after every wait, lets the other threads run for a while
-    (without the lock) and then reports a timeout, as a real wait does when the last arrival comes between its
-    timeout and its taking the lock back."""
+    """Stands in for a condition of the simulator (``rendezvous.new_condition``): after every wait, lets the other
+    threads run for a while (without the lock) and then reports a timeout, as a real wait does when the last arrival
+    comes between its timeout and its taking the lock back."""
 
     def __init__(self, condition):
         self._condition = condition
@@ -91,7 +91,8 @@ def test_mbarrier_wait_sees_a_phase_that_completed_as_it_timed_out(monkeypatch):
     """Thread 0 waits; thread 1 arrives late and goes on to a syncthreads, where every other thread already is.
     The waiter's timeouts all race with that arrival: it must see the phase complete, not report a deadlock (it
     once did, about one run in three of an 8-warp kernel test)."""
-    monkeypatch.setattr(sync, "_MBARRIER", _LateWaker(sync._MBARRIER))
+    make_condition = rendezvous.new_condition
+    monkeypatch.setattr(rendezvous, "new_condition", lambda: _LateWaker(make_condition()))
 
     @cuda.jit
     def late_arrival(out):
@@ -116,13 +117,8 @@ def test_mbarrier_wait_sees_a_phase_that_completed_as_it_timed_out(monkeypatch):
 def test_warp_collective_sees_a_round_that_completed_as_it_timed_out(monkeypatch):
     """The same race at a warp-collective instruction: lane 1 comes last and goes on to a syncthreads; the lanes
     that timed out as it came must see their round complete, not report lane 1 as stuck at the barrier."""
-    make_rendezvous = rendezvous.Rendezvous.__init__
-
-    def late_waking_rendezvous(self, group, size):
-        make_rendezvous(self, group, size)
-        self._condition = _LateWaker(self._condition)
-
-    monkeypatch.setattr(rendezvous.Rendezvous, "__init__", late_waking_rendezvous)
+    make_condition = rendezvous.new_condition
+    monkeypatch.setattr(rendezvous, "new_condition", lambda: _LateWaker(make_condition()))
 
     @cuda.jit
     def late_lane(out):

@@ -7,7 +7,9 @@ computes every lane's result at once, and each lane takes its own. A lane that c
 at a ``syncthreads``) is reported instead of left to hang.
 
 ``POLL_S`` and ``GONE_S`` time that check here and in the mbarrier twins (:mod:`.sync` reads them through this
-module, so that a test may shorten both at once).
+module, so that a test may shorten both at once). Every condition a simulated thread waits on (here and in
+:mod:`.sync`) is made by :func:`new_condition`, which a test may replace to delay wake-ups and so widen the races
+those waits must survive.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ POLL_S = 0.25  # how often a waiting lane checks that its warp can still arrive
 GONE_S = 2.0  # a missing lane absent (no live thread, or at a barrier) this long has exited or is stuck
 
 
+def new_condition() -> threading.Condition:
+    """The condition of one rendezvous, or of one block's mbarriers: made when a launch first needs it."""
+    return threading.Condition()
+
+
 class Rendezvous:
     """Where the threads of one simulated warp (32) or warpgroup (128) meet at each collective instruction.
 
@@ -36,7 +43,7 @@ class Rendezvous:
         self._group = group
         self._size = size
         self._name = f"{'warp' if size == WARP else 'warpgroup'} {group}"
-        self._condition = threading.Condition()
+        self._condition = new_condition()
         self._generation = 0
         self._arrived: dict[int, tuple] = {}  # lane -> (instruction, args, compute)
         self._results: list | BaseException = []

@@ -2,14 +2,16 @@
 ``bar.warp.sync`` (a rendezvous of the warp's lanes) and the ``mbarrier`` barriers.
 
 The barrier lives in its 8 shared bytes, as on the GPU: word 0 the arrivals still missing in the current phase,
-word 1 the expected arrivals per phase (bits 0-30) and the current phase's parity (bit 31). One condition guards
-every simulated mbarrier (arrivals are atomic) and wakes the waiters when a phase completes. A wait that no running
+word 1 the expected arrivals per phase (bits 0-30) and the current phase's parity (bit 31). One condition per block
+(``rendezvous.new_condition``) guards its mbarriers (arrivals are atomic) and wakes the waiters when a phase
+completes. A wait that no running
 thread can end raises instead of hanging, timed by ``rendezvous.POLL_S`` and ``rendezvous.GONE_S``.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 from numba.cuda.simulator.kernel import BlockThread
@@ -24,8 +26,22 @@ def warp_sync():
     collective("bar.warp.sync", (), lambda lanes: [None] * len(lanes))
 
 
-_MBARRIER = threading.Condition()
 _MBARRIER_WAITERS: set = set()  # threads inside mbarrier_wait_parity, for the deadlock check
+_MBARRIER_CONDITIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # BlockManager -> its condition
+_MBARRIER_CONDITIONS_LOCK = threading.Lock()
+
+
+def _mbarrier_condition(instruction: str) -> threading.Condition:
+    """The condition that guards every mbarrier of the calling thread's block (arrivals are atomic under it) and
+    wakes its waiters when a phase completes."""
+    thread = threading.current_thread()
+    if not isinstance(thread, BlockThread):
+        raise RuntimeError(f"{instruction}: called outside a kernel running in the CUDA simulator")
+    with _MBARRIER_CONDITIONS_LOCK:
+        condition = _MBARRIER_CONDITIONS.get(thread._manager)
+        if condition is None:
+            condition = _MBARRIER_CONDITIONS[thread._manager] = rendezvous.new_condition()
+    return condition
 
 
 def _mbarrier_words(instruction: str, arr, index) -> np.ndarray:
@@ -41,7 +57,7 @@ def mbarrier_init(arr, index, count):
     if not 0 < count < 1 << 20:
         raise ValueError(f"{instruction}: count must be in [1, 2**20 - 1], got {count}")
     words = _mbarrier_words(instruction, arr, index)
-    with _MBARRIER:
+    with _mbarrier_condition(instruction):
         words[0], words[1] = count, count
 
 
@@ -49,7 +65,8 @@ def mbarrier_arrive(arr, index):
     """Twin of ``mbarrier.arrive.shared.b64``: one arrival; the last one of a phase flips its parity and re-arms it."""
     instruction = "mbarrier.arrive.shared.b64"
     words = _mbarrier_words(instruction, arr, index)
-    with _MBARRIER:
+    condition = _mbarrier_condition(instruction)
+    with condition:
         count = int(words[1]) & 0x7FFFFFFF
         if count == 0 or not 0 < int(words[0]) <= count:
             raise RuntimeError(f"{instruction}: the barrier at byte {index * arr.dtype.itemsize} is not initialized")
@@ -57,7 +74,7 @@ def mbarrier_arrive(arr, index):
         if words[0] == 0:
             words[0] = count
             words[1] ^= np.uint32(1 << 31)
-            _MBARRIER.notify_all()
+            condition.notify_all()
 
 
 def mbarrier_wait_parity(arr, index, parity):
@@ -70,11 +87,12 @@ def mbarrier_wait_parity(arr, index, parity):
     words = _mbarrier_words(instruction, arr, index)
     me = threading.current_thread()
     waited = 0.0
-    with _MBARRIER:
+    condition = _mbarrier_condition(instruction)
+    with condition:
         _MBARRIER_WAITERS.add(me)
         try:
             while int(words[1]) >> 31 == parity:
-                if _MBARRIER.wait(rendezvous.POLL_S):
+                if condition.wait(rendezvous.POLL_S):
                     continue
                 waited += rendezvous.POLL_S
                 # Test the phase again first: the last arrival may have come between the timeout and this thread
@@ -98,3 +116,4 @@ def _check_mbarrier_progress(instruction: str, me) -> None:
     if not running:
         raise RuntimeError(f"{instruction}: the phase cannot complete: every other thread of the block waits at "
                            "syncthreads or on an mbarrier, or has exited")
+
