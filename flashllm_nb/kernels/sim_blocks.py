@@ -4,9 +4,8 @@ The simulator runs each CUDA thread of a block as a Python thread, and a ``Block
 ``syncthreads`` once all are waiting there. Its loop polls the threads without pause, so it holds the interpreter
 lock for most of each switch interval while the block's threads queue for it. ``PoliteBlockManager`` is the same
 loop (numba-cuda 0.30's ``BlockManager.run``) with a ``time.sleep`` of ``POLL_PAUSE_S`` per pass, which hands the
-lock to the threads that do the work. Same results; the SpMM kernel's simulated launches ran 5 to 7 times faster
-(a 300 x 200 ``linear`` at N = 40 in 1.8 s instead of 8.8 s, an ``spmm`` at N = 24 in 3.1 s instead of 22 s, on
-the 2-core CI machine).
+lock to the threads that do the work. Same results, several times sooner (the timings: ``docs/kernel-design.md``,
+"Simulator and CI").
 
 ``polite_blocks()`` puts it in place for the launches made inside it. Where the installed numba-cuda's simulator
 does not have the internals it mirrors (``BlockThread(f, manager, blockIdx, threadIdx, debug)``), it leaves the

@@ -18,8 +18,8 @@ def place_words(xp: Any, keys: Any, packed: Any, starts: Any, tile_offsets: Any,
     (``layout_sorted``) puts it, and each tile's padding (its last 0 to 3 words) on the tile's first positions
     that hold no entry (``_padding_index``). ``starts[t]`` is tile t's first entry.
 
-    On the host a compiled loop, O(nnz): NumPy's two nnz-long sorts took 16 s for a 36864 x 9216 matrix at 80 %,
-    against the encoder's 5 s budget. On the GPU the sorts (CUB radix sorts) are cheap."""
+    On the host a compiled loop, O(nnz): NumPy's two nnz-long sorts are several times slower than the encoder's
+    budget on an OPT-66B matrix. On the GPU the sorts (CUB radix sorts) are cheap."""
     words = xp.zeros(n_words, np.uint32)
     if xp is np:
         _place_words_kernel()(keys, packed, starts, tile_offsets, words)
@@ -69,8 +69,8 @@ def layout_sorted(xp: Any, keys: Any, positions: Any, starts: Any, counts: Any) 
     The layout serves the kernel's scatter. A warp stores one word of each of 32 consecutive 16-byte vectors at
     once (lane l: word s of vector l of a block of 32 vectors), and shared memory serves 32 banks per cycle: two
     values in one bank (``(position >> 1) % 32``) but in different 4-byte words cost a cycle each. In row-major
-    order such a store hits 3.3-3.5 values per bank (H200 ncu: 4-way conflicted stores, about a third of all
-    shared-memory traffic at 80 % sparsity). So:
+    order such a store hits 3.3-3.5 values per bank, so the stores are 4-way conflicted (the measurement:
+    ``docs/kernel-design.md``, "The format's order inside a tile"). So:
 
     1. *deal*: round r takes the r-th entry (in row-major order) of every bank of the tile that has one, banks
        ascending; the rounds follow each other. A full round is 32 values in 32 different banks.

@@ -47,8 +47,9 @@ def _sw128_descriptor(context, builder, array_type, array, index_type, index):
     the first part is the same for every call on one array, so LLVM computes it once per kernel, and what is left
     per call is a shift and an add of the (normally warp-uniform) index. The split is exact because the operand
     start is 16-byte aligned (the low 4 bits of the offset are zero) and every shared address is below 256 KiB, so
-    the 14-bit start field never carries into the leading-byte-offset field (ncu, H100: the per-call form cost six
-    instructions per descriptor, 2 of every 10 the k-loop issued)."""
+    the 14-bit start field never carries into the leading-byte-offset field. Building the whole descriptor per call
+    instead costs several instructions per descriptor in the k-loop (``docs/kernel-design.md``, "Arithmetic the
+    compiler is given")."""
     base = shared_base(context, builder, array_type, array)
     first = builder.or_(builder.lshr(builder.and_(base, ir.Constant(I32, 0x3FFFF)), ir.Constant(I32, 4)),
                         ir.Constant(I32, _WGMMA_SW128_FIELDS & 0xFFFFFFFF))
