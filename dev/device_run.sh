@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the device tool): install the carried wheels, then run the named steps, each
-# logged under $OUT. Steps: tests-llm, tests-kernel, tests-torch, profile, bench-smoke, bench-opt66b-80,
-# bench-opt66b, bench-opt30b, bench-hf-sparse, load-speed, bench-llama70b; on two GPUs (kind nvidia-h100-x2):
-# tests-parallel, bench-tp2, bench-opt175b-tp2.
+# logged under $OUT. Steps: tests-llm, tests-spmm (the kernel's own tests), tests-kernel (those, the format's and the
+# PTX layer's), tests-torch, profile, bench-smoke, bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse,
+# load-speed, bench-llama70b; on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -16,6 +16,8 @@ for step in "$@"; do
   case $step in
     tests-llm) timeout 330 python3 -m pytest -v -p no:cacheprovider -o faulthandler_timeout=120 --durations=12 \
                  tests/test_llm_gpu.py tests/test_llm.py 2>&1 | tee "$OUT/tests-llm.log" | tail -60 ;;
+    tests-spmm) timeout 300 python3 -m pytest -q -p no:cacheprovider -x tests/test_spmm.py tests/test_spmm_gpu.py \
+                  tests/test_prepared.py 2>&1 | tee "$OUT/tests-spmm.log" | tail -15 ;;
     tests-kernel) timeout 420 python3 -m pytest -q -p no:cacheprovider -x tests/test_tiled_csl.py tests/test_tiled_csl_gpu.py tests/test_prepared.py tests/test_ptx.py tests/test_spmm.py \
                     tests/test_spmm_gpu.py tests/test_ptx_gpu.py 2>&1 | tee "$OUT/tests-kernel.log" | tail -15 ;;
     bench-smoke) bench 300 --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \

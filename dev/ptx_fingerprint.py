@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ptx_compile_worker import compile_ptx_in_subprocess, find_ptxas
-from test_spmm_ptx import CCS, CONFIGS, WGMMA_CC, WGMMA_CONFIGS, _id
+from test_spmm_ptx import CCS, CONFIGS, DEPENDENT_CC, DEPENDENT_CONFIGS, WGMMA_CC, WGMMA_CONFIGS, _id
 
 _MANGLED = re.compile(r"_Z[A-Za-z0-9_$]+")
 _REGISTER = re.compile(r"%(r|rd|f|fd|p|rs|h|hh)(\d+)\b")
@@ -75,6 +75,8 @@ def sass_sections(ptxas: str, ptx: str, cc: tuple) -> bytes:
 def fingerprints() -> tuple[dict[str, str], str]:
     """({configuration id: sha256}, what was hashed) for every configuration and target."""
     results = compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", CONFIGS, CCS, assemble=False)
+    results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", DEPENDENT_CONFIGS, [DEPENDENT_CC],
+                                         assemble=False)
     results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", WGMMA_CONFIGS, [WGMMA_CC],
                                          assemble=False)
     for r in results:

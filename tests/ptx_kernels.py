@@ -348,11 +348,47 @@ WGMMA_KERNELS = {
 }
 
 
+GRID_DEPENDENCY_ROUNDS = 1 << 16  # the producer's busy rounds before it writes: long enough to be still running
+
+
+def grid_producer_kernel(out, spin):
+    """Spin a while (a linear congruential sequence, kept in ``spin``), then write ``out[i] = i + 1``; lets the
+    next grid be scheduled before it starts spinning."""
+    ptx.griddepcontrol_launch_dependents()
+    i = cuda.grid(1)
+    value = np.uint32(i)
+    for r in range(GRID_DEPENDENCY_ROUNDS):
+        value = value * np.uint32(1664525) + np.uint32(1013904223)
+    if i < out.size:
+        spin[i] = value
+        out[i] = np.uint32(i + 1)
+
+
+def grid_consumer_kernel(x, out):
+    """Wait for the grid before it (``griddepcontrol.wait``), then copy what it wrote."""
+    ptx.griddepcontrol_launch_dependents()
+    ptx.griddepcontrol_wait()
+    i = cuda.grid(1)
+    if i < x.size:
+        out[i] = x[i]
+
+
+# Compiled for sm_90 (griddepcontrol does not exist before it).
+GRID_KERNELS = {
+    "grid_producer": (grid_producer_kernel, "void(uint32[::1], uint32[::1])", ["griddepcontrol.launch_dependents;"]),
+    "grid_consumer": (grid_consumer_kernel, "void(uint32[::1], uint32[::1])",
+                      ["griddepcontrol.launch_dependents;", "griddepcontrol.wait;"]),
+}
+
+
 def kernel(name: str):
-    """The ``ptx_compile_worker`` factory: ``(function, signature)`` of ``KERNELS[name]``, ``WGMMA_KERNELS[name]``
-    or the docstring example."""
+    """The ``ptx_compile_worker`` factory: ``(function, signature)`` of ``KERNELS[name]``, ``WGMMA_KERNELS[name]``,
+    ``GRID_KERNELS[name]`` or the docstring example."""
     if name in WGMMA_KERNELS:
         function, signature, _ = WGMMA_KERNELS[name]
+        return function, signature
+    if name in GRID_KERNELS:
+        function, signature, _ = GRID_KERNELS[name]
         return function, signature
     if name == "docstring_example":
         return docstring_example_kernel(), "void(float16[:, ::1], float16[:, ::1], float32[:, ::1])"

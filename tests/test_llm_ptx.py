@@ -1,7 +1,7 @@
 """Every decoder kernel (flashllm_nb.llm.kernels and .attention), as the GPU runs it, compiled to PTX for sm_80 and sm_90 and
 assembled by ``ptxas -v`` without a GPU: no local memory (a per-thread array Numba failed to keep in registers shows
 up as a stack frame), 16-byte loads where keys and values are read, no float64 arithmetic in the kernels that do
-the most arithmetic."""
+the most arithmetic. On sm_90 every kernel is built for dependent launch and begins with ``griddepcontrol``."""
 
 from __future__ import annotations
 
@@ -31,10 +31,19 @@ def _id(config, cc):
     return f"{config['name']}-{rest}-sm{''.join(str(c) for c in cc)}"
 
 
+def _dependent(cc) -> bool:
+    """What ``kernel_support.dependent_kernels`` says on a GPU of compute capability ``cc``."""
+    return tuple(cc) >= (9, 0)
+
+
 @pytest.fixture(scope="module")
 def compiled():
-    results = compile_ptx_in_subprocess("llm_ptx_factory", "llm_kernel", CONFIGS, CCS)
-    return {(tuple(sorted(r.config.items())), tuple(r.cc)): r for r in results}
+    results = []
+    for cc in CCS:
+        configs = [dict(config, dependent=_dependent(cc)) for config in CONFIGS]
+        results += compile_ptx_in_subprocess("llm_ptx_factory", "llm_kernel", configs, [cc])
+    return {(tuple(sorted((k, v) for k, v in r.config.items() if k != "dependent")), tuple(r.cc)): r
+            for r in results}
 
 
 @pytest.mark.parametrize("config,cc", [(c, cc) for c in CONFIGS for cc in CCS],
@@ -42,6 +51,8 @@ def compiled():
 def test_decoder_kernel_compiles_without_local_memory(compiled, config, cc):
     result = compiled[(tuple(sorted(config.items())), cc)]
     assert result.error is None, result.error
+    for instruction in ("griddepcontrol.launch_dependents;", "griddepcontrol.wait;"):
+        assert (instruction in result.ptx) == _dependent(cc), f"{instruction} in {_id(config, cc)}"
     if config["name"] == "attention":
         assert "ld.global.nc.L1::no_allocate.v4.u32" in result.ptx
     if config["name"] in ("attention", "combine", "norm", "activation"):

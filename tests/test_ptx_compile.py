@@ -40,6 +40,22 @@ def compiled_wgmma():
     return {r.config["name"]: r for r in results}
 
 
+@pytest.mark.parametrize("name", sorted(pk.GRID_KERNELS))
+def test_griddepcontrol_compiles_for_sm90_in_program_order(name):
+    """``griddepcontrol`` (sm_90): the instructions in the PTX, the consumer's wait before its first global load,
+    assembled without spills."""
+    (result,) = compile_ptx_in_subprocess("ptx_kernels", "kernel", [{"name": name}], [(9, 0)])
+    assert result.error is None, result.error
+    for text in pk.GRID_KERNELS[name][2]:
+        assert text in result.ptx, f"{text!r} missing from the PTX of {name}"
+    if name == "grid_consumer":
+        assert result.ptx.index("griddepcontrol.wait;") < result.ptx.index("ld.global")
+    if result.ptxas is None:
+        pytest.skip(result.ptxas_skipped)
+    assert result.ptxas.returncode == 0, result.ptxas.log
+    assert result.ptxas.spill_bytes == 0 and result.ptxas.stack_frame == 0, result.ptxas.log
+
+
 @pytest.mark.parametrize("name", sorted(pk.WGMMA_KERNELS))
 def test_wgmma_compiles_for_sm90a_without_spills(compiled_wgmma, name):
     result = compiled_wgmma[name]

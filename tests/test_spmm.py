@@ -16,8 +16,9 @@ import pytest
 
 import flashllm_nb as fl
 from flashllm_nb.kernels.spmm import plan as spmm_plan
-from spmm_checks import BF16, F16, check_product, random_activations, random_sparse
-from tier import by_tier, device, host
+from flashllm_nb.reference.tolerance import assert_close_to_reference
+from spmm_checks import BF16, F16, check_product, random_activations, random_sparse, reference
+from tier import SIMULATOR, by_tier, device, host
 
 
 def _case(m, k, n, *rest, name):
@@ -147,3 +148,41 @@ def test_repeated_calls_are_bitwise_identical(m, k, n, sparsity, split_k, repeat
     first = host(fl.linear(X, A, split_k=split_k)).view(np.uint16)
     for _ in range(repeats):
         np.testing.assert_array_equal(host(fl.linear(X, A, split_k=split_k)).view(np.uint16), first)
+
+
+PRODUCER_THEN_PRODUCT = by_tier(
+    sim=[_case(130, 200, n, path, name=path) for n, path in ((9, "wgmma"), (16, "sync"))],
+    gpu=[_case(27648, 9216, n, None, name="opt66b-qkv-then-fc1") for n in (1, 16)],
+)
+
+
+@pytest.mark.parametrize("m, k, n, path", PRODUCER_THEN_PRODUCT)
+def test_product_right_behind_the_kernel_writing_its_activations(m, k, n, path):
+    """``H = X @ A1.T`` then ``Y = H @ A2.T`` on one stream with nothing in between: the second product is built for
+    dependent launch where the device has it (it may start while the first drains, and waits with
+    ``griddepcontrol`` before it reads H), and is also run as built without it (``grid_dependency=False``, what an
+    A100 runs). H starts as NaN each time, so a read of it before the first product finished shows; both builds
+    equal the reference and each other bit for bit, and on the GPU so does a run with dependent launches off."""
+    from flashllm_nb.kernels import driver
+
+    rng = np.random.default_rng(n)
+    W1, W2 = random_sparse(rng, m, k, 0.8, F16), random_sparse(rng, k, m, 0.8, F16)
+    A1, A2 = fl.TiledCSL.from_dense(device(W1)), fl.TiledCSL.from_dense(device(W2))
+    X = device(random_activations(rng, n, k, F16))
+    results = []
+    for dependent, launches in ((True, True), (False, True), (True, False)):
+        if SIMULATOR and not launches:
+            continue
+        driver.set_dependent_launches(launches)
+        try:
+            H = device(np.full((n, m), np.nan, F16))
+            fl.linear(X, A1, out=H, force=spmm_plan.Force(mma=path, grid_dependency=dependent))
+            Y = fl.linear(H, A2, force=spmm_plan.Force(mma=path, grid_dependency=dependent))
+            h, y = host(H), host(Y)
+        finally:
+            driver.set_dependent_launches(True)
+        ref, scale = reference(W2, h)
+        assert_close_to_reference(y, ref, scale, m, F16, what=f"dependent={dependent} launches={launches}")
+        results.append(y)
+    for y in results[1:]:
+        np.testing.assert_array_equal(y.view(np.uint16), results[0].view(np.uint16))

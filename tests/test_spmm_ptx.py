@@ -38,7 +38,15 @@ CONFIGS += [
     dict(tile_n=t, dtype="float16", x_layout=layout, splits=True, warps=4, prefetch_vectors=p, clear="entries")
     for t, layout, p in ENTRIES
 ]
+# On sm_90 the plan builds every kernel for dependent launch (griddepcontrol): the mma.sync family there ("kn", or a
+# forced "sync") at each block width, whole and split.
+DEPENDENT_CC = (9, 0)
+DEPENDENT_CONFIGS = [
+    dict(tile_n=t, dtype="float16", x_layout="kn", splits=s, warps=DEFAULT_WARPS, grid_dependency=True)
+    for t, s in itertools.product(TILE_N_CHOICES, (False, True))
+]
 # wgmma exists only on sm_90a, and only for "nk" activations (both operands K-major); one or two warpgroups per block.
+# Hopper is also where the plan builds for dependent launch, so each is built so.
 WGMMA_CC = (9, 0, "a")
 WGMMA_CONFIGS = [
     dict(tile_n=t, dtype=d, x_layout="nk", splits=s, warps=warps_for("wgmma", t), mma="wgmma")
@@ -61,6 +69,8 @@ WGMMA_CONFIGS = [
          stages=2)
     for d, s in itertools.product(("float16", "bfloat16"), (False, True))
 ]
+WGMMA_CONFIGS = [dict(config, grid_dependency=True) for config in WGMMA_CONFIGS]
+GRID_DEPENDENCY_INSTRUCTIONS = ["griddepcontrol.launch_dependents;", "griddepcontrol.wait;"]
 WGMMA_INSTRUCTIONS = [
     "wgmma.fence.sync.aligned",
     "wgmma.commit_group.sync.aligned",
@@ -88,6 +98,7 @@ CLEAR_INSTRUCTIONS = {
 @pytest.fixture(scope="module")
 def compiled():
     results = compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", CONFIGS, CCS)
+    results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", DEPENDENT_CONFIGS, [DEPENDENT_CC])
     results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", WGMMA_CONFIGS, [WGMMA_CC])
     return {(tuple(sorted(r.config.items())), tuple(r.cc)): r for r in results}
 
@@ -95,7 +106,8 @@ def compiled():
 def _id(config, cc):
     return (f"n{config['tile_n']}-{config['dtype']}-{config['x_layout']}-{'split' if config['splits'] else 'whole'}"
             f"-{config.get('mma', 'sync')}-p{config.get('prefetch_vectors', 512)}-{config.get('clear', 'rows')}"
-            f"-s{config.get('stages', 4)}-sm{''.join(str(c) for c in cc)}")
+            f"-s{config.get('stages', 4)}{'-dependent' if config.get('grid_dependency') else ''}"
+            f"-sm{''.join(str(c) for c in cc)}")
 
 
 def _assembled_without_local_memory(result, config, cc):
@@ -108,11 +120,21 @@ def _assembled_without_local_memory(result, config, cc):
     print(f"{_id(config, cc)}: {report.registers} registers")
 
 
-@pytest.mark.parametrize("config,cc", [(c, cc) for c in CONFIGS for cc in CCS],
-                         ids=[_id(c, cc) for c in CONFIGS for cc in CCS])
+def _check_grid_dependency(result, config, cc):
+    """griddepcontrol in the kernel exactly when it is built for dependent launch."""
+    for instruction in GRID_DEPENDENCY_INSTRUCTIONS:
+        assert (instruction in result.ptx) == config.get("grid_dependency", False), \
+            f"{instruction} {'missing from' if config.get('grid_dependency') else 'in'} {_id(config, cc)}"
+
+
+SYNC_CASES = [(c, cc) for c in CONFIGS for cc in CCS] + [(c, DEPENDENT_CC) for c in DEPENDENT_CONFIGS]
+
+
+@pytest.mark.parametrize("config,cc", SYNC_CASES, ids=[_id(c, cc) for c, cc in SYNC_CASES])
 def test_configuration_compiles_to_tensor_core_code_without_local_memory(compiled, config, cc):
     result = compiled[(tuple(sorted(config.items())), cc)]
     assert result.error is None, result.error
+    _check_grid_dependency(result, config, cc)
     for instruction in INSTRUCTIONS + CLEAR_INSTRUCTIONS[config.get("clear", "rows")]:
         assert instruction in result.ptx, f"{instruction} missing from {_id(config, cc)}"
     mma_type = "bf16" if config["dtype"] == "bfloat16" else "f16"
@@ -128,6 +150,7 @@ def test_wgmma_configuration_compiles_for_sm90a_without_local_memory(compiled, c
     result = compiled[(tuple(sorted(config.items())), WGMMA_CC)]
     assert result.error is None, result.error
     assert ".target sm_90a" in result.ptx
+    _check_grid_dependency(result, config, WGMMA_CC)
     for instruction in WGMMA_INSTRUCTIONS:
         assert instruction in result.ptx, f"{instruction} missing from {_id(config, WGMMA_CC)}"
     # clear="entries" zeroes first, behind a second barrier per step (spmm.tiled_csl): no mbarrier on this path.

@@ -13,6 +13,14 @@ manager of :mod:`flashllm_nb.kernels.sim_blocks`), so kernel code and launch cod
 Numba's ABI for an argument: a 1-D array is seven 8-byte parameters (meminfo, parent, nitems, itemsize, data,
 shape[0], strides[0]); a scalar is one parameter, read at its own width (the low bytes of its 8-byte slot on this
 little-endian target).
+
+Dependent launches (programmatic dependent launch, sm_90 on): a kernel built to begin with
+``griddepcontrol.launch_dependents`` and to ``griddepcontrol.wait`` before it reads its inputs or writes anything is
+launched through ``cuLaunchKernelEx`` with programmatic stream serialization. Its blocks may then start on the SMs
+the previous kernel's last wave leaves idle and do their input-free work (the SpMM kernel loads its first weight
+tiles) while that kernel drains, instead of the two kernels' tail and start-up running one after the other. In a
+captured CUDA graph the launch becomes a programmatic edge. :func:`set_dependent_launches` turns the attribute off
+for the whole process (A/B timing); the kernels' ``griddepcontrol`` then returns at once.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ import numpy as np
 from flashllm_nb._runtime import cuda_driver
 from flashllm_nb.kernels import ptx
 
-__all__ = ["Kernel", "cu_launch_kernel"]
+__all__ = ["Kernel", "cu_launch_kernel", "launch_function", "placeholder", "grid_dependency_supported", "set_dependent_launches",
+           "dependent_launches"]
 
 _ARRAY_SLOTS = 7  # meminfo, parent, nitems, itemsize, data, shape[0], strides[0]
 
@@ -44,12 +53,16 @@ class Kernel:
         ``types.Array(dtype, 1, "C")``, ``types.int32`` or ``types.float32`` per argument, in order.
     name : str
         For error messages.
+    dependent : bool
+        The kernel begins with ``griddepcontrol`` (see the module's docstring): launch it as a programmatic
+        dependent of the previous kernel in its stream.
     """
 
-    def __init__(self, dispatcher, signature: Sequence[Any], name: str):
+    def __init__(self, dispatcher, signature: Sequence[Any], name: str, dependent: bool = False):
         from numba import types
 
         self.name = name
+        self._dependent = dependent
         self._dispatcher = dispatcher
         self._signature = tuple(signature)
         self._kinds = []
@@ -94,8 +107,7 @@ class Kernel:
         block_slots = self._parameter_block()
         buffer, pointers = block_slots
         self._format.pack_into(buffer, 0, *self._slots(args))
-        error = cu_launch_kernel()(self._function, grid[0], grid[1], grid[2], block, 1, 1, shared, stream,
-                                   pointers, None)
+        error = launch_function(self._function, grid, block, shared, stream, pointers, self._dependent)
         if error:
             raise RuntimeError(f"cuLaunchKernel of {self.name} failed with CUDA error {error}")
 
@@ -153,5 +165,94 @@ def cu_launch_kernel():
     launcher."""
     function = cuda_driver().cuLaunchKernel
     function.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
+    function.restype = ctypes.c_int
+    return function
+
+
+def placeholder(xp, dtype):
+    """A one-element array of module ``xp`` (NumPy or CuPy) and ``dtype``, for a kernel argument that this launch
+    never reads (one per module and dtype, kept)."""
+    return _placeholder(xp, np.dtype(dtype))
+
+
+@functools.cache
+def _placeholder(xp, dtype):
+    return xp.zeros(1, dtype=dtype)
+
+
+def launch_function(function: int, grid: tuple[int, int, int], threads: int, shared: int, stream: int,
+                    pointers: int, dependent: bool) -> int:
+    """Launch the raw CUfunction ``function`` on its parameter block (``pointers``: the address of the array of
+    pointers to the argument slots) and return the driver's error code. ``dependent``: the kernel begins with
+    ``griddepcontrol``, so unless :func:`set_dependent_launches` turned them off it is launched as a programmatic
+    dependent of the previous kernel in ``stream``."""
+    if dependent and _DEPENDENT_LAUNCHES["enabled"]:
+        return cu_launch_kernel_ex()(_dependent_launch_config(grid, threads, shared, stream), function, pointers,
+                                     None)
+    return cu_launch_kernel()(function, grid[0], grid[1], grid[2], threads, 1, 1, shared, stream, pointers, None)
+
+
+@functools.cache
+def grid_dependency_supported() -> bool:
+    """Whether kernels built for this device may use ``griddepcontrol`` (compute capability 9.0 on). True under
+    the simulator, whose twins of it do nothing, so that CI runs the code a Hopper GPU runs."""
+    if ptx.SIMULATOR:
+        return True
+    from numba import cuda
+
+    return cuda.get_current_device().compute_capability >= (9, 0)
+
+
+_DEPENDENT_LAUNCHES = {"enabled": True}
+
+
+def set_dependent_launches(enabled: bool) -> None:
+    """Launch kernels built with ``griddepcontrol`` as programmatic dependents (the default) or as ordinary
+    launches, for the whole process: for A/B timing. A captured CUDA graph keeps what was set when it was
+    captured."""
+    _DEPENDENT_LAUNCHES["enabled"] = bool(enabled)
+
+
+def dependent_launches() -> bool:
+    """Whether kernels built with ``griddepcontrol`` are launched as programmatic dependents now."""
+    return _DEPENDENT_LAUNCHES["enabled"] and grid_dependency_supported()
+
+
+class _LaunchAttributeValue(ctypes.Union):
+    _fields_ = [("pad", ctypes.c_char * 64), ("programmatic_stream_serialization_allowed", ctypes.c_int)]
+
+
+class _LaunchAttribute(ctypes.Structure):
+    """``CUlaunchAttribute`` (cuda.h): a 4-byte id, padding to 8, a 64-byte value union."""
+
+    _fields_ = [("id", ctypes.c_uint), ("pad", ctypes.c_char * 4), ("value", _LaunchAttributeValue)]
+
+
+class _LaunchConfig(ctypes.Structure):
+    """``CUlaunchConfig`` (cuda.h)."""
+
+    _fields_ = [("grid_x", ctypes.c_uint), ("grid_y", ctypes.c_uint), ("grid_z", ctypes.c_uint),
+                ("block_x", ctypes.c_uint), ("block_y", ctypes.c_uint), ("block_z", ctypes.c_uint),
+                ("shared_bytes", ctypes.c_uint), ("stream", ctypes.c_void_p),
+                ("attributes", ctypes.POINTER(_LaunchAttribute)), ("n_attributes", ctypes.c_uint)]
+
+
+_CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID (cuda.h)
+_PROGRAMMATIC = _LaunchAttribute(id=_CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
+_PROGRAMMATIC.value.programmatic_stream_serialization_allowed = 1
+
+
+@functools.lru_cache(maxsize=4096)
+def _dependent_launch_config(grid, threads: int, shared: int, stream: int) -> _LaunchConfig:
+    """The launch configuration of one (grid, block, shared bytes, stream), built once: a decode step launches the
+    same few dozen every time."""
+    return _LaunchConfig(grid[0], grid[1], grid[2], threads, 1, 1, shared, stream, ctypes.pointer(_PROGRAMMATIC), 1)
+
+
+@functools.cache
+def cu_launch_kernel_ex():
+    """``cuLaunchKernelEx`` of the driver library through ctypes (launches with attributes)."""
+    function = cuda_driver().cuLaunchKernelEx
+    function.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     function.restype = ctypes.c_int
     return function

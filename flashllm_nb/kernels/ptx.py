@@ -81,6 +81,8 @@ The API (every index is a flat element index into a C-contiguous array; ``g = la
 ``mbarrier_init(arr, i, count)``                ``mbarrier.init.shared.b64``: an 8-byte barrier of ``count`` arrivals
 ``mbarrier_arrive(arr, i)``                     ``mbarrier.arrive.shared.b64``: arrive without waiting
 ``mbarrier_wait_parity(arr, i, parity)``        loop on ``mbarrier.test_wait.parity``: the phase of that parity is over
+``griddepcontrol_wait()``                       ``griddepcontrol.wait`` (sm_90): the grids this one depends on are done
+``griddepcontrol_launch_dependents()``          ``griddepcontrol.launch_dependents`` (sm_90): the next grid may start
 ==============================================  =================================================================
 
 ``WGMMA_SHARED_ALIGN`` is the ``alignment=`` of a shared array that wgmma reads (1024 on a GPU, ``None`` in the

@@ -24,10 +24,11 @@ import numpy as np
 from numba import cuda
 
 from flashllm_nb.kernels import ptx
-from flashllm_nb.kernels.driver import Kernel
+from flashllm_nb.kernels.driver import Kernel, placeholder
 from flashllm_nb.kernels.spmm.plan import multiprocessors
-from flashllm_nb.llm.kernel_support import (F32, F32A, I32, I32A, U16, U32, WARP, converters, dtype_name,
-                                            unused_f32, warp_reduce)
+from flashllm_nb.llm import device
+from flashllm_nb.llm.kernel_support import (F32, F32A, I32, I32A, U16, U32, WARP, converters,
+                                            dependent_kernels, dtype_name, kernel_entry, warp_reduce)
 
 __all__ = ["Heads", "split_heads", "attention", "attention_splits", "attention_workspace_size",
            "compile_attention", "ATTENTION_THREADS", "MAX_ATTENTION_SPLITS"]
@@ -63,12 +64,15 @@ class Heads:
 
 
 @functools.cache
-def _split_heads_kernel(dtype: str, head_dim: int, rope: bool) -> Kernel:
+def _split_heads_kernel(dtype: str, head_dim: int, rope: bool, dependent: bool) -> Kernel:
     load, store = converters(dtype)
     half = head_dim // 2
 
+    enter = kernel_entry(dependent)
+
     @cuda.jit
     def split_heads_kernel(qkv, q_out, k_cache, v_cache, slots, positions, inv_freq, n_heads, n_kv, max_len):
+        enter()
         token = cuda.blockIdx.x
         head = cuda.blockIdx.y  # 0 .. n_heads - 1: queries; then n_kv keys; then n_kv values
         width = (n_heads + 2 * n_kv) * head_dim
@@ -100,7 +104,7 @@ def _split_heads_kernel(dtype: str, head_dim: int, rope: bool) -> Kernel:
                 dst_array[dst + i + half] = qkv[src + i + half]
 
     return Kernel(split_heads_kernel, (U16, U16, U16, U16, I32A, I32A, F32A, I32, I32, I32),
-                  f"split_heads[{dtype}, d={head_dim}, rope={rope}]")
+                  f"split_heads[{dtype}, d={head_dim}, rope={rope}]", dependent=dependent)
 
 
 def split_heads(qkv, q_out, k_cache, v_cache, slots, positions, inv_freq, tokens: int, heads: Heads,
@@ -110,17 +114,17 @@ def split_heads(qkv, q_out, k_cache, v_cache, slots, positions, inv_freq, tokens
     queries and keys when ``inv_freq`` is given."""
     rope = inv_freq is not None
     threads = min(SPLIT_THREADS, max(32, heads.head_dim // 2))
-    _split_heads_kernel(heads.kernel_dtype, heads.head_dim, rope)(
+    _split_heads_kernel(heads.kernel_dtype, heads.head_dim, rope, dependent_kernels())(
         (tokens, heads.n_heads + 2 * heads.n_kv), threads,
-        (qkv, q_out, k_cache, v_cache, slots, positions, inv_freq if rope else unused_f32(qkv), heads.n_heads,
-         heads.n_kv, heads.max_len), stream)
+        (qkv, q_out, k_cache, v_cache, slots, positions, inv_freq if rope else placeholder(device.xp(), np.float32),
+         heads.n_heads, heads.n_kv, heads.max_len), stream)
 
 
 # ------------------------------------------------------------------------------------------------ attention
 
 
 @functools.cache
-def _attention_kernel(dtype: str, head_dim: int, threads: int, split: bool) -> Kernel:
+def _attention_kernel(dtype: str, head_dim: int, threads: int, split: bool, dependent: bool) -> Kernel:
     """Attention of one (token, head) over one span of its keys per block. ``split``: block z takes the z-th of
     ``gridDim.z`` equal spans and writes its unnormalised partial (maximum, sum, P.V row) to a float32 workspace
     for ``_combine_kernel``; otherwise one block takes every key and writes the output."""
@@ -142,9 +146,12 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int, split: bool) -> K
         low, high = ptx.unpack_u16x2(word)
         return load(low), load(high)
 
+    enter = kernel_entry(dependent)
+
     @cuda.jit
     def attention_kernel(q, k_cache, v_cache, slots, positions, out, partials, n_heads, n_kv, max_len, window,
                          scale):
+        enter()
         token = cuda.blockIdx.x
         head = cuda.blockIdx.y
         t = cuda.threadIdx.x
@@ -254,17 +261,20 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int, split: bool) -> K
                 out[q_base + i] = store(value / total)
 
     return Kernel(attention_kernel, (U16, U32, U32, I32A, I32A, U16, F32A, I32, I32, I32, I32, F32),
-                  f"attention[{dtype}, d={head_dim}{', split' if split else ''}]")
+                  f"attention[{dtype}, d={head_dim}{', split' if split else ''}]", dependent=dependent)
 
 
 @functools.cache
-def _combine_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
+def _combine_kernel(dtype: str, head_dim: int, threads: int, dependent: bool) -> Kernel:
     """One block per (token, head): the splits' partials rescaled to their common maximum and summed."""
     _, store = converters(dtype)
     record = head_dim + 2
 
+    enter = kernel_entry(dependent)
+
     @cuda.jit
     def combine_kernel(partials, out, splits):
+        enter()
         cell = np.int64(cuda.blockIdx.x)
         base = cell * splits * record
         largest = np.float32(-np.inf)
@@ -280,7 +290,7 @@ def _combine_kernel(dtype: str, head_dim: int, threads: int) -> Kernel:
                 value += math.exp(partials[base + s * record] - largest) * partials[base + s * record + 2 + i]
             out[cell * head_dim + i] = store(value * inv_total)
 
-    return Kernel(combine_kernel, (F32A, U16, I32), f"attention_combine[{dtype}, d={head_dim}]")
+    return Kernel(combine_kernel, (F32A, U16, I32), f"attention_combine[{dtype}, d={head_dim}]", dependent=dependent)
 
 
 def attention_splits(tokens: int, n_heads: int, max_len: int) -> int:
@@ -296,10 +306,10 @@ def compile_attention(dtype, head_dim: int) -> None:
     """Compile both attention variants (whole and split, with its combine kernel) now. Which one a pass takes
     depends on the batch and the cache length (``attention_splits``): compiled here, before generation starts, the
     split variant is not compiled in the middle of a timed decode the first time a longer cache asks for it."""
-    name = dtype_name(dtype)
-    _attention_kernel(name, head_dim, ATTENTION_THREADS, False).compile()
-    _attention_kernel(name, head_dim, ATTENTION_THREADS, True).compile()
-    _combine_kernel(name, head_dim, COMBINE_THREADS).compile()
+    name, dependent = dtype_name(dtype), dependent_kernels()
+    _attention_kernel(name, head_dim, ATTENTION_THREADS, False, dependent).compile()
+    _attention_kernel(name, head_dim, ATTENTION_THREADS, True, dependent).compile()
+    _combine_kernel(name, head_dim, COMBINE_THREADS, dependent).compile()
 
 
 def attention_workspace_size(tokens: int, n_heads: int, head_dim: int, splits: int) -> int:
@@ -316,15 +326,15 @@ def attention(q, k_cache, v_cache, slots, positions, out, tokens: int, heads: He
     With ``splits > 1`` each (token, head)'s keys are split into that many equal spans, one block each, whose
     partial results meet in ``workspace`` (a float32 array of ``attention_workspace_size`` values) and are combined
     by a second kernel: a small batch then fills the GPU."""
-    name = heads.kernel_dtype
+    name, dependent = heads.kernel_dtype, dependent_kernels()
     arguments = (q, k_cache.view(np.uint32), v_cache.view(np.uint32), slots, positions, out,
-                 unused_f32(q) if splits <= 1 else workspace, heads.n_heads, heads.n_kv, heads.max_len,
-                 heads.window, heads.scale)
+                 placeholder(device.xp(), np.float32) if splits <= 1 else workspace, heads.n_heads, heads.n_kv,
+                 heads.max_len, heads.window, heads.scale)
     if splits <= 1:
-        _attention_kernel(name, heads.head_dim, ATTENTION_THREADS, False)(
+        _attention_kernel(name, heads.head_dim, ATTENTION_THREADS, False, dependent)(
             (tokens, heads.n_heads), ATTENTION_THREADS, arguments, stream)
         return
-    _attention_kernel(name, heads.head_dim, ATTENTION_THREADS, True)(
+    _attention_kernel(name, heads.head_dim, ATTENTION_THREADS, True, dependent)(
         (tokens, heads.n_heads, splits), ATTENTION_THREADS, arguments, stream)
-    _combine_kernel(name, heads.head_dim, COMBINE_THREADS)((tokens * heads.n_heads,), COMBINE_THREADS,
-                                                           (workspace, out, splits), stream)
+    _combine_kernel(name, heads.head_dim, COMBINE_THREADS, dependent)((tokens * heads.n_heads,), COMBINE_THREADS,
+                                                                      (workspace, out, splits), stream)

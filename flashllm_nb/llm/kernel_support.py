@@ -1,5 +1,5 @@
-"""What the decoder's kernels (``llm.kernels``, ``llm.attention``) share: dtype converters, argument types, and
-reductions over a warp and over a block.
+"""What the decoder's kernels (``llm.kernels``, ``llm.attention``) share: dtype converters, argument types, the
+entry every kernel begins with, and reductions over a warp and over a block.
 
 Reductions go through shared memory and ``ptx.warp_sync`` (``bar.warp.sync``), which the simulator has a twin
 for, rather than warp shuffles, which it has not; within a warp they cost a few shared-memory round trips, and a
@@ -12,9 +12,10 @@ import numpy as np
 from numba import cuda, types
 
 from flashllm_nb.kernels import ptx
+from flashllm_nb.kernels.driver import grid_dependency_supported
 
 __all__ = ["WARP", "U16", "U32", "I32A", "F32A", "I32", "F32", "converters", "dtype_name", "bounded_kernel",
-           "warp_reduce", "block_reduce", "unused_f32"]
+           "dependent_kernels", "kernel_entry", "warp_reduce", "block_reduce"]
 
 WARP = 32
 
@@ -42,6 +43,30 @@ def bounded_kernel(threads: int):
     registers within what a block of that many threads may hold, instead of a launch failing for lack of them.
     The simulator has no launch bounds."""
     return cuda.jit if ptx.SIMULATOR else cuda.jit(launch_bounds=threads)
+
+
+def dependent_kernels() -> bool:
+    """Whether the decoder's kernels are built for dependent launch on this device (``kernels.driver``): the
+    ``dependent`` argument of every kernel factory here."""
+    return grid_dependency_supported()
+
+
+def kernel_entry(dependent: bool):
+    """A device function ``enter()`` that a decoder kernel calls before anything else. Built ``dependent``, it lets
+    the next kernel in the stream be scheduled and then waits until the previous one has completed
+    (``griddepcontrol``): a decoder kernel is short and reads its predecessor's output at once, so what it overlaps
+    is its own launch and start with its predecessor's drain, and the next kernel's with its own. Otherwise it
+    does nothing."""
+    if dependent:
+        @ptx.inlined
+        def enter():
+            ptx.griddepcontrol_launch_dependents()
+            ptx.griddepcontrol_wait()
+    else:
+        @ptx.inlined
+        def enter():
+            pass
+    return enter
 
 
 def _combiner(op: str):
@@ -98,16 +123,3 @@ def block_reduce(threads: int, op: str):
         return total
 
     return reduce
-
-
-_UNUSED: dict = {}
-
-
-def unused_f32(like):
-    """A one-element float32 array of ``like``'s module, for arguments a configuration never reads."""
-    module = type(like).__module__.split(".", 1)[0]
-    array = _UNUSED.get(module)
-    if array is None:
-        xp = np if module == "numpy" else __import__("cupy")
-        array = _UNUSED[module] = xp.zeros(1, np.float32)
-    return array

@@ -34,7 +34,7 @@ from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.driver import Kernel
 from flashllm_nb.llm.kernel_support import (F32, I32, I32A, U16, U32, block_reduce, bounded_kernel, converters,
-                                            dtype_name)
+                                            dependent_kernels, dtype_name, kernel_entry)
 
 __all__ = [
     "embed", "add_norm", "add", "activation", "add_bias", "argmax", "finish_step", "expand",
@@ -55,11 +55,14 @@ EXPAND_THREADS = 32 if _SIM else 256
 
 
 @functools.cache
-def _embed_kernel(dtype: str) -> Kernel:
+def _embed_kernel(dtype: str, dependent: bool) -> Kernel:
     load, store = converters(dtype)
+
+    enter = kernel_entry(dependent)
 
     @cuda.jit
     def embed_kernel(ids, table, positions, pos_table, out, width, row_offset, has_positions, pos_offset):
+        enter()
         token = cuda.blockIdx.x
         row = np.int64(ids[token] + row_offset) * width
         pos_row = np.int64(positions[token] + pos_offset) * width
@@ -70,7 +73,8 @@ def _embed_kernel(dtype: str) -> Kernel:
             else:
                 out[base + c] = table[row + c]
 
-    return Kernel(embed_kernel, (I32A, U16, I32A, U16, U16, I32, I32, I32, I32), f"embed[{dtype}]")
+    return Kernel(embed_kernel, (I32A, U16, I32A, U16, U16, I32, I32, I32, I32), f"embed[{dtype}]",
+                  dependent=dependent)
 
 
 def embed(ids, table, out, width: int, dtype, positions=None, pos_table=None, pos_offset: int = 0,
@@ -78,16 +82,17 @@ def embed(ids, table, out, width: int, dtype, positions=None, pos_table=None, po
     """``out[t] = table[ids[t] + row_offset] (+ pos_table[positions[t] + pos_offset])`` for the first ``tokens``
     tokens (all of ``ids`` by default), rows of ``width`` values."""
     has = positions is not None
-    _embed_kernel(dtype_name(dtype))((ids.size if tokens is None else tokens,), ROW_THREADS,
-                                      (ids, table, positions if has else ids, pos_table if has else table, out,
-                                       width, row_offset, int(has), pos_offset), stream)
+    kernel = _embed_kernel(dtype_name(dtype), dependent_kernels())
+    kernel((ids.size if tokens is None else tokens,), ROW_THREADS,
+           (ids, table, positions if has else ids, pos_table if has else table, out, width, row_offset, int(has),
+            pos_offset), stream)
 
 
 # ------------------------------------------------------------------------------------------------------- norms
 
 
 @functools.cache
-def _norm_kernel(dtype: str, kind: str, threads: int) -> Kernel:
+def _norm_kernel(dtype: str, kind: str, threads: int, dependent: bool) -> Kernel:
     """One block per row, on uint32 views (two values a word). Every load of a row is issued before the first
     value is used and the row stays in registers between the passes, so a row costs a few memory latencies and
     two block reductions (LayerNorm: the mean, then the variance about it)."""
@@ -102,8 +107,11 @@ def _norm_kernel(dtype: str, kind: str, threads: int) -> Kernel:
         low, high = ptx.unpack_u16x2(word)
         return load(low), load(high)
 
+    enter = kernel_entry(dependent)
+
     @bounded_kernel(threads)
     def add_norm_kernel(residual, delta, weight, bias, out, pairs, eps, has_delta, post):
+        enter()
         t = cuda.threadIdx.x
         scratch = cuda.shared.array(threads, np.float32)
         base = np.int64(cuda.blockIdx.x) * pairs
@@ -167,7 +175,7 @@ def _norm_kernel(dtype: str, kind: str, threads: int) -> Kernel:
                     residual[base + c] = word
 
     return Kernel(add_norm_kernel, (U32, U32, U32, U32, U32, I32, F32, I32, I32),
-                  f"add_norm[{dtype}, {kind}]")
+                  f"add_norm[{dtype}, {kind}]", dependent=dependent)
 
 
 def add_norm(residual, delta, weight, bias, out, rows: int, width: int, eps: float, kind: str, dtype,
@@ -179,37 +187,44 @@ def add_norm(residual, delta, weight, bias, out, rows: int, width: int, eps: flo
         raise ValueError(f"add_norm: width must be even and at most {NORM_MAX_WIDTH}, got {width}")
     words = [a.view(np.uint32) for a in (residual, residual if delta is None else delta, weight,
                                          weight if bias is None else bias, out)]
-    _norm_kernel(dtype_name(dtype), kind, NORM_THREADS)(
+    _norm_kernel(dtype_name(dtype), kind, NORM_THREADS, dependent_kernels())(
         (rows,), NORM_THREADS, (*words, width // 2, eps, int(delta is not None), int(post)), stream)
 
 
 @functools.cache
-def _add_kernel(dtype: str) -> Kernel:
+def _add_kernel(dtype: str, dependent: bool) -> Kernel:
     load, store = converters(dtype)
+
+    enter = kernel_entry(dependent)
 
     @cuda.jit
     def add_kernel(residual, delta, n):
+        enter()
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             residual[i] = store(load(residual[i]) + load(delta[i]))
 
-    return Kernel(add_kernel, (U16, U16, I32), f"add[{dtype}]")
+    return Kernel(add_kernel, (U16, U16, I32), f"add[{dtype}]", dependent=dependent)
 
 
 def add(residual, delta, n: int, dtype, stream: int = 0) -> None:
     """``residual[:n] += delta[:n]``, rounded once."""
-    _add_kernel(dtype_name(dtype))((_blocks(n),), ELEMENTWISE_THREADS, (residual, delta, n), stream)
+    kernel = _add_kernel(dtype_name(dtype), dependent_kernels())
+    kernel((_blocks(n),), ELEMENTWISE_THREADS, (residual, delta, n), stream)
 
 
 # ------------------------------------------------------------------------------------------ elementwise ops
 
 
 @functools.cache
-def _activation_kernel(dtype: str, kind: str) -> Kernel:
+def _activation_kernel(dtype: str, kind: str, dependent: bool) -> Kernel:
     load, store = converters(dtype)
     glu = kind == "silu_glu"
 
+    enter = kernel_entry(dependent)
+
     @cuda.jit
     def activation_kernel(x, out, rows, cols):
+        enter()
         n = np.int64(rows) * cols
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             if glu:
@@ -222,43 +237,50 @@ def _activation_kernel(dtype: str, kind: str) -> Kernel:
                 v = load(x[i])
                 out[i] = store(np.float32(0)) if v < 0 else x[i]  # NaN passes through, as in torch.relu
 
-    return Kernel(activation_kernel, (U16, U16, I32, I32), f"activation[{dtype}, {kind}]")
+    return Kernel(activation_kernel, (U16, U16, I32, I32), f"activation[{dtype}, {kind}]", dependent=dependent)
 
 
 def activation(x, out, rows: int, cols: int, kind: str, dtype, stream: int = 0) -> None:
     """``"relu"``: ``out = relu(x)`` over (rows, cols) (``out`` may be ``x``); ``"silu_glu"``: ``x`` is
     (rows, 2 * cols) = [gate | up] and ``out = silu(gate) * up`` is (rows, cols)."""
-    _activation_kernel(dtype_name(dtype), kind)((_blocks(rows * cols),), ELEMENTWISE_THREADS, (x, out, rows, cols),
-                                                 stream)
+    kernel = _activation_kernel(dtype_name(dtype), kind, dependent_kernels())
+    kernel((_blocks(rows * cols),), ELEMENTWISE_THREADS, (x, out, rows, cols), stream)
 
 
 @functools.cache
-def _add_bias_kernel(dtype: str) -> Kernel:
+def _add_bias_kernel(dtype: str, dependent: bool) -> Kernel:
     load, store = converters(dtype)
+
+    enter = kernel_entry(dependent)
 
     @cuda.jit
     def add_bias_kernel(y, bias, rows, cols):
+        enter()
         n = np.int64(rows) * cols
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             y[i] = store(load(y[i]) + load(bias[i % cols]))
 
-    return Kernel(add_bias_kernel, (U16, U16, I32, I32), f"add_bias[{dtype}]")
+    return Kernel(add_bias_kernel, (U16, U16, I32, I32), f"add_bias[{dtype}]", dependent=dependent)
 
 
 def add_bias(y, bias, rows: int, cols: int, dtype, stream: int = 0) -> None:
     """``y[r, :] += bias`` for each of ``rows`` rows of ``cols`` values."""
-    _add_bias_kernel(dtype_name(dtype))((_blocks(rows * cols),), ELEMENTWISE_THREADS, (y, bias, rows, cols), stream)
+    kernel = _add_bias_kernel(dtype_name(dtype), dependent_kernels())
+    kernel((_blocks(rows * cols),), ELEMENTWISE_THREADS, (y, bias, rows, cols), stream)
 
 
 # --------------------------------------------------------------------------------------------- greedy step
 
 
 @functools.cache
-def _argmax_kernel(dtype: str, threads: int) -> Kernel:
+def _argmax_kernel(dtype: str, threads: int, dependent: bool) -> Kernel:
     load, _ = converters(dtype)
+
+    enter = kernel_entry(dependent)
 
     @cuda.jit
     def argmax_kernel(logits, out, vocab):
+        enter()
         row = cuda.blockIdx.x
         t = cuda.threadIdx.x
         values = cuda.shared.array(threads, np.float32)
@@ -288,18 +310,22 @@ def _argmax_kernel(dtype: str, threads: int) -> Kernel:
         if t == 0:
             out[row] = indices[0]
 
-    return Kernel(argmax_kernel, (U16, I32A, I32), f"argmax[{dtype}]")
+    return Kernel(argmax_kernel, (U16, I32A, I32), f"argmax[{dtype}]", dependent=dependent)
 
 
 def argmax(logits, out, rows: int, vocab: int, dtype, stream: int = 0) -> None:
     """``out[r] = argmax(logits[r, :vocab])``, the lowest index on ties; NaN counts as +Inf."""
-    _argmax_kernel(dtype_name(dtype), ROW_THREADS)((rows,), ROW_THREADS, (logits, out, vocab), stream)
+    kernel = _argmax_kernel(dtype_name(dtype), ROW_THREADS, dependent_kernels())
+    kernel((rows,), ROW_THREADS, (logits, out, vocab), stream)
 
 
 @functools.cache
-def _finish_step_kernel() -> Kernel:
+def _finish_step_kernel(dependent: bool) -> Kernel:
+    enter = kernel_entry(dependent)
+
     @cuda.jit
     def finish_step_kernel(ids, positions, history, done, step, eos, n_eos, batch, columns):
+        enter()
         b = cuda.threadIdx.x
         column = step[0]
         if b < batch:
@@ -313,7 +339,8 @@ def _finish_step_kernel() -> Kernel:
         if b == 0:
             step[0] = column + 1
 
-    return Kernel(finish_step_kernel, (I32A, I32A, I32A, I32A, I32A, I32A, I32, I32, I32), "finish_step")
+    return Kernel(finish_step_kernel, (I32A, I32A, I32A, I32A, I32A, I32A, I32, I32, I32), "finish_step",
+                  dependent=dependent)
 
 
 def finish_step(ids, positions, history, done, step, eos, batch: int, columns: int, stream: int = 0) -> None:
@@ -321,17 +348,20 @@ def finish_step(ids, positions, history, done, step, eos, batch: int, columns: i
     an end-of-sequence id (``eos``, int32), ``positions[b] += 1`` and ``step += 1`` (a one-element array), all on
     the device so that a captured decode step moves on by itself. One block: ``batch`` <= 1024."""
     threads = max(32, -(-batch // 32) * 32)
-    _finish_step_kernel()((1,), threads, (ids, positions, history, done, step, eos, int(eos.size), batch, columns),
-                          stream)
+    kernel = _finish_step_kernel(dependent_kernels())
+    kernel((1,), threads, (ids, positions, history, done, step, eos, int(eos.size), batch, columns), stream)
 
 
 # ----------------------------------------------------------------------------------------------------- expand
 
 
 @functools.cache
-def _expand_kernel() -> Kernel:
+def _expand_kernel(dependent: bool) -> Kernel:
+    enter = kernel_entry(dependent)
+
     @cuda.jit
     def expand_kernel(words, tile_offsets, out, rows, cols, n_tile_cols):
+        enter()
         tile = cuda.blockIdx.x
         t = cuda.threadIdx.x
         row0 = (tile // n_tile_cols) * TILE_M
@@ -351,13 +381,14 @@ def _expand_kernel() -> Kernel:
                 c = (position & 63) ^ ((r & 7) << 3)  # undo the swizzle
                 out[np.int64(row0 + r) * cols + col0 + c] = word & 0xFFFF
 
-    return Kernel(expand_kernel, (U32, I32A, U16, I32, I32, I32), "expand")
+    return Kernel(expand_kernel, (U32, I32A, U16, I32, I32, I32), "expand", dependent=dependent)
 
 
 def expand(A, out, stream: int = 0) -> None:
     """The dense (M, K) bits of Tiled-CSL matrix ``A`` into the flat uint16 buffer ``out`` (``M * K`` values)."""
     rows, cols = A.shape
-    _expand_kernel()((A.n_tiles,), EXPAND_THREADS, (A.words, A.tile_offsets, out, rows, cols, A.n_tile_cols), stream)
+    kernel = _expand_kernel(dependent_kernels())
+    kernel((A.n_tiles,), EXPAND_THREADS, (A.words, A.tile_offsets, out, rows, cols, A.n_tile_cols), stream)
 
 
 def _blocks(n: int) -> int:

@@ -10,7 +10,7 @@ the Python twins of :mod:`flashllm_nb.kernels.ptx_sim` when it is on. Modelled o
 - :mod:`.convert`: register packing (``mov``) and the f16/bf16 conversions (``cvt``);
 - :mod:`.wgmma`: the warpgroup's, ``wgmma.mma_async`` (sm_90a) with its fence, commit and wait, and
   ``fence.proxy.async``;
-- :mod:`.sync`: ``bar.warp.sync`` and the ``mbarrier`` barriers;
+- :mod:`.sync`: ``bar.warp.sync``, the ``mbarrier`` barriers and ``griddepcontrol``;
 - :mod:`.emit`: what the wrappers share: typing checks, call-site attributes (which tell LLVM what each kind of
   instruction does) and the ``call asm`` emitter with its address operands.
 """
@@ -37,7 +37,14 @@ from .memory import (
     shared_addr,
     st_shared_v4_u32,
 )
-from .sync import mbarrier_arrive, mbarrier_init, mbarrier_wait_parity, warp_sync
+from .sync import (
+    griddepcontrol_launch_dependents,
+    griddepcontrol_wait,
+    mbarrier_arrive,
+    mbarrier_init,
+    mbarrier_wait_parity,
+    warp_sync,
+)
 from .wgmma import (
     fence_proxy_async_shared,
     wgmma_commit_group,
@@ -91,4 +98,6 @@ __all__ = [
     "mbarrier_init",
     "mbarrier_arrive",
     "mbarrier_wait_parity",
+    "griddepcontrol_wait",
+    "griddepcontrol_launch_dependents",
 ]

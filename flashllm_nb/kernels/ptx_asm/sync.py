@@ -1,5 +1,5 @@
-"""Inline-PTX wrappers that make threads meet: ``bar.warp.sync`` (``__syncwarp``) and the ``mbarrier``
-shared-memory barriers.
+"""Inline-PTX wrappers that make threads meet: ``bar.warp.sync`` (``__syncwarp``), the ``mbarrier``
+shared-memory barriers, and ``griddepcontrol``, by which a kernel meets the kernel before it in its stream.
 
 A barrier object (8 bytes, 8-byte aligned, in shared memory) counts arrivals per phase: threads arrive when they
 are done with something and wait, later, for the phase in which everyone did. Unlike bar.sync, arriving does not
@@ -7,7 +7,8 @@ block, so the work between a thread's arrival and its wait hides the slowest thr
 
 PTX ISA references (https://docs.nvidia.com/cuda/parallel-thread-execution/index.html#...):
 ``parallel-synchronization-and-communication-instructions-bar-warp-sync`` and
-``...-mbarrier`` ("mbarrier.init", "mbarrier.arrive", "mbarrier.test_wait/mbarrier.try_wait").
+``...-mbarrier`` ("mbarrier.init", "mbarrier.arrive", "mbarrier.test_wait/mbarrier.try_wait") and
+``...-griddepcontrol``.
 """
 
 from __future__ import annotations
@@ -90,3 +91,27 @@ def mbarrier_wait_parity(typingctx, arr, index, parity):
     check_integer(instruction, "parity", parity)
     text = f"{{ .reg .pred %done; MBARRIER_WAIT: {instruction} %done, [$0], $1; @!%done bra MBARRIER_WAIT; }}"
     return types.void(arr, index, parity), _mbarrier_codegen(text)
+
+
+griddepcontrol_wait = make_sync_intrinsic(
+    "griddepcontrol_wait",
+    "griddepcontrol.wait;",
+    """``griddepcontrol.wait``: wait until the grids this one depends on have completed and their memory
+    operations are visible to it.
+
+    PTX ISA: "griddepcontrol" (sm_90). A kernel launched as a programmatic dependent of the previous kernel in its
+    stream (``kernels.driver``'s dependent launches) may start while that kernel still runs: before this
+    instruction it touches only memory nobody in flight writes (its weights), and it writes nothing. Launched
+    normally, the wait returns at once. Each thread that reads its inputs executes it (or meets one that did at a
+    barrier).""",
+)
+griddepcontrol_launch_dependents = make_sync_intrinsic(
+    "griddepcontrol_launch_dependents",
+    "griddepcontrol.launch_dependents;",
+    """``griddepcontrol.launch_dependents``: the next kernel in the stream, if launched as a programmatic dependent,
+    may be scheduled once every block of this grid has executed this (or exited).
+
+    PTX ISA: "griddepcontrol" (sm_90). Safe anywhere in a kernel: the dependent waits for this grid's completion
+    with ``griddepcontrol.wait`` before it reads what this grid writes; issuing it first lets the dependent's blocks
+    take the SMs this grid's last wave leaves idle. Without a dependent it does nothing.""",
+)

@@ -12,6 +12,7 @@ a block's threads at once, blocks one after another) and knows nothing of warps.
   through the 128-byte swizzle and adds the product to the accumulators at once: the twin is synchronous, so
   ``wgmma.fence``, ``commit_group``, ``wait_group`` and ``fence.proxy.async`` have nothing to do;
 - ``cp.async`` is a synchronous copy, so ``commit_group`` and ``wait_group`` have nothing to do;
+- kernels run one after another, so ``griddepcontrol`` has nothing to wait for or to start;
 - everything else is element-wise NumPy on the bit patterns.
 
 The twins also refuse what would be undefined on the GPU (a misaligned row, ``ldmatrix`` from a kernel argument,
@@ -45,7 +46,14 @@ from .memory import (
     shared_addr,
     st_shared_v4_u32,
 )
-from .sync import mbarrier_arrive, mbarrier_init, mbarrier_wait_parity, warp_sync
+from .sync import (
+    griddepcontrol_launch_dependents,
+    griddepcontrol_wait,
+    mbarrier_arrive,
+    mbarrier_init,
+    mbarrier_wait_parity,
+    warp_sync,
+)
 from .wgmma import (
     fence_proxy_async_shared,
     wgmma_commit_group,
@@ -99,4 +107,6 @@ __all__ = [
     "mbarrier_init",
     "mbarrier_arrive",
     "mbarrier_wait_parity",
+    "griddepcontrol_wait",
+    "griddepcontrol_launch_dependents",
 ]

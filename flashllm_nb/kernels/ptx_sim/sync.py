@@ -1,5 +1,5 @@
 """Simulator twins of the synchronization instructions of :mod:`flashllm_nb.kernels.ptx_asm.sync`:
-``bar.warp.sync`` (a rendezvous of the warp's lanes) and the ``mbarrier`` barriers.
+``bar.warp.sync`` (a rendezvous of the warp's lanes), the ``mbarrier`` barriers and ``griddepcontrol``.
 
 The barrier lives in its 8 shared bytes, as on the GPU: word 0 the arrivals still missing in the current phase,
 word 1 the expected arrivals per phase (bits 0-30) and the current phase's parity (bit 31). One condition per block
@@ -117,3 +117,11 @@ def _check_mbarrier_progress(instruction: str, me) -> None:
         raise RuntimeError(f"{instruction}: the phase cannot complete: every other thread of the block waits at "
                            "syncthreads or on an mbarrier, or has exited")
 
+
+def griddepcontrol_wait():
+    """Twin of ``griddepcontrol.wait``: the simulator runs one kernel at a time, so the grids before this one are
+    complete."""
+
+
+def griddepcontrol_launch_dependents():
+    """Twin of ``griddepcontrol.launch_dependents``: the simulator starts the next kernel after this one ends."""

@@ -1,5 +1,6 @@
 """Launching a planned SpMM kernel: compile once, ask the occupancy, keep the split-K workspaces, pack the
-arguments in Numba's kernel ABI and call the driver's ``cuLaunchKernel``.
+arguments in Numba's kernel ABI and call the driver (``cuLaunchKernel``, or ``cuLaunchKernelEx`` for a
+configuration built for dependent launch: ``kernels.driver.launch_function``).
 
 Numba's ``kernel[grid, block](*args)`` re-types every argument and converts every array through
 ``__cuda_array_interface__`` on each call (tens of microseconds with CuPy arrays). The signature never changes here
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from flashllm_nb.kernels import ptx
-from flashllm_nb.kernels.driver import cu_launch_kernel
+from flashllm_nb.kernels.driver import launch_function, placeholder
 from flashllm_nb.kernels.spmm.config import TILE_M, SpmmConfig, kernel_signature
 from flashllm_nb.kernels.spmm.plan import Plan
 from flashllm_nb.kernels.spmm.tiled_csl import build_kernel
@@ -108,10 +109,10 @@ def _arguments(p, operands, xp, stream_handle):
         n_partials = p.splits * p.grid[0] * p.grid[1] * TILE_M * p.config.tile_n
         workspace, tickets = _workspaces.get(xp, n_partials, p.grid[0] * p.grid[1], stream_handle)
     else:
-        workspace, tickets = _dummy(xp, np.float32), _dummy(xp, np.int32)
+        workspace, tickets = placeholder(xp, np.float32), placeholder(xp, np.int32)
     has_bias = bias_bits is not None
     if bias_bits is None:
-        bias_bits = _dummy(xp, np.uint16)
+        bias_bits = placeholder(xp, np.uint16)
     arrays = (words, tile_offsets, x_bits, y_bits, bias_bits, workspace, tickets)
     scalars = (ldx, has_bias, m, n, k, n_tile_cols, p.k_tiles_per_split)
     return arrays, scalars
@@ -122,13 +123,13 @@ def _simulate(p: Plan, arrays, scalars) -> None:
 
     w, o, x, y, b, ws, t = arrays
     ldx, has_bias, m, n, k, cols, per = (np.int32(v) for v in scalars)
-    with polite_blocks():  # 5-7 times faster than the simulator's own block manager
+    with polite_blocks():  # the simulator's own block manager keeps the working threads from the lock
         build_kernel(p.config)[p.grid, p.config.threads, 0, p.shared_bytes](w, o, x, ldx, y, b, has_bias, ws, t, m, n,
                                                                             k, cols, per)
 
 
 class _CompiledKernel:
-    """One configuration compiled for ``kernel_signature()``, launched through ``cuLaunchKernel``."""
+    """One configuration compiled for ``kernel_signature()``, launched through ``launch_function``."""
 
     def __init__(self, config: SpmmConfig):
         signature = kernel_signature()
@@ -138,7 +139,7 @@ class _CompiledKernel:
         cufunc = self.numba_kernel._codelibrary.get_cufunc()
         self._cufunc = cufunc
         self._function = int(cufunc.handle)  # the raw CUfunction, for the ctypes launch
-        self._cu_launch_kernel = cu_launch_kernel()
+        self._dependent = config.grid_dependency
         self._local = threading.local()
         self._threads = config.threads
         from numba.cuda.cudadrv.driver import binding, driver
@@ -173,10 +174,10 @@ class _CompiledKernel:
                               keep, arrays)
 
     def _launch(self, grid, shared_bytes, stream_handle, pointers) -> None:
-        error = self._cu_launch_kernel(self._function, grid[0], grid[1], grid[2], self._threads, 1, 1, shared_bytes,
-                                       stream_handle, pointers, None)
+        error = launch_function(self._function, grid, self._threads, shared_bytes, stream_handle, pointers,
+                                self._dependent)
         if error:
-            raise RuntimeError(f"cuLaunchKernel failed with CUDA error {error}")
+            raise RuntimeError(f"Launching the SpMM kernel failed with CUDA error {error}")
 
     def _parameter_block(self):
         """Per thread (two threads packing one block could launch each other's arguments)."""
@@ -257,13 +258,3 @@ BIAS_POINTER_SLOT = 29 + 4
 @functools.cache
 def _compiled(config: SpmmConfig) -> _CompiledKernel:
     return _CompiledKernel(config)
-
-
-def _dummy(xp, dtype):
-    """A one-element array for kernel arguments a configuration never reads (one per module and dtype)."""
-    return _dummy_cached(xp, np.dtype(dtype))
-
-
-@functools.cache
-def _dummy_cached(xp, dtype):
-    return xp.zeros(1, dtype=dtype)

@@ -11,7 +11,8 @@ tile), never from a hand-made table:
   mean stored vectors per tile;
 * split-K: from the SM count and the blocks per SM the driver's occupancy calculator allows for this kernel's
   registers and shared memory, ``choose_splits`` picks the factor with the least estimated time, counting waves of
-  blocks (a partly filled last wave almost as a full one), each block's fixed cost and its partial sums' traffic.
+  blocks (a partly filled last wave almost as a full one), each block's fixed cost and its partial sums' traffic;
+* dependent launch (``griddepcontrol``) wherever the device has it (sm_90 on, and the simulator).
 
 A :class:`Force` takes any of these choices as given: tests that must run one variant, A/B tools and benchmarks
 force through it, never by replacing functions here. Each threshold below has its measurement in
@@ -24,6 +25,7 @@ import functools
 from dataclasses import dataclass
 
 from flashllm_nb.kernels import ptx
+from flashllm_nb.kernels.driver import grid_dependency_supported
 from flashllm_nb.kernels.spmm.config import MMA_CHOICES, TILE_K, TILE_M, TILE_N_CHOICES, TWO_STAGES_BUILT, SpmmConfig
 
 __all__ = ["Force", "Plan", "plan", "multiprocessors", "tile_n_for", "mma_for", "warps_for", "clear_for",
@@ -75,6 +77,7 @@ class Force:
     prefetch_vectors: int | None = None
     stages: int | None = None
     split_k: int | None = None
+    grid_dependency: bool | None = None
 
     def __post_init__(self):
         if self.mma is not None and self.mma not in MMA_CHOICES:
@@ -217,8 +220,9 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     stages = force.stages or stages_for(mma, warps, tile_n, clear, prefetch)
     if split_k is None:
         split_k = force.split_k
+    dependent = grid_dependency_supported() if force.grid_dependency is None else force.grid_dependency
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch,
-                        clear=clear, stages=stages)
+                        clear=clear, stages=stages, grid_dependency=dependent)
     if split_k is None:
         from flashllm_nb.kernels.spmm.driver import blocks_per_sm
 
@@ -229,7 +233,7 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma,
-                        prefetch_vectors=prefetch, clear=clear, stages=stages)
+                        prefetch_vectors=prefetch, clear=clear, stages=stages, grid_dependency=dependent)
     return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
 
 

@@ -16,8 +16,10 @@ contiguous range of the 64-wide k-tiles (split-K). This module composes the stag
 The block, in pseudo-code (step i multiplies tile i while tile i+1's words wait in registers and tile i+2's and
 i+3's are in flight)::
 
-    prologue: tile offsets -> shared; zero A[0] and A[1]; issue activations 0 .. STAGES-2;
+    prologue: [dependent launch: let the next kernel start]
+              tile offsets -> shared; zero A[0] and A[1]; issue activations 0 .. STAGES-2;
               load words(0), words(1); scatter words(0) -> A[0]; load words(2)
+              [dependent launch: the activations are issued after the word loads, behind griddepcontrol.wait]
     for i in the block's k-tiles (unrolled by two: the two word buffers alternate):
         wait for activation tile i; barrier        # A[i%2] expanded, everyone's copies visible
         start products of A[i%2] (wgmma)
@@ -76,7 +78,8 @@ def build_kernel(cfg: SpmmConfig):
     g = geometry(cfg)
     activations, sparse, products = activation_stage(g), word_stage(g), product_stage(g)
     epilogue = epilogue_stage(g, products.accumulator_of)
-    fill_words, k_step = _fill_words(g, activations, sparse), _k_step(g, activations, sparse, products)
+    load_first_words, expand_first_tile = _fill_words(g, activations, sparse)
+    k_step = _k_step(g, activations, sparse, products)
     # Numba calls device functions by name, not through a namespace.
     fragment_rows, copy_plan, issue_activations = products.fragment_rows, activations.copy_plan, activations.issue
     stage_offsets, zero_buffer = sparse.stage_offsets, sparse.zero_buffer
@@ -86,6 +89,7 @@ def build_kernel(cfg: SpmmConfig):
     K_STEPS, NPAIR, SMEM_ALIGN, SPLITS = g.k_steps, g.b_loads, g.smem_align, g.splits
     CLEAR_WARP_ROWS, MBARRIER_BASE32 = g.clear_warp_rows, g.mbarrier_base32
     REDUCE_VALUES = g.reduce_group * ACC
+    GRID_DEPENDENCY = cfg.grid_dependency
 
     # The simulator's cuda.jit takes no launch bounds (they only steer ptxas).
     @(cuda.jit if ptx.SIMULATOR else cuda.jit(launch_bounds=cfg.launch_bounds))
@@ -109,6 +113,8 @@ def build_kernel(cfg: SpmmConfig):
         group = cuda.local.array(REDUCE_VALUES, float32)  # split-K: partials of several splits
         for i in range(ACC):
             acc[i] = float32(0.0)
+        if GRID_DEPENDENCY:
+            ptx.griddepcontrol_launch_dependents()
 
         tile_row = cuda.blockIdx.x
         n0 = cuda.blockIdx.y * TILE_N
@@ -131,10 +137,19 @@ def build_kernel(cfg: SpmmConfig):
                 ptx.mbarrier_init(smem32, MBARRIER_BASE32, THREADS)
                 ptx.mbarrier_init(smem32, MBARRIER_BASE32 + 2, THREADS)
             cuda.syncthreads()  # offsets, zeros and mbarriers visible
-            for t in range(STAGES - 1):
-                issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
-                                  cp_cols_left)
-            om1, o0, o1, o2, o3 = fill_words(words, smem16, smem32, n_tiles_block, w_a, w_b, positions)
+            if not GRID_DEPENDENCY:
+                for t in range(STAGES - 1):
+                    issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
+                                      cp_cols_left)
+            o0, o1, o2, o3 = load_first_words(words, smem32, n_tiles_block, w_a, w_b)
+            if GRID_DEPENDENCY:
+                # Everything so far read only A, which no kernel writes: a dependent launch got here while the
+                # kernel before it drained. X is that kernel's output.
+                ptx.griddepcontrol_wait()
+                for t in range(STAGES - 1):
+                    issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
+                                      cp_cols_left)
+            om1, o0, o1, o2, o3 = expand_first_tile(words, smem16, n_tiles_block, w_a, positions, o0, o1, o2, o3)
 
             # Unrolled by two, so that each word buffer is a fixed set of registers: they alternate between tile
             # i+1's words and tile i+2's in flight. Step i's w_cur ("entries") holds the positions it zeroes, of
@@ -155,6 +170,8 @@ def build_kernel(cfg: SpmmConfig):
                                                  positions if ENTRIES else w_a, w_a, (om1, o0, o1, o2, o3))
                 i += 2
             ptx.cp_async_wait_all()
+        elif GRID_DEPENDENCY:
+            ptx.griddepcontrol_wait()  # nothing to multiply, but the epilogue writes
 
         if SPLITS:
             if not reduce_splits(cuda.threadIdx.x, acc, group, workspace, tickets, tile_row, split):
@@ -165,16 +182,19 @@ def build_kernel(cfg: SpmmConfig):
 
 
 def _fill_words(g: Geometry, activations, sparse):
+    """The prologue's word pipeline, in two parts: a dependent launch waits for the previous kernel between them.
+
+    ``load_first_words`` starts tiles 0 and 1 travelling into ``w_a`` and ``w_b`` and returns the vector offsets of
+    tiles 0 .. 3; ``expand_first_tile`` scatters tile 0 into A buffer 0 (its load latency exposed once per block),
+    starts tile 2 into ``w_a`` ("entries": tile 0's positions kept in ``positions``) and returns the first window of
+    tile offsets (``_k_step``): tiles 0, 1 and 2 are o0 .. o1, o1 .. o2 and o2 .. o3; it starts at tile -1, an empty
+    range that step 0 does not clear."""
     ENTRIES, FENCE_BEFORE_LOADS = g.entries, g.fence_before_loads
     publish_shared_writes, tile_offset = activations.publish, sparse.tile_offset
     load_words, scatter_tile, keep_positions = sparse.load, sparse.scatter, sparse.keep_positions
 
     @inlined
-    def fill_words(words, smem16, smem32, n_tiles_block, w_a, w_b, positions):
-        """Fill the block's word pipeline: tile 0 is expanded into A buffer 0 now (its load latency exposed once
-        per block), tiles 1 and 2 travel into ``w_b`` and ``w_a`` while the first steps run ("entries": tile 0's
-        positions kept in ``positions``). Returns the first window of tile offsets (``_k_step``): tiles 0, 1 and 2
-        are o0 .. o1, o1 .. o2 and o2 .. o3; it starts at tile -1, an empty range that step 0 does not clear."""
+    def load_first_words(words, smem32, n_tiles_block, w_a, w_b):
         o0 = tile_offset(smem32, 0)
         o1 = tile_offset(smem32, min(1, n_tiles_block))
         o2 = tile_offset(smem32, min(2, n_tiles_block))
@@ -182,6 +202,10 @@ def _fill_words(g: Geometry, activations, sparse):
         load_words(words, o0, o1, w_a)
         if n_tiles_block > 1:
             load_words(words, o1, o2, w_b)
+        return o0, o1, o2, o3
+
+    @inlined
+    def expand_first_tile(words, smem16, n_tiles_block, w_a, positions, o0, o1, o2, o3):
         scatter_tile(words, smem16, o0, o1, 0, w_a)
         if FENCE_BEFORE_LOADS:
             publish_shared_writes()  # for step 0 (activation tile 0, the first scatter)
@@ -191,7 +215,7 @@ def _fill_words(g: Geometry, activations, sparse):
             load_words(words, o2, o3, w_a)
         return o0, o0, o1, o2, o3
 
-    return fill_words
+    return load_first_words, expand_first_tile
 
 
 def _k_step(g: Geometry, activations, sparse, products):
@@ -229,7 +253,7 @@ def _begin(g: Geometry, activations, sparse, products):
         words, x, ldx = inputs
         smem16, smem32 = shared
         n_tiles_block, kt_begin, _ = block
-        # Read before the barrier: next to its use its latency stalled each thread in front of the loads.
+        # Read before the barrier: next to its use its latency would stall each thread in front of the loads.
         o4 = tile_offset(smem32, min(i + 4, n_tiles_block))
         if not FENCE_BEFORE_LOADS:  # else the previous step (or the prologue) did this before its word loads
             publish_shared_writes()
