@@ -45,8 +45,10 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
         buffer[...] = (cupy.random.standard_normal(buffer.size, dtype=np.float32)).astype(np.float16).view(np.uint16)
     s = stream.ptr
 
-    def linear(attr, x, out):
-        return lambda: [getattr(b, attr)(x, out, batch, s) for b in model.blocks]
+    relu = c.activation == "relu"  # fused into the FFN-in product, as the engine does
+
+    def linear(attr, x, out, **epilogue):
+        return lambda: [getattr(b, attr)(x, out, batch, s, **epilogue) for b in model.blocks]
 
     heads = attention_heads(model, cache)
     splits = attention.attention_splits(batch, c.num_heads, cache.max_len)
@@ -66,7 +68,8 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
         for block in model.blocks:
             _norm(model, block.attn_norm, acts, acts.delta, batch, s)
             _norm(model, block.ffn_norm, acts, acts.delta, batch, s)
-            kernels.activation(acts.ffn, acts.act, batch, c.ffn_size, c.activation, dtype, s)
+            if not relu:
+                kernels.activation(acts.ffn, acts.act, batch, c.ffn_size, c.activation, dtype, s)
 
     def whole_step():
         run_decoder(model, acts, cache, batch, stream=s)
@@ -75,11 +78,11 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
     kv_bytes = 2 * batch * c.num_kv_heads * (context + 1) * c.head_dim * 2
     parts = [("qkv", linear("qkv", acts.normed, acts.qkv), model.blocks[0].qkv.nbytes),
              ("out", linear("out", acts.attn, acts.delta), model.blocks[0].out.nbytes),
-             ("ffn_in", linear("ffn_in", acts.normed, acts.ffn), model.blocks[0].ffn_in.nbytes),
+             ("ffn_in", linear("ffn_in", acts.normed, acts.ffn, relu=relu), model.blocks[0].ffn_in.nbytes),
              ("ffn_out", linear("ffn_out", acts.act, acts.delta), model.blocks[0].ffn_out.nbytes),
              ("split_heads", split_heads, 0),
              (f"attention ({splits} spans)", attend, kv_bytes),
-             ("norms+activation", elementwise, 0),
+             ("norms" if relu else "norms+activation", elementwise, 0),
              ("lm_head", lambda: _head(model, acts, acts.normed, batch, None, s), head_bytes / layers),
              ("whole step", whole_step, sum(b.nbytes for b in model.blocks[0].linears) + kv_bytes + head_bytes / layers)]
     rows = []

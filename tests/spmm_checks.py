@@ -47,18 +47,20 @@ def reference(W: np.ndarray, X: np.ndarray, bias: np.ndarray | None = None) -> t
 
 
 def check_product(W: np.ndarray, X: np.ndarray, *, layout: str = "nk", bias: np.ndarray | None = None,
-                  split_k: int | None = None, force=None, poisoned_out: bool = True) -> None:
+                  split_k: int | None = None, force=None, poisoned_out: bool = True, relu: bool = False) -> np.ndarray:
     """Run ``linear(X, A)`` (layout "nk") or ``spmm(A, X.T)`` ("kn", the transposed-load path; no bias) in this
     tier, A = W in Tiled-CSL, on host W (M x K), X (N x K) and bias (M) of one dtype, and compare with the float64
     reference within the fp32-accumulation bound. With ``poisoned_out`` the call writes into an output filled with
-    NaN (and returns it), so that an element the kernel never writes cannot pass; without, it allocates its own."""
+    NaN (and returns it), so that an element the kernel never writes cannot pass; without, it allocates its own.
+    ``relu``: ``linear(..., activation="relu")``, against the reference's ReLU (NaN stays NaN). Returns the result
+    as a host array."""
     dtype, (m, k), n = W.dtype, W.shape, X.shape[0]
     A = fl.TiledCSL.from_dense(device(W))
     shape = (n, m) if layout == "nk" else (m, n)
     out = device(np.full(shape, np.nan, dtype)) if poisoned_out else None
     if layout == "nk":
         Y = fl.linear(device(X), A, bias=None if bias is None else device(bias), out=out, split_k=split_k,
-                      force=force)
+                      force=force, activation="relu" if relu else None)
     else:
         assert bias is None, "spmm takes no bias"
         Y = fl.spmm(A, device(np.ascontiguousarray(X.T)), out=out, split_k=split_k, force=force)
@@ -67,7 +69,10 @@ def check_product(W: np.ndarray, X: np.ndarray, *, layout: str = "nk", bias: np.
     got = host(Y)
     assert got.dtype == dtype and got.shape == shape
     ref, scale = reference(W, X, bias)
+    if relu:
+        ref = np.where(ref < 0, 0.0, ref)
     if layout == "kn":
         ref, scale = ref.T, scale.T
     assert_close_to_reference(got, ref, scale, k, dtype,
-                              what=f"{layout} {m}x{k} N={n} {dtype.name} split={split_k} force={force}")
+                              what=f"{layout} {m}x{k} N={n} {dtype.name} split={split_k} force={force} relu={relu}")
+    return got

@@ -56,7 +56,7 @@ def remember(calls, A, X, bias=None, out=None, stream=None, split_k=None, force=
     """Remember a call as _run does after its checks; returns the stub launch."""
     launch = StubLaunch()
     output = out if out is not None else FakeArray((X.shape[0], 64), 0x8000)
-    calls.remember(A, api._Call(X, bias, out, stream, split_k, "nk", force), output, lambda: launch)
+    calls.remember(A, api._Call(X, bias, out, stream, split_k, "nk", force, None), output, lambda: launch)
     return launch
 
 
@@ -77,7 +77,7 @@ def test_a_repeated_call_patches_the_pointers_and_launches(calls):
 
 
 @pytest.mark.parametrize("change", ["strides", "misaligned", "shape", "dtype", "split_k", "split_k_bool", "force",
-                                    "stream", "layout", "bias_type", "out_strides", "other_matrix"])
+                                    "stream", "layout", "bias_type", "out_strides", "other_matrix", "activation"])
 def test_anything_the_key_or_checks_do_not_cover_misses(calls, change):
     A, X, out = Matrix(), FakeArray((16, 128), 0x1000), FakeArray((16, 64), 0x3000)
     bias = FakeArray((64,), 0x4000, strides=(2,))
@@ -107,6 +107,8 @@ def test_anything_the_key_or_checks_do_not_cover_misses(calls, change):
         args["out"] = FakeArray((16, 64), 0x3000, strides=(2, 32))
     elif change == "other_matrix":
         args["A"] = Matrix()
+    elif change == "activation":
+        args["activation"] = "relu"
     assert calls.run(**args) is calls.MISS
     assert launch.launched == []
 
@@ -118,7 +120,7 @@ def test_calls_with_other_kinds_of_arrays_are_not_remembered(calls, bias):
     """Such calls could never hit (run re-checks the types): packing a launch for them would only cost time."""
     A, X = Matrix(), FakeArray((16, 128), 0x1000)
     packed = []
-    calls.remember(A, api._Call(X, bias, None, None, None, "nk", None), FakeArray((16, 64), 0x8000),
+    calls.remember(A, api._Call(X, bias, None, None, None, "nk", None, None), FakeArray((16, 64), 0x8000),
                    lambda: packed.append(1))
     assert packed == [] and calls.run(A, X, bias, None, None, None, "nk") is calls.MISS
 

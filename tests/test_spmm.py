@@ -186,3 +186,39 @@ def test_product_right_behind_the_kernel_writing_its_activations(m, k, n, path):
         results.append(y)
     for y in results[1:]:
         np.testing.assert_array_equal(y.view(np.uint16), results[0].view(np.uint16))
+
+
+RELU_EPILOGUE = by_tier(
+    sim=[_case(150, 100, 10, split_k, path, dtype, name=f"{dtype.name}-{path}-split{split_k}")
+         for split_k, path, dtype in ((1, "wgmma", F16), (2, "sync", BF16))],
+    gpu=[_case(36864, 9216, n, None, None, dtype, name=f"{dtype.name}-opt66b-fc1-planned")
+         for n, dtype in ((1, F16), (16, F16), (16, BF16))],
+)
+
+
+# The reference's Inf - Inf in a row with NaN and Inf is the intended NaN; NumPy warns of it under the simulator.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("m, k, n, split_k, path, dtype", RELU_EPILOGUE)
+def test_relu_in_the_epilogue(m, k, n, split_k, path, dtype):
+    """``linear(..., activation="relu")`` equals ReLU of the reference, bias included: negative sums become 0,
+    NaN and +Inf pass, -Inf becomes +0, and a row of zeros stays zero (the bound cannot see the last three: their
+    reference is infinite or their magnitude zero, so they are checked exactly)."""
+    rng = np.random.default_rng(n + m)
+    W = random_sparse(rng, m, k, 0.8, dtype)
+    W[0, :] = 0  # with a zero bias entry: the output column is exactly 0 (or -0 from a negative zero sum)
+    W[1, 3], W[2, 4], W[3, 5] = np.nan, np.inf, -np.inf
+    X = random_activations(rng, n, k, dtype)
+    X[:, 3:6] = np.abs(X[:, 3:6]) + 1  # so row 2 is +Inf and row 3 -Inf for every token
+    bias = random_activations(rng, 1, m, dtype)[0]
+    bias[0] = 0
+    got = check_product(W, X, bias=bias, split_k=split_k, force=spmm_plan.Force(mma=path), relu=True)
+    assert (got[:, 0] == 0).all() and np.isnan(got[:, 1].astype(np.float32)).all()
+    assert (got[:, 2] == np.inf).all() and (got[:, 3] == 0).all() and not np.signbit(got[:, 3]).any()
+
+
+def test_activation_must_be_relu_or_none():
+    """Any other activation is refused before any work, naming the argument and the choices."""
+    rng = np.random.default_rng(0)
+    A = fl.TiledCSL.from_dense(device(random_sparse(rng, 128, 64, 0.5, F16)))
+    with pytest.raises(ValueError, match=r"activation.*\(None, 'relu'\).*gelu"):
+        fl.linear(device(random_activations(rng, 2, 64, F16)), A, activation="gelu")

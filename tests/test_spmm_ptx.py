@@ -38,6 +38,8 @@ CONFIGS += [
     dict(tile_n=t, dtype="float16", x_layout=layout, splits=True, warps=4, prefetch_vectors=p, clear="entries")
     for t, layout, p in ENTRIES
 ]
+# ReLU in the epilogue (linear(..., activation="relu")) on the mma.sync path.
+CONFIGS += [dict(tile_n=16, dtype="bfloat16", x_layout="nk", splits=True, warps=DEFAULT_WARPS, relu=True)]
 # On sm_90 the plan builds every kernel for dependent launch (griddepcontrol): the mma.sync family there ("kn", or a
 # forced "sync") at each block width, whole and split.
 DEPENDENT_CC = (9, 0)
@@ -68,6 +70,11 @@ WGMMA_CONFIGS = [
     dict(tile_n=16, dtype=d, x_layout="nk", splits=s, warps=4, mma="wgmma", prefetch_vectors=256, clear="entries",
          stages=2)
     for d, s in itertools.product(("float16", "bfloat16"), (False, True))
+]
+# ReLU in the epilogue (the FFN-in product of ReLU models), on what Hopper plans for it at batch 1 and 16.
+WGMMA_CONFIGS += [
+    dict(tile_n=t, dtype="float16", x_layout="nk", splits=s, warps=4, mma="wgmma", prefetch_vectors=512,
+         clear="entries", relu=True) for t, s in ((8, False), (16, True))
 ]
 WGMMA_CONFIGS = [dict(config, grid_dependency=True) for config in WGMMA_CONFIGS]
 GRID_DEPENDENCY_INSTRUCTIONS = ["griddepcontrol.launch_dependents;", "griddepcontrol.wait;"]
@@ -106,7 +113,8 @@ def compiled():
 def _id(config, cc):
     return (f"n{config['tile_n']}-{config['dtype']}-{config['x_layout']}-{'split' if config['splits'] else 'whole'}"
             f"-{config.get('mma', 'sync')}-p{config.get('prefetch_vectors', 512)}-{config.get('clear', 'rows')}"
-            f"-s{config.get('stages', 4)}{'-dependent' if config.get('grid_dependency') else ''}"
+            f"-s{config.get('stages', 4)}{'-relu' if config.get('relu') else ''}"
+            f"{'-dependent' if config.get('grid_dependency') else ''}"
             f"-sm{''.join(str(c) for c in cc)}")
 
 

@@ -25,7 +25,9 @@ from flashllm_nb.kernels.spmm.plan import Force
 from flashllm_nb.kernels.spmm.plan import plan as _plan
 from flashllm_nb.kernels import ptx
 
-__all__ = ["spmm", "linear", "prepare_spmm", "prepare_linear", "Prepared"]
+__all__ = ["spmm", "linear", "prepare_spmm", "prepare_linear", "Prepared", "ACTIVATIONS"]
+
+ACTIVATIONS = (None, "relu")  # what linear's epilogue can apply after the bias
 
 _CHUNK = 8  # the kernel moves activations in 16-byte chunks of 8 values: rows must start 16-byte aligned
 
@@ -65,8 +67,8 @@ def spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: i
 
 
 def linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any = None, *,
-           split_k: int | None = None, force: Force | None = None) -> Any:
-    """A sparse linear layer: ``X @ A.T + bias``.
+           split_k: int | None = None, force: Force | None = None, activation: str | None = None) -> Any:
+    """A sparse linear layer: ``X @ A.T + bias``, optionally followed by ReLU.
 
     Parameters
     ----------
@@ -80,13 +82,16 @@ def linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any =
         (N, M) row-major output; allocated when omitted.
     stream, split_k, force
         As for :func:`spmm`.
+    activation : {None, "relu"}, optional
+        ``"relu"``: ``max(X @ A.T + bias, 0)``, applied in the kernel's epilogue before the one rounding (a value
+        that is negative becomes +0, NaN stays NaN); no separate pass over the output.
 
     Returns
     -------
     array
-        (N, M) = X @ A.T + bias; ``out`` when given.
+        (N, M) = X @ A.T + bias (then ReLU); ``out`` when given.
     """
-    return _run(A, X, bias, out, stream, split_k, x_layout="nk", force=force)
+    return _run(A, X, bias, out, stream, split_k, x_layout="nk", force=force, activation=activation)
 
 
 class Prepared:
@@ -144,7 +149,7 @@ def prepare_spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, sp
 
 
 def prepare_linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any = None, *,
-                   split_k: int | None = None, force: Force | None = None) -> Prepared:
+                   split_k: int | None = None, force: Force | None = None, activation: str | None = None) -> Prepared:
     """:func:`linear`, checked and packed once: ``P = prepare_linear(X, A, bias); P()`` computes
     ``X @ A.T + bias`` into ``P.out`` as often as it is called. Arguments and errors as for :func:`linear`.
 
@@ -154,15 +159,15 @@ def prepare_linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, strea
     >>> for step in range(steps):                                  # doctest: +SKIP
     ...     X[...] = next_activations(); P()                      # Y now holds X @ A.T
     """
-    return _run(A, X, bias, out, stream, split_k, x_layout="nk", prepared=True, force=force)
+    return _run(A, X, bias, out, stream, split_k, x_layout="nk", prepared=True, force=force, activation=activation)
 
 
-def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None):
+def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None, activation=None):
     # This is the per-call host path of every sparse layer: it checks everything, but in a few attribute reads
     # per argument (see _operand); the launch below it trusts its inputs. A repeated CuPy call takes the
     # remembered launch instead (_FastCalls), after the checks that can change from call to call.
     if not prepared and _kind(X) == "cupy":
-        result = _fast_calls.run(A, X, bias, out, stream, split_k, x_layout, force)
+        result = _fast_calls.run(A, X, bias, out, stream, split_k, x_layout, force, activation)
         if result is not _fast_calls.MISS:
             return result
     given_out = out
@@ -183,6 +188,9 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None)
         raise invalid("value", "split_k", "None or an integer >= 1", split_k)
     if force is not None and not isinstance(force, Force):
         raise invalid("type", "force", "None or a flashllm_nb.kernels.spmm.plan.Force", type(force).__name__, TypeError)
+    if activation not in ACTIVATIONS:
+        raise invalid("value", "activation", f"one of {ACTIVATIONS}", activation)
+    relu = activation == "relu"
 
     out_shape = (n, m) if x_layout == "nk" else (m, n)
     if out is None:
@@ -204,6 +212,8 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None)
     if k == 0:
         def fill():
             y[...] = 0 if bias is None else bias[None, :] if x_layout == "nk" else bias[:, None]
+            if relu:
+                _relu_in_place(y, dtype)
 
         fill()
         return Prepared(out, fill) if prepared else out
@@ -212,7 +222,8 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None)
     given_x = x
     x, ldx = _aligned_rows(x, xp)
     p = _plan(m, n, k, "bfloat16" if dtype == _xp.BFLOAT16 else "float16", x_layout,
-                     None if split_k is None else int(split_k), tile_vectors=A.mean_tile_vectors, force=force)
+                     None if split_k is None else int(split_k), tile_vectors=A.mean_tile_vectors, force=force,
+                     relu=relu)
     if kind == "numpy":  # the simulator indexes its arrays: flat uint16 views
         x_flat, y = x.reshape(-1), y.reshape(-1)
     else:
@@ -221,7 +232,7 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None)
     arguments = (p, operands, xp, 0 if kind == "numpy" else _stream_handle(stream, X))
     if not prepared:
         if kind == "cupy" and x is given_x and out_kind == "cupy":
-            _fast_calls.remember(A, _Call(X, given_bias, given_out, stream, split_k, x_layout, force), out,
+            _fast_calls.remember(A, _Call(X, given_bias, given_out, stream, split_k, x_layout, force, activation), out,
                                  lambda: _driver.prepare(*arguments))
         _driver.launch(*arguments)
         return out
@@ -249,6 +260,7 @@ class _Call(NamedTuple):
     split_k: Any
     x_layout: str
     force: Any
+    activation: Any
 
 
 class _FastCalls:
@@ -282,19 +294,19 @@ class _FastCalls:
             by_matrix = self._local.by_matrix = weakref.WeakKeyDictionary()
         return by_matrix
 
-    def _key(self, X, bias, out, stream, split_k, x_layout, force):
+    def _key(self, X, bias, out, stream, split_k, x_layout, force, activation):
         # split_k's type is part of the key: True == 1 and hashes alike, but only 1 is valid. The stream is keyed by
         # its raw handle (None: CuPy's current stream), which keeps no stream object alive.
         return (x_layout, X.shape, X.dtype.char, None if out is None else (out.shape, out.dtype.char),
-                None if bias is None else (bias.shape, bias.dtype.char), split_k, type(split_k), force,
+                None if bias is None else (bias.shape, bias.dtype.char), split_k, type(split_k), force, activation,
                 self._current_stream() if stream is None else _stream_handle(stream, X))
 
-    def run(self, A, X, bias, out, stream, split_k, x_layout, force=None):
+    def run(self, A, X, bias, out, stream, split_k, x_layout, force=None, activation=None):
         try:
             calls = self._by_matrix().get(A)
             if calls is None:
                 return self.MISS
-            entry = calls.get(self._key(X, bias, out, stream, split_k, x_layout, force))
+            entry = calls.get(self._key(X, bias, out, stream, split_k, x_layout, force, activation))
         except (AttributeError, TypeError):  # arguments without shape/dtype, unhashable ones, a bad stream
             return self.MISS
         if entry is None:
@@ -352,6 +364,15 @@ def _current_stream() -> int:
 
 
 _fast_calls = _FastCalls()
+
+
+def _relu_in_place(y, dtype) -> None:
+    """ReLU on a float16 / bfloat16 array through its bit patterns, as the kernel's epilogue does it: a negative
+    value (sign set, not -0, not NaN) becomes +0."""
+    bits = y.view(np.uint16)
+    magnitude = bits & 0x7FFF
+    infinity = 0x7F80 if dtype == _xp.BFLOAT16 else 0x7C00
+    bits[(bits >= 0x8000) & (magnitude != 0) & (magnitude <= infinity)] = 0
 
 
 def _nothing() -> None:

@@ -10,7 +10,7 @@ per sequence) and a plain forward (a fresh cache). Per layer, pre-LN (OPT's usua
     attn     = attention(q, cache)                 # causal, per sequence, GQA
     delta    = attn @ W_out.T + b
     normed   = norm_2(residual += delta)
-    ffn      = activation(normed @ W_ffn_in.T + b) # ReLU, or SiLU-GLU of the fused [gate; up]
+    ffn      = activation(normed @ W_ffn_in.T + b) # ReLU (the product's epilogue), or SiLU-GLU of [gate; up]
     delta    = ffn @ W_ffn_out.T + b
 
 and at the end ``final_norm(residual += delta)``, the optional ``project_out`` and the LM head on the rows whose
@@ -143,8 +143,10 @@ def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None
         _norm(model, block.attn_norm if not c.norm_before else block.ffn_norm, acts, acts.delta, tokens, stream,
               post=not c.norm_before)
         x = acts.normed if c.norm_before else acts.residual
-        block.ffn_in(x, acts.ffn, tokens, stream, scratch(block.ffn_in, x, acts.ffn))
-        kernels.activation(acts.ffn, acts.act, tokens, c.ffn_size, c.activation, dtype, stream)
+        relu = c.activation == "relu"  # in the product's epilogue; SiLU-GLU needs both halves of the row
+        block.ffn_in(x, acts.ffn, tokens, stream, scratch(block.ffn_in, x, acts.ffn), relu=relu)
+        if not relu:
+            kernels.activation(acts.ffn, acts.act, tokens, c.ffn_size, c.activation, dtype, stream)
         block.ffn_out(acts.act, acts.delta, tokens, stream, scratch(block.ffn_out, acts.act, acts.delta))
         if comm is not None:
             comm.all_reduce(acts.delta, tokens * h, dtype, stream)

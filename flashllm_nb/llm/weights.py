@@ -57,12 +57,14 @@ class Linear:
         return Linear(self.weight.copy(), None if self.bias is None else self.bias.copy(), self.rows, self.cols,
                       self.dtype)
 
-    def __call__(self, x, out, n: int, stream: int, scratch=None) -> None:
-        """``out[:n * rows] = x[:n * cols] @ W.T + b`` on flat bit arrays. A sparse layer given a ``scratch``
-        (a flat uint16 buffer of at least rows * cols) expands into it and multiplies densely instead."""
+    def __call__(self, x, out, n: int, stream: int, scratch=None, relu: bool = False) -> None:
+        """``out[:n * rows] = x[:n * cols] @ W.T + b`` on flat bit arrays, then ReLU if ``relu`` (in the sparse
+        kernel's epilogue; a kernel of its own after a dense product). A sparse layer given a ``scratch`` (a flat
+        uint16 buffer of at least rows * cols) expands into it and multiplies densely instead."""
         if self.sparse and scratch is None:
             api.linear(x[: n * self.cols].reshape(n, self.cols), self.weight, bias=self.bias,
-                       out=out[: n * self.rows].reshape(n, self.rows), stream=stream)
+                       out=out[: n * self.rows].reshape(n, self.rows), stream=stream,
+                       activation="relu" if relu else None)
             return
         if self.sparse:
             kernels.expand(self.weight, scratch, stream)
@@ -72,6 +74,8 @@ class Linear:
         matmul_t(x, weight, out, n, self.rows, self.cols, self.dtype, stream)
         if self.bias is not None:
             kernels.add_bias(out, self.bias, n, self.rows, self.dtype, stream)
+        if relu:
+            kernels.activation(out, out, n, self.rows, "relu", self.dtype, stream)
 
     def __repr__(self) -> str:
         kind = f"Tiled-CSL, {self.sparsity:.1%} sparse" if self.sparse else "dense"

@@ -77,6 +77,9 @@ class SpmmConfig:
     stages : int
         Activation tiles in shared memory, one of ``STAGE_CHOICES``: 4, or 2 for the one configuration
         ``TWO_STAGES_BUILT`` names, which fits 6 blocks per SM instead of 5.
+    relu : bool
+        The epilogue applies ReLU after the bias, before the one rounding (``linear(..., activation="relu")``): a
+        negative value becomes +0, NaN stays NaN.
     grid_dependency : bool
         The kernel is launched as a programmatic dependent of the previous kernel in its stream (sm_90 on,
         ``kernels.driver``): it lets the next kernel start at once, loads its first two tiles of words, and only
@@ -92,6 +95,7 @@ class SpmmConfig:
     prefetch_vectors: int = 512
     clear: str = "rows"
     stages: int = 4
+    relu: bool = False
     grid_dependency: bool = False
 
     @property

@@ -28,6 +28,7 @@ def epilogue_stage(g: Geometry, accumulator_of) -> SimpleNamespace:
     THREADS, ACC, TILE_N, NK = g.threads, g.accumulators, g.tile_n, g.nk
     ACC_STRIDE, OUT_ROUNDS, REDUCE_GROUP = g.acc_stride, g.out_rounds, g.reduce_group
     TILE_M_SHIFT, TILE_N_SHIFT = TILE_M.bit_length() - 1, TILE_N.bit_length() - 1
+    RELU = g.cfg.relu
     if g.cfg.dtype == "bfloat16":
         to_bits, from_bits = ptx.f32_to_bf16_bits, ptx.bf16_bits_to_f32
     else:
@@ -85,10 +86,10 @@ def epilogue_stage(g: Geometry, accumulator_of) -> SimpleNamespace:
     def store(acc, smemf, y, bias, has_bias, m0, n0, M, N):
         """Write the block's 128 x TILE_N result: fragments go to shared memory in thread order (a loop LLVM
         unrolls, so acc stays in registers), then all threads store the tile row by row of the output, coalesced,
-        adding the bias and rounding once. Unsigned indices (no negative-index wrap per access), shifts instead of
-        // and %, the bias of an "nk" thread's one row read once, and a thread's accumulators ACC + 1 floats apart
-        in shared memory, so that the lanes reading one output row's accumulators (4 threads apart) conflict at
-        most 2-way."""
+        adding the bias (then, with ``relu``, zeroing what is negative) and rounding once. Unsigned indices (no
+        negative-index wrap per access), shifts instead of // and %, the bias of an "nk" thread's one row read once,
+        and a thread's accumulators ACC + 1 floats apart in shared memory, so that the lanes reading one output
+        row's accumulators (4 threads apart) conflict at most 2-way."""
         cuda.syncthreads()  # the main loop's shared buffers are no longer read
         tid = cuda.threadIdx.x
         own = uint64(tid * ACC_STRIDE)
@@ -116,10 +117,14 @@ def epilogue_stage(g: Geometry, accumulator_of) -> SimpleNamespace:
                 if NK:
                     if has_bias:
                         value += bias_value
+                    if RELU and value < float32(0.0):
+                        value = float32(0.0)
                     y[uint64(n) * uint64(M) + uint64(m)] = to_bits(value)
                 else:
                     if has_bias:
                         value += from_bits(bias[uint64(m)])
+                    if RELU and value < float32(0.0):
+                        value = float32(0.0)
                     y[uint64(m) * uint64(N) + uint64(n)] = to_bits(value)
 
     return SimpleNamespace(reduce_splits=reduce_splits, store=store)

@@ -204,10 +204,10 @@ def choose_splits(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, tile_
 
 @functools.lru_cache(maxsize=1024)
 def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None = None,
-         tile_vectors: int | None = None, force: Force | None = None) -> Plan:
+         tile_vectors: int | None = None, force: Force | None = None, relu: bool = False) -> Plan:
     """Pick the configuration and grid for an (m x k) @ (k x n) product whose A holds ``tile_vectors`` 16-byte word
-    vectors per tile on average (None: unknown, the small prefetch). ``split_k`` and ``force`` (a :class:`Force`)
-    fix choices instead, for benchmarks and tests."""
+    vectors per tile on average (None: unknown, the small prefetch), with ReLU in the epilogue if ``relu``.
+    ``split_k`` and ``force`` (a :class:`Force`) fix choices instead, for benchmarks and tests."""
     force = force or _NO_FORCE
     tile_n = tile_n_for(n)
     tile_rows = -(-m // TILE_M)
@@ -222,7 +222,7 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
         split_k = force.split_k
     dependent = grid_dependency_supported() if force.grid_dependency is None else force.grid_dependency
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch,
-                        clear=clear, stages=stages, grid_dependency=dependent)
+                        clear=clear, stages=stages, relu=relu, grid_dependency=dependent)
     if split_k is None:
         from flashllm_nb.kernels.spmm.driver import blocks_per_sm
 
@@ -233,7 +233,7 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma,
-                        prefetch_vectors=prefetch, clear=clear, stages=stages, grid_dependency=dependent)
+                        prefetch_vectors=prefetch, clear=clear, stages=stages, relu=relu, grid_dependency=dependent)
     return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
 
 
