@@ -37,14 +37,8 @@ from .memory import (
     shared_addr,
     st_shared_v4_u32,
 )
-from .sync import (
-    griddepcontrol_launch_dependents,
-    griddepcontrol_wait,
-    mbarrier_arrive,
-    mbarrier_init,
-    mbarrier_wait_parity,
-    warp_sync,
-)
+from .sync import (griddepcontrol_launch_dependents, griddepcontrol_wait, mbarrier_arrive, mbarrier_init,
+                   mbarrier_wait_parity, warp_sync)
 from .wgmma import (
     fence_proxy_async_shared,
     wgmma_commit_group,
