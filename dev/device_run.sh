@@ -16,7 +16,7 @@ for step in "$@"; do
   case $step in
     tests-llm) timeout 330 python3 -m pytest -v -p no:cacheprovider -o faulthandler_timeout=120 --durations=12 \
                  tests/test_llm_gpu.py tests/test_llm.py 2>&1 | tee "$OUT/tests-llm.log" | tail -60 ;;
-    tests-spmm) timeout 300 python3 -m pytest -q -p no:cacheprovider -x tests/test_ptx_gpu.py tests/test_spmm.py \
+    tests-spmm) timeout 420 python3 -m pytest -q -p no:cacheprovider -x tests/test_ptx_gpu.py tests/test_spmm.py \
                   tests/test_spmm_gpu.py tests/test_prepared.py 2>&1 | tee "$OUT/tests-spmm.log" | tail -15 ;;
     tests-kernel) timeout 420 python3 -m pytest -q -p no:cacheprovider -x tests/test_tiled_csl.py tests/test_tiled_csl_gpu.py tests/test_prepared.py tests/test_ptx.py tests/test_spmm.py \
                     tests/test_spmm_gpu.py tests/test_ptx_gpu.py 2>&1 | tee "$OUT/tests-kernel.log" | tail -15 ;;

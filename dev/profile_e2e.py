@@ -8,7 +8,7 @@ step (the four linear layers, attention with its head split, the norms and activ
 for all layers as one CUDA graph and replayed (``flashllm_nb.bench.timing.time_graph``), so the components run back
 to back as in the real step, on weights that are not in L2. Each is reported in microseconds per layer, with its
 bytes moved and the fraction of the measured copy bandwidth (``timing.copy_bandwidth``) that makes, and timed a
-second time with dependent launches off (``kernels.driver.set_dependent_launches``) for the A/B.
+second time with dependent launches on (``kernels.driver.set_dependent_launches``) for the A/B.
 
 Build: one layer's matrices are drawn, pruned and encoded phase by phase with the GPU synchronised in between.
 """
@@ -89,13 +89,13 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
     with stream:
         for name, launches, nbytes in parts:
             us = 1e3 * time_graph(launches, stream.cupy_stream)
-            driver.set_dependent_launches(False)
+            previous = driver.set_dependent_launches(True)
             try:
-                us_ordinary = 1e3 * time_graph(launches, stream.cupy_stream)
+                us_dependent = 1e3 * time_graph(launches, stream.cupy_stream)
             finally:
-                driver.set_dependent_launches(True)
+                driver.set_dependent_launches(previous)
             row = dict(batch=batch, part=name, us=round(us, 1), us_per_layer=round(us / layers, 2),
-                       us_per_layer_ordinary_launches=round(us_ordinary / layers, 2))
+                       us_per_layer_dependent_launches=round(us_dependent / layers, 2))
             if nbytes:
                 row.update(mb_per_layer=round(nbytes / 1e6, 2),
                            bandwidth_fraction=round(nbytes * layers / (us / 1e6) / bandwidth, 3))

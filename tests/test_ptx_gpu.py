@@ -12,7 +12,7 @@ import pytest
 
 import ptx_kernels as pk
 from flashllm_nb.kernels import ptx
-from flashllm_nb.kernels.driver import Kernel, grid_dependency_supported
+from flashllm_nb.kernels.driver import Kernel, grid_dependency_supported, set_dependent_launches
 
 pytestmark = pytest.mark.gpu
 
@@ -37,10 +37,14 @@ def test_a_dependent_launch_waits_for_the_kernel_before_it():
     consumer = Kernel(cuda.jit(pk.grid_consumer_kernel), (u32, u32), "grid_consumer", dependent=True)
     n = 1 << 20
     stream = cupy.cuda.Stream(non_blocking=True)
-    for _ in range(10):
-        written, copied, spin = (cupy.zeros(n, np.uint32) for _ in range(3))
-        cupy.cuda.Device().synchronize()
-        producer((n // 256,), 256, (written, spin), stream.ptr)
-        consumer((n // 256,), 256, (written, copied), stream.ptr)
-        stream.synchronize()
-        np.testing.assert_array_equal(copied.get(), np.arange(1, n + 1, dtype=np.uint32))
+    previous = set_dependent_launches(True)
+    try:
+        for _ in range(10):
+            written, copied, spin = (cupy.zeros(n, np.uint32) for _ in range(3))
+            cupy.cuda.Device().synchronize()
+            producer((n // 256,), 256, (written, spin), stream.ptr)
+            consumer((n // 256,), 256, (written, copied), stream.ptr)
+            stream.synchronize()
+            np.testing.assert_array_equal(copied.get(), np.arange(1, n + 1, dtype=np.uint32))
+    finally:
+        set_dependent_launches(previous)

@@ -158,11 +158,11 @@ PRODUCER_THEN_PRODUCT = by_tier(
 
 @pytest.mark.parametrize("m, k, n, path", PRODUCER_THEN_PRODUCT)
 def test_product_right_behind_the_kernel_writing_its_activations(m, k, n, path):
-    """``H = X @ A1.T`` then ``Y = H @ A2.T`` on one stream with nothing in between: the second product is built for
-    dependent launch where the device has it (it may start while the first drains, and waits with
-    ``griddepcontrol`` before it reads H), and is also run as built without it (``grid_dependency=False``, what an
-    A100 runs). H starts as NaN each time, so a read of it before the first product finished shows; both builds
-    equal the reference and each other bit for bit, and on the GPU so does a run with dependent launches off."""
+    """``H = X @ A1.T`` then ``Y = H @ A2.T`` on one stream with nothing in between, three ways: built for dependent
+    launch and launched so (the second may start while the first drains, and waits with ``griddepcontrol`` before
+    it reads H), built without it (``grid_dependency=False``, what an A100 runs), and built for it but launched
+    normally (the default). H starts as NaN each time, so a read of it before the first product finished shows;
+    all equal the reference and each other bit for bit (the simulator runs the first two)."""
     from flashllm_nb.kernels import driver
 
     rng = np.random.default_rng(n)
@@ -170,17 +170,17 @@ def test_product_right_behind_the_kernel_writing_its_activations(m, k, n, path):
     A1, A2 = fl.TiledCSL.from_dense(device(W1)), fl.TiledCSL.from_dense(device(W2))
     X = device(random_activations(rng, n, k, F16))
     results = []
-    for dependent, launches in ((True, True), (False, True), (True, False)):
-        if SIMULATOR and not launches:
+    for dependent, launches in ((True, True), (False, False), (True, False)):
+        if SIMULATOR and launches != dependent:
             continue
-        driver.set_dependent_launches(launches)
+        previous = driver.set_dependent_launches(launches)
         try:
             H = device(np.full((n, m), np.nan, F16))
             fl.linear(X, A1, out=H, force=spmm_plan.Force(mma=path, grid_dependency=dependent))
             Y = fl.linear(H, A2, force=spmm_plan.Force(mma=path, grid_dependency=dependent))
             h, y = host(H), host(Y)
         finally:
-            driver.set_dependent_launches(True)
+            driver.set_dependent_launches(previous)
         ref, scale = reference(W2, h)
         assert_close_to_reference(y, ref, scale, m, F16, what=f"dependent={dependent} launches={launches}")
         results.append(y)

@@ -14,13 +14,15 @@ Numba's ABI for an argument: a 1-D array is seven 8-byte parameters (meminfo, pa
 shape[0], strides[0]); a scalar is one parameter, read at its own width (the low bytes of its 8-byte slot on this
 little-endian target).
 
-Dependent launches (programmatic dependent launch, sm_90 on): a kernel built to begin with
-``griddepcontrol.launch_dependents`` and to ``griddepcontrol.wait`` before it reads its inputs or writes anything is
-launched through ``cuLaunchKernelEx`` with programmatic stream serialization. Its blocks may then start on the SMs
-the previous kernel's last wave leaves idle and do their input-free work (the SpMM kernel loads its first weight
-tiles) while that kernel drains, instead of the two kernels' tail and start-up running one after the other. In a
-captured CUDA graph the launch becomes a programmatic edge. :func:`set_dependent_launches` turns the attribute off
-for the whole process (A/B timing); the kernels' ``griddepcontrol`` then returns at once.
+Dependent launches (programmatic dependent launch, sm_90 on), off unless :func:`set_dependent_launches` turns them
+on for the process: a kernel built with ``griddepcontrol`` (it waits with ``griddepcontrol.wait`` before it reads
+its inputs or writes anything; the SpMM kernel also lets the next kernel start with
+``griddepcontrol.launch_dependents``) is then launched through ``cuLaunchKernelEx`` with programmatic stream
+serialization, a programmatic edge once captured in a CUDA graph. Its blocks may start on the SMs the previous
+kernel's last wave leaves idle and do their input-free work (the SpMM kernel loads its first weight tiles) while
+that kernel drains. Off, the same kernels launch as ever and their ``griddepcontrol`` returns at once. Why off:
+each product gains a little, but a whole OPT-66B step at batch 16 was 15 % slower on an H100
+(``docs/e2e-results.md``); :mod:`dev.profile_e2e` times every part both ways.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ import numpy as np
 from flashllm_nb._runtime import cuda_driver
 from flashllm_nb.kernels import ptx
 
-__all__ = ["Kernel", "cu_launch_kernel", "launch_function", "placeholder", "grid_dependency_supported", "set_dependent_launches",
-           "dependent_launches"]
+__all__ = ["Kernel", "cu_launch_kernel", "launch_function", "placeholder", "grid_dependency_supported",
+           "set_dependent_launches", "dependent_launches"]
 
 _ARRAY_SLOTS = 7  # meminfo, parent, nitems, itemsize, data, shape[0], strides[0]
 
@@ -183,8 +185,8 @@ def _placeholder(xp, dtype):
 def launch_function(function: int, grid: tuple[int, int, int], threads: int, shared: int, stream: int,
                     pointers: int, dependent: bool) -> int:
     """Launch the raw CUfunction ``function`` on its parameter block (``pointers``: the address of the array of
-    pointers to the argument slots) and return the driver's error code. ``dependent``: the kernel begins with
-    ``griddepcontrol``, so unless :func:`set_dependent_launches` turned them off it is launched as a programmatic
+    pointers to the argument slots) and return the driver's error code. ``dependent``: the kernel is built with
+    ``griddepcontrol``, so while :func:`set_dependent_launches` has them on it is launched as a programmatic
     dependent of the previous kernel in ``stream``."""
     if dependent and _DEPENDENT_LAUNCHES["enabled"]:
         return cu_launch_kernel_ex()(_dependent_launch_config(grid, threads, shared, stream), function, pointers,
@@ -203,14 +205,16 @@ def grid_dependency_supported() -> bool:
     return cuda.get_current_device().compute_capability >= (9, 0)
 
 
-_DEPENDENT_LAUNCHES = {"enabled": True}
+_DEPENDENT_LAUNCHES = {"enabled": False}
 
 
-def set_dependent_launches(enabled: bool) -> None:
-    """Launch kernels built with ``griddepcontrol`` as programmatic dependents (the default) or as ordinary
-    launches, for the whole process: for A/B timing. A captured CUDA graph keeps what was set when it was
-    captured."""
+def set_dependent_launches(enabled: bool) -> bool:
+    """Launch kernels built with ``griddepcontrol`` as programmatic dependents, or as ordinary launches (the
+    default), for the whole process; returns the previous setting. A captured CUDA graph keeps what was set when
+    it was captured."""
+    previous = _DEPENDENT_LAUNCHES["enabled"]
     _DEPENDENT_LAUNCHES["enabled"] = bool(enabled)
+    return previous
 
 
 def dependent_launches() -> bool:

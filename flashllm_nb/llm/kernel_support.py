@@ -52,15 +52,15 @@ def dependent_kernels() -> bool:
 
 
 def kernel_entry(dependent: bool):
-    """A device function ``enter()`` that a decoder kernel calls before anything else. Built ``dependent``, it lets
-    the next kernel in the stream be scheduled and then waits until the previous one has completed
-    (``griddepcontrol``): a decoder kernel is short and reads its predecessor's output at once, so what it overlaps
-    is its own launch and start with its predecessor's drain, and the next kernel's with its own. Otherwise it
-    does nothing."""
+    """A device function ``enter()`` that a decoder kernel calls before anything else. Built ``dependent``, it
+    waits until the previous kernel in the stream has completed (``griddepcontrol.wait``): launched as that
+    kernel's dependent, a decoder kernel's launch and start overlap its predecessor's drain. It does not let the
+    next kernel start early: its own blocks would then wait through the whole of this kernel, and behind a kernel
+    that does the same, through the one before (the cascade measured in docs/e2e-results.md). Otherwise it does
+    nothing."""
     if dependent:
         @ptx.inlined
         def enter():
-            ptx.griddepcontrol_launch_dependents()
             ptx.griddepcontrol_wait()
     else:
         @ptx.inlined
