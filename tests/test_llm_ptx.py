@@ -32,7 +32,7 @@ def _id(config, cc):
 
 
 def _dependent(cc) -> bool:
-    """What ``kernel_support.dependent_kernels`` says on a GPU of compute capability ``cc``."""
+    """What ``kernels.driver.grid_dependency_supported`` says on a GPU of compute capability ``cc``."""
     return tuple(cc) >= (9, 0)
 
 

@@ -24,11 +24,11 @@ import numpy as np
 from numba import cuda
 
 from flashllm_nb.kernels import ptx
-from flashllm_nb.kernels.driver import Kernel, placeholder
+from flashllm_nb.kernels.driver import Kernel, grid_dependency_supported, placeholder
 from flashllm_nb.kernels.spmm.plan import multiprocessors
 from flashllm_nb.llm import device
 from flashllm_nb.llm.kernel_support import (F32, F32A, I32, I32A, U16, U32, WARP, converters,
-                                            dependent_kernels, dtype_name, kernel_entry, warp_reduce)
+                                            dtype_name, kernel_entry, warp_reduce)
 
 __all__ = ["Heads", "split_heads", "attention", "attention_splits", "attention_workspace_size",
            "compile_attention", "ATTENTION_THREADS", "MAX_ATTENTION_SPLITS"]
@@ -114,7 +114,7 @@ def split_heads(qkv, q_out, k_cache, v_cache, slots, positions, inv_freq, tokens
     queries and keys when ``inv_freq`` is given."""
     rope = inv_freq is not None
     threads = min(SPLIT_THREADS, max(32, heads.head_dim // 2))
-    _split_heads_kernel(heads.kernel_dtype, heads.head_dim, rope, dependent_kernels())(
+    _split_heads_kernel(heads.kernel_dtype, heads.head_dim, rope, grid_dependency_supported())(
         (tokens, heads.n_heads + 2 * heads.n_kv), threads,
         (qkv, q_out, k_cache, v_cache, slots, positions, inv_freq if rope else placeholder(device.xp(), np.float32),
          heads.n_heads, heads.n_kv, heads.max_len), stream)
@@ -306,7 +306,7 @@ def compile_attention(dtype, head_dim: int) -> None:
     """Compile both attention variants (whole and split, with its combine kernel) now. Which one a pass takes
     depends on the batch and the cache length (``attention_splits``): compiled here, before generation starts, the
     split variant is not compiled in the middle of a timed decode the first time a longer cache asks for it."""
-    name, dependent = dtype_name(dtype), dependent_kernels()
+    name, dependent = dtype_name(dtype), grid_dependency_supported()
     _attention_kernel(name, head_dim, ATTENTION_THREADS, False, dependent).compile()
     _attention_kernel(name, head_dim, ATTENTION_THREADS, True, dependent).compile()
     _combine_kernel(name, head_dim, COMBINE_THREADS, dependent).compile()
@@ -326,7 +326,7 @@ def attention(q, k_cache, v_cache, slots, positions, out, tokens: int, heads: He
     With ``splits > 1`` each (token, head)'s keys are split into that many equal spans, one block each, whose
     partial results meet in ``workspace`` (a float32 array of ``attention_workspace_size`` values) and are combined
     by a second kernel: a small batch then fills the GPU."""
-    name, dependent = heads.kernel_dtype, dependent_kernels()
+    name, dependent = heads.kernel_dtype, grid_dependency_supported()
     arguments = (q, k_cache.view(np.uint32), v_cache.view(np.uint32), slots, positions, out,
                  placeholder(device.xp(), np.float32) if splits <= 1 else workspace, heads.n_heads, heads.n_kv,
                  heads.max_len, heads.window, heads.scale)

@@ -12,10 +12,9 @@ import numpy as np
 from numba import cuda, types
 
 from flashllm_nb.kernels import ptx
-from flashllm_nb.kernels.driver import grid_dependency_supported
 
 __all__ = ["WARP", "U16", "U32", "I32A", "F32A", "I32", "F32", "converters", "dtype_name", "bounded_kernel",
-           "dependent_kernels", "kernel_entry", "warp_reduce", "block_reduce"]
+           "kernel_entry", "warp_reduce", "block_reduce"]
 
 WARP = 32
 
@@ -43,12 +42,6 @@ def bounded_kernel(threads: int):
     registers within what a block of that many threads may hold, instead of a launch failing for lack of them.
     The simulator has no launch bounds."""
     return cuda.jit if ptx.SIMULATOR else cuda.jit(launch_bounds=threads)
-
-
-def dependent_kernels() -> bool:
-    """Whether the decoder's kernels are built for dependent launch on this device (``kernels.driver``): the
-    ``dependent`` argument of every kernel factory here."""
-    return grid_dependency_supported()
 
 
 def kernel_entry(dependent: bool):

@@ -32,9 +32,9 @@ from numba import cuda
 
 from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M
 from flashllm_nb.kernels import ptx
-from flashllm_nb.kernels.driver import Kernel
+from flashllm_nb.kernels.driver import Kernel, grid_dependency_supported
 from flashllm_nb.llm.kernel_support import (F32, I32, I32A, U16, U32, block_reduce, bounded_kernel, converters,
-                                            dependent_kernels, dtype_name, kernel_entry)
+                                            dtype_name, kernel_entry)
 
 __all__ = [
     "embed", "add_norm", "add", "activation", "add_bias", "argmax", "finish_step", "expand",
@@ -82,7 +82,7 @@ def embed(ids, table, out, width: int, dtype, positions=None, pos_table=None, po
     """``out[t] = table[ids[t] + row_offset] (+ pos_table[positions[t] + pos_offset])`` for the first ``tokens``
     tokens (all of ``ids`` by default), rows of ``width`` values."""
     has = positions is not None
-    kernel = _embed_kernel(dtype_name(dtype), dependent_kernels())
+    kernel = _embed_kernel(dtype_name(dtype), grid_dependency_supported())
     kernel((ids.size if tokens is None else tokens,), ROW_THREADS,
            (ids, table, positions if has else ids, pos_table if has else table, out, width, row_offset, int(has),
             pos_offset), stream)
@@ -187,7 +187,7 @@ def add_norm(residual, delta, weight, bias, out, rows: int, width: int, eps: flo
         raise ValueError(f"add_norm: width must be even and at most {NORM_MAX_WIDTH}, got {width}")
     words = [a.view(np.uint32) for a in (residual, residual if delta is None else delta, weight,
                                          weight if bias is None else bias, out)]
-    _norm_kernel(dtype_name(dtype), kind, NORM_THREADS, dependent_kernels())(
+    _norm_kernel(dtype_name(dtype), kind, NORM_THREADS, grid_dependency_supported())(
         (rows,), NORM_THREADS, (*words, width // 2, eps, int(delta is not None), int(post)), stream)
 
 
@@ -208,7 +208,7 @@ def _add_kernel(dtype: str, dependent: bool) -> Kernel:
 
 def add(residual, delta, n: int, dtype, stream: int = 0) -> None:
     """``residual[:n] += delta[:n]``, rounded once."""
-    kernel = _add_kernel(dtype_name(dtype), dependent_kernels())
+    kernel = _add_kernel(dtype_name(dtype), grid_dependency_supported())
     kernel((_blocks(n),), ELEMENTWISE_THREADS, (residual, delta, n), stream)
 
 
@@ -243,7 +243,7 @@ def _activation_kernel(dtype: str, kind: str, dependent: bool) -> Kernel:
 def activation(x, out, rows: int, cols: int, kind: str, dtype, stream: int = 0) -> None:
     """``"relu"``: ``out = relu(x)`` over (rows, cols) (``out`` may be ``x``); ``"silu_glu"``: ``x`` is
     (rows, 2 * cols) = [gate | up] and ``out = silu(gate) * up`` is (rows, cols)."""
-    kernel = _activation_kernel(dtype_name(dtype), kind, dependent_kernels())
+    kernel = _activation_kernel(dtype_name(dtype), kind, grid_dependency_supported())
     kernel((_blocks(rows * cols),), ELEMENTWISE_THREADS, (x, out, rows, cols), stream)
 
 
@@ -265,7 +265,7 @@ def _add_bias_kernel(dtype: str, dependent: bool) -> Kernel:
 
 def add_bias(y, bias, rows: int, cols: int, dtype, stream: int = 0) -> None:
     """``y[r, :] += bias`` for each of ``rows`` rows of ``cols`` values."""
-    kernel = _add_bias_kernel(dtype_name(dtype), dependent_kernels())
+    kernel = _add_bias_kernel(dtype_name(dtype), grid_dependency_supported())
     kernel((_blocks(rows * cols),), ELEMENTWISE_THREADS, (y, bias, rows, cols), stream)
 
 
@@ -315,7 +315,7 @@ def _argmax_kernel(dtype: str, threads: int, dependent: bool) -> Kernel:
 
 def argmax(logits, out, rows: int, vocab: int, dtype, stream: int = 0) -> None:
     """``out[r] = argmax(logits[r, :vocab])``, the lowest index on ties; NaN counts as +Inf."""
-    kernel = _argmax_kernel(dtype_name(dtype), ROW_THREADS, dependent_kernels())
+    kernel = _argmax_kernel(dtype_name(dtype), ROW_THREADS, grid_dependency_supported())
     kernel((rows,), ROW_THREADS, (logits, out, vocab), stream)
 
 
@@ -348,7 +348,7 @@ def finish_step(ids, positions, history, done, step, eos, batch: int, columns: i
     an end-of-sequence id (``eos``, int32), ``positions[b] += 1`` and ``step += 1`` (a one-element array), all on
     the device so that a captured decode step moves on by itself. One block: ``batch`` <= 1024."""
     threads = max(32, -(-batch // 32) * 32)
-    kernel = _finish_step_kernel(dependent_kernels())
+    kernel = _finish_step_kernel(grid_dependency_supported())
     kernel((1,), threads, (ids, positions, history, done, step, eos, int(eos.size), batch, columns), stream)
 
 
@@ -387,7 +387,7 @@ def _expand_kernel(dependent: bool) -> Kernel:
 def expand(A, out, stream: int = 0) -> None:
     """The dense (M, K) bits of Tiled-CSL matrix ``A`` into the flat uint16 buffer ``out`` (``M * K`` values)."""
     rows, cols = A.shape
-    kernel = _expand_kernel(dependent_kernels())
+    kernel = _expand_kernel(grid_dependency_supported())
     kernel((A.n_tiles,), EXPAND_THREADS, (A.words, A.tile_offsets, out, rows, cols, A.n_tile_cols), stream)
 
 
