@@ -2,7 +2,8 @@
 # One call on a lent GPU machine (the device tool): install the carried wheels, then run the named steps, each
 # logged under $OUT. Steps: tests-llm, tests-spmm (the kernel's own tests), tests-kernel (those, the format's and the
 # PTX layer's), tests-torch, profile, bench-smoke, bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse,
-# load-speed, bench-llama70b; on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2.
+# load-speed, bench-llama70b, bench-smoke-dependent, bench-kernel (the kernel against cuBLAS), kernel-ab-dependent (built with griddepcontrol
+# or not, same process); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -22,6 +23,8 @@ for step in "$@"; do
                     tests/test_spmm_gpu.py tests/test_ptx_gpu.py 2>&1 | tee "$OUT/tests-kernel.log" | tail -15 ;;
     bench-smoke) bench 300 --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
                    2>&1 | tee "$OUT/bench-smoke.log" | tail -12 ;;
+    bench-smoke-dependent) bench 300 --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --dependent-launches \
+                             --out "$OUT" 2>&1 | tee "$OUT/bench-smoke-dependent.log" | tail -12 ;;
     bench-opt66b-80) bench 170 --model opt-66b --sparsity 0.8 --batch 1 16 --out "$OUT" \
                        2>&1 | tee "$OUT/bench-opt66b-80.log" | tail -12 ;;
     bench-opt66b) bench 540 --model opt-66b --sparsity 0.7 0.8 0.9 --batch 1 8 16 32 64 --out "$OUT" \
@@ -44,6 +47,11 @@ for step in "$@"; do
     load-speed) timeout 300 python3 dev/load_speed.py --model opt-6.7b --sparsity 0.8 2>&1 | tee "$OUT/load.log" ;;
     bench-llama70b) bench 300 --model llama-2-70b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
                       2>&1 | tee "$OUT/bench-llama70b.log" | tail -12 ;;
+    bench-kernel) timeout 400 python3 -m flashllm_nb.bench --providers cublas,flashllm_tiled_csl --n 16 8 32 64 \
+                    --sparsity 0.7 0.8 0.9 --out "$OUT" 2>&1 | tee "$OUT/bench-kernel.log" | tail -30 ;;
+    kernel-ab-dependent) timeout 400 python3 -m dev.kernel_ab 8 16 32 64 --variant plan \
+                           --variant ordinary:dependent=0,upto=64 --sparsities 0.7,0.8,0.9 \
+                           2>&1 | tee "$OUT/kernel-ab-dependent.log" | tail -30 ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -5,7 +5,8 @@
 
 A variant is ``NAME[:KEY=VALUE,...]``: the plan's choices forced (``flashllm_nb.kernels.spmm.plan.Force``) for the
 ``linear`` products timed here: ``mma`` (sync, wgmma), ``warps`` (4, 8), ``clear`` (rows, entries), ``prefetch``
-(256 .. 640), ``stages`` (2, 4) and ``split`` (a split-K factor), for blocks of ``tile_n`` up to ``upto`` (16
+(256 .. 640), ``stages`` (2, 4), ``split`` (a split-K factor) and ``dependent`` (0 or 1: built with
+``griddepcontrol`` or not; the launches stay ordinary), for blocks of ``tile_n`` up to ``upto`` (16
 unless given; wider blocks keep the plan's choices). A variant the kernel is not built for is refused by
 ``SpmmConfig`` with its reason. A variant without options is the plan itself.
 
@@ -40,9 +41,9 @@ from flashllm_nb.kernels.spmm.plan import Force, plan, tile_n_for
 
 _KEYS = {"mma": (str, MMA_CHOICES), "warps": (int, WARP_CHOICES), "clear": (str, CLEAR_CHOICES),
          "prefetch": (int, PREFETCH_CHOICES), "stages": (int, STAGE_CHOICES), "split": (int, None),
-         "upto": (int, TILE_N_CHOICES)}
+         "dependent": (int, (0, 1)), "upto": (int, TILE_N_CHOICES)}
 _FORCE_FIELDS = {"mma": "mma", "warps": "warps", "clear": "clear", "prefetch": "prefetch_vectors",
-                 "stages": "stages", "split": "split_k"}
+                 "stages": "stages", "split": "split_k", "dependent": "grid_dependency"}
 
 
 @dataclass
@@ -72,7 +73,8 @@ class Variant:
         """What this variant fixes for a linear product of ``n`` columns (None: the plan decides everything)."""
         if tile_n_for(n) > self.forced.get("upto", 16):
             return None
-        fixed = {_FORCE_FIELDS[key]: value for key, value in self.forced.items() if key in _FORCE_FIELDS}
+        fixed = {_FORCE_FIELDS[key]: bool(value) if key == "dependent" else value
+                 for key, value in self.forced.items() if key in _FORCE_FIELDS}
         return Force(**fixed) if fixed else None
 
 
