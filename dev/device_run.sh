@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the device tool): install the carried wheels, then run the named steps, each
 # logged under $OUT. Steps: tests-llm, tests-spmm (the kernel's own tests), tests-kernel (those, the format's and the
-# PTX layer's), tests-torch, profile, bench-smoke, bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse,
-# load-speed, bench-llama70b, bench-smoke-dependent, bench-kernel (the kernel against cuBLAS), kernel-ab-dependent (built with griddepcontrol
-# or not, same process); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2.
+# PTX layer's), tests-torch, profile, bench-smoke, bench-smoke-dependent, bench-opt66b-80, bench-opt66b, bench-opt30b,
+# bench-hf-sparse, load-speed, bench-llama70b, bench-kernel (the kernel against cuBLAS), kernel-vs-commit (today's
+# kernel, built with griddepcontrol or not, beside an earlier commit's: run `python -m dev.kernel_vs_commit extract
+# COMMIT` here first and carry .scratch/kernel_at); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2,
+# bench-opt175b-tp2.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -49,9 +51,8 @@ for step in "$@"; do
                       2>&1 | tee "$OUT/bench-llama70b.log" | tail -12 ;;
     bench-kernel) timeout 400 python3 -m flashllm_nb.bench --providers cublas,flashllm_tiled_csl --n 16 8 32 64 \
                     --sparsity 0.7 0.8 0.9 --out "$OUT" 2>&1 | tee "$OUT/bench-kernel.log" | tail -30 ;;
-    kernel-ab-dependent) timeout 400 python3 -m dev.kernel_ab 8 16 32 64 --variant plan \
-                           --variant ordinary:dependent=0,upto=64 --sparsities 0.7,0.8,0.9 \
-                           2>&1 | tee "$OUT/kernel-ab-dependent.log" | tail -30 ;;
+    kernel-vs-commit) timeout 420 python3 -m dev.kernel_vs_commit time 8 16 32 64 --sparsities 0.7,0.8,0.9 \
+                        --force dependent=0,upto=64 2>&1 | tee "$OUT/kernel-vs-commit.log" | tail -30 ;;
     *) echo "unknown step $step" ;;
   esac
 done
