@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the device tool): install the carried wheels, then run the named steps, each
 # logged under $OUT. Steps: tests-llm, tests-spmm (the kernel's own tests), tests-kernel (those, the format's and the
-# PTX layer's), tests-torch, profile, bench-smoke, bench-smoke-dependent, bench-opt66b-80, bench-opt66b, bench-opt30b,
+# PTX layer's), tests-torch, profile, bench-smoke, bench-smoke-ordinary, bench-opt66b-80, bench-opt66b, bench-opt30b,
 # bench-hf-sparse, load-speed, bench-llama70b, bench-kernel (the kernel against cuBLAS), kernel-vs-commit (today's
 # kernel, built with griddepcontrol or not, beside an earlier commit's: run `python -m dev.kernel_vs_commit extract
 # COMMIT` here first and carry .scratch/kernel_at); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2,
@@ -25,8 +25,8 @@ for step in "$@"; do
                     tests/test_spmm_gpu.py tests/test_ptx_gpu.py 2>&1 | tee "$OUT/tests-kernel.log" | tail -15 ;;
     bench-smoke) bench 300 --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
                    2>&1 | tee "$OUT/bench-smoke.log" | tail -12 ;;
-    bench-smoke-dependent) bench 300 --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --dependent-launches \
-                             --out "$OUT" 2>&1 | tee "$OUT/bench-smoke-dependent.log" | tail -12 ;;
+    bench-smoke-ordinary) bench 300 --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --ordinary-launches \
+                            --out "$OUT" 2>&1 | tee "$OUT/bench-smoke-ordinary.log" | tail -12 ;;
     bench-opt66b-80) bench 170 --model opt-66b --sparsity 0.8 --batch 1 16 --out "$OUT" \
                        2>&1 | tee "$OUT/bench-opt66b-80.log" | tail -12 ;;
     bench-opt66b) bench 540 --model opt-66b --sparsity 0.7 0.8 0.9 --batch 1 8 16 32 64 --out "$OUT" \

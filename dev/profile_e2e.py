@@ -7,8 +7,8 @@ same) is given a KV cache filled with random keys and values up to ``--context``
 step (the four linear layers, attention with its head split, the norms and activation, the whole step) is captured
 for all layers as one CUDA graph and replayed (``flashllm_nb.bench.timing.time_graph``), so the components run back
 to back as in the real step, on weights that are not in L2. Each is reported in microseconds per layer, with its
-bytes moved and the fraction of the measured copy bandwidth (``timing.copy_bandwidth``) that makes, and timed a
-second time with dependent launches on (``kernels.driver.set_dependent_launches``) for the A/B.
+bytes moved and the fraction of the measured copy bandwidth (``timing.copy_bandwidth``) that makes, timed with
+ordinary launches and then with dependent launches (``kernels.driver.set_dependent_launches``) for the A/B.
 
 Build: one layer's matrices are drawn, pruned and encoded phase by phase with the GPU synchronised in between.
 """
@@ -88,9 +88,10 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
     rows = []
     with stream:
         for name, launches, nbytes in parts:
-            us = 1e3 * time_graph(launches, stream.cupy_stream)
-            previous = driver.set_dependent_launches(True)
+            previous = driver.set_dependent_launches(False)
             try:
+                us = 1e3 * time_graph(launches, stream.cupy_stream)
+                driver.set_dependent_launches(True)
                 us_dependent = 1e3 * time_graph(launches, stream.cupy_stream)
             finally:
                 driver.set_dependent_launches(previous)

@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tp", type=positive_int, default=1,
                         help="tensor parallelism: this many GPUs of this node, one process each (this library's "
                              "rows only)")
-    parser.add_argument("--dependent-launches", action="store_true",
-                        help="this library's kernels launch as dependents (griddepcontrol; off by default)")
+    parser.add_argument("--ordinary-launches", action="store_true",
+                        help="launch this library's kernels without programmatic dependence (griddepcontrol; on by "
+                             "default on Hopper), for the A/B")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the result files")
     return parser
 
@@ -309,20 +310,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rank == 0:  # every rank computes the same; rank 0 reports
             print(text, flush=True)
 
-    if args.dependent_launches:
+    if args.ordinary_launches:
         from flashllm_nb.kernels.driver import set_dependent_launches
 
-        set_dependent_launches(True)
+        set_dependent_launches(False)
     if SIMULATOR:
         return _simulated(log, args.tp)
     from flashllm_nb.bench.timing import copy_bandwidth
+    from flashllm_nb.kernels.driver import dependent_launches
 
     copy_gbps = round(copy_bandwidth(), 1)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     meta = {"device": device.device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": "flashllm-nb bench-e2e " + " ".join(sys.argv[2:] if argv is None else argv),
             "copy_gbps": copy_gbps, "python": platform.python_version(), "tensor_parallel": args.tp,
-            "dependent_launches": args.dependent_launches}
+            "dependent_launches": dependent_launches()}
     log(f"{meta['device']}: device-to-device copy {copy_gbps} GB/s")
     rows: list[dict] = []
     for name in args.model:

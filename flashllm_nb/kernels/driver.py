@@ -14,15 +14,16 @@ Numba's ABI for an argument: a 1-D array is seven 8-byte parameters (meminfo, pa
 shape[0], strides[0]); a scalar is one parameter, read at its own width (the low bytes of its 8-byte slot on this
 little-endian target).
 
-Dependent launches (programmatic dependent launch, sm_90 on), off unless :func:`set_dependent_launches` turns them
-on for the process: a kernel built with ``griddepcontrol`` (it waits with ``griddepcontrol.wait`` before it reads
+Dependent launches (programmatic dependent launch, sm_90 on), on unless :func:`set_dependent_launches` turns them
+off for the process: a kernel built with ``griddepcontrol`` (it waits with ``griddepcontrol.wait`` before it reads
 its inputs or writes anything; the SpMM kernel also lets the next kernel start with
-``griddepcontrol.launch_dependents``) is then launched through ``cuLaunchKernelEx`` with programmatic stream
+``griddepcontrol.launch_dependents``) is launched through ``cuLaunchKernelEx`` with programmatic stream
 serialization, a programmatic edge once captured in a CUDA graph. Its blocks may start on the SMs the previous
 kernel's last wave leaves idle and do their input-free work (the SpMM kernel loads its first weight tiles) while
-that kernel drains. Off, the same kernels launch as ever and their ``griddepcontrol`` returns at once. Why off:
-each product gains a little, but a whole OPT-66B step at batch 16 was 15 % slower on an H100
-(``docs/e2e-results.md``); :mod:`dev.profile_e2e` times every part both ways.
+that kernel drains. Only the SpMM kernel lets its successor start early: a small kernel that did so too would let a
+chain of successors sit resident and waiting through a long kernel, which made a whole OPT-66B step slower
+(``docs/e2e-results.md``). Off, the same kernels launch as ever and their ``griddepcontrol`` returns at once;
+:mod:`dev.profile_e2e` times every part both ways.
 """
 
 from __future__ import annotations
@@ -205,12 +206,12 @@ def grid_dependency_supported() -> bool:
     return cuda.get_current_device().compute_capability >= (9, 0)
 
 
-_DEPENDENT_LAUNCHES = {"enabled": False}
+_DEPENDENT_LAUNCHES = {"enabled": True}
 
 
 def set_dependent_launches(enabled: bool) -> bool:
-    """Launch kernels built with ``griddepcontrol`` as programmatic dependents, or as ordinary launches (the
-    default), for the whole process; returns the previous setting. A captured CUDA graph keeps what was set when
+    """Launch kernels built with ``griddepcontrol`` as programmatic dependents (the default), or as ordinary
+    launches, for the whole process; returns the previous setting. A captured CUDA graph keeps what was set when
     it was captured."""
     previous = _DEPENDENT_LAUNCHES["enabled"]
     _DEPENDENT_LAUNCHES["enabled"] = bool(enabled)
