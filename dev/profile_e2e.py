@@ -53,6 +53,7 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
     heads = attention_heads(model, cache)
     splits = attention.attention_splits(batch, c.num_heads, cache.max_len)
     partials = acts.attention_partials(attention.attention_workspace_size(batch, c.num_heads, c.head_dim, splits))
+    split = None if partials is None else attention.AttentionSplit(splits, partials)
 
     def split_heads():
         for i in range(layers):
@@ -62,7 +63,7 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
     def attend():
         for i in range(layers):
             attention.attention(acts.q, cache.k[i], cache.v[i], acts.slots, acts.positions, acts.attn, batch,
-                                heads, s, splits, partials)
+                                heads, s, split)
 
     def elementwise():
         for block in model.blocks:

@@ -48,8 +48,8 @@ def test_add_norm_matches_reference(dtype, kind):
     weight, bias = bits(1 + 0.1 * rng.standard_normal(width), dtype), bits(rng.standard_normal(width) * 0.1, dtype)
     for post in (False, True):
         res, out = residual.copy(), np.zeros_like(residual)
-        kernels.add_norm(res, delta, weight, bias if kind == "layer" else None, out, rows, width, eps, kind, dtype,
-                         post=post)
+        norm = kernels.NormWeights(weight, bias if kind == "layer" else None, eps, kind)
+        kernels.add_norm(res, delta, out, rows, width, norm, dtype, post=post)
         h = values(bits(values(residual, dtype) + values(delta, dtype), dtype), dtype).reshape(rows, width)
         if kind == "layer":
             mean = h.mean(axis=1, keepdims=True)
@@ -70,7 +70,7 @@ def test_add_norm_without_delta_and_nan_row():
     before = residual.copy()
     out = np.zeros_like(residual)
     ones = bits(np.ones(40), dtype)
-    kernels.add_norm(residual, None, ones, None, out, 2, 40, 1e-6, "rms", dtype)
+    kernels.add_norm(residual, None, out, 2, 40, kernels.NormWeights(ones, None, 1e-6, "rms"), dtype)
     np.testing.assert_array_equal(residual, before)
     got = values(out, dtype).reshape(2, 40)
     assert np.isnan(got[0]).all() and np.isfinite(got[1]).all()
@@ -129,7 +129,8 @@ def run_attention(q, k, v, token_slots, positions, heads, splits):
     out = np.zeros(tokens * heads.n_heads * heads.head_dim, np.uint16)
     workspace = np.full(attention.attention_workspace_size(tokens, heads.n_heads, heads.head_dim, splits), np.nan,
                         np.float32)
-    attention.attention(q, k, v, token_slots, positions, out, tokens, heads, splits=splits, workspace=workspace)
+    attention.attention(q, k, v, token_slots, positions, out, tokens, heads,
+                        split=attention.AttentionSplit(splits, workspace) if splits > 1 else None)
     return out
 
 

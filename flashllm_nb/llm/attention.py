@@ -30,7 +30,7 @@ from flashllm_nb.llm import device
 from flashllm_nb.llm.kernel_support import (F32, F32A, I32, I32A, U16, U32, WARP, converters,
                                             dtype_name, kernel_entry, warp_reduce)
 
-__all__ = ["Heads", "split_heads", "attention", "attention_splits", "attention_workspace_size",
+__all__ = ["Heads", "AttentionSplit", "split_heads", "attention", "attention_splits", "attention_workspace_size",
            "compile_attention", "ATTENTION_THREADS", "MAX_ATTENTION_SPLITS"]
 
 _SIM = ptx.SIMULATOR
@@ -317,24 +317,32 @@ def attention_workspace_size(tokens: int, n_heads: int, head_dim: int, splits: i
     return 0 if splits <= 1 else tokens * n_heads * splits * (head_dim + 2)
 
 
+@dataclass(frozen=True)
+class AttentionSplit:
+    """Each (token, head)'s keys split into ``spans`` equal spans, one block each, whose partial results meet in
+    ``partials`` (a float32 array of at least ``attention_workspace_size`` values) and are combined by a second
+    kernel: a small batch then fills the GPU (``attention_splits``)."""
+
+    spans: int
+    partials: object
+
+
 def attention(q, k_cache, v_cache, slots, positions, out, tokens: int, heads: Heads, stream: int = 0,
-              splits: int = 1, workspace=None) -> None:
+              split: AttentionSplit | None = None) -> None:
     """``out[t, h] = softmax(scale * q[t, h] . K[:p+1]) @ V[:p+1]`` over the cache rows of sequence ``slots[t]``
     up to its position ``p = positions[t]`` (from ``p - window + 1`` when ``window > 0``). Keys and values are
-    read 16 bytes at a time from uint32 views of the cache; softmax runs online in float32.
-
-    With ``splits > 1`` each (token, head)'s keys are split into that many equal spans, one block each, whose
-    partial results meet in ``workspace`` (a float32 array of ``attention_workspace_size`` values) and are combined
-    by a second kernel: a small batch then fills the GPU."""
+    read 16 bytes at a time from uint32 views of the cache; softmax runs online in float32. Without ``split`` one
+    block takes all of a (token, head)'s keys."""
     name, dependent = heads.kernel_dtype, grid_dependency_supported()
+    whole = split is None or split.spans <= 1
     arguments = (q, k_cache.view(np.uint32), v_cache.view(np.uint32), slots, positions, out,
-                 placeholder(device.xp(), np.float32) if splits <= 1 else workspace, heads.n_heads, heads.n_kv,
+                 placeholder(device.xp(), np.float32) if whole else split.partials, heads.n_heads, heads.n_kv,
                  heads.max_len, heads.window, heads.scale)
-    if splits <= 1:
+    if whole:
         _attention_kernel(name, heads.head_dim, ATTENTION_THREADS, False, dependent)(
             (tokens, heads.n_heads), ATTENTION_THREADS, arguments, stream)
         return
     _attention_kernel(name, heads.head_dim, ATTENTION_THREADS, True, dependent)(
-        (tokens, heads.n_heads, splits), ATTENTION_THREADS, arguments, stream)
+        (tokens, heads.n_heads, split.spans), ATTENTION_THREADS, arguments, stream)
     _combine_kernel(name, heads.head_dim, COMBINE_THREADS, dependent)((tokens * heads.n_heads,), COMBINE_THREADS,
-                                                                      (workspace, out, splits), stream)
+                                                                      (split.partials, out, split.spans), stream)

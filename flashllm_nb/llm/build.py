@@ -124,8 +124,9 @@ def load(path: str | os.PathLike, sparsity: float | None = None, prune: str = "m
         return _to_bits(values, dtype, checkpoint.full_name(name))
 
     sizes = {name: int(np.prod(shape)) * dtype.itemsize for name, shape in all_tensors(config).items()}
-    model = _build(config, dtype, read, sizes, sparsity, prune, dense_below, prefill, progress,
+    model = _build(config, dtype, read, sizes, sparsity, prune, dense_below, progress,
                    f"loading {os.path.basename(os.path.normpath(checkpoint.path))}", communicator)
+    model.prefill.policy = prefill
     model.tokenizer_file = checkpoint.tokenizer_file
     return model
 
@@ -166,8 +167,10 @@ def random_model(name: str | ModelConfig, sparsity: float = 0.8, dtype=None, see
         return _float32_to_bits(values, dtype)
 
     sizes = {tensor: int(np.prod(shape)) * dtype.itemsize for tensor, shape in shapes.items()}
-    return _build(config, dtype, read, sizes, None if sparsity == 0 else sparsity, prune, dense_below, prefill,
-                  progress, f"building random {config.name or config.family}", communicator)
+    model = _build(config, dtype, read, sizes, None if sparsity == 0 else sparsity, prune, dense_below, progress,
+                   f"building random {config.name or config.family}", communicator)
+    model.prefill.policy = prefill
+    return model
 
 
 def _rank_config(config: ModelConfig, tensor_parallel):
@@ -201,7 +204,7 @@ def _communicator(group):
 
 
 def _build(config: ModelConfig, dtype, read: Callable[[str], object], sizes: dict[str, int], sparsity, prune,
-           dense_below, prefill, progress, what: str, communicator=None) -> Model:
+           dense_below, progress, what: str, communicator=None) -> Model:
     """Assemble a Model from ``read(name)``, which gives a tensor's bits on the device in the model's dtype."""
     from tqdm import tqdm
 
@@ -266,7 +269,7 @@ def _build(config: ModelConfig, dtype, read: Callable[[str], object], sizes: dic
     finally:
         bar.close()
     return Model(config, dtype, embed_tokens, embed_positions, project_in, project_out, blocks, final_norm, lm_head,
-                 prefill_policy=prefill, communicator=communicator)
+                 communicator=communicator)
 
 
 def _to_bits(values: np.ndarray, dtype: np.dtype, name: str):

@@ -124,6 +124,7 @@ def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None
     heads = attention_heads(model, cache)
     splits = attention.attention_splits(tokens, c.num_heads, cache.max_len)
     partials = acts.attention_partials(attention.attention_workspace_size(tokens, c.num_heads, c.head_dim, splits))
+    split = None if partials is None else attention.AttentionSplit(splits, partials)
     _embed(model, acts, tokens, stream)
     pending = None  # the last sub-layer's output, not yet added to the residual stream (pre-LN)
     for index, block in enumerate(model.blocks):
@@ -136,7 +137,7 @@ def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None
         attention.split_heads(acts.qkv, acts.q, cache.k[index], cache.v[index], acts.slots, acts.positions,
                               model.inv_freq, tokens, heads, stream)
         attention.attention(acts.q, cache.k[index], cache.v[index], acts.slots, acts.positions, acts.attn, tokens,
-                            heads, stream, splits, partials)
+                            heads, stream, split)
         block.out(acts.attn, acts.delta, tokens, stream, scratch(block.out, acts.attn, acts.delta))
         if comm is not None:  # tensor parallelism: each rank's output projection is a partial sum
             comm.all_reduce(acts.delta, tokens * h, dtype, stream)
@@ -175,9 +176,10 @@ def _embed(model, acts, tokens, stream) -> None:
     c, dtype = model.config, model.dtype
     positions = model.embed_positions
     if c.word_embed_dim is None:
-        kernels.embed(acts.ids, model.embed_tokens, acts.residual, c.hidden_size, dtype,
-                      positions=None if positions is None else acts.positions, pos_table=positions,
-                      pos_offset=OPT_POSITION_OFFSET, tokens=tokens, stream=stream)
+        learned = None if positions is None else kernels.LearnedPositions(acts.positions, positions,
+                                                                          OPT_POSITION_OFFSET)
+        kernels.embed(acts.ids, model.embed_tokens, acts.residual, c.hidden_size, dtype, learned, tokens=tokens,
+                      stream=stream)
         return
     # OPT with a narrower embedding: project it in, then add the learned positions
     kernels.embed(acts.ids, model.embed_tokens, acts.embed, c.embed_dim, dtype, tokens=tokens, stream=stream)
@@ -189,8 +191,9 @@ def _embed(model, acts, tokens, stream) -> None:
 
 def _norm(model, norm, acts, delta, tokens, stream, post: bool = False) -> None:
     c = model.config
-    kernels.add_norm(acts.residual, delta, norm.weight, norm.bias, acts.normed, tokens, c.hidden_size, c.norm_eps,
-                     c.norm, model.dtype, post=post, stream=stream)
+    kernels.add_norm(acts.residual, delta, acts.normed, tokens, c.hidden_size,
+                     kernels.NormWeights(norm.weight, norm.bias, c.norm_eps, c.norm), model.dtype, post=post,
+                     stream=stream)
 
 
 def _head(model, acts, final, tokens, rows, stream) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numba import cuda
@@ -37,7 +38,7 @@ from flashllm_nb.llm.kernel_support import (F32, I32, I32A, U16, U32, block_redu
                                             dtype_name, kernel_entry)
 
 __all__ = [
-    "embed", "add_norm", "add", "activation", "add_bias", "argmax", "finish_step", "expand",
+    "embed", "LearnedPositions", "add_norm", "NormWeights", "add", "activation", "add_bias", "argmax", "finish_step", "expand",
     "NORM_THREADS", "NORM_MAX_WIDTH",
 ]
 
@@ -77,15 +78,24 @@ def _embed_kernel(dtype: str, dependent: bool) -> Kernel:
                   dependent=dependent)
 
 
-def embed(ids, table, out, width: int, dtype, positions=None, pos_table=None, pos_offset: int = 0,
-          row_offset: int = 0, tokens: int | None = None, stream: int = 0) -> None:
-    """``out[t] = table[ids[t] + row_offset] (+ pos_table[positions[t] + pos_offset])`` for the first ``tokens``
-    tokens (all of ``ids`` by default), rows of ``width`` values."""
-    has = positions is not None
+@dataclass(frozen=True)
+class LearnedPositions:
+    """OPT's learned positions for :func:`embed`: token t adds row ``positions[t] + offset`` of ``table``."""
+
+    positions: object
+    table: object
+    offset: int
+
+
+def embed(ids, table, out, width: int, dtype, learned: LearnedPositions | None = None, row_offset: int = 0,
+          tokens: int | None = None, stream: int = 0) -> None:
+    """``out[t] = table[ids[t] + row_offset]`` (plus the learned position row, given ``learned``) for the first
+    ``tokens`` tokens (all of ``ids`` by default), rows of ``width`` values."""
+    has = learned is not None
     kernel = _embed_kernel(dtype_name(dtype), grid_dependency_supported())
     kernel((ids.size if tokens is None else tokens,), ROW_THREADS,
-           (ids, table, positions if has else ids, pos_table if has else table, out, width, row_offset, int(has),
-            pos_offset), stream)
+           (ids, table, learned.positions if has else ids, learned.table if has else table, out, width, row_offset,
+            int(has), learned.offset if has else 0), stream)
 
 
 # ------------------------------------------------------------------------------------------------------- norms
@@ -178,17 +188,28 @@ def _norm_kernel(dtype: str, kind: str, threads: int, dependent: bool) -> Kernel
                   f"add_norm[{dtype}, {kind}]", dependent=dependent)
 
 
-def add_norm(residual, delta, weight, bias, out, rows: int, width: int, eps: float, kind: str, dtype,
-             post: bool = False, stream: int = 0) -> None:
+@dataclass(frozen=True)
+class NormWeights:
+    """A norm's parameters: ``kind`` ``"layer"`` (LayerNorm: ``weight`` and ``bias``) or ``"rms"`` (RMSNorm:
+    ``weight``, ``bias`` None), both flat bit arrays of the row's width, and ``eps``."""
+
+    weight: object
+    bias: object
+    eps: float
+    kind: str
+
+
+def add_norm(residual, delta, out, rows: int, width: int, norm: NormWeights, dtype, post: bool = False,
+             stream: int = 0) -> None:
     """Per row: ``residual += delta`` (skipped when ``delta`` is None), then ``out = norm(residual)``; with
-    ``post`` the normalised row also replaces ``residual`` (OPT's post-LN layers). ``kind``: ``"layer"``
-    (``bias`` required) or ``"rms"``. ``width`` is even and at most ``NORM_MAX_WIDTH``."""
+    ``post`` the normalised row also replaces ``residual`` (OPT's post-LN layers). ``width`` is even and at most
+    ``NORM_MAX_WIDTH``."""
     if width % 2 or width > NORM_MAX_WIDTH:
         raise ValueError(f"add_norm: width must be even and at most {NORM_MAX_WIDTH}, got {width}")
-    words = [a.view(np.uint32) for a in (residual, residual if delta is None else delta, weight,
-                                         weight if bias is None else bias, out)]
-    _norm_kernel(dtype_name(dtype), kind, NORM_THREADS, grid_dependency_supported())(
-        (rows,), NORM_THREADS, (*words, width // 2, eps, int(delta is not None), int(post)), stream)
+    words = [a.view(np.uint32) for a in (residual, residual if delta is None else delta, norm.weight,
+                                         norm.weight if norm.bias is None else norm.bias, out)]
+    _norm_kernel(dtype_name(dtype), norm.kind, NORM_THREADS, grid_dependency_supported())(
+        (rows,), NORM_THREADS, (*words, width // 2, norm.eps, int(delta is not None), int(post)), stream)
 
 
 @functools.cache

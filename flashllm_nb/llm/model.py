@@ -89,8 +89,7 @@ class Model:
     """
 
     def __init__(self, config: ModelConfig, dtype, embed_tokens, embed_positions, project_in, project_out,
-                 blocks: list[Block], final_norm: Norm | None, lm_head: Linear, prefill_policy: str = "auto",
-                 communicator=None):
+                 blocks: list[Block], final_norm: Norm | None, lm_head: Linear, communicator=None):
         self.config = config
         self.communicator = communicator  # tensor parallelism: sums partial outputs over the ranks
         self.dtype = np.dtype(dtype)
@@ -104,7 +103,7 @@ class Model:
         inv_freq = config.rope_inv_freq()
         self.inv_freq = None if inv_freq is None else device.to_device(inv_freq)
         self.stream = device.Stream()
-        self.prefill = PrefillPlanner(self, prefill_policy)
+        self.prefill = PrefillPlanner(self)
         self.tokenizer_file: str | None = None  # the checkpoint's tokenizer.json, where it had one
         device.synchronize()  # the weights were written on CuPy's default stream; the engine's stream reads them
 

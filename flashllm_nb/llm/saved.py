@@ -201,7 +201,8 @@ def load_saved(path, prefill: str = "auto", progress: bool = True) -> Model:
     finally:
         bar.close()
     model = Model(config, dtype, embed_tokens, optional("embed_positions"), project_in, project_out, blocks,
-                  final_norm, lm_head, prefill_policy=prefill)
+                  final_norm, lm_head)
+    model.prefill.policy = prefill
     tokenizer = os.path.join(path, "tokenizer.json")
     model.tokenizer_file = tokenizer if os.path.isfile(tokenizer) else None
     return model
