@@ -137,12 +137,18 @@ class SparseLinear(torch.nn.Module):
             self._check_input(x)
             return torch.ops.flashllm_nb.sparse_linear(x, self.words, self.tile_offsets, self.bias,
                                                        self.out_features)
-        state = self._kernel_state()
+        # The buffers through the module's buffer dict: nn.Module.__getattr__ (self.words) costs about as much per
+        # buffer as the rest of this method together.
+        buffers = self._buffers
+        words, offsets = buffers["words"], buffers["tile_offsets"]
+        state = self._state
+        if state is None or state.words_ptr != words.data_ptr() or state.offsets_ptr != offsets.data_ptr():
+            state = self._kernel_state()
         # the per-call checks, in a few attribute reads; anything unusual goes to _check_input for its message
         if type(x) is not torch.Tensor or x.dtype is not self.dtype or x.get_device() != state.device_index or \
                 x.dim() == 0 or x.shape[-1] != self.in_features or (x.requires_grad and torch.is_grad_enabled()):
             self._check_input(x)
-        return ops.run_sparse_linear(x, self.words, self.tile_offsets, self.bias, self.out_features, state)
+        return ops.run_sparse_linear(x, words, offsets, buffers["bias"], self.out_features, state)
 
     def _check_input(self, x) -> None:
         """Raise for an input this layer cannot take, naming what is wrong."""
