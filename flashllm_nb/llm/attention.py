@@ -28,7 +28,7 @@ from flashllm_nb.kernels.driver import Kernel, grid_dependency_supported, placeh
 from flashllm_nb.kernels.spmm.plan import multiprocessors
 from flashllm_nb.llm import device
 from flashllm_nb.llm.kernel_support import (F32, F32A, I32, I32A, U16, U32, WARP, converters,
-                                            dtype_name, kernel_entry, warp_reduce)
+                                            dtype_name, kernel_entry, pair_converter, warp_reduce)
 
 __all__ = ["Heads", "AttentionSplit", "split_heads", "attention", "attention_splits", "attention_workspace_size",
            "compile_attention", "ATTENTION_THREADS", "MAX_ATTENTION_SPLITS"]
@@ -140,12 +140,7 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int, split: bool, depe
     partial_size = warps * rows_per_step * head_dim  # a shared array's size must be one compile-time constant
     record = head_dim + 2  # a split's partial: maximum, sum, then the P.V row
 
-    @cuda.jit(device=True)
-    def pair(word):
-        """The two float32 values of one 32-bit word of a key or value row."""
-        low, high = ptx.unpack_u16x2(word)
-        return load(low), load(high)
-
+    pair = pair_converter(dtype)  # the two values of one 32-bit word of a key or value row
     enter = kernel_entry(dependent)
 
     @cuda.jit

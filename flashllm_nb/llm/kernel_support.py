@@ -14,7 +14,7 @@ from numba import cuda, types
 from flashllm_nb.kernels import ptx
 
 __all__ = ["WARP", "U16", "U32", "I32A", "F32A", "I32", "F32", "converters", "dtype_name", "bounded_kernel",
-           "kernel_entry", "warp_reduce", "block_reduce"]
+           "kernel_entry", "pair_converter", "warp_reduce", "block_reduce"]
 
 WARP = 32
 
@@ -30,6 +30,19 @@ def converters(dtype: str):
     if dtype == "bfloat16":
         return ptx.bf16_bits_to_f32, ptx.f32_to_bf16_bits
     return ptx.f16_bits_to_f32, ptx.f32_to_f16_bits
+
+
+def pair_converter(dtype: str):
+    """A device function ``pair(word) -> (low, high)``: the two float32 values of one 32-bit word holding two
+    ``dtype`` values (the lower address first)."""
+    load, _ = converters(dtype)
+
+    @cuda.jit(device=True)
+    def pair(word):
+        low, high = ptx.unpack_u16x2(word)
+        return load(low), load(high)
+
+    return pair
 
 
 def dtype_name(dtype) -> str:

@@ -35,7 +35,7 @@ from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.driver import Kernel, grid_dependency_supported
 from flashllm_nb.llm.kernel_support import (F32, I32, I32A, U16, U32, block_reduce, bounded_kernel, converters,
-                                            dtype_name, kernel_entry)
+                                            dtype_name, kernel_entry, pair_converter)
 
 __all__ = [
     "embed", "LearnedPositions", "add_norm", "NormWeights", "add", "activation", "add_bias", "argmax", "finish_step", "expand",
@@ -106,16 +106,12 @@ def _norm_kernel(dtype: str, kind: str, threads: int, dependent: bool) -> Kernel
     """One block per row, on uint32 views (two values a word). Every load of a row is issued before the first
     value is used and the row stays in registers between the passes, so a row costs a few memory latencies and
     two block reductions (LayerNorm: the mean, then the variance about it)."""
-    load, store = converters(dtype)
+    _, store = converters(dtype)
+    pair = pair_converter(dtype)
     block_sum = block_reduce(threads, "sum")
     rms = kind == "rms"
     per_thread = NORM_PAIRS_PER_THREAD
     values_per_thread = 2 * per_thread  # a local array's size must be one compile-time constant
-
-    @cuda.jit(device=True)
-    def pair(word):
-        low, high = ptx.unpack_u16x2(word)
-        return load(low), load(high)
 
     enter = kernel_entry(dependent)
 
