@@ -2,7 +2,8 @@
 # One call on a lent GPU machine (the device tool): install the carried wheels, then run the named steps, each
 # logged under $OUT. Steps: tests-llm, tests-spmm (the kernel's own tests), tests-kernel (those, the format's and the
 # PTX layer's), tests-torch, profile, bench-smoke, bench-smoke-ordinary, bench-opt66b-80, bench-opt66b, bench-opt30b,
-# bench-hf-sparse, load-speed, bench-llama70b, bench-kernel (the kernel against cuBLAS), kernel-vs-commit (today's
+# bench-hf-sparse, load-speed, bench-llama70b, bench-kernel (the kernel against cuBLAS), graph-issue (what a
+# captured step holds and how long its launch takes, dense and sparse), kernel-vs-commit (today's
 # kernel, built with griddepcontrol or not, beside an earlier commit's: run `python -m dev.kernel_vs_commit extract
 # COMMIT` here first and carry .scratch/kernel_at); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2,
 # bench-opt175b-tp2.
@@ -53,6 +54,8 @@ for step in "$@"; do
                     --sparsity 0.7 0.8 0.9 --out "$OUT" 2>&1 | tee "$OUT/bench-kernel.log" | tail -30 ;;
     kernel-vs-commit) timeout 420 python3 -m dev.kernel_vs_commit time 8 16 32 64 --sparsities 0.7,0.8,0.9 \
                         --force dependent=0,upto=64 2>&1 | tee "$OUT/kernel-vs-commit.log" | tail -30 ;;
+    graph-issue) timeout 300 python3 -m dev.graph_issue --model opt-30b --layers 8 --sparsity 0 0.8 --batch 1 16 \
+                   2>&1 | tee "$OUT/graph-issue.log" ;;
     *) echo "unknown step $step" ;;
   esac
 done
