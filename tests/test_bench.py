@@ -406,3 +406,33 @@ def test_word_order_ab_balanced_twin_holds_the_same_matrix_with_fewer_store_wave
             assert after < 0.95 * before, (before, after)
         else:
             assert after <= before, (before, after)
+
+
+def test_kernel_vs_commit_imports_a_commit_beside_todays_package(tmp_path):
+    """dev/kernel_vs_commit.py: the package extracted from a commit (here HEAD) imports under its own name beside
+    flashllm_nb, with its own classes, and gives the same product bit for bit (in the simulator)."""
+    import subprocess
+    import sys
+
+    import flashllm_nb as fl
+    from dev import kernel_vs_commit
+
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout: nothing to extract a commit from")
+    extracted = subprocess.run([sys.executable, "-m", "dev.kernel_vs_commit", "extract", "HEAD", "--into",
+                                str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=120)
+    assert extracted.returncode == 0, extracted.stderr
+    assert not any(b"flashllm_nb" in p.read_bytes() for p in (tmp_path / kernel_vs_commit.PACKAGE).rglob("*.py"))
+    old = kernel_vs_commit.import_extracted(tmp_path)
+    assert old.__name__ == kernel_vs_commit.PACKAGE and old.TiledCSL is not fl.TiledCSL
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((130, 70)).astype(np.float16)
+    W[rng.random(W.shape) < 0.8] = 0
+    X = rng.standard_normal((3, 70)).astype(np.float16)
+    if not fl.simulator_enabled():
+        import cupy
+
+        W, X = cupy.asarray(W), cupy.asarray(X)
+    ours, theirs = fl.linear(X, fl.TiledCSL.from_dense(W)), old.linear(X, old.TiledCSL.from_dense(W))
+    assert (ours.view(np.uint16) == theirs.view(np.uint16)).all()
