@@ -91,9 +91,11 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
         for name, launches, nbytes in parts:
             previous = driver.set_dependent_launches(False)
             try:
-                us = 1e3 * time_graph(launches, stream.cupy_stream)
-                driver.set_dependent_launches(True)
-                us_dependent = 1e3 * time_graph(launches, stream.cupy_stream)
+                # the engine's scope: the model's weights were synchronised when it was built
+                with driver.dependent_launch_scope():
+                    us = 1e3 * time_graph(launches, stream.cupy_stream)
+                    driver.set_dependent_launches(True)
+                    us_dependent = 1e3 * time_graph(launches, stream.cupy_stream)
             finally:
                 driver.set_dependent_launches(previous)
             row = dict(batch=batch, part=name, us=round(us, 1), us_per_layer=round(us / layers, 2),

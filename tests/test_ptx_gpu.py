@@ -12,7 +12,8 @@ import pytest
 
 import ptx_kernels as pk
 from flashllm_nb.kernels import ptx
-from flashllm_nb.kernels.driver import Kernel, grid_dependency_supported, set_dependent_launches
+from flashllm_nb.kernels.driver import (Kernel, dependent_launch_scope, grid_dependency_supported,
+                                        set_dependent_launches)
 
 pytestmark = pytest.mark.gpu
 
@@ -42,8 +43,9 @@ def test_a_dependent_launch_waits_for_the_kernel_before_it():
         for _ in range(10):
             written, copied, spin = (cupy.zeros(n, np.uint32) for _ in range(3))
             cupy.cuda.Device().synchronize()
-            producer((n // 256,), 256, (written, spin), stream.ptr)
-            consumer((n // 256,), 256, (written, copied), stream.ptr)
+            with dependent_launch_scope():
+                producer((n // 256,), 256, (written, spin), stream.ptr)
+                consumer((n // 256,), 256, (written, copied), stream.ptr)
             stream.synchronize()
             np.testing.assert_array_equal(copied.get(), np.arange(1, n + 1, dtype=np.uint32))
     finally:

@@ -18,7 +18,7 @@ import flashllm_nb as fl
 from flashllm_nb.kernels.spmm import plan as spmm_plan
 from flashllm_nb.reference.tolerance import assert_close_to_reference
 from spmm_checks import BF16, F16, check_product, random_activations, random_sparse, reference
-from tier import SIMULATOR, by_tier, device, host
+from tier import SIMULATOR, by_tier, device, host, synchronize
 
 
 def _case(m, k, n, *rest, name):
@@ -176,8 +176,10 @@ def test_product_right_behind_the_kernel_writing_its_activations(m, k, n, path):
         previous = driver.set_dependent_launches(launches)
         try:
             H = device(np.full((n, m), np.nan, F16))
-            fl.linear(X, A1, out=H, force=spmm_plan.Force(mma=path, grid_dependency=dependent))
-            Y = fl.linear(H, A2, force=spmm_plan.Force(mma=path, grid_dependency=dependent))
+            synchronize()  # the weights are settled before the scope, as the engine's are
+            with driver.dependent_launch_scope():
+                fl.linear(X, A1, out=H, force=spmm_plan.Force(mma=path, grid_dependency=dependent))
+                Y = fl.linear(H, A2, force=spmm_plan.Force(mma=path, grid_dependency=dependent))
             h, y = host(H), host(Y)
         finally:
             driver.set_dependent_launches(previous)

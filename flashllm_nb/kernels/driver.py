@@ -14,20 +14,24 @@ Numba's ABI for an argument: a 1-D array is seven 8-byte parameters (meminfo, pa
 shape[0], strides[0]); a scalar is one parameter, read at its own width (the low bytes of its 8-byte slot on this
 little-endian target).
 
-Dependent launches (programmatic dependent launch, sm_90 on), on unless :func:`set_dependent_launches` turns them
-off for the process: a kernel built with ``griddepcontrol`` (it waits with ``griddepcontrol.wait`` before it reads
-its inputs or writes anything; the SpMM kernel also lets the next kernel start with
-``griddepcontrol.launch_dependents``) is launched through ``cuLaunchKernelEx`` with programmatic stream
-serialization, a programmatic edge once captured in a CUDA graph. Its blocks may start on the SMs the previous
-kernel's last wave leaves idle and do their input-free work (the SpMM kernel loads its first weight tiles) while
-that kernel drains. Only the SpMM kernel lets its successor start early: a small kernel that did so too would let a
-chain of successors sit resident and waiting through a long kernel, which made a whole OPT-66B step slower
-(``docs/e2e-results.md``). Off, the same kernels launch as ever and their ``griddepcontrol`` returns at once;
-:mod:`dev.profile_e2e` times every part both ways.
+Dependent launches (programmatic dependent launch, sm_90 on) happen only inside :func:`dependent_launch_scope`,
+which the LLM engine enters around each pass, and only while :func:`set_dependent_launches` has them on (the
+default). There a kernel built with ``griddepcontrol`` (it waits with ``griddepcontrol.wait`` before it reads its
+inputs or writes anything; the SpMM kernel also lets the next kernel start with ``griddepcontrol.launch_dependents``)
+is launched through ``cuLaunchKernelEx`` with programmatic stream serialization, a programmatic edge once captured
+in a CUDA graph. Its blocks may start on the SMs the previous kernel's last wave leaves idle and do their input-free
+work while that kernel drains. The SpMM kernel's input-free work is loading its first weight tiles, so it reads its
+weights before it waits: a caller that enters the scope promises that no kernel still in flight writes them (the
+engine's weights are built and synchronised before its first pass; the public ``linear`` may come right after the
+kernel that encoded its matrix, so it launches ordinarily). Only the SpMM kernel lets its successor start early: a
+small kernel that did so too would let a chain of successors sit resident and waiting through a long kernel, which
+made a whole OPT-66B step slower (``docs/e2e-results.md``). Launched ordinarily, the same kernels run as ever and
+their ``griddepcontrol`` returns at once; :mod:`dev.profile_e2e` times every part both ways.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import struct
@@ -40,7 +44,7 @@ from flashllm_nb._runtime import cuda_driver
 from flashllm_nb.kernels import ptx
 
 __all__ = ["Kernel", "cu_launch_kernel", "launch_function", "placeholder", "grid_dependency_supported",
-           "set_dependent_launches", "dependent_launches"]
+           "set_dependent_launches", "dependent_launches", "dependent_launch_scope"]
 
 _ARRAY_SLOTS = 7  # meminfo, parent, nitems, itemsize, data, shape[0], strides[0]
 
@@ -187,9 +191,10 @@ def launch_function(function: int, grid: tuple[int, int, int], threads: int, sha
                     pointers: int, dependent: bool) -> int:
     """Launch the raw CUfunction ``function`` on its parameter block (``pointers``: the address of the array of
     pointers to the argument slots) and return the driver's error code. ``dependent``: the kernel is built with
-    ``griddepcontrol``, so while :func:`set_dependent_launches` has them on it is launched as a programmatic
-    dependent of the previous kernel in ``stream``."""
-    if dependent and _DEPENDENT_LAUNCHES["enabled"]:
+    ``griddepcontrol`` (which only :func:`grid_dependency_supported` devices are), so inside
+    :func:`dependent_launch_scope`, while :func:`set_dependent_launches` has them on, it is launched as a
+    programmatic dependent of the previous kernel in ``stream``."""
+    if dependent and _DEPENDENT_LAUNCHES["scopes"] and _DEPENDENT_LAUNCHES["enabled"]:
         return cu_launch_kernel_ex()(_dependent_launch_config(grid, threads, shared, stream), function, pointers,
                                      None)
     return cu_launch_kernel()(function, grid[0], grid[1], grid[2], threads, 1, 1, shared, stream, pointers, None)
@@ -206,12 +211,25 @@ def grid_dependency_supported() -> bool:
     return cuda.get_current_device().compute_capability >= (9, 0)
 
 
-_DEPENDENT_LAUNCHES = {"enabled": True}
+_DEPENDENT_LAUNCHES = {"enabled": True, "scopes": 0}
+
+
+@contextlib.contextmanager
+def dependent_launch_scope():
+    """Within it, kernels built with ``griddepcontrol`` launch as programmatic dependents (while
+    :func:`set_dependent_launches` has them on). The caller promises that no kernel still in flight in the stream
+    writes the weights (Tiled-CSL words and tile offsets) of a product launched here: the SpMM kernel reads them
+    before it waits for the previous kernel. Nests; usable as a decorator."""
+    _DEPENDENT_LAUNCHES["scopes"] += 1
+    try:
+        yield
+    finally:
+        _DEPENDENT_LAUNCHES["scopes"] -= 1
 
 
 def set_dependent_launches(enabled: bool) -> bool:
-    """Launch kernels built with ``griddepcontrol`` as programmatic dependents (the default), or as ordinary
-    launches, for the whole process; returns the previous setting. A captured CUDA graph keeps what was set when
+    """Whether :func:`dependent_launch_scope` launches kernels as programmatic dependents (the default) or
+    ordinarily, for the whole process; returns the previous setting. A captured CUDA graph keeps what was set when
     it was captured."""
     previous = _DEPENDENT_LAUNCHES["enabled"]
     _DEPENDENT_LAUNCHES["enabled"] = bool(enabled)
@@ -219,7 +237,8 @@ def set_dependent_launches(enabled: bool) -> bool:
 
 
 def dependent_launches() -> bool:
-    """Whether kernels built with ``griddepcontrol`` are launched as programmatic dependents now."""
+    """Whether kernels built with ``griddepcontrol`` are launched as programmatic dependents inside
+    :func:`dependent_launch_scope` (on this device, with the current setting)."""
     return _DEPENDENT_LAUNCHES["enabled"] and grid_dependency_supported()
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from flashllm_nb.kernels.driver import dependent_launch_scope
 from flashllm_nb.llm import attention, device, kernels
 
 __all__ = ["KVCache", "Activations", "PrefillPlanner", "run_decoder", "PREFILL_POLICIES", "check_prefill_policy"]
@@ -107,6 +108,9 @@ class Activations:
         return tokens * (per_token + 12) + logit_rows * (config.embed_dim + config.vocab_size) * 2
 
 
+# Dependent launches are safe here: a model's weights are built and synchronised before its first pass
+# (Model.__init__), so no kernel in flight writes what the SpMM kernel reads before it waits.
+@dependent_launch_scope()
 def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None, stream: int = 0,
                 planner: "PrefillPlanner | None" = None) -> None:
     """Run every layer on the first ``tokens`` tokens of ``acts`` and the LM head on the final hidden rows

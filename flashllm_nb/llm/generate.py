@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from flashllm_nb._checks import invalid
+from flashllm_nb.kernels.driver import dependent_launch_scope
 from flashllm_nb.llm import attention, device, kernels, memory
 from flashllm_nb.llm.dense import bits_to_float32
 from flashllm_nb.llm.engine import Activations, KVCache, run_decoder
@@ -218,6 +219,7 @@ class _Decoding:
         kernels.finish_step(self.acts.ids, self.acts.positions, self.history, self.done, self.step_counter,
                             self.eos_ids, self.batch, self.max_new_tokens, self.stream.ptr)
 
+    @dependent_launch_scope()  # as run_decoder: the choice and bookkeeping launch as dependents too
     def _step(self) -> None:
         """What the graph holds: the decoder on one token per sequence, and, greedy, the choice and bookkeeping."""
         run_decoder(self.model, self.acts, self.cache, self.batch, stream=self.stream.ptr)
