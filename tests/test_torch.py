@@ -63,6 +63,24 @@ def test_sparse_linear_matches_float64(dtype, shape, leading, bias):
                               layer.matrix.dtype)
 
 
+def test_replaced_tensors_are_followed():
+    """A layer whose bias became a Parameter, whose words were replaced by another layer's, or whose bias was
+    removed, runs with what it holds now."""
+    layer = flt.SparseLinear.from_linear(_linear(64, 96, seed=1), sparsity=0.7)
+    other = flt.SparseLinear.from_linear(_linear(64, 96, seed=2), sparsity=0.7)
+    x = torch.randn(2, 96).to(dtype=torch.float16, device=DEVICE)
+    with torch.no_grad():
+        layer(x)  # the kernel state for the first tensors
+        layer.bias = torch.nn.Parameter(torch.randn(64).to(dtype=torch.float16, device=DEVICE), requires_grad=False)
+        layer.words, layer.tile_offsets = other.words, other.tile_offsets
+        y = layer(x)
+        ref, abs_product = _reference(x, other.to_dense(), layer.bias)
+        assert_close_to_reference(y.double().cpu().numpy(), ref, abs_product, 96, layer.matrix.dtype)
+        layer.bias = None
+        ref, abs_product = _reference(x, other.to_dense(), None)
+        assert_close_to_reference(layer(x).double().cpu().numpy(), ref, abs_product, 96, layer.matrix.dtype)
+
+
 def test_pruning_per_row_is_exact_and_existing_zeros_are_kept():
     """magnitude-row: the same count in every row; sparsity=None: exactly the zeros the weight has, -0.0
     included."""
