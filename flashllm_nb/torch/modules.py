@@ -141,9 +141,7 @@ class SparseLinear(torch.nn.Module):
         # buffer as the rest of this method together.
         buffers = self._buffers
         words, offsets = buffers["words"], buffers["tile_offsets"]
-        state = self._state
-        if state is None or state.words_ptr != words.data_ptr() or state.offsets_ptr != offsets.data_ptr():
-            state = self._kernel_state()
+        state = self._kernel_state(words, offsets)
         # the per-call checks, in a few attribute reads; anything unusual goes to _check_input for its message
         if type(x) is not torch.Tensor or x.dtype is not self.dtype or x.get_device() != state.device_index or \
                 x.dim() == 0 or x.shape[-1] != self.in_features or (x.requires_grad and torch.is_grad_enabled()):
@@ -171,19 +169,19 @@ class SparseLinear(torch.nn.Module):
         ``reduce-overhead``) would not allow on a first call."""
         self._state = None
         if self.words.device.type == kernel_device().type:
-            self._kernel_state()
+            self._kernel_state(self.words, self.tile_offsets)
 
-    def _kernel_state(self) -> ops.MatrixState:
-        """The kernel-side view of this module's tensors, made again after they moved (``.to()``, loading); loaded
-        arrays get the full format check first."""
+    def _kernel_state(self, words: torch.Tensor, offsets: torch.Tensor) -> ops.MatrixState:
+        """The kernel-side view of this module's tensors ``words`` and ``offsets`` (its buffers), made again after
+        they moved or were replaced (``.to()``, loading, assignment); loaded arrays get the full format check
+        first."""
         state = self._state
-        if state is None or state.words_ptr != self.words.data_ptr() or \
-                state.offsets_ptr != self.tile_offsets.data_ptr():
-            check_weight_device(self.words.device, "SparseLinear.words")
+        if state is None or state.words_ptr != words.data_ptr() or state.offsets_ptr != offsets.data_ptr():
+            check_weight_device(words.device, "SparseLinear.words")
             if not self._checked:
-                ops.matrix_views(self.words, self.tile_offsets, self.shape, _NAMES[self.dtype], full_check=True)
+                ops.matrix_views(words, offsets, self.shape, _NAMES[self.dtype], full_check=True)
                 self._checked = True
-            state = self._state = ops.MatrixState(self.words, self.tile_offsets, self.shape, _NAMES[self.dtype])
+            state = self._state = ops.MatrixState(words, offsets, self.shape, _NAMES[self.dtype])
             ops.register(state)
         return state
 
@@ -197,7 +195,7 @@ class SparseLinear(torch.nn.Module):
     @property
     def matrix(self) -> TiledCSL:
         """The weight as a :class:`~flashllm_nb.TiledCSL` over this module's tensors (no copy)."""
-        return self._kernel_state().matrix
+        return self._kernel_state(self.words, self.tile_offsets).matrix
 
     @property
     def sparsity(self) -> float:
