@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the device tool): install the carried wheels, then run the named steps, each
 # logged under $OUT. Steps: tests-llm, tests-spmm (the kernel's own tests), tests-kernel (those, the format's and the
-# PTX layer's), tests-torch, profile, bench-smoke, bench-smoke-ordinary, bench-opt66b-80, bench-opt66b, bench-opt30b,
-# bench-hf-sparse, load-speed, bench-llama70b, bench-kernel (the kernel against cuBLAS), graph-issue (what a
-# captured step holds and how long its launch takes, dense and sparse), kernel-vs-commit (today's
-# kernel, built with griddepcontrol or not, beside an earlier commit's: run `python -m dev.kernel_vs_commit extract
-# COMMIT` here first and carry .scratch/kernel_at); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2,
-# bench-opt175b-tp2.
+# PTX layer's), tests-torch, profile, bench-smoke, bench-smoke-ordinary, bench-smoke-at (bench-smoke of the package
+# at an earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse, load-speed, bench-llama70b,
+# bench-kernel (the kernel against cuBLAS), graph-issue (what a captured step holds and how long its launch takes,
+# dense and sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier
+# commit's); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an
+# earlier commit need `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -26,6 +26,9 @@ for step in "$@"; do
                     tests/test_spmm_gpu.py tests/test_ptx_gpu.py 2>&1 | tee "$OUT/tests-kernel.log" | tail -15 ;;
     bench-smoke) bench 300 --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT" \
                    2>&1 | tee "$OUT/bench-smoke.log" | tail -12 ;;
+    bench-smoke-at) PYTHONPATH=/tmp/site:$PWD/.scratch/kernel_at:$PWD timeout 300 python3 -m flashllm_at.cli bench-e2e \
+                      --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --out "$OUT/at" \
+                      2>&1 | tee "$OUT/bench-smoke-at.log" | tail -12 ;;
     bench-smoke-ordinary) bench 300 --model opt-66b --sparsity 0.8 --batch 1 16 --new 128 --ordinary-launches \
                             --out "$OUT" 2>&1 | tee "$OUT/bench-smoke-ordinary.log" | tail -12 ;;
     bench-opt66b-80) bench 170 --model opt-66b --sparsity 0.8 --batch 1 16 --out "$OUT" \
