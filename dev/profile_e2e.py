@@ -52,8 +52,7 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
 
     heads = attention_heads(model, cache)
     splits = attention.attention_splits(batch, c.num_heads, cache.max_len)
-    partials = acts.attention_partials(attention.attention_workspace_size(batch, c.num_heads, c.head_dim, splits))
-    split = None if partials is None else attention.AttentionSplit(splits, partials)
+    split = acts.attention_split(batch, splits)
 
     def split_heads():
         for i in range(layers):

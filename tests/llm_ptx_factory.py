@@ -3,7 +3,7 @@
 
 from flashllm_nb.llm import attention, kernels
 
-_ATTENTION = ("split_heads", "attention", "combine")
+_ATTENTION = ("split_heads", "attention")
 
 
 def llm_kernel(name: str, **parameters):

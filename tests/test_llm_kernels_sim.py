@@ -129,8 +129,10 @@ def run_attention(q, k, v, token_slots, positions, heads, splits):
     out = np.zeros(tokens * heads.n_heads * heads.head_dim, np.uint16)
     workspace = np.full(attention.attention_workspace_size(tokens, heads.n_heads, heads.head_dim, splits), np.nan,
                         np.float32)
-    attention.attention(q, k, v, token_slots, positions, out, tokens, heads,
-                        split=attention.AttentionSplit(splits, workspace) if splits > 1 else None)
+    tickets = np.zeros(tokens * heads.n_heads, np.int32)
+    split = attention.AttentionSplit(splits, workspace, tickets) if splits > 1 else None
+    attention.attention(q, k, v, token_slots, positions, out, tokens, heads, split=split)
+    np.testing.assert_array_equal(tickets, 0, err_msg="the split attention leaves its tickets zero")
     return out
 
 

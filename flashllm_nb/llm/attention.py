@@ -3,8 +3,8 @@ of each query token over its sequence's cached keys (grouped-query heads, a slid
 
 =====================  ==============================================================================================
 ``split_heads``        the fused QKV output into per-head queries and the KV cache, RoPE applied to q and k
-``attention``          one block per (token, head[, span of keys]); split over spans and combined when the batch is
-                       too small to fill the GPU (``attention_splits``)
+``attention``          one block per (token, head[, span of keys]); split over spans, whose last block combines
+                       them, when the batch is too small to fill the GPU (``attention_splits``)
 =====================  ==============================================================================================
 
 The attention kernel gives each warp of a block its own chunks of 32 keys and its own online softmax, so a chunk
@@ -28,14 +28,13 @@ from flashllm_nb.kernels.driver import Kernel, grid_dependency_supported, placeh
 from flashllm_nb.kernels.spmm.plan import multiprocessors
 from flashllm_nb.llm import device
 from flashllm_nb.llm.kernel_support import (F32, F32A, I32, I32A, U16, U32, WARP, converters,
-                                            dtype_name, kernel_entry, pair_converter, warp_reduce)
+                                            dtype_name, kernel_entry, kernel_release, pair_converter, warp_reduce)
 
 __all__ = ["Heads", "AttentionSplit", "split_heads", "attention", "attention_splits", "attention_workspace_size",
            "compile_attention", "ATTENTION_THREADS", "MAX_ATTENTION_SPLITS"]
 
 _SIM = ptx.SIMULATOR
 ATTENTION_THREADS = 64 if _SIM else 128  # warps of a block, each with its own chunks of keys (two in the simulator)
-COMBINE_THREADS = 32 if _SIM else 128
 SPLIT_THREADS = 32 if _SIM else 64
 MAX_ATTENTION_SPLITS = 16
 VECTOR = 8  # values per 16-byte load of a key or value row
@@ -126,8 +125,10 @@ def split_heads(qkv, q_out, k_cache, v_cache, slots, positions, inv_freq, tokens
 @functools.cache
 def _attention_kernel(dtype: str, head_dim: int, threads: int, split: bool, dependent: bool) -> Kernel:
     """Attention of one (token, head) over one span of its keys per block. ``split``: block z takes the z-th of
-    ``gridDim.z`` equal spans and writes its unnormalised partial (maximum, sum, P.V row) to a float32 workspace
-    for ``_combine_kernel``; otherwise one block takes every key and writes the output."""
+    ``gridDim.z`` equal spans and writes its unnormalised partial (maximum, sum, P.V row) to a float32 workspace;
+    the last of a (token, head)'s blocks to finish (an atomic ticket per (token, head), one fence by one thread on
+    each side, as the SpMM kernel's split-K) combines the partials in span order and writes the output, then
+    resets the ticket for the next launch. Otherwise one block takes every key and writes the output."""
     load, store = converters(dtype)
     warp_sum = warp_reduce("sum")
     warp_max = warp_reduce("max")
@@ -141,11 +142,11 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int, split: bool, depe
     record = head_dim + 2  # a split's partial: maximum, sum, then the P.V row
 
     pair = pair_converter(dtype)  # the two values of one 32-bit word of a key or value row
-    enter = kernel_entry(dependent)
+    enter, release = kernel_entry(dependent), kernel_release(dependent)
 
     @cuda.jit
-    def attention_kernel(q, k_cache, v_cache, slots, positions, out, partials, n_heads, n_kv, max_len, window,
-                         scale):
+    def attention_kernel(q, k_cache, v_cache, slots, positions, out, partials, tickets, n_heads, n_kv, max_len,
+                         window, scale):
         enter()
         token = cuda.blockIdx.x
         head = cuda.blockIdx.y
@@ -222,6 +223,7 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int, split: bool, depe
                                 acc[2 * u] += pj * x
                                 acc[2 * u + 1] += pj * y
             ptx.warp_sync()  # the next chunk overwrites probabilities
+        release()  # every key and value row is read: what is left is the warps' meeting and the store
         if row_in_step < rows_per_step:
             for e in range(VECTOR):
                 partial_out[(warp * rows_per_step + row_in_step) * head_dim + group * VECTOR + e] = acc[e]
@@ -254,38 +256,40 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int, split: bool, depe
                 partials[base + 2 + i] = value
             else:
                 out[q_base + i] = store(value / total)
+        if split:
+            # The barrier orders every thread's share of the partial before thread 0's fence, whose release covers
+            # them (a fence is cumulative); on the other side thread 0's acquiring fence and the barrier order the
+            # reads of all threads.
+            cuda.syncthreads()
+            cell = np.int64(token) * n_heads + head
+            spans = cuda.gridDim.z
+            last = 0
+            if t == 0:
+                cuda.threadfence()  # release this span's partial
+                last = 1 if cuda.atomic.add(tickets, cell, 1) == spans - 1 else 0
+                if last:
+                    cuda.threadfence()  # acquire the other spans' partials
+            if cuda.syncthreads_or(last) != 0:
+                first_record = cell * spans * record
+                overall_max = np.float32(-np.inf)
+                for z in range(spans):
+                    overall_max = max(overall_max, partials[first_record + z * record])
+                overall_sum = np.float32(0)
+                for z in range(spans):
+                    overall_sum += math.exp(partials[first_record + z * record] - overall_max) * \
+                        partials[first_record + z * record + 1]
+                inv_sum = np.float32(1) / overall_sum
+                for i in range(t, head_dim, threads):
+                    value = np.float32(0)
+                    for z in range(spans):  # in span order: the result does not depend on which block came last
+                        value += math.exp(partials[first_record + z * record] - overall_max) * \
+                            partials[first_record + z * record + 2 + i]
+                    out[q_base + i] = store(value * inv_sum)
+                if t == 0:
+                    tickets[cell] = 0
 
-    return Kernel(attention_kernel, (U16, U32, U32, I32A, I32A, U16, F32A, I32, I32, I32, I32, F32),
+    return Kernel(attention_kernel, (U16, U32, U32, I32A, I32A, U16, F32A, I32A, I32, I32, I32, I32, F32),
                   f"attention[{dtype}, d={head_dim}{', split' if split else ''}]", dependent=dependent)
-
-
-@functools.cache
-def _combine_kernel(dtype: str, head_dim: int, threads: int, dependent: bool) -> Kernel:
-    """One block per (token, head): the splits' partials rescaled to their common maximum and summed."""
-    _, store = converters(dtype)
-    record = head_dim + 2
-
-    enter = kernel_entry(dependent)
-
-    @cuda.jit
-    def combine_kernel(partials, out, splits):
-        enter()
-        cell = np.int64(cuda.blockIdx.x)
-        base = cell * splits * record
-        largest = np.float32(-np.inf)
-        for s in range(splits):
-            largest = max(largest, partials[base + s * record])
-        total = np.float32(0)
-        for s in range(splits):
-            total += math.exp(partials[base + s * record] - largest) * partials[base + s * record + 1]
-        inv_total = np.float32(1) / total
-        for i in range(cuda.threadIdx.x, head_dim, threads):
-            value = np.float32(0)
-            for s in range(splits):
-                value += math.exp(partials[base + s * record] - largest) * partials[base + s * record + 2 + i]
-            out[cell * head_dim + i] = store(value * inv_total)
-
-    return Kernel(combine_kernel, (F32A, U16, I32), f"attention_combine[{dtype}, d={head_dim}]", dependent=dependent)
 
 
 def attention_splits(tokens: int, n_heads: int, max_len: int) -> int:
@@ -298,13 +302,12 @@ def attention_splits(tokens: int, n_heads: int, max_len: int) -> int:
 
 
 def compile_attention(dtype, head_dim: int) -> None:
-    """Compile both attention variants (whole and split, with its combine kernel) now. Which one a pass takes
-    depends on the batch and the cache length (``attention_splits``): compiled here, before generation starts, the
-    split variant is not compiled in the middle of a timed decode the first time a longer cache asks for it."""
+    """Compile both attention variants (whole and split) now. Which one a pass takes depends on the batch and the
+    cache length (``attention_splits``): compiled here, before generation starts, the split variant is not
+    compiled in the middle of a timed decode the first time a longer cache asks for it."""
     name, dependent = dtype_name(dtype), grid_dependency_supported()
     _attention_kernel(name, head_dim, ATTENTION_THREADS, False, dependent).compile()
     _attention_kernel(name, head_dim, ATTENTION_THREADS, True, dependent).compile()
-    _combine_kernel(name, head_dim, COMBINE_THREADS, dependent).compile()
 
 
 def attention_workspace_size(tokens: int, n_heads: int, head_dim: int, splits: int) -> int:
@@ -315,11 +318,13 @@ def attention_workspace_size(tokens: int, n_heads: int, head_dim: int, splits: i
 @dataclass(frozen=True)
 class AttentionSplit:
     """Each (token, head)'s keys split into ``spans`` equal spans, one block each, whose partial results meet in
-    ``partials`` (a float32 array of at least ``attention_workspace_size`` values) and are combined by a second
-    kernel: a small batch then fills the GPU (``attention_splits``)."""
+    ``partials`` (a float32 array of at least ``attention_workspace_size`` values), counted in ``tickets`` (an
+    int32 array of a zero per (token, head); the kernel leaves them zero): a small batch then fills the GPU
+    (``attention_splits``)."""
 
     spans: int
     partials: object
+    tickets: object
 
 
 def attention(q, k_cache, v_cache, slots, positions, out, tokens: int, heads: Heads, stream: int = 0,
@@ -330,14 +335,11 @@ def attention(q, k_cache, v_cache, slots, positions, out, tokens: int, heads: He
     block takes all of a (token, head)'s keys."""
     name, dependent = heads.kernel_dtype, grid_dependency_supported()
     whole = split is None or split.spans <= 1
+    xp = device.xp()
     arguments = (q, k_cache.view(np.uint32), v_cache.view(np.uint32), slots, positions, out,
-                 placeholder(device.xp(), np.float32) if whole else split.partials, heads.n_heads, heads.n_kv,
-                 heads.max_len, heads.window, heads.scale)
-    if whole:
-        _attention_kernel(name, heads.head_dim, ATTENTION_THREADS, False, dependent)(
-            (tokens, heads.n_heads), ATTENTION_THREADS, arguments, stream)
-        return
-    _attention_kernel(name, heads.head_dim, ATTENTION_THREADS, True, dependent)(
-        (tokens, heads.n_heads, split.spans), ATTENTION_THREADS, arguments, stream)
-    _combine_kernel(name, heads.head_dim, COMBINE_THREADS, dependent)((tokens * heads.n_heads,), COMBINE_THREADS,
-                                                                      (split.partials, out, split.spans), stream)
+                 placeholder(xp, np.float32) if whole else split.partials,
+                 placeholder(xp, np.int32) if whole else split.tickets, heads.n_heads, heads.n_kv, heads.max_len,
+                 heads.window, heads.scale)
+    grid = (tokens, heads.n_heads) if whole else (tokens, heads.n_heads, split.spans)
+    _attention_kernel(name, heads.head_dim, ATTENTION_THREADS, not whole, dependent)(grid, ATTENTION_THREADS,
+                                                                                     arguments, stream)

@@ -83,18 +83,21 @@ class Activations:
         self.embed = xp.zeros(tokens * config.embed_dim, np.uint16) if config.word_embed_dim else None
         self.head_in = xp.zeros(logit_rows * config.embed_dim, np.uint16) if config.word_embed_dim else None
         self.logits = xp.zeros(logit_rows * config.vocab_size, np.uint16)
+        self._heads, self._head_dim = config.num_heads, config.head_dim
+        self._attention_tickets = xp.zeros(tokens * config.num_heads, np.int32)  # the kernel leaves them zero
         self._attention_partials = None
 
-    def attention_partials(self, size: int):
-        """A float32 workspace of at least ``size`` values for a split attention (None for 0), allocated on first
-        use and kept, so a captured step keeps its address."""
+    def attention_split(self, tokens: int, spans: int) -> "attention.AttentionSplit | None":
+        """The workspace of an attention over the first ``tokens`` tokens split into ``spans`` spans (None for one
+        span), allocated on first use and kept, so a captured step keeps its addresses."""
+        size = attention.attention_workspace_size(tokens, self._heads, self._head_dim, spans)
         if size == 0:
             return None
         if self._attention_partials is None or self._attention_partials.size < size:
-            # empty, not zeros: every value is written by the attention kernel before the combine reads it, and a
-            # zeroing kernel here would run on CuPy's current stream, unordered with the engine's
+            # empty, not zeros: the attention kernel writes every value before it reads it, and a zeroing kernel
+            # here would run on CuPy's current stream, unordered with the engine's
             self._attention_partials = device.xp().empty(size, np.float32)
-        return self._attention_partials
+        return attention.AttentionSplit(spans, self._attention_partials, self._attention_tickets)
 
     @property
     def nbytes(self) -> int:
@@ -105,7 +108,8 @@ class Activations:
     def bytes_needed(config, tokens: int, logit_rows: int) -> int:
         per_token = (3 * config.hidden_size + config.qkv_size + 2 * config.q_size + config.ffn_in_size
                      + (config.ffn_size if config.activation != "relu" else 0) + (config.word_embed_dim or 0)) * 2
-        return tokens * (per_token + 12) + logit_rows * (config.embed_dim + config.vocab_size) * 2
+        per_token += 12 + 4 * config.num_heads  # ids, positions, slots; attention tickets
+        return tokens * per_token + logit_rows * (config.embed_dim + config.vocab_size) * 2
 
 
 # Dependent launches are safe here: a model's weights are built and synchronised before its first pass
@@ -126,9 +130,7 @@ def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None
     h = c.hidden_size
     comm = model.communicator
     heads = attention_heads(model, cache)
-    splits = attention.attention_splits(tokens, c.num_heads, cache.max_len)
-    partials = acts.attention_partials(attention.attention_workspace_size(tokens, c.num_heads, c.head_dim, splits))
-    split = None if partials is None else attention.AttentionSplit(splits, partials)
+    split = acts.attention_split(tokens, attention.attention_splits(tokens, c.num_heads, cache.max_len))
     _embed(model, acts, tokens, stream)
     pending = None  # the last sub-layer's output, not yet added to the residual stream (pre-LN)
     for index, block in enumerate(model.blocks):

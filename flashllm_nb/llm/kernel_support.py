@@ -14,7 +14,7 @@ from numba import cuda, types
 from flashllm_nb.kernels import ptx
 
 __all__ = ["WARP", "U16", "U32", "I32A", "F32A", "I32", "F32", "converters", "dtype_name", "bounded_kernel",
-           "kernel_entry", "pair_converter", "warp_reduce", "block_reduce"]
+           "kernel_entry", "kernel_release", "pair_converter", "warp_reduce", "block_reduce"]
 
 WARP = 32
 
@@ -60,9 +60,7 @@ def bounded_kernel(threads: int):
 def kernel_entry(dependent: bool):
     """A device function ``enter()`` that a decoder kernel calls before anything else. Built ``dependent``, it
     waits until the previous kernel in the stream has completed (``griddepcontrol.wait``): launched as that
-    kernel's dependent, a decoder kernel's launch and start overlap its predecessor's drain. It does not let the
-    next kernel start early: its own blocks would then wait through the whole of this kernel, and behind a kernel
-    that does the same, through the one before (the cascade measured in docs/e2e-results.md). Otherwise it does
+    kernel's dependent, a decoder kernel's launch and start overlap its predecessor's drain. Otherwise it does
     nothing."""
     if dependent:
         @ptx.inlined
@@ -73,6 +71,25 @@ def kernel_entry(dependent: bool):
         def enter():
             pass
     return enter
+
+
+def kernel_release(dependent: bool):
+    """A device function ``release()`` that a decoder kernel calls, in every thread, once its work is done but for
+    its last stores. Built ``dependent``, it lets the next kernel in the stream launch
+    (``griddepcontrol.launch_dependents``): that kernel's blocks are placed and started (an SpMM kernel streams its
+    weights) while this one stores, and they wait for its completion before they read its output. Released at the
+    start instead, the next kernel's blocks would sit on the SMs through the whole of this kernel, and behind a
+    kernel that does the same through the one before (the cascade measured in docs/e2e-results.md). Otherwise it
+    does nothing."""
+    if dependent:
+        @ptx.inlined
+        def release():
+            ptx.griddepcontrol_launch_dependents()
+    else:
+        @ptx.inlined
+        def release():
+            pass
+    return release
 
 
 def _combiner(op: str):

@@ -35,7 +35,7 @@ from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.driver import Kernel, grid_dependency_supported
 from flashllm_nb.llm.kernel_support import (F32, I32, I32A, U16, U32, block_reduce, bounded_kernel, converters,
-                                            dtype_name, kernel_entry, pair_converter)
+                                            dtype_name, kernel_entry, kernel_release, pair_converter)
 
 __all__ = [
     "embed", "LearnedPositions", "add_norm", "NormWeights", "add", "activation", "add_bias", "argmax", "finish_step", "expand",
@@ -113,7 +113,7 @@ def _norm_kernel(dtype: str, kind: str, threads: int, dependent: bool) -> Kernel
     per_thread = NORM_PAIRS_PER_THREAD
     values_per_thread = 2 * per_thread  # a local array's size must be one compile-time constant
 
-    enter = kernel_entry(dependent)
+    enter, release = kernel_entry(dependent), kernel_release(dependent)
 
     @bounded_kernel(threads)
     def add_norm_kernel(residual, delta, weight, bias, out, pairs, eps, has_delta, post):
@@ -165,6 +165,7 @@ def _norm_kernel(dtype: str, kind: str, threads: int, dependent: bool) -> Kernel
                     d_high = h[2 * i + 1] - mean
                     partial += d_low * d_low + d_high * d_high
             inv = np.float32(1) / math.sqrt(block_sum(scratch, partial, t) / n + eps)
+        release()  # the next kernel (a product) may start streaming its weights while the row is stored
         for i in range(per_thread):
             c = t + i * threads
             if c < pairs:
