@@ -43,6 +43,7 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
     acts.slots[...] = cupy.arange(batch, dtype=np.int32)
     for buffer in (acts.residual, acts.normed, acts.qkv, acts.attn, acts.ffn):
         buffer[...] = (cupy.random.standard_normal(buffer.size, dtype=np.float32)).astype(np.float16).view(np.uint16)
+    cupy.cuda.Device().synchronize()  # made on CuPy's current stream: done before the model's stream uses them
     s = stream.ptr
 
     relu = c.activation == "relu"  # fused into the FFN-in product, as the engine does

@@ -188,6 +188,42 @@ def test_attention_nan_and_inf(splits):
     close(out, ref, dtype, 4, "attention with NaN and Inf")
 
 
+def test_split_attention_reuses_its_workspace_and_refuses_a_short_one():
+    """The workspace and tickets of one split attention serve the next (the decoder's layers share them): called
+    again with every partial overwritten by NaN in between, the output is the same bit for bit and the tickets are
+    zero after each call. Tickets too few, or not int32, are refused before any launch."""
+    dtype = np.dtype(np.float16)
+    rng = np.random.default_rng(5)
+    n_heads, n_kv, d, max_len, splits = 4, 2, 16, 140, 3
+    positions = np.array([130, 0], np.int32)
+    token_slots = np.array([0, 1], np.int32)
+    q = bits(rng.standard_normal((2, n_heads, d)), dtype)
+    k = bits(rng.standard_normal((2, n_kv, max_len, d)), dtype)
+    v = bits(rng.standard_normal((2, n_kv, max_len, d)), dtype)
+    heads = attention.Heads(n_heads, n_kv, d, max_len, 0, d ** -0.5, dtype)
+    partials = np.full(attention.attention_workspace_size(2, n_heads, d, splits), np.nan, np.float32)
+    tickets = np.zeros(2 * n_heads, np.int32)
+    outputs = []
+    for _ in range(2):
+        out = np.zeros(2 * n_heads * d, np.uint16)
+        attention.attention(q, k, v, token_slots, positions, out, 2, heads,
+                            split=attention.AttentionSplit(splits, partials, tickets))
+        np.testing.assert_array_equal(tickets, 0)
+        outputs.append(out)
+        partials[:] = np.nan
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    out = np.zeros(2 * n_heads * d, np.uint16)
+    with pytest.raises(ValueError, match="split.tickets: expected 8 or more int32 values, got 7 int32 values"):
+        attention.attention(q, k, v, token_slots, positions, out, 2, heads,
+                            split=attention.AttentionSplit(splits, partials, tickets[:7]))
+    with pytest.raises(ValueError, match="split.tickets: expected 8 or more int32 values, got 8 int64 values"):
+        attention.attention(q, k, v, token_slots, positions, out, 2, heads,
+                            split=attention.AttentionSplit(splits, partials, tickets.astype(np.int64)))
+    with pytest.raises(ValueError, match="split.partials: expected [0-9]+ or more float32 values"):
+        attention.attention(q, k, v, token_slots, positions, out, 2, heads,
+                            split=attention.AttentionSplit(splits, partials[:-1], tickets))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f16", "bf16"])
 def test_activations(dtype):
     """ReLU in place (NaN and -Inf included) and SiLU-GLU of a fused [gate | up] row."""

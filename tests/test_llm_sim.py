@@ -90,6 +90,27 @@ def test_generate_with_cache_equals_full_forward_and_batch_equals_alone(llama_ch
     np.testing.assert_array_equal(alone[0], out[1])
 
 
+def test_decode_past_one_block_of_keys_splits_attention_and_equals_full_forward(tmp_path):
+    """Past 64 cached positions (a simulated attention block's keys per round) a batch-1 decode step splits each
+    head's keys into spans, the last span's block combining them: each step's logits equal the float64 decoder on
+    the whole sequence so far."""
+    from flashllm_nb.llm import attention
+
+    # two query heads on one key-value head: the 63-token prefill's attention (a simulated block per token and
+    # head) is most of this test's time
+    hf = tiny_config("llama-tiny", max_position_embeddings=128, num_attention_heads=2, num_key_value_heads=1)
+    tensors = random_tensors(hf, seed=13)
+    model = llm.load(write_checkpoint(tmp_path, hf, tensors), progress=False)
+    model.prefill.policy = "dense"  # the 63-token prefill through cuBLAS's stand-in: seconds fewer in the simulator
+    prompt = np.random.default_rng(13).integers(0, hf["vocab_size"], 63)
+    new = 3
+    assert attention.attention_splits(1, model.config.num_heads, prompt.size + new - 1) > 1  # the cache splits
+    out, step_logits = llm.generate(model, prompt[None, :], max_new_tokens=new, eos_token_id=None,
+                                    output_logits=True)
+    ref = decoder_logits(model.config, tensors, out[0][:-1])[prompt.size - 1:]
+    assert_logits_close(step_logits[0], ref, model.config.num_layers, model.dtype, what="split decode steps")
+
+
 def test_bfloat16_model_and_eos(tmp_path):
     """A bfloat16 checkpoint runs in bfloat16 within the bf16 bound; generation stops a sequence at its end id
     and pads a rectangular result after it."""

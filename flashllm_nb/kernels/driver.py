@@ -23,10 +23,12 @@ in a CUDA graph. Its blocks may start on the SMs the previous kernel's last wave
 work while that kernel drains. The SpMM kernel's input-free work is loading its first weight tiles, so it reads its
 weights before it waits: a caller that enters the scope promises that no kernel still in flight writes them (the
 engine's weights are built and synchronised before its first pass; the public ``linear`` may come right after the
-kernel that encoded its matrix, so it launches ordinarily). Only the SpMM kernel lets its successor start early: a
-small kernel that did so too would let a chain of successors sit resident and waiting through a long kernel, which
-made a whole OPT-66B step slower (``docs/e2e-results.md``). Launched ordinarily, the same kernels run as ever and
-their ``griddepcontrol`` returns at once; :mod:`dev.profile_e2e` times every part both ways.
+kernel that encoded its matrix, so it launches ordinarily). The SpMM kernel lets its successor start from its own
+start; the decoder's norm and attention kernels only once their work is done but for the last stores
+(``llm.kernel_support.kernel_release``), the other small kernels not at all. A small kernel releasing at its start
+would let a chain of successors sit resident and waiting through a long kernel, which made a whole OPT-66B step
+slower (``docs/e2e-results.md``). Launched ordinarily, the same kernels run as ever and their ``griddepcontrol``
+returns at once; :mod:`dev.profile_e2e` times every part both ways.
 """
 
 from __future__ import annotations

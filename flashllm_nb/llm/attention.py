@@ -223,7 +223,6 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int, split: bool, depe
                                 acc[2 * u] += pj * x
                                 acc[2 * u + 1] += pj * y
             ptx.warp_sync()  # the next chunk overwrites probabilities
-        release()  # every key and value row is read: what is left is the warps' meeting and the store
         if row_in_step < rows_per_step:
             for e in range(VECTOR):
                 partial_out[(warp * rows_per_step + row_in_step) * head_dim + group * VECTOR + e] = acc[e]
@@ -231,6 +230,9 @@ def _attention_kernel(dtype: str, head_dim: int, threads: int, split: bool, depe
             warp_maxima[warp] = running_max  # -inf, with sum 0 and a zero row, for a warp without keys
             warp_sums[warp] = running_sum
         cuda.syncthreads()
+        # Every warp has read its last key and value row (a block's first launch_dependents is the one that
+        # counts, so it goes after the barrier): what is left is the warps' meeting and the store.
+        release()
         largest = warp_maxima[0]
         for w in range(1, warps):
             largest = max(largest, warp_maxima[w])
@@ -335,6 +337,8 @@ def attention(q, k_cache, v_cache, slots, positions, out, tokens: int, heads: He
     block takes all of a (token, head)'s keys."""
     name, dependent = heads.kernel_dtype, grid_dependency_supported()
     whole = split is None or split.spans <= 1
+    if not whole:
+        _check_split(split, tokens, heads)
     xp = device.xp()
     arguments = (q, k_cache.view(np.uint32), v_cache.view(np.uint32), slots, positions, out,
                  placeholder(xp, np.float32) if whole else split.partials,
@@ -343,3 +347,14 @@ def attention(q, k_cache, v_cache, slots, positions, out, tokens: int, heads: He
     grid = (tokens, heads.n_heads) if whole else (tokens, heads.n_heads, split.spans)
     _attention_kernel(name, heads.head_dim, ATTENTION_THREADS, not whole, dependent)(grid, ATTENTION_THREADS,
                                                                                      arguments, stream)
+
+
+def _check_split(split: AttentionSplit, tokens: int, heads: Heads) -> None:
+    """Refuse a workspace too small or of the wrong dtype for ``tokens`` tokens of ``heads`` split ``split.spans``
+    ways: the kernel would write past it, or never find its tickets at zero."""
+    needed = attention_workspace_size(tokens, heads.n_heads, heads.head_dim, split.spans)
+    for name, array, dtype, size in (("split.partials", split.partials, np.float32, needed),
+                                     ("split.tickets", split.tickets, np.int32, tokens * heads.n_heads)):
+        if array.dtype != dtype or array.size < size:
+            raise ValueError(f"Invalid {name}: expected {size} or more {np.dtype(dtype).name} values, got "
+                             f"{array.size} {array.dtype} values")
