@@ -113,6 +113,27 @@ def test_greedy_generation_matches_transformers_and_graph_matches_eager(tmp_path
         assert (full[prompt.size:][decided] == np.argmax(ref, axis=1)[decided]).all()
 
 
+def test_decoding_past_one_block_of_keys_splits_attention(tmp_path):
+    """A batch-1 decode over more than 128 cached positions splits each head's keys into spans, the last span's block
+    combining them: the captured steps (dependent launches on) give the eager steps' logits exactly, and those are
+    transformers' within the bound."""
+    from flashllm_nb import llm
+    from flashllm_nb.llm import attention
+
+    path, reference = _hf_checkpoint(tmp_path, "llama-gqa")
+    model = llm.load(path, progress=False)
+    prompt, new = np.random.default_rng(4).integers(0, 512, 150), 16
+    assert attention.attention_splits(1, model.config.num_heads, prompt.size + new - 1) > 1
+    graph_out, graph_logits = llm.generate(model, prompt[None, :], max_new_tokens=new, eos_token_id=None,
+                                           output_logits=True)
+    eager_out, eager_logits = llm.generate(model, prompt[None, :], max_new_tokens=new, eos_token_id=None,
+                                           output_logits=True, use_graph=False)
+    np.testing.assert_array_equal(graph_out, eager_out)
+    np.testing.assert_array_equal(graph_logits, eager_logits)
+    ref = _hf_logits(reference, graph_out[:, :-1])[0, prompt.size - 1:]
+    assert_logits_close(graph_logits[0], ref, model.config.num_layers, model.dtype, what="split decode steps")
+
+
 def test_dense_prefill_and_sampling(tmp_path):
     """Over 64 prompt tokens the dense-scratch prefill and the sparse kernel agree within the bound; sampling with
     one seed repeats itself and two seeds differ."""
