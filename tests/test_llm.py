@@ -232,3 +232,22 @@ def test_generation_may_use_every_position():
     assert out.shape == (1, 17)
     with pytest.raises(ValueError, match="max_new_tokens"):
         llm.generate(model, np.ones((1, 12), np.int64), max_new_tokens=6)
+
+
+def test_passes_of_few_tokens_launch_as_dependents():
+    """A pass of up to DEPENDENT_LAUNCH_MAX_TOKENS tokens launches its kernels as programmatic dependents (while
+    they are on), a longer one ordinarily; the setting and the scope are back as they were afterwards."""
+    from flashllm_nb.kernels import driver
+    from flashllm_nb.llm.engine import DEPENDENT_LAUNCH_MAX_TOKENS, launch_scope
+
+    assert not driver.launching_dependents()
+    for tokens, expected in ((1, True), (DEPENDENT_LAUNCH_MAX_TOKENS, True), (DEPENDENT_LAUNCH_MAX_TOKENS + 1, False)):
+        with launch_scope(tokens):
+            assert driver.launching_dependents() is expected, tokens
+    previous = driver.set_dependent_launches(False)
+    try:
+        with launch_scope(1):
+            assert not driver.launching_dependents()
+    finally:
+        driver.set_dependent_launches(previous)
+    assert not driver.launching_dependents()

@@ -46,7 +46,7 @@ from flashllm_nb._runtime import cuda_driver
 from flashllm_nb.kernels import ptx
 
 __all__ = ["Kernel", "cu_launch_kernel", "launch_function", "placeholder", "grid_dependency_supported",
-           "set_dependent_launches", "dependent_launches", "dependent_launch_scope"]
+           "set_dependent_launches", "dependent_launches", "dependent_launch_scope", "launching_dependents"]
 
 _ARRAY_SLOTS = 7  # meminfo, parent, nitems, itemsize, data, shape[0], strides[0]
 
@@ -196,7 +196,7 @@ def launch_function(function: int, grid: tuple[int, int, int], threads: int, sha
     ``griddepcontrol`` (which only :func:`grid_dependency_supported` devices are), so inside
     :func:`dependent_launch_scope`, while :func:`set_dependent_launches` has them on, it is launched as a
     programmatic dependent of the previous kernel in ``stream``."""
-    if dependent and _DEPENDENT_LAUNCHES["scopes"] and _DEPENDENT_LAUNCHES["enabled"]:
+    if dependent and launching_dependents():
         return cu_launch_kernel_ex()(_dependent_launch_config(grid, threads, shared, stream), function, pointers,
                                      None)
     return cu_launch_kernel()(function, grid[0], grid[1], grid[2], threads, 1, 1, shared, stream, pointers, None)
@@ -236,6 +236,12 @@ def set_dependent_launches(enabled: bool) -> bool:
     previous = _DEPENDENT_LAUNCHES["enabled"]
     _DEPENDENT_LAUNCHES["enabled"] = bool(enabled)
     return previous
+
+
+def launching_dependents() -> bool:
+    """Whether a kernel built with ``griddepcontrol`` launched now goes as a programmatic dependent: inside a
+    :func:`dependent_launch_scope`, with :func:`set_dependent_launches` on."""
+    return bool(_DEPENDENT_LAUNCHES["scopes"]) and _DEPENDENT_LAUNCHES["enabled"]
 
 
 def dependent_launches() -> bool:

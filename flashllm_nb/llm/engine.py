@@ -24,12 +24,15 @@ reads and writes the same addresses every time: it can be captured once as a CUD
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from flashllm_nb.kernels.driver import dependent_launch_scope
 from flashllm_nb.llm import attention, device, kernels
 
-__all__ = ["KVCache", "Activations", "PrefillPlanner", "run_decoder", "PREFILL_POLICIES", "check_prefill_policy"]
+__all__ = ["KVCache", "Activations", "PrefillPlanner", "run_decoder", "launch_scope", "DEPENDENT_LAUNCH_MAX_TOKENS",
+           "PREFILL_POLICIES", "check_prefill_policy"]
 
 PREFILL_POLICIES = ("auto", "sparse", "dense")
 SPARSE_UP_TO_TOKENS = 64  # the Tiled-CSL kernel covers up to 64 tokens in one pass over the weights
@@ -112,16 +115,33 @@ class Activations:
         return tokens * per_token + logit_rows * (config.embed_dim + config.vocab_size) * 2
 
 
-# Dependent launches are safe here: a model's weights are built and synchronised before its first pass
-# (Model.__init__), so no kernel in flight writes what the SpMM kernel reads before it waits.
-@dependent_launch_scope()
+# Up to this many tokens a pass launches its kernels as programmatic dependents (kernels.driver); above it,
+# ordinarily. Whole generations of OPT-66B at 80 % on an H100: +4.3 / +4.3 / +3.4 % at batch 1 / 4 / 8, -8.0 % at
+# batch 16 (docs/e2e-results.md). The products of up to 8 tokens run in 8-wide blocks.
+DEPENDENT_LAUNCH_MAX_TOKENS = 8
+
+
+def launch_scope(tokens: int):
+    """How a pass over ``tokens`` tokens launches: inside ``dependent_launch_scope()`` up to
+    ``DEPENDENT_LAUNCH_MAX_TOKENS``, ordinarily above. Dependent launches are safe in a pass: a model's weights are
+    built and synchronised before its first one (Model.__init__), so no kernel in flight writes what the SpMM kernel
+    reads before it waits."""
+    return dependent_launch_scope() if tokens <= DEPENDENT_LAUNCH_MAX_TOKENS else contextlib.nullcontext()
+
+
 def run_decoder(model, acts: Activations, cache: KVCache, tokens: int, rows=None, stream: int = 0,
                 planner: "PrefillPlanner | None" = None) -> None:
     """Run every layer on the first ``tokens`` tokens of ``acts`` and the LM head on the final hidden rows
-    ``rows`` (a device int array; None: all of them, in order, as in a decode step).
+    ``rows`` (a device int array; None: all of them, in order, as in a decode step), launched as
+    :func:`launch_scope` says.
 
     ``planner`` decides, per sparse layer, whether it multiplies through the Tiled-CSL kernel or expands into a
     dense scratch for cuBLAS (prefill of many tokens); None keeps every layer on its own kernel."""
+    with launch_scope(tokens):
+        _run_layers(model, acts, cache, tokens, rows, stream, planner)
+
+
+def _run_layers(model, acts: Activations, cache: KVCache, tokens: int, rows, stream: int, planner) -> None:
     c, dtype = model.config, model.dtype
 
     def scratch(linear, x, out):

@@ -23,10 +23,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from flashllm_nb._checks import invalid
-from flashllm_nb.kernels.driver import dependent_launch_scope
 from flashllm_nb.llm import attention, device, kernels, memory
 from flashllm_nb.llm.dense import bits_to_float32
-from flashllm_nb.llm.engine import Activations, KVCache, run_decoder
+from flashllm_nb.llm.engine import Activations, KVCache, launch_scope, run_decoder
 
 __all__ = ["generate", "GenerationStats", "sample"]
 
@@ -219,14 +218,15 @@ class _Decoding:
         kernels.finish_step(self.acts.ids, self.acts.positions, self.history, self.done, self.step_counter,
                             self.eos_ids, self.batch, self.max_new_tokens, self.stream.ptr)
 
-    @dependent_launch_scope()  # as run_decoder: the choice and bookkeeping launch as dependents too
     def _step(self) -> None:
-        """What the graph holds: the decoder on one token per sequence, and, greedy, the choice and bookkeeping."""
-        run_decoder(self.model, self.acts, self.cache, self.batch, stream=self.stream.ptr)
-        if self.greedy:
-            _choose(self.model, self.acts.logits, self.acts.ids, self.batch, True, 0.0, 1.0, None, self.stream)
-            kernels.finish_step(self.acts.ids, self.acts.positions, self.history, self.done, self.step_counter,
-                                self.eos_ids, self.batch, self.max_new_tokens, self.stream.ptr)
+        """What the graph holds: the decoder on one token per sequence, and, greedy, the choice and bookkeeping
+        (launched as the decoder's kernels are: ``engine.launch_scope``)."""
+        with launch_scope(self.batch):
+            run_decoder(self.model, self.acts, self.cache, self.batch, stream=self.stream.ptr)
+            if self.greedy:
+                _choose(self.model, self.acts.logits, self.acts.ids, self.batch, True, 0.0, 1.0, None, self.stream)
+                kernels.finish_step(self.acts.ids, self.acts.positions, self.history, self.done, self.step_counter,
+                                    self.eos_ids, self.batch, self.max_new_tokens, self.stream.ptr)
 
     def decode(self, use_graph: bool) -> tuple[int, bool, list[float]]:
         """The decode steps, until every sequence has ended or has its tokens; returns (steps, whether a graph
