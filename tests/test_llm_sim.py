@@ -96,9 +96,10 @@ def test_decode_past_one_block_of_keys_splits_attention_and_equals_full_forward(
     the whole sequence so far."""
     from flashllm_nb.llm import attention
 
-    # two query heads on one key-value head: the 63-token prefill's attention (a simulated block per token and
-    # head) is most of this test's time
-    hf = tiny_config("llama-tiny", max_position_embeddings=128, num_attention_heads=2, num_key_value_heads=1)
+    # one layer, two query heads on one key-value head: the 63-token prefill's attention (a simulated block per
+    # token and head) is most of this test's time
+    hf = tiny_config("llama-tiny", max_position_embeddings=128, num_attention_heads=2, num_key_value_heads=1,
+                     num_hidden_layers=1)
     tensors = random_tensors(hf, seed=13)
     model = llm.load(write_checkpoint(tmp_path, hf, tensors), progress=False)
     model.prefill.policy = "dense"  # the 63-token prefill through cuBLAS's stand-in: seconds fewer in the simulator
