@@ -10,6 +10,10 @@ to back as in the real step, on weights that are not in L2. Each is reported in 
 bytes moved and the fraction of the measured copy bandwidth (``timing.copy_bandwidth``) that makes, timed with
 ordinary launches and then with dependent launches (``kernels.driver.set_dependent_launches``) for the A/B.
 
+``--pairs`` also times where kernels meet (``profile_meetings``): each kernel of a layer next to the one after it,
+against the two alone, both ways. A whole step can lose with dependent launches while every part alone gains (an
+H100 at batch 16, docs/e2e-results.md); the pair whose meeting costs more with them is where.
+
 Build: one layer's matrices are drawn, pruned and encoded phase by phase with the GPU synchronised in between.
 """
 
@@ -25,10 +29,25 @@ import numpy as np
 from flashllm_nb.bench.timing import copy_bandwidth, time_graph
 
 
-def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict]:
+def time_both_ways(launches, cupy_stream) -> tuple[float, float]:
+    """Milliseconds of ``launches`` captured as one graph and replayed, with ordinary launches and then with
+    dependent launches (inside the engine's scope: the model's weights were synchronised when it was built)."""
+    from flashllm_nb.kernels import driver
+
+    previous = driver.set_dependent_launches(False)
+    try:
+        with driver.dependent_launch_scope():
+            ordinary = time_graph(launches, cupy_stream)
+            driver.set_dependent_launches(True)
+            dependent = time_graph(launches, cupy_stream)
+    finally:
+        driver.set_dependent_launches(previous)
+    return ordinary, dependent
+
+
+def profile_step(model, batch: int, context: int, bandwidth: float, pairs: bool = False) -> list[dict]:
     import cupy
 
-    from flashllm_nb.kernels import driver
     from flashllm_nb.llm import attention, kernels
     from flashllm_nb.llm.engine import Activations, KVCache, _head, _norm, attention_heads, run_decoder
 
@@ -89,15 +108,7 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
     rows = []
     with stream:
         for name, launches, nbytes in parts:
-            previous = driver.set_dependent_launches(False)
-            try:
-                # the engine's scope: the model's weights were synchronised when it was built
-                with driver.dependent_launch_scope():
-                    us = 1e3 * time_graph(launches, stream.cupy_stream)
-                    driver.set_dependent_launches(True)
-                    us_dependent = 1e3 * time_graph(launches, stream.cupy_stream)
-            finally:
-                driver.set_dependent_launches(previous)
+            us, us_dependent = (1e3 * t for t in time_both_ways(launches, stream.cupy_stream))
             row = dict(batch=batch, part=name, us=round(us, 1), us_per_layer=round(us / layers, 2),
                        us_per_layer_dependent_launches=round(us_dependent / layers, 2))
             if nbytes:
@@ -105,6 +116,61 @@ def profile_step(model, batch: int, context: int, bandwidth: float) -> list[dict
                            bandwidth_fraction=round(nbytes * layers / (us / 1e6) / bandwidth, 3))
             rows.append(row)
             print(json.dumps(row), flush=True)
+        if pairs:
+            rows += profile_meetings(model, acts, cache, heads, split, batch)
+    return rows
+
+
+def layer_kernels(model, acts, cache, heads, split, batch: int) -> list[tuple[str, object]]:
+    """A decode step's kernels of one layer in the engine's order (pre-LN), each as (name, function of the
+    layer's index) launching it on that layer's weights and cache."""
+    from flashllm_nb.llm import attention, kernels
+    from flashllm_nb.llm.engine import _norm
+
+    c, s, blocks = model.config, model.stream.ptr, model.blocks
+    relu = c.activation == "relu"
+    sequence = [
+        ("attn_norm", lambda i: _norm(model, blocks[i].attn_norm, acts, acts.delta, batch, s)),
+        ("qkv", lambda i: blocks[i].qkv(acts.normed, acts.qkv, batch, s)),
+        ("split_heads", lambda i: attention.split_heads(acts.qkv, acts.q, cache.k[i], cache.v[i], acts.slots,
+                                                        acts.positions, model.inv_freq, batch, heads, s)),
+        ("attention", lambda i: attention.attention(acts.q, cache.k[i], cache.v[i], acts.slots, acts.positions,
+                                                    acts.attn, batch, heads, s, split)),
+        ("out", lambda i: blocks[i].out(acts.attn, acts.delta, batch, s)),
+        ("ffn_norm", lambda i: _norm(model, blocks[i].ffn_norm, acts, acts.delta, batch, s)),
+        ("ffn_in", lambda i: blocks[i].ffn_in(acts.normed, acts.ffn, batch, s, relu=relu))]
+    if not relu:
+        sequence.append(("activation", lambda i: kernels.activation(acts.ffn, acts.act, batch, c.ffn_size,
+                                                                    c.activation, model.dtype, s)))
+    sequence.append(("ffn_out", lambda i: blocks[i].ffn_out(acts.act, acts.delta, batch, s)))
+    return sequence
+
+
+def profile_meetings(model, acts, cache, heads, split, batch: int) -> list[dict]:
+    """Where kernels meet: for each kernel of a layer and the one after it (the last with the next layer's first),
+    every layer's pair back to back, against each of the two alone, both ways. ``meeting_us`` is the pair's time
+    less its two kernels' (per layer): what putting them next to each other costs (positive) or saves."""
+    sequence = layer_kernels(model, acts, cache, heads, split, batch)
+    layers, cupy_stream = len(model.blocks), model.stream.cupy_stream
+    alone = {name: time_both_ways(lambda f=f: [f(i) for i in range(layers)], cupy_stream) for name, f in sequence}
+    rows = []
+    for k, (first, run_first) in enumerate(sequence):
+        second, run_second = sequence[(k + 1) % len(sequence)]
+        shift = 1 if k + 1 == len(sequence) else 0  # the last kernel meets the next layer's first
+
+        def pair(run_first=run_first, run_second=run_second, shift=shift):
+            for i in range(layers):
+                run_first(i)
+                run_second((i + shift) % layers)
+
+        together = time_both_ways(pair, cupy_stream)
+        row = dict(batch=batch, pair=f"{first} -> {second}")
+        for mode, index in (("ordinary", 0), ("dependent", 1)):
+            per_layer = [1e3 * t / layers for t in (together[index], alone[first][index], alone[second][index])]
+            row[f"{mode}_us_per_layer"] = [round(t, 2) for t in per_layer]
+            row[f"{mode}_meeting_us"] = round(per_layer[0] - per_layer[1] - per_layer[2], 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
 
 
@@ -149,6 +215,8 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.8])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--context", type=int, default=320)
+    parser.add_argument("--pairs", action="store_true",
+                        help="also time each kernel of a layer next to the one after it (profile_meetings)")
     args = parser.parse_args()
     from flashllm_nb import llm
     from flashllm_nb.llm.config import preset
@@ -162,7 +230,7 @@ def main() -> None:
         print(json.dumps(dict(model=args.model, layers=args.layers, sparsity=sparsity)), flush=True)
         model = llm.random_model(config, sparsity=sparsity, progress=False)
         for batch in args.batch:
-            profile_step(model, batch, args.context, bandwidth)
+            profile_step(model, batch, args.context, bandwidth, args.pairs)
         del model
 
 
