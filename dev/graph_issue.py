@@ -57,6 +57,7 @@ def summary(times: list[float]) -> dict[str, float]:
 def inspect(model, batch: int, launches: int) -> dict:
     import cupy
 
+    from flashllm_nb.llm import device as llm_device
     from flashllm_nb.llm.engine import Activations, KVCache, run_decoder
 
     c, stream = model.config, model.stream
@@ -65,7 +66,7 @@ def inspect(model, batch: int, launches: int) -> dict:
     acts.ids[...] = cupy.random.randint(4, c.vocab_size, batch, dtype=np.int32)
     acts.positions[...] = 64
     acts.slots[...] = cupy.arange(batch, dtype=np.int32)
-    cupy.cuda.Device().synchronize()  # made on CuPy's current stream: done before the model's stream uses them
+    llm_device.synchronize()  # made on CuPy's current stream: done before the model's stream uses them
     with stream.cupy_stream:
         run_decoder(model, acts, cache, batch, stream=stream.ptr)  # compiles, plans, allocates outside the capture
         stream.cupy_stream.synchronize()

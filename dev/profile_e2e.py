@@ -49,6 +49,7 @@ def profile_step(model, batch: int, context: int, bandwidth: float, pairs: bool 
     import cupy
 
     from flashllm_nb.llm import attention, kernels
+    from flashllm_nb.llm import device as llm_device
     from flashllm_nb.llm.engine import Activations, KVCache, _head, _norm, attention_heads, run_decoder
 
     c, dtype, stream = model.config, model.dtype, model.stream
@@ -62,7 +63,7 @@ def profile_step(model, batch: int, context: int, bandwidth: float, pairs: bool 
     acts.slots[...] = cupy.arange(batch, dtype=np.int32)
     for buffer in (acts.residual, acts.normed, acts.qkv, acts.attn, acts.ffn):
         buffer[...] = (cupy.random.standard_normal(buffer.size, dtype=np.float32)).astype(np.float16).view(np.uint16)
-    cupy.cuda.Device().synchronize()  # made on CuPy's current stream: done before the model's stream uses them
+    llm_device.synchronize()  # made on CuPy's current stream: done before the model's stream uses them
     s = stream.ptr
 
     relu = c.activation == "relu"  # fused into the FFN-in product, as the engine does

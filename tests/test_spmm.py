@@ -16,9 +16,10 @@ import pytest
 
 import flashllm_nb as fl
 from flashllm_nb.kernels.spmm import plan as spmm_plan
+from flashllm_nb.llm.device import synchronize
 from flashllm_nb.reference.tolerance import assert_close_to_reference
 from spmm_checks import BF16, F16, check_product, random_activations, random_sparse, reference
-from tier import SIMULATOR, by_tier, device, host, synchronize
+from tier import SIMULATOR, by_tier, device, host
 
 
 def _case(m, k, n, *rest, name):

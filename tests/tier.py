@@ -41,14 +41,6 @@ def device(a: np.ndarray):
     return cupy.asarray(a)
 
 
-def synchronize() -> None:
-    """Wait for all work on the GPU (nothing to wait for under the simulator)."""
-    if not SIMULATOR:
-        import cupy
-
-        cupy.cuda.Device().synchronize()
-
-
 def host(a) -> np.ndarray:
     """A NumPy copy of an array of either tier (NumPy, CuPy, or a PyTorch CUDA tensor of bfloat16)."""
     if isinstance(a, np.ndarray):

@@ -320,13 +320,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _simulated(log, args.tp)
     from flashllm_nb.bench.timing import copy_bandwidth
     from flashllm_nb.kernels.driver import dependent_launches
+    from flashllm_nb.llm.engine import DEPENDENT_LAUNCH_MAX_TOKENS
 
     copy_gbps = round(copy_bandwidth(), 1)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     meta = {"device": device.device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": "flashllm-nb bench-e2e " + " ".join(sys.argv[2:] if argv is None else argv),
             "copy_gbps": copy_gbps, "python": platform.python_version(), "tensor_parallel": args.tp,
-            "dependent_launches": dependent_launches()}
+            # steps of up to this many tokens launch as dependents (0: none do)
+            "dependent_launches_up_to_tokens": DEPENDENT_LAUNCH_MAX_TOKENS if dependent_launches() else 0}
     log(f"{meta['device']}: device-to-device copy {copy_gbps} GB/s")
     rows: list[dict] = []
     for name in args.model:

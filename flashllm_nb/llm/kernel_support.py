@@ -57,20 +57,25 @@ def bounded_kernel(threads: int):
     return cuda.jit if ptx.SIMULATOR else cuda.jit(launch_bounds=threads)
 
 
+def _only_if(dependent: bool, instruction):
+    """An inlined device function of no arguments that executes ``instruction`` if ``dependent``, else nothing."""
+    if dependent:
+        @ptx.inlined
+        def device_function():
+            instruction()
+    else:
+        @ptx.inlined
+        def device_function():
+            pass
+    return device_function
+
+
 def kernel_entry(dependent: bool):
     """A device function ``enter()`` that a decoder kernel calls before anything else. Built ``dependent``, it
     waits until the previous kernel in the stream has completed (``griddepcontrol.wait``): launched as that
     kernel's dependent, a decoder kernel's launch and start overlap its predecessor's drain. Otherwise it does
     nothing."""
-    if dependent:
-        @ptx.inlined
-        def enter():
-            ptx.griddepcontrol_wait()
-    else:
-        @ptx.inlined
-        def enter():
-            pass
-    return enter
+    return _only_if(dependent, ptx.griddepcontrol_wait)
 
 
 def kernel_release(dependent: bool):
@@ -81,15 +86,7 @@ def kernel_release(dependent: bool):
     start instead, the next kernel's blocks would sit on the SMs through the whole of this kernel, and behind a
     kernel that does the same through the one before (the cascade measured in docs/e2e-results.md). Otherwise it
     does nothing."""
-    if dependent:
-        @ptx.inlined
-        def release():
-            ptx.griddepcontrol_launch_dependents()
-    else:
-        @ptx.inlined
-        def release():
-            pass
-    return release
+    return _only_if(dependent, ptx.griddepcontrol_launch_dependents)
 
 
 def _combiner(op: str):

@@ -38,8 +38,8 @@ from flashllm_nb.llm.kernel_support import (F32, I32, I32A, U16, U32, block_redu
                                             dtype_name, kernel_entry, kernel_release, pair_converter)
 
 __all__ = [
-    "embed", "LearnedPositions", "add_norm", "NormWeights", "add", "activation", "add_bias", "argmax", "finish_step", "expand",
-    "NORM_THREADS", "NORM_MAX_WIDTH",
+    "embed", "LearnedPositions", "add_norm", "NormWeights", "add", "activation", "add_bias", "argmax", "finish_step",
+    "expand", "NORM_THREADS", "NORM_MAX_WIDTH",
 ]
 
 _SIM = ptx.SIMULATOR
