@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tensor parallelism: this many GPUs of this node, one process each (this library's "
                              "rows only)")
     parser.add_argument("--ordinary-launches", action="store_true",
-                        help="launch this library's kernels without programmatic dependence (griddepcontrol; on by "
-                             "default on Hopper), for the A/B")
+                        help="launch this library's kernels without programmatic dependence (griddepcontrol; on "
+                             "Hopper the default for steps of up to 8 tokens), for the A/B")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the result files")
     return parser
 
