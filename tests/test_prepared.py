@@ -14,7 +14,7 @@ import pytest
 import flashllm_nb as fl
 from flashllm_nb.reference.tolerance import assert_close_to_reference
 from spmm_checks import BF16, F16, random_activations, random_sparse, reference
-from tier import by_tier, device, host
+from tier import SIMULATOR, by_tier, device, host
 
 PREPARED_LINEAR = by_tier(
     # k = 77: X is read through an aligned copy
@@ -48,3 +48,16 @@ def test_prepared_linear_recomputes_with_the_current_activations(m, k, n, sparsi
         assert_close_to_reference(got, *reference(W, x, bias), k, dtype, what=f"prepared linear, step {step}")
         fresh = host(fl.linear(X, A, device(bias), split_k=split_k))
         np.testing.assert_array_equal(got.view(np.uint16), fresh.view(np.uint16))
+    launch = P.packed_launch
+    assert (launch is None) == SIMULATOR  # the GPU cases' rows are read in place: their launch can be pointed
+    if launch is not None:
+        x = random_activations(rng, n, k, dtype)
+        X2, Y2 = device(x), device(np.full((n, m), np.nan, dtype))
+        launch.set_pointers(_address(X2), _address(Y2))
+        launch()
+        assert_close_to_reference(host(Y2), *reference(W, x, bias), k, dtype, what="the packed launch, retargeted")
+
+
+def _address(array) -> int:
+    """The device address of a CuPy array or a PyTorch tensor."""
+    return array.data_ptr() if hasattr(array, "data_ptr") else array.data.ptr

@@ -63,6 +63,25 @@ def test_sparse_linear_matches_float64(dtype, shape, leading, bias):
                               layer.matrix.dtype)
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+@pytest.mark.parametrize("shape", [(48, 0), (0, 64), (40, 100)])
+def test_empty_matrices_unaligned_rows_and_no_tokens(shape):
+    """A layer of no inputs (the bias) or no outputs, rows the kernel cannot read in place (100 values; a view
+    starting one element in), and a call of no tokens: each equals the float64 product, twice in a row (the second
+    call takes what the first one kept)."""
+    linear = _linear(*shape, zeros=0.8)
+    layer = flt.SparseLinear.from_linear(linear)
+    storage = torch.randn(3 * shape[1] + 1).to(dtype=torch.float16, device=DEVICE)
+    for x in (storage[:3 * shape[1]].view(3, shape[1]), storage[1:].view(3, shape[1]), storage[:0].view(0, shape[1])):
+        ref, abs_product = _reference(x, linear.weight, linear.bias)
+        for _ in range(2):
+            with torch.no_grad():
+                y = layer(x)
+            assert y.shape == (x.shape[0], shape[0])
+            assert_close_to_reference(y.double().cpu().numpy(), ref, abs_product, max(shape[1], 1),
+                                      layer.matrix.dtype)
+
+
 def test_replaced_tensors_are_followed():
     """A layer whose bias became a Parameter, whose words were replaced by another layer's, or whose bias was
     removed, runs with what it holds now."""

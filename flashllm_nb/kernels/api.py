@@ -119,6 +119,13 @@ class Prepared:
         """Whether :meth:`set_pointers` can be used: a GPU launch that reads X in place."""
         return self._launch is not None
 
+    @property
+    def packed_launch(self):
+        """The packed driver launch under a retargetable product (None otherwise), for a per-call path that checks
+        its own arguments: ``packed_launch.set_pointers(x, out, bias)`` as :meth:`set_pointers` without its checks
+        (X must start 16-byte aligned), then ``packed_launch()`` launches. It is what a repeated CuPy call uses."""
+        return self._launch
+
     def set_pointers(self, x: int, out: int, bias: int | None = None) -> None:
         """Run later calls on other arrays of the same shapes, dtypes and row-major layout, given by their raw
         device addresses: X at ``x`` (16-byte aligned), the output at ``out``, the bias at ``bias`` (None keeps the

@@ -147,7 +147,7 @@ class SparseLinear(torch.nn.Module):
                 x.dim() == 0 or x.shape[-1] != self.in_features or (x.requires_grad and torch.is_grad_enabled()):
             self._check_input(x)
         bias = buffers["bias"] if "bias" in buffers else self.bias  # a bias made a Parameter is not a buffer
-        return ops.run_sparse_linear(x, words, offsets, bias, self.out_features, state)
+        return state.linear(x, bias)
 
     def _check_input(self, x) -> None:
         """Raise for an input this layer cannot take, naming what is wrong."""

@@ -12,14 +12,14 @@ CUDA simulator.
 
 Each call goes to the kernel through :mod:`flashllm_nb.kernels.api`. A :class:`MatrixState` (one per
 :class:`~flashllm_nb.torch.SparseLinear`) keeps the matrix as a :class:`~flashllm_nb.TiledCSL` over the module's
-own tensors and one prepared launch per (tokens, stream, bias) that later calls point at their tensors with
-``Prepared.set_pointers``: after the first call of a shape, a call costs a lookup, an allocation and the driver call.
+own tensors and one packed launch per (tokens, stream, bias) that later calls point at their tensors
+(``Prepared.packed_launch``): after the first call of a shape, a call costs a lookup, an allocation and the driver call.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -56,45 +56,56 @@ class MatrixState:
                  full_check: bool = False):
         self.matrix = matrix_views(words, tile_offsets, shape, dtype, full_check)
         self.words_ptr, self.offsets_ptr = words.data_ptr(), tile_offsets.data_ptr()
+        self.out_features = shape[0]
         self.device_index = words.get_device()  # -1 on the CPU
-        self._launches: dict[tuple, api.Prepared] = {}
+        self._launches: dict[tuple, Any] = {}  # (rows, stream, bias is None) -> Prepared.packed_launch
 
-    def run(self, x: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> None:
-        """``out = x @ W.T + bias`` for 2-D row-major ``x`` and ``out`` on the matrix's device."""
+    def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """``x @ W.T + bias`` in a new tensor, for ``x`` of shape (..., in_features) on the matrix's device, of
+        its dtype (trusted: the module and the operator's callers check)."""
+        rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        if not rows.is_contiguous():
+            rows = rows.contiguous()
+        n = rows.shape[0]
+        out = rows.new_empty((n, self.out_features))
+        if n:
+            self._run(rows, bias, out)
+        return out if rows is x else out.view(*x.shape[:-1], self.out_features)
+
+    def _run(self, x: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> None:
+        """``out = x @ W.T + bias`` for 2-D row-major ``x`` and ``out``: a kept launch pointed at them, or a new
+        one kept for later calls of this many rows on this stream, or (rows the kernel cannot read in place) the
+        kernel API's aligned copy."""
         if ptx.SIMULATOR:  # CPU tensors: the kernel API takes their bits as NumPy arrays (shared memory)
             api.linear(_host_bits(x), self.matrix, None if bias is None else _host_bits(bias), _host_bits(out))
             return
-        stream = _current_stream(self.device_index)
+        stream = _raw_stream(self.device_index)
         key = (x.shape[0], stream, bias is None)
         launch = self._launches.get(key)
         x_ptr = x.data_ptr()
-        if launch is not None and not x_ptr % 16:
-            launch.set_pointers(x_ptr, out.data_ptr(), None if bias is None else bias.data_ptr())
-            launch()
+        if x_ptr % 16 or (launch is None and x.shape[1] % 8):
+            api.linear(x, self.matrix, bias, out, stream=stream)
             return
-        if launch is None and not x_ptr % 16 and not x.shape[1] % 8:
-            launch = api.prepare_linear(x, self.matrix, bias, out, stream=stream)
+        if launch is None:
+            prepared = api.prepare_linear(x, self.matrix, bias, out, stream=stream)
+            launch = prepared.packed_launch
+            if launch is None:  # no kernel to launch: a matrix with no rows or no columns (filled, or nothing)
+                prepared()
+                return
             if len(self._launches) >= _LAUNCHES_PER_MATRIX:
                 self._launches.pop(next(iter(self._launches)))
             self._launches[key] = launch
-            # the kept launch holds no tensor of this call (one made while a CUDA graph records must not outlive
-            # the recording unseen): it is pointed at them by address, as every later call is
-            launch.set_pointers(x_ptr, out.data_ptr(), None if bias is None else bias.data_ptr())
-            launch()
-            return
-        api.linear(x, self.matrix, bias, out, stream=stream)  # rows the kernel cannot read in place: copied
+        # a kept launch holds no tensor of any call (one made while a CUDA graph records must not outlive the
+        # recording unseen): it is pointed at each call's tensors by address, the first call's included
+        launch.set_pointers(x_ptr, out.data_ptr(), None if bias is None else bias.data_ptr())
+        launch()
 
 
 # The raw handle of torch's current stream on a device. torch.cuda.current_stream(i).cuda_stream builds a Stream
 # object per call (a microsecond or two, paid on every layer); Triton and torch's inductor read the handle through
 # torch._C._cuda_getCurrentRawStream instead, which this uses where the torch build has it.
-_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-
-
-def _current_stream(device_index: int) -> int:
-    if _raw_stream is not None:
-        return _raw_stream(device_index)
-    return torch.cuda.current_stream(device_index).cuda_stream
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
+    lambda device_index: torch.cuda.current_stream(device_index).cuda_stream)
 
 
 def _host_bits(t: torch.Tensor) -> np.ndarray:
@@ -124,23 +135,7 @@ def sparse_linear(x: torch.Tensor, words: torch.Tensor, tile_offsets: torch.Tens
                   out_features: int) -> torch.Tensor:
     """``x @ W.T + bias`` for the Tiled-CSL ``W`` of shape (out_features, x.shape[-1]) in ``words`` and
     ``tile_offsets`` (see the module docstring)."""
-    return run_sparse_linear(x, words, tile_offsets, bias, out_features)
-
-
-def run_sparse_linear(x: torch.Tensor, words: torch.Tensor, tile_offsets: torch.Tensor,
-                      bias: Optional[torch.Tensor], out_features: int,
-                      state: Optional[MatrixState] = None) -> torch.Tensor:
-    """The operator's implementation, also called directly by an eager ``SparseLinear`` (with its ``state``),
-    which skips the dispatcher's per-call cost. Arguments are trusted: the module checks them."""
-    rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    if not rows.is_contiguous():
-        rows = rows.contiguous()
-    out = rows.new_empty((rows.shape[0], out_features))
-    if rows.shape[0]:
-        if state is None:
-            state = _state_for(words, tile_offsets, out_features, x)
-        state.run(rows, bias, out)
-    return out if x.dim() == 2 else out.view(*x.shape[:-1], out_features)
+    return _state_for(words, tile_offsets, out_features, x).linear(x, bias)
 
 
 @sparse_linear.register_fake
