@@ -1,0 +1,118 @@
+"""Where a transformers decode step's time goes, dense against sparsified by ``flashllm_nb.torch``, on a GPU.
+
+    python dev/profile_hf.py --model opt-30b --layers 8 --sparsity 0 0.8 --batch 1 --new 33
+
+The model is the preset's shapes with ``--layers`` layers, random fp16 weights made on the GPU, decoded as
+``bench-e2e --hf-compile`` does (transformers' static cache, the forward pass compiled with ``fullgraph=True,
+mode="reduce-overhead"``). After a warm-up generation of the timed length, one generation of ``--new`` tokens and
+one of a single token (the prefill alone) run under ``torch.profiler``; their difference over ``--new - 1`` is one
+decode step: its GPU time by kernel (the names shortened), the kernels and graph launches it issues, and its wall
+time from the timed generation. The wall time minus the summed kernel time is what the GPU waits (host work or gaps
+between kernels). Everything is printed per layer, as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections import defaultdict
+
+
+def short_name(kernel: str) -> str:
+    """A kernel's name without template arguments and parameter lists, at most 60 characters."""
+    name = re.sub(r"<.*>", "", kernel)
+    name = re.sub(r"\(.*\)", "", name)
+    return name.strip()[:60]
+
+
+def kernel_times(model, ids, tokens: int) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """GPU microseconds by kernel name (total, calls) and CPU runtime calls by name (graph launches, kernel
+    launches) of one generation of ``tokens`` new tokens."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof, torch.no_grad():
+        model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    runtime: dict[str, int] = defaultdict(int)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            entry = kernels[short_name(event.name)]
+            entry[0] += event.time_range.elapsed_us()
+            entry[1] += 1
+        elif event.name in ("cudaGraphLaunch", "cuGraphLaunch", "cudaLaunchKernel", "cuLaunchKernel",
+                            "cuLaunchKernelEx", "cudaLaunchKernelExC"):
+            runtime[event.name] += 1
+    return kernels, runtime
+
+
+def profile(name: str, layers: int, sparsity: float, batch: int, prompt: int, new: int) -> None:
+    import torch
+    import transformers
+
+    from flashllm_nb.llm.config import PRESETS
+
+    settings = dict(PRESETS[name], num_hidden_layers=layers)
+    config = transformers.AutoConfig.for_model(**settings)
+    with torch.device("cuda"):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float16).eval()
+    if sparsity:
+        import flashllm_nb.torch as flt
+
+        print(json.dumps(dict(sparsified=str(flt.sparsify(model, sparsity=sparsity, progress=False)))), flush=True)
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.compile_config = transformers.CompileConfig(fullgraph=True, mode="reduce-overhead")
+    ids = torch.randint(4, config.vocab_size, (batch, prompt), device="cuda")
+
+    def timed(tokens: int) -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    timed(new)  # compiles and records the graphs at the timed length (the static cache is sized to it)
+    step_us = 1e6 * (min(timed(new) for _ in range(3)) - min(timed(1) for _ in range(3))) / (new - 1)
+    whole, whole_runtime = kernel_times(model, ids, new)
+    prefill, prefill_runtime = kernel_times(model, ids, 1)
+    steps = new - 1
+    per_step = {k: ((v[0] - prefill.get(k, [0, 0])[0]) / steps, (v[1] - prefill.get(k, [0, 0])[1]) / steps)
+                for k, v in whole.items()}
+    gpu_us = sum(us for us, _ in per_step.values())
+    print(json.dumps(dict(model=name, layers=layers, sparsity=sparsity, batch=batch, step_us=round(step_us, 1),
+                          step_us_per_layer=round(step_us / layers, 1),
+                          kernel_us_per_layer=round(gpu_us / layers, 1),
+                          gpu_idle_us_per_layer=round((step_us - gpu_us) / layers, 1),
+                          kernels_per_step=round(sum(c for _, c in per_step.values()), 1),
+                          runtime_calls_per_step={k: round((v - prefill_runtime.get(k, 0)) / steps, 2)
+                                                  for k, v in whole_runtime.items()})), flush=True)
+    for kernel, (us, calls) in sorted(per_step.items(), key=lambda kv: -kv[1][0]):
+        if us / layers >= 0.05:
+            print(json.dumps(dict(sparsity=sparsity, kernel=kernel, us_per_layer=round(us / layers, 2),
+                                  calls_per_layer=round(calls / layers, 2))), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="opt-30b")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.8])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--new", type=int, default=33)
+    args = parser.parse_args()
+    import torch
+
+    torch._logging.set_logs(perf_hints=True)  # says so where CUDA graphs are skipped
+    print(json.dumps(dict(device=torch.cuda.get_device_name(), torch=torch.__version__)), flush=True)
+    for sparsity in args.sparsity:
+        profile(args.model, args.layers, sparsity, args.batch, args.prompt, args.new)
+        torch.cuda.empty_cache()  # the model went with the call
+
+
+if __name__ == "__main__":
+    main()
