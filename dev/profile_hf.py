@@ -7,8 +7,9 @@ The model is the preset's shapes with ``--layers`` layers, random fp16 weights m
 mode="reduce-overhead"``). After a warm-up generation of the timed length, one generation of ``--new`` tokens and
 one of a single token (the prefill alone) run under ``torch.profiler``; their difference over ``--new - 1`` is one
 decode step: its GPU time by kernel (the names shortened), the kernels and graph launches it issues, and its wall
-time from the timed generation. The wall time minus the summed kernel time is what the GPU waits (host work or gaps
-between kernels). Everything is printed per layer, as JSON lines.
+time from the timed generation. The wall time minus the summed kernel time is what the GPU waits per step (host work
+between steps, where ``generate`` synchronises, or gaps between kernels); the rest is printed per layer, as JSON
+lines.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def profile(name: str, layers: int, sparsity: float, batch: int, prompt: int, ne
     print(json.dumps(dict(model=name, layers=layers, sparsity=sparsity, batch=batch, step_us=round(step_us, 1),
                           step_us_per_layer=round(step_us / layers, 1),
                           kernel_us_per_layer=round(gpu_us / layers, 1),
-                          gpu_idle_us_per_layer=round((step_us - gpu_us) / layers, 1),
+                          gpu_idle_us_per_step=round(step_us - gpu_us, 1),
                           kernels_per_step=round(sum(c for _, c in per_step.values()), 1),
                           runtime_calls_per_step={k: round((v - prefill_runtime.get(k, 0)) / steps, 2)
                                                   for k, v in whole_runtime.items()})), flush=True)
