@@ -4,10 +4,11 @@
 # layer's), tests-torch, profile, profile-hf (a transformers decode step by kernel, dense and sparsified), profile-pairs
 # (where kernels meet, batch 16), bench-smoke, bench-smoke-ordinary, bench-smoke-at (bench-smoke of the package at an
 # earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse, load-speed, bench-llama70b,
-# bench-kernel (the kernel against cuBLAS), graph-issue (what a captured step holds and how long its launch takes, dense
-# and sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's); on two
-# GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an earlier commit need
-# `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
+# bench-kernel (the kernel against cuBLAS), split-k (the plan's split-K factor against forced ones, the decoders' shapes
+# at one token), graph-issue (what a captured step holds and how long its launch takes, dense and sparse),
+# kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's); on two GPUs (kind
+# nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an earlier commit need `python -m
+# dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -62,6 +63,9 @@ for step in "$@"; do
                     --sparsity 0.7 0.8 0.9 --out "$OUT" 2>&1 | tee "$OUT/bench-kernel.log" | tail -30 ;;
     kernel-vs-commit) timeout 420 python3 -m dev.kernel_vs_commit time 8 16 32 64 --sparsities 0.7,0.8,0.9 \
                         --force dependent=0,upto=64 2>&1 | tee "$OUT/kernel-vs-commit.log" | tail -30 ;;
+    split-k) for shape in "7168 7168" "21504 7168" "9216 9216" "7168 28672" "28672 7168"; do  # OPT-30B/66B, 1 token
+               timeout 100 python3 -m dev.split_k $shape 1 0.8 1 2 3 4 5 6 8 10 12 2>&1 | tee -a "$OUT/split-k.log"
+             done ;;
     graph-issue) timeout 300 python3 -m dev.graph_issue --model opt-30b --layers 8 --sparsity 0 0.8 --batch 1 16 \
                    2>&1 | tee "$OUT/graph-issue.log" ;;
     *) echo "unknown step $step" ;;
