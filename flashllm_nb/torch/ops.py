@@ -67,7 +67,7 @@ class MatrixState:
         if not rows.is_contiguous():
             rows = rows.contiguous()
         n = rows.shape[0]
-        out = rows.new_empty((n, self.out_features))
+        out = rows.new_empty(n, self.out_features)  # sizes as arguments: parsed faster than a tuple
         if n:
             self._run(rows, bias, out)
         return out if rows is x else out.view(*x.shape[:-1], self.out_features)
