@@ -3,12 +3,13 @@
 # under $OUT. Steps: tests-llm, tests-spmm (the kernel's own tests), tests-kernel (those, the format's and the PTX
 # layer's), tests-torch, profile, profile-hf (a transformers decode step by kernel, dense and sparsified), profile-pairs
 # (where kernels meet, batch 16), bench-smoke, bench-smoke-ordinary, bench-smoke-at (bench-smoke of the package at an
-# earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse, load-speed, bench-llama70b,
-# bench-kernel (the kernel against cuBLAS), split-k (the plan's split-K factor against forced ones, the decoders' shapes
-# at one token), graph-issue (what a captured step holds and how long its launch takes, dense and sparse),
-# kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's); on two GPUs (kind
-# nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an earlier commit need `python -m
-# dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
+# earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse, bench-hf-matrix (transformers eager and
+# compiled, dense and sparsified, issue 24's rows), load-speed, bench-llama70b, bench-kernel (the kernel against
+# cuBLAS), split-k (the plan's split-K factor against forced ones, the decoders' shapes at one token), graph-issue (what
+# a captured step holds and how long its launch takes, dense and sparse), kernel-vs-commit (today's kernel, built with
+# griddepcontrol or not, beside an earlier commit's); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2,
+# bench-opt175b-tp2. The two steps with an earlier commit need `python -m dev.kernel_vs_commit extract COMMIT` run here
+# first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -50,6 +51,8 @@ for step in "$@"; do
                  timeout 60 python3 dev/torch_host_cost.py 2>&1 | tee "$OUT/torch-host.log" ;;
     bench-hf-sparse) bench 240 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse \
                        --hf-new 128 --new 128 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-sparse.log" | tail -25 ;;
+    bench-hf-matrix) bench 590 --model opt-30b --sparsity 0.8 0.9 --batch 1 16 --hf --hf-compile --hf-sparse \
+                       --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-matrix.log" | tail -40 ;;
     tests-parallel) timeout 300 python3 -m pytest -v -p no:cacheprovider tests/test_parallel_gpu.py \
                       2>&1 | tee "$OUT/tests-parallel.log" | tail -20 ;;
     bench-tp2) bench 560 --model opt-66b --sparsity 0.8 --batch 1 16 --tp 2 --new 128 --out "$OUT" \
