@@ -6,10 +6,10 @@ The model is the preset's shapes with ``--layers`` layers, random fp16 weights m
 ``bench-e2e --hf-compile`` does (transformers' static cache, the forward pass compiled with ``fullgraph=True,
 mode="reduce-overhead"``). After a warm-up generation of the timed length, one generation of ``--new`` tokens and
 one of a single token (the prefill alone) run under ``torch.profiler``; their difference over ``--new - 1`` is one
-decode step: its GPU time by kernel (the names shortened), the kernels and graph launches it issues, and its wall
-time from the timed generation. The wall time minus the summed kernel time is what the GPU waits per step (host work
-between steps, where ``generate`` synchronises, or gaps between kernels); the rest is printed per layer, as JSON
-lines.
+decode step: its GPU time by kernel (the names shortened), the host time of its launches, compiled-region entry and
+waits (``HOST_EVENTS``), and its wall time from the timed generation. The wall time minus the summed kernel time is
+what the GPU waits per step (host work between steps, where ``generate`` synchronises, or gaps between kernels); the
+rest is printed per layer, as JSON lines.
 """
 
 from __future__ import annotations
@@ -28,9 +28,16 @@ def short_name(kernel: str) -> str:
     return name.strip()[:60]
 
 
-def kernel_times(model, ids, tokens: int) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """GPU microseconds by kernel name (total, calls) and CPU runtime calls by name (graph launches, kernel
-    launches) of one generation of ``tokens`` new tokens."""
+# Host events whose time a decode step spends (the profiler's names): launching, the compiled region and its guard
+# check, waiting for the GPU.
+HOST_EVENTS = ("cudaGraphLaunch", "cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC",
+               "TorchDynamo Cache Lookup", "Torch-Compiled Region", "cudaStreamSynchronize", "cudaDeviceSynchronize",
+               "aten::_local_scalar_dense", "cudaMemcpyAsync")
+
+
+def kernel_times(model, ids, tokens: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """GPU microseconds by kernel name and host microseconds by ``HOST_EVENTS`` name, each as (total, calls), of
+    one generation of ``tokens`` new tokens."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -38,16 +45,17 @@ def kernel_times(model, ids, tokens: int) -> tuple[dict[str, list[float]], dict[
         model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
         torch.cuda.synchronize()
     kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    runtime: dict[str, int] = defaultdict(int)
+    host: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             entry = kernels[short_name(event.name)]
-            entry[0] += event.time_range.elapsed_us()
-            entry[1] += 1
-        elif event.name in ("cudaGraphLaunch", "cuGraphLaunch", "cudaLaunchKernel", "cuLaunchKernel",
-                            "cuLaunchKernelEx", "cudaLaunchKernelExC"):
-            runtime[event.name] += 1
-    return kernels, runtime
+        elif event.name in HOST_EVENTS:
+            entry = host[event.name]
+        else:
+            continue
+        entry[0] += event.time_range.elapsed_us()
+        entry[1] += 1
+    return kernels, host
 
 
 def profile(name: str, layers: int, sparsity: float, batch: int, prompt: int, new: int) -> None:
@@ -78,8 +86,8 @@ def profile(name: str, layers: int, sparsity: float, batch: int, prompt: int, ne
 
     timed(new)  # compiles and records the graphs at the timed length (the static cache is sized to it)
     step_us = 1e6 * (min(timed(new) for _ in range(3)) - min(timed(1) for _ in range(3))) / (new - 1)
-    whole, whole_runtime = kernel_times(model, ids, new)
-    prefill, prefill_runtime = kernel_times(model, ids, 1)
+    whole, whole_host = kernel_times(model, ids, new)
+    prefill, prefill_host = kernel_times(model, ids, 1)
     steps = new - 1
     per_step = {k: ((v[0] - prefill.get(k, [0, 0])[0]) / steps, (v[1] - prefill.get(k, [0, 0])[1]) / steps)
                 for k, v in whole.items()}
@@ -89,8 +97,10 @@ def profile(name: str, layers: int, sparsity: float, batch: int, prompt: int, ne
                           kernel_us_per_layer=round(gpu_us / layers, 1),
                           gpu_idle_us_per_step=round(step_us - gpu_us, 1),
                           kernels_per_step=round(sum(c for _, c in per_step.values()), 1),
-                          runtime_calls_per_step={k: round((v - prefill_runtime.get(k, 0)) / steps, 2)
-                                                  for k, v in whole_runtime.items()})), flush=True)
+                          host_us_and_calls_per_step={
+                              k: [round((v[0] - prefill_host.get(k, [0, 0])[0]) / steps, 1),
+                                  round((v[1] - prefill_host.get(k, [0, 0])[1]) / steps, 2)]
+                              for k, v in whole_host.items()})), flush=True)
     for kernel, (us, calls) in sorted(per_step.items(), key=lambda kv: -kv[1][0]):
         if us / layers >= 0.05:
             print(json.dumps(dict(sparsity=sparsity, kernel=kernel, us_per_layer=round(us / layers, 2),
