@@ -8,8 +8,9 @@ mode="reduce-overhead"``). After a warm-up generation of the timed length, one g
 one of a single token (the prefill alone) run under ``torch.profiler``; their difference over ``--new - 1`` is one
 decode step: its GPU time by kernel (the names shortened), the host time of its launches, compiled-region entry and
 waits (``HOST_EVENTS``), and its wall time from the timed generation. The wall time minus the summed kernel time is
-what the GPU waits per step (host work between steps, where ``generate`` synchronises, or gaps between kernels); the
-rest is printed per layer, as JSON lines.
+what the GPU waits per step: from the kernels' timestamps, between consecutive kernels (under 50 us, filed as "(idle
+before) KERNEL") or for the host (longer gaps: host work between steps, where ``generate`` synchronises). The rest is
+printed per layer, as JSON lines.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ HOST_EVENTS = ("cudaGraphLaunch", "cudaLaunchKernel", "cuLaunchKernel", "cuLaunc
                "aten::_local_scalar_dense", "cudaMemcpyAsync")
 
 
+GAP_US = 50  # a longer gap between two kernels is the GPU waiting for the host, a shorter one a kernel boundary
+
+
 def kernel_times(model, ids, tokens: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """GPU microseconds by kernel name and host microseconds by ``HOST_EVENTS`` name, each as (total, calls), of
     one generation of ``tokens`` new tokens."""
@@ -46,15 +50,26 @@ def kernel_times(model, ids, tokens: int) -> tuple[dict[str, list[float]], dict[
         torch.cuda.synchronize()
     kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     host: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    on_gpu = []
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             entry = kernels[short_name(event.name)]
+            on_gpu.append((event.time_range.start, event.time_range.end, short_name(event.name)))
         elif event.name in HOST_EVENTS:
             entry = host[event.name]
         else:
             continue
         entry[0] += event.time_range.elapsed_us()
         entry[1] += 1
+    # the GPU's idle time, between consecutive kernels (filed under the kernel that ends it) or, past GAP_US, a
+    # wait for the host
+    on_gpu.sort()
+    for (_, previous_end, _), (start, _, name) in zip(on_gpu, on_gpu[1:]):
+        gap = start - previous_end
+        if gap > 0:
+            entry = host["(GPU idle, waiting for the host)"] if gap > GAP_US else kernels[f"(idle before) {name}"]
+            entry[0] += gap
+            entry[1] += 1
     return kernels, host
 
 
@@ -91,12 +106,15 @@ def profile(name: str, layers: int, sparsity: float, batch: int, prompt: int, ne
     steps = new - 1
     per_step = {k: ((v[0] - prefill.get(k, [0, 0])[0]) / steps, (v[1] - prefill.get(k, [0, 0])[1]) / steps)
                 for k, v in whole.items()}
-    gpu_us = sum(us for us, _ in per_step.values())
+    gpu_us = sum(us for kernel, (us, _) in per_step.items() if not kernel.startswith("(idle"))
+    idle_between_us = sum(us for kernel, (us, _) in per_step.items() if kernel.startswith("(idle"))
     print(json.dumps(dict(model=name, layers=layers, sparsity=sparsity, batch=batch, step_us=round(step_us, 1),
                           step_us_per_layer=round(step_us / layers, 1),
                           kernel_us_per_layer=round(gpu_us / layers, 1),
                           gpu_idle_us_per_step=round(step_us - gpu_us, 1),
-                          kernels_per_step=round(sum(c for _, c in per_step.values()), 1),
+                          idle_between_kernels_us_per_layer=round(idle_between_us / layers, 1),
+                          kernels_per_step=round(sum(c for kernel, (_, c) in per_step.items()
+                                                     if not kernel.startswith("(idle")), 1),
                           host_us_and_calls_per_step={
                               k: [round((v[0] - prefill_host.get(k, [0, 0])[0]) / steps, 1),
                                   round((v[1] - prefill_host.get(k, [0, 0])[1]) / steps, 2)]
