@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import time
 from collections import defaultdict
 
 
@@ -77,6 +76,7 @@ def profile(name: str, layers: int, sparsity: float, batch: int, prompt: int, ne
     import torch
     import transformers
 
+    from flashllm_nb.bench.e2e import compile_hf_decoding, hf_generation_seconds
     from flashllm_nb.llm.config import PRESETS
 
     settings = dict(PRESETS[name], num_hidden_layers=layers)
@@ -87,20 +87,12 @@ def profile(name: str, layers: int, sparsity: float, batch: int, prompt: int, ne
         import flashllm_nb.torch as flt
 
         print(json.dumps(dict(sparsified=str(flt.sparsify(model, sparsity=sparsity, progress=False)))), flush=True)
-    model.generation_config.cache_implementation = "static"
-    model.generation_config.compile_config = transformers.CompileConfig(fullgraph=True, mode="reduce-overhead")
+    compile_hf_decoding(model)
     ids = torch.randint(4, config.vocab_size, (batch, prompt), device="cuda")
-
-    def timed(tokens: int) -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.no_grad():
-            model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-        torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    timed(new)  # compiles and records the graphs at the timed length (the static cache is sized to it)
-    step_us = 1e6 * (min(timed(new) for _ in range(3)) - min(timed(1) for _ in range(3))) / (new - 1)
+    # the warm-up compiles and records the graphs at the timed length (the static cache is sized to it)
+    hf_generation_seconds(model, ids, new)
+    whole_s = min(hf_generation_seconds(model, ids, new) for _ in range(3))
+    step_us = 1e6 * (whole_s - min(hf_generation_seconds(model, ids, 1) for _ in range(3))) / (new - 1)
     whole, whole_host = kernel_times(model, ids, new)
     prefill, prefill_host = kernel_times(model, ids, 1)
     steps = new - 1

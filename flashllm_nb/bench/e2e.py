@@ -162,30 +162,18 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
         _release()
         return
     if compile_:
-        # transformers' own compiled decoding: a static cache makes generate() compile the forward pass of each
-        # decode step (not the prefill) with these options and replay it as CUDA graphs
-        model.generation_config.cache_implementation = "static"
-        model.generation_config.compile_config = transformers.CompileConfig(fullgraph=True, mode="reduce-overhead")
+        compile_hf_decoding(model)
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     for batch in batches:
         row = dict(model=name, provider=provider, sparsity=sparsity, batch=batch, prompt=args.prompt, new=new,
                    weights_gb=_gb(weights))
         ids = torch.randint(4, config.vocab_size, (batch, args.prompt), device="cuda")
-
-        def run(tokens: int) -> float:
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            with torch.no_grad():
-                model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-            torch.cuda.synchronize()
-            return time.perf_counter() - start
-
         try:
             # warm-up. A static cache is sized to the generation's length and the compiled decode step to the cache,
             # so the compiled rows warm up at the timed length: a shorter warm-up left the compilation in the timing
-            run(new if compile_ else 4)
-            first = run(1)
-            total = run(new)
+            hf_generation_seconds(model, ids, new if compile_ else 4)
+            first = hf_generation_seconds(model, ids, 1)
+            total = hf_generation_seconds(model, ids, new)
         except torch.OutOfMemoryError as e:
             rows.append(dict(row, status="does not fit", note=str(e).splitlines()[0]))
             continue
@@ -202,6 +190,28 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
             f"{row['decode_tok_s']:9.1f} tok/s, TTFT {first * 1e3:.1f} ms")
     del model
     _release()
+
+
+def compile_hf_decoding(model) -> None:
+    """transformers' own compiled decoding: a static cache makes ``generate()`` compile the forward pass of each
+    decode step (not the prefill) with ``fullgraph=True, mode="reduce-overhead"`` and replay it as CUDA graphs."""
+    import transformers
+
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.compile_config = transformers.CompileConfig(fullgraph=True, mode="reduce-overhead")
+
+
+def hf_generation_seconds(model, ids, tokens: int) -> float:
+    """Seconds of one greedy transformers generation of exactly ``tokens`` new tokens after ``ids``, the GPU
+    synchronised before and after."""
+    import torch
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def _release() -> None:
