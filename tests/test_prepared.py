@@ -36,9 +36,10 @@ def test_prepared_linear_recomputes_with_the_current_activations(m, k, n, sparsi
     W = random_sparse(rng, m, k, sparsity, dtype)
     A = fl.TiledCSL.from_dense(device(W))
     bias = random_activations(rng, 1, m, dtype)[0]
+    B = device(bias)  # alive as long as the launches that read it (a retargeted launch holds no array)
     X = device(random_activations(rng, n, k, dtype))
     Y = device(np.full((n, m), np.nan, dtype))
-    P = fl.prepare_linear(X, A, device(bias), out=Y, split_k=split_k)
+    P = fl.prepare_linear(X, A, B, out=Y, split_k=split_k)
     assert isinstance(P, fl.Prepared) and P.out is Y and np.isnan(host(Y).astype(np.float32)).all()
     for step in range(STEPS):
         x = random_activations(rng, n, k, dtype)
@@ -46,7 +47,7 @@ def test_prepared_linear_recomputes_with_the_current_activations(m, k, n, sparsi
         assert P() is Y
         got = host(Y)
         assert_close_to_reference(got, *reference(W, x, bias), k, dtype, what=f"prepared linear, step {step}")
-        fresh = host(fl.linear(X, A, device(bias), split_k=split_k))
+        fresh = host(fl.linear(X, A, B, split_k=split_k))
         np.testing.assert_array_equal(got.view(np.uint16), fresh.view(np.uint16))
     launch = P.packed_launch
     assert (launch is None) == SIMULATOR  # the GPU cases' rows are read in place: their launch can be pointed

@@ -10,6 +10,7 @@ model in one graph and agree with eager.
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -64,22 +65,25 @@ def test_sparse_linear_matches_float64(dtype, shape, leading, bias):
 
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
-@pytest.mark.parametrize("shape", [(48, 0), (0, 64), (40, 100)])
+@pytest.mark.parametrize("shape", [(48, 0), (0, 64), (40, 100), (40, 96)])
 def test_empty_matrices_unaligned_rows_and_no_tokens(shape):
-    """A layer of no inputs (the bias) or no outputs, rows the kernel cannot read in place (100 values; a view
-    starting one element in), and a call of no tokens: each equals the float64 product, twice in a row (the second
-    call takes what the first one kept)."""
+    """A layer of no inputs (the bias) or no outputs; rows the kernel cannot read in place (100 values a row, or a
+    view starting one element in, after a launch was kept for aligned rows of that count); calls of no tokens and
+    of several leading dimensions: each equals the float64 product, twice in a row."""
     linear = _linear(*shape, zeros=0.8)
     layer = flt.SparseLinear.from_linear(linear)
-    storage = torch.randn(3 * shape[1] + 1).to(dtype=torch.float16, device=DEVICE)
-    for x in (storage[:3 * shape[1]].view(3, shape[1]), storage[1:].view(3, shape[1]), storage[:0].view(0, shape[1])):
-        ref, abs_product = _reference(x, linear.weight, linear.bias)
+    k = shape[1]
+    storage = torch.randn(6 * k + 1).to(dtype=torch.float16, device=DEVICE)
+    for x in (storage[:3 * k].view(3, k), storage[1:3 * k + 1].view(3, k), storage[:0].view(0, k),
+              storage[:6 * k].view(2, 3, k)):
+        rows = x.reshape(-1, k) if k else x.new_empty(math.prod(x.shape[:-1]), 0)
+        ref, abs_product = _reference(rows, linear.weight, linear.bias)
         for _ in range(2):
             with torch.no_grad():
                 y = layer(x)
-            assert y.shape == (x.shape[0], shape[0])
-            assert_close_to_reference(y.double().cpu().numpy(), ref, abs_product, max(shape[1], 1),
-                                      layer.matrix.dtype)
+            assert y.shape == (*x.shape[:-1], shape[0])
+            got = y.reshape(len(rows), shape[0]).double().cpu().numpy()
+            assert_close_to_reference(got, ref, abs_product, max(k, 1), layer.matrix.dtype)
 
 
 def test_replaced_tensors_are_followed():

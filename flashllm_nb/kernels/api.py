@@ -123,7 +123,8 @@ class Prepared:
     def packed_launch(self):
         """The packed driver launch under a retargetable product (None otherwise), for a per-call path that checks
         its own arguments: ``packed_launch.set_pointers(x, out, bias)`` as :meth:`set_pointers` without its checks
-        (X must start 16-byte aligned), then ``packed_launch()`` launches. It is what a repeated CuPy call uses."""
+        (X must start 16-byte aligned), then ``packed_launch()`` launches. It is what a repeated CuPy call uses.
+        Once pointed elsewhere, calling this product writes where the launch points, not to :attr:`out`."""
         return self._launch
 
     def set_pointers(self, x: int, out: int, bias: int | None = None) -> None:

@@ -18,6 +18,7 @@ own tensors and one packed launch per (tokens, stream, bias) that later calls po
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any, Optional
 
@@ -57,13 +58,16 @@ class MatrixState:
         self.matrix = matrix_views(words, tile_offsets, shape, dtype, full_check)
         self.words_ptr, self.offsets_ptr = words.data_ptr(), tile_offsets.data_ptr()
         self.out_features = shape[0]
+        # whether a kernel launch can read rows in place and be kept: rows of a multiple of 8 values, and a matrix
+        # with rows and columns (an empty one is the kernel API's fill, or nothing)
+        self._launchable = shape[0] > 0 and shape[1] > 0 and shape[1] % 8 == 0
         self.device_index = words.get_device()  # -1 on the CPU
         self._launches: dict[tuple, Any] = {}  # (rows, stream, bias is None) -> Prepared.packed_launch
 
     def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         """``x @ W.T + bias`` in a new tensor, for ``x`` of shape (..., in_features) on the matrix's device, of
         its dtype (trusted: the module and the operator's callers check)."""
-        rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        rows = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (-1, 0) is ambiguous
         if not rows.is_contiguous():
             rows = rows.contiguous()
         n = rows.shape[0]
@@ -73,30 +77,26 @@ class MatrixState:
         return out if rows is x else out.view(*x.shape[:-1], self.out_features)
 
     def _run(self, x: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> None:
-        """``out = x @ W.T + bias`` for 2-D row-major ``x`` and ``out``: a kept launch pointed at them, or a new
-        one kept for later calls of this many rows on this stream, or (rows the kernel cannot read in place) the
-        kernel API's aligned copy."""
+        """``out = x @ W.T + bias`` for 2-D row-major ``x`` and ``out``: the launch kept for this many rows on this
+        stream (made on the first such call), pointed at them; or, for rows the kernel cannot read in place or an
+        empty matrix, the kernel API's checked path."""
         if ptx.SIMULATOR:  # CPU tensors: the kernel API takes their bits as NumPy arrays (shared memory)
             api.linear(_host_bits(x), self.matrix, None if bias is None else _host_bits(bias), _host_bits(out))
             return
         stream = _raw_stream(self.device_index)
-        key = (x.shape[0], stream, bias is None)
-        launch = self._launches.get(key)
         x_ptr = x.data_ptr()
-        if x_ptr % 16 or (launch is None and x.shape[1] % 8):
+        if x_ptr % 16 or not self._launchable:
             api.linear(x, self.matrix, bias, out, stream=stream)
             return
+        key = (x.shape[0], stream, bias is None)
+        launch = self._launches.get(key)
         if launch is None:
-            prepared = api.prepare_linear(x, self.matrix, bias, out, stream=stream)
-            launch = prepared.packed_launch
-            if launch is None:  # no kernel to launch: a matrix with no rows or no columns (filled, or nothing)
-                prepared()
-                return
+            # kept without any tensor of this call (one made while a CUDA graph records must not outlive the
+            # recording unseen): every call, this one included, points it at its tensors by address
+            launch = api.prepare_linear(x, self.matrix, bias, out, stream=stream).packed_launch
             if len(self._launches) >= _LAUNCHES_PER_MATRIX:
                 self._launches.pop(next(iter(self._launches)))
             self._launches[key] = launch
-        # a kept launch holds no tensor of any call (one made while a CUDA graph records must not outlive the
-        # recording unseen): it is pointed at each call's tensors by address, the first call's included
         launch.set_pointers(x_ptr, out.data_ptr(), None if bias is None else bias.data_ptr())
         launch()
 
