@@ -23,8 +23,13 @@ from collections import defaultdict
 
 def short_name(kernel: str) -> str:
     """A kernel's name without template arguments and parameter lists, at most 60 characters."""
-    name = re.sub(r"<.*>", "", kernel)
-    name = re.sub(r"\(.*\)", "", name)
+    name = kernel.replace("(anonymous namespace)::", "")
+    while True:  # innermost template argument lists first
+        shorter = re.sub(r"<[^<>]*>", "", name)
+        if shorter == name:
+            break
+        name = shorter
+    name = re.sub(r"\([^()]*\)$", "", name)
     return name.strip()[:60]
 
 
@@ -51,11 +56,11 @@ def kernel_times(model, ids, tokens: int) -> tuple[dict[str, list[float]], dict[
     host: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     on_gpu = []
     for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
+        if event.device_type == torch.autograd.DeviceType.CUDA and not event.is_user_annotation:
             entry = kernels[short_name(event.name)]
             on_gpu.append((event.time_range.start, event.time_range.end, short_name(event.name)))
-        elif event.name in HOST_EVENTS:
-            entry = host[event.name]
+        elif event.name.split(":")[0] in HOST_EVENTS:  # "Torch-Compiled Region: 0/1" and the like
+            entry = host[event.name.split(":")[0]]
         else:
             continue
         entry[0] += event.time_range.elapsed_us()
@@ -63,12 +68,14 @@ def kernel_times(model, ids, tokens: int) -> tuple[dict[str, list[float]], dict[
     # the GPU's idle time, between consecutive kernels (filed under the kernel that ends it) or, past GAP_US, a
     # wait for the host
     on_gpu.sort()
-    for (_, previous_end, _), (start, _, name) in zip(on_gpu, on_gpu[1:]):
-        gap = start - previous_end
+    busy_until = on_gpu[0][1] if on_gpu else 0
+    for start, end, name in on_gpu[1:]:
+        gap = start - busy_until
         if gap > 0:
             entry = host["(GPU idle, waiting for the host)"] if gap > GAP_US else kernels[f"(idle before) {name}"]
             entry[0] += gap
             entry[1] += 1
+        busy_until = max(busy_until, end)
     return kernels, host
 
 
@@ -124,8 +131,10 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.8])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt", type=int, default=64)
-    parser.add_argument("--new", type=int, default=33)
+    parser.add_argument("--new", type=int, default=33, help="new tokens of the profiled generation (at least 2)")
     args = parser.parse_args()
+    if args.new < 2:
+        parser.error("--new must be at least 2: a decode step is the difference of --new tokens and one")
     import torch
 
     torch._logging.set_logs(perf_hints=True)  # says so where CUDA graphs are skipped
