@@ -132,13 +132,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new", type=int, default=33, help="new tokens of the profiled generation (at least 2)")
+    parser.add_argument("--ordinary-launches", action="store_true",
+                        help="capture the sparse products as ordinary launches, not programmatic dependents")
     args = parser.parse_args()
     if args.new < 2:
         parser.error("--new must be at least 2: a decode step is the difference of --new tokens and one")
     import torch
 
+    from flashllm_nb.kernels.driver import dependent_launches, set_dependent_launches
+
+    if args.ordinary_launches:
+        set_dependent_launches(False)
     torch._logging.set_logs(perf_hints=True)  # says so where CUDA graphs are skipped
-    print(json.dumps(dict(device=torch.cuda.get_device_name(), torch=torch.__version__)), flush=True)
+    print(json.dumps(dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                          dependent_launches=dependent_launches())), flush=True)
     for sparsity in args.sparsity:
         profile(args.model, args.layers, sparsity, args.batch, args.prompt, args.new)
         torch.cuda.empty_cache()  # the model went with the call

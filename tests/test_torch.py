@@ -285,3 +285,44 @@ def test_cuda_graph_capture_and_current_stream():
         torch.cuda.synchronize()
         torch.testing.assert_close(captured, layer(x), rtol=0, atol=0)
         assert not torch.equal(captured, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dependent", [True, False])
+def test_captured_chain_of_layers_waits_for_each_input(dependent):
+    """In a captured graph the layers launch as programmatic dependents (or ordinarily, with dependent launches
+    off): each reads its input only once the kernel before it, a torch kernel, a copy or another layer, has
+    written it. The replay equals eager calls on inputs changed between replays (a stale input would not: each
+    replay's input is new)."""
+    from flashllm_nb.kernels import driver
+
+    first = flt.SparseLinear.from_linear(_linear(1024, 512), sparsity=0.8)
+    second = flt.SparseLinear.from_linear(_linear(512, 1024), sparsity=0.7)
+    third = flt.SparseLinear.from_linear(_linear(768, 512), sparsity=0.9)
+    x = torch.empty(4, 512, dtype=torch.float16, device="cuda")
+    staged = torch.randn_like(x)
+
+    def chain():
+        x.copy_(staged)  # a copy node right before the first layer
+        hidden = torch.relu(first(x))
+        return third(second(hidden) * 0.5)
+
+    previous = driver.set_dependent_launches(dependent)
+    try:
+        with torch.no_grad():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(stream):
+                chain()
+                with torch.cuda.graph(graph, stream=stream):
+                    captured = chain()
+            for seed in range(3):
+                staged.copy_(torch.randn(staged.shape, generator=torch.Generator().manual_seed(seed)))
+                graph.replay()
+                torch.cuda.synchronize()
+                expected = chain()
+                assert torch.isfinite(expected).all()
+                torch.testing.assert_close(captured, expected, rtol=1e-3, atol=1e-3)
+    finally:
+        driver.set_dependent_launches(previous)

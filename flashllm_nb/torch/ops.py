@@ -14,6 +14,8 @@ Each call goes to the kernel through :mod:`flashllm_nb.kernels.api`. A :class:`M
 :class:`~flashllm_nb.torch.SparseLinear`) keeps the matrix as a :class:`~flashllm_nb.TiledCSL` over the module's
 own tensors and one packed launch per (tokens, stream, bias) that later calls point at their tensors
 (``Prepared.packed_launch``): after the first call of a shape, a call costs a lookup, an allocation and the driver call.
+While a CUDA graph records, the kernels launch as programmatic dependents (``kernels.driver``), so that in the
+replayed graph each loads its weights while the kernel before it finishes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 
 from flashllm_nb.formats import _xp
 from flashllm_nb.formats.tiled_csl import TiledCSL
-from flashllm_nb.kernels import api, ptx
+from flashllm_nb.kernels import api, driver, ptx
 
 __all__ = ["sparse_linear", "MatrixState", "matrix_views"]
 
@@ -98,7 +100,15 @@ class MatrixState:
                 self._launches.pop(next(iter(self._launches)))
             self._launches[key] = launch
         launch.set_pointers(x_ptr, out.data_ptr(), None if bias is None else bias.data_ptr())
-        launch()
+        if _capturing():
+            # In a CUDA graph every earlier node is the model's own work, none of which writes the weights: the
+            # kernel may load them before the previous kernel ends (a programmatic dependent launch; the kernel
+            # waits for it before reading x). Eager calls stay ordinary: a kernel that wrote the weights (the
+            # conversion, a state dict load) may still be running.
+            with driver.dependent_launch_scope():
+                launch()
+        else:
+            launch()
 
 
 # The raw handle of torch's current stream on a device. torch.cuda.current_stream(i).cuda_stream builds a Stream
@@ -106,6 +116,11 @@ class MatrixState:
 # torch._C._cuda_getCurrentRawStream instead, which this uses where the torch build has it.
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
     lambda device_index: torch.cuda.current_stream(device_index).cuda_stream)
+
+
+# Whether torch's current stream is capturing a CUDA graph, through the C function that
+# torch.cuda.is_current_stream_capturing wraps where the torch build has it.
+_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or torch.cuda.is_current_stream_capturing
 
 
 def _host_bits(t: torch.Tensor) -> np.ndarray:
