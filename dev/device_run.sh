@@ -5,12 +5,12 @@
 # products captured as dependents and not), profile-hf-layers (the sparsified step at 24 layers), profile-pairs (where
 # kernels meet, batch 16), bench-smoke, bench-smoke-ordinary, bench-smoke-at (bench-smoke of the package at an earlier
 # commit), bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse, bench-hf-matrix (transformers eager and
-# compiled, dense and sparsified, issue 24's rows), load-speed, bench-llama70b, bench-kernel (the kernel against
-# cuBLAS), split-k (the plan's split-K factor against forced ones, the decoders' shapes at one token), graph-issue
-# (what a captured step holds and how long its launch takes, dense and sparse), kernel-vs-commit (today's kernel,
-# built with griddepcontrol or not, beside an earlier commit's); on two GPUs (kind nvidia-h100-x2): tests-parallel,
-# bench-tp2, bench-opt175b-tp2. The two steps with an earlier commit need `python -m dev.kernel_vs_commit extract
-# COMMIT` run here first and .scratch/kernel_at carried.
+# compiled, dense and sparsified, issue 24's rows; or in two calls, bench-hf-compiled and bench-hf-eager), load-speed,
+# bench-llama70b, bench-kernel (the kernel against cuBLAS), split-k (the plan's split-K factor against forced ones,
+# the decoders' shapes at one token), graph-issue (what a captured step holds and how long its launch takes, dense and
+# sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's); on two
+# GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an earlier commit need
+# `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -58,6 +58,10 @@ for step in "$@"; do
                        --hf-new 128 --new 128 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-sparse.log" | tail -25 ;;
     bench-hf-matrix) bench 590 --model opt-30b --sparsity 0.8 0.9 --batch 1 16 --hf --hf-compile --hf-sparse \
                        --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-matrix.log" | tail -40 ;;
+    bench-hf-compiled) bench 480 --model opt-30b --sparsity 0.8 0.9 --batch 1 16 --hf-compile --hf-sparse \
+                         --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-compiled.log" | tail -30 ;;
+    bench-hf-eager) bench 480 --model opt-30b --sparsity 0.8 0.9 --batch 1 16 --hf --hf-sparse \
+                      --hf-new 32 --new 32 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-eager.log" | tail -30 ;;
     tests-parallel) timeout 300 python3 -m pytest -v -p no:cacheprovider tests/test_parallel_gpu.py \
                       2>&1 | tee "$OUT/tests-parallel.log" | tail -20 ;;
     bench-tp2) bench 560 --model opt-66b --sparsity 0.8 --batch 1 16 --tp 2 --new 128 --out "$OUT" \

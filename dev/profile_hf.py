@@ -6,11 +6,11 @@ The model is the preset's shapes with ``--layers`` layers, random fp16 weights m
 ``bench-e2e --hf-compile`` does (transformers' static cache, the forward pass compiled with ``fullgraph=True,
 mode="reduce-overhead"``). After a warm-up generation of the timed length, one generation of ``--new`` tokens and
 one of a single token (the prefill alone) run under ``torch.profiler``; their difference over ``--new - 1`` is one
-decode step: its GPU time by kernel (the names shortened), the host time of its launches, compiled-region entry and
-waits (``HOST_EVENTS``), and its wall time from the timed generation. The wall time minus the summed kernel time is
-what the GPU waits per step: from the kernels' timestamps, between consecutive kernels (under 50 us, filed as "(idle
-before) KERNEL") or for the host (longer gaps: host work between steps, where ``generate`` synchronises). The rest is
-printed per layer, as JSON lines.
+decode step: its GPU time by kernel (the names shortened; this library's products by launch grid), the host time of
+its launches, compiled-region entry and waits (``HOST_EVENTS``), and its wall time from the timed generation. The
+wall time minus the summed kernel time is what the GPU waits per step: from the kernels' timestamps, between
+consecutive kernels (under 50 us, filed as "(idle before) KERNEL") or for the host (longer gaps: host work between
+steps, where ``generate`` synchronises). The rest is printed per layer, as JSON lines.
 """
 
 from __future__ import annotations
@@ -43,6 +43,25 @@ HOST_EVENTS = ("cudaGraphLaunch", "cudaLaunchKernel", "cuLaunchKernel", "cuLaunc
 GAP_US = 50  # a longer gap between two kernels is the GPU waiting for the host, a shorter one a kernel boundary
 
 
+def sparse_products_by_grid(prof) -> dict[str, list[float]]:
+    """GPU microseconds and calls of this library's SpMM kernels by launch grid (one grid per matrix shape and
+    split), from the profiler's trace (its events do not carry the grid)."""
+    import tempfile
+
+    products: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/trace.json"
+        prof.export_chrome_trace(path)
+        with open(path) as file:
+            events = json.load(file)["traceEvents"]
+    for event in events:
+        if event.get("cat") == "kernel" and "flashllm_nb" in event.get("name", ""):
+            entry = products["sparse product, grid " + "x".join(str(g) for g in event.get("args", {}).get("grid", "?"))]
+            entry[0] += event["dur"]
+            entry[1] += 1
+    return products
+
+
 def kernel_times(model, ids, tokens: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """GPU microseconds by kernel name and host microseconds by ``HOST_EVENTS`` name, each as (total, calls), of
     one generation of ``tokens`` new tokens."""
@@ -52,13 +71,15 @@ def kernel_times(model, ids, tokens: int) -> tuple[dict[str, list[float]], dict[
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof, torch.no_grad():
         model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
         torch.cuda.synchronize()
-    kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    kernels: dict[str, list[float]] = sparse_products_by_grid(prof)
     host: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     on_gpu = []
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA and not event.is_user_annotation:
-            entry = kernels[short_name(event.name)]
             on_gpu.append((event.time_range.start, event.time_range.end, short_name(event.name)))
+            if "flashllm_nb" in event.name:  # filed by grid above
+                continue
+            entry = kernels[short_name(event.name)]
         elif event.name.split(":")[0] in HOST_EVENTS:  # "Torch-Compiled Region: 0/1" and the like
             entry = host[event.name.split(":")[0]]
         else:
