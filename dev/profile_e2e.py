@@ -185,10 +185,10 @@ def profile_build(config, sparsity: float) -> None:
     generator = cupy.random.default_rng(0)
     totals: dict[str, float] = {}
 
-    def timed(phase, fn):
+    def timed(phase, fn, *args):
         cupy.cuda.Device().synchronize()
         start = time.perf_counter()
-        result = fn()
+        result = fn(*args)
         cupy.cuda.Device().synchronize()
         totals[phase] = totals.get(phase, 0.0) + time.perf_counter() - start
         return result
@@ -197,11 +197,11 @@ def profile_build(config, sparsity: float) -> None:
         totals.clear()
         for name, (rows, cols) in config.linear_shapes().items():
             values = timed("draw", lambda: RANDOM_WEIGHT_STD * generator.standard_normal((rows, cols), np.float32))
-            bits = timed("round", lambda: _float32_to_bits(values, dtype))
+            bits = timed("round", _float32_to_bits, values, dtype)
             del values
-            pruned = timed("prune", lambda: prune_bits(bits, sparsity, "magnitude"))
+            pruned = timed("prune", prune_bits, bits, sparsity, "magnitude")
             del bits
-            timed("encode", lambda: encode_linear(pruned, None, dtype, None))
+            timed("encode", encode_linear, pruned, None, dtype, None)
             del pruned
     layer_total = sum(totals.values())
     print(json.dumps(dict(build_per_layer_s={k: round(v, 4) for k, v in totals.items()},
