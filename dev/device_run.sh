@@ -2,15 +2,16 @@
 # One call on a lent GPU machine (the device tool): install the carried wheels, then run the named steps, each logged
 # under $OUT. Steps: tests-llm, tests-spmm (the kernel's own tests), tests-kernel (those, the format's and the PTX
 # layer's), tests-torch, profile, profile-hf (a transformers decode step by kernel, dense and sparsified, the sparse
-# products captured as dependents and not), profile-hf-layers (the sparsified step at 24 layers), profile-pairs (where
-# kernels meet, batch 16), bench-smoke, bench-smoke-ordinary, bench-smoke-at (bench-smoke of the package at an earlier
-# commit), bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse, bench-hf-matrix (transformers eager and
-# compiled, dense and sparsified, issue 24's rows; or in two calls, bench-hf-compiled and bench-hf-eager), load-speed,
-# bench-llama70b, bench-kernel (the kernel against cuBLAS), split-k (the plan's split-K factor against forced ones,
-# the decoders' shapes at one token), graph-issue (what a captured step holds and how long its launch takes, dense and
-# sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's); on two
-# GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an earlier commit need
-# `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
+# products captured as dependents and not), profile-hf-layers (the sparsified step at 24 layers), profile-hf-full (all
+# 48, dense and sparsified), profile-pairs (where kernels meet, batch 16), bench-smoke, bench-smoke-ordinary,
+# bench-smoke-at (bench-smoke of the package at an earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b,
+# bench-hf-sparse, bench-hf-matrix (transformers eager and compiled, dense and sparsified, issue 24's rows; or in two
+# calls, bench-hf-compiled and bench-hf-eager), load-speed, bench-llama70b, bench-kernel (the kernel against cuBLAS),
+# split-k (the plan's split-K factor against forced ones, the decoders' shapes at one token), graph-issue (what a
+# captured step holds and how long its launch takes, dense and sparse), kernel-vs-commit (today's kernel, built with
+# griddepcontrol or not, beside an earlier commit's); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2,
+# bench-opt175b-tp2. The two steps with an earlier commit need `python -m dev.kernel_vs_commit extract COMMIT` run
+# here first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -51,6 +52,8 @@ for step in "$@"; do
                   --ordinary-launches 2>&1 | tee "$OUT/profile-hf-ordinary.log" | grep -v "^ *$" | tail -40 ;;
     profile-hf-layers) timeout 300 python3 dev/profile_hf.py --model opt-30b --layers 24 --sparsity 0.8 --batch 1 \
                          2>&1 | tee "$OUT/profile-hf-layers.log" | grep -v "^ *$" | tail -40 ;;
+    profile-hf-full) timeout 420 python3 dev/profile_hf.py --model opt-30b --layers 48 --sparsity 0 0.8 --batch 1 \
+                       2>&1 | tee "$OUT/profile-hf-full.log" | grep -v "^ *$" | tail -40 ;;
     tests-torch) timeout 300 python3 -m pytest -v -p no:cacheprovider -o faulthandler_timeout=120 --durations=8 \
                    tests/test_torch.py 2>&1 | tee "$OUT/tests-torch.log" | tail -40
                  timeout 60 python3 dev/torch_host_cost.py 2>&1 | tee "$OUT/torch-host.log" ;;
