@@ -5,13 +5,14 @@
 # products captured as dependents and not), profile-hf-layers (the sparsified step at 24 layers), profile-hf-full (all
 # 48, dense and sparsified), profile-pairs (where kernels meet, batch 16), bench-smoke, bench-smoke-ordinary,
 # bench-smoke-at (bench-smoke of the package at an earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b,
-# bench-hf-sparse, bench-hf-matrix (transformers eager and compiled, dense and sparsified, issue 24's rows; or in two
-# calls, bench-hf-compiled and bench-hf-eager), load-speed, bench-llama70b, bench-kernel (the kernel against cuBLAS),
-# split-k (the plan's split-K factor against forced ones, the decoders' shapes at one token), graph-issue (what a
-# captured step holds and how long its launch takes, dense and sparse), kernel-vs-commit (today's kernel, built with
-# griddepcontrol or not, beside an earlier commit's); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2,
-# bench-opt175b-tp2. The two steps with an earlier commit need `python -m dev.kernel_vs_commit extract COMMIT` run
-# here first and .scratch/kernel_at carried.
+# bench-hf-sparse, bench-hf-matrix (transformers eager and compiled, dense and sparsified, issue 24's rows; or in
+# three calls, bench-hf-compiled (80 %), bench-hf-compiled-90 and bench-hf-eager), load-speed, bench-llama70b,
+# bench-kernel (the kernel against cuBLAS), split-k (the plan's split-K factor against forced ones, the decoders'
+# shapes at one token), split-k-fixed (7168 rows at one token against K, split 1 and 9: what a launch costs beyond
+# its bytes), graph-issue (what a captured step holds and how long its launch takes, dense and sparse),
+# kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's); on two GPUs (kind
+# nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an earlier commit need
+# `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -61,8 +62,10 @@ for step in "$@"; do
                        --hf-new 128 --new 128 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-sparse.log" | tail -25 ;;
     bench-hf-matrix) bench 590 --model opt-30b --sparsity 0.8 0.9 --batch 1 16 --hf --hf-compile --hf-sparse \
                        --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-matrix.log" | tail -40 ;;
-    bench-hf-compiled) bench 480 --model opt-30b --sparsity 0.8 0.9 --batch 1 16 --hf-compile --hf-sparse \
+    bench-hf-compiled) bench 450 --model opt-30b --sparsity 0.8 --batch 1 16 --hf-compile --hf-sparse \
                          --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-compiled.log" | tail -30 ;;
+    bench-hf-compiled-90) bench 450 --model opt-30b --sparsity 0.9 --batch 1 16 --hf-compile --hf-sparse \
+                            --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-compiled-90.log" | tail -30 ;;
     bench-hf-eager) bench 480 --model opt-30b --sparsity 0.8 0.9 --batch 1 16 --hf --hf-sparse \
                       --hf-new 32 --new 32 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-eager.log" | tail -30 ;;
     tests-parallel) timeout 300 python3 -m pytest -v -p no:cacheprovider tests/test_parallel_gpu.py \
@@ -81,6 +84,9 @@ for step in "$@"; do
     split-k) for shape in "7168 7168" "21504 7168" "9216 9216" "7168 28672" "28672 7168"; do  # OPT-30B/66B, 1 token
                timeout 100 python3 -m dev.split_k $shape 1 0.8 1 2 3 4 5 6 8 10 12 2>&1 | tee -a "$OUT/split-k.log"
              done ;;
+    split-k-fixed) for k in 576 1152 2304 4608 7168; do  # 7168 rows, 1 token: time against K, the fixed cost
+                     timeout 60 python3 -m dev.split_k 7168 $k 1 0.8 1 9 2>&1 | tee -a "$OUT/split-k-fixed.log"
+                   done ;;
     graph-issue) timeout 300 python3 -m dev.graph_issue --model opt-30b --layers 8 --sparsity 0 0.8 --batch 1 16 \
                    2>&1 | tee "$OUT/graph-issue.log" ;;
     *) echo "unknown step $step" ;;

@@ -16,6 +16,7 @@ steps, where ``generate`` synchronises). The rest is printed per layer, as JSON 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import re
 from collections import defaultdict
@@ -169,7 +170,10 @@ def main() -> None:
                           dependent_launches=dependent_launches())), flush=True)
     for sparsity in args.sparsity:
         profile(args.model, args.layers, sparsity, args.batch, args.prompt, args.new)
-        torch.cuda.empty_cache()  # the model went with the call
+        # the model went with the call, but Dynamo's cache and the recorded graphs still hold its weights
+        torch.compiler.reset()
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -168,6 +168,11 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
         row = dict(model=name, provider=provider, sparsity=sparsity, batch=batch, prompt=args.prompt, new=new,
                    weights_gb=_gb(weights))
         ids = torch.randint(4, config.vocab_size, (batch, args.prompt), device="cuda")
+        if compile_:
+            # each compiled row starts from an empty Dynamo cache, as in a fresh process: Dynamo remembers the shapes
+            # it has seen for a function, so an earlier row's other batch size would have this one compiled with
+            # dynamic shapes, and an earlier model's graphs would stay on the GPU
+            torch.compiler.reset()
         try:
             # warm-up. A static cache is sized to the generation's length and the compiled decode step to the cache,
             # so the compiled rows warm up at the timed length: a shorter warm-up left the compilation in the timing
@@ -189,6 +194,7 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
         log(f"  {provider} {'dense' if not sparsity else f'{sparsity:.0%}'} batch {batch:3d}: "
             f"{row['decode_tok_s']:9.1f} tok/s, TTFT {first * 1e3:.1f} ms")
     del model
+    torch.compiler.reset()  # Dynamo's cache and the recorded graphs hold the model's weights
     _release()
 
 
