@@ -9,7 +9,8 @@
 # three calls, bench-hf-compiled (80 %), bench-hf-compiled-90 and bench-hf-eager), load-speed, bench-llama70b,
 # bench-kernel (the kernel against cuBLAS), split-k (the plan's split-K factor against forced ones, the decoders'
 # shapes at one token), split-k-fixed (7168 rows at one token against K, split 1 and 9: what a launch costs beyond
-# its bytes), graph-issue (what a captured step holds and how long its launch takes, dense and sparse),
+# its bytes), block-timeline (per-block timelines of queued launches on three of those shapes), graph-issue (what a
+# captured step holds and how long its launch takes, dense and sparse),
 # kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's); on two GPUs (kind
 # nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an earlier commit need
 # `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
@@ -87,6 +88,10 @@ for step in "$@"; do
     split-k-fixed) for k in 576 1152 2304 4608 7168; do  # 7168 rows, 1 token: time against K, the fixed cost
                      timeout 60 python3 -m dev.split_k 7168 $k 1 0.8 1 9 2>&1 | tee -a "$OUT/split-k-fixed.log"
                    done ;;
+    block-timeline) for shape in "7168 7168" "7168 576" "28672 7168"; do  # OPT-30B's decode shapes at one token
+                      timeout 120 python3 -m dev.block_timeline $shape 1 0.8 --out "$OUT" 2>&1 \
+                        | tee -a "$OUT/block-timeline.log"
+                    done ;;
     graph-issue) timeout 300 python3 -m dev.graph_issue --model opt-30b --layers 8 --sparsity 0 0.8 --batch 1 16 \
                    2>&1 | tee "$OUT/graph-issue.log" ;;
     *) echo "unknown step $step" ;;

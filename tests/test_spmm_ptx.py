@@ -75,6 +75,11 @@ WGMMA_CONFIGS += [
          clear="entries", relu=True) for t, s in ((8, False), (16, True))
 ]
 WGMMA_CONFIGS = [dict(config, grid_dependency=True) for config in WGMMA_CONFIGS]
+# The development variant that records per-block timelines (dev/block_timeline.py), on what Hopper plans at one
+# token for OPT's 7168 x 7168 at 80 %.
+TIMELINE_CONFIG = dict(tile_n=8, dtype="float16", x_layout="nk", splits=True, warps=4, mma="wgmma",
+                       prefetch_vectors=512, clear="entries", grid_dependency=True, timeline=True)
+TIMELINE_REGISTERS = ["%globaltimer_lo", "%smid"]
 GRID_DEPENDENCY_INSTRUCTIONS = ["griddepcontrol.launch_dependents;", "griddepcontrol.wait;"]
 WGMMA_INSTRUCTIONS = [
     "wgmma.fence.sync.aligned",
@@ -104,7 +109,8 @@ CLEAR_INSTRUCTIONS = {
 def compiled():
     results = compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", CONFIGS, CCS)
     results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", DEPENDENT_CONFIGS, [DEPENDENT_CC])
-    results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", WGMMA_CONFIGS, [WGMMA_CC])
+    results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", WGMMA_CONFIGS + [TIMELINE_CONFIG],
+                                         [WGMMA_CC])
     return {(tuple(sorted(r.config.items())), tuple(r.cc)): r for r in results}
 
 
@@ -124,6 +130,12 @@ def _assembled_without_local_memory(result, config, cc):
     assert report.spill_bytes == 0, report.log
     assert report.stack_frame == 0, f"{_id(config, cc)} keeps {report.stack_frame} bytes in local memory\n{report.log}"
     print(f"{_id(config, cc)}: {report.registers} registers")
+
+
+def _check_no_timeline(result, config, cc):
+    """The kernels the plan launches read no timer."""
+    for register in TIMELINE_REGISTERS:
+        assert register not in result.ptx, f"{register} in {_id(config, cc)}"
 
 
 def _check_grid_dependency(result, config, cc):
@@ -148,6 +160,7 @@ def test_configuration_compiles_to_tensor_core_code_without_local_memory(compile
     if config["x_layout"] == "kn":
         assert "ldmatrix.sync.aligned.m8n8" in result.ptx and ".trans" in result.ptx
     assert "wgmma" not in result.ptx and "fence.proxy.async" not in result.ptx
+    _check_no_timeline(result, config, cc)
     _assembled_without_local_memory(result, config, cc)
 
 
@@ -169,4 +182,15 @@ def test_wgmma_configuration_compiles_for_sm90a_without_local_memory(compiled, c
     assert products == 2 * 4 * halves, f"{products} wgmma in the main loop, expected 2 x 4 x {halves}"
     # The operands are read by the Tensor Cores from shared memory: no ldmatrix, no mma.sync.
     assert "ldmatrix" not in result.ptx and "mma.sync" not in result.ptx
+    _check_no_timeline(result, config, WGMMA_CC)
     _assembled_without_local_memory(result, config, WGMMA_CC)
+
+
+def test_timeline_variant_reads_the_timer_and_compiles_without_local_memory(compiled):
+    """The development variant (SpmmConfig.timeline) reads %globaltimer_lo and %smid, and ptxas assembles it
+    without local memory, like the kernel it instruments."""
+    result = compiled[(tuple(sorted(TIMELINE_CONFIG.items())), WGMMA_CC)]
+    assert result.error is None, result.error
+    for register in TIMELINE_REGISTERS:
+        assert register in result.ptx, f"{register} missing from the timeline variant"
+    _assembled_without_local_memory(result, TIMELINE_CONFIG, WGMMA_CC)

@@ -202,3 +202,41 @@ class TestValidation:
     def test_bad_force(self):
         with pytest.raises(TypeError, match="Invalid type of force: expected None or a flashllm_nb.kernels.spmm.plan"):
             fl.linear(self.X, self.A, force={"mma": "sync"})
+
+
+@pytest.mark.parametrize("path, split_k", [("wgmma", 3), ("sync", 3), ("wgmma", 1)])
+def test_timeline_kernel_records_every_block_and_keeps_the_product(path, split_k):
+    """The development variant ``timeline=True`` (``driver.launch_timeline``, read by ``dev/block_timeline.py``):
+    every block's record holds its marks in the order the block passes them, exactly one block of each output
+    tile wrote it, and the product is still the float64 reference's within the fp32 bound."""
+    from flashllm_nb.kernels.spmm import driver
+    from flashllm_nb.kernels.spmm.config import TIMELINE_FIELDS
+    from flashllm_nb.reference.tolerance import assert_close_to_reference
+    from spmm_checks import reference
+
+    rng = np.random.default_rng(11)
+    m, k, n = 200, 320, 3  # two tile rows, the second partial; five k-tiles over three splits (2, 2, 1)
+    W, X = random_sparse(rng, m, k, 0.8, F16), random_activations(rng, n, k, F16)
+    A = fl.TiledCSL.from_dense(W)
+    p = spmm_plan.plan(m, n, k, "float16", "nk", split_k=split_k, tile_vectors=A.mean_tile_vectors,
+                       force=_force(path))
+    assert p.splits == split_k and not p.config.timeline
+    Y = np.full((n, m), np.nan, np.float16)
+    operands = driver.Operands(A.words, A.tile_offsets, X.view(np.uint16).reshape(-1), k,
+                               Y.view(np.uint16).reshape(-1), None, m, n, k, A.n_tile_cols)
+    records = driver.launch_timeline(p, operands, driver.timeline_tickets(p, np), np)
+    with pytest.raises(ValueError, match="tickets of launch_timeline"):
+        driver.launch_timeline(p, operands, np.zeros(3, np.int32), np)
+
+    ref, scale = reference(W, X)
+    assert_close_to_reference(Y, ref, scale, k, F16, what=f"timeline kernel, {path}, split {split_k}")
+    blocks = p.grid[0] * p.grid[1] * p.grid[2]
+    assert records.shape == (blocks, len(TIMELINE_FIELDS)) and records.dtype == np.int32
+    field = {name: records[:, i].astype(np.int64) for i, name in enumerate(TIMELINE_FIELDS)}
+    marks = np.stack([field[name] for name in ("start", "offsets", "waited", "loop_end", "ticket", "end")], axis=1)
+    elapsed = (marks - marks[:, :1]) % 2**31  # the marks are the clock's low 31 bits
+    assert (marks > 0).all(), "a mark was never written"
+    assert (np.diff(elapsed, axis=1) >= 0).all(), f"marks out of order:\n{elapsed}"
+    assert (field["sm"] == 0).all()  # the simulator runs every block on SM 0
+    wrote_per_tile = field["wrote"].reshape(p.grid[2], p.grid[0] * p.grid[1]).sum(axis=0)
+    assert (wrote_per_tile == 1).all(), f"blocks that wrote each output tile: {wrote_per_tile}"

@@ -83,6 +83,8 @@ The API (every index is a flat element index into a C-contiguous array; ``g = la
 ``mbarrier_wait_parity(arr, i, parity)``        loop on ``mbarrier.test_wait.parity``: the phase of that parity is over
 ``griddepcontrol_wait()``                       ``griddepcontrol.wait`` (sm_90): the grids this one depends on are done
 ``griddepcontrol_launch_dependents()``          ``griddepcontrol.launch_dependents`` (sm_90): the next grid may start
+``globaltimer_lo() -> uint32``                  ``mov.u32 d, %globaltimer_lo``: the GPU's nanosecond clock, low 32 bits
+``smid() -> uint32``                            ``mov.u32 d, %smid``: the SM the thread runs on
 ==============================================  =================================================================
 
 ``WGMMA_SHARED_ALIGN`` is the ``alignment=`` of a shared array that wgmma reads (1024 on a GPU, ``None`` in the

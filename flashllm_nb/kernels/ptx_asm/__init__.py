@@ -11,6 +11,7 @@ the Python twins of :mod:`flashllm_nb.kernels.ptx_sim` when it is on. Modelled o
 - :mod:`.wgmma`: the warpgroup's, ``wgmma.mma_async`` (sm_90a) with its fence, commit and wait, and
   ``fence.proxy.async``;
 - :mod:`.sync`: ``bar.warp.sync``, the ``mbarrier`` barriers and ``griddepcontrol``;
+- :mod:`.special`: the special registers a kernel times itself with, ``%globaltimer_lo`` and ``%smid``;
 - :mod:`.emit`: what the wrappers share: typing checks, call-site attributes (which tell LLVM what each kind of
   instruction does) and the ``call asm`` emitter with its address operands.
 """
@@ -37,6 +38,7 @@ from .memory import (
     shared_addr,
     st_shared_v4_u32,
 )
+from .special import globaltimer_lo, smid
 from .sync import (griddepcontrol_launch_dependents, griddepcontrol_wait, mbarrier_arrive, mbarrier_init,
                    mbarrier_wait_parity, warp_sync)
 from .wgmma import (
@@ -94,4 +96,6 @@ __all__ = [
     "mbarrier_wait_parity",
     "griddepcontrol_wait",
     "griddepcontrol_launch_dependents",
+    "globaltimer_lo",
+    "smid",
 ]

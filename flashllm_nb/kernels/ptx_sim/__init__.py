@@ -20,8 +20,8 @@ The twins also refuse what would be undefined on the GPU (a misaligned row, ``ld
 kernel bug fails in CI rather than on the first GPU run.
 
 One module per kind of instruction, mirroring :mod:`flashllm_nb.kernels.ptx_asm`: :mod:`.memory`, :mod:`.matrix`,
-:mod:`.convert`, :mod:`.wgmma`, :mod:`.sync`; and what they share: :mod:`.operands` (argument checks, the bytes
-an address names) and :mod:`.rendezvous` (where a warp's lanes meet).
+:mod:`.convert`, :mod:`.wgmma`, :mod:`.sync`, :mod:`.special`; and what they share: :mod:`.operands` (argument
+checks, the bytes an address names) and :mod:`.rendezvous` (where a warp's lanes meet).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from .memory import (
     shared_addr,
     st_shared_v4_u32,
 )
+from .special import globaltimer_lo, smid
 from .sync import (griddepcontrol_launch_dependents, griddepcontrol_wait, mbarrier_arrive, mbarrier_init,
                    mbarrier_wait_parity, warp_sync)
 from .wgmma import (
@@ -103,4 +104,6 @@ __all__ = [
     "mbarrier_wait_parity",
     "griddepcontrol_wait",
     "griddepcontrol_launch_dependents",
+    "globaltimer_lo",
+    "smid",
 ]

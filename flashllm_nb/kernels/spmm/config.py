@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 __all__ = ["SpmmConfig", "TILE_M", "TILE_K", "TILE_ELEMS", "NK_ROW", "TILE_N_CHOICES", "WARP_CHOICES",
            "MMA_CHOICES", "PREFETCH_CHOICES", "CLEAR_CHOICES", "STAGE_CHOICES", "TWO_STAGES_BUILT",
-           "kernel_signature"]
+           "TIMELINE_FIELDS", "kernel_signature"]
 
 TILE_M = 128  # rows of A per block: one tile row of the Tiled-CSL grid
 TILE_K = 64  # k per pipeline step: one tile column of the grid
@@ -45,6 +45,12 @@ _BLOCKS_PER_SM_WGMMA_8_WARPS = {8: 4, 16: 4, 32: 4, 64: 3}
 # and unlike an XOR swizzle the row of k16 step ks is a constant 32 bytes further.
 NK_ROW = TILE_K + 8
 MBARRIER_BYTES = 16  # one mbarrier per A buffer (mma.sync, clear="entries"): "every warp has read this buffer"
+# A kernel built with timeline=True records these int32 per block, in this order, in ``tickets`` after the per-tile
+# tickets: thread 0's %globaltimer_lo (nanoseconds, the low 31 bits) at the block's start, once its tile offsets
+# are in shared memory, once it may read X (after griddepcontrol.wait), at the end of its k-tiles, once it has its
+# split-K ticket (the last block: once it has summed the splits), and after its store; its SM; 1 if it wrote the
+# output tile (0: it left after its ticket).
+TIMELINE_FIELDS = ("start", "offsets", "waited", "loop_end", "ticket", "end", "sm", "wrote")
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,9 @@ class SpmmConfig:
         The kernel is launched as a programmatic dependent of the previous kernel in its stream (sm_90 on,
         ``kernels.driver``): it lets the next kernel start at once, loads its first two tiles of words, and only
         then waits for the previous kernel (``griddepcontrol``) before it reads X or writes anything.
+    timeline : bool
+        For development (``dev/block_timeline.py`` through ``driver.launch_timeline``; the plan never sets it):
+        each block also records ``TIMELINE_FIELDS`` in ``tickets``, past the per-tile tickets.
     """
 
     tile_n: int
@@ -97,6 +106,7 @@ class SpmmConfig:
     stages: int = 4
     relu: bool = False
     grid_dependency: bool = False
+    timeline: bool = False
 
     @property
     def threads(self) -> int:

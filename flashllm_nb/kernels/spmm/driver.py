@@ -15,6 +15,7 @@ Under Numba's simulator the same calls run the dispatcher on NumPy arrays with t
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import struct
 import threading
@@ -24,11 +25,12 @@ import numpy as np
 
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.driver import launch_function, placeholder
-from flashllm_nb.kernels.spmm.config import TILE_M, SpmmConfig, kernel_signature
+from flashllm_nb.kernels.spmm.config import TILE_M, TIMELINE_FIELDS, SpmmConfig, kernel_signature
 from flashllm_nb.kernels.spmm.plan import Plan
 from flashllm_nb.kernels.spmm.tiled_csl import build_kernel
 
-__all__ = ["Operands", "PreparedLaunch", "blocks_per_sm", "kernel_resources", "launch", "prepare"]
+__all__ = ["Operands", "PreparedLaunch", "blocks_per_sm", "kernel_resources", "launch", "launch_timeline", "prepare",
+           "timeline_tickets"]
 
 
 class Operands(NamedTuple):
@@ -71,6 +73,31 @@ def launch(p: Plan, operands: Operands, xp, stream_handle: int = 0) -> None:
         _simulate(p, arrays, scalars)
     else:
         _compiled(p.config).launch(p.grid, p.shared_bytes, stream_handle, arrays, scalars)
+
+
+def timeline_tickets(p: Plan, xp):
+    """A zeroed int32 array of ``xp`` for :func:`launch_timeline`: ``p``'s per-tile split-K tickets, then one record
+    of ``TIMELINE_FIELDS`` per block. The kernel leaves the tickets zero, so one array serves launch after launch."""
+    return xp.zeros(p.grid[0] * p.grid[1] * (1 + p.grid[2] * len(TIMELINE_FIELDS)), dtype=np.int32)
+
+
+def launch_timeline(p: Plan, operands: Operands, tickets, xp, stream_handle: int = 0):
+    """Run ``p``'s kernel built with ``timeline=True`` on ``operands`` (as :func:`launch` runs ``p``, the product
+    included), with ``tickets`` from :func:`timeline_tickets`, and return the view of ``tickets`` its blocks record
+    into: shape (blocks, len(TIMELINE_FIELDS)), block ``(x, y, z)`` at row ``(z * grid_y + y) * grid_x + x``. For
+    ``dev/block_timeline.py``."""
+    n_tickets, blocks = p.grid[0] * p.grid[1], p.grid[0] * p.grid[1] * p.grid[2]
+    if tickets.dtype != np.int32 or tickets.size != n_tickets + blocks * len(TIMELINE_FIELDS):
+        raise ValueError(f"Invalid tickets of launch_timeline: expected timeline_tickets(p)'s int32 array of "
+                         f"{n_tickets + blocks * len(TIMELINE_FIELDS)}, got {tickets.dtype} of {tickets.size}")
+    timed = Plan(dataclasses.replace(p.config, timeline=True), p.grid, p.k_tiles_per_split)
+    arrays, scalars = _arguments(timed, operands, xp, stream_handle)
+    arrays = (*arrays[:-1], tickets)
+    if ptx.SIMULATOR:
+        _simulate(timed, arrays, scalars)
+    else:
+        _compiled(timed.config).launch(timed.grid, timed.shared_bytes, stream_handle, arrays, scalars)
+    return tickets[n_tickets:].reshape(blocks, len(TIMELINE_FIELDS))
 
 
 def prepare(p: Plan, operands: Operands, xp, stream_handle: int = 0):

@@ -46,12 +46,12 @@ from __future__ import annotations
 
 import functools
 
-from numba import cuda, float32, int64, uint16, uint32
+from numba import cuda, float32, int32, int64, uint16, uint32
 
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.ptx import inlined
 from flashllm_nb.kernels.spmm.activations import activation_stage
-from flashllm_nb.kernels.spmm.config import TILE_K, TILE_M, SpmmConfig
+from flashllm_nb.kernels.spmm.config import TILE_K, TILE_M, TIMELINE_FIELDS, SpmmConfig
 from flashllm_nb.kernels.spmm.epilogue import epilogue_stage
 from flashllm_nb.kernels.spmm.geometry import Geometry, geometry
 from flashllm_nb.kernels.spmm.products import product_stage
@@ -90,6 +90,9 @@ def build_kernel(cfg: SpmmConfig):
     CLEAR_WARP_ROWS, MBARRIER_BASE32 = g.clear_warp_rows, g.mbarrier_base32
     REDUCE_VALUES = g.reduce_group * ACC
     GRID_DEPENDENCY = cfg.grid_dependency
+    TIMELINE = cfg.timeline
+    T_START, T_OFFSETS, T_WAITED, T_LOOP_END, T_TICKET, T_END, F_SM, F_WROTE = range(len(TIMELINE_FIELDS))
+    mark, record = _timeline_records()
 
     # The simulator's cuda.jit takes no launch bounds (they only steer ptxas).
     @(cuda.jit if ptx.SIMULATOR else cuda.jit(launch_bounds=cfg.launch_bounds))
@@ -111,6 +114,9 @@ def build_kernel(cfg: SpmmConfig):
         frag0 = cuda.local.array(FRAG, uint32)  # one k16 step's A and B fragments, double-buffered (products)
         frag1 = cuda.local.array(FRAG, uint32)
         group = cuda.local.array(REDUCE_VALUES, float32)  # split-K: partials of several splits
+        if TIMELINE:
+            mark(tickets, T_START)
+            record(tickets, F_SM, int32(ptx.smid()))
         for i in range(ACC):
             acc[i] = float32(0.0)
         if GRID_DEPENDENCY:
@@ -137,6 +143,8 @@ def build_kernel(cfg: SpmmConfig):
                 ptx.mbarrier_init(smem32, MBARRIER_BASE32, THREADS)
                 ptx.mbarrier_init(smem32, MBARRIER_BASE32 + 2, THREADS)
             cuda.syncthreads()  # offsets, zeros and mbarriers visible
+            if TIMELINE:
+                mark(tickets, T_OFFSETS)
             if not GRID_DEPENDENCY:
                 for t in range(STAGES - 1):
                     issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
@@ -149,6 +157,8 @@ def build_kernel(cfg: SpmmConfig):
                 for t in range(STAGES - 1):
                     issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
                                       cp_cols_left)
+            if TIMELINE:
+                mark(tickets, T_WAITED)
             om1, o0, o1, o2, o3 = expand_first_tile(words, smem16, n_tiles_block, w_a, positions, o0, o1, o2, o3)
 
             # Unrolled by two, so that each word buffer is a fixed set of registers: they alternate between tile
@@ -172,13 +182,47 @@ def build_kernel(cfg: SpmmConfig):
             ptx.cp_async_wait_all()
         elif GRID_DEPENDENCY:
             ptx.griddepcontrol_wait()  # nothing to multiply, but the epilogue writes
+        if TIMELINE:
+            if n_tiles_block <= 0:  # no k-tiles: the prologue's phases are empty
+                mark(tickets, T_OFFSETS)
+                mark(tickets, T_WAITED)
+            mark(tickets, T_LOOP_END)
 
         if SPLITS:
-            if not reduce_splits(cuda.threadIdx.x, acc, group, workspace, tickets, tile_row, split):
+            wrote = reduce_splits(cuda.threadIdx.x, acc, group, workspace, tickets, tile_row, split)
+            if TIMELINE:
+                mark(tickets, T_TICKET)
+                if not wrote:
+                    mark(tickets, T_END)
+            if not wrote:
                 return
+        elif TIMELINE:
+            mark(tickets, T_TICKET)
         store_tile(acc, smemf, y, bias, has_bias, m0, n0, M, N)
+        if TIMELINE:
+            mark(tickets, T_END)
+            record(tickets, F_WROTE, int32(1))
 
     return spmm_tiled_csl
+
+
+def _timeline_records():
+    """``mark(tickets, field)`` and ``record(tickets, field, value)`` of a ``timeline`` kernel: thread 0 writes the
+    time now (%globaltimer_lo's low 31 bits, so that it fits an int32) or an int32 value into this block's record of
+    ``TIMELINE_FIELDS``, which follows the grid's per-tile tickets."""
+    N_FIELDS = len(TIMELINE_FIELDS)
+
+    @inlined
+    def record(tickets, field, value):
+        if cuda.threadIdx.x == 0:
+            block = (cuda.blockIdx.z * cuda.gridDim.y + cuda.blockIdx.y) * cuda.gridDim.x + cuda.blockIdx.x
+            tickets[cuda.gridDim.x * cuda.gridDim.y + block * N_FIELDS + field] = value
+
+    @inlined
+    def mark(tickets, field):
+        record(tickets, field, int32(ptx.globaltimer_lo() & uint32(0x7FFFFFFF)))
+
+    return mark, record
 
 
 def _fill_words(g: Geometry, activations, sparse):
