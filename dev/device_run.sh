@@ -3,7 +3,7 @@
 # under $OUT. Steps: tests-llm, tests-spmm (the kernel's own tests), tests-kernel (those, the format's and the PTX
 # layer's), tests-torch, profile, profile-hf (a transformers decode step by kernel, dense and sparsified, the sparse
 # products captured as dependents and not), profile-hf-layers (the sparsified step at 24 layers), profile-hf-full (all
-# 48, dense and sparsified), profile-pairs (where kernels meet, batch 16), bench-smoke, bench-smoke-ordinary,
+# 48, dense and sparsified; profile-hf-full-sparse the sparsified alone), profile-pairs (where kernels meet, batch 16), bench-smoke, bench-smoke-ordinary,
 # bench-smoke-at (bench-smoke of the package at an earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b,
 # bench-hf-sparse, bench-hf-matrix (transformers eager and compiled, dense and sparsified, issue 24's rows; or in
 # three calls, bench-hf-compiled (80 %), bench-hf-compiled-90 and bench-hf-eager), load-speed, bench-llama70b,
@@ -56,6 +56,8 @@ for step in "$@"; do
                          2>&1 | tee "$OUT/profile-hf-layers.log" | grep -v "^ *$" | tail -40 ;;
     profile-hf-full) timeout 420 python3 dev/profile_hf.py --model opt-30b --layers 48 --sparsity 0 0.8 --batch 1 \
                        2>&1 | tee "$OUT/profile-hf-full.log" | grep -v "^ *$" | tail -40 ;;
+    profile-hf-full-sparse) timeout 300 python3 dev/profile_hf.py --model opt-30b --layers 48 --sparsity 0.8 \
+                              --batch 1 2>&1 | tee "$OUT/profile-hf-full-sparse.log" | grep -v "^ *$" | tail -40 ;;
     tests-torch) timeout 300 python3 -m pytest -v -p no:cacheprovider -o faulthandler_timeout=120 --durations=8 \
                    tests/test_torch.py 2>&1 | tee "$OUT/tests-torch.log" | tail -40
                  timeout 60 python3 dev/torch_host_cost.py 2>&1 | tee "$OUT/torch-host.log" ;;
