@@ -3,8 +3,8 @@
 # under $OUT. Steps: tests-llm, tests-spmm (the kernel's own tests), tests-kernel (those, the format's and the PTX
 # layer's), tests-torch, profile, profile-hf (a transformers decode step by kernel, dense and sparsified, the sparse
 # products captured as dependents and not), profile-hf-layers (the sparsified step at 24 layers), profile-hf-full (all
-# 48, dense and sparsified; profile-hf-full-sparse the sparsified alone), profile-pairs (where kernels meet, batch 16), bench-smoke, bench-smoke-ordinary,
-# bench-smoke-at (bench-smoke of the package at an earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b,
+# 48, dense and sparsified; profile-hf-full-sparse the sparsified alone), profile-pairs (where kernels meet, batch
+# 16), bench-smoke, bench-smoke-ordinary, bench-smoke-at (bench-smoke of the package at an earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b,
 # bench-hf-sparse, bench-hf-matrix (transformers eager and compiled, dense and sparsified, issue 24's rows; or in
 # three calls, bench-hf-compiled (80 %), bench-hf-compiled-90 and bench-hf-eager), load-speed, bench-llama70b,
 # bench-kernel (the kernel against cuBLAS), split-k (the plan's split-K factor against forced ones, the decoders'
