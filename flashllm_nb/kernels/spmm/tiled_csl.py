@@ -73,6 +73,8 @@ def build_kernel(cfg: SpmmConfig):
     * ``bias`` uint16[>=1]: bias bits per output row m, read only when ``has_bias``.
     * ``workspace`` float32[splits * n_tiles_m * n_tiles_n * TILE_M * tile_n] and ``tickets`` int32[n_tiles_m *
       n_tiles_n] (all zero before the first launch; the kernel leaves them zero): used only when ``cfg.splits``.
+      With ``cfg.timeline`` the tickets are followed by a record of ``TIMELINE_FIELDS`` per block
+      (``driver.timeline_tickets``), which thread 0 writes.
     * ``M, N, K``: logical sizes; ``n_tile_cols``: k-tiles per tile row; ``k_tiles_per_split``: k-tiles per block.
     """
     g = geometry(cfg)
@@ -91,7 +93,9 @@ def build_kernel(cfg: SpmmConfig):
     REDUCE_VALUES = g.reduce_group * ACC
     GRID_DEPENDENCY = cfg.grid_dependency
     TIMELINE = cfg.timeline
-    T_START, T_OFFSETS, T_WAITED, T_LOOP_END, T_TICKET, T_END, F_SM, F_WROTE = range(len(TIMELINE_FIELDS))
+    T_START, T_OFFSETS, T_WAITED, T_LOOP_END, T_TICKET, T_END, F_SM, F_WROTE = (
+        TIMELINE_FIELDS.index(name)
+        for name in ("start", "offsets", "waited", "loop_end", "ticket", "end", "sm", "wrote"))
     mark, record = _timeline_records()
 
     # The simulator's cuda.jit takes no launch bounds (they only steer ptxas).
