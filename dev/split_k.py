@@ -2,13 +2,15 @@
 
     python -m dev.split_k M K N SPARSITY [SPLIT ...]       e.g. python -m dev.split_k 36864 9216 16 0.8 2 4 9
 
-Times ``linear(X, A, out=Y, split_k=s)`` for the plan's choice (``split_k=None``) and each forced factor, with the
-weights rotated over enough copies to exceed the L2 cache (``flashllm_nb.bench.timing.time_batched``). For tuning
-the split-K model in ``flashllm_nb.kernels.spmm.plan.choose_splits``. Needs a GPU.
+Times ``linear(X, A, out=Y, split_k=s)`` for the plan's choice (``split_k=None``) and each forced factor, and cuBLAS
+on the dense matrix, each with the weights rotated over enough copies to exceed the L2 cache
+(``flashllm_nb.bench.timing.time_batched``). For tuning the split-K model in
+``flashllm_nb.kernels.spmm.plan.choose_splits``. Needs a GPU.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 
 
@@ -36,7 +38,10 @@ def main() -> int:
     As = pruned_copies(rng, W0, sparsity)
     X = rng.standard_normal((n, k), dtype=cp.float32).astype(cp.float16)
     Y = cp.empty((n, m), cp.float16)
-    t_dense = time_batched([lambda: cp.matmul(X, W0.T, out=Y)] * 8)
+    l2 = cp.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
+    dense = [W0] + [W0.copy() for _ in range(max(1, math.ceil(3 * l2 / W0.nbytes)) - 1)]
+    t_dense = time_batched([lambda W=W: cp.matmul(X, W.T, out=Y) for W in dense] * 8)
+    del dense
     p = plan(m, n, k, "float16", "nk", tile_vectors=As[0].mean_tile_vectors)  # the plan linear() makes
     print(f"{cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}: {m}x{k} N={n} {sparsity:.0%}: cuBLAS "
           f"{t_dense * 1e3:.1f} us; the plan splits {p.splits} ways, "
