@@ -35,6 +35,18 @@ def shared_addr_kernel(out):
     out[lane] = ptx.shared_addr(s, lane * 8)
 
 
+def timer_kernel(times, sms):
+    """Each lane reads the GPU's clock, syncs with the block, reads it again (times[2 lane], times[2 lane + 1]) and
+    records its SM."""
+    lane = cuda.threadIdx.x
+    before = ptx.globaltimer_lo()
+    cuda.syncthreads()
+    after = ptx.globaltimer_lo()
+    times[2 * lane] = before
+    times[2 * lane + 1] = after
+    sms[lane] = ptx.smid()
+
+
 def _mma_kernel(mma):
     def kernel(a, b, c, d):
         """d[lane] = mma(a[lane], b[lane], c[lane]): registers in, registers out (row = lane)."""
@@ -272,6 +284,7 @@ def docstring_example_kernel():
 _U32_2D, _F32_2D = "uint32[:, ::1]", "float32[:, ::1]"
 KERNELS = {
     "shared_addr": (shared_addr_kernel, "void(uint32[::1])", ["cvta.to.shared.u64"]),
+    "timer": (timer_kernel, "void(uint32[::1], uint32[::1])", ["mov.u32 %r", "%globaltimer_lo", "%smid"]),
     "mma_f16": (
         mma_f16_kernel,
         f"void({_U32_2D}, {_U32_2D}, {_F32_2D}, {_F32_2D})",
@@ -526,6 +539,18 @@ def check_shared_addr() -> None:
     out = np.zeros(32, np.uint32)
     launch(shared_addr_kernel, out)
     np.testing.assert_array_equal(out - out[0], np.arange(32, dtype=np.uint32) * 16)
+
+
+def check_timer() -> None:
+    """Every lane's second clock read is not before its first and at most a second after it (the clock wraps at
+    2**32 ns), and all lanes of the block report one SM, a valid one."""
+    times, sms = np.zeros(64, np.uint32), np.full(32, 2**32 - 1, np.uint32)
+    launch(timer_kernel, times, sms)
+    before, after = times[0::2].astype(np.int64), times[1::2].astype(np.int64)
+    assert ((after - before) % 2**32 < 10**9).all(), f"clock went back or jumped: {before} -> {after}"
+    assert (sms == sms[0]).all(), f"one block on several SMs: {sms}"
+    sm_count = 1 if ptx.SIMULATOR else cuda.get_current_device().MULTIPROCESSOR_COUNT  # the simulator's one SM
+    assert sms[0] < sm_count, f"SM {sms[0]} beyond the GPU's {sm_count}"
 
 
 def check_mma(dtype: str, seed: int) -> None:

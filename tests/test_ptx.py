@@ -33,6 +33,11 @@ def test_shared_addr():
     pk.check_shared_addr()
 
 
+def test_globaltimer_and_smid():
+    """``%globaltimer_lo`` moves forward within a block and ``%smid`` names one SM of this GPU for the block."""
+    pk.check_timer()
+
+
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_mma(dtype, seed):
