@@ -16,7 +16,6 @@ steps, where ``generate`` synchronises). The rest is printed per layer, as JSON 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import re
 from collections import defaultdict
@@ -161,6 +160,7 @@ def main() -> None:
         parser.error("--new must be at least 2: a decode step is the difference of --new tokens and one")
     import torch
 
+    from flashllm_nb.bench.e2e import release_compiled_model
     from flashllm_nb.kernels.driver import dependent_launches, set_dependent_launches
 
     if args.ordinary_launches:
@@ -170,10 +170,7 @@ def main() -> None:
                           dependent_launches=dependent_launches())), flush=True)
     for sparsity in args.sparsity:
         profile(args.model, args.layers, sparsity, args.batch, args.prompt, args.new)
-        # the model went with the call, but Dynamo's cache and the recorded graphs still hold its weights
-        torch.compiler.reset()
-        gc.collect()
-        torch.cuda.empty_cache()
+        release_compiled_model()  # the model went with the call; its graphs did not
 
 
 if __name__ == "__main__":

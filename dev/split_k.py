@@ -10,7 +10,6 @@ on the dense matrix, each with the weights rotated over enough copies to exceed 
 
 from __future__ import annotations
 
-import math
 import sys
 
 
@@ -27,7 +26,7 @@ def main() -> int:
         return 0
     import flashllm_nb as fl
     from dev.kernel_dev import pruned_copies
-    from flashllm_nb.bench.timing import time_batched
+    from flashllm_nb.bench.timing import rotation_count, time_batched
     from flashllm_nb.kernels.spmm import driver
     from flashllm_nb.kernels.spmm.plan import plan
 
@@ -39,7 +38,7 @@ def main() -> int:
     X = rng.standard_normal((n, k), dtype=cp.float32).astype(cp.float16)
     Y = cp.empty((n, m), cp.float16)
     l2 = cp.cuda.runtime.getDeviceProperties(0)["l2CacheSize"]
-    dense = [W0] + [W0.copy() for _ in range(max(1, math.ceil(3 * l2 / W0.nbytes)) - 1)]
+    dense = [W0] + [W0.copy() for _ in range(rotation_count(W0.nbytes, l2) - 1)]
     t_dense = time_batched([lambda W=W: cp.matmul(X, W.T, out=Y) for W in dense] * 8)
     del dense
     p = plan(m, n, k, "float16", "nk", tile_vectors=As[0].mean_tile_vectors)  # the plan linear() makes

@@ -194,8 +194,7 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
         log(f"  {provider} {'dense' if not sparsity else f'{sparsity:.0%}'} batch {batch:3d}: "
             f"{row['decode_tok_s']:9.1f} tok/s, TTFT {first * 1e3:.1f} ms")
     del model
-    torch.compiler.reset()  # Dynamo's cache and the recorded graphs hold the model's weights
-    _release()
+    release_compiled_model()
 
 
 def compile_hf_decoding(model) -> None:
@@ -218,6 +217,15 @@ def hf_generation_seconds(model, ids, tokens: int) -> float:
         model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
     torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def release_compiled_model() -> None:
+    """Free the GPU memory of a compiled transformers model the caller has let go of: Dynamo's cache and the
+    recorded CUDA graphs hold its weights until ``torch.compiler.reset()``."""
+    import torch
+
+    torch.compiler.reset()
+    _release()
 
 
 def _release() -> None:

@@ -196,9 +196,9 @@ def build_kernel(cfg: SpmmConfig):
             wrote = reduce_splits(cuda.threadIdx.x, acc, group, workspace, tickets, tile_row, split)
             if TIMELINE:
                 mark(tickets, T_TICKET)
-                if not wrote:
-                    mark(tickets, T_END)
             if not wrote:
+                if TIMELINE:
+                    mark(tickets, T_END)
                 return
         elif TIMELINE:
             mark(tickets, T_TICKET)
