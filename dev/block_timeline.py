@@ -4,18 +4,21 @@
     e.g. python -m dev.block_timeline 7168 7168 1 0.8 --out /tmp/out
 
 Queues ``L`` products on one stream, each over its own pruned copy of the weights (together beyond the L2 cache, as
-``dev.split_k`` times them), each launched as the plan launches it (a programmatic dependent of the one before on
-Hopper at a few tokens), built with ``SpmmConfig(timeline=True)``: thread 0 of every block records the GPU's
-nanosecond clock as the block starts, has its tile offsets, may read X (after ``griddepcontrol.wait``), ends its
-k-tiles, has its split-K ticket (the block that writes the tile: has summed the splits) and has stored
-(``config.TIMELINE_FIELDS``). Of the launches after the first, medians over ``R`` queues, in microseconds:
+``dev.split_k`` times them), each launched as the plan launches it (a programmatic dependent of the one before on Hopper
+at a few tokens), captured once in a CUDA graph and replayed as a model's step is (queued from Python, the launches
+would wait for the host: it issues one in about as long as a small product runs), built with
+``SpmmConfig(timeline=True)``: thread 0 of every block records the GPU's nanosecond clock as the block starts, has its
+tile offsets, may read X (after ``griddepcontrol.wait``), ends its k-tiles, has its split-K ticket (the block that
+writes the tile: has summed the splits) and has stored (``config.TIMELINE_FIELDS``). Of the launches after the first,
+medians over ``R`` queues, in microseconds:
 
 - the launch: from the previous launch's end to this one's first block, the spread of its blocks' starts, its
   span (first start to last end) against the time its bytes take at the copy bandwidth;
 - each phase's median over blocks, and the tail: from the last ticket of a block that did not write to the end.
 
 Writes the records of the first three queues (``block_timeline_M_K_N_S.json``) and a picture of two consecutive
-launches, one line per block by SM (``block_timeline_M_K_N_S.png``), into ``--out``. Needs a GPU; the timeline kernel is built only here.
+launches, one line per block by SM (``block_timeline_M_K_N_S.png``), into ``--out``. Needs a GPU; the timeline kernel is
+built only here.
 """
 
 from __future__ import annotations
@@ -91,14 +94,22 @@ def run(args, cp):
     gbps = copy_bandwidth()
     field = {name: i for i, name in enumerate(TIMELINE_FIELDS)}
     marks = [name for name in TIMELINE_FIELDS if name not in ("sm", "wrote")]
+    def queue_launches():
+        return [driver.launch_timeline(p, ops, t, cp, stream.ptr) for ops, t in zip(operands, tickets)]
+
+    with stream:  # compiles the kernel and makes the split-K workspace outside the capture
+        queue_launches()
+        stream.synchronize()
+        stream.begin_capture()
+        views = queue_launches()
+        graph = stream.end_capture()
+        graph.launch(stream=stream)  # uploads the graph
+        stream.synchronize()
     queues = []
-    for repeat in range(args.repeats + 1):  # the first compiles and is dropped
-        with stream:
-            views = [driver.launch_timeline(p, ops, t, cp, stream.ptr) for ops, t in zip(operands, tickets)]
-            stream.synchronize()
+    for _ in range(args.repeats):
+        graph.launch(stream=stream)
+        stream.synchronize()
         raw = [v.get().astype(np.int64) for v in views]
-        if repeat == 0:
-            continue
         origin = raw[0][:, field["start"]].min()
         queue = []
         for r in raw:

@@ -3,17 +3,17 @@
 # under $OUT. Steps: tests-llm, tests-spmm (the kernel's own tests), tests-kernel (those, the format's and the PTX
 # layer's), tests-torch, profile, profile-hf (a transformers decode step by kernel, dense and sparsified, the sparse
 # products captured as dependents and not), profile-hf-layers (the sparsified step at 24 layers), profile-hf-full (all
-# 48, dense and sparsified; profile-hf-full-sparse the sparsified alone), profile-pairs (where kernels meet, batch 16),
-# bench-smoke, bench-smoke-ordinary, bench-smoke-at (bench-smoke of the package at an earlier commit), bench-opt66b-80,
-# bench-opt66b, bench-opt30b, bench-hf-sparse, bench-hf-matrix (transformers eager and compiled, dense and sparsified,
-# issue 24's rows; or in three calls, bench-hf-compiled (80 %), bench-hf-compiled-90 and bench-hf-eager), load-speed,
-# bench-llama70b, bench-kernel (the kernel against cuBLAS), split-k (the plan's split-K factor against forced ones, the
-# decoders' shapes at one token), split-k-fixed (7168 rows at one token against K, split 1 and 9: what a launch costs
-# beyond its bytes), block-timeline (per-block timelines of queued launches on three of those shapes), graph-issue (what
-# a captured step holds and how long its launch takes, dense and sparse), kernel-vs-commit (today's kernel, built with
-# griddepcontrol or not, beside an earlier commit's); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2,
-# bench-opt175b-tp2. The two steps with an earlier commit need `python -m dev.kernel_vs_commit extract COMMIT` run here
-# first and .scratch/kernel_at carried.
+# 48, dense and sparsified; profile-hf-full-sparse the sparsified alone; profile-hf-eager: 8 layers, eager),
+# profile-pairs (where kernels meet, batch 16), bench-smoke, bench-smoke-ordinary, bench-smoke-at (bench-smoke of the
+# package at an earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse, bench-hf-matrix
+# (transformers eager and compiled, dense and sparsified, issue 24's rows; or in three calls, bench-hf-compiled (80 %),
+# bench-hf-compiled-90 and bench-hf-eager), load-speed, bench-llama70b, bench-kernel (the kernel against cuBLAS),
+# split-k (the plan's split-K factor against forced ones, the decoders' shapes at one token), split-k-fixed (7168 rows
+# at one token against K, split 1 and 9: what a launch costs beyond its bytes), block-timeline (per-block timelines of
+# queued launches on three of those shapes), graph-issue (what a captured step holds and how long its launch takes,
+# dense and sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's); on
+# two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an earlier commit
+# need `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -58,6 +58,8 @@ for step in "$@"; do
                        2>&1 | tee "$OUT/profile-hf-full.log" | grep -v "^ *$" | tail -40 ;;
     profile-hf-full-sparse) timeout 300 python3 dev/profile_hf.py --model opt-30b --layers 48 --sparsity 0.8 \
                               --batch 1 2>&1 | tee "$OUT/profile-hf-full-sparse.log" | grep -v "^ *$" | tail -40 ;;
+    profile-hf-eager) timeout 240 python3 dev/profile_hf.py --model opt-30b --layers 8 --sparsity 0 0.8 --batch 1 \
+                        --eager 2>&1 | tee "$OUT/profile-hf-eager.log" ;;
     tests-torch) timeout 300 python3 -m pytest -v -p no:cacheprovider -o faulthandler_timeout=120 --durations=8 \
                    tests/test_torch.py 2>&1 | tee "$OUT/tests-torch.log" | tail -40
                  timeout 60 python3 dev/torch_host_cost.py 2>&1 | tee "$OUT/torch-host.log" ;;

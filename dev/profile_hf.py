@@ -2,15 +2,15 @@
 
     python dev/profile_hf.py --model opt-30b --layers 8 --sparsity 0 0.8 --batch 1 --new 33
 
-The model is the preset's shapes with ``--layers`` layers, random fp16 weights made on the GPU, decoded as
-``bench-e2e --hf-compile`` does (transformers' static cache, the forward pass compiled with ``fullgraph=True,
-mode="reduce-overhead"``). After a warm-up generation of the timed length, one generation of ``--new`` tokens and
-one of a single token (the prefill alone) run under ``torch.profiler``; their difference over ``--new - 1`` is one
-decode step: its GPU time by kernel (the names shortened; this library's products by launch grid), the host time of
-its launches, compiled-region entry and waits (``HOST_EVENTS``), and its wall time from the timed generation. The
-wall time minus the summed kernel time is what the GPU waits per step: from the kernels' timestamps, between
-consecutive kernels (under 50 us, filed as "(idle before) KERNEL") or for the host (longer gaps: host work between
-steps, where ``generate`` synchronises). The rest is printed per layer, as JSON lines.
+The model is the preset's shapes with ``--layers`` layers, random fp16 weights made on the GPU, decoded as ``bench-e2e
+--hf-compile`` does (transformers' static cache, the forward pass compiled with ``fullgraph=True,
+mode="reduce-overhead"``; with ``--eager``, transformers' eager decoding). After a warm-up generation of the timed
+length, one generation of ``--new`` tokens and one of a single token (the prefill alone) run under ``torch.profiler``;
+their difference over ``--new - 1`` is one decode step: its GPU time by kernel (the names shortened; this library's
+products by launch grid), the host time of its launches, compiled-region entry and waits (``HOST_EVENTS``), and its wall
+time from the timed generation. The wall time minus the summed kernel time is what the GPU waits per step: from the
+kernels' timestamps, between consecutive kernels (under 50 us, filed as "(idle before) KERNEL") or for the host (longer
+gaps: host work between steps, where ``generate`` synchronises). The rest is printed per layer, as JSON lines.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def kernel_times(model, ids, tokens: int) -> tuple[dict[str, list[float]], dict[
     return kernels, host
 
 
-def profile(name: str, layers: int, sparsity: float, batch: int, prompt: int, new: int) -> None:
+def profile(name: str, layers: int, sparsity: float, batch: int, prompt: int, new: int, eager: bool) -> None:
     import torch
     import transformers
 
@@ -115,9 +115,10 @@ def profile(name: str, layers: int, sparsity: float, batch: int, prompt: int, ne
         import flashllm_nb.torch as flt
 
         print(json.dumps(dict(sparsified=str(flt.sparsify(model, sparsity=sparsity, progress=False)))), flush=True)
-    compile_hf_decoding(model)
+    if not eager:
+        compile_hf_decoding(model)
     ids = torch.randint(4, config.vocab_size, (batch, prompt), device="cuda")
-    # the warm-up compiles and records the graphs at the timed length (the static cache is sized to it)
+    # compiled, the warm-up compiles and records the graphs at the timed length (the static cache is sized to it)
     hf_generation_seconds(model, ids, new)
     whole_s = min(hf_generation_seconds(model, ids, new) for _ in range(3))
     step_us = 1e6 * (whole_s - min(hf_generation_seconds(model, ids, 1) for _ in range(3))) / (new - 1)
@@ -128,7 +129,8 @@ def profile(name: str, layers: int, sparsity: float, batch: int, prompt: int, ne
                 for k, v in whole.items()}
     gpu_us = sum(us for kernel, (us, _) in per_step.items() if not kernel.startswith("(idle"))
     idle_between_us = sum(us for kernel, (us, _) in per_step.items() if kernel.startswith("(idle"))
-    print(json.dumps(dict(model=name, layers=layers, sparsity=sparsity, batch=batch, step_us=round(step_us, 1),
+    print(json.dumps(dict(model=name, layers=layers, sparsity=sparsity, batch=batch, eager=eager,
+                          step_us=round(step_us, 1),
                           step_us_per_layer=round(step_us / layers, 1),
                           kernel_us_per_layer=round(gpu_us / layers, 1),
                           gpu_idle_us_per_step=round(step_us - gpu_us, 1),
@@ -155,6 +157,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=33, help="new tokens of the profiled generation (at least 2)")
     parser.add_argument("--ordinary-launches", action="store_true",
                         help="capture the sparse products as ordinary launches, not programmatic dependents")
+    parser.add_argument("--eager", action="store_true", help="transformers' eager decoding, not the compiled one")
     args = parser.parse_args()
     if args.new < 2:
         parser.error("--new must be at least 2: a decode step is the difference of --new tokens and one")
@@ -169,7 +172,7 @@ def main() -> None:
     print(json.dumps(dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                           dependent_launches=dependent_launches())), flush=True)
     for sparsity in args.sparsity:
-        profile(args.model, args.layers, sparsity, args.batch, args.prompt, args.new)
+        profile(args.model, args.layers, sparsity, args.batch, args.prompt, args.new, args.eager)
         release_compiled_model()  # the model went with the call; its graphs did not
 
 

@@ -177,8 +177,10 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
             # warm-up. A static cache is sized to the generation's length and the compiled decode step to the cache,
             # so the compiled rows warm up at the timed length: a shorter warm-up left the compilation in the timing
             hf_generation_seconds(model, ids, new if compile_ else 4)
+            retries = torch.cuda.memory_stats()["num_alloc_retries"]
             first = hf_generation_seconds(model, ids, 1)
             total = hf_generation_seconds(model, ids, new)
+            retries = torch.cuda.memory_stats()["num_alloc_retries"] - retries
         except torch.OutOfMemoryError as e:
             rows.append(dict(row, status="does not fit", note=str(e).splitlines()[0]))
             continue
@@ -190,9 +192,14 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
         decode = total - first
         row.update(status="ok", ttft_s=round(first, 4), decode_tok_s=round(batch * (new - 1) / decode, 2),
                    step_ms=round(1e3 * decode / (new - 1), 3))
+        if retries:
+            # torch's allocator found the GPU's memory short, gave its cached blocks back (each time synchronising
+            # the device) and allocated again: a rate measured so is the memory's, not the model's
+            row["note"] = (f"torch's allocator ran short of GPU memory {retries} times in the timed generations "
+                           f"({torch.cuda.memory_reserved() / 1e9:.1f} GB reserved)")
         rows.append(row)
         log(f"  {provider} {'dense' if not sparsity else f'{sparsity:.0%}'} batch {batch:3d}: "
-            f"{row['decode_tok_s']:9.1f} tok/s, TTFT {first * 1e3:.1f} ms")
+            f"{row['decode_tok_s']:9.1f} tok/s, TTFT {first * 1e3:.1f} ms" + (f"; {row['note']}" if retries else ""))
     del model
     release_compiled_model()
 
