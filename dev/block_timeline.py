@@ -1,16 +1,17 @@
 """Per-block timelines of SpMM launches queued as a model queues them: where a launch's time goes beyond its bytes.
 
-    python -m dev.block_timeline M K N SPARSITY [--split-k S] [--launches L] [--repeats R] [--out DIR]
+    python -m dev.block_timeline M K N SPARSITY [--split-k S] [--launches L] [--repeats R] [--ordinary-launches]
+                                                [--out DIR]
     e.g. python -m dev.block_timeline 7168 7168 1 0.8 --out /tmp/out
 
 Queues ``L`` products on one stream, each over its own pruned copy of the weights (together beyond the L2 cache, as
 ``dev.split_k`` times them), each launched as the plan launches it (a programmatic dependent of the one before on Hopper
-at a few tokens), captured once in a CUDA graph and replayed as a model's step is (queued from Python, the launches
-would wait for the host: it issues one in about as long as a small product runs), built with
-``SpmmConfig(timeline=True)``: thread 0 of every block records the GPU's nanosecond clock as the block starts, has its
-tile offsets, may read X (after ``griddepcontrol.wait``), ends its k-tiles, has its split-K ticket (the block that
-writes the tile: has summed the splits) and has stored (``config.TIMELINE_FIELDS``). Of the launches after the first,
-medians over ``R`` queues, in microseconds:
+at a few tokens, as a captured model step launches it; ``--ordinary-launches``: not), captured once in a CUDA graph and
+replayed as a model's step is (queued from Python, the launches would wait for the host: it issues one in about as long
+as a small product runs), built with ``SpmmConfig(timeline=True)``: thread 0 of every block records the GPU's nanosecond
+clock as the block starts, has its tile offsets, may read X (after ``griddepcontrol.wait``), ends its k-tiles, has its
+split-K ticket (the block that writes the tile: has summed the splits) and has stored (``config.TIMELINE_FIELDS``). Of
+the launches after the first, medians over ``R`` queues, in microseconds:
 
 - the launch: from the previous launch's end to this one's first block, the spread of its blocks' starts, its
   span (first start to last end) against the time its bytes take at the copy bandwidth;
@@ -24,6 +25,7 @@ built only here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -47,6 +49,8 @@ def main() -> int:
     parser.add_argument("--split-k", type=int, default=None, help="force this split-K factor (default: the plan's)")
     parser.add_argument("--launches", type=int, default=8, help="products queued back to back (at least 2)")
     parser.add_argument("--repeats", type=int, default=10, help="queues whose medians are reported")
+    parser.add_argument("--ordinary-launches", action="store_true",
+                        help="launch the products ordinarily, not as programmatic dependents of the one before")
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args()
     if args.launches < 2:
@@ -63,7 +67,7 @@ def main() -> int:
     records, summary = run(args, cp)
     print_summary(summary)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"block_timeline_{args.m}_{args.k}_{args.n}_{args.sparsity:g}"
+    stem = f"block_timeline_{args.m}_{args.k}_{args.n}_{args.sparsity:g}" + ("_ordinary" * args.ordinary_launches)
     (args.out / f"{stem}.json").write_text(json.dumps(dict(summary, records=records[:3])))
     picture(records, summary, args.out / f"{stem}.png")
     print(f"wrote {args.out / stem}.json and .png")
@@ -75,6 +79,7 @@ def run(args, cp):
     microseconds from the first launch's first start, then SM and wrote) and the summary."""
     from dev.kernel_dev import pruned_copies
     from flashllm_nb.bench.timing import copy_bandwidth
+    from flashllm_nb.kernels.driver import dependent_launch_scope, launching_dependents
     from flashllm_nb.kernels.spmm import driver
     from flashllm_nb.kernels.spmm.config import TIMELINE_FIELDS
     from flashllm_nb.kernels.spmm.plan import plan
@@ -101,7 +106,9 @@ def run(args, cp):
         queue_launches()
         stream.synchronize()
         stream.begin_capture()
-        views = queue_launches()
+        with contextlib.nullcontext() if args.ordinary_launches else dependent_launch_scope():
+            dependent = launching_dependents()
+            views = queue_launches()
         graph = stream.end_capture()
         graph.launch(stream=stream)  # uploads the graph
         stream.synchronize()
@@ -118,6 +125,7 @@ def run(args, cp):
         queues.append(queue)
     summary = dict(device=cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), m=m, k=k, n=n,
                    sparsity=args.sparsity, grid=list(p.grid), config=repr(p.config), launches=args.launches,
+                   dependent_launches=dependent,
                    repeats=args.repeats, bytes=bytes_per_launch, copy_gbps=gbps,
                    bytes_us=bytes_per_launch / (gbps * 1e3), fields=marks + ["sm", "wrote"],
                    **_medians(queues, marks))
@@ -156,7 +164,8 @@ def _timer_step(times):
 def print_summary(s):
     print(f"{s['device']}: {s['m']}x{s['k']} N={s['n']} {s['sparsity']:.0%}, grid {tuple(s['grid'])}, "
           f"{s['bytes'] / 1e6:.1f} MB = {s['bytes_us']:.1f} us at {s['copy_gbps']:.0f} GB/s; medians of "
-          f"{s['repeats']} queues x {s['launches'] - 1} launches, us (clock steps of {s['timer_step'] * 1e3:.0f} ns)")
+          f"{s['repeats']} queues x {s['launches'] - 1} {'dependent' if s['dependent_launches'] else 'ordinary'} "
+          f"launches, us (clock steps of {s['timer_step'] * 1e3:.0f} ns)")
     print(f"  launch: first block {s['after_previous_end']:+.2f} after the previous launch's end (may read X "
           f"{s['first_waited_after_previous_end']:+.2f}), starts spread over {s['start_spread']:.2f}, span "
           f"{s['span']:.2f} (bytes alone {s['bytes_us']:.2f}), tail after the last ticket {s['tail']:.2f}")
@@ -189,7 +198,8 @@ def picture(queues, summary, path: Path) -> None:
     ax.set_xlabel("microseconds from the first launch's first block")
     ax.set_ylabel("block (grouped by SM)")
     ax.set_title(f"{summary['device']}: {summary['m']}x{summary['k']}, N={summary['n']}, "
-                 f"{summary['sparsity']:.0%}, grid {tuple(summary['grid'])}: launches 2 and 3 of a queue")
+                 f"{summary['sparsity']:.0%}, grid {tuple(summary['grid'])}: launches 2 and 3 of a queue "
+                 f"({'dependent' if summary['dependent_launches'] else 'ordinary'})")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
