@@ -174,9 +174,11 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
             # dynamic shapes, and an earlier model's graphs would stay on the GPU
             torch.compiler.reset()
         try:
-            # warm-up. A static cache is sized to the generation's length and the compiled decode step to the cache,
-            # so the compiled rows warm up at the timed length: a shorter warm-up left the compilation in the timing
-            hf_generation_seconds(model, ids, new if compile_ else 4)
+            # warm-up at the timed length. Compiled, a static cache is sized to the generation's length and the
+            # decode step to the cache. Eager, the cache grows a token a step, so each step's attention has a new
+            # shape, and work done once per shape (cuDNN's attention plans a kernel per shape) belongs to no row:
+            # after a shorter warm-up it fell on the first row to meet those shapes and spared the rows after it
+            hf_generation_seconds(model, ids, new)
             retries = torch.cuda.memory_stats()["num_alloc_retries"]
             first = hf_generation_seconds(model, ids, 1)
             total = hf_generation_seconds(model, ids, new)
