@@ -99,6 +99,7 @@ def run(args, cp):
     gbps = copy_bandwidth()
     field = {name: i for i, name in enumerate(TIMELINE_FIELDS)}
     marks = [name for name in TIMELINE_FIELDS if name not in ("sm", "wrote")]
+
     def queue_launches():
         return [driver.launch_timeline(p, ops, t, cp, stream.ptr) for ops, t in zip(operands, tickets)]
 
