@@ -15,6 +15,8 @@ the launches after the first, medians over ``R`` queues, in microseconds:
 
 - the launch: from the previous launch's end to this one's first block, the spread of its blocks' starts, its
   span (first start to last end) against the time its bytes take at the copy bandwidth;
+- when the blocks get through it, from its first block's start: half may read X; the k-tiles of 10 %, half, 90 % and
+  all of the blocks have ended; from the last k-tile to the last block's end;
 - each phase's median over blocks, and the tail: from the last ticket of a block that did not write to the end.
 
 Writes the records of the first three queues (``block_timeline_M_K_N_S.json``) and a picture of two consecutive
@@ -38,6 +40,7 @@ PHASES = (("start", "offsets", "tile offsets into shared memory"),
           ("loop_end", "ticket", "partials published, ticket (writer: splits summed)"),
           ("ticket", "end", "store (writer)"))
 CLOCK_MASK = 2**31  # the records hold the clock's low 31 bits
+LOOP_END_SHARES = (10, 50, 90, 100)  # percent of a launch's blocks whose k-tiles have ended: how unevenly they end
 
 
 def main() -> int:
@@ -148,6 +151,12 @@ def _medians(queues, marks):
                        first_waited_after_previous_end=r[:, col["waited"]].min() - before[:, col["end"]].max(),
                        tail=(r[:, col["end"]].max() - r[leavers, col["ticket"]].max()) if leavers.any() else 0.0,
                        timer_step=_timer_step(r[:, : len(marks)]))
+            # when the blocks get through the launch, from its first block's start
+            first = r[:, col["start"]].min()
+            row["half waited"] = float(np.median(r[:, col["waited"]]) - first)
+            for share in LOOP_END_SHARES:
+                row[f"loop_end {share}%"] = float(np.percentile(r[:, col["loop_end"]], share) - first)
+            row["end after the last loop_end"] = r[:, col["end"]].max() - r[:, col["loop_end"]].max()
             for a, b, _ in PHASES:
                 row[f"{a}->{b}"] = float(np.median(r[:, col[b]] - r[:, col[a]]))
                 row[f"{a}->{b} writers"] = float(np.median(r[writers, col[b]] - r[writers, col[a]]))
@@ -170,6 +179,10 @@ def print_summary(s):
     print(f"  launch: first block {s['after_previous_end']:+.2f} after the previous launch's end (may read X "
           f"{s['first_waited_after_previous_end']:+.2f}), starts spread over {s['start_spread']:.2f}, span "
           f"{s['span']:.2f} (bytes alone {s['bytes_us']:.2f}), tail after the last ticket {s['tail']:.2f}")
+    print(f"  from the first block's start: half the blocks may read X at {s['half waited']:.2f}; k-tiles end for "
+          + " / ".join(f"{share} %" for share in LOOP_END_SHARES) + " of the blocks at "
+          + " / ".join(f"{s[f'loop_end {share}%']:.2f}" for share in LOOP_END_SHARES)
+          + f"; the last block ends {s['end after the last loop_end']:.2f} after the last k-tile")
     for a, b, what in PHASES:
         print(f"  {a:>8} -> {b:<8} {s[f'{a}->{b}']:7.2f}   writers {s[f'{a}->{b} writers']:7.2f}   {what}")
 

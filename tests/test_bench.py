@@ -436,3 +436,33 @@ def test_kernel_vs_commit_imports_a_commit_beside_todays_package(tmp_path):
         W, X = cupy.asarray(W), cupy.asarray(X)
     ours, theirs = fl.linear(X, fl.TiledCSL.from_dense(W)), old.linear(X, old.TiledCSL.from_dense(W))
     assert (ours.view(np.uint16) == theirs.view(np.uint16)).all()
+
+
+def test_block_timeline_reads_launch_gaps_phases_and_uneven_ends_from_records():
+    """dev/block_timeline.py's arithmetic on hand-made records (microseconds; per block the marks of
+    config.TIMELINE_FIELDS, then SM and whether it wrote the tile): two queues of two launches of two blocks, the
+    second queue the first moved by 100 us, so every median is the one launch pair's figure."""
+    from dev import block_timeline
+
+    from flashllm_nb.kernels.spmm.config import TIMELINE_FIELDS
+
+    marks = [name for name in TIMELINE_FIELDS if name not in ("sm", "wrote")]
+    assert marks == ["start", "offsets", "waited", "loop_end", "ticket", "end"]
+    first_launch = [[0.0, 1.0, 2.0, 10.0, 11.0, 12.0, 0, 1], [0.0, 1.0, 2.0, 8.0, 9.0, 9.0, 1, 0]]
+    second_launch = [[13.0, 14.0, 15.5, 20.0, 21.0, 22.0, 0, 1], [13.2, 14.2, 15.2, 18.0, 19.0, 19.0, 1, 0]]
+    shifted = [[[t + 100.0 for t in block[:6]] + block[6:] for block in launch]
+               for launch in (first_launch, second_launch)]
+    s = block_timeline._medians([[first_launch, second_launch], shifted], marks)
+    assert s["after_previous_end"] == pytest.approx(1.0)  # 13 - 12
+    assert s["first_waited_after_previous_end"] == pytest.approx(3.2)  # 15.2 - 12
+    assert s["start_spread"] == pytest.approx(0.2)
+    assert s["span"] == pytest.approx(9.0)  # 13 .. 22
+    assert s["tail"] == pytest.approx(3.0)  # the leaver's ticket at 19, the last end at 22
+    assert s["half waited"] == pytest.approx(2.35)  # median(15.5, 15.2) - 13
+    assert s["loop_end 10%"] == pytest.approx(5.2)  # 18 + 0.1 * (20 - 18) - 13
+    assert s["loop_end 100%"] == pytest.approx(7.0)
+    assert s["end after the last loop_end"] == pytest.approx(2.0)
+    assert s["waited->loop_end"] == pytest.approx(3.65)  # median(4.5, 2.8)
+    assert s["waited->loop_end writers"] == pytest.approx(4.5)
+    assert s["loop_end->ticket writers"] == pytest.approx(1.0)
+    assert s["timer_step"] == pytest.approx(0.2)  # 13.0 -> 13.2: the smallest step between two marks
