@@ -1,7 +1,7 @@
 """Per-block timelines of SpMM launches queued as a model queues them: where a launch's time goes beyond its bytes.
 
-    python -m dev.block_timeline M K N SPARSITY [--split-k S] [--launches L] [--repeats R] [--ordinary-launches]
-                                                [--out DIR]
+    python -m dev.block_timeline M K N SPARSITY [--split-k S] [--ticket T] [--launches L] [--repeats R]
+                                                [--ordinary-launches] [--out DIR]
     e.g. python -m dev.block_timeline 7168 7168 1 0.8 --out /tmp/out
 
 Queues ``L`` products on one stream, each over its own pruned copy of the weights (together beyond the L2 cache, as
@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flashllm_nb.kernels.spmm.config import TICKET_CHOICES
+
 PHASES = (("start", "offsets", "tile offsets into shared memory"),
           ("offsets", "waited", "first words issued, X readable"),
           ("waited", "loop_end", "k-tiles"),
@@ -50,6 +52,8 @@ def main() -> int:
     parser.add_argument("n", type=int)
     parser.add_argument("sparsity", type=float)
     parser.add_argument("--split-k", type=int, default=None, help="force this split-K factor (default: the plan's)")
+    parser.add_argument("--ticket", choices=TICKET_CHOICES, default=None,
+                        help="force how a split-K block takes its ticket (SpmmConfig.ticket; default: the plan's)")
     parser.add_argument("--launches", type=int, default=8, help="products queued back to back (at least 2)")
     parser.add_argument("--repeats", type=int, default=10, help="queues whose medians are reported")
     parser.add_argument("--ordinary-launches", action="store_true",
@@ -70,7 +74,8 @@ def main() -> int:
     records, summary = run(args, cp)
     print_summary(summary)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"block_timeline_{args.m}_{args.k}_{args.n}_{args.sparsity:g}" + ("_ordinary" * args.ordinary_launches)
+    stem = (f"block_timeline_{args.m}_{args.k}_{args.n}_{args.sparsity:g}" + ("_ordinary" * args.ordinary_launches)
+            + (f"_{args.ticket}" if args.ticket else ""))
     (args.out / f"{stem}.json").write_text(json.dumps(dict(summary, records=records[:3])))
     picture(records, summary, args.out / f"{stem}.png")
     print(f"wrote {args.out / stem}.json and .png")
@@ -85,7 +90,7 @@ def run(args, cp):
     from flashllm_nb.kernels.driver import dependent_launch_scope, launching_dependents
     from flashllm_nb.kernels.spmm import driver
     from flashllm_nb.kernels.spmm.config import TIMELINE_FIELDS
-    from flashllm_nb.kernels.spmm.plan import plan
+    from flashllm_nb.kernels.spmm.plan import Force, plan
 
     m, k, n = args.m, args.k, args.n
     rng = cp.random.default_rng(0)
@@ -94,7 +99,8 @@ def run(args, cp):
     As = [copies[i % len(copies)] for i in range(args.launches)]
     X = rng.standard_normal((n, k), dtype=cp.float32).astype(cp.float16)
     Y = cp.empty((n, m), cp.float16)
-    p = plan(m, n, k, "float16", "nk", split_k=args.split_k, tile_vectors=As[0].mean_tile_vectors)
+    p = plan(m, n, k, "float16", "nk", split_k=args.split_k, tile_vectors=As[0].mean_tile_vectors,
+             force=Force(ticket=args.ticket) if args.ticket else None)
     operands = [driver.Operands(A.words, A.tile_offsets, X, k, Y, None, m, n, k, A.n_tile_cols) for A in As]
     tickets = [driver.timeline_tickets(p, cp) for _ in As]
     stream = cp.cuda.Stream(non_blocking=True)
@@ -129,7 +135,7 @@ def run(args, cp):
         queues.append(queue)
     summary = dict(device=cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), m=m, k=k, n=n,
                    sparsity=args.sparsity, grid=list(p.grid), config=repr(p.config), launches=args.launches,
-                   dependent_launches=dependent,
+                   dependent_launches=dependent, ticket=p.config.ticket,
                    repeats=args.repeats, bytes=bytes_per_launch, copy_gbps=gbps,
                    bytes_us=bytes_per_launch / (gbps * 1e3), fields=marks + ["sm", "wrote"],
                    **_medians(queues, marks))
@@ -172,10 +178,11 @@ def _timer_step(times):
 
 
 def print_summary(s):
-    print(f"{s['device']}: {s['m']}x{s['k']} N={s['n']} {s['sparsity']:.0%}, grid {tuple(s['grid'])}, "
-          f"{s['bytes'] / 1e6:.1f} MB = {s['bytes_us']:.1f} us at {s['copy_gbps']:.0f} GB/s; medians of "
-          f"{s['repeats']} queues x {s['launches'] - 1} {'dependent' if s['dependent_launches'] else 'ordinary'} "
-          f"launches, us (clock steps of {s['timer_step'] * 1e3:.0f} ns)")
+    print(f"{s['device']}: {s['m']}x{s['k']} N={s['n']} {s['sparsity']:.0%}, grid {tuple(s['grid'])}, split-K "
+          f"ticket {s['ticket']}, {s['bytes'] / 1e6:.1f} MB = {s['bytes_us']:.1f} us at {s['copy_gbps']:.0f} GB/s; "
+          f"medians of {s['repeats']} queues x {s['launches'] - 1} "
+          f"{'dependent' if s['dependent_launches'] else 'ordinary'} launches, us (clock steps of "
+          f"{s['timer_step'] * 1e3:.0f} ns)")
     print(f"  launch: first block {s['after_previous_end']:+.2f} after the previous launch's end (may read X "
           f"{s['first_waited_after_previous_end']:+.2f}), starts spread over {s['start_spread']:.2f}, span "
           f"{s['span']:.2f} (bytes alone {s['bytes_us']:.2f}), tail after the last ticket {s['tail']:.2f}")

@@ -11,9 +11,10 @@
 # split-k (the plan's split-K factor against forced ones, the decoders' shapes at one token), split-k-fixed (7168 rows
 # at one token against K, split 1 and 9: what a launch costs beyond its bytes), block-timeline (per-block timelines of
 # queued launches on three of those shapes), graph-issue (what a captured step holds and how long its launch takes,
-# dense and sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's); on
-# two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an earlier commit
-# need `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
+# dense and sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's),
+# ticket-ab (the split-K ticket as one acquire-release add against the two fences, timed beside cuBLAS and as
+# timelines); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an
+# earlier commit need `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -96,6 +97,13 @@ for step in "$@"; do
                       timeout 120 python3 -m dev.block_timeline $shape 1 0.8 --out "$OUT" 2>&1 \
                         | tee -a "$OUT/block-timeline.log"
                     done ;;
+    ticket-ab) timeout 420 python3 -m dev.kernel_ab 1 8 16 --variant plan --variant acqrel:ticket=acq_rel \
+                 --check acqrel --sparsities 0.8,0.9 --shapes 7168x7168,7168x28672,28672x7168,9216x9216 2>&1 \
+                 | tee "$OUT/ticket-ab.log" | tail -30
+               for ticket in fences acq_rel; do  # where the split-K end goes, each way
+                 timeout 60 python3 -m dev.block_timeline 7168 7168 1 0.8 --ticket $ticket --out "$OUT" 2>&1 \
+                   | tee -a "$OUT/ticket-ab.log"
+               done ;;
     graph-issue) timeout 300 python3 -m dev.graph_issue --model opt-30b --layers 8 --sparsity 0 0.8 --batch 1 16 \
                    2>&1 | tee "$OUT/graph-issue.log" ;;
     *) echo "unknown step $step" ;;

@@ -4,11 +4,11 @@
                             [--shapes MxK,...] [--check NAME,...]
 
 A variant is ``NAME[:KEY=VALUE,...]``: the plan's choices forced (``flashllm_nb.kernels.spmm.plan.Force``) for the
-``linear`` products timed here: ``mma`` (sync, wgmma), ``warps`` (4, 8), ``clear`` (rows, entries), ``prefetch``
-(256 .. 640), ``stages`` (2, 4), ``split`` (a split-K factor) and ``dependent`` (0 or 1: built with
-``griddepcontrol`` or not; the launches stay ordinary), for blocks of ``tile_n`` up to ``upto`` (16
-unless given; wider blocks keep the plan's choices). A variant the kernel is not built for is refused by
-``SpmmConfig`` with its reason. A variant without options is the plan itself.
+``linear`` products timed here: ``mma`` (sync, wgmma), ``warps`` (4, 8), ``clear`` (rows, entries), ``prefetch`` (256 ..
+640), ``stages`` (2, 4), ``split`` (a split-K factor), ``dependent`` (0 or 1: built with ``griddepcontrol`` or not; the
+launches stay ordinary) and ``ticket`` (fences, acq_rel: how a split-K block takes its ticket), for blocks of ``tile_n``
+up to ``upto`` (16 unless given; wider blocks keep the plan's choices). A variant the kernel is not built for is refused
+by ``SpmmConfig`` with its reason. A variant without options is the plan itself.
 
 Every variant times the same pruned matrices (rotated past the L2, calls queued behind a spin kernel:
 ``flashllm_nb.bench.timing.time_batched``) per OPT-66B layer and as the geometric mean over the layers, with the
@@ -18,9 +18,10 @@ fraction of the Tiled-CSL bandwidth bound (copy bandwidth measured in the same r
 A change of the kernel's source is compared by running this on each commit on the same card (the plan's variant),
 after ``dev/ptx_fingerprint.py`` has said which configurations the change touches at all.
 
-Example::
+Examples::
 
     python -m dev.kernel_ab 16 8 --variant plan --variant rows:clear=rows --sparsities 0.85,0.9,0.95
+    python -m dev.kernel_ab 1 8 16 --variant plan --variant acqrel:ticket=acq_rel --check acqrel --shapes 7168x7168
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ from dev.kernel_dev import OPT66B, check_correctness, pruned_copies
 from flashllm_nb.bench.timing import copy_bandwidth, geometric_mean, time_batched
 from flashllm_nb.kernels.spmm import driver
 from flashllm_nb.kernels.spmm.config import (CLEAR_CHOICES, MMA_CHOICES, PREFETCH_CHOICES, STAGE_CHOICES,
-                                             TILE_N_CHOICES, WARP_CHOICES)
+                                             TICKET_CHOICES, TILE_N_CHOICES, WARP_CHOICES)
 from flashllm_nb.kernels.spmm.plan import Force, plan, tile_n_for
 
 _KEYS = {"mma": (str, MMA_CHOICES), "warps": (int, WARP_CHOICES), "clear": (str, CLEAR_CHOICES),
          "prefetch": (int, PREFETCH_CHOICES), "stages": (int, STAGE_CHOICES), "split": (int, None),
-         "dependent": (int, (0, 1)), "upto": (int, TILE_N_CHOICES)}
+         "dependent": (int, (0, 1)), "ticket": (str, TICKET_CHOICES), "upto": (int, TILE_N_CHOICES)}
 _FORCE_FIELDS = {"mma": "mma", "warps": "warps", "clear": "clear", "prefetch": "prefetch_vectors",
-                 "stages": "stages", "split": "split_k", "dependent": "grid_dependency"}
+                 "stages": "stages", "split": "split_k", "dependent": "grid_dependency", "ticket": "ticket"}
 
 
 @dataclass

@@ -47,6 +47,24 @@ def timer_kernel(times, sms):
     sms[lane] = ptx.smid()
 
 
+def ticket_kernel(tickets, order, values, sums):
+    """The split-K hand-off: every thread of every block publishes a value, the block meets at a barrier, thread 0
+    takes a ticket (``order[block]``); the block whose ticket says it came last sums every block's values per lane."""
+    lane, block, blocks = cuda.threadIdx.x, cuda.blockIdx.x, cuda.gridDim.x
+    values[block * 32 + lane] = block * 32 + lane + 1
+    cuda.syncthreads()
+    last = 0
+    if lane == 0:
+        ticket = ptx.atom_add_acq_rel_gpu(tickets, 0, 1)
+        order[block] = ticket
+        last = 1 if ticket == blocks - 1 else 0
+    if cuda.syncthreads_or(last):
+        total = 0
+        for b in range(blocks):
+            total += values[b * 32 + lane]
+        sums[lane] = total
+
+
 def _mma_kernel(mma):
     def kernel(a, b, c, d):
         """d[lane] = mma(a[lane], b[lane], c[lane]): registers in, registers out (row = lane)."""
@@ -285,6 +303,8 @@ _U32_2D, _F32_2D = "uint32[:, ::1]", "float32[:, ::1]"
 KERNELS = {
     "shared_addr": (shared_addr_kernel, "void(uint32[::1])", ["cvta.to.shared.u64"]),
     "timer": (timer_kernel, "void(uint32[::1], uint32[::1])", ["mov.u32 %r", "%globaltimer_lo", "%smid"]),
+    "ticket": (ticket_kernel, "void(int32[::1], int32[::1], int32[::1], int32[::1])",
+               ["atom.acq_rel.gpu.global.add.u32"]),
     "mma_f16": (
         mma_f16_kernel,
         f"void({_U32_2D}, {_U32_2D}, {_F32_2D}, {_F32_2D})",
@@ -435,6 +455,10 @@ def _ld_global_nc_of_float32(x, out):
     out[0] = ptx.ld_global_nc_v4_u32(x, 0)[0]
 
 
+def _ticket_of_uint32(tickets):
+    tickets[1] = ptx.atom_add_acq_rel_gpu(tickets, 0, 1)
+
+
 def _convert_float64(out):
     out[0] = ptx.f32_to_f16_bits(1.5)
 
@@ -477,6 +501,11 @@ TYPING_ERRORS = {
         "void(float32[::1], float32[::1])",
         ["ld.global.nc.L1::no_allocate.v4.u32", "the dtype of arr must be uint32", "float32"],
     ),
+    "ticket_of_uint32": (
+        _ticket_of_uint32,
+        "void(uint32[::1])",
+        ["atom.acq_rel.gpu.global.add.u32", "the dtype of arr must be int32", "uint32"],
+    ),
     "convert_float64": (
         _convert_float64,
         "void(uint16[::1])",
@@ -509,9 +538,9 @@ def _compiled(function):
     return cuda.jit(function)
 
 
-def launch(function, *args, threads: int = 32) -> None:
-    """Run ``function`` as a kernel of one block; NumPy arguments are copied in and back out."""
-    _compiled(function)[1, threads](*args)
+def launch(function, *args, threads: int = 32, blocks: int = 1) -> None:
+    """Run ``function`` as a kernel of ``blocks`` blocks; NumPy arguments are copied in and back out."""
+    _compiled(function)[blocks, threads](*args)
 
 
 def assert_within(got, reference, bound, what: str) -> None:
@@ -551,6 +580,18 @@ def check_timer() -> None:
     assert (sms == sms[0]).all(), f"one block on several SMs: {sms}"
     sm_count = 1 if ptx.SIMULATOR else cuda.get_current_device().MULTIPROCESSOR_COUNT  # the simulator's one SM
     assert sms[0] < sm_count, f"SM {sms[0]} beyond the GPU's {sm_count}"
+
+
+def check_ticket(blocks: int) -> None:
+    """The tickets are 0 .. blocks - 1, one per block, the counter ends at ``blocks``, and the last block's sums
+    include every block's published values."""
+    tickets, order = np.zeros(1, np.int32), np.full(blocks, -1, np.int32)
+    values, sums = np.zeros(32 * blocks, np.int32), np.zeros(32, np.int32)
+    launch(ticket_kernel, tickets, order, values, sums, blocks=blocks)
+    assert sorted(order.tolist()) == list(range(blocks)), f"tickets {order}"
+    assert tickets[0] == blocks, f"counter {tickets[0]} after {blocks} blocks"
+    want = np.arange(blocks)[:, None] * 32 + np.arange(32)[None, :] + 1
+    np.testing.assert_array_equal(sums, want.sum(axis=0))
 
 
 def check_mma(dtype: str, seed: int) -> None:

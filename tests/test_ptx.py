@@ -38,6 +38,13 @@ def test_globaltimer_and_smid():
     pk.check_timer()
 
 
+@pytest.mark.parametrize("blocks", [1, 7, 40])
+def test_acq_rel_ticket_hands_every_blocks_values_to_the_last(blocks):
+    """``atom.acq_rel.gpu``: one ticket per block, and the block that comes last reads what every block published
+    before its ticket (on a GPU the 40 blocks run at once, each on its own SM)."""
+    pk.check_ticket(blocks)
+
+
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_mma(dtype, seed):

@@ -191,6 +191,19 @@ def test_cp_async_from_shared_memory_is_refused():
 
 
 @cuda.jit
+def _ticket_in_shared_memory(out):
+    s = cuda.shared.array(1, np.int32)
+    s[0] = 0
+    out[cuda.threadIdx.x] = ptx.atom_add_acq_rel_gpu(s, 0, 1)
+
+
+def test_ticket_in_shared_memory_is_refused():
+    """atom.acq_rel.gpu.global of a shared array is refused: its ticket lives in global memory."""
+    with pytest.raises(TypeError, match=r"atom\.acq_rel\.gpu\.global\.add\.u32: arr must be a device array"):
+        _ticket_in_shared_memory[1, 32](np.zeros(32, np.int32))
+
+
+@cuda.jit
 def _cp_async_nothing_from_anywhere(x, out):
     s = cuda.shared.array(256, np.uint16, alignment=SHARED_ALIGN)
     ptx.cp_async_16(s, cuda.threadIdx.x * 8, x, 1_000_003, 0)  # src_bytes 0: the index is never used

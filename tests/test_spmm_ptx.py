@@ -80,6 +80,12 @@ WGMMA_CONFIGS = [dict(config, grid_dependency=True) for config in WGMMA_CONFIGS]
 TIMELINE_CONFIG = dict(tile_n=8, dtype="float16", x_layout="nk", splits=True, warps=4, mma="wgmma",
                        prefetch_vectors=512, clear="entries", grid_dependency=True, timeline=True)
 TIMELINE_REGISTERS = ["%globaltimer_lo", "%smid"]
+# The candidate split-K ticket (SpmmConfig.ticket="acq_rel", one acquire-release add instead of two membar.gl), on
+# the configuration of TIMELINE_CONFIG and on an mma.sync one for sm_80.
+ACQ_REL_WGMMA_CONFIG = dict(TIMELINE_CONFIG, timeline=False, ticket="acq_rel")
+ACQ_REL_SYNC_CONFIG = dict(tile_n=16, dtype="bfloat16", x_layout="kn", splits=True, warps=4, mma="sync",
+                           prefetch_vectors=512, clear="rows", ticket="acq_rel")
+ACQ_REL_TICKET, FENCE = "atom.acq_rel.gpu.global.add.u32", "membar.gl"
 GRID_DEPENDENCY_INSTRUCTIONS = ["griddepcontrol.launch_dependents;", "griddepcontrol.wait;"]
 WGMMA_INSTRUCTIONS = [
     "wgmma.fence.sync.aligned",
@@ -107,10 +113,10 @@ CLEAR_INSTRUCTIONS = {
 
 @pytest.fixture(scope="module")
 def compiled():
-    results = compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", CONFIGS, CCS)
+    results = compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", CONFIGS + [ACQ_REL_SYNC_CONFIG], CCS)
     results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", DEPENDENT_CONFIGS, [DEPENDENT_CC])
-    results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", WGMMA_CONFIGS + [TIMELINE_CONFIG],
-                                         [WGMMA_CC])
+    results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel",
+                                         WGMMA_CONFIGS + [TIMELINE_CONFIG, ACQ_REL_WGMMA_CONFIG], [WGMMA_CC])
     return {(tuple(sorted(r.config.items())), tuple(r.cc)): r for r in results}
 
 
@@ -138,6 +144,15 @@ def _check_no_timeline(result, config, cc):
         assert register not in result.ptx, f"{register} in {_id(config, cc)}"
 
 
+def _check_ticket(result, config, cc):
+    """A split-K kernel takes its ticket between two fences, or with the acquire-release add when built so; a
+    kernel without split-K does neither."""
+    acq_rel = config.get("ticket", "fences") == "acq_rel"
+    assert (ACQ_REL_TICKET in result.ptx) == (config["splits"] and acq_rel), f"{ACQ_REL_TICKET} in {_id(config, cc)}"
+    assert (result.ptx.count(FENCE) == 2) == (config["splits"] and not acq_rel), \
+        f"{result.ptx.count(FENCE)} {FENCE} in {_id(config, cc)}"
+
+
 def _check_grid_dependency(result, config, cc):
     """griddepcontrol in the kernel exactly when it is built for dependent launch."""
     for instruction in GRID_DEPENDENCY_INSTRUCTIONS:
@@ -161,6 +176,7 @@ def test_configuration_compiles_to_tensor_core_code_without_local_memory(compile
         assert "ldmatrix.sync.aligned.m8n8" in result.ptx and ".trans" in result.ptx
     assert "wgmma" not in result.ptx and "fence.proxy.async" not in result.ptx
     _check_no_timeline(result, config, cc)
+    _check_ticket(result, config, cc)
     _assembled_without_local_memory(result, config, cc)
 
 
@@ -183,6 +199,7 @@ def test_wgmma_configuration_compiles_for_sm90a_without_local_memory(compiled, c
     # The operands are read by the Tensor Cores from shared memory: no ldmatrix, no mma.sync.
     assert "ldmatrix" not in result.ptx and "mma.sync" not in result.ptx
     _check_no_timeline(result, config, WGMMA_CC)
+    _check_ticket(result, config, WGMMA_CC)
     _assembled_without_local_memory(result, config, WGMMA_CC)
 
 
@@ -194,3 +211,17 @@ def test_timeline_variant_reads_the_timer_and_compiles_without_local_memory(comp
     for register in TIMELINE_REGISTERS:
         assert register in result.ptx, f"{register} missing from the timeline variant"
     _assembled_without_local_memory(result, TIMELINE_CONFIG, WGMMA_CC)
+
+
+ACQ_REL_CASES = [(ACQ_REL_WGMMA_CONFIG, WGMMA_CC)] + [(ACQ_REL_SYNC_CONFIG, cc) for cc in CCS]
+
+
+@pytest.mark.parametrize("config,cc", ACQ_REL_CASES, ids=[_id(c, cc) for c, cc in ACQ_REL_CASES])
+def test_acq_rel_ticket_replaces_both_fences_and_compiles_without_local_memory(compiled, config, cc):
+    """The candidate ticket (SpmmConfig.ticket="acq_rel") is one atom.acq_rel.gpu add and no membar.gl, and ptxas
+    assembles it without local memory, on both instruction paths."""
+    result = compiled[(tuple(sorted(config.items())), cc)]
+    assert result.error is None, result.error
+    _check_ticket(result, config, cc)
+    _assembled_without_local_memory(result, config, cc)
+

@@ -83,6 +83,8 @@ The API (every index is a flat element index into a C-contiguous array; ``g = la
 ``mbarrier_wait_parity(arr, i, parity)``        loop on ``mbarrier.test_wait.parity``: the phase of that parity is over
 ``griddepcontrol_wait()``                       ``griddepcontrol.wait`` (sm_90): the grids this one depends on are done
 ``griddepcontrol_launch_dependents()``          ``griddepcontrol.launch_dependents`` (sm_90): the next grid may start
+``atom_add_acq_rel_gpu(arr, i, v) -> int32``    ``atom.acq_rel.gpu.global.add.u32``: a ticket that releases this
+                                                block's writes and acquires the earlier blocks' (old value back)
 ``globaltimer_lo() -> uint32``                  ``mov.u32 d, %globaltimer_lo``: the GPU's nanosecond clock, low 32 bits
 ``smid() -> uint32``                            ``mov.u32 d, %smid``: the SM the thread runs on
 ==============================================  =================================================================

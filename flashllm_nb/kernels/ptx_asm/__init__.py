@@ -39,8 +39,8 @@ from .memory import (
     st_shared_v4_u32,
 )
 from .special import globaltimer_lo, smid
-from .sync import (griddepcontrol_launch_dependents, griddepcontrol_wait, mbarrier_arrive, mbarrier_init,
-                   mbarrier_wait_parity, warp_sync)
+from .sync import (atom_add_acq_rel_gpu, griddepcontrol_launch_dependents, griddepcontrol_wait, mbarrier_arrive,
+                   mbarrier_init, mbarrier_wait_parity, warp_sync)
 from .wgmma import (
     fence_proxy_async_shared,
     wgmma_commit_group,
@@ -96,6 +96,7 @@ __all__ = [
     "mbarrier_wait_parity",
     "griddepcontrol_wait",
     "griddepcontrol_launch_dependents",
+    "atom_add_acq_rel_gpu",
     "globaltimer_lo",
     "smid",
 ]

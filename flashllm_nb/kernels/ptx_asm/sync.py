@@ -1,14 +1,17 @@
 """Inline-PTX wrappers that make threads meet: ``bar.warp.sync`` (``__syncwarp``), the ``mbarrier``
 shared-memory barriers, and ``griddepcontrol``, by which a kernel meets the kernel before it in its stream.
 
+Also ``atom.acq_rel.gpu``, by which a block hands its results to another block of the same grid.
+
 A barrier object (8 bytes, 8-byte aligned, in shared memory) counts arrivals per phase: threads arrive when they
 are done with something and wait, later, for the phase in which everyone did. Unlike bar.sync, arriving does not
 block, so the work between a thread's arrival and its wait hides the slowest thread's lateness.
 
 PTX ISA references (https://docs.nvidia.com/cuda/parallel-thread-execution/index.html#...):
 ``parallel-synchronization-and-communication-instructions-bar-warp-sync`` and
-``...-mbarrier`` ("mbarrier.init", "mbarrier.arrive", "mbarrier.test_wait/mbarrier.try_wait") and
-``...-griddepcontrol``.
+``...-mbarrier`` ("mbarrier.init", "mbarrier.arrive", "mbarrier.test_wait/mbarrier.try_wait"),
+``...-griddepcontrol``, ``parallel-synchronization-and-communication-instructions-atom`` and the memory consistency
+model (``memory-consistency-model``: release and acquire patterns, causality order).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from llvmlite import ir
 from numba import types
 from numba.cuda.extending import intrinsic
 
-from .emit import I32, MEMORY, as_int, asm, check_array, check_integer, make_sync_intrinsic, shared_address
+from .emit import (I32, I64, MEMORY, as_int, asm, check_array, check_integer, element_address, make_sync_intrinsic,
+                   shared_address)
 
 
 warp_sync = make_sync_intrinsic(
@@ -115,3 +119,30 @@ griddepcontrol_launch_dependents = make_sync_intrinsic(
     with ``griddepcontrol.wait`` before it reads what this grid writes; issuing it first lets the dependent's blocks
     take the SMs this grid's last wave leaves idle. Without a dependent it does nothing.""",
 )
+
+
+@intrinsic
+def atom_add_acq_rel_gpu(typingctx, arr, index, value):
+    """``atom.acq_rel.gpu.global.add.u32 d, [addr], value``: add ``value`` to the int32 at ``arr[index]`` in global
+    memory and return what was there before, as one release and acquire operation at GPU scope.
+
+    PTX ISA: "atom" (``.acq_rel``: sm_70) and "Memory Consistency Model". The release half orders this thread's
+    earlier writes, and those of every thread of the block that met it at a ``bar.sync`` before, ahead of the add;
+    the acquire half orders what the thread reads after it, and what the block reads after a later ``bar.sync``,
+    behind the adds it observed. So a block that publishes its results, meets at a barrier and lets one thread take a
+    ticket with this instruction needs no ``membar.gl`` on either side: the block whose ticket shows it came last sees
+    every earlier block's results (CUTLASS's split-K semaphore releases and acquires the same way). ``arr`` is an
+    int32 device array and ``index`` a flat element index.
+    """
+    instruction = "atom.acq_rel.gpu.global.add.u32"
+    check_array(instruction, "arr", arr, types.int32)
+    check_integer(instruction, "index", index)
+    check_integer(instruction, "value", value)
+
+    def codegen(context, builder, sig, args):
+        address = element_address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        operand = as_int(context, builder, args[2], sig.args[2], 32)
+        return asm(builder, I32, [(I64, address), (I32, operand)], f"{instruction} $0, [$1], $2;",
+                   "=r,l,r,~{memory}", attrs=MEMORY, side_effect=True)
+
+    return types.int32(arr, index, value), codegen

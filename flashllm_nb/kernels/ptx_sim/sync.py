@@ -1,5 +1,6 @@
 """Simulator twins of the synchronization instructions of :mod:`flashllm_nb.kernels.ptx_asm.sync`:
-``bar.warp.sync`` (a rendezvous of the warp's lanes), the ``mbarrier`` barriers and ``griddepcontrol``.
+``bar.warp.sync`` (a rendezvous of the warp's lanes), the ``mbarrier`` barriers, ``griddepcontrol`` and the
+acquire-release ``atom.add`` (an add under a lock: the simulator's threads see every write at once).
 
 The barrier lives in its 8 shared bytes, as on the GPU: word 0 the arrivals still missing in the current phase,
 word 1 the expected arrivals per phase (bits 0-30) and the current phase's parity (bit 31). One condition per block
@@ -17,7 +18,7 @@ import numpy as np
 from numba.cuda.simulator.kernel import BlockThread
 
 from . import rendezvous
-from .operands import as_integer, raw_bytes, span
+from .operands import as_integer, device_array, raw_bytes, span
 from .rendezvous import collective
 
 
@@ -125,3 +126,22 @@ def griddepcontrol_wait():
 
 def griddepcontrol_launch_dependents():
     """Twin of ``griddepcontrol.launch_dependents``: the simulator starts the next kernel after this one ends."""
+
+
+_ATOMIC = threading.Lock()
+
+
+def atom_add_acq_rel_gpu(arr, index, value) -> np.int32:
+    """Twin of ``atom.acq_rel.gpu.global.add.u32``: add ``value`` to ``arr[index]`` (an int32 array, wrapping as
+    the GPU's 32-bit add does) and return the old value."""
+    instruction = "atom.acq_rel.gpu.global.add.u32"
+    words = raw_bytes(instruction, "arr", arr, "global").view(np.int32)
+    if device_array(arr).dtype != np.int32:
+        raise TypeError(f"{instruction}: the dtype of arr must be int32, got {device_array(arr).dtype}")
+    offset = span(instruction, "arr", words.view(np.uint8), 4, index, 4, align=4)
+    v = as_integer(instruction, "value", value)
+    with _ATOMIC:
+        old = words[offset // 4]
+        words[offset // 4] = np.int32((int(old) + v + 2**31) % 2**32 - 2**31)
+    return np.int32(old)
+

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["SpmmConfig", "TILE_M", "TILE_K", "TILE_ELEMS", "NK_ROW", "TILE_N_CHOICES", "WARP_CHOICES",
-           "MMA_CHOICES", "PREFETCH_CHOICES", "CLEAR_CHOICES", "STAGE_CHOICES", "TWO_STAGES_BUILT",
+           "MMA_CHOICES", "PREFETCH_CHOICES", "CLEAR_CHOICES", "STAGE_CHOICES", "TICKET_CHOICES", "TWO_STAGES_BUILT",
            "TIMELINE_FIELDS", "kernel_signature"]
 
 TILE_M = 128  # rows of A per block: one tile row of the Tiled-CSL grid
@@ -30,6 +30,10 @@ PREFETCH_CHOICES = (256, 384, 512, 640)
 # same stores at any sparsity); "entries" = each thread zeroes the positions it scattered (a store per entry), once
 # every warp has read the buffer.
 CLEAR_CHOICES = ("rows", "entries")
+# How a split-K block hands its partial tile to the block that sums them, after the block has met at a barrier:
+# "fences" = thread 0 fences (membar.gl), takes its ticket with a relaxed atomic add and, if last, fences again;
+# "acq_rel" = thread 0 takes its ticket with one atom.acq_rel.gpu add, which releases and acquires by itself.
+TICKET_CHOICES = ("fences", "acq_rel")
 # The one configuration built with 2 activation stages: 6 blocks per SM in 80 registers (a 37 KB block).
 TWO_STAGES_BUILT = dict(mma="wgmma", warps=4, tile_n=16, clear="entries", prefetch_vectors=256)
 # Blocks per SM promised to ptxas (launch_bounds) per tile_n, for 4 warps and 4 stages: what the shared memory of a
@@ -90,6 +94,9 @@ class SpmmConfig:
         The kernel is launched as a programmatic dependent of the previous kernel in its stream (sm_90 on,
         ``kernels.driver``): it lets the next kernel start at once, loads its first two tiles of words, and only
         then waits for the previous kernel (``griddepcontrol``) before it reads X or writes anything.
+    ticket : str
+        ``"fences"`` or ``"acq_rel"`` (``TICKET_CHOICES``): how a split-K block takes its ticket. The plan builds
+        "fences"; "acq_rel" (no ``membar.gl`` on the last block's path) is a candidate not yet measured against it.
     timeline : bool
         For development (``dev/block_timeline.py`` through ``driver.launch_timeline``; the plan never sets it):
         each block also records ``TIMELINE_FIELDS`` in ``tickets``, past the per-tile tickets.
@@ -106,6 +113,7 @@ class SpmmConfig:
     stages: int = 4
     relu: bool = False
     grid_dependency: bool = False
+    ticket: str = "fences"
     timeline: bool = False
 
     @property
@@ -130,6 +138,8 @@ class SpmmConfig:
             )
         if self.clear not in CLEAR_CHOICES:
             raise ValueError(f"Invalid clear of SpmmConfig: expected one of {CLEAR_CHOICES}, got {self.clear!r}")
+        if self.ticket not in TICKET_CHOICES:
+            raise ValueError(f"Invalid ticket of SpmmConfig: expected one of {TICKET_CHOICES}, got {self.ticket!r}")
         if self.mma == "wgmma" and self.x_layout != "nk":
             raise ValueError(
                 "Invalid SpmmConfig: mma='wgmma' needs x_layout='nk' (both operands K-major), "

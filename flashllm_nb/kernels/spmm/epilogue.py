@@ -1,11 +1,11 @@
 """The end of a block: split-K's fix-up and the output store.
 
-With ``splits > 1`` each block writes its fp32 partial tile to a workspace (coalesced), then the last block of an
-output tile to arrive (an atomic ticket per output tile, one fence by one thread on each side) sums the partials in
-split order (deterministic), rounds once, and resets the ticket to zero for the next launch: one launch, no memset,
-no second kernel. That last block is the kernel's tail (the blocks of a wave finish within a few microseconds of each
-other), so its work is kept short: partials of several splits load per round trip, and the store uses shifts and
-unsigned indices. ``docs/kernel-design.md`` has the tails that were tried and lost.
+With ``splits > 1`` each block writes its fp32 partial tile to a workspace (coalesced), then the last block of an output
+tile to arrive (an atomic ticket per output tile taken by one thread: between two fences, or as one acquire-release add,
+``SpmmConfig.ticket``) sums the partials in split order (deterministic), rounds once, and resets the ticket to zero for
+the next launch: one launch, no memset, no second kernel. That last block is the kernel's tail (the blocks of a wave
+finish within a few microseconds of each other), so its work is kept short: partials of several splits load per round
+trip, and the store uses shifts and unsigned indices. ``docs/kernel-design.md`` has the tails that were tried and lost.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def epilogue_stage(g: Geometry, accumulator_of) -> SimpleNamespace:
     ACC_STRIDE, OUT_ROUNDS, REDUCE_GROUP = g.acc_stride, g.out_rounds, g.reduce_group
     TILE_M_SHIFT, TILE_N_SHIFT = TILE_M.bit_length() - 1, TILE_N.bit_length() - 1
     RELU = g.cfg.relu
+    ACQ_REL_TICKET = g.cfg.ticket == "acq_rel"
     if g.cfg.dtype == "bfloat16":
         to_bits, from_bits = ptx.f32_to_bf16_bits, ptx.bf16_bits_to_f32
     else:
@@ -50,16 +51,21 @@ def epilogue_stage(g: Geometry, accumulator_of) -> SimpleNamespace:
         mine = uint64(first + split * split_stride)
         for i in range(ACC):
             workspace[mine + uint64(i * THREADS)] = acc[i]
-        # One thread fences, as CUTLASS's split-K semaphore does: the barrier orders every thread's partials
-        # before thread 0's fence, and a fence is cumulative (PTX memory model), so its release covers them; on
-        # the other side thread 0's acquiring fence plus the barrier order the reads of all threads.
+        # One thread releases and acquires for the block, as CUTLASS's split-K semaphore does: the barrier orders
+        # every thread's partials before thread 0's release (its first fence, or the acquire-release add), and a
+        # release is cumulative (PTX memory model), so it covers them; on the other side thread 0's acquire (its
+        # second fence, or the same add) plus the barrier order the reads of all threads.
         cuda.syncthreads()  # every thread's partials are written before the release
         last = 0
         if cuda.threadIdx.x == 0:
-            cuda.threadfence()  # release the block's partials
-            last = 1 if cuda.atomic.add(tickets, out_tile, 1) == n_splits - 1 else 0
-            if last:
-                cuda.threadfence()  # acquire the other splits' partials
+            if ACQ_REL_TICKET:
+                # one add that releases the block's partials (behind the barrier) and acquires the earlier blocks'
+                last = 1 if ptx.atom_add_acq_rel_gpu(tickets, out_tile, 1) == n_splits - 1 else 0
+            else:
+                cuda.threadfence()  # release the block's partials
+                last = 1 if cuda.atomic.add(tickets, out_tile, 1) == n_splits - 1 else 0
+                if last:
+                    cuda.threadfence()  # acquire the other splits' partials
         if cuda.syncthreads_or(last) == 0:  # broadcasts thread 0's verdict to the block
             return False
         # Sum in split order, so the result does not depend on which block arrived last. The partials are loaded

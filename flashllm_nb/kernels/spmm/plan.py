@@ -12,7 +12,8 @@ tile), never from a hand-made table:
 * split-K: from the SM count and the blocks per SM the driver's occupancy calculator allows for this kernel's
   registers and shared memory, ``choose_splits`` picks the factor with the least estimated time, counting waves of
   blocks (a partly filled last wave almost as a full one), each block's fixed cost and its partial sums' traffic;
-* dependent launch (``griddepcontrol``) wherever the device has it (sm_90 on, and the simulator).
+* dependent launch (``griddepcontrol``) wherever the device has it (sm_90 on, and the simulator);
+* the split-K ticket: "fences" (``SpmmConfig.ticket``; "acq_rel" only when forced, until it is measured).
 
 A :class:`Force` takes any of these choices as given: tests that must run one variant, A/B tools and benchmarks
 force through it, never by replacing functions here. Each threshold below has its measurement in
@@ -78,6 +79,7 @@ class Force:
     stages: int | None = None
     split_k: int | None = None
     grid_dependency: bool | None = None
+    ticket: str | None = None  # one of TICKET_CHOICES
 
     def __post_init__(self):
         if self.mma is not None and self.mma not in MMA_CHOICES:
@@ -221,8 +223,9 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     if split_k is None:
         split_k = force.split_k
     dependent = grid_dependency_supported() if force.grid_dependency is None else force.grid_dependency
+    ticket = force.ticket or SpmmConfig.ticket
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch,
-                        clear=clear, stages=stages, relu=relu, grid_dependency=dependent)
+                        clear=clear, stages=stages, relu=relu, grid_dependency=dependent, ticket=ticket)
     if split_k is None:
         from flashllm_nb.kernels.spmm.driver import blocks_per_sm
 
@@ -233,7 +236,8 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     per_split = -(-k_tiles // split_k)
     split_k = -(-k_tiles // per_split)  # no empty splits
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma,
-                        prefetch_vectors=prefetch, clear=clear, stages=stages, relu=relu, grid_dependency=dependent)
+                        prefetch_vectors=prefetch, clear=clear, stages=stages, relu=relu, grid_dependency=dependent,
+                        ticket=ticket)
     return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
 
 
