@@ -135,13 +135,14 @@ def atom_add_acq_rel_gpu(arr, index, value) -> np.int32:
     """Twin of ``atom.acq_rel.gpu.global.add.u32``: add ``value`` to ``arr[index]`` (an int32 array, wrapping as
     the GPU's 32-bit add does) and return the old value."""
     instruction = "atom.acq_rel.gpu.global.add.u32"
-    words = raw_bytes(instruction, "arr", arr, "global").view(np.int32)
+    raw = raw_bytes(instruction, "arr", arr, "global")
     if device_array(arr).dtype != np.int32:
         raise TypeError(f"{instruction}: the dtype of arr must be int32, got {device_array(arr).dtype}")
-    offset = span(instruction, "arr", words.view(np.uint8), 4, index, 4, align=4)
+    i = span(instruction, "arr", raw, 4, index, 4, align=4) // 4
     v = as_integer(instruction, "value", value)
+    words = raw.view(np.int32)
     with _ATOMIC:
-        old = words[offset // 4]
-        words[offset // 4] = np.int32((int(old) + v + 2**31) % 2**32 - 2**31)
+        old = words[i]
+        words[i] = np.int32((int(old) + v + 2**31) % 2**32 - 2**31)
     return np.int32(old)
 
