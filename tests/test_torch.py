@@ -194,8 +194,10 @@ def test_sparsified_model_matches_float64_and_generates_its_greedy_tokens(name):
     model, reference = _tiny_models(name)
     report = flt.sparsify(model, progress=False)
     assert len(report.converted) == (6 if name == "opt" else 7) * 2 and report.skipped == ["lm_head"]
-    assert all(isinstance(m, flt.SparseLinear) for n, m in model.named_modules() if ".layers." in n
-               and n.endswith(("proj", "fc1", "fc2")))
+    assert len(report.stacked) == (1 if name == "opt" else 2) * 2  # q, k, v (and Llama's gate, up) stacked
+    assert all(isinstance(m, flt.SiblingRows if n.endswith(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"))
+                          else flt.SparseLinear) for n, m in model.named_modules() if ".layers." in n
+               and n.endswith(("_proj", "fc1", "fc2")) and not n.endswith(("qkv_proj", "gate_up_proj")))
     ids = torch.as_tensor(np.random.default_rng(1).integers(4, 96, (2, 7)))
     with torch.no_grad():
         got = model(ids.to(DEVICE)).logits.float().cpu().numpy()

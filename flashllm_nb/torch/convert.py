@@ -3,7 +3,8 @@
 Layers are converted one at a time and each dense weight is dropped as soon as its sparse form exists, so a model
 that fits dense leaves with the memory the sparse weights save (the memory returns to torch's allocator; it is not
 given back to the driver). Everything is checked before the first layer changes: a model that cannot be converted
-is left as it was.
+is left as it was. Sibling projections of one input (q, k and v; gate and up) are stacked into one product
+(:mod:`flashllm_nb.torch.siblings`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import torch
 
 from flashllm_nb._checks import invalid
 from flashllm_nb.kernels import ptx
+from flashllm_nb.formats.tiled_csl import stack_tile_rows
 from flashllm_nb.torch.modules import _NAMES, PRUNE_METHODS, SparseLinear, check_weight_device
+from flashllm_nb.torch.siblings import SIBLING_GROUPS, SiblingRows, SparseSiblings
 
 __all__ = ["sparsify", "SparsifyReport", "DENSE_BELOW"]
 
@@ -27,17 +30,21 @@ DENSE_BELOW = 0.5
 @dataclass
 class SparsifyReport:
     """What :func:`sparsify` did: the names of the converted layers, of those left dense because they have too
-    few zeros, and of those skipped by name; bytes of weights before and after."""
+    few zeros, and of those skipped by name; the names of the stacks of siblings made (each a
+    :class:`~flashllm_nb.torch.SparseSiblings`, its siblings among the converted); bytes of weights before and
+    after."""
 
     converted: list[str] = field(default_factory=list)
     left_dense: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    stacked: list[str] = field(default_factory=list)
     dense_bytes: int = 0
     sparse_bytes: int = 0
 
     def __str__(self) -> str:
         return (f"{len(self.converted)} layers to Tiled-CSL ({self.dense_bytes / 1e9:.2f} GB dense -> "
-                f"{self.sparse_bytes / 1e9:.2f} GB), {len(self.left_dense)} left dense, {len(self.skipped)} skipped")
+                f"{self.sparse_bytes / 1e9:.2f} GB; {len(self.stacked)} stacks of siblings), "
+                f"{len(self.left_dense)} left dense, {len(self.skipped)} skipped")
 
 
 def _skipped(name: str, skip: Sequence[str]) -> bool:
@@ -46,7 +53,7 @@ def _skipped(name: str, skip: Sequence[str]) -> bool:
 
 
 def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: str = "magnitude",
-             skip: Sequence[str] = ("lm_head",), dense_below: float = DENSE_BELOW,
+             skip: Sequence[str] = ("lm_head",), dense_below: float = DENSE_BELOW, stack_siblings: bool = True,
              progress: bool = True) -> SparsifyReport:
     """Replace every ``nn.Linear`` of ``model`` (but those named in ``skip``) by a :class:`SparseLinear`, in place.
 
@@ -64,6 +71,12 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
         (``"lm_head"``, ``"self_attn.q_proj"``).
     dense_below : float
         A layer with fewer zeros than this fraction (after pruning) stays dense.
+    stack_siblings : bool
+        Stack sibling projections of one input (``q_proj``, ``k_proj`` and ``v_proj`` of a module; ``gate_proj``
+        and ``up_proj``: :data:`~flashllm_nb.torch.siblings.SIBLING_GROUPS`) into one product, held by a
+        :class:`~flashllm_nb.torch.SparseSiblings` on their parent (``qkv_proj``, ``gate_up_proj``), each sibling
+        replaced by a :class:`~flashllm_nb.torch.SiblingRows` (see :mod:`flashllm_nb.torch.siblings`). Siblings
+        are stacked where all of them are converted, with the same input width and bias or none.
     progress : bool
         Show a progress bar (tqdm).
 
@@ -84,6 +97,8 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
         raise invalid("type", "skip", "a sequence of layer names (a tuple or list)", "a str", TypeError)
     if isinstance(dense_below, bool) or not isinstance(dense_below, (int, float)) or not 0 <= dense_below <= 1:
         raise invalid("value", "dense_below", "a number in [0, 1]", dense_below)
+    if not isinstance(stack_siblings, bool):
+        raise invalid("type", "stack_siblings", "a bool", type(stack_siblings).__name__, TypeError)
 
     report = SparsifyReport()
     targets = []
@@ -99,25 +114,90 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
             check_weight_device(weight.device, f"{name}.weight")
             targets.append(name)
     cuda = not ptx.SIMULATOR
-    with torch.no_grad():
-        for name in tqdm(targets, desc="sparsifying", unit="layer", disable=not progress):
-            parent_name, _, attribute = name.rpartition(".")
+    units = _sibling_units(model, targets) if stack_siblings else [[name] for name in targets]
+    with torch.no_grad(), tqdm(total=len(targets), desc="sparsifying", unit="layer", disable=not progress) as bar:
+        for unit in units:
+            parent_name, _, _ = unit[0].rpartition(".")
             parent = model.get_submodule(parent_name)
-            linear = getattr(parent, attribute)
-            layer = SparseLinear.from_linear(linear, sparsity, prune)
-            if layer.sparsity < dense_below:
-                if sparsity is not None:  # keep the pruned zeros: the layer stays dense with them
-                    linear.weight.copy_(layer.to_dense())
-                report.left_dense.append(name)
-                continue
-            report.dense_bytes += linear.weight.numel() * linear.weight.element_size()
-            report.sparse_bytes += layer.words.nbytes + layer.tile_offsets.nbytes
-            setattr(parent, attribute, layer)
-            del linear
+            layers = {}
+            for name in unit:
+                linear = getattr(parent, name.rpartition(".")[2])
+                layer = SparseLinear.from_linear(linear, sparsity, prune)
+                if layer.sparsity < dense_below:
+                    if sparsity is not None:  # keep the pruned zeros: the layer stays dense with them
+                        linear.weight.copy_(layer.to_dense())
+                    report.left_dense.append(name)
+                    continue
+                report.dense_bytes += linear.weight.numel() * linear.weight.element_size()
+                layers[name] = layer
+                del linear
+            if len(layers) == len(unit) > 1:
+                _stack(parent, parent_name, unit, [layers.pop(name) for name in unit], report)
+            for name, layer in layers.items():  # alone, or siblings of one left dense
+                setattr(parent, name.rpartition(".")[2], layer)
+                report.sparse_bytes += layer.words.nbytes + layer.tile_offsets.nbytes
+                report.converted.append(name)
+            del layers
             if cuda:
                 _release_encoder_memory()
-            report.converted.append(name)
+            bar.update(len(unit))
     return report
+
+
+def _sibling_units(model: torch.nn.Module, targets: list[str]) -> list[list[str]]:
+    """``targets`` grouped into what is converted together: the siblings of a group of ``SIBLING_GROUPS`` under
+    one parent, where all of them are targets, of one input width, dtype and device, all with a bias or none,
+    and the parent has no attribute of the stack's name; every other target alone. In ``targets``' order, each
+    group where its first sibling was."""
+    wanted = set(targets)
+    group_of: dict[str, list[str]] = {}
+    for name in targets:
+        parent_name, _, attribute = name.rpartition(".")
+        for stack_name, siblings in SIBLING_GROUPS.items():
+            if attribute != siblings[0]:
+                continue
+            names = [f"{parent_name}.{s}" if parent_name else s for s in siblings]
+            if not all(n in wanted for n in names):
+                continue
+            parent = model.get_submodule(parent_name)
+            linears = [getattr(parent, s) for s in siblings]
+            first = linears[0]
+            if hasattr(parent, stack_name) or any(
+                    lin.in_features != first.in_features or lin.weight.dtype is not first.weight.dtype or
+                    lin.weight.device != first.weight.device or (lin.bias is None) != (first.bias is None)
+                    for lin in linears):
+                continue
+            for n in names:
+                group_of[n] = names
+    units, seen = [], set()
+    for name in targets:
+        unit = group_of.get(name, [name])
+        if unit[0] not in seen:
+            seen.add(unit[0])
+            units.append(unit)
+    return units
+
+
+def _stack(parent: torch.nn.Module, parent_name: str, names: list[str], layers: list[SparseLinear],
+           report: SparsifyReport) -> None:
+    """Put the converted siblings ``layers`` (of ``names``, under ``parent``) into one stack on ``parent``, and a
+    SiblingRows of it in each one's place."""
+    attributes = [name.rpartition(".")[2] for name in names]
+    stack_name = next(s for s, siblings in SIBLING_GROUPS.items() if list(siblings) == attributes)
+    matrix, first_rows = stack_tile_rows([layer.matrix for layer in layers])
+    bias = None
+    if layers[0].bias is not None:  # the siblings' biases at their rows, zeros on the padding rows between
+        bias = torch.zeros(matrix.shape[0], dtype=layers[0].dtype, device=layers[0].bias.device)
+        for layer, first in zip(layers, first_rows):
+            bias[first : first + layer.out_features] = layer.bias
+    fused = SparseLinear.from_tiled_csl(matrix, bias)
+    siblings = SparseSiblings(fused, attributes, [layer.out_features for layer in layers])
+    setattr(parent, stack_name, siblings)
+    for i, attribute in enumerate(attributes):
+        setattr(parent, attribute, SiblingRows(siblings, i))
+    report.sparse_bytes += fused.words.nbytes + fused.tile_offsets.nbytes
+    report.converted.extend(names)
+    report.stacked.append(f"{parent_name}.{stack_name}" if parent_name else stack_name)
 
 
 def _release_encoder_memory() -> None:

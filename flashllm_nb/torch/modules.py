@@ -121,6 +121,37 @@ class SparseLinear(torch.nn.Module):
                 layer.bias.copy_(linear.bias)
         return layer
 
+    @classmethod
+    def from_tiled_csl(cls, matrix: TiledCSL, bias: Optional[torch.Tensor] = None) -> "SparseLinear":
+        """A SparseLinear whose weight is ``matrix`` (copied into torch's memory), with ``bias`` (copied) or none.
+
+        Parameters
+        ----------
+        matrix : TiledCSL
+            float16 or bfloat16, where the kernel runs (on the device; on the host under the simulator).
+        bias : torch.Tensor, optional
+            (out_features,) of the matrix's dtype, on the kernel's device.
+        """
+        if not isinstance(matrix, TiledCSL):
+            raise invalid("type", "matrix", "a TiledCSL", type(matrix).__name__, TypeError)
+        if matrix.on_device == ptx.SIMULATOR:
+            raise invalid("device", "matrix", "the host (a NumPy TiledCSL) under the simulator" if ptx.SIMULATOR
+                          else "the device (TiledCSL.to_device())", "the device" if matrix.on_device else "the host")
+        dtype = _TORCH_DTYPES[matrix.dtype.name]
+        out_features, in_features = matrix.shape
+        if bias is not None:
+            if not isinstance(bias, torch.Tensor) or bias.shape != (out_features,) or bias.dtype is not dtype:
+                raise invalid("value", "bias", f"a {dtype} tensor of shape ({out_features},) or None",
+                              f"{getattr(bias, 'dtype', type(bias).__name__)} of shape {getattr(bias, 'shape', ())}",
+                              TypeError)
+            check_weight_device(bias.device, "bias")
+        layer = cls(in_features, out_features, bias is not None, dtype)
+        with torch.no_grad():
+            layer._take(matrix)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
+
     def _take(self, matrix: TiledCSL) -> None:
         """Copy an encoded matrix's arrays into this module's own tensors (torch's memory)."""
         device = self.words.device

@@ -127,19 +127,20 @@ def _host_bits(t: torch.Tensor) -> np.ndarray:
     return t.view(torch.int16).numpy().view(np.uint16)
 
 
-# Each SparseLinear files its state here under its words tensor's address; the operator finds it there. The
-# module holds the state: it goes when the module goes.
-_STATES: "weakref.WeakValueDictionary[int, MatrixState]" = weakref.WeakValueDictionary()
+# Each SparseLinear (and each sibling's rows of a SparseSiblings) files its state here under the addresses of its
+# words and tile offsets (siblings' blocks share words with their stack: the first sibling's start at the same
+# address); the operator finds it there. The module holds the state: it goes when the module goes.
+_STATES: "weakref.WeakValueDictionary[tuple[int, int], MatrixState]" = weakref.WeakValueDictionary()
 
 
 def register(state: MatrixState) -> None:
-    _STATES[state.words_ptr] = state
+    _STATES[state.words_ptr, state.offsets_ptr] = state
 
 
 def _state_for(words: torch.Tensor, tile_offsets: torch.Tensor, out_features: int, x: torch.Tensor) -> MatrixState:
-    state = _STATES.get(words.data_ptr())
-    if state is not None and state.offsets_ptr == tile_offsets.data_ptr() and \
-            state.matrix.shape == (out_features, x.shape[-1]) and _TORCH_DTYPES[x.dtype] == state.matrix.dtype:
+    state = _STATES.get((words.data_ptr(), tile_offsets.data_ptr()))
+    if state is not None and state.matrix.shape == (out_features, x.shape[-1]) and \
+            _TORCH_DTYPES[x.dtype] == state.matrix.dtype:
         return state
     # tensors no SparseLinear registered (a direct call, or copies made by a tracer): wrap them for this call
     return MatrixState(words, tile_offsets, (out_features, x.shape[-1]), _TORCH_DTYPES[x.dtype])
