@@ -7,7 +7,8 @@
 # profile-pairs (where kernels meet, batch 16), bench-smoke, bench-smoke-ordinary, bench-smoke-at (bench-smoke of the
 # package at an earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse, bench-hf-matrix
 # (transformers eager and compiled, dense and sparsified, issue 24's rows; or in three calls, bench-hf-compiled (80 %),
-# bench-hf-compiled-90 and bench-hf-eager), load-speed, bench-llama70b, bench-kernel (the kernel against cuBLAS),
+# bench-hf-compiled-90 and bench-hf-eager), bench-hf-stacking (compiled at 80 %, batch 1: the siblings stacked and
+# not, beside dense), load-speed, bench-llama70b, bench-kernel (the kernel against cuBLAS),
 # split-k (the plan's split-K factor against forced ones, the decoders' shapes at one token), split-k-fixed (7168 rows
 # at one token against K, split 1 and 9: what a launch costs beyond its bytes), block-timeline (per-block timelines of
 # queued launches on three of those shapes), graph-issue (what a captured step holds and how long its launch takes,
@@ -62,7 +63,8 @@ for step in "$@"; do
     profile-hf-eager) timeout 240 python3 dev/profile_hf.py --model opt-30b --layers 8 --sparsity 0 0.8 --batch 1 \
                         --eager 2>&1 | tee "$OUT/profile-hf-eager.log" ;;
     tests-torch) timeout 300 python3 -m pytest -v -p no:cacheprovider -o faulthandler_timeout=120 --durations=8 \
-                   tests/test_torch.py 2>&1 | tee "$OUT/tests-torch.log" | tail -40
+                   tests/test_torch.py tests/test_torch_siblings.py tests/test_tiled_csl_rows.py 2>&1 \
+                   | tee "$OUT/tests-torch.log" | tail -40
                  timeout 60 python3 dev/torch_host_cost.py 2>&1 | tee "$OUT/torch-host.log" ;;
     bench-hf-sparse) bench 240 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse \
                        --hf-new 128 --new 128 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-sparse.log" | tail -25 ;;
@@ -72,6 +74,8 @@ for step in "$@"; do
                          --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-compiled.log" | tail -30 ;;
     bench-hf-compiled-90) bench 450 --model opt-30b --sparsity 0.9 --batch 1 16 --hf-compile --hf-sparse \
                             --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-compiled-90.log" | tail -30 ;;
+    bench-hf-stacking) bench 580 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse --hf-unstacked \
+                         --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-stacking.log" | tail -30 ;;
     bench-hf-eager) bench 480 --model opt-30b --sparsity 0.8 0.9 --batch 1 16 --hf --hf-sparse \
                       --hf-new 32 --new 32 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-eager.log" | tail -30 ;;
     tests-parallel) timeout 300 python3 -m pytest -v -p no:cacheprovider tests/test_parallel_gpu.py \

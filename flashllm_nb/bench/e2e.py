@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hf-sparse", action="store_true",
                         help="with --hf / --hf-compile: also transformers sparsified by flashllm_nb.torch at each "
                              "--sparsity above 0")
+    parser.add_argument("--hf-unstacked", action="store_true",
+                        help="with --hf-sparse: also each sparsified model with its sibling projections (q, k, v; "
+                             "gate, up) left as separate products, sparsify(stack_siblings=False), for the A/B")
     parser.add_argument("--hf-new", type=positive_int, default=None, help="new tokens for the transformers rows")
     parser.add_argument("--tp", type=positive_int, default=1,
                         help="tensor parallelism: this many GPUs of this node, one process each (this library's "
@@ -134,15 +137,16 @@ def _run_flashllm(args, name: str, sparsity: float, batches, copy_gbps, log, row
     _release()
 
 
-def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows) -> None:
+def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows, stack: bool = True) -> None:
     """transformers fp16, random weights of the preset's shapes, greedy with min_new_tokens = new; dense, or with
-    every decoder linear layer pruned to ``sparsity`` and replaced by ``flashllm_nb.torch.SparseLinear``."""
+    every decoder linear layer pruned to ``sparsity`` and replaced by ``flashllm_nb.torch.SparseLinear`` (sibling
+    projections stacked into one product unless ``stack`` is False: provider "...-unstacked")."""
     import torch
     import transformers
 
     from flashllm_nb.llm.config import PRESETS
 
-    provider = "hf-compiled" if compile_ else "hf-eager"
+    provider = ("hf-compiled" if compile_ else "hf-eager") + ("" if stack else "-unstacked")
     new = args.hf_new or args.new
     config = transformers.AutoConfig.for_model(**PRESETS[name])
     dtype = torch.float16 if args.dtype == "float16" else torch.bfloat16
@@ -153,7 +157,7 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
             import flashllm_nb.torch as flt
 
             start = time.perf_counter()
-            report = flt.sparsify(model, sparsity=sparsity, progress=False)
+            report = flt.sparsify(model, sparsity=sparsity, stack_siblings=stack, progress=False)
             log(f"  transformers {name} sparsified in {time.perf_counter() - start:.1f} s: {report}")
     except torch.OutOfMemoryError as e:
         for batch in batches:
@@ -324,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [m for m in args.model if m not in PRESETS]
     if unknown:
         parser.error(f"unknown --model {unknown}; presets: {', '.join(sorted(PRESETS))}")
+    if args.hf_unstacked and not args.hf_sparse:
+        parser.error("--hf-unstacked is the A/B of --hf-sparse's rows; add --hf-sparse")
     if args.tp > 1:
         if args.hf or args.hf_compile:
             parser.error("--tp runs this library's rows only; leave out --hf and --hf-compile")
@@ -372,8 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_sparsities = [0.0] + ([s for s in args.sparsity if s > 0] if args.hf_sparse else [])
         for compile_ in [False] * args.hf + [True] * args.hf_compile:
             for sparsity in hf_sparsities:
-                _run_hf(args, name, args.batch, compile_, sparsity, log, rows)
-                _write(args.out, meta, rows, stamp)
+                for stack in [True] + [False] * (args.hf_unstacked and sparsity > 0):
+                    _run_hf(args, name, args.batch, compile_, sparsity, log, rows, stack)
+                    _write(args.out, meta, rows, stamp)
     if rank == 0:
         paths = _write(args.out, meta, rows, stamp)
         print(markdown_table(rows))
