@@ -378,7 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_sparsities = [0.0] + ([s for s in args.sparsity if s > 0] if args.hf_sparse else [])
         for compile_ in [False] * args.hf + [True] * args.hf_compile:
             for sparsity in hf_sparsities:
-                for stack in [True] + [False] * (args.hf_unstacked and sparsity > 0):
+                # the unstacked row before the stacked one (docs/torch.md, "q, k and v stacked", says why)
+                for stack in [False] * (args.hf_unstacked and sparsity > 0) + [True]:
                     _run_hf(args, name, args.batch, compile_, sparsity, log, rows, stack)
                     _write(args.out, meta, rows, stamp)
     if rank == 0:
