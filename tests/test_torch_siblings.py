@@ -40,18 +40,21 @@ class _Attention(torch.nn.Module):
 
 
 def _sparsified(bias: bool = True, dtype=torch.float16, seed: int = 0):
-    """A sparsified _Attention and the dense weights and biases it was made of (pruned to 80 %)."""
+    """A sparsified _Attention and, per sibling, the dense weight and bias it was made of: the Linear layers' own,
+    80 % of each weight zeroed before ``sparsify`` keeps exactly those zeros."""
     module = _Attention(bias, dtype, seed)
     weights = {}
-    report = flt.sparsify(module, sparsity=0.8, skip=(), progress=False)
+    with torch.no_grad():
+        for name in ROWS:
+            linear = getattr(module, name)
+            linear.weight.mul_(torch.rand(linear.weight.shape, generator=torch.Generator().manual_seed(seed)).to(
+                linear.weight.device) >= 0.8)
+            weights[name] = (linear.weight.clone(), None if linear.bias is None else linear.bias.clone())
+    report = flt.sparsify(module, skip=(), progress=False)
     assert report.stacked == ["qkv_proj"] and sorted(report.converted) == sorted(ROWS)
     for i, name in enumerate(ROWS):
         rows = getattr(module, name)
         assert isinstance(rows, flt.SiblingRows) and rows.siblings is module.qkv_proj and rows.index == i
-        first = module.qkv_proj.first_rows[i]
-        dense = module.qkv_proj.fused.to_dense()[first : first + ROWS[name]]
-        bias_rows = None if not bias else module.qkv_proj.fused.bias[first : first + ROWS[name]]
-        weights[name] = (dense, bias_rows)
     return module, weights
 
 
@@ -142,6 +145,35 @@ def test_state_dict_round_trip_and_blocks_follow_the_loaded_arrays():
         other.load_state_dict(wrong)
 
 
+def test_blocks_follow_a_state_loaded_into_the_stack_or_a_new_stack_and_keep_their_addresses():
+    """A state dict loaded straight into the stack (of as many words, so its tensors keep their addresses), or a
+    new stack assigned: the siblings run alone with the new weights at once, eager and compiled, and the kept
+    product of a first sibling is let go. Moving the module where it is keeps the blocks' tile offsets where they
+    were (a captured CUDA graph reads them there)."""
+    module, _ = _sparsified(seed=0)
+    other, other_weights = _sparsified(seed=1)
+    module.qkv_proj.stacking = False
+    x = _x(3, 5)
+    with torch.no_grad():
+        module(x)  # blocks of the old weights in use
+        addresses = [getattr(module.qkv_proj, f"block_offsets_{i}").data_ptr() for i in range(3)]
+        module.to(DEVICE)
+        assert [getattr(module.qkv_proj, f"block_offsets_{i}").data_ptr() for i in range(3)] == addresses
+        module.qkv_proj.stacking = True
+        module.q_proj(x)  # a kept product of the old weights
+        module.qkv_proj.fused.load_state_dict(other.qkv_proj.fused.state_dict())
+        assert module.qkv_proj._pending is None
+        _check([module.q_proj(x), module.k_proj(x), module.v_proj(x)], [x] * 3, other_weights)
+        module.qkv_proj.stacking = False
+        _check(module(x), [x] * 3, other_weights)
+    third, third_weights = _sparsified(seed=2)
+    module.qkv_proj.fused = third.qkv_proj.fused
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        _check(compiled(x), [x] * 3, third_weights)
+        _check(module(x), [x] * 3, third_weights)
+
+
 @pytest.mark.parametrize("stacking", [True, False])
 def test_compiled_siblings_are_one_graph_and_equal_eager(stacking):
     """torch.compile(fullgraph=True): one graph with one sparse product for the three siblings while they are
@@ -211,8 +243,16 @@ def test_constructors_refuse_bad_arguments_naming_them():
     matrix = fused.matrix
     with pytest.raises(TypeError, match="Invalid type of matrix: expected a TiledCSL, got Tensor"):
         flt.SparseLinear.from_tiled_csl(fused.words)
-    with pytest.raises(TypeError, match=r"Invalid value of bias: expected a torch.float16 tensor of shape \(385,\)"):
+    with pytest.raises(ValueError, match=r"Invalid shape of bias: expected \(385,\) \(the matrix's rows\), "
+                                         r"got \(384,\)"):
         flt.SparseLinear.from_tiled_csl(matrix, torch.zeros(384, dtype=torch.float16, device=DEVICE))
+    with pytest.raises(TypeError, match="Invalid type of bias: expected a torch.float16 tensor or None, "
+                                        "got torch.float32"):
+        flt.SparseLinear.from_tiled_csl(matrix, torch.zeros(385, device=DEVICE))
+    with pytest.raises(ValueError, match=r"Invalid value of rows: expected integers >= 0, got \(64, -1, 1\)"):
+        flt.SparseSiblings(fused, ["a", "b", "c"], [64, -1, 1])
+    with pytest.raises(TypeError, match="Invalid type of fused: expected a SparseLinear, got Identity"):
+        module.qkv_proj.fused = torch.nn.Identity()
 
 
 @pytest.mark.gpu

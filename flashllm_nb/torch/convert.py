@@ -2,13 +2,15 @@
 
 Layers are converted one at a time and each dense weight is dropped as soon as its sparse form exists, so a model
 that fits dense leaves with the memory the sparse weights save (the memory returns to torch's allocator; it is not
-given back to the driver). Everything is checked before the first layer changes: a model that cannot be converted
-is left as it was. Sibling projections of one input (q, k and v; gate and up) are stacked into one product
-(:mod:`flashllm_nb.torch.siblings`).
+given back to the driver). Sibling projections of one input (q, k and v; gate and up) are stacked into one product
+(:mod:`flashllm_nb.torch.siblings`): they are converted together, so their dense weights, their sparse forms and the
+stack are alive at once before the dense ones go. Everything is checked before the first layer changes: a model
+that cannot be converted is left as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -147,8 +149,8 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
 def _sibling_units(model: torch.nn.Module, targets: list[str]) -> list[list[str]]:
     """``targets`` grouped into what is converted together: the siblings of a group of ``SIBLING_GROUPS`` under
     one parent, where all of them are targets, of one input width, dtype and device, all with a bias or none,
-    and the parent has no attribute of the stack's name; every other target alone. In ``targets``' order, each
-    group where its first sibling was."""
+    and the parent has no attribute of the stack's name; every other target alone. In ``targets``' order, a group
+    where the first of its siblings in ``targets`` was."""
     wanted = set(targets)
     group_of: dict[str, list[str]] = {}
     for name in targets:
@@ -184,13 +186,15 @@ def _stack(parent: torch.nn.Module, parent_name: str, names: list[str], layers: 
     SiblingRows of it in each one's place."""
     attributes = [name.rpartition(".")[2] for name in names]
     stack_name = next(s for s, siblings in SIBLING_GROUPS.items() if list(siblings) == attributes)
-    matrix, first_rows = stack_tile_rows([layer.matrix for layer in layers])
-    bias = None
-    if layers[0].bias is not None:  # the siblings' biases at their rows, zeros on the padding rows between
-        bias = torch.zeros(matrix.shape[0], dtype=layers[0].dtype, device=layers[0].bias.device)
-        for layer, first in zip(layers, first_rows):
-            bias[first : first + layer.out_features] = layer.bias
-    fused = SparseLinear.from_tiled_csl(matrix, bias)
+    device = layers[0].words.device
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # CuPy's device too
+        matrix, first_rows = stack_tile_rows([layer.matrix for layer in layers])
+        bias = None
+        if layers[0].bias is not None:  # the siblings' biases at their rows, zeros on the padding rows between
+            bias = torch.zeros(matrix.shape[0], dtype=layers[0].dtype, device=device)
+            for layer, first in zip(layers, first_rows):
+                bias[first : first + layer.out_features] = layer.bias
+        fused = SparseLinear.from_tiled_csl(matrix, bias, device)
     siblings = SparseSiblings(fused, attributes, [layer.out_features for layer in layers])
     setattr(parent, stack_name, siblings)
     for i, attribute in enumerate(attributes):

@@ -122,7 +122,7 @@ class SparseLinear(torch.nn.Module):
         return layer
 
     @classmethod
-    def from_tiled_csl(cls, matrix: TiledCSL, bias: Optional[torch.Tensor] = None) -> "SparseLinear":
+    def from_tiled_csl(cls, matrix: TiledCSL, bias: Optional[torch.Tensor] = None, device=None) -> "SparseLinear":
         """A SparseLinear whose weight is ``matrix`` (copied into torch's memory), with ``bias`` (copied) or none.
 
         Parameters
@@ -131,6 +131,8 @@ class SparseLinear(torch.nn.Module):
             float16 or bfloat16, where the kernel runs (on the device; on the host under the simulator).
         bias : torch.Tensor, optional
             (out_features,) of the matrix's dtype, on the kernel's device.
+        device : optional
+            The layer's CUDA device (default: the current one); the CPU under the simulator.
         """
         if not isinstance(matrix, TiledCSL):
             raise invalid("type", "matrix", "a TiledCSL", type(matrix).__name__, TypeError)
@@ -140,12 +142,13 @@ class SparseLinear(torch.nn.Module):
         dtype = _TORCH_DTYPES[matrix.dtype.name]
         out_features, in_features = matrix.shape
         if bias is not None:
-            if not isinstance(bias, torch.Tensor) or bias.shape != (out_features,) or bias.dtype is not dtype:
-                raise invalid("value", "bias", f"a {dtype} tensor of shape ({out_features},) or None",
-                              f"{getattr(bias, 'dtype', type(bias).__name__)} of shape {getattr(bias, 'shape', ())}",
-                              TypeError)
+            if not isinstance(bias, torch.Tensor) or bias.dtype is not dtype:
+                raise invalid("type", "bias", f"a {dtype} tensor or None",
+                              getattr(bias, "dtype", type(bias).__name__), TypeError)
+            if bias.shape != (out_features,):
+                raise invalid("shape", "bias", f"({out_features},) (the matrix's rows)", tuple(bias.shape))
             check_weight_device(bias.device, "bias")
-        layer = cls(in_features, out_features, bias is not None, dtype)
+        layer = cls(in_features, out_features, bias is not None, dtype, device)
         with torch.no_grad():
             layer._take(matrix)
             if bias is not None:

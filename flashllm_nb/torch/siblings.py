@@ -22,6 +22,8 @@ in-place change in between), which is how attention and MLP blocks use it.
 
 from __future__ import annotations
 
+import functools
+import weakref
 from typing import Optional, Sequence
 
 import torch
@@ -50,18 +52,14 @@ class SparseSiblings(torch.nn.Module):
 
     def __init__(self, fused: SparseLinear, names: Sequence[str], rows: Sequence[int]):
         super().__init__()
-        if not isinstance(fused, SparseLinear):
-            raise invalid("type", "fused", "a SparseLinear", type(fused).__name__, TypeError)
         names, rows = tuple(names), tuple(rows)
         if len(names) < 2 or len(rows) != len(names):
             raise invalid("value", "names and rows", "two or more siblings, a row count each",
                           f"{len(names)} names, {len(rows)} row counts")
-        first_rows = [sum(padded_rows(r) for r in rows[:i]) for i in range(len(rows))]
-        if first_rows[-1] + rows[-1] != fused.out_features:
-            raise invalid("shape", "fused", f"{first_rows[-1] + rows[-1]} rows (the siblings', each but the last "
-                          f"padded to a multiple of {TILE_M})", fused.out_features)
-        self.fused = fused
-        self.names, self.rows, self.first_rows = names, rows, tuple(first_rows)
+        if any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in rows):
+            raise invalid("value", "rows", "integers >= 0", rows)
+        self.names, self.rows = names, rows
+        self.first_rows = tuple(sum(padded_rows(r) for r in rows[:i]) for i in range(len(rows)))
         self.stacking = True
         self._pending: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (input, stacked output)
         # Per sibling, its block of the stack: the words it spans (first, stop) and the kernel's state of it.
@@ -70,8 +68,22 @@ class SparseSiblings(torch.nn.Module):
         self._blocks_of: Optional[tuple[int, int]] = None  # the fused tensors' addresses the blocks were made for
         for i in range(len(names)):
             self.register_buffer(f"block_offsets_{i}", torch.zeros(0, dtype=torch.int32), persistent=False)
+        self.fused = fused
+
+    def __setattr__(self, name, value):
+        if name != "fused":
+            super().__setattr__(name, value)
+            return
+        # A new stack: checked, its blocks made, and followed into every state dict loaded into it.
+        if not isinstance(value, SparseLinear):
+            raise invalid("type", "fused", "a SparseLinear", type(value).__name__, TypeError)
+        expected = self.first_rows[-1] + self.rows[-1]
+        if value.out_features != expected:
+            raise invalid("shape", "fused", f"{expected} rows (the siblings', each but the last padded to a "
+                          f"multiple of {TILE_M})", value.out_features)
+        super().__setattr__(name, value)
+        value.register_load_state_dict_post_hook(functools.partial(_blocks_after_loading, weakref.ref(self)))
         self._make_blocks()
-        self.register_load_state_dict_post_hook(_blocks_after_loading)
 
     @property
     def in_features(self) -> int:
@@ -122,9 +134,11 @@ class SparseSiblings(torch.nn.Module):
 
     def _make_blocks(self, where_kernel_runs: bool = True) -> None:
         """Each sibling's block of the stack as a matrix of its own, over the stack's current tensors: its words
-        a view, its tile offsets a buffer of this module (filed with the operator, for traced calls). Tensors
-        where the kernel cannot run are refused, or with ``where_kernel_runs=False`` left without blocks (made on
-        the first call after they are back)."""
+        a view, its tile offsets a buffer of this module (filed with the operator, for traced calls), rewritten in
+        place where it can be, so that a captured CUDA graph keeps reading it. Tensors where the kernel cannot run
+        are refused, or with ``where_kernel_runs=False`` left without blocks (made on the first call after they
+        are back). The kept product of a first sibling is let go: it was the old weights'."""
+        self._pending = None
         fused = self.fused
         words, offsets = fused.words, fused.tile_offsets
         if words.device.type != kernel_device().type:
@@ -134,11 +148,19 @@ class SparseSiblings(torch.nn.Module):
             return
         matrix = fused.matrix
         spans, states = [], []
-        for i, (first, rows) in enumerate(zip(self.first_rows, self.rows)):
-            block = tile_row_block(matrix, first, rows)
+        for i, (name, first, rows) in enumerate(zip(self.names, self.first_rows, self.rows)):
+            try:
+                block = tile_row_block(matrix, first, rows)
+            except ValueError as e:
+                raise ValueError(f"the stack's rows {first}..{first + rows - 1} ({name}): {e}") from None
             begin, stop = (4 * v for v in tile_row_span(matrix, first, rows))
-            block_offsets = torch.from_dlpack(block.tile_offsets).to(offsets.device, copy=True)
-            setattr(self, f"block_offsets_{i}", block_offsets)
+            made = torch.from_dlpack(block.tile_offsets)
+            block_offsets = getattr(self, f"block_offsets_{i}")
+            if block_offsets.shape == made.shape and block_offsets.device == offsets.device:
+                block_offsets.copy_(made)
+            else:
+                block_offsets = made.to(offsets.device, copy=True)
+                setattr(self, f"block_offsets_{i}", block_offsets)
             state = ops.MatrixState(words[begin:stop], block_offsets, (rows, fused.in_features), _NAMES[fused.dtype])
             ops.register(state)
             spans.append((begin, stop))
@@ -148,7 +170,6 @@ class SparseSiblings(torch.nn.Module):
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
-        self._pending = None
         self._make_blocks(where_kernel_runs=False)
         return result
 
@@ -167,14 +188,19 @@ class SparseSiblings(torch.nn.Module):
             + f", stacking={self.stacking}"
 
 
-def _blocks_after_loading(module: SparseSiblings, incompatible_keys) -> None:
-    """After a state dict was loaded into the stack: its siblings' blocks over the new arrays. Arrays that failed
-    the stack's own check are left for the error torch raises with its message (the blocks are made again
-    before any call)."""
+def _blocks_after_loading(siblings_ref: "weakref.ref[SparseSiblings]", fused: SparseLinear, incompatible_keys) -> None:
+    """After a state dict was loaded into a stack (directly, or through a module above it): its siblings' blocks
+    over the new arrays. Arrays that failed the stack's own check are left for the error torch raises with its
+    message (the blocks are then made again before any call)."""
+    siblings = siblings_ref()
+    if siblings is None or siblings.fused is not fused:
+        return
     try:
-        module._make_blocks(where_kernel_runs=False)
+        fused.matrix  # the stack's own check; a failure is among torch's error messages already
     except (TypeError, ValueError):
-        module._blocks_of = None
+        siblings._pending, siblings._blocks_of = None, None
+        return
+    siblings._make_blocks(where_kernel_runs=False)
 
 
 class SiblingRows(torch.nn.Module):
