@@ -116,9 +116,9 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
             check_weight_device(weight.device, f"{name}.weight")
             targets.append(name)
     cuda = not ptx.SIMULATOR
-    units = _sibling_units(model, targets) if stack_siblings else [[name] for name in targets]
+    units = _sibling_units(model, targets) if stack_siblings else [(None, [name]) for name in targets]
     with torch.no_grad(), tqdm(total=len(targets), desc="sparsifying", unit="layer", disable=not progress) as bar:
-        for unit in units:
+        for stack_name, unit in units:
             parent_name, _, _ = unit[0].rpartition(".")
             parent = model.get_submodule(parent_name)
             layers = {}
@@ -133,8 +133,8 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
                 report.dense_bytes += linear.weight.numel() * linear.weight.element_size()
                 layers[name] = layer
                 del linear
-            if len(layers) == len(unit) > 1:
-                _stack(parent, parent_name, unit, [layers.pop(name) for name in unit], report)
+            if stack_name is not None and len(layers) == len(unit):
+                _stack(parent, parent_name, stack_name, unit, [layers.pop(name) for name in unit], report)
             for name, layer in layers.items():  # alone, or siblings of one left dense
                 setattr(parent, name.rpartition(".")[2], layer)
                 report.sparse_bytes += layer.words.nbytes + layer.tile_offsets.nbytes
@@ -146,13 +146,13 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
     return report
 
 
-def _sibling_units(model: torch.nn.Module, targets: list[str]) -> list[list[str]]:
-    """``targets`` grouped into what is converted together: the siblings of a group of ``SIBLING_GROUPS`` under
-    one parent, where all of them are targets, of one input width, dtype and device, all with a bias or none,
-    and the parent has no attribute of the stack's name; every other target alone. In ``targets``' order, a group
-    where the first of its siblings in ``targets`` was."""
+def _sibling_units(model: torch.nn.Module, targets: list[str]) -> list[tuple[Optional[str], list[str]]]:
+    """``targets`` grouped into what is converted together, each with the name of its stack: the siblings of a
+    group of ``SIBLING_GROUPS`` under one parent, where all of them are targets, of one input width, dtype and
+    device, all with a bias or none, and the parent has no attribute of the stack's name; every other target alone
+    (no stack: None). In ``targets``' order, a group where the first of its siblings in ``targets`` was."""
     wanted = set(targets)
-    group_of: dict[str, list[str]] = {}
+    group_of: dict[str, tuple[str, list[str]]] = {}
     for name in targets:
         parent_name, _, attribute = name.rpartition(".")
         for stack_name, siblings in SIBLING_GROUPS.items():
@@ -170,22 +170,21 @@ def _sibling_units(model: torch.nn.Module, targets: list[str]) -> list[list[str]
                     for lin in linears):
                 continue
             for n in names:
-                group_of[n] = names
+                group_of[n] = (stack_name, names)
     units, seen = [], set()
     for name in targets:
-        unit = group_of.get(name, [name])
+        stack_name, unit = group_of.get(name, (None, [name]))
         if unit[0] not in seen:
             seen.add(unit[0])
-            units.append(unit)
+            units.append((stack_name, unit))
     return units
 
 
-def _stack(parent: torch.nn.Module, parent_name: str, names: list[str], layers: list[SparseLinear],
+def _stack(parent: torch.nn.Module, parent_name: str, stack_name: str, names: list[str], layers: list[SparseLinear],
            report: SparsifyReport) -> None:
-    """Put the converted siblings ``layers`` (of ``names``, under ``parent``) into one stack on ``parent``, and a
-    SiblingRows of it in each one's place."""
+    """Put the converted siblings ``layers`` (of ``names``, under ``parent``) into one stack on ``parent`` named
+    ``stack_name``, and a SiblingRows of it in each one's place."""
     attributes = [name.rpartition(".")[2] for name in names]
-    stack_name = next(s for s, siblings in SIBLING_GROUPS.items() if list(siblings) == attributes)
     device = layers[0].words.device
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # CuPy's device too
         matrix, first_rows = stack_tile_rows([layer.matrix for layer in layers])
