@@ -91,7 +91,7 @@ def test_stacked_siblings_equal_their_own_products_in_one_launch(bias, dtype):
         with torch.no_grad():
             outputs = module(x)
         _check(outputs, [x] * 3, weights, dtype)
-    assert launches[0] == 2 and module.qkv_proj.stacking and module.qkv_proj._pending is None
+    assert launches[0] == 2 and module.qkv_proj.stacking and module.qkv_proj._kept == [None]
     with torch.no_grad():  # the stack's own forward: every sibling's output
         _check(module.qkv_proj(x), [x] * 3, weights, dtype)
 
@@ -106,7 +106,7 @@ def test_siblings_of_other_inputs_run_their_own_rows_from_then_on():
         _check(module(x, kv), [x, kv, kv], weights)
         assert not module.qkv_proj.stacking and launches[0] == 1
         _check(module(kv, x), [kv, x, x], weights)
-    assert launches[0] == 1 and module.qkv_proj._pending is None
+    assert launches[0] == 1 and module.qkv_proj._kept == [None]
     module, weights = _sparsified(seed=1)
     with torch.no_grad():
         k = module.k_proj(x)
@@ -162,7 +162,7 @@ def test_blocks_follow_a_state_loaded_into_the_stack_or_a_new_stack_and_keep_the
         module.qkv_proj.stacking = True
         module.q_proj(x)  # a kept product of the old weights
         module.qkv_proj.fused.load_state_dict(other.qkv_proj.fused.state_dict())
-        assert module.qkv_proj._pending is None
+        assert module.qkv_proj._kept == [None]
         _check([module.q_proj(x), module.k_proj(x), module.v_proj(x)], [x] * 3, other_weights)
         module.qkv_proj.stacking = False
         _check(module(x), [x] * 3, other_weights)
@@ -197,7 +197,7 @@ def test_compiled_siblings_are_one_graph_and_equal_eager(stacking):
     for a, b in zip(traced, eager):
         assert torch.equal(a, b)
     _check(traced, [x] * 3, weights)
-    assert module.qkv_proj._pending is None and module.qkv_proj.stacking == stacking
+    assert module.qkv_proj._kept == [None] and module.qkv_proj.stacking == stacking
 
 
 def test_siblings_are_stacked_only_where_all_of_them_convert_alike():

@@ -61,7 +61,9 @@ class SparseSiblings(torch.nn.Module):
         self.names, self.rows = names, rows
         self.first_rows = tuple(sum(padded_rows(r) for r in rows[:i]) for i in range(len(rows)))
         self.stacking = True
-        self._pending: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (input, stacked output)
+        # The first sibling's input and the stacked product, until the last sibling takes its slice. A store into
+        # this list skips nn.Module.__setattr__ (about 1 us a store) and, traced by Dynamo, the guards it brings.
+        self._kept: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None]
         # Per sibling, its block of the stack: the words it spans (first, stop) and the kernel's state of it.
         self._spans: tuple[tuple[int, int], ...] = ()
         self._states: list[ops.MatrixState] = []
@@ -98,17 +100,18 @@ class SparseSiblings(torch.nn.Module):
         the others take it while they are called with the same ``x``), or, once the siblings have read different
         inputs, its own rows' product."""
         if self.stacking:
+            kept = self._kept
             if index == 0:
                 y = self.fused(x)
-                self._pending = (x, y)
+                kept[0] = (x, y)
                 return self._part(y, 0)
-            pending = self._pending
+            pending = kept[0]
             if pending is not None and pending[0] is x:
                 if index == len(self.names) - 1:
-                    self._pending = None
+                    kept[0] = None
                 return self._part(pending[1], index)
             self.stacking = False  # this sibling reads another input than the first: each runs its own rows
-            self._pending = None
+            kept[0] = None
         return self._alone(index, x)
 
     def _part(self, y: torch.Tensor, index: int) -> torch.Tensor:
@@ -135,7 +138,7 @@ class SparseSiblings(torch.nn.Module):
         place where it can be, so that a captured CUDA graph keeps reading it. Tensors where the kernel cannot run
         are refused, or with ``where_kernel_runs=False`` left without blocks (made on the first call after they
         are back). The kept product of a first sibling is let go: it was the old weights'."""
-        self._pending = None
+        self._kept[0] = None
         fused = self.fused
         words, offsets = fused.words, fused.tile_offsets
         if words.device.type != kernel_device().type:
@@ -195,7 +198,7 @@ def _blocks_after_loading(siblings_ref: "weakref.ref[SparseSiblings]", fused: Sp
     try:
         fused.matrix  # the stack's own check; a failure is among torch's error messages already
     except (TypeError, ValueError):
-        siblings._pending, siblings._blocks_of = None, None
+        siblings._kept[0], siblings._blocks_of = None, None
         return
     siblings._make_blocks(where_kernel_runs=False)
 
