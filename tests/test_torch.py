@@ -64,6 +64,36 @@ def test_sparse_linear_matches_float64(dtype, shape, leading, bias):
                               layer.matrix.dtype)
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_relu_in_the_epilogue_matches_float64(dtype):
+    """activation="relu": the float64 product with the bias, negatives to zero and NaN kept (an input row with a
+    NaN), through the layer, the operator and the operator under torch.compile; the layer without it again after
+    it is set back to None; other activations refused."""
+    linear = _linear(130, 200, DTYPES[dtype])
+    layer = flt.SparseLinear.from_linear(linear, sparsity=0.8)
+    layer.activation = "relu"
+    x = torch.randn(3, 200).to(dtype=DTYPES[dtype], device=DEVICE)
+    x[1, 7] = float("nan")
+    ref, abs_product = _reference(x, layer.to_dense(), layer.bias)
+    assert (ref < 0).sum() > 100 and np.isnan(ref[1]).all()
+    relu_ref = np.where(ref < 0, 0.0, ref)
+    op = torch.ops.flashllm_nb.sparse_linear
+    backend = "aot_eager" if ptx.SIMULATOR else "inductor"
+    compiled = torch.compile(lambda t: op(t, layer.words, layer.tile_offsets, layer.bias, 130, "relu"),
+                             fullgraph=True, backend=backend)
+    with torch.no_grad():
+        for y in (layer(x), op(x, layer.words, layer.tile_offsets, layer.bias, 130, "relu"), compiled(x)):
+            got = y.double().cpu().numpy()
+            assert_close_to_reference(got, relu_ref, abs_product, 200, layer.matrix.dtype)
+            assert (got[~np.isnan(got)] >= 0).all()
+        layer.activation = None
+        assert_close_to_reference(layer(x).double().cpu().numpy(), ref, abs_product, 200, layer.matrix.dtype)
+    with pytest.raises(ValueError, match=r"Invalid value of activation: expected one of \(None, 'relu'\), got gelu"):
+        layer.activation = "gelu"
+    with pytest.raises(ValueError, match="Invalid value of activation"):
+        op(x, layer.words, layer.tile_offsets, layer.bias, 130, "gelu")
+
+
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 @pytest.mark.parametrize("shape", [(48, 0), (0, 64), (40, 100), (40, 96)])
 def test_empty_matrices_unaligned_rows_and_no_tokens(shape):
@@ -195,6 +225,11 @@ def test_sparsified_model_matches_float64_and_generates_its_greedy_tokens(name):
     report = flt.sparsify(model, progress=False)
     assert len(report.converted) == (6 if name == "opt" else 7) * 2 and report.skipped == ["lm_head"]
     assert len(report.stacked) == (1 if name == "opt" else 2) * 2  # q, k, v (and Llama's gate, up) stacked
+    # OPT's ReLU after fc1 runs in fc1's epilogue; Llama's SiLU gates the up projection and stays
+    assert report.activations_fused == ([f"model.decoder.layers.{i}.fc1" for i in range(2)] if name == "opt" else [])
+    if name == "opt":
+        assert all(isinstance(layer.activation_fn, torch.nn.Identity) and layer.fc1.activation == "relu"
+                   for layer in model.model.decoder.layers)
     assert all(isinstance(m, flt.SiblingRows if n.endswith(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"))
                           else flt.SparseLinear) for n, m in model.named_modules() if ".layers." in n
                and n.endswith(("_proj", "fc1", "fc2")) and not n.endswith(("qkv_proj", "gate_up_proj")))
@@ -213,6 +248,27 @@ def test_sparsified_model_matches_float64_and_generates_its_greedy_tokens(name):
     clear = (top2[:, 1] - top2[:, 0]) > 2 * logits_bound(full_ref, layers, np.float16).max(axis=1)
     decided = np.cumprod(clear).astype(bool)
     assert (out[0, prompt.shape[1]:].numpy()[decided] == np.argmax(full_ref, axis=1)[decided]).all()
+
+
+def test_activation_stays_where_it_cannot_move():
+    """No ReLU moves with fuse_activations=False, where fc1 stays dense or is skipped, or where the module after
+    fc1 is not a ReLU; a non-bool fuse_activations is refused before anything changes."""
+    def relus(model):
+        return [isinstance(layer.activation_fn, torch.nn.ReLU) for layer in model.model.decoder.layers]
+
+    model, _ = _tiny_models("opt")
+    with pytest.raises(TypeError, match="Invalid type of fuse_activations: expected a bool, got str"):
+        flt.sparsify(model, progress=False, fuse_activations="yes")
+    assert all(isinstance(lin, torch.nn.Linear) for lin in (model.model.decoder.layers[0].fc1, model.lm_head))
+    report = flt.sparsify(model, progress=False, fuse_activations=False)
+    assert report.activations_fused == [] and relus(model) == [True, True]
+    assert all(layer.fc1.activation is None for layer in model.model.decoder.layers)
+    model, _ = _tiny_models("opt")
+    model.model.decoder.layers[1].activation_fn = torch.nn.GELU()
+    report = flt.sparsify(model, progress=False, skip=("layers.0.fc1", "lm_head"))
+    assert report.activations_fused == [] and relus(model) == [True, False]
+    assert isinstance(model.model.decoder.layers[0].fc1, torch.nn.Linear)
+    assert model.model.decoder.layers[1].fc1.activation is None
 
 
 def test_compiled_model_is_one_graph_and_equals_eager():

@@ -22,30 +22,39 @@ from flashllm_nb.formats.tiled_csl import stack_tile_rows
 from flashllm_nb.torch.modules import _NAMES, PRUNE_METHODS, SparseLinear, check_weight_device
 from flashllm_nb.torch.siblings import SIBLING_GROUPS, SiblingRows, SparseSiblings
 
-__all__ = ["sparsify", "SparsifyReport", "DENSE_BELOW"]
+__all__ = ["sparsify", "SparsifyReport", "DENSE_BELOW", "ACTIVATION_AFTER"]
 
 #: A layer with fewer zeros than this (after pruning) stays an ``nn.Linear``: Tiled-CSL moves 4 bytes per entry
 #: against dense's 2 per element and gains nothing below about half zeros.
 DENSE_BELOW = 0.5
+
+#: Where a model passes a linear layer's output straight to an activation module and uses it nowhere else, by the
+#: class that holds both (its module and name): the two attributes. OPT's decoder layer applies ``activation_fn``
+#: to ``fc1``'s output and to nothing else.
+ACTIVATION_AFTER = {("transformers.models.opt.modeling_opt", "OPTDecoderLayer"): ("fc1", "activation_fn")}
+#: Activation modules the kernel's epilogue applies, by exact type.
+_EPILOGUE_ACTIVATIONS = {torch.nn.ReLU: "relu"}
 
 
 @dataclass
 class SparsifyReport:
     """What :func:`sparsify` did: the names of the converted layers, of those left dense because they have too
     few zeros, and of those skipped by name; the names of the stacks of siblings made (each a
-    :class:`~flashllm_nb.torch.SparseSiblings`, its siblings among the converted); bytes of weights before and
-    after."""
+    :class:`~flashllm_nb.torch.SparseSiblings`, its siblings among the converted); the names of the converted
+    layers that apply the activation after them in their epilogue; bytes of weights before and after."""
 
     converted: list[str] = field(default_factory=list)
     left_dense: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     stacked: list[str] = field(default_factory=list)
+    activations_fused: list[str] = field(default_factory=list)
     dense_bytes: int = 0
     sparse_bytes: int = 0
 
     def __str__(self) -> str:
         return (f"{len(self.converted)} layers to Tiled-CSL ({self.dense_bytes / 1e9:.2f} GB dense -> "
-                f"{self.sparse_bytes / 1e9:.2f} GB; {len(self.stacked)} stacks of siblings), "
+                f"{self.sparse_bytes / 1e9:.2f} GB; {len(self.stacked)} stacks of siblings, "
+                f"{len(self.activations_fused)} activations in the epilogue), "
                 f"{len(self.left_dense)} left dense, {len(self.skipped)} skipped")
 
 
@@ -56,7 +65,7 @@ def _skipped(name: str, skip: Sequence[str]) -> bool:
 
 def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: str = "magnitude",
              skip: Sequence[str] = ("lm_head",), dense_below: float = DENSE_BELOW, stack_siblings: bool = True,
-             progress: bool = True) -> SparsifyReport:
+             fuse_activations: bool = True, progress: bool = True) -> SparsifyReport:
     """Replace every ``nn.Linear`` of ``model`` (but those named in ``skip``) by a :class:`SparseLinear`, in place.
 
     Parameters
@@ -79,6 +88,10 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
         :class:`~flashllm_nb.torch.SparseSiblings` on their parent (``qkv_proj``, ``gate_up_proj``), each sibling
         replaced by a :class:`~flashllm_nb.torch.SiblingRows` (see :mod:`flashllm_nb.torch.siblings`). Siblings
         are stacked where all of them are converted, with the same input width and bias or none.
+    fuse_activations : bool
+        Where the model passes a converted layer's output straight to a ReLU (OPT's ``fc1`` and ``activation_fn``:
+        :data:`ACTIVATION_AFTER`), apply it in the layer's epilogue (``SparseLinear.activation``) and put an
+        ``nn.Identity`` in the ReLU's place: one kernel fewer a layer.
     progress : bool
         Show a progress bar (tqdm).
 
@@ -99,8 +112,9 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
         raise invalid("type", "skip", "a sequence of layer names (a tuple or list)", "a str", TypeError)
     if isinstance(dense_below, bool) or not isinstance(dense_below, (int, float)) or not 0 <= dense_below <= 1:
         raise invalid("value", "dense_below", "a number in [0, 1]", dense_below)
-    if not isinstance(stack_siblings, bool):
-        raise invalid("type", "stack_siblings", "a bool", type(stack_siblings).__name__, TypeError)
+    for name, value in (("stack_siblings", stack_siblings), ("fuse_activations", fuse_activations)):
+        if not isinstance(value, bool):
+            raise invalid("type", name, "a bool", type(value).__name__, TypeError)
 
     report = SparsifyReport()
     targets = []
@@ -143,7 +157,25 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
             if cuda:
                 _release_encoder_memory()
             bar.update(len(unit))
+    if fuse_activations:
+        _fuse_activations(model, report)
     return report
+
+
+def _fuse_activations(model: torch.nn.Module, report: SparsifyReport) -> None:
+    """Move each activation of :data:`ACTIVATION_AFTER` that follows a converted layer into its epilogue."""
+    holders = [(name, module, ACTIVATION_AFTER.get((type(module).__module__, type(module).__qualname__)))
+               for name, module in model.named_modules()]
+    for name, module, attributes in holders:
+        if attributes is None:
+            continue
+        linear_name, activation_name = attributes
+        linear, activation = getattr(module, linear_name, None), getattr(module, activation_name, None)
+        kind = _EPILOGUE_ACTIVATIONS.get(type(activation))
+        if isinstance(linear, SparseLinear) and linear.activation is None and kind is not None:
+            linear.activation = kind
+            setattr(module, activation_name, torch.nn.Identity())
+            report.activations_fused.append(f"{name}.{linear_name}" if name else linear_name)
 
 
 def _sibling_units(model: torch.nn.Module, targets: list[str]) -> list[tuple[Optional[str], list[str]]]:

@@ -18,6 +18,7 @@ from flashllm_nb._checks import invalid, wrong_device
 from flashllm_nb.formats import _xp
 from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M, TiledCSL
 from flashllm_nb.kernels import ptx
+from flashllm_nb.kernels.api import ACTIVATIONS
 from flashllm_nb.torch import ops
 
 __all__ = ["SparseLinear", "PRUNE_METHODS"]
@@ -56,6 +57,10 @@ class SparseLinear(torch.nn.Module):
     A new layer holds an all-zero matrix; :meth:`from_linear` converts an ``nn.Linear`` and ``load_state_dict``
     takes the state of another ``SparseLinear`` (matrices of any number of entries; checked in full).
 
+    activation : {None, "relu"}
+        Applied to ``x @ W.T + bias`` in the kernel's epilogue, before the one rounding (``sparsify`` moves a ReLU
+        that follows the layer here); also settable afterwards.
+
     Notes
     -----
     Inference only: an input that requires grad while autograd is on is refused. ``x`` may have any leading
@@ -63,7 +68,8 @@ class SparseLinear(torch.nn.Module):
     (the matrix keeps the dtype it was encoded in).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=torch.float16, device=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=torch.float16, device=None,
+                 activation: Optional[str] = None):
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -77,8 +83,21 @@ class SparseLinear(torch.nn.Module):
         self.register_buffer("words", torch.zeros(0, dtype=torch.int32, device=device))
         self.register_buffer("tile_offsets", torch.zeros(n_tiles + 2, dtype=torch.int32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+        self.activation = activation
         self._state: Optional[ops.MatrixState] = None
         self._checked = True  # whether words and tile_offsets passed the full format check (loaded ones must)
+
+    @property
+    def activation(self) -> Optional[str]:
+        """None, or ``"relu"``: applied in the kernel's epilogue after the bias (a negative value becomes +0, NaN
+        stays NaN)."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, value: Optional[str]) -> None:
+        if value not in ACTIVATIONS:
+            raise invalid("value", "activation", f"one of {ACTIVATIONS}", value)
+        self._activation = value
 
     # ------------------------------------------------------------------------------------------------ building
 
@@ -170,7 +189,7 @@ class SparseLinear(torch.nn.Module):
         if torch.compiler.is_compiling():
             self._check_input(x)
             return torch.ops.flashllm_nb.sparse_linear(x, self.words, self.tile_offsets, self.bias,
-                                                       self.out_features)
+                                                       self.out_features, self._activation)
         # The buffers through the module's buffer dict: nn.Module.__getattr__ (self.words) costs about as much per
         # buffer as the rest of this method together.
         buffers = self._buffers
@@ -181,7 +200,7 @@ class SparseLinear(torch.nn.Module):
                 x.dim() == 0 or x.shape[-1] != self.in_features or (x.requires_grad and torch.is_grad_enabled()):
             self._check_input(x)
         bias = buffers["bias"] if "bias" in buffers else self.bias  # a bias made a Parameter is not a buffer
-        return state.linear(x, bias)
+        return state.linear(x, bias, self._activation)
 
     def _check_input(self, x) -> None:
         """Raise for an input this layer cannot take, naming what is wrong."""
@@ -242,7 +261,8 @@ class SparseLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"dtype={self.dtype}, sparsity={self.sparsity:.1%}, {self.words.nbytes / 1e6:.2f} MB of words")
+                f"dtype={self.dtype}, sparsity={self.sparsity:.1%}, {self.words.nbytes / 1e6:.2f} MB of words"
+                + (f", activation={self._activation}" if self._activation else ""))
 
     # ------------------------------------------------------------------------------------------------ state
 

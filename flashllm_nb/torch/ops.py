@@ -1,18 +1,19 @@
 """The PyTorch operator ``torch.ops.flashllm_nb.sparse_linear``: ``x @ W.T + bias`` for a Tiled-CSL ``W`` held in
 two int32 tensors.
 
-    sparse_linear(Tensor x, Tensor words, Tensor tile_offsets, Tensor? bias, int out_features) -> Tensor
+    sparse_linear(Tensor x, Tensor words, Tensor tile_offsets, Tensor? bias, int out_features,
+                  str? activation=None) -> Tensor
 
 ``x`` is (..., in_features) float16 or bfloat16; ``words`` and ``tile_offsets`` are the matrix's Tiled-CSL arrays
 (``TiledCSL.words`` and ``tile_offsets``, viewed as int32) on the same device; the result is (..., out_features)
-in ``x``'s dtype. It is a ``torch.library`` custom operator with a fake (meta) implementation, so
-``torch.compile(fullgraph=True)`` traces through it and CUDA graphs capture its launch; it runs on torch's current
-stream. On a machine without a GPU (the simulator) the tensors are CPU tensors and the same kernel runs in Numba's
-CUDA simulator.
+in ``x``'s dtype, with ``activation`` (None or ``"relu"``) applied in the kernel's epilogue. It is a
+``torch.library`` custom operator with a fake (meta) implementation, so ``torch.compile(fullgraph=True)`` traces
+through it and CUDA graphs capture its launch; it runs on torch's current stream. On a machine without a GPU (the
+simulator) the tensors are CPU tensors and the same kernel runs in Numba's CUDA simulator.
 
 Each call goes to the kernel through :mod:`flashllm_nb.kernels.api`. A :class:`MatrixState` (one per
 :class:`~flashllm_nb.torch.SparseLinear`) keeps the matrix as a :class:`~flashllm_nb.TiledCSL` over the module's
-own tensors and one packed launch per (tokens, stream, bias) that later calls point at their tensors
+own tensors and one packed launch per (tokens, stream, bias, activation) that later calls point at their tensors
 (``Prepared.packed_launch``): after the first call of a shape, a call costs a lookup, an allocation and the driver call.
 While a CUDA graph records, the kernels launch as programmatic dependents (``kernels.driver``), so that in the
 replayed graph each loads its weights while the kernel before it finishes.
@@ -27,6 +28,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from flashllm_nb._checks import invalid
 from flashllm_nb.formats import _xp
 from flashllm_nb.formats.tiled_csl import TiledCSL
 from flashllm_nb.kernels import api, driver, ptx
@@ -64,38 +66,41 @@ class MatrixState:
         # with rows and columns (an empty one is the kernel API's fill, or nothing)
         self._launchable = shape[0] > 0 and shape[1] > 0 and shape[1] % 8 == 0
         self.device_index = words.get_device()  # -1 on the CPU
-        self._launches: dict[tuple, Any] = {}  # (rows, stream, bias is None) -> Prepared.packed_launch
+        self._launches: dict[tuple, Any] = {}  # (rows, stream, bias is None, activation) -> Prepared.packed_launch
 
-    def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """``x @ W.T + bias`` in a new tensor, for ``x`` of shape (..., in_features) on the matrix's device, of
-        its dtype (trusted: the module and the operator's callers check)."""
+    def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str] = None) -> torch.Tensor:
+        """``activation(x @ W.T + bias)`` in a new tensor, for ``x`` of shape (..., in_features) on the matrix's
+        device, of its dtype, and ``activation`` None or "relu" (trusted: the module and the operator's callers
+        check)."""
         rows = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (-1, 0) is ambiguous
         if not rows.is_contiguous():
             rows = rows.contiguous()
         n = rows.shape[0]
         out = rows.new_empty(n, self.out_features)  # sizes as arguments: parsed faster than a tuple
         if n:
-            self._run(rows, bias, out)
+            self._run(rows, bias, activation, out)
         return out if rows is x else out.view(*x.shape[:-1], self.out_features)
 
-    def _run(self, x: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> None:
-        """``out = x @ W.T + bias`` for 2-D row-major ``x`` and ``out``: the launch kept for this many rows on this
-        stream (made on the first such call), pointed at them; or, for rows the kernel cannot read in place or an
-        empty matrix, the kernel API's checked path."""
+    def _run(self, x: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str],
+             out: torch.Tensor) -> None:
+        """``out = activation(x @ W.T + bias)`` for 2-D row-major ``x`` and ``out``: the launch kept for this many
+        rows on this stream (made on the first such call), pointed at them; or, for rows the kernel cannot read in
+        place or an empty matrix, the kernel API's checked path."""
         if ptx.SIMULATOR:  # CPU tensors: the kernel API takes their bits as NumPy arrays (shared memory)
-            api.linear(_host_bits(x), self.matrix, None if bias is None else _host_bits(bias), _host_bits(out))
+            api.linear(_host_bits(x), self.matrix, None if bias is None else _host_bits(bias), _host_bits(out),
+                       activation=activation)
             return
         stream = _raw_stream(self.device_index)
         x_ptr = x.data_ptr()
         if x_ptr % 16 or not self._launchable:
-            api.linear(x, self.matrix, bias, out, stream=stream)
+            api.linear(x, self.matrix, bias, out, stream=stream, activation=activation)
             return
-        key = (x.shape[0], stream, bias is None)
+        key = (x.shape[0], stream, bias is None, activation)
         launch = self._launches.get(key)
         if launch is None:
             # kept without any tensor of this call (one made while a CUDA graph records must not outlive the
             # recording unseen): every call, this one included, points it at its tensors by address
-            launch = api.prepare_linear(x, self.matrix, bias, out, stream=stream).packed_launch
+            launch = api.prepare_linear(x, self.matrix, bias, out, stream=stream, activation=activation).packed_launch
             if len(self._launches) >= _LAUNCHES_PER_MATRIX:
                 self._launches.pop(next(iter(self._launches)))
             self._launches[key] = launch
@@ -148,12 +153,16 @@ def _state_for(words: torch.Tensor, tile_offsets: torch.Tensor, out_features: in
 
 @torch.library.custom_op("flashllm_nb::sparse_linear", mutates_args=())
 def sparse_linear(x: torch.Tensor, words: torch.Tensor, tile_offsets: torch.Tensor, bias: Optional[torch.Tensor],
-                  out_features: int) -> torch.Tensor:
-    """``x @ W.T + bias`` for the Tiled-CSL ``W`` of shape (out_features, x.shape[-1]) in ``words`` and
-    ``tile_offsets`` (see the module docstring)."""
-    return _state_for(words, tile_offsets, out_features, x).linear(x, bias)
+                  out_features: int, activation: Optional[str] = None) -> torch.Tensor:
+    """``activation(x @ W.T + bias)`` for the Tiled-CSL ``W`` of shape (out_features, x.shape[-1]) in ``words``
+    and ``tile_offsets`` (see the module docstring)."""
+    if activation not in api.ACTIVATIONS:
+        raise invalid("value", "activation", f"one of {api.ACTIVATIONS}", activation)
+    return _state_for(words, tile_offsets, out_features, x).linear(x, bias, activation)
 
 
 @sparse_linear.register_fake
-def _(x, words, tile_offsets, bias, out_features):
+def _(x, words, tile_offsets, bias, out_features, activation=None):
+    if activation not in api.ACTIVATIONS:
+        raise invalid("value", "activation", f"one of {api.ACTIVATIONS}", activation)
     return x.new_empty((*x.shape[:-1], out_features))
