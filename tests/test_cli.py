@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (["generate", "--model", "no-such-model"], "--model 'no-such-model' is neither a folder nor a preset"),
     (["generate"], "the following arguments are required: --model"),
     (["bench-e2e", "--batch", "0"], "argument --batch: expected a positive integer, got '0'"),
+    (["bench-e2e", "--hf-repeat", "0"], "argument --hf-repeat: expected a positive integer, got '0'"),
     (["bench-e2e", "--model", "gpt-5"], "unknown --model ['gpt-5']"),
     (["bench-e2e", "--hf-compile", "--hf-unstacked"], "--hf-unstacked is the A/B of --hf-sparse's rows"),
     ([], "the following arguments are required: COMMAND"),

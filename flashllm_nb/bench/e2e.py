@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --hf-sparse: also each sparsified model with its sibling projections (q, k, v; "
                              "gate, up) left as separate products, sparsify(stack_siblings=False), for the A/B")
     parser.add_argument("--hf-new", type=positive_int, default=None, help="new tokens for the transformers rows")
+    parser.add_argument("--hf-repeat", type=positive_int, default=3,
+                        help="timed generations per transformers row; the row reports their median step and "
+                             "keeps each one's (step_ms_runs)")
     parser.add_argument("--tp", type=positive_int, default=1,
                         help="tensor parallelism: this many GPUs of this node, one process each (this library's "
                              "rows only)")
@@ -184,8 +187,12 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
             # after a shorter warm-up it fell on the first row to meet those shapes and spared the rows after it
             hf_generation_seconds(model, ids, new)
             retries = torch.cuda.memory_stats()["num_alloc_retries"]
-            first = hf_generation_seconds(model, ids, 1)
-            total = hf_generation_seconds(model, ids, new)
+            # a step's time from each pair (the whole generation less a one-token one: the prompt's pass and
+            # generate's own set-up); the median of the pairs, for one slow generation on a shared host
+            runs = []
+            for _ in range(args.hf_repeat):
+                first = hf_generation_seconds(model, ids, 1)
+                runs.append((first, hf_generation_seconds(model, ids, new) - first))
             retries = torch.cuda.memory_stats()["num_alloc_retries"] - retries
         except torch.OutOfMemoryError as e:
             rows.append(dict(row, status="does not fit", note=str(e).splitlines()[0]))
@@ -195,9 +202,10 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
             rows.append(dict(row, status="failed", note=note[:500]))
             log(f"  {provider} {'dense' if not sparsity else f'{sparsity:.0%}'} batch {batch:3d}: failed: {note}")
             continue
-        decode = total - first
+        first, decode = float(np.median([f for f, _ in runs])), float(np.median([d for _, d in runs]))
         row.update(status="ok", ttft_s=round(first, 4), decode_tok_s=round(batch * (new - 1) / decode, 2),
-                   step_ms=round(1e3 * decode / (new - 1), 3))
+                   step_ms=round(1e3 * decode / (new - 1), 3),
+                   step_ms_runs=[round(1e3 * d / (new - 1), 3) for _, d in runs])
         if retries:
             # torch's allocator found the GPU's memory short, gave its cached blocks back (each time synchronising
             # the device) and allocated again: a rate measured so is the memory's, not the model's
@@ -205,7 +213,8 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
                            f"({torch.cuda.memory_reserved() / 1e9:.1f} GB reserved)")
         rows.append(row)
         log(f"  {provider} {'dense' if not sparsity else f'{sparsity:.0%}'} batch {batch:3d}: "
-            f"{row['decode_tok_s']:9.1f} tok/s, TTFT {first * 1e3:.1f} ms" + (f"; {row['note']}" if retries else ""))
+            f"{row['decode_tok_s']:9.1f} tok/s, TTFT {first * 1e3:.1f} ms, step {row['step_ms']:.2f} ms (runs "
+            f"{', '.join(f'{t:.2f}' for t in row['step_ms_runs'])})" + (f"; {row['note']}" if retries else ""))
     del model
     release_compiled_model()
 
