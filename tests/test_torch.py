@@ -79,16 +79,18 @@ def test_relu_in_the_epilogue_matches_float64(dtype):
     relu_ref = np.where(ref < 0, 0.0, ref)
     op = torch.ops.flashllm_nb.sparse_linear
     backend = "aot_eager" if ptx.SIMULATOR else "inductor"
-    compiled = torch.compile(lambda t: op(t, layer.words, layer.tile_offsets, layer.bias, 130, "relu"),
-                             fullgraph=True, backend=backend)
+    compiled_op = torch.compile(lambda t: op(t, layer.words, layer.tile_offsets, layer.bias, 130, "relu"),
+                                fullgraph=True, backend=backend)
+    compiled_layer = torch.compile(layer, fullgraph=True, backend=backend)
     with torch.no_grad():
-        for y in (layer(x), op(x, layer.words, layer.tile_offsets, layer.bias, 130, "relu"), compiled(x)):
+        for y in (layer(x), op(x, layer.words, layer.tile_offsets, layer.bias, 130, "relu"), compiled_op(x),
+                  compiled_layer(x)):
             got = y.double().cpu().numpy()
             assert_close_to_reference(got, relu_ref, abs_product, 200, layer.matrix.dtype)
             assert (got[~np.isnan(got)] >= 0).all()
         layer.activation = None
         assert_close_to_reference(layer(x).double().cpu().numpy(), ref, abs_product, 200, layer.matrix.dtype)
-    with pytest.raises(ValueError, match=r"Invalid value of activation: expected one of \(None, 'relu'\), got gelu"):
+    with pytest.raises(ValueError, match=r"Invalid value of activation: expected one of \(None, 'relu'\), got 'gelu'"):
         layer.activation = "gelu"
     with pytest.raises(ValueError, match="Invalid value of activation"):
         op(x, layer.words, layer.tile_offsets, layer.bias, 130, "gelu")
@@ -190,8 +192,9 @@ def test_operator_passes_torch_opcheck():
     """Schema, fake implementation and tracing: torch's own checker."""
     layer = flt.SparseLinear.from_linear(_linear(64, 128), sparsity=0.8)
     x = torch.randn(3, 128).to(dtype=torch.float16, device=DEVICE)
-    torch.library.opcheck(torch.ops.flashllm_nb.sparse_linear.default,
-                          (x, layer.words, layer.tile_offsets, layer.bias, 64))
+    for activation in (None, "relu"):
+        torch.library.opcheck(torch.ops.flashllm_nb.sparse_linear.default,
+                              (x, layer.words, layer.tile_offsets, layer.bias, 64, activation))
 
 
 # ------------------------------------------------------------------------------------------------ whole models
@@ -225,7 +228,7 @@ def test_sparsified_model_matches_float64_and_generates_its_greedy_tokens(name):
     report = flt.sparsify(model, progress=False)
     assert len(report.converted) == (6 if name == "opt" else 7) * 2 and report.skipped == ["lm_head"]
     assert len(report.stacked) == (1 if name == "opt" else 2) * 2  # q, k, v (and Llama's gate, up) stacked
-    # OPT's ReLU after fc1 runs in fc1's epilogue; Llama's SiLU gates the up projection and stays
+    # OPT's ReLU after fc1 runs in fc1's epilogue; Llama's SiLU after gate_proj stays (the epilogue has no SiLU)
     assert report.activations_fused == ([f"model.decoder.layers.{i}.fc1" for i in range(2)] if name == "opt" else [])
     if name == "opt":
         assert all(isinstance(layer.activation_fn, torch.nn.Identity) and layer.fc1.activation == "relu"
@@ -263,6 +266,8 @@ def test_activation_stays_where_it_cannot_move():
     report = flt.sparsify(model, progress=False, fuse_activations=False)
     assert report.activations_fused == [] and relus(model) == [True, True]
     assert all(layer.fc1.activation is None for layer in model.model.decoder.layers)
+    report = flt.sparsify(model, progress=False)  # nothing left to convert: nothing of this call's to fuse
+    assert report.converted == [] and report.activations_fused == [] and relus(model) == [True, True]
     model, _ = _tiny_models("opt")
     model.model.decoder.layers[1].activation_fn = torch.nn.GELU()
     report = flt.sparsify(model, progress=False, skip=("layers.0.fc1", "lm_head"))

@@ -58,11 +58,14 @@ def _sparsified(bias: bool = True, dtype=torch.float16, seed: int = 0):
     return module, weights
 
 
-def _check(outputs, inputs, weights, dtype=torch.float16):
-    """Each sibling's output against the float64 product of its own weights."""
+def _check(outputs, inputs, weights, dtype=torch.float16, relu=False):
+    """Each sibling's output against the float64 product of its own weights (negatives made zero with ``relu``)."""
     for y, x, (name, (weight, bias)) in zip(outputs, inputs, weights.items()):
         x64, w64 = x.double().cpu().numpy(), weight.double().cpu().numpy()
         ref = x64 @ w64.T + (0 if bias is None else bias.double().cpu().numpy())
+        if relu:
+            assert (ref < 0).any()
+            ref = np.maximum(ref, 0.0)
         assert y.shape == (x.shape[0], ROWS[name]) and y.dtype == dtype
         assert_close_to_reference(y.double().cpu().numpy(), ref, np.abs(x64) @ np.abs(w64).T, K,
                                   np.float16 if dtype == torch.float16 else flt.modules._NAMES[dtype], what=name)
@@ -112,6 +115,20 @@ def test_siblings_of_other_inputs_run_their_own_rows_from_then_on():
         k = module.k_proj(x)
         _check([module.q_proj(x), k, module.v_proj(x)], [x] * 3, weights)
     assert not module.qkv_proj.stacking
+
+
+def test_an_activation_of_the_stack_applies_to_every_sibling_stacked_or_alone():
+    """An activation set on the stack's SparseLinear: in the stacked product, and in each sibling's own rows once
+    stacking is off (eager, and traced by torch.compile)."""
+    module, weights = _sparsified()
+    module.qkv_proj.fused.activation = "relu"
+    x, kv = _x(3, 1), _x(5, 2)
+    backend = "aot_eager" if ptx.SIMULATOR else "inductor"
+    with torch.no_grad():
+        _check(module(x), [x] * 3, weights, relu=True)
+        _check(module(x, kv), [x, kv, kv], weights, relu=True)
+        assert not module.qkv_proj.stacking
+        _check(torch.compile(module, fullgraph=True, backend=backend)(kv, x), [kv, x, x], weights, relu=True)
 
 
 def test_a_forward_interrupted_between_siblings_leaves_the_next_one_right():

@@ -188,7 +188,7 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
             hf_generation_seconds(model, ids, new)
             retries = torch.cuda.memory_stats()["num_alloc_retries"]
             # a step's time from each pair (the whole generation less a one-token one: the prompt's pass and
-            # generate's own set-up); the median of the pairs, for one slow generation on a shared host
+            # generate's own set-up); the median of each, for one slow generation on a shared host
             runs = []
             for _ in range(args.hf_repeat):
                 first = hf_generation_seconds(model, ids, 1)

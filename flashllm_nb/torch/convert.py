@@ -89,9 +89,10 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
         replaced by a :class:`~flashllm_nb.torch.SiblingRows` (see :mod:`flashllm_nb.torch.siblings`). Siblings
         are stacked where all of them are converted, with the same input width and bias or none.
     fuse_activations : bool
-        Where the model passes a converted layer's output straight to a ReLU (OPT's ``fc1`` and ``activation_fn``:
-        :data:`ACTIVATION_AFTER`), apply it in the layer's epilogue (``SparseLinear.activation``) and put an
-        ``nn.Identity`` in the ReLU's place: one kernel fewer a layer.
+        Where the model passes a layer converted by this call straight to a ReLU (OPT's ``fc1`` and
+        ``activation_fn``: :data:`ACTIVATION_AFTER`), apply it in the layer's epilogue (``SparseLinear.activation``)
+        and put an ``nn.Identity`` in the ReLU's place: one kernel fewer a layer. A forward hook on such a layer
+        then sees the ReLU's output, and hooks on the ReLU module go with it.
     progress : bool
         Show a progress bar (tqdm).
 
@@ -163,19 +164,23 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
 
 
 def _fuse_activations(model: torch.nn.Module, report: SparsifyReport) -> None:
-    """Move each activation of :data:`ACTIVATION_AFTER` that follows a converted layer into its epilogue."""
+    """Move each activation of :data:`ACTIVATION_AFTER` that follows a layer of ``report.converted`` into that
+    layer's epilogue."""
+    converted = set(report.converted)
     holders = [(name, module, ACTIVATION_AFTER.get((type(module).__module__, type(module).__qualname__)))
                for name, module in model.named_modules()]
     for name, module, attributes in holders:
         if attributes is None:
             continue
         linear_name, activation_name = attributes
+        full_name = f"{name}.{linear_name}" if name else linear_name
         linear, activation = getattr(module, linear_name, None), getattr(module, activation_name, None)
         kind = _EPILOGUE_ACTIVATIONS.get(type(activation))
-        if isinstance(linear, SparseLinear) and linear.activation is None and kind is not None:
+        if full_name in converted and isinstance(linear, SparseLinear) and linear.activation is None and \
+                kind is not None:
             linear.activation = kind
             setattr(module, activation_name, torch.nn.Identity())
-            report.activations_fused.append(f"{name}.{linear_name}" if name else linear_name)
+            report.activations_fused.append(full_name)
 
 
 def _sibling_units(model: torch.nn.Module, targets: list[str]) -> list[tuple[Optional[str], list[str]]]:

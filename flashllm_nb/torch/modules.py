@@ -43,7 +43,7 @@ def check_weight_device(device: torch.device, name: str) -> None:
 
 
 class SparseLinear(torch.nn.Module):
-    """``y = x @ W.T + bias`` with W in Tiled-CSL, for inference.
+    """``y = activation(x @ W.T + bias)`` with W in Tiled-CSL, for inference (no activation by default).
 
     Parameters
     ----------
@@ -53,13 +53,14 @@ class SparseLinear(torch.nn.Module):
     dtype : torch.float16 or torch.bfloat16
     device : optional
         A CUDA device (default: the current one); the CPU under the simulator.
-
-    A new layer holds an all-zero matrix; :meth:`from_linear` converts an ``nn.Linear`` and ``load_state_dict``
-    takes the state of another ``SparseLinear`` (matrices of any number of entries; checked in full).
-
     activation : {None, "relu"}
         Applied to ``x @ W.T + bias`` in the kernel's epilogue, before the one rounding (``sparsify`` moves a ReLU
         that follows the layer here); also settable afterwards.
+
+    A new layer holds an all-zero matrix; :meth:`from_linear` converts an ``nn.Linear`` and ``load_state_dict``
+    takes the state of another ``SparseLinear`` (matrices of any number of entries; checked in full). The activation
+    is not part of the state: like the model's own activation modules it belongs to the model's structure, which
+    :func:`~flashllm_nb.torch.sparsify` builds before a state is loaded into it.
 
     Notes
     -----
@@ -96,7 +97,7 @@ class SparseLinear(torch.nn.Module):
     @activation.setter
     def activation(self, value: Optional[str]) -> None:
         if value not in ACTIVATIONS:
-            raise invalid("value", "activation", f"one of {ACTIVATIONS}", value)
+            raise invalid("value", "activation", f"one of {ACTIVATIONS}", repr(value))
         self._activation = value
 
     # ------------------------------------------------------------------------------------------------ building
@@ -262,7 +263,7 @@ class SparseLinear(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"dtype={self.dtype}, sparsity={self.sparsity:.1%}, {self.words.nbytes / 1e6:.2f} MB of words"
-                + (f", activation={self._activation}" if self._activation else ""))
+                + (f", activation={self._activation!r}" if self._activation else ""))
 
     # ------------------------------------------------------------------------------------------------ state
 

@@ -157,12 +157,12 @@ def sparse_linear(x: torch.Tensor, words: torch.Tensor, tile_offsets: torch.Tens
     """``activation(x @ W.T + bias)`` for the Tiled-CSL ``W`` of shape (out_features, x.shape[-1]) in ``words``
     and ``tile_offsets`` (see the module docstring)."""
     if activation not in api.ACTIVATIONS:
-        raise invalid("value", "activation", f"one of {api.ACTIVATIONS}", activation)
+        raise invalid("value", "activation", f"one of {api.ACTIVATIONS}", repr(activation))
     return _state_for(words, tile_offsets, out_features, x).linear(x, bias, activation)
 
 
 @sparse_linear.register_fake
 def _(x, words, tile_offsets, bias, out_features, activation=None):
     if activation not in api.ACTIVATIONS:
-        raise invalid("value", "activation", f"one of {api.ACTIVATIONS}", activation)
+        raise invalid("value", "activation", f"one of {api.ACTIVATIONS}", repr(activation))
     return x.new_empty((*x.shape[:-1], out_features))

@@ -126,11 +126,11 @@ class SparseSiblings(torch.nn.Module):
             begin, stop = self._spans[index]
             return torch.ops.flashllm_nb.sparse_linear(x, fused.words[begin:stop],
                                                        getattr(self, f"block_offsets_{index}"), bias,
-                                                       self.rows[index])
+                                                       self.rows[index], fused.activation)
         if self._blocks_of != (fused.words.data_ptr(), fused.tile_offsets.data_ptr()):
             self._make_blocks()  # the stack's tensors were replaced
         fused._check_input(x)
-        return self._states[index].linear(x, bias)
+        return self._states[index].linear(x, bias, fused.activation)
 
     def _make_blocks(self, where_kernel_runs: bool = True) -> None:
         """Each sibling's block of the stack as a matrix of its own, over the stack's current tensors: its words
