@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import torch
 
 from flashllm_nb._checks import invalid
-from flashllm_nb.formats.tiled_csl import TILE_M, tile_row_block, tile_row_span
+from flashllm_nb.formats.tiled_csl import TILE_M, tile_row_block
 from flashllm_nb.formats.tiled_csl.rows import padded_rows
 from flashllm_nb.torch import ops
 from flashllm_nb.torch.modules import _NAMES, SparseLinear, check_weight_device, kernel_device
@@ -148,12 +148,15 @@ class SparseSiblings(torch.nn.Module):
             return
         matrix = fused.matrix
         spans, states = [], []
+        # The siblings' tile rows follow one another from the stack's first: each block's words begin where the
+        # block above it ends (int32 elements of ``words``).
+        stop = 0
         for i, (name, first, rows) in enumerate(zip(self.names, self.first_rows, self.rows)):
             try:
                 block = tile_row_block(matrix, first, rows)
             except ValueError as e:
                 raise ValueError(f"the stack's rows {first}..{first + rows - 1} ({name}): {e}") from None
-            begin, stop = (4 * v for v in tile_row_span(matrix, first, rows))
+            begin, stop = stop, stop + block.words.size
             made = torch.from_dlpack(block.tile_offsets)
             block_offsets = getattr(self, f"block_offsets_{i}")
             if block_offsets.shape == made.shape and block_offsets.device == offsets.device:
