@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "TiledCSL": "flashllm_nb.formats.tiled_csl",
+    "TiledBitmap": "flashllm_nb.formats.tiled_bitmap",
     "save": "flashllm_nb.formats.io",
     "load": "flashllm_nb.formats.io",
     "spmm": "flashllm_nb.kernels.api",

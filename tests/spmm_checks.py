@@ -47,15 +47,17 @@ def reference(W: np.ndarray, X: np.ndarray, bias: np.ndarray | None = None) -> t
 
 
 def check_product(W: np.ndarray, X: np.ndarray, *, layout: str = "nk", bias: np.ndarray | None = None,
-                  split_k: int | None = None, force=None, poisoned_out: bool = True, relu: bool = False) -> np.ndarray:
+                  split_k: int | None = None, force=None, poisoned_out: bool = True, relu: bool = False,
+                  matrix_format=None) -> np.ndarray:
     """Run ``linear(X, A)`` (layout "nk") or ``spmm(A, X.T)`` ("kn", the transposed-load path; no bias) in this
     tier, A = W in Tiled-CSL, on host W (M x K), X (N x K) and bias (M) of one dtype, and compare with the float64
     reference within the fp32-accumulation bound. With ``poisoned_out`` the call writes into an output filled with
     NaN (and returns it), so that an element the kernel never writes cannot pass; without, it allocates its own.
-    ``relu``: ``linear(..., activation="relu")``, against the reference's ReLU (NaN stays NaN). Returns the result
-    as a host array."""
+    ``relu``: ``linear(..., activation="relu")``, against the reference's ReLU (NaN stays NaN). ``matrix_format``:
+    the class A is encoded in (``fl.TiledCSL`` when None, or ``fl.TiledBitmap``). Returns the result as a host
+    array."""
     dtype, (m, k), n = W.dtype, W.shape, X.shape[0]
-    A = fl.TiledCSL.from_dense(device(W))
+    A = (matrix_format or fl.TiledCSL).from_dense(device(W))
     shape = (n, m) if layout == "nk" else (m, n)
     out = device(np.full(shape, np.nan, dtype)) if poisoned_out else None
     if layout == "nk":
@@ -74,5 +76,6 @@ def check_product(W: np.ndarray, X: np.ndarray, *, layout: str = "nk", bias: np.
     if layout == "kn":
         ref, scale = ref.T, scale.T
     assert_close_to_reference(got, ref, scale, k, dtype,
-                              what=f"{layout} {m}x{k} N={n} {dtype.name} split={split_k} force={force} relu={relu}")
+                              what=f"{type(A).__name__} {layout} {m}x{k} N={n} {dtype.name} split={split_k} "
+                                   f"force={force} relu={relu}")
     return got

@@ -41,6 +41,12 @@ CONFIGS += [
 ]
 # ReLU in the epilogue (linear(..., activation="relu")) on the mma.sync path.
 CONFIGS += [dict(tile_n=16, dtype="bfloat16", x_layout="nk", splits=True, warps=DEFAULT_WARPS, relu=True)]
+# Tiled-Bitmap A (sparse="bitmap": shared bitmap buffers and the walk), with the value buffers the plan gives at
+# 80 % (256) and 70 % (384).
+CONFIGS += [
+    dict(tile_n=8, dtype="float16", x_layout="nk", splits=True, warps=4, prefetch_vectors=256, sparse="bitmap"),
+    dict(tile_n=16, dtype="bfloat16", x_layout="kn", splits=False, warps=4, prefetch_vectors=384, sparse="bitmap"),
+]
 # On sm_90 the plan builds every kernel for dependent launch (griddepcontrol) and takes the mma.sync family for "kn"
 # activations only ("nk" goes to wgmma): each "kn" configuration above, so built.
 DEPENDENT_CC = (9, 0)
@@ -68,6 +74,16 @@ WGMMA_CONFIGS = [
     dict(tile_n=16, dtype=d, x_layout="nk", splits=s, warps=4, mma="wgmma", prefetch_vectors=256, clear="entries",
          stages=2)
     for d, s in itertools.product(("float16", "bfloat16"), (False, True))
+]
+# Tiled-Bitmap A on what Hopper plans for it at one and 16 tokens (80 %, 70 %) and on 8 warps (one bitmap word a
+# thread), ReLU included.
+WGMMA_CONFIGS += [
+    dict(tile_n=8, dtype="float16", x_layout="nk", splits=True, warps=4, mma="wgmma", prefetch_vectors=256,
+         sparse="bitmap"),
+    dict(tile_n=16, dtype="bfloat16", x_layout="nk", splits=False, warps=4, mma="wgmma", prefetch_vectors=384,
+         sparse="bitmap"),
+    dict(tile_n=32, dtype="float16", x_layout="nk", splits=True, warps=8, mma="wgmma", prefetch_vectors=256,
+         sparse="bitmap", relu=True),
 ]
 # ReLU in the epilogue (the FFN-in product of ReLU models), on what Hopper plans for it at batch 1 and 16.
 WGMMA_CONFIGS += [
@@ -124,6 +140,7 @@ def _id(config, cc):
     return (f"n{config['tile_n']}-{config['dtype']}-{config['x_layout']}-{'split' if config['splits'] else 'whole'}"
             f"-{config.get('mma', 'sync')}-p{config.get('prefetch_vectors', 512)}-{config.get('clear', 'rows')}"
             f"-s{config.get('stages', 4)}{'-relu' if config.get('relu') else ''}"
+            f"{'-bitmap' if config.get('sparse') == 'bitmap' else ''}"
             f"{'-dependent' if config.get('grid_dependency') else ''}"
             f"-sm{''.join(str(c) for c in cc)}")
 

@@ -1,6 +1,7 @@
-"""The public products: ``spmm(A, X)`` and ``linear(X, A, bias)`` for a Tiled-CSL ``A``.
+"""The public products: ``spmm(A, X)`` and ``linear(X, A, bias)`` for a Tiled-CSL or Tiled-Bitmap ``A``.
 
-Both run the same kernel (``spmm.tiled_csl``); they differ only in where the activations and the output live:
+Both run the same kernel (``spmm.tiled_csl``, with the sparse stage of A's format); they differ only in where the
+activations and the output live:
 ``linear`` reads X as (N, K) row-major and writes (N, M) - the memory of a K x N column-major operand - while ``spmm``
 reads X as (K, N) row-major and writes (M, N).
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from flashllm_nb._checks import check_ndim, check_shape, invalid, wrong_device
 from flashllm_nb.formats import _xp
+from flashllm_nb.formats.tiled_bitmap import TiledBitmap
 from flashllm_nb.formats.tiled_csl import TiledCSL
 from flashllm_nb.kernels.spmm import driver as _driver
 from flashllm_nb.kernels.spmm.plan import Force
@@ -32,13 +34,13 @@ ACTIVATIONS = (None, "relu")  # what linear's epilogue can apply after the bias
 _CHUNK = 8  # the kernel moves activations in 16-byte chunks of 8 values: rows must start 16-byte aligned
 
 
-def spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: int | None = None,
+def spmm(A: TiledCSL | TiledBitmap, X: Any, out: Any = None, stream: Any = None, *, split_k: int | None = None,
          force: Force | None = None) -> Any:
     """Sparse times dense: ``A @ X``.
 
     Parameters
     ----------
-    A : TiledCSL
+    A : TiledCSL or TiledBitmap
         (M, K) sparse weights, on the device (``A.to_device()``), or on the host under the simulator.
     X : array
         (K, N) activations, row-major, same dtype as ``A`` (float16 or bfloat16). CuPy, PyTorch or any object
@@ -66,7 +68,7 @@ def spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: i
     return _run(A, X, None, out, stream, split_k, x_layout="kn", force=force)
 
 
-def linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any = None, *,
+def linear(X: Any, A: TiledCSL | TiledBitmap, bias: Any = None, out: Any = None, stream: Any = None, *,
            split_k: int | None = None, force: Force | None = None, activation: str | None = None) -> Any:
     """A sparse linear layer: ``X @ A.T + bias``, optionally followed by ReLU.
 
@@ -74,7 +76,7 @@ def linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any =
     ----------
     X : array
         (N, K) activations (N tokens of K features), row-major, same dtype as ``A``.
-    A : TiledCSL
+    A : TiledCSL or TiledBitmap
         (M, K) = (out_features, in_features) sparse weights, on the device (host under the simulator).
     bias : array, optional
         (M,) added before the single rounding of the output.
@@ -149,14 +151,14 @@ class Prepared:
         return f"<flashllm_nb.Prepared product into {type(self.out).__module__} array of shape {tuple(self.out.shape)}>"
 
 
-def prepare_spmm(A: TiledCSL, X: Any, out: Any = None, stream: Any = None, *, split_k: int | None = None,
+def prepare_spmm(A: TiledCSL | TiledBitmap, X: Any, out: Any = None, stream: Any = None, *, split_k: int | None = None,
                  force: Force | None = None) -> Prepared:
     """:func:`spmm`, checked and packed once: ``P = prepare_spmm(A, X); P()`` computes ``A @ X`` into ``P.out``
     as often as it is called. Arguments and errors as for :func:`spmm`."""
     return _run(A, X, None, out, stream, split_k, x_layout="kn", prepared=True, force=force)
 
 
-def prepare_linear(X: Any, A: TiledCSL, bias: Any = None, out: Any = None, stream: Any = None, *,
+def prepare_linear(X: Any, A: TiledCSL | TiledBitmap, bias: Any = None, out: Any = None, stream: Any = None, *,
                    split_k: int | None = None, force: Force | None = None, activation: str | None = None) -> Prepared:
     """:func:`linear`, checked and packed once: ``P = prepare_linear(X, A, bias); P()`` computes
     ``X @ A.T + bias`` into ``P.out`` as often as it is called. Arguments and errors as for :func:`linear`.
@@ -179,8 +181,8 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None,
         if result is not _fast_calls.MISS:
             return result
     given_out = out
-    if not isinstance(A, TiledCSL):
-        raise invalid("type", "A", "a flashllm_nb.TiledCSL", type(A).__name__, TypeError)
+    if not isinstance(A, (TiledCSL, TiledBitmap)):
+        raise invalid("type", "A", "a flashllm_nb.TiledCSL or TiledBitmap", type(A).__name__, TypeError)
     if A.on_device == ptx.SIMULATOR:
         where = "on the host (NumPy) under the simulator" if ptx.SIMULATOR else "on the device"
         raise wrong_device("A", where, "device" if A.on_device else "host", advice=" (A.to_device())")
@@ -231,7 +233,7 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None,
     x, ldx = _aligned_rows(x, xp)
     p = _plan(m, n, k, "bfloat16" if dtype == _xp.BFLOAT16 else "float16", x_layout,
                      None if split_k is None else int(split_k), tile_vectors=A.mean_tile_vectors, force=force,
-                     relu=relu)
+                     relu=relu, sparse="bitmap" if isinstance(A, TiledBitmap) else "csl")
     if kind == "numpy":  # the simulator indexes its arrays: flat uint16 views
         x_flat, y = x.reshape(-1), y.reshape(-1)
     else:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["SpmmConfig", "TILE_M", "TILE_K", "TILE_ELEMS", "NK_ROW", "TILE_N_CHOICES", "WARP_CHOICES",
-           "MMA_CHOICES", "PREFETCH_CHOICES", "CLEAR_CHOICES", "STAGE_CHOICES", "TICKET_CHOICES", "TWO_STAGES_BUILT",
-           "TIMELINE_FIELDS", "kernel_signature"]
+           "MMA_CHOICES", "PREFETCH_CHOICES", "CLEAR_CHOICES", "STAGE_CHOICES", "TICKET_CHOICES", "SPARSE_CHOICES",
+           "TWO_STAGES_BUILT", "BITMAP_WORDS", "TIMELINE_FIELDS", "kernel_signature"]
 
 TILE_M = 128  # rows of A per block: one tile row of the Tiled-CSL grid
 TILE_K = 64  # k per pipeline step: one tile column of the grid
@@ -34,6 +34,10 @@ CLEAR_CHOICES = ("rows", "entries")
 # "fences" = thread 0 fences (membar.gl), takes its ticket with a relaxed atomic add and, if last, fences again;
 # "acq_rel" = thread 0 takes its ticket with one atom.acq_rel.gpu add, which releases and acquires by itself.
 TICKET_CHOICES = ("fences", "acq_rel")
+# The format of A: "csl" = Tiled-CSL (a word per entry: position and value), "bitmap" = Tiled-Bitmap (a bitmap per
+# tile and its values packed, 7 to a 16-byte vector; ``formats.tiled_bitmap``), which zeroes by rows only.
+SPARSE_CHOICES = ("csl", "bitmap")
+BITMAP_WORDS = TILE_ELEMS // 32  # uint32 words of one tile's bitmap: 1 KiB, a shared buffer of two for "bitmap"
 # The one configuration built with 2 activation stages: 6 blocks per SM in 80 registers (a 37 KB block).
 TWO_STAGES_BUILT = dict(mma="wgmma", warps=4, tile_n=16, clear="entries", prefetch_vectors=256)
 # Blocks per SM promised to ptxas (launch_bounds) per tile_n, for 4 warps and 4 stages: what the shared memory of a
@@ -97,6 +101,9 @@ class SpmmConfig:
     ticket : str
         ``"fences"`` or ``"acq_rel"`` (``TICKET_CHOICES``): how a split-K block takes its ticket. The plan builds
         "fences"; "acq_rel" (no ``membar.gl`` on the last block's path) is a candidate not yet measured against it.
+    sparse : str
+        The format of A (``SPARSE_CHOICES``): ``"csl"`` (Tiled-CSL) or ``"bitmap"`` (Tiled-Bitmap; needs
+        ``clear="rows"``; two 1 KiB shared bitmap buffers more).
     timeline : bool
         For development (``dev/block_timeline.py`` through ``driver.launch_timeline``; the plan never sets it):
         each block also records ``TIMELINE_FIELDS`` in ``tickets``, past the per-tile tickets.
@@ -114,6 +121,7 @@ class SpmmConfig:
     relu: bool = False
     grid_dependency: bool = False
     ticket: str = "fences"
+    sparse: str = "csl"
     timeline: bool = False
 
     @property
@@ -140,6 +148,11 @@ class SpmmConfig:
             raise ValueError(f"Invalid clear of SpmmConfig: expected one of {CLEAR_CHOICES}, got {self.clear!r}")
         if self.ticket not in TICKET_CHOICES:
             raise ValueError(f"Invalid ticket of SpmmConfig: expected one of {TICKET_CHOICES}, got {self.ticket!r}")
+        if self.sparse not in SPARSE_CHOICES:
+            raise ValueError(f"Invalid sparse of SpmmConfig: expected one of {SPARSE_CHOICES}, got {self.sparse!r}")
+        if self.sparse == "bitmap" and self.clear != "rows":
+            raise ValueError(f"Invalid SpmmConfig: sparse='bitmap' zeroes by rows only (clear='rows'), got "
+                             f"clear={self.clear!r}")
         if self.mma == "wgmma" and self.x_layout != "nk":
             raise ValueError(
                 "Invalid SpmmConfig: mma='wgmma' needs x_layout='nk' (both operands K-major), "
@@ -178,9 +191,12 @@ class SpmmConfig:
 
     def shared_bytes(self, k_tiles_per_split: int) -> int:
         """Dynamic shared memory of one block: two A tiles (32 KiB, reused by the epilogue), ``stages`` activation
-        tiles, two 8-byte mbarriers (used by mma.sync with clear="entries") and the block's tile offsets."""
+        tiles, two 8-byte mbarriers (used by mma.sync with clear="entries"), for "bitmap" two bitmap buffers, and
+        the block's tile offsets."""
         activation_tile = self.tile_n * self.nk_row if self.x_layout == "nk" else TILE_K * self.tile_n
-        return 2 * TILE_ELEMS * 2 + self.stages * activation_tile * 2 + MBARRIER_BYTES + 4 * (k_tiles_per_split + 1)
+        bitmaps = 2 * BITMAP_WORDS * 4 if self.sparse == "bitmap" else 0
+        return (2 * TILE_ELEMS * 2 + self.stages * activation_tile * 2 + MBARRIER_BYTES + bitmaps
+                + 4 * (k_tiles_per_split + 1))
 
 
 def kernel_signature() -> tuple:

@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass
 
 from flashllm_nb.kernels.ptx import SHARED_ALIGN, WGMMA_SHARED_ALIGN
-from flashllm_nb.kernels.spmm.config import MBARRIER_BYTES, TILE_ELEMS, TILE_K, TILE_M, SpmmConfig
+from flashllm_nb.kernels.spmm.config import BITMAP_WORDS, MBARRIER_BYTES, TILE_ELEMS, TILE_K, TILE_M, SpmmConfig
 
 __all__ = ["Geometry", "geometry"]
 
@@ -44,6 +44,7 @@ class Geometry:
     b_elems: int
     b_base: int
     mbarrier_base32: int
+    bitmap_base32: int
     offsets_base32: int
     # Activation copies
     pending_in_loop: int
@@ -61,6 +62,9 @@ class Geometry:
     clear_stores: int
     clear_band_stride: int
     clear_warp_rows: int
+    # Bitmaps ("bitmap")
+    bitmap: bool
+    bitmap_share: int
     # Epilogue
     out_rounds: int
     acc_stride: int
@@ -88,6 +92,8 @@ def geometry(cfg: SpmmConfig) -> Geometry:
     chunks_per_row = tile_n // 8  # "kn": 16-byte chunks per activation row
     kn_div, kn_mask = _kn_chunk_xor(tile_n)
     vectors_per_thread = cfg.prefetch_vectors // threads  # per register buffer: 2 .. 5 (8 warps: 1 or 2)
+    bitmap = cfg.sparse == "bitmap"
+    bitmap_base32 = mbarrier_base32 + MBARRIER_BYTES // 4  # "bitmap": two buffers of BITMAP_WORDS, then the offsets
     acc_stride = accumulators + 1  # the epilogue's staging: a thread's accumulators one float of padding apart
     assert threads * acc_stride * 4 <= cfg.shared_bytes(0), "the epilogue's staging must fit the shared memory"
     return Geometry(
@@ -99,8 +105,8 @@ def geometry(cfg: SpmmConfig) -> Geometry:
         # wgmma descriptors assume 1024-byte aligned swizzle atoms: the A tiles (16 KiB each) and activation
         # stages (tile_n * 128 bytes) all start at multiples of 1024 from the base.
         smem_align=WGMMA_SHARED_ALIGN if wgmma else SHARED_ALIGN,
-        b_row=b_row, b_elems=b_elems, b_base=b_base, mbarrier_base32=mbarrier_base32,
-        offsets_base32=mbarrier_base32 + MBARRIER_BYTES // 4,
+        b_row=b_row, b_elems=b_elems, b_base=b_base, mbarrier_base32=mbarrier_base32, bitmap_base32=bitmap_base32,
+        offsets_base32=bitmap_base32 + (2 * BITMAP_WORDS if bitmap else 0),
         # cp.async.wait_group's immediate: at step i activation tiles 0 .. i+STAGES-2 have been issued; tile i
         # must have landed.
         pending_in_loop=cfg.stages - 2,
@@ -110,7 +116,8 @@ def geometry(cfg: SpmmConfig) -> Geometry:
         round_rows=threads // 8 if nk else threads // chunks_per_row,
         chunks_per_row=chunks_per_row, kn_div=kn_div, kn_mask=kn_mask,
         vectors_per_thread=vectors_per_thread, word_registers=4 * vectors_per_thread,
-        position_registers=2 * vectors_per_thread if entries else 1,  # "entries": a tile's positions, two a register
+        # "entries": a tile's positions, two a register; "bitmap": two tiles' bitmap shares (the prologue's)
+        position_registers=2 * vectors_per_thread if entries else 2 * BITMAP_WORDS // threads if bitmap else 1,
         # Where a wgmma block waits for the next activation tile and fences its shared writes: in front of the
         # step's word loads (zero-first blocks with the 512-vector buffer) or at the top of the next step.
         fence_before_loads=wgmma and entries and cfg.prefetch_vectors == 512,
@@ -118,6 +125,8 @@ def geometry(cfg: SpmmConfig) -> Geometry:
         # with 4-warp wgmma the 16-row band 16w.. of each m64 half. A warp-wide 16-byte store covers 4 rows.
         clear_stores=warp_rows // 4, clear_band_stride=64 if wgmma and cfg.warps == 4 else 16,
         clear_warp_rows=16 if wgmma else warp_rows,
+        # "bitmap": each thread loads and stores words tid + j * threads of a tile's bitmap, j < bitmap_share.
+        bitmap=bitmap, bitmap_share=BITMAP_WORDS // threads,
         out_rounds=TILE_M * tile_n // threads, acc_stride=acc_stride,
         # Split-K: the reducing block's partial sums loaded per round trip, in splits: 32 registers' worth.
         reduce_group=max(1, 32 // accumulators),

@@ -13,7 +13,9 @@ tile), never from a hand-made table:
   registers and shared memory, ``choose_splits`` picks the factor with the least estimated time, counting waves of
   blocks (a partly filled last wave almost as a full one), each block's fixed cost and its partial sums' traffic;
 * dependent launch (``griddepcontrol``) wherever the device has it (sm_90 on, and the simulator);
-* the split-K ticket: "fences" (``SpmmConfig.ticket``; "acq_rel" only when forced, until it is measured).
+* the split-K ticket: "fences" (``SpmmConfig.ticket``; "acq_rel" only when forced, until it is measured);
+* for a Tiled-Bitmap A (``sparse="bitmap"``): zeroing by rows, and the smallest value-vector buffer that holds a
+  tile of the matrix's mean with room to spare (``prefetch_for_bitmap``).
 
 A :class:`Force` takes any of these choices as given: tests that must run one variant, A/B tools and benchmarks
 force through it, never by replacing functions here. Each threshold below has its measurement in
@@ -27,10 +29,11 @@ from dataclasses import dataclass
 
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.driver import grid_dependency_supported
-from flashllm_nb.kernels.spmm.config import MMA_CHOICES, TILE_K, TILE_M, TILE_N_CHOICES, TWO_STAGES_BUILT, SpmmConfig
+from flashllm_nb.kernels.spmm.config import (MMA_CHOICES, PREFETCH_CHOICES, TILE_K, TILE_M, TILE_N_CHOICES,
+                                             TWO_STAGES_BUILT, SpmmConfig)
 
 __all__ = ["Force", "Plan", "plan", "multiprocessors", "tile_n_for", "mma_for", "warps_for", "clear_for",
-           "prefetch_for", "stages_for", "split_cost", "choose_splits"]
+           "prefetch_for", "prefetch_for_bitmap", "stages_for", "split_cost", "choose_splits"]
 
 MIN_K_TILES_PER_SPLIT = 4  # a split shorter than this spends more on its prologue and partials than it saves
 DEFAULT_WARPS = 4  # fewer warps repeat the per-tile bookkeeping less: faster than 8 wherever 8 is not needed
@@ -61,6 +64,9 @@ WGMMA_CLEAR_ENTRIES_UPTO = 480
 # up to the next (7/8 of 384), 512 above it: a buffer too small for most tiles loads them unhidden.
 ENTRIES_SMALL_PREFETCH_UPTO = 248
 ENTRIES_MID_PREFETCH_UPTO = 336
+# Tiled-Bitmap: value vectors a buffer holds beyond the matrix's mean per tile, for the tiles above the mean (at 80 %
+# a tile's value vectors vary by about 5).
+BITMAP_PREFETCH_MARGIN = 16
 # What the simulator pretends the device is, so that split-K and the Hopper path are exercised on small shapes.
 _SIMULATED_SMS = 4
 _SIMULATED_CC = (9, 0)
@@ -167,6 +173,16 @@ def prefetch_for(warps: int, tile_n: int, tile_vectors: int | None, clear: str =
     return 512
 
 
+def prefetch_for_bitmap(warps: int, tile_vectors: int | None) -> int:
+    """Value vectors per tile to prefetch into registers for a Tiled-Bitmap A: the smallest of
+    ``PREFETCH_CHOICES`` (a multiple of the block's threads) that holds ``tile_vectors + BITMAP_PREFETCH_MARGIN``,
+    else the largest; 512 when the mean is unknown."""
+    choices = [c for c in PREFETCH_CHOICES if c % (32 * warps) == 0]
+    if tile_vectors is None:
+        return 512
+    return next((c for c in choices if c >= tile_vectors + BITMAP_PREFETCH_MARGIN), choices[-1])
+
+
 def stages_for(mma: str, warps: int, tile_n: int, clear: str, prefetch_vectors: int) -> int:
     """Activation stages (``SpmmConfig.stages``): 2 for the configuration ``config.TWO_STAGES_BUILT`` names,
     where the 4 KiB two stages fewer free fit a sixth block on an SM; else 4."""
@@ -206,10 +222,11 @@ def choose_splits(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, tile_
 
 @functools.lru_cache(maxsize=1024)
 def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None = None,
-         tile_vectors: int | None = None, force: Force | None = None, relu: bool = False) -> Plan:
-    """Pick the configuration and grid for an (m x k) @ (k x n) product whose A holds ``tile_vectors`` 16-byte word
-    vectors per tile on average (None: unknown, the small prefetch), with ReLU in the epilogue if ``relu``.
-    ``split_k`` and ``force`` (a :class:`Force`) fix choices instead, for benchmarks and tests."""
+         tile_vectors: int | None = None, force: Force | None = None, relu: bool = False, sparse: str = "csl") -> Plan:
+    """Pick the configuration and grid for an (m x k) @ (k x n) product whose A, in format ``sparse``
+    (``SpmmConfig.sparse``), holds ``tile_vectors`` 16-byte word (or value) vectors per tile on average (None:
+    unknown), with ReLU in the epilogue if ``relu``. ``split_k`` and ``force`` (a :class:`Force`) fix choices
+    instead, for benchmarks and tests."""
     force = force or _NO_FORCE
     tile_n = tile_n_for(n)
     tile_rows = -(-m // TILE_M)
@@ -217,15 +234,19 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     k_tiles = -(-k // TILE_K)
     mma = force.mma or mma_for(x_layout)
     warps = force.warps or warps_for(mma, tile_n)
-    clear = force.clear or clear_for(mma, warps, tile_n, tile_vectors)
-    prefetch = force.prefetch_vectors or prefetch_for(warps, tile_n, tile_vectors, clear)
+    if sparse == "bitmap":
+        clear = force.clear or "rows"
+        prefetch = force.prefetch_vectors or prefetch_for_bitmap(warps, tile_vectors)
+    else:
+        clear = force.clear or clear_for(mma, warps, tile_n, tile_vectors)
+        prefetch = force.prefetch_vectors or prefetch_for(warps, tile_n, tile_vectors, clear)
     stages = force.stages or stages_for(mma, warps, tile_n, clear, prefetch)
     if split_k is None:
         split_k = force.split_k
     dependent = grid_dependency_supported() if force.grid_dependency is None else force.grid_dependency
     ticket = force.ticket or SpmmConfig.ticket
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch,
-                        clear=clear, stages=stages, relu=relu, grid_dependency=dependent, ticket=ticket)
+                        clear=clear, stages=stages, relu=relu, grid_dependency=dependent, ticket=ticket, sparse=sparse)
     if split_k is None:
         from flashllm_nb.kernels.spmm.driver import blocks_per_sm
 
@@ -237,7 +258,7 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     split_k = -(-k_tiles // per_split)  # no empty splits
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma,
                         prefetch_vectors=prefetch, clear=clear, stages=stages, relu=relu, grid_dependency=dependent,
-                        ticket=ticket)
+                        ticket=ticket, sparse=sparse)
     return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
 
 

@@ -51,6 +51,7 @@ from numba import cuda, float32, int32, int64, uint16, uint32
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.ptx import inlined
 from flashllm_nb.kernels.spmm.activations import activation_stage
+from flashllm_nb.kernels.spmm.bitmaps import BITMAP_VECTORS, bitmap_stage
 from flashllm_nb.kernels.spmm.config import TILE_K, TILE_M, TIMELINE_FIELDS, SpmmConfig
 from flashllm_nb.kernels.spmm.epilogue import epilogue_stage
 from flashllm_nb.kernels.spmm.geometry import Geometry, geometry
@@ -80,13 +81,18 @@ def build_kernel(cfg: SpmmConfig):
     g = geometry(cfg)
     activations, sparse, products = activation_stage(g), word_stage(g), product_stage(g)
     epilogue = epilogue_stage(g, products.accumulator_of)
-    load_first_words, expand_first_tile = _fill_words(g, activations, sparse)
-    k_step = _k_step(g, activations, sparse, products)
+    if g.bitmap:
+        bitmaps = bitmap_stage(g)
+        load_first_words, expand_first_tile = _fill_bitmap_tiles(g, activations, sparse, bitmaps)
+        k_step = _clearing_rows_bitmap(_begin(g, activations, sparse, products), sparse, bitmaps, products)
+    else:
+        load_first_words, expand_first_tile = _fill_words(g, activations, sparse)
+        k_step = _k_step(g, activations, sparse, products)
     # Numba calls device functions by name, not through a namespace.
     fragment_rows, copy_plan, issue_activations = products.fragment_rows, activations.copy_plan, activations.issue
     stage_offsets, zero_buffer = sparse.stage_offsets, sparse.zero_buffer
     reduce_splits, store_tile = epilogue.reduce_splits, epilogue.store
-    TILE_N, THREADS, STAGES, WGMMA, ENTRIES = g.tile_n, g.threads, g.stages, g.wgmma, g.entries
+    TILE_N, THREADS, STAGES, WGMMA, ENTRIES, BITMAP = g.tile_n, g.threads, g.stages, g.wgmma, g.entries, g.bitmap
     ACC, WORDS, POSITIONS, FRAG = g.accumulators, g.word_registers, g.position_registers, g.frag_registers
     K_STEPS, NPAIR, SMEM_ALIGN, SPLITS = g.k_steps, g.b_loads, g.smem_align, g.splits
     CLEAR_WARP_ROWS, MBARRIER_BASE32 = g.clear_warp_rows, g.mbarrier_base32
@@ -111,7 +117,8 @@ def build_kernel(cfg: SpmmConfig):
         acc = cuda.local.array(ACC, float32)
         w_a = cuda.local.array(WORDS, uint32)  # register buffers of words, alternating (see _k_step)
         w_b = cuda.local.array(WORDS, uint32)
-        positions = cuda.local.array(POSITIONS, uint32)  # "entries": the next tile to zero's (wgmma: even tiles')
+        # "entries": the next tile to zero's (wgmma: even tiles'); "bitmap": bitmap shares (_fill_bitmap_tiles)
+        positions = cuda.local.array(POSITIONS, uint32)
         positions_odd = cuda.local.array(POSITIONS, uint32)  # wgmma "entries": odd tiles' positions
         a_off = cuda.local.array(K_STEPS, int64)
         b_off = cuda.local.array(NPAIR, int64)
@@ -153,7 +160,7 @@ def build_kernel(cfg: SpmmConfig):
                 for t in range(STAGES - 1):
                     issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
                                       cp_cols_left)
-            o0, o1, o2, o3 = load_first_words(words, smem32, n_tiles_block, w_a, w_b)
+            o0, o1, o2, o3 = load_first_words(words, smem32, n_tiles_block, w_a, w_b, positions)
             if GRID_DEPENDENCY:
                 # Everything so far read only A, which no kernel writes: a dependent launch got here while the
                 # kernel before it drained. X is that kernel's output.
@@ -163,12 +170,13 @@ def build_kernel(cfg: SpmmConfig):
                                       cp_cols_left)
             if TIMELINE:
                 mark(tickets, T_WAITED)
-            om1, o0, o1, o2, o3 = expand_first_tile(words, smem16, n_tiles_block, w_a, positions, o0, o1, o2, o3)
+            om1, o0, o1, o2, o3 = expand_first_tile(words, (smem16, smem32), n_tiles_block, w_a, positions, o0, o1,
+                                                    o2, o3)
 
             # Unrolled by two, so that each word buffer is a fixed set of registers: they alternate between tile
             # i+1's words and tile i+2's in flight. Step i's w_cur ("entries") holds the positions it zeroes, of
             # tile i (mma.sync, one buffer) or of tile i-1 (wgmma: tile t's in positions if t is even, else in
-            # positions_odd); "rows" passes its w_next there, unused.
+            # positions_odd); "rows" passes its w_next there, unused; "bitmap" its bitmap share.
             inputs = (words, x, ldx)
             shared = (smem16, smem32)
             block = (n_tiles_block, kt_begin, clear_first)
@@ -177,11 +185,11 @@ def build_kernel(cfg: SpmmConfig):
             while i < n_tiles_block:
                 copy = (cp_dst, cp_src, cp_rows_left, cp_cols_left)
                 om1, o0, o1, o2, o3 = k_step(i, inputs, shared, block, copy, fragments, acc,
-                                             (positions_odd if WGMMA else positions) if ENTRIES else w_b, w_b,
-                                             (om1, o0, o1, o2, o3))
+                                             (positions_odd if WGMMA else positions) if ENTRIES else
+                                             positions if BITMAP else w_b, w_b, (om1, o0, o1, o2, o3))
                 if i + 1 < n_tiles_block:
                     om1, o0, o1, o2, o3 = k_step(i + 1, inputs, shared, block, copy, fragments, acc,
-                                                 positions if ENTRIES else w_a, w_a, (om1, o0, o1, o2, o3))
+                                                 positions if ENTRIES or BITMAP else w_a, w_a, (om1, o0, o1, o2, o3))
                 i += 2
             ptx.cp_async_wait_all()
         elif GRID_DEPENDENCY:
@@ -242,7 +250,7 @@ def _fill_words(g: Geometry, activations, sparse):
     load_words, scatter_tile, keep_positions = sparse.load, sparse.scatter, sparse.keep_positions
 
     @inlined
-    def load_first_words(words, smem32, n_tiles_block, w_a, w_b):
+    def load_first_words(words, smem32, n_tiles_block, w_a, w_b, positions):
         o0 = tile_offset(smem32, 0)
         o1 = tile_offset(smem32, min(1, n_tiles_block))
         o2 = tile_offset(smem32, min(2, n_tiles_block))
@@ -253,7 +261,8 @@ def _fill_words(g: Geometry, activations, sparse):
         return o0, o1, o2, o3
 
     @inlined
-    def expand_first_tile(words, smem16, n_tiles_block, w_a, positions, o0, o1, o2, o3):
+    def expand_first_tile(words, shared, n_tiles_block, w_a, positions, o0, o1, o2, o3):
+        smem16, smem32 = shared
         scatter_tile(words, smem16, o0, o1, 0, w_a)
         if FENCE_BEFORE_LOADS:
             publish_shared_writes()  # for step 0 (activation tile 0, the first scatter)
@@ -264,6 +273,78 @@ def _fill_words(g: Geometry, activations, sparse):
         return o0, o0, o1, o2, o3
 
     return load_first_words, expand_first_tile
+
+
+def _fill_bitmap_tiles(g: Geometry, activations, sparse, bitmaps):
+    """The prologue of a "bitmap" variant, in the two parts of ``_fill_words``: ``load_first_words`` also starts
+    the bitmaps of tiles 0 and 1 into the two halves of ``bitmap``; ``expand_first_tile`` stores both into their
+    shared buffers, meets the block at a barrier (every thread's share is needed by all), expands tile 0 and
+    starts tile 2's bitmap and value vectors."""
+    SHARE, FENCE_BEFORE_LOADS = g.bitmap_share, g.fence_before_loads
+    publish_shared_writes, tile_offset, load_words = activations.publish, sparse.tile_offset, sparse.load
+    load_bitmap, store_bitmap, scatter_tile = bitmaps.load_bitmap, bitmaps.store_bitmap, bitmaps.scatter
+
+    @inlined
+    def load_first_words(words, smem32, n_tiles_block, w_a, w_b, bitmap):
+        o0 = tile_offset(smem32, 0)
+        o1 = tile_offset(smem32, min(1, n_tiles_block))
+        o2 = tile_offset(smem32, min(2, n_tiles_block))
+        o3 = tile_offset(smem32, min(3, n_tiles_block))
+        load_bitmap(words, o0, o1, bitmap, 0)
+        load_words(words, o0 + BITMAP_VECTORS, o1, w_a)
+        if n_tiles_block > 1:
+            load_bitmap(words, o1, o2, bitmap, SHARE)
+            load_words(words, o1 + BITMAP_VECTORS, o2, w_b)
+        return o0, o1, o2, o3
+
+    @inlined
+    def expand_first_tile(words, shared, n_tiles_block, w_a, bitmap, o0, o1, o2, o3):
+        smem16, smem32 = shared
+        store_bitmap(smem32, 0, o0, o1, bitmap, 0)
+        if n_tiles_block > 1:
+            store_bitmap(smem32, 1, o1, o2, bitmap, SHARE)
+        cuda.syncthreads()
+        scatter_tile(words, smem16, smem32, o0, o1, 0, w_a)
+        if FENCE_BEFORE_LOADS:
+            publish_shared_writes()
+        if n_tiles_block > 2:
+            load_bitmap(words, o2, o3, bitmap, 0)
+            load_words(words, o2 + BITMAP_VECTORS, o3, w_a)
+        return o0, o0, o1, o2, o3
+
+    return load_first_words, expand_first_tile
+
+
+def _clearing_rows_bitmap(begin, sparse, bitmaps, products):
+    load_words, clear_own_rows = sparse.load, sparse.clear_own_rows
+    load_bitmap, store_bitmap, scatter_tile = bitmaps.load_bitmap, bitmaps.store_bitmap, bitmaps.scatter
+    finish_products, after_reads = products.finish, products.after_reads
+
+    @inlined
+    def clearing_rows_bitmap(i, inputs, shared, block, copy, fragments, acc, bitmap, w_next, window):
+        """The "rows" step of a Tiled-Bitmap variant: as ``_clearing_rows``, and first tile i+2's registered
+        bitmap share goes to shared buffer i % 2 (tile i's, whose expansion ended before this step's barrier) and
+        tile i+3's starts into the registers it leaves."""
+        om1, o0, o1, o2, o3 = window
+        o4 = begin(i, inputs, shared, block, copy, fragments, acc, window)
+        words, x, ldx = inputs
+        smem16, smem32 = shared
+        n_tiles_block, kt_begin, clear_first = block
+        if i + 2 < n_tiles_block:
+            store_bitmap(smem32, i & 1, o2, o3, bitmap, 0)
+        if i + 3 < n_tiles_block:
+            load_bitmap(words, o3, o4, bitmap, 0)
+        if i + 1 < n_tiles_block:
+            scatter_tile(words, smem16, smem32, o1, o2, 1 - (i & 1), w_next)
+        if i + 3 < n_tiles_block:
+            load_words(words, o3 + BITMAP_VECTORS, o4, w_next)
+        finish_products(acc)
+        if i + 2 < n_tiles_block:
+            after_reads()
+            clear_own_rows(smem16, i & 1, clear_first)  # zeros for tile i+2
+        return o0, o1, o2, o3, o4
+
+    return clearing_rows_bitmap
 
 
 def _k_step(g: Geometry, activations, sparse, products):

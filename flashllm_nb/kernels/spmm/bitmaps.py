@@ -1,0 +1,150 @@
+"""The sparse side for Tiled-Bitmap matrices (``SpmmConfig.sparse == "bitmap"``): a tile's value vectors travel by
+16-byte loads into registers two k-tiles ahead, as Tiled-CSL's words do (:mod:`.words`' ``load``); its bitmap
+(1 KiB) by 4-byte loads three k-tiles ahead into registers, from where each thread stores its share into one of two
+shared bitmap buffers a step before the tile is expanded. The scatter places each value by walking the bitmap.
+
+A value vector (``formats.tiled_bitmap``) is slot 0, the position ``p = row * 64 + col`` of its first entry, and the
+bits of up to 7 entries in the tile's row-major order. Its thread walks the bitmap's 32-bit half-rows from half
+``h = p >> 5`` with the bits below ``p`` masked off: each value goes to the lowest set bit ``t`` left, then that bit
+is cleared; an exhausted half moves the walk to the next. The A buffer's swizzled slot of (row, 32 * (h & 1) + t)
+is ``key ^ t``, with ``key`` computed once per half::
+
+    key = a_base + row * 64 + (((row & 7) << 3) ^ ((h & 1) << 5))
+
+The shared bitmap buffer of tile t is ``t & 1``, as its A buffer. Tile t's bitmap is stored at step t - 2 (after
+that step's barrier, when tile t - 2's expansion, the buffer's last reader, is over) and read at step t - 1.
+Zeroing is by rows (``words.clear_own_rows``): the positions of a tile's entries are not kept.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from numba import cuda, int32, uint16, uint32, uint64
+
+from flashllm_nb.kernels import ptx
+from flashllm_nb.kernels.ptx import inlined
+from flashllm_nb.kernels.spmm.config import BITMAP_WORDS, TILE_ELEMS
+from flashllm_nb.kernels.spmm.geometry import Geometry
+
+__all__ = ["bitmap_stage"]
+
+BITMAP_VECTORS = BITMAP_WORDS // 4  # the first 16-byte vectors of a non-empty tile: its bitmap
+
+
+def bitmap_stage(g: Geometry) -> SimpleNamespace:
+    """Device functions of the sparse side of a Tiled-Bitmap variant: ``load_bitmap``, ``store_bitmap`` and
+    ``scatter`` (documented where defined below); the value vectors load with :mod:`.words`' ``load`` from
+    ``v0 + BITMAP_VECTORS``."""
+    return SimpleNamespace(load_bitmap=_load_bitmap(g), store_bitmap=_store_bitmap(g), scatter=_scatter(g))
+
+
+def _load_bitmap(g: Geometry):
+    THREADS, SHARE = g.threads, g.bitmap_share
+
+    @inlined
+    def load_bitmap(words, v0, v1, bitmap, slot):
+        """Start this thread's share of the bitmap of the tile whose vectors are ``v0 .. v1 - 1`` into registers
+        ``bitmap[slot:slot + SHARE]``: words ``tid + j * THREADS`` (coalesced). Nothing for an empty tile."""
+        if v1 > v0:
+            first = v0 * 4 + cuda.threadIdx.x
+            for j in range(SHARE):
+                bitmap[slot + j] = words[first + j * THREADS]
+
+    return load_bitmap
+
+
+def _store_bitmap(g: Geometry):
+    THREADS, SHARE, BASE32 = g.threads, g.bitmap_share, g.bitmap_base32
+
+    @inlined
+    def store_bitmap(smem32, buffer, v0, v1, bitmap, slot):
+        """Store this thread's share of the bitmap of the tile ``v0 .. v1 - 1``, registered in
+        ``bitmap[slot:slot + SHARE]``, into shared bitmap buffer ``buffer``; nothing for an empty tile (whose
+        scatter reads nothing)."""
+        if v1 > v0:
+            first = uint64(BASE32 + buffer * BITMAP_WORDS) + uint64(cuda.threadIdx.x)
+            for j in range(SHARE):
+                smem32[first + uint64(j * THREADS)] = bitmap[slot + j]
+
+    return store_bitmap
+
+
+@inlined
+def _half_key(a_base, h):
+    """``key`` of half-row ``h`` of A buffer ``a_base`` (the module docstring)."""
+    row = h >> uint32(1)
+    return a_base + (row << uint32(6)) + (((row & uint32(7)) << uint32(3)) ^ ((h & uint32(1)) << uint32(5)))
+
+
+def _place():
+    @inlined
+    def place(smem16, smem32, bitmap_base, a_base, h, m, key, value):
+        """Store ``value`` on the next set bit of the walk (half ``h``, bits left ``m``, its ``key``); return the
+        walk after it. The half index wraps inside the buffer, so a vector that claims more entries than its
+        bitmap has (a matrix built without the checks) stays inside shared memory."""
+        while m == uint32(0):
+            h = (h + uint32(1)) & uint32(BITMAP_WORDS - 1)
+            m = smem32[bitmap_base + uint64(h)]
+            key = _half_key(a_base, h)
+        t = uint32(cuda.ffs(m)) - uint32(1)
+        smem16[uint64(key ^ t)] = uint16(value & uint32(0xFFFF))
+        return h, m & (m - uint32(1)), key
+
+    return place
+
+
+def _scatter(g: Geometry):
+    THREADS, R, BASE32 = g.threads, g.vectors_per_thread, g.bitmap_base32
+    place = _place()
+
+    @inlined
+    def scatter_vector(smem16, smem32, bitmap_base, a_base, w0, w1, w2, w3, last):
+        """Place the up to 7 values of one vector. Only a tile's last vector may end in zero slots (no entry is a
+        zero); only it tests them."""
+        p = w0 & uint32(0xFFFF)
+        h = p >> uint32(5)
+        key = _half_key(a_base, h)
+        m = smem32[bitmap_base + uint64(h)] & (uint32(0xFFFFFFFF) << (p & uint32(31)))
+        h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w0 >> uint32(16))
+        if last:
+            if (w1 & uint32(0xFFFF)) != uint32(0):
+                h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w1)
+            if (w1 >> uint32(16)) != uint32(0):
+                h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w1 >> uint32(16))
+            if (w2 & uint32(0xFFFF)) != uint32(0):
+                h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w2)
+            if (w2 >> uint32(16)) != uint32(0):
+                h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w2 >> uint32(16))
+            if (w3 & uint32(0xFFFF)) != uint32(0):
+                h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w3)
+            if (w3 >> uint32(16)) != uint32(0):
+                h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w3 >> uint32(16))
+        else:
+            h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w1)
+            h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w1 >> uint32(16))
+            h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w2)
+            h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w2 >> uint32(16))
+            h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w3)
+            h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w3 >> uint32(16))
+
+    @inlined
+    def scatter(words, smem16, smem32, v0, v1, a_stage, wbuf):
+        """Expand the tile whose vectors are ``v0 .. v1 - 1`` into A buffer ``a_stage``, its bitmap in shared
+        bitmap buffer ``a_stage`` and its first value vectors in ``wbuf``; value vectors beyond the register
+        budget are loaded here, their latency not hidden."""
+        a_base = uint32(a_stage * TILE_ELEMS)
+        bitmap_base = uint64(BASE32 + a_stage * BITMAP_WORDS)
+        v = v0 + BITMAP_VECTORS + cuda.threadIdx.x
+        left = int32(v1 - v)
+        for j in range(R):
+            if j * THREADS < left:
+                scatter_vector(smem16, smem32, bitmap_base, a_base, wbuf[4 * j], wbuf[4 * j + 1], wbuf[4 * j + 2],
+                               wbuf[4 * j + 3], left == j * THREADS + 1)
+        v += R * THREADS
+        while v < v1:
+            w0, w1, w2, w3 = ptx.ld_global_nc_v4_u32(words, v * 4)
+            scatter_vector(smem16, smem32, bitmap_base, a_base, w0, w1, w2, w3, v == v1 - 1)
+            v += THREADS
+
+    return scatter
