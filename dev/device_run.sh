@@ -15,7 +15,8 @@
 # queued launches on three of those shapes), graph-issue (what a captured step holds and how long its launch takes,
 # dense and sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's),
 # ticket-ab (the split-K ticket as one acquire-release add against the two fences, timed beside cuBLAS and as
-# timelines); on two GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an
+# timelines), bitmap-ab (Tiled-Bitmap against Tiled-CSL and cuBLAS on OPT-30B's decode shapes), tests-bitmap; on two
+# GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an
 # earlier commit need `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
 set -uo pipefail
@@ -111,6 +112,11 @@ for step in "$@"; do
                  timeout 60 python3 -m dev.block_timeline 7168 7168 1 0.8 --ticket $ticket --out "$OUT" 2>&1 \
                    | tee -a "$OUT/ticket-ab.log"
                done ;;
+    bitmap-ab) timeout 420 python3 -m dev.kernel_ab 1 16 --variant plan --variant bitmap:format=bitmap \
+                 --sparsities 0.7,0.8,0.9 --shapes 7168x7168,21504x7168,28672x7168,7168x28672 2>&1 \
+                 | tee "$OUT/bitmap-ab.log" | tail -40 ;;
+    tests-bitmap) timeout 170 python3 -m pytest -q -p no:cacheprovider -x tests/test_tiled_bitmap.py 2>&1 \
+                    | tee "$OUT/tests-bitmap.log" | tail -15 ;;
     graph-issue) timeout 300 python3 -m dev.graph_issue --model opt-30b --layers 8 --sparsity 0 0.8 --batch 1 16 \
                    2>&1 | tee "$OUT/graph-issue.log" ;;
     *) echo "unknown step $step" ;;

@@ -7,12 +7,14 @@ A variant is ``NAME[:KEY=VALUE,...]``: the plan's choices forced (``flashllm_nb.
 ``linear`` products timed here: ``mma`` (sync, wgmma), ``warps`` (4, 8), ``clear`` (rows, entries), ``prefetch`` (256 ..
 640), ``stages`` (2, 4), ``split`` (a split-K factor), ``dependent`` (0 or 1: built with ``griddepcontrol`` or not; the
 launches stay ordinary) and ``ticket`` (fences, acq_rel: how a split-K block takes its ticket), for blocks of ``tile_n``
-up to ``upto`` (16 unless given; wider blocks keep the plan's choices). A variant the kernel is not built for is refused
-by ``SpmmConfig`` with its reason. A variant without options is the plan itself.
+up to ``upto`` (16 unless given; wider blocks keep the plan's choices); ``format=bitmap`` times the same matrices in
+Tiled-Bitmap (``flashllm_nb.TiledBitmap``) instead of Tiled-CSL, at every N, and checks each one's product against
+cuBLAS's first. A variant the kernel is not built for is refused by ``SpmmConfig`` with its reason. A variant without
+options is the plan itself.
 
 Every variant times the same pruned matrices (rotated past the L2, calls queued behind a spin kernel:
 ``flashllm_nb.bench.timing.time_batched``) per OPT-66B layer and as the geometric mean over the layers, with the
-fraction of the Tiled-CSL bandwidth bound (copy bandwidth measured in the same run). ``--check`` first runs
+fraction of its format's bandwidth bound (copy bandwidth measured in the same run). ``--check`` first runs
 ``kernel_dev.check_correctness`` with the named variants (N = 1 to 256, both layouts, fp16 and bf16, split-K).
 
 A change of the kernel's source is compared by running this on each commit on the same card (the plan's variant),
@@ -22,6 +24,7 @@ Examples::
 
     python -m dev.kernel_ab 16 8 --variant plan --variant rows:clear=rows --sparsities 0.85,0.9,0.95
     python -m dev.kernel_ab 1 8 16 --variant plan --variant acqrel:ticket=acq_rel --check acqrel --shapes 7168x7168
+    python -m dev.kernel_ab 1 16 --variant plan --variant bitmap:format=bitmap --sparsities 0.7,0.8,0.9
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from flashllm_nb.kernels.spmm.plan import Force, plan, tile_n_for
 
 _KEYS = {"mma": (str, MMA_CHOICES), "warps": (int, WARP_CHOICES), "clear": (str, CLEAR_CHOICES),
          "prefetch": (int, PREFETCH_CHOICES), "stages": (int, STAGE_CHOICES), "split": (int, None),
-         "dependent": (int, (0, 1)), "ticket": (str, TICKET_CHOICES), "upto": (int, TILE_N_CHOICES)}
+         "dependent": (int, (0, 1)), "ticket": (str, TICKET_CHOICES), "upto": (int, TILE_N_CHOICES),
+         "format": (str, ("csl", "bitmap"))}
 _FORCE_FIELDS = {"mma": "mma", "warps": "warps", "clear": "clear", "prefetch": "prefetch_vectors",
                  "stages": "stages", "split": "split_k", "dependent": "grid_dependency", "ticket": "ticket"}
 
@@ -100,14 +104,15 @@ def compare(variants: list[Variant], ns, sparsities, shapes, check=()) -> None:
             bounds = {v.name: [] for v in variants}
             for m, k in shapes:
                 dense = rng.standard_normal((m, k), dtype=cp.float32).astype(cp.float16)
-                matrices = pruned_copies(rng, dense, s)
+                csl = pruned_copies(rng, dense, s)
                 x = rng.standard_normal((n, k), dtype=cp.float32).astype(cp.float16)
                 y = cp.empty((n, m), cp.float16)
                 t_dense = time_batched([lambda: cp.matmul(x, dense.T, out=y)] * 8)
-                nbytes = matrices[0].words.nbytes + matrices[0].tile_offsets.nbytes + 2 * n * (m + k)
-                t_bound = nbytes / bandwidth * 1e3  # ms
                 line = f"N={n} {s:.0%} {m}x{k}: cuBLAS {t_dense * 1e3:.1f} us"
                 for v in variants:
+                    matrices = bitmap_copies(csl, x) if v.forced.get("format") == "bitmap" else csl
+                    nbytes = matrices[0].words.nbytes + matrices[0].tile_offsets.nbytes + 2 * n * (m + k)
+                    t_bound = nbytes / bandwidth * 1e3  # ms
                     force = v.force(n)
                     t = time_batched([lambda a=a: fl.linear(x, a, out=y, force=force) for a in matrices] * 8)
                     ratios[v.name].append(t_dense / t)
@@ -117,13 +122,31 @@ def compare(variants: list[Variant], ns, sparsities, shapes, check=()) -> None:
             print(f"GEOMEAN N={n} {s:.0%}: " + "  ".join(
                 f"{name} {geometric_mean(ratios[name]):.3f}x ({geometric_mean(bounds[name]):.3f} bound)"
                 for name in ratios), flush=True)
-            tile_vectors = matrices[0].mean_tile_vectors  # the last layer's, as planned for its timing
             for v in variants:
-                p = plan(m, n, k, "float16", "nk", tile_vectors=tile_vectors, force=v.force(n))
+                bitmap = v.forced.get("format") == "bitmap"
+                tile_vectors = (bitmap_copies(csl[:1], x) if bitmap else csl)[0].mean_tile_vectors  # the last layer's
+                p = plan(m, n, k, "float16", "nk", tile_vectors=tile_vectors, force=v.force(n),
+                         sparse="bitmap" if bitmap else "csl")
                 registers, _ = driver.kernel_resources(p.config)
                 print(f"  {v.name} N={n} {s:.0%} {m}x{k} ({tile_vectors} vectors per tile): {p.config}, "
                       f"{registers} registers, {driver.blocks_per_sm(p.config, p.shared_bytes)} blocks/SM, "
                       f"{p.splits} splits", flush=True)
+
+
+def bitmap_copies(matrices, x):
+    """The Tiled-CSL ``matrices`` in Tiled-Bitmap, each product on ``x`` first checked against the CSL one's (the
+    same entries: equal up to the order of the fp32 sums, which split-K may change)."""
+    copies = []
+    for a in matrices:
+        b = fl.TiledBitmap.from_dense(a.to_dense())
+        want = fl.linear(x, a).astype(cp.float32)
+        got = fl.linear(x, b).astype(cp.float32)
+        scale = float(cp.abs(want).max()) or 1.0
+        worst = float(cp.abs(got - want).max()) / scale
+        if not worst <= 2e-3:  # NaN fails too
+            raise SystemExit(f"Tiled-Bitmap product differs from Tiled-CSL's by {worst:.2e} of the largest value")
+        copies.append(b)
+    return copies
 
 
 def main() -> None:
