@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (["bench-e2e", "--hf-repeat", "0"], "argument --hf-repeat: expected a positive integer, got '0'"),
     (["bench-e2e", "--model", "gpt-5"], "unknown --model ['gpt-5']"),
     (["bench-e2e", "--hf-compile", "--hf-unstacked"], "--hf-unstacked is the A/B of --hf-sparse's rows"),
+    (["bench-e2e", "--hf-compile", "--hf-bitmap"], "--hf-bitmap is the A/B of --hf-sparse's rows"),
     ([], "the following arguments are required: COMMAND"),
     (["train"], "argument COMMAND: invalid choice: 'train'"),
 ])

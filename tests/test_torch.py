@@ -160,10 +160,43 @@ def test_state_dict_round_trip_and_a_damaged_state_is_refused():
     with torch.no_grad():
         assert torch.equal(fresh(x), layer(x))
     damaged = dict(state, tile_offsets=state["tile_offsets"].flip(0).contiguous())
-    with pytest.raises(RuntimeError, match="loaded Tiled-CSL arrays are invalid"):
+    with pytest.raises(RuntimeError, match="loaded 'csl' arrays are invalid"):
         flt.SparseLinear(200, 130).load_state_dict(damaged)
     with pytest.raises(ValueError, match=r"Invalid state of SparseLinear: expected a float16 matrix of shape \[130, 128\]"):
         flt.SparseLinear(128, 130).set_extra_state(state["_extra_state"])
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_tiled_bitmap_layer_matches_float64_and_round_trips_its_state(dtype):
+    """sparse_format="bitmap": the same pruned weight, the product within the bound, the state dict restoring it
+    into a bitmap layer only (the format is part of the state, as the dtype is), the operator checked by torch."""
+    linear = _linear(130, 200, DTYPES[dtype])
+    layer = flt.SparseLinear.from_linear(linear, sparsity=0.8, sparse_format="bitmap")
+    csl = flt.SparseLinear.from_linear(linear, sparsity=0.8)
+    assert layer.sparse_format == "bitmap" and type(layer.matrix).__name__ == "TiledBitmap"
+    assert "sparse_format='bitmap'" in repr(layer)
+    assert torch.equal(layer.to_dense(), csl.to_dense())
+    x = torch.randn(3, 2, 200).to(dtype=DTYPES[dtype], device=DEVICE)
+    with torch.no_grad():
+        y = layer(x)
+    ref, abs_product = _reference(x.reshape(-1, 200), layer.to_dense(), layer.bias)
+    assert_close_to_reference(y.reshape(-1, 130).double().cpu().numpy(), ref, abs_product, 200, layer.matrix.dtype)
+    fresh = flt.SparseLinear(200, 130, dtype=DTYPES[dtype], sparse_format="bitmap")
+    fresh.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(x), y)
+    with pytest.raises(ValueError, match="in format 'csl', got .* in format 'bitmap'"):
+        flt.SparseLinear(200, 130, dtype=DTYPES[dtype]).load_state_dict(layer.state_dict())
+    damaged = dict(layer.state_dict())
+    damaged["words"] = damaged["words"].clone()
+    damaged["words"][4 * 64] ^= 1  # the first value vector's first position
+    with pytest.raises(RuntimeError, match="loaded 'bitmap' arrays are invalid"):
+        flt.SparseLinear(200, 130, dtype=DTYPES[dtype], sparse_format="bitmap").load_state_dict(damaged)
+    with pytest.raises(ValueError, match=r"Invalid value of sparse_format: expected one of \('csl', 'bitmap'\)"):
+        flt.SparseLinear(200, 130, sparse_format="bsr")
+    for activation in (None, "relu"):
+        torch.library.opcheck(torch.ops.flashllm_nb.sparse_linear.default,
+                              (x[0], layer.words, layer.tile_offsets, layer.bias, 130, activation, "bitmap"))
 
 
 def test_bad_input_is_refused_naming_it():
@@ -222,10 +255,11 @@ def _tiny_models(name: str):
     return model.to(DEVICE), reference.double()
 
 
-@pytest.mark.parametrize("name", list(TINY_MODELS))
-def test_sparsified_model_matches_float64_and_generates_its_greedy_tokens(name):
+@pytest.mark.parametrize("name,sparse_format", [("opt", "csl"), ("llama", "csl"), ("opt", "bitmap")])
+def test_sparsified_model_matches_float64_and_generates_its_greedy_tokens(name, sparse_format):
     model, reference = _tiny_models(name)
-    report = flt.sparsify(model, progress=False)
+    report = flt.sparsify(model, progress=False, sparse_format=sparse_format)
+    assert {m.sparse_format for m in model.modules() if isinstance(m, flt.SparseLinear)} == {sparse_format}
     assert len(report.converted) == (6 if name == "opt" else 7) * 2 and report.skipped == ["lm_head"]
     assert len(report.stacked) == (1 if name == "opt" else 2) * 2  # q, k, v (and Llama's gate, up) stacked
     # OPT's ReLU after fc1 runs in fc1's epilogue; Llama's SiLU after gate_proj stays (the epilogue has no SiLU)
@@ -276,10 +310,11 @@ def test_activation_stays_where_it_cannot_move():
     assert model.model.decoder.layers[1].fc1.activation is None
 
 
-def test_compiled_model_is_one_graph_and_equals_eager():
+@pytest.mark.parametrize("sparse_format", ["csl", "bitmap"])
+def test_compiled_model_is_one_graph_and_equals_eager(sparse_format):
     """torch.compile(fullgraph=True) traces through the operator (aot_eager without a GPU, inductor with one)."""
     model, _ = _tiny_models("llama")
-    flt.sparsify(model, progress=False)
+    flt.sparsify(model, progress=False, sparse_format=sparse_format)
     ids = torch.as_tensor(np.random.default_rng(2).integers(4, 96, (2, 5)), device=DEVICE)
     backend = "aot_eager" if ptx.SIMULATOR else "inductor"
     compiled = torch.compile(model, fullgraph=True, backend=backend)

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hf-unstacked", action="store_true",
                         help="with --hf-sparse: also each sparsified model with its sibling projections (q, k, v; "
                              "gate, up) left as separate products, sparsify(stack_siblings=False), for the A/B")
+    parser.add_argument("--hf-bitmap", action="store_true",
+                        help="with --hf-sparse: also each sparsified model with its weights in Tiled-Bitmap, "
+                             "sparsify(sparse_format='bitmap'), for the A/B against Tiled-CSL")
     parser.add_argument("--hf-new", type=positive_int, default=None, help="new tokens for the transformers rows")
     parser.add_argument("--hf-repeat", type=positive_int, default=3,
                         help="timed generations per transformers row; the row reports their median step and "
@@ -140,16 +143,19 @@ def _run_flashllm(args, name: str, sparsity: float, batches, copy_gbps, log, row
     _release()
 
 
-def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows, stack: bool = True) -> None:
+def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows, stack: bool = True,
+            sparse_format: str = "csl") -> None:
     """transformers fp16, random weights of the preset's shapes, greedy with min_new_tokens = new; dense, or with
     every decoder linear layer pruned to ``sparsity`` and replaced by ``flashllm_nb.torch.SparseLinear`` (sibling
-    projections stacked into one product unless ``stack`` is False: provider "...-unstacked")."""
+    projections stacked into one product unless ``stack`` is False: provider "...-unstacked"; weights in
+    ``sparse_format``, "bitmap" making provider "...-bitmap")."""
     import torch
     import transformers
 
     from flashllm_nb.llm.config import PRESETS
 
-    provider = ("hf-compiled" if compile_ else "hf-eager") + ("" if stack else "-unstacked")
+    provider = ("hf-compiled" if compile_ else "hf-eager") + ("" if stack else "-unstacked") + (
+        "-bitmap" if sparse_format == "bitmap" else "")
     new = args.hf_new or args.new
     config = transformers.AutoConfig.for_model(**PRESETS[name])
     dtype = torch.float16 if args.dtype == "float16" else torch.bfloat16
@@ -160,7 +166,8 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
             import flashllm_nb.torch as flt
 
             start = time.perf_counter()
-            report = flt.sparsify(model, sparsity=sparsity, stack_siblings=stack, progress=False)
+            report = flt.sparsify(model, sparsity=sparsity, stack_siblings=stack, progress=False,
+                                  sparse_format=sparse_format)
             log(f"  transformers {name} sparsified in {time.perf_counter() - start:.1f} s: {report}")
     except torch.OutOfMemoryError as e:
         for batch in batches:
@@ -339,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown --model {unknown}; presets: {', '.join(sorted(PRESETS))}")
     if args.hf_unstacked and not args.hf_sparse:
         parser.error("--hf-unstacked is the A/B of --hf-sparse's rows; add --hf-sparse")
+    if args.hf_bitmap and not args.hf_sparse:
+        parser.error("--hf-bitmap is the A/B of --hf-sparse's rows; add --hf-sparse")
     if args.tp > 1:
         if args.hf or args.hf_compile:
             parser.error("--tp runs this library's rows only; leave out --hf and --hf-compile")
@@ -387,9 +396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_sparsities = [0.0] + ([s for s in args.sparsity if s > 0] if args.hf_sparse else [])
         for compile_ in [False] * args.hf + [True] * args.hf_compile:
             for sparsity in hf_sparsities:
-                # the unstacked row before the stacked one (docs/torch.md, "q, k and v stacked", says why)
-                for stack in [False] * (args.hf_unstacked and sparsity > 0) + [True]:
-                    _run_hf(args, name, args.batch, compile_, sparsity, log, rows, stack)
+                # the A/B rows before the stacked Tiled-CSL one (docs/torch.md, "q, k and v stacked", says why)
+                variants = [(False, "csl")] * (args.hf_unstacked and sparsity > 0) + [(True, "bitmap")] * (
+                    args.hf_bitmap and sparsity > 0) + [(True, "csl")]
+                for stack, sparse_format in variants:
+                    _run_hf(args, name, args.batch, compile_, sparsity, log, rows, stack, sparse_format)
                     _write(args.out, meta, rows, stamp)
     if rank == 0:
         paths = _write(args.out, meta, rows, stamp)

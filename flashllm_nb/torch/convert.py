@@ -18,7 +18,8 @@ import torch
 
 from flashllm_nb._checks import invalid
 from flashllm_nb.kernels import ptx
-from flashllm_nb.formats.tiled_csl import stack_tile_rows
+from flashllm_nb.formats.tile_rows import stack_tile_rows
+from flashllm_nb.torch import ops
 from flashllm_nb.torch.modules import _NAMES, PRUNE_METHODS, SparseLinear, check_weight_device
 from flashllm_nb.torch.siblings import SIBLING_GROUPS, SiblingRows, SparseSiblings
 
@@ -65,7 +66,7 @@ def _skipped(name: str, skip: Sequence[str]) -> bool:
 
 def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: str = "magnitude",
              skip: Sequence[str] = ("lm_head",), dense_below: float = DENSE_BELOW, stack_siblings: bool = True,
-             fuse_activations: bool = True, progress: bool = True) -> SparsifyReport:
+             fuse_activations: bool = True, progress: bool = True, sparse_format: str = "csl") -> SparsifyReport:
     """Replace every ``nn.Linear`` of ``model`` (but those named in ``skip``) by a :class:`SparseLinear`, in place.
 
     Parameters
@@ -95,6 +96,9 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
         then sees the ReLU's output, and hooks on the ReLU module go with it.
     progress : bool
         Show a progress bar (tqdm).
+    sparse_format : {"csl", "bitmap"}
+        The format of the converted layers' weights (``SparseLinear.sparse_format``): Tiled-CSL, or Tiled-Bitmap
+        (fewer bytes below about 93 % sparsity).
 
     Returns
     -------
@@ -116,6 +120,8 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
     for name, value in (("stack_siblings", stack_siblings), ("fuse_activations", fuse_activations)):
         if not isinstance(value, bool):
             raise invalid("type", name, "a bool", type(value).__name__, TypeError)
+    if sparse_format not in ops.SPARSE_FORMATS:
+        raise invalid("value", "sparse_format", f"one of {tuple(ops.SPARSE_FORMATS)}", repr(sparse_format))
 
     report = SparsifyReport()
     targets = []
@@ -139,7 +145,7 @@ def sparsify(model: torch.nn.Module, sparsity: Optional[float] = None, prune: st
             layers = {}
             for name in unit:
                 linear = getattr(parent, name.rpartition(".")[2])
-                layer = SparseLinear.from_linear(linear, sparsity, prune)
+                layer = SparseLinear.from_linear(linear, sparsity, prune, sparse_format)
                 if layer.sparsity < dense_below:
                     if sparsity is not None:  # keep the pruned zeros: the layer stays dense with them
                         linear.weight.copy_(layer.to_dense())
@@ -230,7 +236,7 @@ def _stack(parent: torch.nn.Module, parent_name: str, stack_name: str, names: li
             bias = torch.zeros(matrix.shape[0], dtype=layers[0].dtype, device=device)
             for layer, first in zip(layers, first_rows):
                 bias[first : first + layer.out_features] = layer.bias
-        fused = SparseLinear.from_tiled_csl(matrix, bias, device)
+        fused = SparseLinear.from_matrix(matrix, bias, device)
     siblings = SparseSiblings(fused, attributes, [layer.out_features for layer in layers])
     setattr(parent, stack_name, siblings)
     for i, attribute in enumerate(attributes):

@@ -1,9 +1,9 @@
-""":class:`SparseLinear`: a drop-in for ``torch.nn.Linear`` at inference, its weight in Tiled-CSL.
+""":class:`SparseLinear`: a drop-in for ``torch.nn.Linear`` at inference, its weight in Tiled-CSL or Tiled-Bitmap.
 
-The module owns three tensors, all in its state dict: ``words`` and ``tile_offsets`` (the Tiled-CSL arrays as
-int32, in torch's own memory) and ``bias``; the matrix's shape and dtype travel as extra state. Its forward calls
-``torch.ops.flashllm_nb.sparse_linear`` (:mod:`flashllm_nb.torch.ops`) when traced by ``torch.compile`` and the
-same implementation directly otherwise.
+The module owns three tensors, all in its state dict: ``words`` and ``tile_offsets`` (the format's arrays as
+int32, in torch's own memory) and ``bias``; the matrix's shape, dtype and format travel as extra state. Its forward
+calls ``torch.ops.flashllm_nb.sparse_linear`` (:mod:`flashllm_nb.torch.ops`) when traced by ``torch.compile`` and
+the same implementation directly otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 
 from flashllm_nb._checks import invalid, wrong_device
 from flashllm_nb.formats import _xp
+from flashllm_nb.formats.tiled_bitmap import TiledBitmap
 from flashllm_nb.formats.tiled_csl import TILE_K, TILE_M, TiledCSL
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.api import ACTIVATIONS
@@ -43,7 +44,7 @@ def check_weight_device(device: torch.device, name: str) -> None:
 
 
 class SparseLinear(torch.nn.Module):
-    """``y = activation(x @ W.T + bias)`` with W in Tiled-CSL, for inference (no activation by default).
+    """``y = activation(x @ W.T + bias)`` with W sparse, for inference (no activation by default).
 
     Parameters
     ----------
@@ -56,6 +57,9 @@ class SparseLinear(torch.nn.Module):
     activation : {None, "relu"}
         Applied to ``x @ W.T + bias`` in the kernel's epilogue, before the one rounding (``sparsify`` moves a ReLU
         that follows the layer here); also settable afterwards.
+    sparse_format : {"csl", "bitmap"}
+        How W is stored (:data:`~flashllm_nb.torch.ops.SPARSE_FORMATS`): Tiled-CSL, 4 bytes per entry, or
+        Tiled-Bitmap, a bit per element and 16 bytes per 7 entries (fewer bytes below about 93 % sparsity).
 
     A new layer holds an all-zero matrix; :meth:`from_linear` converts an ``nn.Linear`` and ``load_state_dict``
     takes the state of another ``SparseLinear`` (matrices of any number of entries; checked in full). The activation
@@ -70,8 +74,11 @@ class SparseLinear(torch.nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=torch.float16, device=None,
-                 activation: Optional[str] = None):
+                 activation: Optional[str] = None, sparse_format: str = "csl"):
         super().__init__()
+        if sparse_format not in ops.SPARSE_FORMATS:
+            raise invalid("value", "sparse_format", f"one of {tuple(ops.SPARSE_FORMATS)}", repr(sparse_format))
+        self._sparse_format = sparse_format
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise invalid("value", name, "an integer >= 0", value)
@@ -100,11 +107,16 @@ class SparseLinear(torch.nn.Module):
             raise invalid("value", "activation", f"one of {ACTIVATIONS}", repr(value))
         self._activation = value
 
+    @property
+    def sparse_format(self) -> str:
+        """``"csl"`` or ``"bitmap"``: the format W is stored in (fixed when the layer is made)."""
+        return self._sparse_format
+
     # ------------------------------------------------------------------------------------------------ building
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, sparsity: Optional[float] = None,
-                    prune: str = "magnitude") -> "SparseLinear":
+                    prune: str = "magnitude", sparse_format: str = "csl") -> "SparseLinear":
         """A SparseLinear with ``linear``'s weight and bias (copied; ``linear`` is left as it is).
 
         Parameters
@@ -115,6 +127,8 @@ class SparseLinear(torch.nn.Module):
             Prune the weight to this fraction of zeros first; None keeps the zeros it has (a pruned checkpoint).
         prune : {"magnitude", "magnitude-row"}
             Per matrix, or the same count in every output row (Wanda's mask shape); exact in count.
+        sparse_format : {"csl", "bitmap"}
+            The format of the layer's weight (the class's parameter).
         """
         from flashllm_nb.llm.weights import prune_bits
 
@@ -130,12 +144,13 @@ class SparseLinear(torch.nn.Module):
             raise invalid("value", "sparsity", "None or a number in [0, 1)", sparsity)
         if prune not in PRUNE_METHODS:
             raise invalid("value", "prune", f"one of {PRUNE_METHODS}", prune)
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, weight.dtype, weight.device)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, weight.dtype, weight.device,
+                    sparse_format=sparse_format)
         with torch.no_grad():
             bits, dtype = _xp.as_bits(weight, "linear.weight")
             if sparsity is not None:
                 bits = prune_bits(bits, sparsity, prune)
-            layer._take(TiledCSL.from_dense(bits, dtype=dtype))
+            layer._take(ops.SPARSE_FORMATS[sparse_format].from_dense(bits, dtype=dtype))
             del bits
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias)
@@ -156,9 +171,18 @@ class SparseLinear(torch.nn.Module):
         """
         if not isinstance(matrix, TiledCSL):
             raise invalid("type", "matrix", "a TiledCSL", type(matrix).__name__, TypeError)
+        return cls.from_matrix(matrix, bias, device)
+
+    @classmethod
+    def from_matrix(cls, matrix: TiledCSL | TiledBitmap, bias: Optional[torch.Tensor] = None,
+                    device=None) -> "SparseLinear":
+        """As :meth:`from_tiled_csl`, for a matrix of either format; the layer takes the matrix's format."""
+        formats = {fmt: name for name, fmt in ops.SPARSE_FORMATS.items()}
+        if type(matrix) not in formats:
+            raise invalid("type", "matrix", "a TiledCSL or TiledBitmap", type(matrix).__name__, TypeError)
         if matrix.on_device == ptx.SIMULATOR:
-            raise invalid("device", "matrix", "the host (a NumPy TiledCSL) under the simulator" if ptx.SIMULATOR
-                          else "the device (TiledCSL.to_device())", "the device" if matrix.on_device else "the host")
+            raise invalid("device", "matrix", "the host (NumPy arrays) under the simulator" if ptx.SIMULATOR
+                          else "the device (matrix.to_device())", "the device" if matrix.on_device else "the host")
         dtype = _TORCH_DTYPES[matrix.dtype.name]
         out_features, in_features = matrix.shape
         if bias is not None:
@@ -168,14 +192,14 @@ class SparseLinear(torch.nn.Module):
             if bias.shape != (out_features,):
                 raise invalid("shape", "bias", f"({out_features},) (the matrix's rows)", tuple(bias.shape))
             check_weight_device(bias.device, "bias")
-        layer = cls(in_features, out_features, bias is not None, dtype, device)
+        layer = cls(in_features, out_features, bias is not None, dtype, device, sparse_format=formats[type(matrix)])
         with torch.no_grad():
             layer._take(matrix)
             if bias is not None:
                 layer.bias.copy_(bias)
         return layer
 
-    def _take(self, matrix: TiledCSL) -> None:
+    def _take(self, matrix: TiledCSL | TiledBitmap) -> None:
         """Copy an encoded matrix's arrays into this module's own tensors (torch's memory)."""
         device = self.words.device
         words = torch.from_dlpack(matrix.words.view(np.int32))
@@ -190,7 +214,7 @@ class SparseLinear(torch.nn.Module):
         if torch.compiler.is_compiling():
             self._check_input(x)
             return torch.ops.flashllm_nb.sparse_linear(x, self.words, self.tile_offsets, self.bias,
-                                                       self.out_features, self._activation)
+                                                       self.out_features, self._activation, self._sparse_format)
         # The buffers through the module's buffer dict: nn.Module.__getattr__ (self.words) costs about as much per
         # buffer as the rest of this method together.
         buffers = self._buffers
@@ -233,9 +257,11 @@ class SparseLinear(torch.nn.Module):
         if state is None or state.words_ptr != words.data_ptr() or state.offsets_ptr != offsets.data_ptr():
             check_weight_device(words.device, "SparseLinear.words")
             if not self._checked:
-                ops.matrix_views(words, offsets, self.shape, _NAMES[self.dtype], full_check=True)
+                ops.matrix_views(words, offsets, self.shape, _NAMES[self.dtype], full_check=True,
+                                 sparse_format=self._sparse_format)
                 self._checked = True
-            state = self._state = ops.MatrixState(words, offsets, self.shape, _NAMES[self.dtype])
+            state = self._state = ops.MatrixState(words, offsets, self.shape, _NAMES[self.dtype],
+                                                  sparse_format=self._sparse_format)
             ops.register(state)
         return state
 
@@ -247,8 +273,9 @@ class SparseLinear(torch.nn.Module):
         return self.out_features, self.in_features
 
     @property
-    def matrix(self) -> TiledCSL:
-        """The weight as a :class:`~flashllm_nb.TiledCSL` over this module's tensors (no copy)."""
+    def matrix(self) -> TiledCSL | TiledBitmap:
+        """The weight as a :class:`~flashllm_nb.TiledCSL` or :class:`~flashllm_nb.TiledBitmap` (its
+        ``sparse_format``) over this module's tensors (no copy)."""
         return self._kernel_state(self.words, self.tile_offsets).matrix
 
     @property
@@ -263,21 +290,25 @@ class SparseLinear(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"dtype={self.dtype}, sparsity={self.sparsity:.1%}, {self.words.nbytes / 1e6:.2f} MB of words"
+                + (f", sparse_format={self._sparse_format!r}" if self._sparse_format != "csl" else "")
                 + (f", activation={self._activation!r}" if self._activation else ""))
 
     # ------------------------------------------------------------------------------------------------ state
 
     def get_extra_state(self) -> dict:
         return {"format": _STATE_FORMAT, "shape": [self.out_features, self.in_features],
-                "dtype": _NAMES[self.dtype]}
+                "dtype": _NAMES[self.dtype], "sparse_format": self._sparse_format}
 
     def set_extra_state(self, state) -> None:
         expected = self.get_extra_state()
         if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
             raise invalid("extra state", "SparseLinear", f"a dict with format {_STATE_FORMAT!r}", state)
-        if list(state.get("shape", ())) != expected["shape"] or state.get("dtype") != expected["dtype"]:
-            raise invalid("state", "SparseLinear", f"a {expected['dtype']} matrix of shape {expected['shape']}",
-                          f"{state.get('dtype')} of shape {state.get('shape')}")
+        given_format = state.get("sparse_format", "csl")  # states saved before Tiled-Bitmap existed are CSL
+        if list(state.get("shape", ())) != expected["shape"] or state.get("dtype") != expected["dtype"] or \
+                given_format != expected["sparse_format"]:
+            raise invalid("state", "SparseLinear", f"a {expected['dtype']} matrix of shape {expected['shape']} in "
+                          f"format {expected['sparse_format']!r}",
+                          f"{state.get('dtype')} of shape {state.get('shape')} in format {given_format!r}")
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -294,7 +325,7 @@ class SparseLinear(torch.nn.Module):
         try:
             self._relink()
         except (TypeError, ValueError) as e:
-            error_msgs.append(f"{prefix or 'SparseLinear'}: the loaded Tiled-CSL arrays are invalid: {e}")
+            error_msgs.append(f"{prefix or 'SparseLinear'}: the loaded {self._sparse_format!r} arrays are invalid: {e}")
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)

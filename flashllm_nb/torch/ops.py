@@ -1,18 +1,19 @@
-"""The PyTorch operator ``torch.ops.flashllm_nb.sparse_linear``: ``x @ W.T + bias`` for a Tiled-CSL ``W`` held in
-two int32 tensors.
+"""The PyTorch operator ``torch.ops.flashllm_nb.sparse_linear``: ``x @ W.T + bias`` for a sparse ``W`` held in two
+int32 tensors.
 
     sparse_linear(Tensor x, Tensor words, Tensor tile_offsets, Tensor? bias, int out_features,
-                  str? activation=None) -> Tensor
+                  str? activation=None, str sparse_format="csl") -> Tensor
 
-``x`` is (..., in_features) float16 or bfloat16; ``words`` and ``tile_offsets`` are the matrix's Tiled-CSL arrays
-(``TiledCSL.words`` and ``tile_offsets``, viewed as int32) on the same device; the result is (..., out_features)
-in ``x``'s dtype, with ``activation`` (None or ``"relu"``) applied in the kernel's epilogue. It is a
+``x`` is (..., in_features) float16 or bfloat16; ``words`` and ``tile_offsets`` are the matrix's arrays in format
+``sparse_format`` (``"csl"``: ``TiledCSL.words`` and ``tile_offsets``; ``"bitmap"``: ``TiledBitmap``'s; words viewed
+as int32) on the same device; the result is (..., out_features) in ``x``'s dtype, with ``activation`` (None or
+``"relu"``) applied in the kernel's epilogue. It is a
 ``torch.library`` custom operator with a fake (meta) implementation, so ``torch.compile(fullgraph=True)`` traces
 through it and CUDA graphs capture its launch; it runs on torch's current stream. On a machine without a GPU (the
 simulator) the tensors are CPU tensors and the same kernel runs in Numba's CUDA simulator.
 
 Each call goes to the kernel through :mod:`flashllm_nb.kernels.api`. A :class:`MatrixState` (one per
-:class:`~flashllm_nb.torch.SparseLinear`) keeps the matrix as a :class:`~flashllm_nb.TiledCSL` over the module's
+:class:`~flashllm_nb.torch.SparseLinear`) keeps the matrix as a TiledCSL or TiledBitmap over the module's
 own tensors and one packed launch per (tokens, stream, bias, activation) that later calls point at their tensors
 (``Prepared.packed_launch``): after the first call of a shape, a call costs a lookup, an allocation and the driver call.
 While a CUDA graph records, the kernels launch as programmatic dependents (``kernels.driver``), so that in the
@@ -30,36 +31,43 @@ import torch
 
 from flashllm_nb._checks import invalid
 from flashllm_nb.formats import _xp
+from flashllm_nb.formats.tiled_bitmap import TiledBitmap
 from flashllm_nb.formats.tiled_csl import TiledCSL
 from flashllm_nb.kernels import api, driver, ptx
 
-__all__ = ["sparse_linear", "MatrixState", "matrix_views"]
+__all__ = ["sparse_linear", "MatrixState", "matrix_views", "SPARSE_FORMATS"]
+
+#: The matrix formats a SparseLinear holds its weight in, by name: Tiled-CSL (a word per entry) or Tiled-Bitmap (a
+#: bitmap per tile and the values; fewer bytes below about 93 % sparsity).
+SPARSE_FORMATS = {"csl": TiledCSL, "bitmap": TiledBitmap}
 
 _LAUNCHES_PER_MATRIX = 16  # prepared launches kept per matrix (token counts x streams); the oldest goes first
 _TORCH_DTYPES = {torch.float16: _xp.FLOAT16, torch.bfloat16: _xp.BFLOAT16}
 
 
 def matrix_views(words: torch.Tensor, tile_offsets: torch.Tensor, shape: tuple[int, int], dtype,
-                 full_check: bool = False) -> TiledCSL:
-    """A TiledCSL over two int32 tensors' memory (no copy): CuPy views of CUDA tensors, NumPy views of CPU tensors
-    under the simulator. ``full_check`` checks every invariant (for tensors from outside, as a state dict);
-    otherwise only the cheap ones."""
+                 full_check: bool = False, sparse_format: str = "csl") -> TiledCSL | TiledBitmap:
+    """A matrix of ``SPARSE_FORMATS[sparse_format]`` over two int32 tensors' memory (no copy): CuPy views of CUDA
+    tensors, NumPy views of CPU tensors under the simulator. ``full_check`` checks every invariant (for tensors from
+    outside, as a state dict); otherwise only the cheap ones."""
+    fmt = SPARSE_FORMATS[sparse_format]
     if ptx.SIMULATOR:
         w, o = words.numpy().view(np.uint32), tile_offsets.numpy()
     else:
         import cupy
 
         w, o = cupy.from_dlpack(words.detach()).view(np.uint32), cupy.from_dlpack(tile_offsets.detach())
-    return TiledCSL.from_raw(w, o, shape, dtype) if full_check else TiledCSL(w, o, shape, dtype)
+    return fmt.from_raw(w, o, shape, dtype) if full_check else fmt(w, o, shape, dtype)
 
 
 class MatrixState:
-    """The kernel-side state of one sparse matrix: the TiledCSL over the tensors ``words`` and ``tile_offsets``
-    (whose data pointers it was made for) and its prepared launches."""
+    """The kernel-side state of one sparse matrix: the matrix (of format ``sparse_format``) over the tensors
+    ``words`` and ``tile_offsets`` (whose data pointers it was made for) and its prepared launches."""
 
     def __init__(self, words: torch.Tensor, tile_offsets: torch.Tensor, shape: tuple[int, int], dtype,
-                 full_check: bool = False):
-        self.matrix = matrix_views(words, tile_offsets, shape, dtype, full_check)
+                 full_check: bool = False, sparse_format: str = "csl"):
+        self.matrix = matrix_views(words, tile_offsets, shape, dtype, full_check, sparse_format)
+        self.sparse_format = sparse_format
         self.words_ptr, self.offsets_ptr = words.data_ptr(), tile_offsets.data_ptr()
         self.out_features = shape[0]
         # whether a kernel launch can read rows in place and be kept: rows of a multiple of 8 values, and a matrix
@@ -142,27 +150,34 @@ def register(state: MatrixState) -> None:
     _STATES[state.words_ptr, state.offsets_ptr] = state
 
 
-def _state_for(words: torch.Tensor, tile_offsets: torch.Tensor, out_features: int, x: torch.Tensor) -> MatrixState:
+def _state_for(words: torch.Tensor, tile_offsets: torch.Tensor, out_features: int, x: torch.Tensor,
+               sparse_format: str) -> MatrixState:
     state = _STATES.get((words.data_ptr(), tile_offsets.data_ptr()))
     if state is not None and state.matrix.shape == (out_features, x.shape[-1]) and \
-            _TORCH_DTYPES[x.dtype] == state.matrix.dtype:
+            _TORCH_DTYPES[x.dtype] == state.matrix.dtype and state.sparse_format == sparse_format:
         return state
     # tensors no SparseLinear registered (a direct call, or copies made by a tracer): wrap them for this call
-    return MatrixState(words, tile_offsets, (out_features, x.shape[-1]), _TORCH_DTYPES[x.dtype])
+    return MatrixState(words, tile_offsets, (out_features, x.shape[-1]), _TORCH_DTYPES[x.dtype],
+                       sparse_format=sparse_format)
+
+
+def _check_arguments(activation, sparse_format) -> None:
+    if activation not in api.ACTIVATIONS:
+        raise invalid("value", "activation", f"one of {api.ACTIVATIONS}", repr(activation))
+    if sparse_format not in SPARSE_FORMATS:
+        raise invalid("value", "sparse_format", f"one of {tuple(SPARSE_FORMATS)}", repr(sparse_format))
 
 
 @torch.library.custom_op("flashllm_nb::sparse_linear", mutates_args=())
 def sparse_linear(x: torch.Tensor, words: torch.Tensor, tile_offsets: torch.Tensor, bias: Optional[torch.Tensor],
-                  out_features: int, activation: Optional[str] = None) -> torch.Tensor:
-    """``activation(x @ W.T + bias)`` for the Tiled-CSL ``W`` of shape (out_features, x.shape[-1]) in ``words``
-    and ``tile_offsets`` (see the module docstring)."""
-    if activation not in api.ACTIVATIONS:
-        raise invalid("value", "activation", f"one of {api.ACTIVATIONS}", repr(activation))
-    return _state_for(words, tile_offsets, out_features, x).linear(x, bias, activation)
+                  out_features: int, activation: Optional[str] = None, sparse_format: str = "csl") -> torch.Tensor:
+    """``activation(x @ W.T + bias)`` for the ``W`` of shape (out_features, x.shape[-1]) in ``words`` and
+    ``tile_offsets``, in format ``sparse_format`` (see the module docstring)."""
+    _check_arguments(activation, sparse_format)
+    return _state_for(words, tile_offsets, out_features, x, sparse_format).linear(x, bias, activation)
 
 
 @sparse_linear.register_fake
-def _(x, words, tile_offsets, bias, out_features, activation=None):
-    if activation not in api.ACTIVATIONS:
-        raise invalid("value", "activation", f"one of {api.ACTIVATIONS}", repr(activation))
+def _(x, words, tile_offsets, bias, out_features, activation=None, sparse_format="csl"):
+    _check_arguments(activation, sparse_format)
     return x.new_empty((*x.shape[:-1], out_features))

@@ -4,7 +4,7 @@ transformers' attention calls ``q_proj``, ``k_proj`` and ``v_proj`` one after th
 (Llama's MLP: ``gate_proj`` and ``up_proj``). As three launches, each of OPT-30B's 7168 x 7168 products at one
 token pays a launch's fixed cost on 41 MB of words; stacked into one 21504-row matrix, the three cost one launch
 (``docs/torch.md``). :func:`~flashllm_nb.torch.sparsify` therefore stacks such siblings, by tile rows
-(:func:`~flashllm_nb.formats.tiled_csl.stack_tile_rows`: no word re-encoded), into one :class:`SparseLinear` held
+(:func:`~flashllm_nb.formats.tile_rows.stack_tile_rows`: no word re-encoded), into one :class:`SparseLinear` held
 by a :class:`SparseSiblings` on their parent module (``qkv_proj``, ``gate_up_proj``), and puts a
 :class:`SiblingRows` in each sibling's place. The model's code is unchanged::
 
@@ -14,7 +14,7 @@ by a :class:`SparseSiblings` on their parent module (``qkv_proj``, ``gate_up_pro
 
 A sibling called with another input than the first sibling's (cross-attention: keys and values from the encoder),
 or before it, turns the stacking off for that group for good: from then on each sibling multiplies its own rows
-(:func:`~flashllm_nb.formats.tiled_csl.tile_row_block`: a view of the stack's words), exactly as an unstacked
+(:func:`~flashllm_nb.formats.tile_rows.tile_row_block`: a view of the stack's words), exactly as an unstacked
 layer would. The siblings' outputs are column slices of the stack's output (strided views, as vLLM's split of its
 fused QKV). The input is matched by identity: the siblings must read it as it was at the first sibling's call (no
 in-place change in between), which is how attention and MLP blocks use it.
@@ -29,8 +29,8 @@ from typing import Optional, Sequence
 import torch
 
 from flashllm_nb._checks import invalid
-from flashllm_nb.formats.tiled_csl import TILE_M, tile_row_block
-from flashllm_nb.formats.tiled_csl.rows import padded_rows
+from flashllm_nb.formats.tile_rows import padded_rows, tile_row_block
+from flashllm_nb.formats.tiled_csl import TILE_M
 from flashllm_nb.torch import ops
 from flashllm_nb.torch.modules import _NAMES, SparseLinear, check_weight_device, kernel_device
 
@@ -164,7 +164,8 @@ class SparseSiblings(torch.nn.Module):
             else:
                 block_offsets = made.to(offsets.device, copy=True)
                 setattr(self, f"block_offsets_{i}", block_offsets)
-            state = ops.MatrixState(words[begin:stop], block_offsets, (rows, fused.in_features), _NAMES[fused.dtype])
+            state = ops.MatrixState(words[begin:stop], block_offsets, (rows, fused.in_features), _NAMES[fused.dtype],
+                                    sparse_format=fused.sparse_format)
             ops.register(state)
             spans.append((begin, stop))
             states.append(state)

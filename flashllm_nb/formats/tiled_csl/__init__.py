@@ -65,9 +65,10 @@ Policies (each decided once, here):
 
 The package holds one part of the format per module: :mod:`.geometry` (the sizes, the word fields, the swizzle),
 :mod:`.encode` (the encoders), :mod:`.layout` (where each word of a tile goes), :mod:`.decode`, :mod:`.validate`
-(the invariants of :meth:`TiledCSL.check_format`), :mod:`.matrix` (the :class:`TiledCSL` class) and :mod:`.rows`
-(matrices stacked by tile rows, and a run of tile rows as a matrix of its own). Its public
-names are those re-exported here; :mod:`flashllm_nb.formats.io` stores a matrix in one file.
+(the invariants of :meth:`TiledCSL.check_format`) and :mod:`.matrix` (the :class:`TiledCSL` class). Its public
+names are those re-exported here; :mod:`flashllm_nb.formats.io` stores a matrix in one file, and
+:mod:`flashllm_nb.formats.tile_rows` stacks matrices by tile rows and takes a run of tile rows as a matrix of its own
+(``stack_tile_rows``, ``tile_row_block``, ``tile_row_span``).
 
 Examples
 --------
@@ -86,7 +87,5 @@ from __future__ import annotations
 
 from .geometry import TILE_K, TILE_M, TILE_SIZE, VECTOR_WORDS, swizzle
 from .matrix import TiledCSL
-from .rows import stack_tile_rows, tile_row_block, tile_row_span
 
-__all__ = ["TiledCSL", "TILE_M", "TILE_K", "TILE_SIZE", "VECTOR_WORDS", "swizzle", "stack_tile_rows",
-           "tile_row_block", "tile_row_span"]
+__all__ = ["TiledCSL", "TILE_M", "TILE_K", "TILE_SIZE", "VECTOR_WORDS", "swizzle"]

@@ -1,11 +1,12 @@
-"""Tile rows as units: several matrices of one width stacked into one (:func:`stack_tile_rows`), and a run of tile
-rows seen as a matrix of its own (:func:`tile_row_block`).
+"""Tile rows as units, in either format (Tiled-CSL or Tiled-Bitmap): several matrices of one width stacked into one
+(:func:`stack_tile_rows`), and a run of tile rows seen as a matrix of its own (:func:`tile_row_block`).
 
-A tile's words do not depend on where its tile row sits or on the matrix's logical height: positions count from
-the tile's corner, and a tile's padding sits on its first free positions, counted over all 8192 whether inside the
-logical shape or not. So the tile rows of matrices of one width, one after the other, are the encoding of the
-matrices stacked, each but the last padded with zero rows to a multiple of ``TILE_M``; and a run of tile rows is
-the encoding of those rows. Both operations only move tile offsets: no word is decoded or encoded again.
+A tile's words do not depend on where its tile row sits or on the matrix's logical height: positions (Tiled-CSL's
+words, Tiled-Bitmap's bitmaps and first positions) count from the tile's corner, and a Tiled-CSL tile's padding sits
+on its first free positions, counted over all 8192 whether inside the logical shape or not. So the tile rows of
+matrices of one width, one after the other, are the encoding of the matrices stacked, each but the last padded with
+zero rows to a multiple of ``TILE_M``; and a run of tile rows is the encoding of those rows. Both operations only
+move tile offsets: no word is decoded or encoded again.
 
 This is how sibling projections that read one input (q, k and v) become one product: one launch streams all their
 words, and each sibling's rows are still a matrix of its own.
@@ -17,11 +18,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..._checks import check_int_in_range, invalid
-from .._xp import array_module, to_host
-from .geometry import TILE_M, VECTOR_WORDS, tile_grid
+from .._checks import check_int_in_range, invalid
+from ._xp import array_module, to_host
+from .tiled_bitmap import BITMAP_VECTORS, TiledBitmap
+from .tiled_csl import TILE_M, TiledCSL
+from .tiled_csl.geometry import VECTOR_WORDS, tile_grid
 
 _MAX_VECTORS = int(np.iinfo(np.int32).max)  # tile_offsets are int32
+_FORMATS = (TiledCSL, TiledBitmap)
 
 
 def padded_rows(rows: int) -> int:
@@ -30,18 +34,19 @@ def padded_rows(rows: int) -> int:
 
 
 def stack_tile_rows(matrices: Sequence[Any]) -> tuple[Any, list[int]]:
-    """One :class:`~.matrix.TiledCSL` holding ``matrices`` (all of one width, dtype and array module) one below
-    the other, each but the last padded with zero rows to a multiple of ``TILE_M``; and the first row of each in
-    it. New arrays; the inputs are left as they are."""
-    from .matrix import TiledCSL
-
-    if isinstance(matrices, TiledCSL) or not isinstance(matrices, Sequence):
-        raise invalid("type", "matrices", "a sequence of TiledCSL", type(matrices).__name__, TypeError)
+    """One matrix holding ``matrices`` (all of one format, width, dtype and array module: TiledCSL or TiledBitmap)
+    one below the other, each but the last padded with zero rows to a multiple of ``TILE_M``; and the first row of
+    each in it. New arrays; the inputs are left as they are."""
+    if isinstance(matrices, _FORMATS) or not isinstance(matrices, Sequence):
+        raise invalid("type", "matrices", "a sequence of TiledCSL or TiledBitmap", type(matrices).__name__,
+                      TypeError)
     if not matrices:
         raise invalid("length", "matrices", "at least one matrix", 0)
+    fmt = type(matrices[0])
     for i, m in enumerate(matrices):
-        if not isinstance(m, TiledCSL):
-            raise invalid("type", f"matrices[{i}]", "a TiledCSL", type(m).__name__, TypeError)
+        if not isinstance(m, _FORMATS if i == 0 else fmt):
+            expected = "a TiledCSL or TiledBitmap" if i == 0 else f"a {fmt.__name__} (matrices[0]'s format)"
+            raise invalid("type", f"matrices[{i}]", expected, type(m).__name__, TypeError)
     first = matrices[0]
     xp = array_module(first.words, "matrices[0].words")
     for i, m in enumerate(matrices[1:], 1):
@@ -58,11 +63,11 @@ def stack_tile_rows(matrices: Sequence[Any]) -> tuple[Any, list[int]]:
         row += padded_rows(m.shape[0])
     shape = (starts[-1] + matrices[-1].shape[0], first.shape[1])
     if shape[1] == 0:  # no columns, no tiles: the empty matrix of that height
-        return TiledCSL._from_parts(xp.zeros(0, np.uint32), xp.zeros(2, np.int32), shape, first.dtype, 0), starts
+        return fmt._from_parts(xp.zeros(0, np.uint32), xp.zeros(2, np.int32), shape, first.dtype, 0), starts
     vectors = [m.words.size // VECTOR_WORDS for m in matrices]
     if sum(vectors) > _MAX_VECTORS:
-        raise ValueError(f"Tiled-CSL's int32 tile_offsets address at most {_MAX_VECTORS} 16-byte vectors; the "
-                         f"stacked matrices hold {sum(vectors)}")
+        raise ValueError(f"int32 tile_offsets address at most {_MAX_VECTORS} 16-byte vectors; the stacked matrices "
+                         f"hold {sum(vectors)}")
     # Each matrix's tile offsets but its last two (the end, repeated), moved past the matrices above it; then the
     # end, repeated. A matrix of no rows has no tiles: it adds nothing but its start.
     parts, base = [], 0
@@ -73,17 +78,15 @@ def stack_tile_rows(matrices: Sequence[Any]) -> tuple[Any, list[int]]:
     tile_offsets = xp.concatenate([*parts, end]).astype(np.int32, copy=False)
     words = xp.concatenate([m.words for m in matrices])
     nnz = None if any(m._nnz is None for m in matrices) else sum(m._nnz for m in matrices)
-    return TiledCSL._from_parts(words, tile_offsets, shape, first.dtype, nnz), starts
+    return fmt._from_parts(words, tile_offsets, shape, first.dtype, nnz), starts
 
 
 def tile_row_span(matrix: Any, first_row: int, rows: int) -> tuple[int, int]:
     """The 16-byte vectors ``begin .. end - 1`` of ``matrix.words`` that hold rows ``first_row .. first_row + rows
     - 1`` (``first_row`` a multiple of ``TILE_M``): those of the tile rows they cover. Reads two tile offsets back
     from the device."""
-    from .matrix import TiledCSL
-
-    if not isinstance(matrix, TiledCSL):
-        raise invalid("type", "matrix", "a TiledCSL", type(matrix).__name__, TypeError)
+    if not isinstance(matrix, _FORMATS):
+        raise invalid("type", "matrix", "a TiledCSL or TiledBitmap", type(matrix).__name__, TypeError)
     height = matrix.shape[0]
     check_int_in_range(first_row, "first_row", 0, height)
     if first_row % TILE_M:
@@ -99,18 +102,17 @@ def tile_row_span(matrix: Any, first_row: int, rows: int) -> tuple[int, int]:
 
 
 def tile_row_block(matrix: Any, first_row: int, rows: int) -> Any:
-    """Rows ``first_row .. first_row + rows - 1`` of ``matrix`` as a :class:`~.matrix.TiledCSL` of its own:
+    """Rows ``first_row .. first_row + rows - 1`` of ``matrix`` as a matrix of its own, of its format:
     ``first_row`` a multiple of ``TILE_M``. Its words are a view of ``matrix``'s (no copy), its tile offsets new
     (n_tiles + 2 integers). Where ``rows`` ends inside a tile row, the rows of that tile row below it must hold no
     entry (a stacked matrix's padding): checked, a ValueError otherwise."""
-    from .matrix import TiledCSL
-
     begin, end = tile_row_span(matrix, first_row, rows)
+    fmt = type(matrix)
     shape = (rows, matrix.shape[1])
     xp = array_module(matrix.words, "matrix.words")
     n_tile_rows, n_tile_cols = tile_grid(shape)
     if n_tile_rows * n_tile_cols == 0:
-        return TiledCSL._from_parts(xp.zeros(0, np.uint32), xp.zeros(2, np.int32), shape, matrix.dtype, 0)
+        return fmt._from_parts(xp.zeros(0, np.uint32), xp.zeros(2, np.int32), shape, matrix.dtype, 0)
     first_tile = first_row // TILE_M * n_tile_cols
     stop_tile = first_tile + n_tile_rows * n_tile_cols
     words = matrix.words[VECTOR_WORDS * begin : VECTOR_WORDS * end]
@@ -118,9 +120,23 @@ def tile_row_block(matrix: Any, first_row: int, rows: int) -> Any:
     tile_offsets[:-1] = matrix.tile_offsets[first_tile : stop_tile + 1] - np.int32(begin)
     tile_offsets[-1] = end - begin
     if rows % TILE_M:
-        _check_no_entry_below(xp, matrix.words, matrix.tile_offsets, stop_tile - n_tile_cols, stop_tile,
-                              rows % TILE_M)
-    return TiledCSL._from_parts(words, tile_offsets, shape, matrix.dtype, None)
+        check_below = _check_no_bit_below if fmt is TiledBitmap else _check_no_entry_below
+        check_below(xp, matrix.words, matrix.tile_offsets, stop_tile - n_tile_cols, stop_tile, rows % TILE_M)
+    return fmt._from_parts(words, tile_offsets, shape, matrix.dtype, None)
+
+
+def _check_no_bit_below(xp: Any, words: Any, tile_offsets: Any, first_tile: int, stop_tile: int, row: int) -> None:
+    """Tiled-Bitmap's ``_check_no_entry_below``: no bitmap of the tile row's non-empty tiles marks a row >= ``row``
+    (bitmap words ``2 * row`` on)."""
+    offsets = to_host(tile_offsets[first_tile : stop_tile + 1]).astype(np.int64)  # synchronize!
+    for t in np.flatnonzero(np.diff(offsets) > 0):
+        first_word = VECTOR_WORDS * int(offsets[t])
+        below = words[first_word + 2 * row : first_word + VECTOR_WORDS * BITMAP_VECTORS]
+        if bool(below.any()):  # synchronize!
+            i = int(xp.flatnonzero(below)[0])
+            raise ValueError(f"the block's last tile row is cut at row {row} of {TILE_M}, but tile "
+                             f"{first_tile + int(t)}'s bitmap marks an entry in tile row {row + i // 2}: a block "
+                             f"ends inside a tile row only where the rows below it hold nothing")
 
 
 def _check_no_entry_below(xp: Any, words: Any, tile_offsets: Any, first_tile: int, stop_tile: int, row: int) -> None:
