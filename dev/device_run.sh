@@ -15,7 +15,8 @@
 # queued launches on three of those shapes), graph-issue (what a captured step holds and how long its launch takes,
 # dense and sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's),
 # ticket-ab (the split-K ticket as one acquire-release add against the two fences, timed beside cuBLAS and as
-# timelines), bitmap-ab (Tiled-Bitmap against Tiled-CSL and cuBLAS on OPT-30B's decode shapes), tests-bitmap; on two
+# timelines), bitmap-ab (Tiled-Bitmap against Tiled-CSL and cuBLAS on OPT-30B's decode shapes), bench-hf-bitmap
+# (bench-hf-stacking's rows with Tiled-Bitmap weights instead of unstacked ones), tests-bitmap; on two
 # GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an
 # earlier commit need `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
@@ -115,6 +116,8 @@ for step in "$@"; do
     bitmap-ab) timeout 420 python3 -m dev.kernel_ab 1 16 --variant plan --variant bitmap:format=bitmap \
                  --sparsities 0.7,0.8,0.9 --shapes 7168x7168,21504x7168,28672x7168,7168x28672 2>&1 \
                  | tee "$OUT/bitmap-ab.log" | tail -40 ;;
+    bench-hf-bitmap) bench 580 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse --hf-bitmap \
+                       --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-bitmap.log" | tail -30 ;;
     tests-bitmap) timeout 170 python3 -m pytest -q -p no:cacheprovider -x tests/test_tiled_bitmap.py 2>&1 \
                     | tee "$OUT/tests-bitmap.log" | tail -15 ;;
     graph-issue) timeout 300 python3 -m dev.graph_issue --model opt-30b --layers 8 --sparsity 0 0.8 --batch 1 16 \
