@@ -113,8 +113,8 @@ for step in "$@"; do
                  timeout 60 python3 -m dev.block_timeline 7168 7168 1 0.8 --ticket $ticket --out "$OUT" 2>&1 \
                    | tee -a "$OUT/ticket-ab.log"
                done ;;
-    bitmap-ab) timeout 420 python3 -m dev.kernel_ab 1 16 --variant plan --variant bitmap:format=bitmap \
-                 --sparsities 0.7,0.8,0.9 --shapes 7168x7168,21504x7168,28672x7168,7168x28672 2>&1 \
+    bitmap-ab) timeout 560 python3 -m dev.kernel_ab 1 16 --variant plan --variant bitmap:format=bitmap \
+                 --sparsities 0.8,0.9,0.7 --shapes 7168x7168,21504x7168,28672x7168,7168x28672 2>&1 \
                  | tee "$OUT/bitmap-ab.log" | tail -40 ;;
     bench-hf-bitmap) bench 580 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse --hf-bitmap \
                        --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-bitmap.log" | tail -30 ;;
