@@ -111,11 +111,15 @@ def test_check_format_names_each_broken_invariant():
     A = TiledBitmap.from_dense(W)
     first_values = (BITMAP_VECTORS * 4)  # word index of tile 0's first value vector
 
-    def clear_a_bit(words, offsets):  # the bitmap claims one entry fewer than the values hold
-        h = int(np.flatnonzero(words[:256])[0])
-        words[h] &= words[h] - np.uint32(1)
+    def clear_a_bit(words, offsets):  # tile 0's bitmap claims one entry fewer than its value vectors hold
+        h = int(np.flatnonzero(words[:256])[-1])
+        words[h] &= ~np.uint32(1 << (int(words[h]).bit_length() - 1))  # its last entry's mark
 
-    assert "entries" in _broken(clear_a_bit) or "position" in _broken(clear_a_bit)
+    count0 = int(np.count_nonzero(W[:128, :64]))
+    if count0 % VALUES_PER_VECTOR == 1:  # one vector fewer: the sizes disagree
+        assert "value vectors; the tile has" in _broken(clear_a_bit)
+    else:  # the last vector's last value slot is now past the last entry, and not 0
+        assert "must be 0" in _broken(clear_a_bit)
     assert "starts at position" in _broken(lambda w, o: w.__setitem__(first_values, w[first_values] ^ 1))
 
     def zero_value(words, offsets):
@@ -132,9 +136,8 @@ def test_check_format_names_each_broken_invariant():
         last = int(offsets[1]) - 1  # tile 0's last vector
         words[4 * last + 3] |= np.uint32(0x3C00 << 16)
 
-    count0 = int(np.count_nonzero(W[:128, :64]))
-    if count0 % VALUES_PER_VECTOR not in (0, VALUES_PER_VECTOR - 1):
-        assert "must be 0" in _broken(dirty_padding)
+    assert count0 % VALUES_PER_VECTOR not in (0, VALUES_PER_VECTOR - 1)  # slot 7 of the last vector is padding
+    assert "must be 0" in _broken(dirty_padding)
     assert "tile_offsets[0]" in _broken(lambda w, o: o.__setitem__(0, 1))
     assert "repeat" in _broken(lambda w, o: o.__setitem__(-1, o[-1] + 1))
     assert "decrease" in _broken(lambda w, o: o.__setitem__(1, o[2] + 1))
@@ -146,15 +149,38 @@ def test_check_format_names_each_broken_invariant():
         TiledBitmap(A.words[:-4], A.tile_offsets, A.shape, A.dtype)
 
 
-def test_bits_outside_the_shape_are_refused():
+@pytest.mark.parametrize("row,col", [(100, 0), (5, 40)])
+def test_bits_outside_the_shape_are_refused(row, col):
+    """A mark below the 100 rows or right of the 40 columns of an edge tile; its value slot is filled in, so that
+    only the mark's place is wrong."""
     W = np.zeros((100, 40), np.float16)
     W[99, 39] = 1.0
     A = TiledBitmap.from_dense(W)
     words = A.words.copy()
-    words[2 * 100] |= np.uint32(1)  # row 100, column 0: below the 100 rows
-    words[BITMAP_VECTORS * 4] = words[BITMAP_VECTORS * 4]  # the first position stays 99 * 64 + 39
-    with pytest.raises(ValueError, match="outside|entries"):
+    words[2 * row + col // 32] |= np.uint32(1 << (col % 32))
+    slots = words.view(np.uint16)
+    slots[BITMAP_VECTORS * 8 + 2] = 0x4000  # a second value, 2.0
+    slots[BITMAP_VECTORS * 8] = min(row * 64 + col, 99 * 64 + 39)  # the first entry in row-major order
+    with pytest.raises(ValueError, match=f"row {row}, column {col}, which is matrix element .* outside the shape"):
         TiledBitmap.from_raw(words, A.tile_offsets, A.shape, A.dtype)
+
+
+def test_other_broken_invariants_are_refused():
+    W = np.zeros((4, 4), np.float16)
+    W[1, 2] = 1.0
+    A = TiledBitmap.from_dense(W)
+    with pytest.raises(TypeError, match="Invalid type of tile_offsets: expected a NumPy or CuPy array, got list"):
+        TiledBitmap(A.words, list(A.tile_offsets), A.shape, A.dtype)
+    with pytest.raises(ValueError, match=r"tile 0 has 68 vectors; expected 0 .no entries. or the 64 .* 1 to 3 value"):
+        TiledBitmap(np.zeros(4 * 68, np.uint32), np.array([0, 68, 68], np.int32), A.shape, A.dtype)
+    empty_bitmap = A.words.copy()
+    empty_bitmap[:256] = 0
+    with pytest.raises(ValueError, match="tile 0 has 65 vectors but its bitmap is empty"):
+        TiledBitmap.from_raw(empty_bitmap, A.tile_offsets, A.shape, A.dtype)
+    two = A.words.copy()
+    two[2] |= np.uint32(1)  # a second entry (1, 0) before (1, 2): the bitmap has 2, the vector 1 and a 0 slot
+    with pytest.raises(ValueError, match="starts at position|zeros are not stored|must be 0"):
+        TiledBitmap.from_raw(two, A.tile_offsets, A.shape, A.dtype)
 
 
 def test_a_tile_of_only_a_bitmap_is_refused():
@@ -187,6 +213,9 @@ KERNEL_CASES = by_tier(
         (300, 700, 5, 0.9, spmm_plan.Force(mma="wgmma"), 3),  # wgmma, split-K
         (200, 300, 40, 0.7, spmm_plan.Force(mma="wgmma", warps=8), None),  # 8 warps: one bitmap word a thread
         (129, 1000, 3, 0.98, spmm_plan.Force(mma="sync"), 4),  # mostly empty tiles, split-K
+        (128, 64, 2, 0.5, None, None),  # one k-tile: the prologue alone
+        (200, 128, 3, 0.6, None, 2),  # one k-tile a block
+        (256, 128, 1, 0.7, spmm_plan.Force(mma="wgmma"), None),  # two k-tiles a block
     ],
     gpu=[
         (7168, 7168, 1, 0.8, None, None), (21504, 7168, 1, 0.8, None, None), (28672, 7168, 16, 0.8, None, None),
@@ -201,6 +230,46 @@ def test_linear(m, k, n, sparsity, force, split_k):
     rng = np.random.default_rng(m + k + n)
     check_product(random_sparse(rng, m, k, sparsity, F16), random_activations(rng, n, k, F16), split_k=split_k,
                   force=force, matrix_format=TiledBitmap)
+
+
+@pytest.mark.parametrize("split_k", [1, 3, 5])
+def test_empty_dense_and_sparse_tiles_in_a_row(split_k):
+    """Five k-tiles per tile row, each empty, dense, one entry at a corner, or sparse, in every order a block of
+    one, two or five k-tiles sees them (split-K 5, 3 or 1): a tile's bitmap and values never belong to another."""
+    rng = np.random.default_rng(split_k)
+    m, k = by_tier(sim=(256, 320), gpu=(1024, 320))
+    W = np.zeros((m, k), np.float16)
+    for tile_row in range(m // 128):
+        for tile_col, kind in enumerate(np.roll(["empty", "dense", "corner", "sparse", "empty"], tile_row)):
+            rows, cols = slice(128 * tile_row, 128 * tile_row + 128), slice(64 * tile_col, 64 * tile_col + 64)
+            if kind == "dense":
+                W[rows, cols] = random_sparse(rng, 128, 64, 0.0, F16)
+            elif kind == "corner":
+                W[128 * tile_row + 127, 64 * tile_col + 63] = 1.5
+            elif kind == "sparse":
+                W[rows, cols] = random_sparse(rng, 128, 64, 0.9, F16)
+    check_product(W, random_activations(rng, 4, k, F16), split_k=split_k, matrix_format=TiledBitmap)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the simulator's uint32 wrapping
+@pytest.mark.parametrize("damage", ["empty bitmap", "position past the tile"])
+def test_a_matrix_built_without_the_checks_stays_in_bounds(damage):
+    """The cheap constructor lets through a bitmap of no marks under a tile of value vectors, or a first position
+    past the tile's 8192: the kernel must still end and touch nothing outside its buffers (the simulator raises on
+    any index outside an array). The values are wrong; only ``from_raw``'s full check refuses such arrays."""
+    rng = np.random.default_rng(4)
+    W = random_sparse(rng, 130, 100, 0.8, F16)
+    A = TiledBitmap.from_dense(W)
+    words = A.words.copy()
+    if damage == "empty bitmap":
+        words[: 4 * BITMAP_VECTORS] = 0
+    else:
+        words.view(np.uint16)[8 * BITMAP_VECTORS] = 0xFFFF
+    broken = TiledBitmap(device(words), device(A.tile_offsets), A.shape, A.dtype)
+    with pytest.raises(ValueError):
+        broken.check_format(full_check=True)
+    y = fl.linear(device(random_activations(rng, 2, 100, F16)), broken)
+    assert y.shape == (2, 130)
 
 
 def test_awkward_values_bias_relu_bf16():

@@ -70,26 +70,34 @@ def _store_bitmap(g: Geometry):
     return store_bitmap
 
 
+# Numba widens arithmetic on 32-bit integers to 64 bits; every step of the walk is cast back to uint32 so that the
+# compiled walk stays in 32-bit instructions (``ffs`` a brev and a bfind).
 @inlined
 def _half_key(a_base, h):
     """``key`` of half-row ``h`` of A buffer ``a_base`` (the module docstring)."""
-    row = h >> uint32(1)
-    return a_base + (row << uint32(6)) + (((row & uint32(7)) << uint32(3)) ^ ((h & uint32(1)) << uint32(5)))
+    row = uint32(h >> uint32(1))
+    swizzle = uint32(uint32(uint32(row & uint32(7)) << uint32(3)) ^ uint32(uint32(h & uint32(1)) << uint32(5)))
+    return uint32(uint32(a_base + uint32(row << uint32(6))) + swizzle)
 
 
 def _place():
     @inlined
     def place(smem16, smem32, bitmap_base, a_base, h, m, key, value):
         """Store ``value`` on the next set bit of the walk (half ``h``, bits left ``m``, its ``key``); return the
-        walk after it. The half index wraps inside the buffer, so a vector that claims more entries than its
-        bitmap has (a matrix built without the checks) stays inside shared memory."""
-        while m == uint32(0):
-            h = (h + uint32(1)) & uint32(BITMAP_WORDS - 1)
-            m = smem32[bitmap_base + uint64(h)]
+        walk after it.
+
+        A matrix built without the checks stays inside shared memory and ends: the half index wraps inside the
+        bitmap buffer, the search gives up after a whole bitmap of empty halves (then ``m`` is 0 and the store goes
+        to slot ``key ^ 31`` of the current half: a wrong value, never a wrong address)."""
+        searched = uint32(0)
+        while m == uint32(0) and searched < uint32(BITMAP_WORDS):
+            h = uint32(uint32(h + uint32(1)) & uint32(BITMAP_WORDS - 1))
+            m = uint32(smem32[bitmap_base + uint64(h)])
             key = _half_key(a_base, h)
-        t = uint32(cuda.ffs(m)) - uint32(1)
-        smem16[uint64(key ^ t)] = uint16(value & uint32(0xFFFF))
-        return h, m & (m - uint32(1)), key
+            searched = uint32(searched + uint32(1))
+        t = uint32(uint32(uint32(cuda.ffs(m)) - uint32(1)) & uint32(31))
+        smem16[uint64(uint32(key ^ t))] = uint16(value & uint32(0xFFFF))
+        return h, uint32(m & uint32(m - uint32(1))), key
 
     return place
 
@@ -101,11 +109,12 @@ def _scatter(g: Geometry):
     @inlined
     def scatter_vector(smem16, smem32, bitmap_base, a_base, w0, w1, w2, w3, last):
         """Place the up to 7 values of one vector. Only a tile's last vector may end in zero slots (no entry is a
-        zero); only it tests them."""
-        p = w0 & uint32(0xFFFF)
-        h = p >> uint32(5)
+        zero); only it tests them. The first position is read modulo the tile's 8192, so that a matrix built
+        without the checks stays inside the buffers."""
+        p = uint32(w0 & uint32(TILE_ELEMS - 1))
+        h = uint32(p >> uint32(5))
         key = _half_key(a_base, h)
-        m = smem32[bitmap_base + uint64(h)] & (uint32(0xFFFFFFFF) << (p & uint32(31)))
+        m = uint32(smem32[bitmap_base + uint64(h)] & uint32(uint32(0xFFFFFFFF) << uint32(p & uint32(31))))
         h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w0 >> uint32(16))
         if last:
             if (w1 & uint32(0xFFFF)) != uint32(0):
