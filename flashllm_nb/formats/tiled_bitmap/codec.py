@@ -83,8 +83,8 @@ def bitmap_counts(xp: Any, words: Any, offsets: Any) -> tuple[Any, Any]:
     nonempty = xp.flatnonzero(offsets[1:-1] > offsets[:-2])
     if nonempty.size == 0:
         return nonempty, xp.zeros(0, np.int64)
-    bitmaps = _bitmaps(xp, words, offsets, nonempty)
-    return nonempty, _unpack(xp, bitmaps).sum(axis=(1, 2), dtype=np.int64)
+    bytes_ = _bitmaps(xp, words, offsets, nonempty).view(np.uint8)
+    return nonempty, xp.asarray(_BYTE_POPCOUNT)[bytes_].sum(axis=1, dtype=np.int64)
 
 
 def tile_entries(xp: Any, words: Any, offsets: Any) -> tuple[Any, Any, Any]:
@@ -121,7 +121,11 @@ def _bitmaps(xp: Any, words: Any, offsets: Any, tiles: Any) -> Any:
 
 
 def _unpack(xp: Any, bitmaps: Any) -> Any:
-    """Bool (tiles, 128, 64) entry masks of (tiles, 256) bitmap words."""
-    shifts = xp.arange(32, dtype=np.uint32)
-    bits = (bitmaps[:, :, None] >> shifts) & np.uint32(1)
-    return bits.reshape(bitmaps.shape[0], TILE_M, TILE_K).astype(bool)
+    """Bool (tiles, 128, 64) entry masks of (tiles, 256) bitmap words, unpacked byte by byte (bit b of a word's
+    little-endian byte q is column 8 * q + b of its half-row), a byte per element of temporaries."""
+    shifts = xp.arange(8, dtype=np.uint8)
+    bits = (bitmaps.view(np.uint8)[:, :, None] >> shifts) & np.uint8(1)
+    return bits.view(bool).reshape(bitmaps.shape[0], TILE_M, TILE_K)
+
+
+_BYTE_POPCOUNT = np.array([bin(b).count("1") for b in range(256)], np.uint8)

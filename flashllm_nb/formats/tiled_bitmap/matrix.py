@@ -12,7 +12,7 @@ from ..._checks import check_ndim
 from .._xp import array_module, as_bits, to_device, to_host, value_dtype
 from ..tiled_csl.geometry import TILE_K, TILE_M, tile_grid
 from ..tiled_csl.matrix import _check_shape, _human_bytes
-from .codec import BITMAP_VECTORS, dense_bits, encode_dense
+from .codec import BITMAP_VECTORS, bitmap_counts, dense_bits, encode_dense
 from .validate import check_arrays, check_tiles
 
 
@@ -115,9 +115,11 @@ class TiledBitmap:
 
     @property
     def nnz(self) -> int:
-        """Stored entries: the set bits of the bitmaps."""
+        """Stored entries: the set bits of the bitmaps (counted, not checked against the values)."""
         if self._nnz is None:
-            self.check_format(full_check=True)
+            xp = array_module(self._words)
+            _, counts = bitmap_counts(xp, self._words, self._tile_offsets.astype(np.int64))
+            self._nnz = int(counts.sum())  # synchronize!
         return self._nnz
 
     @property
