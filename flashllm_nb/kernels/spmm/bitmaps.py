@@ -1,7 +1,9 @@
 """The sparse side for Tiled-Bitmap matrices (``SpmmConfig.sparse == "bitmap"``): a tile's value vectors travel by
 16-byte loads into registers two k-tiles ahead, as Tiled-CSL's words do (:mod:`.words`' ``load``); its bitmap
-(1 KiB) by 4-byte loads three k-tiles ahead into registers, from where each thread stores its share into one of two
-shared bitmap buffers a step before the tile is expanded. The scatter places each value by walking the bitmap.
+(1 KiB) by 4-byte loads four k-tiles ahead into registers (one set for even tiles, one for odd), from where each
+thread stores its share into one of two shared bitmap buffers two k-tiles later, a step before the tile is
+expanded: the loads have two steps to land, as the values' have. The scatter places each value by walking the
+bitmap.
 
 A value vector (``formats.tiled_bitmap``) is slot 0, the position ``p = row * 64 + col`` of its first entry, and the
 bits of up to 7 entries in the tile's row-major order. Its thread walks the bitmap's 32-bit half-rows from half
@@ -43,13 +45,13 @@ def _load_bitmap(g: Geometry):
     THREADS, SHARE = g.threads, g.bitmap_share
 
     @inlined
-    def load_bitmap(words, v0, v1, bitmap, slot):
+    def load_bitmap(words, v0, v1, bitmap):
         """Start this thread's share of the bitmap of the tile whose vectors are ``v0 .. v1 - 1`` into registers
-        ``bitmap[slot:slot + SHARE]``: words ``tid + j * THREADS`` (coalesced). Nothing for an empty tile."""
+        ``bitmap``: words ``tid + j * THREADS`` (coalesced). Nothing for an empty tile."""
         if v1 > v0:
             first = v0 * 4 + cuda.threadIdx.x
             for j in range(SHARE):
-                bitmap[slot + j] = words[first + j * THREADS]
+                bitmap[j] = words[first + j * THREADS]
 
     return load_bitmap
 
@@ -58,14 +60,13 @@ def _store_bitmap(g: Geometry):
     THREADS, SHARE, BASE32 = g.threads, g.bitmap_share, g.bitmap_base32
 
     @inlined
-    def store_bitmap(smem32, buffer, v0, v1, bitmap, slot):
-        """Store this thread's share of the bitmap of the tile ``v0 .. v1 - 1``, registered in
-        ``bitmap[slot:slot + SHARE]``, into shared bitmap buffer ``buffer``; nothing for an empty tile (whose
-        scatter reads nothing)."""
+    def store_bitmap(smem32, buffer, v0, v1, bitmap):
+        """Store this thread's share of the bitmap of the tile ``v0 .. v1 - 1``, registered in ``bitmap``, into
+        shared bitmap buffer ``buffer``; nothing for an empty tile (whose scatter reads nothing)."""
         if v1 > v0:
             first = uint64(BASE32 + buffer * BITMAP_WORDS) + uint64(cuda.threadIdx.x)
             for j in range(SHARE):
-                smem32[first + uint64(j * THREADS)] = bitmap[slot + j]
+                smem32[first + uint64(j * THREADS)] = bitmap[j]
 
     return store_bitmap
 

@@ -116,8 +116,8 @@ def geometry(cfg: SpmmConfig) -> Geometry:
         round_rows=threads // 8 if nk else threads // chunks_per_row,
         chunks_per_row=chunks_per_row, kn_div=kn_div, kn_mask=kn_mask,
         vectors_per_thread=vectors_per_thread, word_registers=4 * vectors_per_thread,
-        # "entries": a tile's positions, two a register; "bitmap": two tiles' bitmap shares (the prologue's)
-        position_registers=2 * vectors_per_thread if entries else 2 * BITMAP_WORDS // threads if bitmap else 1,
+        # "entries": a tile's positions, two a register; "bitmap": a tile's bitmap share (two sets: even, odd tiles)
+        position_registers=2 * vectors_per_thread if entries else BITMAP_WORDS // threads if bitmap else 1,
         # Where a wgmma block waits for the next activation tile and fences its shared writes: in front of the
         # step's word loads (zero-first blocks with the 512-vector buffer) or at the top of the next step.
         fence_before_loads=wgmma and entries and cfg.prefetch_vectors == 512,

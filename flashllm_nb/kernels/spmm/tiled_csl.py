@@ -117,9 +117,9 @@ def build_kernel(cfg: SpmmConfig):
         acc = cuda.local.array(ACC, float32)
         w_a = cuda.local.array(WORDS, uint32)  # register buffers of words, alternating (see _k_step)
         w_b = cuda.local.array(WORDS, uint32)
-        # "entries": the next tile to zero's (wgmma: even tiles'); "bitmap": bitmap shares (_fill_bitmap_tiles)
+        # "entries": the next tile to zero's (wgmma: even tiles'); "bitmap": even tiles' bitmap shares
         positions = cuda.local.array(POSITIONS, uint32)
-        positions_odd = cuda.local.array(POSITIONS, uint32)  # wgmma "entries": odd tiles' positions
+        positions_odd = cuda.local.array(POSITIONS, uint32)  # wgmma "entries": odd tiles' positions; "bitmap" too
         a_off = cuda.local.array(K_STEPS, int64)
         b_off = cuda.local.array(NPAIR, int64)
         frag0 = cuda.local.array(FRAG, uint32)  # one k16 step's A and B fragments, double-buffered (products)
@@ -160,7 +160,7 @@ def build_kernel(cfg: SpmmConfig):
                 for t in range(STAGES - 1):
                     issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
                                       cp_cols_left)
-            o0, o1, o2, o3 = load_first_words(words, smem32, n_tiles_block, w_a, w_b, positions)
+            o0, o1, o2, o3 = load_first_words(words, smem32, n_tiles_block, w_a, w_b, (positions, positions_odd))
             if GRID_DEPENDENCY:
                 # Everything so far read only A, which no kernel writes: a dependent launch got here while the
                 # kernel before it drained. X is that kernel's output.
@@ -170,13 +170,14 @@ def build_kernel(cfg: SpmmConfig):
                                       cp_cols_left)
             if TIMELINE:
                 mark(tickets, T_WAITED)
-            om1, o0, o1, o2, o3 = expand_first_tile(words, (smem16, smem32), n_tiles_block, w_a, positions, o0, o1,
-                                                    o2, o3)
+            om1, o0, o1, o2, o3 = expand_first_tile(words, (smem16, smem32), n_tiles_block, w_a,
+                                                    (positions, positions_odd), o0, o1, o2, o3)
 
             # Unrolled by two, so that each word buffer is a fixed set of registers: they alternate between tile
             # i+1's words and tile i+2's in flight. Step i's w_cur ("entries") holds the positions it zeroes, of
             # tile i (mma.sync, one buffer) or of tile i-1 (wgmma: tile t's in positions if t is even, else in
-            # positions_odd); "rows" passes its w_next there, unused; "bitmap" its bitmap share.
+            # positions_odd); "rows" passes its w_next there, unused; "bitmap" the bitmap shares of tiles of i's
+            # parity (even: positions, odd: positions_odd).
             inputs = (words, x, ldx)
             shared = (smem16, smem32)
             block = (n_tiles_block, kt_begin, clear_first)
@@ -189,7 +190,8 @@ def build_kernel(cfg: SpmmConfig):
                                              positions if BITMAP else w_b, w_b, (om1, o0, o1, o2, o3))
                 if i + 1 < n_tiles_block:
                     om1, o0, o1, o2, o3 = k_step(i + 1, inputs, shared, block, copy, fragments, acc,
-                                                 positions if ENTRIES or BITMAP else w_a, w_a, (om1, o0, o1, o2, o3))
+                                                 positions if ENTRIES else positions_odd if BITMAP else w_a, w_a,
+                                                 (om1, o0, o1, o2, o3))
                 i += 2
             ptx.cp_async_wait_all()
         elif GRID_DEPENDENCY:
@@ -242,15 +244,15 @@ def _fill_words(g: Geometry, activations, sparse):
 
     ``load_first_words`` starts tiles 0 and 1 travelling into ``w_a`` and ``w_b`` and returns the vector offsets of
     tiles 0 .. 3; ``expand_first_tile`` scatters tile 0 into A buffer 0 (its load latency exposed once per block),
-    starts tile 2 into ``w_a`` ("entries": tile 0's positions kept in ``positions``) and returns the first window of
-    tile offsets (``_k_step``): tiles 0, 1 and 2 are o0 .. o1, o1 .. o2 and o2 .. o3; it starts at tile -1, an empty
-    range that step 0 does not clear."""
+    starts tile 2 into ``w_a`` ("entries": tile 0's positions kept in ``positions``, the first of ``position_sets``)
+    and returns the first window of tile offsets (``_k_step``): tiles 0, 1 and 2 are o0 .. o1, o1 .. o2 and o2 ..
+    o3; it starts at tile -1, an empty range that step 0 does not clear."""
     ENTRIES, FENCE_BEFORE_LOADS = g.entries, g.fence_before_loads
     publish_shared_writes, tile_offset = activations.publish, sparse.tile_offset
     load_words, scatter_tile, keep_positions = sparse.load, sparse.scatter, sparse.keep_positions
 
     @inlined
-    def load_first_words(words, smem32, n_tiles_block, w_a, w_b, positions):
+    def load_first_words(words, smem32, n_tiles_block, w_a, w_b, position_sets):
         o0 = tile_offset(smem32, 0)
         o1 = tile_offset(smem32, min(1, n_tiles_block))
         o2 = tile_offset(smem32, min(2, n_tiles_block))
@@ -261,8 +263,9 @@ def _fill_words(g: Geometry, activations, sparse):
         return o0, o1, o2, o3
 
     @inlined
-    def expand_first_tile(words, shared, n_tiles_block, w_a, positions, o0, o1, o2, o3):
+    def expand_first_tile(words, shared, n_tiles_block, w_a, position_sets, o0, o1, o2, o3):
         smem16, smem32 = shared
+        positions = position_sets[0]
         scatter_tile(words, smem16, o0, o1, 0, w_a)
         if FENCE_BEFORE_LOADS:
             publish_shared_writes()  # for step 0 (activation tile 0, the first scatter)
@@ -276,64 +279,70 @@ def _fill_words(g: Geometry, activations, sparse):
 
 
 def _fill_bitmap_tiles(g: Geometry, activations, sparse, bitmaps):
-    """The prologue of a "bitmap" variant, in the two parts of ``_fill_words``: ``load_first_words`` also starts
-    the bitmaps of tiles 0 and 1 into the two halves of ``bitmap``; ``expand_first_tile`` stores both into their
-    shared buffers, meets the block at a barrier (every thread's share is needed by all), expands tile 0 and
-    starts tile 2's bitmap and value vectors."""
-    SHARE, FENCE_BEFORE_LOADS = g.bitmap_share, g.fence_before_loads
+    """The prologue of a "bitmap" variant, in the two parts of ``_fill_words``. ``bitmaps`` is the pair of register
+    sets that hold bitmap shares, even tiles' and odd tiles'. ``load_first_words`` also starts the bitmaps of tiles
+    0 and 1; ``expand_first_tile`` stores both into their shared buffers, meets the block at a barrier (every
+    thread's share is needed by all), expands tile 0 and starts tile 2's values and the bitmaps of tiles 2 and 3
+    (stored by steps 0 and 1)."""
+    FENCE_BEFORE_LOADS = g.fence_before_loads
     publish_shared_writes, tile_offset, load_words = activations.publish, sparse.tile_offset, sparse.load
     load_bitmap, store_bitmap, scatter_tile = bitmaps.load_bitmap, bitmaps.store_bitmap, bitmaps.scatter
 
     @inlined
-    def load_first_words(words, smem32, n_tiles_block, w_a, w_b, bitmap):
+    def load_first_words(words, smem32, n_tiles_block, w_a, w_b, bitmap_sets):
+        even, odd = bitmap_sets
         o0 = tile_offset(smem32, 0)
         o1 = tile_offset(smem32, min(1, n_tiles_block))
         o2 = tile_offset(smem32, min(2, n_tiles_block))
         o3 = tile_offset(smem32, min(3, n_tiles_block))
-        load_bitmap(words, o0, o1, bitmap, 0)
+        load_bitmap(words, o0, o1, even)
         load_words(words, o0 + BITMAP_VECTORS, o1, w_a)
         if n_tiles_block > 1:
-            load_bitmap(words, o1, o2, bitmap, SHARE)
+            load_bitmap(words, o1, o2, odd)
             load_words(words, o1 + BITMAP_VECTORS, o2, w_b)
         return o0, o1, o2, o3
 
     @inlined
-    def expand_first_tile(words, shared, n_tiles_block, w_a, bitmap, o0, o1, o2, o3):
+    def expand_first_tile(words, shared, n_tiles_block, w_a, bitmap_sets, o0, o1, o2, o3):
         smem16, smem32 = shared
-        store_bitmap(smem32, 0, o0, o1, bitmap, 0)
+        even, odd = bitmap_sets
+        store_bitmap(smem32, 0, o0, o1, even)
         if n_tiles_block > 1:
-            store_bitmap(smem32, 1, o1, o2, bitmap, SHARE)
+            store_bitmap(smem32, 1, o1, o2, odd)
         cuda.syncthreads()
         scatter_tile(words, smem16, smem32, o0, o1, 0, w_a)
         if FENCE_BEFORE_LOADS:
             publish_shared_writes()
         if n_tiles_block > 2:
-            load_bitmap(words, o2, o3, bitmap, 0)
+            load_bitmap(words, o2, o3, even)
             load_words(words, o2 + BITMAP_VECTORS, o3, w_a)
+        if n_tiles_block > 3:
+            load_bitmap(words, o3, tile_offset(smem32, min(4, n_tiles_block)), odd)
         return o0, o0, o1, o2, o3
 
     return load_first_words, expand_first_tile
 
 
 def _clearing_rows_bitmap(begin, sparse, bitmaps, products):
-    load_words, clear_own_rows = sparse.load, sparse.clear_own_rows
+    tile_offset, load_words, clear_own_rows = sparse.tile_offset, sparse.load, sparse.clear_own_rows
     load_bitmap, store_bitmap, scatter_tile = bitmaps.load_bitmap, bitmaps.store_bitmap, bitmaps.scatter
     finish_products, after_reads = products.finish, products.after_reads
 
     @inlined
     def clearing_rows_bitmap(i, inputs, shared, block, copy, fragments, acc, bitmap, w_next, window):
-        """The "rows" step of a Tiled-Bitmap variant: as ``_clearing_rows``, and first tile i+2's registered
-        bitmap share goes to shared buffer i % 2 (tile i's, whose expansion ended before this step's barrier) and
-        tile i+3's starts into the registers it leaves."""
+        """The "rows" step of a Tiled-Bitmap variant: as ``_clearing_rows``, and first tile i+2's bitmap share goes
+        from registers ``bitmap`` (the set of tiles of i's parity) to shared buffer i % 2 (tile i's, whose
+        expansion ended before this step's barrier), and tile i+4's starts into the registers it leaves: two
+        k-tiles for its loads to land, as the values have."""
         om1, o0, o1, o2, o3 = window
         o4 = begin(i, inputs, shared, block, copy, fragments, acc, window)
         words, x, ldx = inputs
         smem16, smem32 = shared
         n_tiles_block, kt_begin, clear_first = block
         if i + 2 < n_tiles_block:
-            store_bitmap(smem32, i & 1, o2, o3, bitmap, 0)
-        if i + 3 < n_tiles_block:
-            load_bitmap(words, o3, o4, bitmap, 0)
+            store_bitmap(smem32, i & 1, o2, o3, bitmap)
+        if i + 4 < n_tiles_block:
+            load_bitmap(words, o4, tile_offset(smem32, min(i + 5, n_tiles_block)), bitmap)
         if i + 1 < n_tiles_block:
             scatter_tile(words, smem16, smem32, o1, o2, 1 - (i & 1), w_next)
         if i + 3 < n_tiles_block:
