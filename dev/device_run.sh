@@ -16,7 +16,8 @@
 # dense and sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's),
 # ticket-ab (the split-K ticket as one acquire-release add against the two fences, timed beside cuBLAS and as
 # timelines), bitmap-ab (Tiled-Bitmap against Tiled-CSL and cuBLAS on OPT-30B's decode shapes), bench-hf-bitmap
-# (bench-hf-stacking's rows with Tiled-Bitmap weights instead of unstacked ones), tests-bitmap; on two
+# (bench-hf-stacking's rows with Tiled-Bitmap weights instead of unstacked ones), bench-hf-stacked (dense and
+# stacked only, batch 1), tests-bitmap; on two
 # GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an
 # earlier commit need `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
@@ -66,7 +67,7 @@ for step in "$@"; do
     profile-hf-eager) timeout 240 python3 dev/profile_hf.py --model opt-30b --layers 8 --sparsity 0 0.8 --batch 1 \
                         --eager 2>&1 | tee "$OUT/profile-hf-eager.log" ;;
     tests-torch) timeout 300 python3 -m pytest -v -p no:cacheprovider -o faulthandler_timeout=120 --durations=8 \
-                   tests/test_torch.py tests/test_torch_siblings.py tests/test_tiled_csl_rows.py 2>&1 \
+                   tests/test_torch.py tests/test_torch_siblings.py tests/test_tile_rows.py 2>&1 \
                    | tee "$OUT/tests-torch.log" | tail -40
                  timeout 60 python3 dev/torch_host_cost.py 2>&1 | tee "$OUT/torch-host.log" ;;
     bench-hf-sparse) bench 240 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse \
@@ -75,6 +76,8 @@ for step in "$@"; do
                        --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-matrix.log" | tail -40 ;;
     bench-hf-compiled) bench 450 --model opt-30b --sparsity 0.8 --batch 1 16 --hf-compile --hf-sparse \
                          --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-compiled.log" | tail -30 ;;
+    bench-hf-stacked) bench 300 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse --hf-new 64 \
+                        --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-stacked.log" | tail -30 ;;
     bench-hf-compiled-90) bench 450 --model opt-30b --sparsity 0.9 --batch 1 16 --hf-compile --hf-sparse \
                             --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-compiled-90.log" | tail -30 ;;
     bench-hf-stacking) bench 580 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse --hf-unstacked \
