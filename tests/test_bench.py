@@ -466,3 +466,27 @@ def test_block_timeline_reads_launch_gaps_phases_and_uneven_ends_from_records():
     assert s["waited->loop_end writers"] == pytest.approx(4.5)
     assert s["loop_end->ticket writers"] == pytest.approx(1.0)
     assert s["timer_step"] == pytest.approx(0.2)  # 13.0 -> 13.2: the smallest step between two marks
+
+
+# ------------------------------------------------------------------------------------------------ bench-e2e
+
+def test_hf_row_specs_round_trip_and_bad_ones_are_refused():
+    """The one transformers model a child process of bench-e2e runs travels as --hf-row's text."""
+    import argparse
+
+    from flashllm_nb.bench.e2e import format_hf_row_spec, hf_row_spec
+
+    for row in [(True, 0.0, True, "csl"), (False, 0.8, False, "csl"), (True, 0.9, True, "bitmap")]:
+        assert hf_row_spec(format_hf_row_spec(*row)) == row
+    for bad in ["compiled:0.8:stacked", "jit:0.8:stacked:csl", "compiled:1.5:stacked:csl", "compiled:0.8:x:csl",
+                "compiled:0.8:stacked:bsr"]:
+        with pytest.raises(argparse.ArgumentTypeError, match="expected"):
+            hf_row_spec(bad)
+
+
+def test_child_rows_are_read_from_the_last_marked_line():
+    from flashllm_nb.bench.e2e import _CHILD_ROWS, rows_from_child_output
+
+    lines = ["building", _CHILD_ROWS + json.dumps([{"batch": 1}]), "late log", _CHILD_ROWS + json.dumps([{"batch": 2}])]
+    assert rows_from_child_output(lines) == [{"batch": 2}]
+    assert rows_from_child_output(["Traceback (most recent call last):", "  ..."]) is None

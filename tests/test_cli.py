@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
     (["bench-e2e", "--model", "gpt-5"], "unknown --model ['gpt-5']"),
     (["bench-e2e", "--hf-compile", "--hf-unstacked"], "--hf-unstacked is the A/B of --hf-sparse's rows"),
     (["bench-e2e", "--hf-compile", "--hf-bitmap"], "--hf-bitmap is the A/B of --hf-sparse's rows"),
+    (["bench-e2e", "--hf-row", "compiled:0.8"], "argument --hf-row: expected compiled|eager:SPARSITY:"),
+    (["bench-e2e", "--hf-row", "compiled:0.8:stacked:csl"], "--hf-row is bench-e2e's own: one --model, one GPU"),
     ([], "the following arguments are required: COMMAND"),
     (["train"], "argument COMMAND: invalid choice: 'train'"),
 ])

@@ -11,11 +11,12 @@ shapes (pruned by magnitude: a random mask, as for random weights). Per (sparsit
   bandwidth / (weight bytes + mean KV bytes per step); its fraction is the measured rate over it.
 
 With ``--tp K`` this library's rows run over K GPUs of the node, one process each (weights, memory and the bound
-per GPU). With ``--hf`` the same shapes run dense in Hugging Face ``transformers`` (eager; ``--hf-compile`` adds its static
-cache with ``torch.compile``) as the outside baseline, where they fit; ``--hf-sparse`` adds the same model with its
-decoder layers pruned and replaced by :class:`flashllm_nb.torch.SparseLinear` at each sparsity. Results: JSON, CSV, markdown and a PNG in
-``--out``, a table printed last. Without a GPU it runs the pipeline on a tiny preset in the simulator and times
-nothing.
+per GPU). With ``--hf`` the same shapes run dense in Hugging Face ``transformers`` (eager; ``--hf-compile`` adds its
+static cache with ``torch.compile``) as the outside baseline, where they fit; ``--hf-sparse`` adds the same model
+with its decoder layers pruned and replaced by :class:`flashllm_nb.torch.SparseLinear` at each sparsity. Each
+transformers model runs in a process of its own (``--hf-row``, which the run passes to its children), unless
+``--hf-same-process``. Results: JSON, CSV, markdown and a PNG in ``--out``, a table printed last. Without a GPU it
+runs the pipeline on a tiny preset in the simulator and times nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import numpy as np
 
 from flashllm_nb.bench.command import positive_int, sparsity_fraction
 
-__all__ = ["main", "build_parser", "decode_bound", "markdown_table"]
+__all__ = ["main", "build_parser", "decode_bound", "markdown_table", "hf_row_spec", "format_hf_row_spec",
+           "rows_from_child_output"]
 
 DEFAULT_OUT = Path("bench/out")
 SIMULATED_MODEL = "opt-tiny"  # what runs without a GPU
@@ -70,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hf-bitmap", action="store_true",
                         help="with --hf-sparse: also each sparsified model with its weights in Tiled-Bitmap, "
                              "sparsify(sparse_format='bitmap'), for the A/B against Tiled-CSL")
+    parser.add_argument("--hf-same-process", action="store_true",
+                        help="run every transformers model in this process, one after the other (by default each "
+                             "runs in a process of its own: in one process the third model decoded 2.2 ms a step "
+                             "slower than the same model second, docs/torch.md)")
+    parser.add_argument("--hf-row", type=hf_row_spec, default=None, help=argparse.SUPPRESS)  # a child's one model
     parser.add_argument("--hf-new", type=positive_int, default=None, help="new tokens for the transformers rows")
     parser.add_argument("--hf-repeat", type=positive_int, default=3,
                         help="timed generations per transformers row; the row reports their median step and "
@@ -82,6 +89,65 @@ def build_parser() -> argparse.ArgumentParser:
                              "Hopper the default for steps of up to 8 tokens), for the A/B")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the result files")
     return parser
+
+
+def hf_row_spec(text: str) -> tuple[bool, float, bool, str]:
+    """``--hf-row``'s value, ``"compiled|eager:SPARSITY:stacked|unstacked:csl|bitmap"``, as (compile, sparsity,
+    stack, sparse_format): the one transformers model a child process of ``bench-e2e`` runs."""
+    parts = text.split(":")
+    try:
+        compiled, sparsity, stacked, sparse_format = parts
+        compile_ = {"compiled": True, "eager": False}[compiled]
+        stack = {"stacked": True, "unstacked": False}[stacked]
+        sparsity = sparsity_fraction(sparsity) if sparsity != "0" else 0.0
+    except (ValueError, KeyError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"expected compiled|eager:SPARSITY:stacked|unstacked:csl|bitmap, got {text!r}") from None
+    if sparse_format not in ("csl", "bitmap"):
+        raise argparse.ArgumentTypeError(f"expected the format csl or bitmap, got {sparse_format!r} in {text!r}")
+    return compile_, sparsity, stack, sparse_format
+
+
+def format_hf_row_spec(compile_: bool, sparsity: float, stack: bool, sparse_format: str) -> str:
+    """The ``--hf-row`` value of one transformers model (the inverse of :func:`hf_row_spec`)."""
+    return f"{'compiled' if compile_ else 'eager'}:{sparsity!r}:{'stacked' if stack else 'unstacked'}:{sparse_format}"
+
+
+_CHILD_ROWS = "bench-e2e hf rows: "  # the line on which a child process hands its rows to the parent, as JSON
+
+
+def rows_from_child_output(lines: Sequence[str]) -> list[dict] | None:
+    """The rows a child process printed (the last line starting with ``_CHILD_ROWS``), or None if it printed none
+    (it failed before the end)."""
+    for line in reversed(lines):
+        if line.startswith(_CHILD_ROWS):
+            return json.loads(line[len(_CHILD_ROWS):])
+    return None
+
+
+def _run_hf_in_child(argv: Sequence[str], args, name: str, compile_: bool, sparsity: float, log, rows, stack: bool,
+                     sparse_format: str) -> None:
+    """``_run_hf`` in a fresh process (this command with ``--model name --hf-row ...``): its output goes through,
+    its rows come back. A child that ends without rows gives a "failed" row with the end of its output."""
+    import subprocess
+
+    spec = format_hf_row_spec(compile_, sparsity, stack, sparse_format)
+    command = [sys.executable, "-m", "flashllm_nb.cli", "bench-e2e", *argv, "--model", name, "--hf-row", spec]
+    lines = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
+        for line in child.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            if not line.startswith(_CHILD_ROWS):
+                log(line)
+    got = rows_from_child_output(lines)
+    if got is None:
+        provider = ("hf-compiled" if compile_ else "hf-eager") + ("" if stack else "-unstacked") + (
+            "-bitmap" if sparse_format == "bitmap" else "")
+        note = f"the child process ended ({child.returncode}) without rows: " + " | ".join(lines[-3:])
+        got = [dict(model=name, provider=provider, sparsity=sparsity, batch=batch, prompt=args.prompt,
+                    new=args.hf_new or args.new, status="failed", note=note[:500]) for batch in args.batch]
+    rows.extend(got)
 
 
 def decode_bound(weight_bytes: int, kv_bytes_per_token: int, batch: int, prompt: int, new: int,
@@ -373,6 +439,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from flashllm_nb.kernels.driver import set_dependent_launches
 
         set_dependent_launches(False)
+    if args.hf_row is not None:  # a child process of the run below: one transformers model, its rows to stdout
+        if SIMULATOR or args.tp > 1 or len(args.model) != 1:
+            parser.error("--hf-row is bench-e2e's own: one --model, one GPU")
+        child_rows: list[dict] = []
+        _run_hf(args, args.model[0], args.batch, *args.hf_row[:2], print, child_rows, *args.hf_row[2:])
+        print(_CHILD_ROWS + json.dumps(child_rows), flush=True)
+        return 0
     if SIMULATOR:
         return _simulated(log, args.tp)
     from flashllm_nb.bench.timing import copy_bandwidth
@@ -400,7 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 variants = [(False, "csl")] * (args.hf_unstacked and sparsity > 0) + [(True, "bitmap")] * (
                     args.hf_bitmap and sparsity > 0) + [(True, "csl")]
                 for stack, sparse_format in variants:
-                    _run_hf(args, name, args.batch, compile_, sparsity, log, rows, stack, sparse_format)
+                    if args.hf_same_process:
+                        _run_hf(args, name, args.batch, compile_, sparsity, log, rows, stack, sparse_format)
+                    else:
+                        _run_hf_in_child(argv, args, name, compile_, sparsity, log, rows, stack, sparse_format)
                     _write(args.out, meta, rows, stamp)
     if rank == 0:
         paths = _write(args.out, meta, rows, stamp)
