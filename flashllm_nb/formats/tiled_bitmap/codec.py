@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..tiled import tile_major
 from ..tiled_csl.geometry import MAGNITUDE, TILE_K, TILE_M, TILE_SIZE
 
 __all__ = ["BITMAP_VECTORS", "VALUES_PER_VECTOR", "VECTOR_SLOTS", "encode_dense", "dense_bits", "tile_entries",
@@ -29,16 +30,8 @@ def tile_sizes(xp: Any, counts: Any) -> Any:
 
 def encode_dense(xp: Any, bits: Any, grid: tuple[int, int]) -> tuple[Any, Any, int]:
     """Words, tile offsets and nnz of the (M, K) uint16 bit matrix ``bits``."""
-    n_tile_rows, n_tile_cols = grid
-    n_tiles = n_tile_rows * n_tile_cols
-    rows, cols = n_tile_rows * TILE_M, n_tile_cols * TILE_K
-    if bits.shape != (rows, cols):
-        padded = xp.zeros((rows, cols), np.uint16)
-        padded[: bits.shape[0], : bits.shape[1]] = bits
-        bits = padded
-    # Tile-major: the flat index of an element is tile * 8192 + row * 64 + col, so the entries come out grouped by
-    # tile and in row-major order inside each, the order of the values.
-    tiled = xp.ascontiguousarray(bits.reshape(n_tile_rows, TILE_M, n_tile_cols, TILE_K).transpose(0, 2, 1, 3))
+    n_tiles = grid[0] * grid[1]
+    tiled = tile_major(xp, bits, grid)  # the entries in tile order, row-major inside each: the values' order
     entry = (tiled & MAGNITUDE) != 0  # (n_tile_rows, n_tile_cols, 128, 64); -0.0 is a zero
     counts = entry.reshape(n_tiles, TILE_SIZE).sum(axis=1, dtype=np.int64)
     sizes = tile_sizes(xp, counts)

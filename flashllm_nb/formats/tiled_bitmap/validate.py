@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..._checks import check_ndim, invalid
-from .._xp import array_module, to_host
+from ..tiled import check_tile_arrays
 from ..tiled_csl.geometry import MAGNITUDE, TILE_K, TILE_M, tile_grid
 from .codec import BITMAP_VECTORS, VALUES_PER_VECTOR, VECTOR_SLOTS, bitmap_counts, tile_entries, tile_sizes
 
@@ -19,42 +18,17 @@ from .codec import BITMAP_VECTORS, VALUES_PER_VECTOR, VECTOR_SLOTS, bitmap_count
 def check_arrays(words: Any, tile_offsets: Any, shape: tuple[int, int]) -> tuple[Any, np.ndarray]:
     """The O(n_tiles) checks (invariants 1-4 of :meth:`TiledBitmap.check_format`); returns the array module and
     ``tile_offsets`` on the host as int64."""
-    xp = array_module(words, "words")
-    if array_module(tile_offsets, "tile_offsets") is not xp:
-        raise invalid("array module", "tile_offsets", f"that of words ({xp.__name__})",
-                      type(tile_offsets).__module__, TypeError)
-    for array, name, dtype in ((words, "words", np.uint32), (tile_offsets, "tile_offsets", np.int32)):
-        check_ndim(array, name, 1)
-        if array.dtype != dtype:
-            raise invalid("dtype", name, np.dtype(dtype), array.dtype, TypeError)
-    n_tile_rows, n_tile_cols = tile_grid(shape)
-    n_tiles = n_tile_rows * n_tile_cols
-    if tile_offsets.size != n_tiles + 2:
-        raise ValueError(f"tile_offsets has {tile_offsets.size} entries; expected n_tiles + 2 = {n_tiles + 2} "
-                         f"for shape {shape[0]} x {shape[1]} ({n_tile_rows} x {n_tile_cols} tiles)")
-    offsets = to_host(tile_offsets).astype(np.int64)  # synchronize! (n_tiles + 2 integers)
-    if offsets[0] != 0:
-        raise ValueError(f"tile_offsets[0] is {offsets[0]}; expected 0")
+    xp, offsets, capacity = check_tile_arrays(words, tile_offsets, shape)
     sizes = np.diff(offsets)
-    if (sizes < 0).any():
-        t = int(np.flatnonzero(sizes < 0)[0])
-        raise ValueError(f"tile_offsets decrease: tile_offsets[{t + 1}] = {offsets[t + 1]} < "
-                         f"tile_offsets[{t}] = {offsets[t]}")
-    if sizes[-1] != 0:
-        raise ValueError(f"tile_offsets[-1] is {offsets[-1]}; expected a repeat of tile_offsets[-2] = {offsets[-2]}")
-    if words.size != 4 * offsets[-1]:
-        raise ValueError(f"words has {words.size} entries; expected 4 * tile_offsets[-1] = {4 * offsets[-1]}")
-    tile_rows = np.minimum(TILE_M, shape[0] - TILE_M * np.arange(n_tile_rows))
-    tile_cols = np.minimum(TILE_K, shape[1] - TILE_K * np.arange(n_tile_cols))
-    capacity = np.outer(tile_rows, tile_cols).reshape(-1)
+    n_tiles = capacity.size
     sizes = sizes[:n_tiles]
     most = tile_sizes(np, capacity)
     bad = np.flatnonzero(((sizes > 0) & (sizes <= BITMAP_VECTORS)) | (sizes > most))
     if bad.size:
         t = int(bad[0])
         raise ValueError(f"tile {t} has {sizes[t]} vectors; expected 0 (no entries) or the {BITMAP_VECTORS} of its "
-                         f"bitmap and 1 to {most[t] - BITMAP_VECTORS} value vectors (its {tile_rows[t // n_tile_cols]}"
-                         f" x {tile_cols[t % n_tile_cols]} part of the matrix holds at most {capacity[t]} entries)")
+                         f"bitmap and 1 to {most[t] - BITMAP_VECTORS} value vectors (its part of the matrix holds "
+                         f"at most {capacity[t]} entries)")
     return xp, offsets
 
 

@@ -14,6 +14,7 @@ import ml_dtypes
 import numpy as np
 
 from ..._checks import invalid
+from ..tiled import tile_major
 from .decode import entries
 from .geometry import MAGNITUDE, TILE_K, TILE_M, TILE_SIZE, VECTOR_WORDS, tile_grid
 from .layout import place_words
@@ -25,16 +26,7 @@ _MAX_VECTORS = int(np.iinfo(np.int32).max)  # tile_offsets are int32
 def encode_dense(xp: Any, bits: Any, grid: tuple[int, int]) -> tuple[Any, Any, int]:
     """Words, tile offsets and nnz of the (M, K) uint16 bit matrix ``bits``."""
     n_tile_rows, n_tile_cols = grid
-    rows, cols = n_tile_rows * TILE_M, n_tile_cols * TILE_K
-    if bits.shape != (rows, cols):
-        padded = xp.zeros((rows, cols), np.uint16)
-        padded[: bits.shape[0], : bits.shape[1]] = bits
-        bits = padded
-    # Tile-major copy, (tile_row, row, tile_col, col) -> (tile_row, tile_col, row, col): the flat index of an element
-    # is then the key tile * 8192 + row * 64 + col, so nonzero() returns the entries already grouped by tile and in
-    # (row, col) order inside each tile -- no sort needed.
-    tiled = xp.ascontiguousarray(bits.reshape(n_tile_rows, TILE_M, n_tile_cols, TILE_K).transpose(0, 2, 1, 3))
-    tiled = tiled.reshape(-1)
+    tiled = tile_major(xp, bits, grid).reshape(-1)  # the flat index is the key: nonzero() needs no sort
     keys = xp.flatnonzero(_is_entry(xp, tiled))
     return pack(xp, keys, tiled[keys], n_tile_rows * n_tile_cols)
 

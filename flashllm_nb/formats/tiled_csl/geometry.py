@@ -1,15 +1,14 @@
-"""The Tiled-CSL geometry every part of the format shares: the tile and vector sizes, the fields of a word, the
-swizzle of a position and the tile grid of a shape (the package docstring, :mod:`flashllm_nb.formats.tiled_csl`,
-draws them).
+"""The Tiled-CSL geometry every part of the format shares: the tile (and its grid, from :mod:`..tiled`, as
+Tiled-Bitmap's), the vector size, the fields of a word and the swizzle of a position (the package docstring,
+:mod:`flashllm_nb.formats.tiled_csl`, draws them).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-TILE_M = 128  # rows of a tile: one thread block's M extent in the kernel
-TILE_K = 64  # columns of a tile: 64 fp16 = 128 bytes = eight 16-byte chunks, the unit of the swizzle
-TILE_SIZE = TILE_M * TILE_K  # 8192 positions in a tile; fits the 16-bit position field
+from ..tiled import TILE_K, TILE_M, TILE_SIZE, tile_grid  # noqa: F401  (the grid both formats share)
+
 VECTOR_WORDS = 4  # 4 uint32 words = one 16-byte load, the kernel's unit of reading ``words``
 
 TILE_SHIFT = TILE_SIZE.bit_length() - 1  # 13: key >> 13 is the tile, key & 8191 the index inside it
@@ -32,8 +31,3 @@ def swizzle(index: Any) -> Any:
     66
     """
     return index ^ ((index >> 3) & 0x38)
-
-
-def tile_grid(shape: tuple[int, int]) -> tuple[int, int]:
-    """(tile rows, tile columns) of an (M, K) matrix: (ceil(M / 128), ceil(K / 64))."""
-    return -(-shape[0] // TILE_M), -(-shape[1] // TILE_K)

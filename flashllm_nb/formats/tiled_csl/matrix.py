@@ -10,34 +10,23 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from ..._checks import check_int_in_range, check_ndim, invalid
-from .._xp import array_module, as_bits, to_device, to_host, value_dtype
+from ..._checks import check_ndim, invalid
+from .._xp import array_module, to_host, value_dtype
+from ..tiled import TiledMatrix
 from .decode import dense_bits, entries, matrix_coordinates
 from .encode import encode_dense, encode_scipy, reorder_words
-from .geometry import TILE_K, TILE_M, VECTOR_WORDS, tile_grid
+from .geometry import VECTOR_WORDS, tile_grid
 from .validate import check_arrays, check_words
 
 
-def _check_shape(shape: Any) -> tuple[int, int]:
-    if not isinstance(shape, (tuple, list)) or len(shape) != 2:
-        raise invalid("value", "shape", "a pair (M, K)", shape)
-    return check_int_in_range(shape[0], "shape[0]", 0), check_int_in_range(shape[1], "shape[1]", 0)
-
-
-def _human_bytes(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
-class TiledCSL:
+class TiledCSL(TiledMatrix):
     """An M x K fp16/bf16 matrix in Tiled-CSL, on the host (NumPy) or a CUDA device (CuPy).
 
     Build one with :meth:`from_dense`, :meth:`from_scipy` or :meth:`from_raw`; the constructor itself is SciPy's:
     ``TiledCSL(words, tile_offsets, shape, dtype)`` wraps the arrays without copying and runs only the cheap
     checks of :meth:`check_format`. The package docstring (:mod:`flashllm_nb.formats.tiled_csl`) describes
-    the layout.
+    the layout; the storage, the shape and tile-grid properties and the host and device copies are
+    :class:`~flashllm_nb.formats.tiled.TiledMatrix`'s.
 
     Parameters
     ----------
@@ -52,21 +41,6 @@ class TiledCSL:
     dtype : float16 or bfloat16
         The type whose bit patterns the low 16 bits of each word hold.
     """
-
-    def __init__(self, words: Any, tile_offsets: Any, shape: tuple[int, int], dtype: Any):
-        self._words = words
-        self._tile_offsets = tile_offsets
-        self._shape = _check_shape(shape)
-        self._dtype = value_dtype(dtype)
-        self._nnz: int | None = None
-        self.check_format(full_check=False)
-
-    @classmethod
-    def _from_parts(cls, words: Any, tile_offsets: Any, shape: tuple[int, int], dtype: np.dtype, nnz: int | None):
-        """Wrap arrays that this library produced (encoder, device copies): no checks."""
-        self = object.__new__(cls)
-        self._words, self._tile_offsets, self._shape, self._dtype, self._nnz = words, tile_offsets, shape, dtype, nnz
-        return self
 
     # ----------------------------------------------------------------------------------------------- constructors
 
@@ -102,12 +76,7 @@ class TiledCSL:
         >>> A.nnz, A.shape, bool((A.to_dense() == W).all())
         (3, (3, 3), True)
         """
-        bits, dtype = as_bits(W, "W", dtype)
-        check_ndim(bits, "W", 2)
-        xp = array_module(bits)
-        shape = (int(bits.shape[0]), int(bits.shape[1]))
-        words, tile_offsets, nnz = encode_dense(xp, bits, tile_grid(shape))
-        return cls._from_parts(words, tile_offsets, shape, dtype, nnz)
+        return cls._encoded(encode_dense, W, dtype)
 
     @classmethod
     def from_scipy(cls, S: Any, dtype: Any = np.float16) -> "TiledCSL":
@@ -230,27 +199,6 @@ class TiledCSL:
     # ----------------------------------------------------------------------------------------------- properties
 
     @property
-    def shape(self) -> tuple[int, int]:
-        """The logical (M, K)."""
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        """``np.dtype(np.float16)`` or ``np.dtype(ml_dtypes.bfloat16)``, also for device storage."""
-        return self._dtype
-
-    @property
-    def words(self) -> Any:
-        """uint32 entries and padding (value bits 0, on positions without an entry), tile after tile (NumPy or
-        CuPy)."""
-        return self._words
-
-    @property
-    def tile_offsets(self) -> Any:
-        """int32, n_tiles + 2 entries, in 4-word vectors (NumPy or CuPy, as ``words``)."""
-        return self._tile_offsets
-
-    @property
     def nnz(self) -> int:
         """Stored entries (words with non-zero value bits); padding is not counted."""
         if self._nnz is None:
@@ -259,47 +207,11 @@ class TiledCSL:
         return self._nnz
 
     @property
-    def nbytes(self) -> int:
-        """Bytes of ``words`` and ``tile_offsets``: what the kernel reads."""
-        return int(self._words.nbytes + self._tile_offsets.nbytes)
-
-    @property
-    def sparsity(self) -> float:
-        """``1 - nnz / (M * K)``; 1.0 for an empty matrix, which stores nothing."""
-        size = self._shape[0] * self._shape[1]
-        return 1.0 - self.nnz / size if size else 1.0
-
-    @property
-    def tile_shape(self) -> tuple[int, int]:
-        """(128, 64)."""
-        return TILE_M, TILE_K
-
-    @property
-    def n_tile_rows(self) -> int:
-        """ceil(M / 128)."""
-        return tile_grid(self._shape)[0]
-
-    @property
-    def n_tile_cols(self) -> int:
-        """ceil(K / 64)."""
-        return tile_grid(self._shape)[1]
-
-    @property
-    def n_tiles(self) -> int:
-        """n_tile_rows * n_tile_cols; ``tile_offsets`` has n_tiles + 2 entries."""
-        return self.n_tile_rows * self.n_tile_cols
-
-    @property
     def mean_tile_vectors(self) -> int:
         """Stored 16-byte word vectors (``VECTOR_WORDS`` words, padding included) per tile, rounded up: how much a
         tile gives the kernel to load on average (~410 at 80 % sparsity). No synchronisation."""
         n_tiles = self.n_tiles
         return -(-self._words.size // (VECTOR_WORDS * n_tiles)) if n_tiles else 0
-
-    @property
-    def on_device(self) -> bool:
-        """True when the arrays are CuPy arrays."""
-        return not isinstance(self._words, np.ndarray)
 
     # ----------------------------------------------------------------------------------------------- conversions
 
@@ -330,10 +242,7 @@ class TiledCSL:
         >>> A.to_dense(bits=True)
         array([[15360,     0, 32256]], dtype=uint16)
         """
-        xp = array_module(self._words)
-        if not bits and xp is not np and self._dtype != np.float16:
-            raise TypeError("CuPy has no bfloat16: use to_dense(bits=True) for the uint16 bit patterns, "
-                            "or to_host().to_dense()")
+        xp = self._dense_module(bits)
         dense = dense_bits(xp, self._words, self._tile_offsets, self._shape)
         return dense if bits else dense.view(self._dtype)
 
@@ -353,35 +262,3 @@ class TiledCSL:
         rows, cols = matrix_coordinates(tiles, index, tile_grid(self._shape)[1])
         data = values.view(self._dtype).astype(np.float32)
         return scipy.sparse.csr_array((data, (rows, cols)), shape=self._shape)
-
-    def to_device(self) -> "TiledCSL":
-        """A copy with CuPy arrays (``self`` when already on the device).
-
-        Under Numba's CUDA simulator (no GPU, or ``flashllm_nb.use_simulator()``) the simulated device reads host
-        memory, so this returns the host matrix itself, which the kernels then take: code written for the GPU runs
-        unchanged there. Without a GPU and with the simulator off it raises a RuntimeError that says so.
-        """
-        from flashllm_nb import _runtime
-
-        if self.on_device or _runtime.simulator_enabled():
-            return self
-        _runtime.require_gpu("TiledCSL.to_device()")
-        return TiledCSL._from_parts(to_device(self._words), to_device(self._tile_offsets), self._shape, self._dtype,
-                                    self._nnz)
-
-    def copy(self) -> "TiledCSL":
-        """A copy with arrays of its own, in the same module."""
-        return TiledCSL._from_parts(self._words.copy(), self._tile_offsets.copy(), self._shape, self._dtype,
-                                    self._nnz)
-
-    def to_host(self) -> "TiledCSL":
-        """A copy with NumPy arrays (``self`` when already on the host)."""
-        if not self.on_device:
-            return self
-        return TiledCSL._from_parts(to_host(self._words), to_host(self._tile_offsets), self._shape, self._dtype,
-                                    self._nnz)
-
-    def __repr__(self) -> str:
-        return (f"<TiledCSL {self._shape[0]}x{self._shape[1]} {self._dtype}, nnz={self.nnz} "
-                f"({100 * self.sparsity:.1f}% sparse), {_human_bytes(self.nbytes)}, "
-                f"{'device' if self.on_device else 'host'}>")

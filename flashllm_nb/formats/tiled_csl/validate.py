@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..._checks import check_ndim, invalid
-from .._xp import array_module, to_host
+from ..tiled import check_tile_arrays
 from .decode import matrix_coordinates, word_tiles
 from .geometry import NEGATIVE_ZERO, TILE_K, TILE_M, TILE_SHIFT, TILE_SIZE, VECTOR_WORDS, swizzle, tile_grid
 from .layout import place_words
@@ -20,43 +19,16 @@ from .layout import place_words
 def check_arrays(words: Any, tile_offsets: Any, shape: tuple[int, int]) -> tuple[Any, np.ndarray]:
     """The O(n_tiles) checks (invariants 1-4 of :meth:`TiledCSL.check_format`); returns the array module and
     ``tile_offsets`` on the host as int64."""
-    xp = array_module(words, "words")
-    if array_module(tile_offsets, "tile_offsets") is not xp:
-        raise invalid("array module", "tile_offsets", f"that of words ({xp.__name__})",
-                      type(tile_offsets).__module__, TypeError)
-    for array, name, dtype in ((words, "words", np.uint32), (tile_offsets, "tile_offsets", np.int32)):
-        check_ndim(array, name, 1)
-        if array.dtype != dtype:
-            raise invalid("dtype", name, np.dtype(dtype), array.dtype, TypeError)
-    n_tile_rows, n_tile_cols = tile_grid(shape)
-    n_tiles = n_tile_rows * n_tile_cols
-    if tile_offsets.size != n_tiles + 2:
-        raise ValueError(f"tile_offsets has {tile_offsets.size} entries; expected n_tiles + 2 = {n_tiles + 2} "
-                         f"for shape {shape[0]} x {shape[1]} ({n_tile_rows} x {n_tile_cols} tiles)")
-    offsets = to_host(tile_offsets).astype(np.int64)  # synchronize! (n_tiles + 2 integers)
-    if offsets[0] != 0:
-        raise ValueError(f"tile_offsets[0] is {offsets[0]}; expected 0")
-    counts = np.diff(offsets)
-    if (counts < 0).any():
-        t = int(np.flatnonzero(counts < 0)[0])
-        raise ValueError(f"tile_offsets decrease: tile_offsets[{t + 1}] = {offsets[t + 1]} < "
-                         f"tile_offsets[{t}] = {offsets[t]}")
-    if counts[-1] != 0:
-        raise ValueError(f"tile_offsets[-1] is {offsets[-1]}; expected a repeat of tile_offsets[-2] = "
-                         f"{offsets[-2]}")
-    if words.size != VECTOR_WORDS * offsets[-1]:
-        raise ValueError(f"words has {words.size} entries; expected 4 * tile_offsets[-1] = "
-                         f"{VECTOR_WORDS * offsets[-1]}")
-    # Entries an edge tile can hold: its rows inside M times its columns inside K.
-    tile_rows = np.minimum(TILE_M, shape[0] - TILE_M * np.arange(n_tile_rows))
-    tile_cols = np.minimum(TILE_K, shape[1] - TILE_K * np.arange(n_tile_cols))
-    capacity = np.outer(tile_rows, tile_cols).reshape(-1)
-    over = np.flatnonzero(counts[:n_tiles] > -(-capacity // VECTOR_WORDS))
+    xp, offsets, capacity = check_tile_arrays(words, tile_offsets, shape)
+    counts = np.diff(offsets)[: capacity.size]
+    over = np.flatnonzero(counts > -(-capacity // VECTOR_WORDS))
     if over.size:
         t = int(over[0])
-        raise ValueError(f"tile {t} has {counts[t]} vectors ({VECTOR_WORDS * counts[t]} words); its "
-                         f"{tile_rows[t // n_tile_cols]} x {tile_cols[t % n_tile_cols]} part of the matrix holds "
-                         f"at most {capacity[t]} entries, which need {-(-capacity[t] // VECTOR_WORDS)} vectors")
+        tile_row, tile_col = divmod(t, tile_grid(shape)[1])
+        rows, cols = min(TILE_M, shape[0] - TILE_M * tile_row), min(TILE_K, shape[1] - TILE_K * tile_col)
+        raise ValueError(f"tile {t} has {counts[t]} vectors ({VECTOR_WORDS * counts[t]} words); its {rows} x {cols} "
+                         f"part of the matrix holds at most {capacity[t]} entries, which need "
+                         f"{-(-capacity[t] // VECTOR_WORDS)} vectors")
     return xp, offsets
 
 
