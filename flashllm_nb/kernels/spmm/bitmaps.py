@@ -8,8 +8,9 @@ bitmap.
 A value vector (``formats.tiled_bitmap``) is slot 0, the position ``p = row * 64 + col`` of its first entry, and the
 bits of up to 7 entries in the tile's row-major order. Its thread walks the bitmap's 32-bit half-rows from half
 ``h = p >> 5`` with the bits below ``p`` masked off: each value goes to the lowest set bit ``t`` left, then that bit
-is cleared; an exhausted half moves the walk to the next. The A buffer's swizzled slot of (row, 32 * (h & 1) + t)
-is ``key ^ t``, with ``key`` computed once per half::
+is cleared; an exhausted half moves the walk to the next, whose bits were loaded when the walk entered the half
+before (so a crossing waits for no load). The A buffer's swizzled slot of (row, 32 * (h & 1) + t) is ``key ^ t``,
+with ``key`` computed once per half::
 
     key = a_base + row * 64 + (((row & 7) << 3) ^ ((h & 1) << 5))
 
@@ -83,22 +84,25 @@ def _half_key(a_base, h):
 
 def _place():
     @inlined
-    def place(smem16, smem32, bitmap_base, a_base, h, m, key, value):
-        """Store ``value`` on the next set bit of the walk (half ``h``, bits left ``m``, its ``key``); return the
-        walk after it.
+    def place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, value):
+        """Store ``value`` on the next set bit of the walk: half ``h``, its bits left ``m``, the next half's bits
+        ``next_m`` (loaded a half ahead), its ``key``; return the walk after it.
 
-        A matrix built without the checks stays inside shared memory and ends: the half index wraps inside the
-        bitmap buffer, the search gives up after a whole bitmap of empty halves (then ``m`` is 0 and the store goes
-        to slot ``key ^ 31`` of the current half: a wrong value, never a wrong address)."""
+        A half runs out about once a vector at 80 %. The step to the next one waits for no load: its bits are in
+        ``next_m`` already, and the half after it starts loading there, to be used at the next crossing. A matrix
+        built without the checks stays inside shared memory and ends: the half index wraps inside the bitmap
+        buffer, the search gives up after a whole bitmap of empty halves (then ``m`` is 0 and the store goes to
+        slot ``key ^ 31`` of the current half: a wrong value, never a wrong address)."""
         searched = uint32(0)
         while m == uint32(0) and searched < uint32(BITMAP_WORDS):
             h = uint32(uint32(h + uint32(1)) & uint32(BITMAP_WORDS - 1))
-            m = uint32(smem32[bitmap_base + uint64(h)])
+            m = next_m
+            next_m = uint32(smem32[bitmap_base + uint64(uint32(uint32(h + uint32(1)) & uint32(BITMAP_WORDS - 1)))])
             key = _half_key(a_base, h)
             searched = uint32(searched + uint32(1))
         t = uint32(uint32(uint32(cuda.ffs(m)) - uint32(1)) & uint32(31))
         smem16[uint64(uint32(key ^ t))] = uint16(value & uint32(0xFFFF))
-        return h, uint32(m & uint32(m - uint32(1))), key
+        return h, uint32(m & uint32(m - uint32(1))), next_m, key
 
     return place
 
@@ -116,27 +120,28 @@ def _scatter(g: Geometry):
         h = uint32(p >> uint32(5))
         key = _half_key(a_base, h)
         m = uint32(smem32[bitmap_base + uint64(h)] & uint32(uint32(0xFFFFFFFF) << uint32(p & uint32(31))))
-        h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w0 >> uint32(16))
+        next_m = uint32(smem32[bitmap_base + uint64(uint32(uint32(h + uint32(1)) & uint32(BITMAP_WORDS - 1)))])
+        h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w0 >> uint32(16))
         if last:
             if (w1 & uint32(0xFFFF)) != uint32(0):
-                h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w1)
+                h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w1)
             if (w1 >> uint32(16)) != uint32(0):
-                h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w1 >> uint32(16))
+                h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w1 >> uint32(16))
             if (w2 & uint32(0xFFFF)) != uint32(0):
-                h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w2)
+                h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w2)
             if (w2 >> uint32(16)) != uint32(0):
-                h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w2 >> uint32(16))
+                h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w2 >> uint32(16))
             if (w3 & uint32(0xFFFF)) != uint32(0):
-                h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w3)
+                h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w3)
             if (w3 >> uint32(16)) != uint32(0):
-                h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w3 >> uint32(16))
+                h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w3 >> uint32(16))
         else:
-            h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w1)
-            h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w1 >> uint32(16))
-            h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w2)
-            h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w2 >> uint32(16))
-            h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w3)
-            h, m, key = place(smem16, smem32, bitmap_base, a_base, h, m, key, w3 >> uint32(16))
+            h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w1)
+            h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w1 >> uint32(16))
+            h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w2)
+            h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w2 >> uint32(16))
+            h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w3)
+            h, m, next_m, key = place(smem16, smem32, bitmap_base, a_base, h, m, next_m, key, w3 >> uint32(16))
 
     @inlined
     def scatter(words, smem16, smem32, v0, v1, a_stage, wbuf):
