@@ -62,6 +62,15 @@ def test_words_must_be_1d():
     refuses(ValueError, "Invalid number of dimensions of words: expected 1, got 2", w=words(ONE, 0, 0, 0).reshape(2, 2))
 
 
+def test_arrays_must_be_contiguous():
+    """A strided view would be read from its first element on, contiguously, by the kernel: refused."""
+    every_other = np.zeros(16, np.uint32)
+    every_other[::2] = words(ONE, *PAD, ONE, *PAD)
+    refuses(ValueError, "Invalid memory layout of words: expected a C-contiguous (row-major) array, got strides (8,)",
+            w=every_other[::2])
+    refuses(ValueError, "Invalid memory layout of tile_offsets", o=offsets(0, 0, 1, 1, 2, 2, 2, 2)[::2])
+
+
 def test_arrays_must_be_arrays():
     refuses(TypeError, "Invalid type of tile_offsets: expected a NumPy or CuPy array, got list", o=[0, 1, 2, 2])
 

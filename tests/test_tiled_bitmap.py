@@ -147,6 +147,10 @@ def test_check_format_names_each_broken_invariant():
         TiledBitmap(A.words, A.tile_offsets[:-1], A.shape, A.dtype)
     with pytest.raises(ValueError, match="words has"):
         TiledBitmap(A.words[:-4], A.tile_offsets, A.shape, A.dtype)
+    strided = np.zeros(2 * A.words.size, np.uint32)
+    strided[::2] = A.words
+    with pytest.raises(ValueError, match="Invalid memory layout of words: expected a C-contiguous"):
+        TiledBitmap(strided[::2], A.tile_offsets, A.shape, A.dtype)
 
 
 @pytest.mark.parametrize("row,col", [(100, 0), (5, 40)])

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_int_in_range, check_ndim, invalid
+from .._checks import check_c_contiguous, check_int_in_range, check_ndim, invalid
 from ._xp import array_module, as_bits, to_device, to_host, value_dtype
 __all__ = ["TILE_M", "TILE_K", "TILE_SIZE", "tile_grid", "TiledMatrix", "check_tile_arrays", "tile_major"]
 
@@ -182,9 +182,9 @@ class TiledMatrix:
 
 def check_tile_arrays(words: Any, tile_offsets: Any, shape: tuple[int, int]) -> tuple[Any, np.ndarray, np.ndarray]:
     """The checks of the arrays that do not look inside a tile: ``words`` a 1-D uint32 array and ``tile_offsets`` a
-    1-D int32 array of the same module, ``n_tiles + 2`` offsets from 0, never decreasing, the last repeated, and
-    ``4 * tile_offsets[-1]`` words. Returns the array module, the offsets on the host as int64 and each tile's
-    capacity (the elements of its part of the logical shape)."""
+    1-D int32 array of the same module, both contiguous, ``n_tiles + 2`` offsets from 0, never decreasing, the last
+    repeated, and ``4 * tile_offsets[-1]`` words. Returns the array module, the offsets on the host as int64 and
+    each tile's capacity (the elements of its part of the logical shape)."""
     xp = array_module(words, "words")
     if array_module(tile_offsets, "tile_offsets") is not xp:
         raise invalid("array module", "tile_offsets", f"that of words ({xp.__name__})",
@@ -193,6 +193,7 @@ def check_tile_arrays(words: Any, tile_offsets: Any, shape: tuple[int, int]) -> 
         check_ndim(array, name, 1)
         if array.dtype != dtype:
             raise invalid("dtype", name, np.dtype(dtype), array.dtype, TypeError)
+        check_c_contiguous(array, name)  # the kernel reads them from their first element on, contiguously
     n_tile_rows, n_tile_cols = tile_grid(shape)
     n_tiles = n_tile_rows * n_tile_cols
     if tile_offsets.size != n_tiles + 2:

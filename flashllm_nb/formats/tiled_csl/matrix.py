@@ -176,7 +176,8 @@ class TiledCSL(TiledMatrix):
 
         Always (O(n_tiles)):
 
-        1. ``words`` is a 1-D uint32 array and ``tile_offsets`` a 1-D int32 array of the same module;
+        1. ``words`` is a 1-D uint32 array and ``tile_offsets`` a 1-D int32 array of the same module, both
+           contiguous;
         2. ``len(tile_offsets) == n_tiles + 2``, ``tile_offsets[0] == 0``, the offsets never decrease, and the
            last one repeats the one before it;
         3. ``len(words) == 4 * tile_offsets[-1]``;
