@@ -39,9 +39,9 @@ class _Attention(torch.nn.Module):
         return self.q_proj(x), self.k_proj(kv), self.v_proj(kv)
 
 
-def _sparsified(bias: bool = True, dtype=torch.float16, seed: int = 0):
-    """A sparsified _Attention and, per sibling, the dense weight and bias it was made of: the Linear layers' own,
-    80 % of each weight zeroed before ``sparsify`` keeps exactly those zeros."""
+def _sparsified(bias: bool = True, dtype=torch.float16, seed: int = 0, sparse_format: str = "csl"):
+    """A sparsified _Attention (weights in ``sparse_format``) and, per sibling, the dense weight and bias it was made
+    of: the Linear layers' own, 80 % of each weight zeroed before ``sparsify`` keeps exactly those zeros."""
     module = _Attention(bias, dtype, seed)
     weights = {}
     with torch.no_grad():
@@ -50,7 +50,8 @@ def _sparsified(bias: bool = True, dtype=torch.float16, seed: int = 0):
             linear.weight.mul_(torch.rand(linear.weight.shape, generator=torch.Generator().manual_seed(seed)).to(
                 linear.weight.device) >= 0.8)
             weights[name] = (linear.weight.clone(), None if linear.bias is None else linear.bias.clone())
-    report = flt.sparsify(module, skip=(), progress=False)
+    report = flt.sparsify(module, skip=(), progress=False, sparse_format=sparse_format)
+    assert module.qkv_proj.fused.sparse_format == sparse_format
     assert report.stacked == ["qkv_proj"] and sorted(report.converted) == sorted(ROWS)
     for i, name in enumerate(ROWS):
         rows = getattr(module, name)
@@ -191,11 +192,13 @@ def test_blocks_follow_a_state_loaded_into_the_stack_or_a_new_stack_and_keep_the
         _check(module(x), [x] * 3, third_weights)
 
 
+@pytest.mark.parametrize("sparse_format", ["csl", "bitmap"])
 @pytest.mark.parametrize("stacking", [True, False])
-def test_compiled_siblings_are_one_graph_and_equal_eager(stacking):
+def test_compiled_siblings_are_one_graph_and_equal_eager(stacking, sparse_format):
     """torch.compile(fullgraph=True): one graph with one sparse product for the three siblings while they are
-    stacked, three (each a view of the stack's words) once they are not; equal to eager."""
-    module, weights = _sparsified()
+    stacked, three (each a view of the stack's words) once they are not; equal to eager, in either weight
+    format."""
+    module, weights = _sparsified(sparse_format=sparse_format)
     module.qkv_proj.stacking = stacking
     graphs = []
 

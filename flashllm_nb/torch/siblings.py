@@ -126,7 +126,7 @@ class SparseSiblings(torch.nn.Module):
             begin, stop = self._spans[index]
             return torch.ops.flashllm_nb.sparse_linear(x, fused.words[begin:stop],
                                                        getattr(self, f"block_offsets_{index}"), bias,
-                                                       self.rows[index], fused.activation)
+                                                       self.rows[index], fused.activation, fused.sparse_format)
         if self._blocks_of != (fused.words.data_ptr(), fused.tile_offsets.data_ptr()):
             self._make_blocks()  # the stack's tensors were replaced
         fused._check_input(x)
