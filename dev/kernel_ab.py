@@ -109,8 +109,9 @@ def compare(variants: list[Variant], ns, sparsities, shapes, check=()) -> None:
                 y = cp.empty((n, m), cp.float16)
                 t_dense = time_batched([lambda: cp.matmul(x, dense.T, out=y)] * 8)
                 line = f"N={n} {s:.0%} {m}x{k}: cuBLAS {t_dense * 1e3:.1f} us"
+                timed = {}  # per variant, the matrices it timed on this (the last) shape
                 for v in variants:
-                    matrices = bitmap_copies(csl, x) if v.forced.get("format") == "bitmap" else csl
+                    matrices = timed[v.name] = bitmap_copies(csl, x) if v.forced.get("format") == "bitmap" else csl
                     nbytes = matrices[0].words.nbytes + matrices[0].tile_offsets.nbytes + 2 * n * (m + k)
                     t_bound = nbytes / bandwidth * 1e3  # ms
                     force = v.force(n)
@@ -123,10 +124,10 @@ def compare(variants: list[Variant], ns, sparsities, shapes, check=()) -> None:
                 f"{name} {geometric_mean(ratios[name]):.3f}x ({geometric_mean(bounds[name]):.3f} bound)"
                 for name in ratios), flush=True)
             for v in variants:
-                bitmap = v.forced.get("format") == "bitmap"
-                tile_vectors = (bitmap_copies(csl[:1], x) if bitmap else csl)[0].mean_tile_vectors  # the last layer's
+                a = timed[v.name][0]  # the last layer's, as planned for its timing
+                tile_vectors = a.mean_tile_vectors
                 p = plan(m, n, k, "float16", "nk", tile_vectors=tile_vectors, force=v.force(n),
-                         sparse="bitmap" if bitmap else "csl")
+                         sparse=a.sparse_format)
                 registers, _ = driver.kernel_resources(p.config)
                 print(f"  {v.name} N={n} {s:.0%} {m}x{k} ({tile_vectors} vectors per tile): {p.config}, "
                       f"{registers} registers, {driver.blocks_per_sm(p.config, p.shared_bytes)} blocks/SM, "

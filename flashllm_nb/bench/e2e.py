@@ -113,6 +113,13 @@ def format_hf_row_spec(compile_: bool, sparsity: float, stack: bool, sparse_form
     return f"{'compiled' if compile_ else 'eager'}:{sparsity!r}:{'stacked' if stack else 'unstacked'}:{sparse_format}"
 
 
+def _hf_provider(compile_: bool, stack: bool, sparse_format: str) -> str:
+    """The provider column of a transformers row: "hf-compiled" or "hf-eager", "-unstacked" for the siblings left
+    apart, "-bitmap" for Tiled-Bitmap weights."""
+    return ("hf-compiled" if compile_ else "hf-eager") + ("" if stack else "-unstacked") + (
+        "-bitmap" if sparse_format == "bitmap" else "")
+
+
 _CHILD_ROWS = "bench-e2e hf rows: "  # the line on which a child process hands its rows to the parent, as JSON
 
 
@@ -142,8 +149,7 @@ def _run_hf_in_child(argv: Sequence[str], args, name: str, compile_: bool, spars
                 log(line)
     got = rows_from_child_output(lines)
     if got is None:
-        provider = ("hf-compiled" if compile_ else "hf-eager") + ("" if stack else "-unstacked") + (
-            "-bitmap" if sparse_format == "bitmap" else "")
+        provider = _hf_provider(compile_, stack, sparse_format)
         note = f"the child process ended ({child.returncode}) without rows: " + " | ".join(lines[-3:])
         got = [dict(model=name, provider=provider, sparsity=sparsity, batch=batch, prompt=args.prompt,
                     new=args.hf_new or args.new, status="failed", note=note[:500]) for batch in args.batch]
@@ -220,8 +226,7 @@ def _run_hf(args, name: str, batches, compile_: bool, sparsity: float, log, rows
 
     from flashllm_nb.llm.config import PRESETS
 
-    provider = ("hf-compiled" if compile_ else "hf-eager") + ("" if stack else "-unstacked") + (
-        "-bitmap" if sparse_format == "bitmap" else "")
+    provider = _hf_provider(compile_, stack, sparse_format)
     new = args.hf_new or args.new
     config = transformers.AutoConfig.for_model(**PRESETS[name])
     dtype = torch.float16 if args.dtype == "float16" else torch.bfloat16

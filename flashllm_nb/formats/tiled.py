@@ -48,8 +48,11 @@ class TiledMatrix:
     ``mean_tile_vectors`` and ``to_dense``.
 
     ``Format(words, tile_offsets, shape, dtype)`` wraps the arrays without copying and runs only the cheap checks
-    of ``check_format``.
+    of ``check_format``. ``sparse_format`` is the name the kernel's configuration (``SpmmConfig.sparse``) and
+    ``flashllm_nb.torch`` know the format by.
     """
+
+    sparse_format: str
 
     def __init__(self, words: Any, tile_offsets: Any, shape: tuple[int, int], dtype: Any):
         self._words = words

@@ -233,7 +233,7 @@ def _run(A, X, bias, out, stream, split_k, x_layout, prepared=False, force=None,
     x, ldx = _aligned_rows(x, xp)
     p = _plan(m, n, k, "bfloat16" if dtype == _xp.BFLOAT16 else "float16", x_layout,
                      None if split_k is None else int(split_k), tile_vectors=A.mean_tile_vectors, force=force,
-                     relu=relu, sparse="bitmap" if isinstance(A, TiledBitmap) else "csl")
+                     relu=relu, sparse=A.sparse_format)
     if kind == "numpy":  # the simulator indexes its arrays: flat uint16 views
         x_flat, y = x.reshape(-1), y.reshape(-1)
     else:

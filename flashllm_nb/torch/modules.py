@@ -177,8 +177,7 @@ class SparseLinear(torch.nn.Module):
     def from_matrix(cls, matrix: TiledCSL | TiledBitmap, bias: Optional[torch.Tensor] = None,
                     device=None) -> "SparseLinear":
         """As :meth:`from_tiled_csl`, for a matrix of either format; the layer takes the matrix's format."""
-        formats = {fmt: name for name, fmt in ops.SPARSE_FORMATS.items()}
-        if type(matrix) not in formats:
+        if not isinstance(matrix, tuple(ops.SPARSE_FORMATS.values())):
             raise invalid("type", "matrix", "a TiledCSL or TiledBitmap", type(matrix).__name__, TypeError)
         if matrix.on_device == ptx.SIMULATOR:
             raise invalid("device", "matrix", "the host (NumPy arrays) under the simulator" if ptx.SIMULATOR
@@ -192,7 +191,7 @@ class SparseLinear(torch.nn.Module):
             if bias.shape != (out_features,):
                 raise invalid("shape", "bias", f"({out_features},) (the matrix's rows)", tuple(bias.shape))
             check_weight_device(bias.device, "bias")
-        layer = cls(in_features, out_features, bias is not None, dtype, device, sparse_format=formats[type(matrix)])
+        layer = cls(in_features, out_features, bias is not None, dtype, device, sparse_format=matrix.sparse_format)
         with torch.no_grad():
             layer._take(matrix)
             if bias is not None:

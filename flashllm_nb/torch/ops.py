@@ -39,7 +39,7 @@ __all__ = ["sparse_linear", "MatrixState", "matrix_views", "SPARSE_FORMATS"]
 
 #: The matrix formats a SparseLinear holds its weight in, by name: Tiled-CSL (a word per entry) or Tiled-Bitmap (a
 #: bitmap per tile and the values; fewer bytes below about 93 % sparsity).
-SPARSE_FORMATS = {"csl": TiledCSL, "bitmap": TiledBitmap}
+SPARSE_FORMATS = {fmt.sparse_format: fmt for fmt in (TiledCSL, TiledBitmap)}
 
 _LAUNCHES_PER_MATRIX = 16  # prepared launches kept per matrix (token counts x streams); the oldest goes first
 _TORCH_DTYPES = {torch.float16: _xp.FLOAT16, torch.bfloat16: _xp.BFLOAT16}

@@ -24,6 +24,8 @@ class TiledBitmap(TiledMatrix):
     and the host and device copies are :class:`~flashllm_nb.formats.tiled.TiledMatrix`'s.
     """
 
+    sparse_format = "bitmap"
+
     @classmethod
     def from_dense(cls, W: Any, dtype: Any = None) -> "TiledBitmap":
         """Encode a dense fp16/bf16 matrix; every element that is not a zero (+0.0 or -0.0) is stored.

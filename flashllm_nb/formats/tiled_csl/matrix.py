@@ -42,6 +42,8 @@ class TiledCSL(TiledMatrix):
         The type whose bit patterns the low 16 bits of each word hold.
     """
 
+    sparse_format = "csl"
+
     # ----------------------------------------------------------------------------------------------- constructors
 
     @classmethod
