@@ -109,8 +109,8 @@ for step in "$@"; do
                       timeout 120 python3 -m dev.block_timeline $shape 1 0.8 --out "$OUT" 2>&1 \
                         | tee -a "$OUT/block-timeline.log"
                     done ;;
-    ticket-ab) timeout 420 python3 -m dev.kernel_ab 1 8 16 --variant plan --variant acqrel:ticket=acq_rel \
-                 --check acqrel --sparsities 0.8,0.9 --shapes 7168x7168,7168x28672,28672x7168,9216x9216 2>&1 \
+    ticket-ab) timeout 420 python3 -m dev.kernel_ab 1 8 16 --variant plan --variant fences:ticket=fences \
+                 --check fences --sparsities 0.8,0.9 --shapes 7168x7168,7168x28672,28672x7168,9216x9216 2>&1 \
                  | tee "$OUT/ticket-ab.log" | tail -30
                for ticket in fences acq_rel; do  # where the split-K end goes, each way
                  timeout 60 python3 -m dev.block_timeline 7168 7168 1 0.8 --ticket $ticket --out "$OUT" 2>&1 \

@@ -23,7 +23,7 @@ after ``dev/ptx_fingerprint.py`` has said which configurations the change touche
 Examples::
 
     python -m dev.kernel_ab 16 8 --variant plan --variant rows:clear=rows --sparsities 0.85,0.9,0.95
-    python -m dev.kernel_ab 1 8 16 --variant plan --variant acqrel:ticket=acq_rel --check acqrel --shapes 7168x7168
+    python -m dev.kernel_ab 1 8 16 --variant plan --variant fences:ticket=fences --check fences --shapes 7168x7168
     python -m dev.kernel_ab 1 16 --variant plan --variant bitmap:format=bitmap --sparsities 0.7,0.8,0.9
 """
 

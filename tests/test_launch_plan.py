@@ -308,14 +308,14 @@ def test_bad_clear_is_named():
         SpmmConfig(tile_n=16, clear="none")
 
 
-def test_bad_ticket_is_named_and_the_plan_builds_fences_unless_forced():
+def test_bad_ticket_is_named_and_the_plan_builds_acq_rel_unless_forced():
     from flashllm_nb.kernels.spmm.config import SpmmConfig
 
     expected = r"Invalid ticket of SpmmConfig: expected one of \('fences', 'acq_rel'\), got 'atomic'"
     with pytest.raises(ValueError, match=expected):
         SpmmConfig(tile_n=16, ticket="atomic")
-    assert plan(1000, 16, 64 * 40, "float16", "nk", split_k=5).config.ticket == "fences"
-    assert plan(1000, 16, 64 * 40, "float16", "nk", split_k=5, force=Force(ticket="acq_rel")).config.ticket == "acq_rel"
+    assert plan(1000, 16, 64 * 40, "float16", "nk", split_k=5).config.ticket == "acq_rel"
+    assert plan(1000, 16, 64 * 40, "float16", "nk", split_k=5, force=Force(ticket="fences")).config.ticket == "fences"
 
 
 def test_force_fixes_each_choice_and_refuses_what_is_not_built():

@@ -133,7 +133,7 @@ def test_forced_split_k(m, k, n, sparsity, split_k):
     check_product(W, random_activations(rng, n, k, F16), layout="kn", split_k=split_k)
 
 
-ACQ_REL_TICKET = by_tier(
+FENCES_TICKET = by_tier(
     sim=[_case(200, 5 * 64, n, path, dtype, 3, name=f"{path}-split3") for n, path, dtype in
          ((1, "wgmma", F16), (8, "sync", BF16))],
     gpu=[_case(7168, 7168, n, None, F16, split_k, name=f"split{split_k or 'planned'}")
@@ -141,22 +141,25 @@ ACQ_REL_TICKET = by_tier(
 )
 
 
-@pytest.mark.parametrize("m, k, n, path, dtype, split_k", ACQ_REL_TICKET)
-def test_acq_rel_ticket_gives_the_bits_of_the_fences(m, k, n, path, dtype, split_k):
-    """The split-K ticket taken as one acquire-release add (``SpmmConfig(ticket="acq_rel")``, the candidate to the
-    two fences the plan builds) gives the reference's product within the bound, and, launched twice more (its
+@pytest.mark.parametrize("m, k, n, path, dtype, split_k", FENCES_TICKET)
+def test_fences_ticket_gives_the_bits_of_the_acq_rel_ticket(m, k, n, path, dtype, split_k):
+    """The split-K ticket taken between two fences (``SpmmConfig(ticket="fences")``, the A/B alternative to the
+    plan's acquire-release add) gives the reference's product within the bound, and, launched twice more (its
     tickets back at zero), exactly the bits of the plan's ticket: both sum the splits in split order."""
     rng = np.random.default_rng(n + (split_k or 0))
     W = random_sparse(rng, m, k, 0.8, dtype)
     X = random_activations(rng, n, k, dtype)
-    acq_rel = spmm_plan.Force(mma=path, ticket="acq_rel")
-    check_product(W, X, split_k=split_k, force=acq_rel)
+    fences = spmm_plan.Force(mma=path, ticket="fences")
+    check_product(W, X, split_k=split_k, force=fences)
     A, Xd = fl.TiledCSL.from_dense(device(W)), device(X)
-    planned = spmm_plan.plan(m, n, k, dtype.name, "nk", split_k=split_k, force=acq_rel)
-    assert planned.splits > 1 and planned.config.ticket == "acq_rel"
-    fences = host(fl.linear(Xd, A, split_k=split_k, force=spmm_plan.Force(mma=path))).view(np.uint16)
+    planned = spmm_plan.plan(m, n, k, dtype.name, "nk", split_k=split_k, force=fences)
+    assert planned.splits > 1 and planned.config.ticket == "fences"
+    acq_rel = spmm_plan.Force(mma=path)
+    assert spmm_plan.plan(m, n, k, dtype.name, "nk", split_k=split_k, force=acq_rel).config.ticket == "acq_rel"
+    planned_bits = host(fl.linear(Xd, A, split_k=split_k, force=acq_rel)).view(np.uint16)
     for _ in range(2):
-        np.testing.assert_array_equal(host(fl.linear(Xd, A, split_k=split_k, force=acq_rel)).view(np.uint16), fences)
+        np.testing.assert_array_equal(host(fl.linear(Xd, A, split_k=split_k, force=fences)).view(np.uint16),
+                                      planned_bits)
 
 
 REPEATED = by_tier(

@@ -14,7 +14,7 @@ import itertools
 
 import pytest
 
-from flashllm_nb.kernels.spmm.config import TILE_N_CHOICES
+from flashllm_nb.kernels.spmm.config import TILE_N_CHOICES, SpmmConfig
 from flashllm_nb.kernels.spmm.plan import DEFAULT_WARPS, PREFETCH_MORE_TILE_N, warps_for
 from ptx_compile_worker import compile_ptx_in_subprocess
 
@@ -96,11 +96,11 @@ WGMMA_CONFIGS = [dict(config, grid_dependency=True) for config in WGMMA_CONFIGS]
 TIMELINE_CONFIG = dict(tile_n=8, dtype="float16", x_layout="nk", splits=True, warps=4, mma="wgmma",
                        prefetch_vectors=512, clear="entries", grid_dependency=True, timeline=True)
 TIMELINE_REGISTERS = ["%globaltimer_lo", "%smid"]
-# The candidate split-K ticket (SpmmConfig.ticket="acq_rel", one acquire-release add instead of two membar.gl), on
-# the configuration of TIMELINE_CONFIG and on an mma.sync one for sm_80.
-ACQ_REL_WGMMA_CONFIG = dict(TIMELINE_CONFIG, timeline=False, ticket="acq_rel")
-ACQ_REL_SYNC_CONFIG = dict(tile_n=16, dtype="bfloat16", x_layout="kn", splits=True, warps=4, mma="sync",
-                           prefetch_vectors=512, clear="rows", ticket="acq_rel")
+# The A/B alternative to the plan's split-K ticket (SpmmConfig.ticket="fences": two membar.gl around a relaxed add
+# instead of one acquire-release add), on the configuration of TIMELINE_CONFIG and on an mma.sync one for sm_80.
+FENCES_WGMMA_CONFIG = dict(TIMELINE_CONFIG, timeline=False, ticket="fences")
+FENCES_SYNC_CONFIG = dict(tile_n=16, dtype="bfloat16", x_layout="kn", splits=True, warps=4, mma="sync",
+                          prefetch_vectors=512, clear="rows", ticket="fences")
 ACQ_REL_TICKET, FENCE = "atom.acq_rel.gpu.global.add.u32", "membar.gl"
 GRID_DEPENDENCY_INSTRUCTIONS = ["griddepcontrol.launch_dependents;", "griddepcontrol.wait;"]
 WGMMA_INSTRUCTIONS = [
@@ -129,10 +129,10 @@ CLEAR_INSTRUCTIONS = {
 
 @pytest.fixture(scope="module")
 def compiled():
-    results = compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", CONFIGS + [ACQ_REL_SYNC_CONFIG], CCS)
+    results = compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", CONFIGS + [FENCES_SYNC_CONFIG], CCS)
     results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", DEPENDENT_CONFIGS, [DEPENDENT_CC])
     results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel",
-                                         WGMMA_CONFIGS + [TIMELINE_CONFIG, ACQ_REL_WGMMA_CONFIG], [WGMMA_CC])
+                                         WGMMA_CONFIGS + [TIMELINE_CONFIG, FENCES_WGMMA_CONFIG], [WGMMA_CC])
     return {(tuple(sorted(r.config.items())), tuple(r.cc)): r for r in results}
 
 
@@ -162,9 +162,9 @@ def _check_no_timeline(result, config, cc):
 
 
 def _check_ticket(result, config, cc):
-    """A split-K kernel takes its ticket between two fences, or with the acquire-release add when built so; a
+    """A split-K kernel takes its ticket with the acquire-release add, or between two fences when built so; a
     kernel without split-K does neither."""
-    acq_rel = config.get("ticket", "fences") == "acq_rel"
+    acq_rel = config.get("ticket", SpmmConfig.ticket) == "acq_rel"
     assert (ACQ_REL_TICKET in result.ptx) == (config["splits"] and acq_rel), f"{ACQ_REL_TICKET} in {_id(config, cc)}"
     assert (result.ptx.count(FENCE) == 2) == (config["splits"] and not acq_rel), \
         f"{result.ptx.count(FENCE)} {FENCE} in {_id(config, cc)}"
@@ -230,13 +230,13 @@ def test_timeline_variant_reads_the_timer_and_compiles_without_local_memory(comp
     _assembled_without_local_memory(result, TIMELINE_CONFIG, WGMMA_CC)
 
 
-ACQ_REL_CASES = [(ACQ_REL_WGMMA_CONFIG, WGMMA_CC)] + [(ACQ_REL_SYNC_CONFIG, cc) for cc in CCS]
+FENCES_CASES = [(FENCES_WGMMA_CONFIG, WGMMA_CC)] + [(FENCES_SYNC_CONFIG, cc) for cc in CCS]
 
 
-@pytest.mark.parametrize("config,cc", ACQ_REL_CASES, ids=[_id(c, cc) for c, cc in ACQ_REL_CASES])
-def test_acq_rel_ticket_replaces_both_fences_and_compiles_without_local_memory(compiled, config, cc):
-    """The candidate ticket (SpmmConfig.ticket="acq_rel") is one atom.acq_rel.gpu add and no membar.gl, and ptxas
-    assembles it without local memory, on both instruction paths."""
+@pytest.mark.parametrize("config,cc", FENCES_CASES, ids=[_id(c, cc) for c, cc in FENCES_CASES])
+def test_fences_ticket_has_both_fences_and_compiles_without_local_memory(compiled, config, cc):
+    """The A/B alternative ticket (SpmmConfig.ticket="fences") is two membar.gl and no acquire-release add, and
+    ptxas assembles it without local memory, on both instruction paths."""
     result = compiled[(tuple(sorted(config.items())), cc)]
     assert result.error is None, result.error
     _check_ticket(result, config, cc)

@@ -13,7 +13,7 @@ tile), never from a hand-made table:
   registers and shared memory, ``choose_splits`` picks the factor with the least estimated time, counting waves of
   blocks (a partly filled last wave almost as a full one), each block's fixed cost and its partial sums' traffic;
 * dependent launch (``griddepcontrol``) wherever the device has it (sm_90 on, and the simulator);
-* the split-K ticket: "fences" (``SpmmConfig.ticket``; "acq_rel" only when forced, until it is measured);
+* the split-K ticket: one acquire-release add (``SpmmConfig.ticket``'s "acq_rel"; "fences" only when forced);
 * for a Tiled-Bitmap A (``sparse="bitmap"``): zeroing by rows, and the smallest value-vector buffer that holds a
   tile of the matrix's mean with room to spare (``prefetch_for_bitmap``).
 
