@@ -490,3 +490,42 @@ def test_child_rows_are_read_from_the_last_marked_line():
     lines = ["building", _CHILD_ROWS + json.dumps([{"batch": 1}]), "late log", _CHILD_ROWS + json.dumps([{"batch": 2}])]
     assert rows_from_child_output(lines) == [{"batch": 2}]
     assert rows_from_child_output(["Traceback (most recent call last):", "  ..."]) is None
+
+
+def _e2e_row(provider, sparsity, batch, tok_s, status="ok", model="opt-30b"):
+    return {"model": model, "provider": provider, "sparsity": sparsity, "batch": batch, "decode_tok_s": tok_s,
+            "status": status}
+
+
+def test_e2e_speedups_compare_each_sparse_row_with_its_own_stacks_dense_row():
+    """hf-compiled variants against hf-compiled dense, eager against eager, per model and batch; the engine against
+    its own dense row, else transformers' compiled dense; failed rows and rows with no baseline get none."""
+    from flashllm_nb.bench.e2e_plot import speedups_over_dense, stack_of
+
+    assert [stack_of(p) for p in ("hf-compiled-unstacked", "hf-eager-bitmap", "flashllm_nb")] == \
+        ["hf-compiled", "hf-eager", "flashllm_nb"]
+    rows = [_e2e_row("hf-compiled", 0.0, 1, 40.0), _e2e_row("hf-compiled", 0.8, 1, 64.0),
+            _e2e_row("hf-compiled-unstacked", 0.8, 1, 60.0), _e2e_row("hf-eager", 0.0, 1, 10.0),
+            _e2e_row("hf-eager", 0.8, 1, 42.0), _e2e_row("flashllm_nb", 0.8, 1, 82.0),
+            _e2e_row("hf-compiled", 0.8, 16, 700.0),  # no dense row at batch 16
+            _e2e_row("hf-compiled-bitmap", 0.8, 1, None, status="failed: out of memory"),
+            _e2e_row("flashllm_nb", 0.0, 1, 41.0, model="opt-66b"), _e2e_row("flashllm_nb", 0.9, 1, 102.5,
+                                                                              model="opt-66b")]
+    speedups = speedups_over_dense(rows)
+    assert sorted(speedups) == [1, 2, 4, 5, 9]
+    assert speedups[1] == (pytest.approx(1.6), "hf-compiled") and speedups[2] == (pytest.approx(1.5), "hf-compiled")
+    assert speedups[4] == (pytest.approx(4.2), "hf-eager")
+    assert speedups[5] == (pytest.approx(2.05), "hf-compiled")  # the engine with no dense row of its own
+    assert speedups[9] == (pytest.approx(2.5), "flashllm_nb")
+
+
+def test_e2e_figure_is_written_for_one_and_several_batches(tmp_path):
+    from flashllm_nb.bench.e2e_plot import plot
+
+    meta = {"device": "test card", "date": "2026-12-08"}
+    for name, batches in (("one", (1,)), ("two", (1, 16))):
+        rows = [_e2e_row(p, s, b, 40.0 * b * (1 + 2 * s)) for b in batches
+                for p, s in (("hf-compiled", 0.0), ("hf-compiled", 0.8), ("flashllm_nb", 0.8))]
+        rows.append(_e2e_row("hf-eager", 0.8, 1, None, status="failed: timed out"))
+        plot(rows, meta, tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

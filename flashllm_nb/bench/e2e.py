@@ -15,8 +15,9 @@ per GPU). With ``--hf`` the same shapes run dense in Hugging Face ``transformers
 static cache with ``torch.compile``) as the outside baseline, where they fit; ``--hf-sparse`` adds the same model
 with its decoder layers pruned and replaced by :class:`flashllm_nb.torch.SparseLinear` at each sparsity. Each
 transformers model runs in a process of its own (``--hf-row``, which the run passes to its children), unless
-``--hf-same-process``. Results: JSON, CSV, markdown and a PNG in ``--out``, a table printed last. Without a GPU it
-runs the pipeline on a tiny preset in the simulator and times nothing.
+``--hf-same-process``. Results: JSON, CSV, markdown and a PNG (:mod:`.e2e_plot`: a bar a row, each sparse one with
+its speedup over its dense row) in ``--out``, a table printed last. Without a GPU it runs the pipeline on a tiny
+preset in the simulator and times nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
+from flashllm_nb.bench import e2e_plot
 from flashllm_nb.bench.command import positive_int, sparsity_fraction
 
 __all__ = ["main", "build_parser", "decode_bound", "markdown_table", "hf_row_spec", "format_hf_row_spec",
@@ -359,30 +361,6 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _plot(rows: list[dict], meta: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in rows if r["status"] == "ok"]
-    models = sorted({r["model"] for r in ok})
-    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(6 * max(len(models), 1), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], models):
-        for provider, sparsity in sorted({(r["provider"], r["sparsity"]) for r in ok if r["model"] == name}):
-            line = sorted((r["batch"], r["decode_tok_s"]) for r in ok if r["model"] == name and
-                          r["provider"] == provider and r["sparsity"] == sparsity)
-            label = f"{provider}, {'dense' if sparsity == 0 else f'{sparsity:.0%} sparse'}"
-            ax.plot([b for b, _ in line], [t for _, t in line], marker="o", label=label)
-        ax.set(xscale="log", yscale="log", xlabel="batch (sequences)", ylabel="decode tokens/s",
-               title=f"{name} on {meta.get('device', '?')}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _write(out: Path, meta: dict, rows: list[dict], stamp: str) -> dict[str, Path]:
     import csv
 
@@ -398,7 +376,7 @@ def _write(out: Path, meta: dict, rows: list[dict], stamp: str) -> dict[str, Pat
                            + markdown_table(rows) + "\n")
     try:
         paths["png"] = out / f"e2e_{stamp}.png"
-        _plot(rows, meta, paths["png"])
+        e2e_plot.plot(rows, meta, paths["png"])
     except ImportError:
         paths.pop("png")
     return paths
