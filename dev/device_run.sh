@@ -7,8 +7,8 @@
 # profile-pairs (where kernels meet, batch 16), bench-smoke, bench-smoke-ordinary, bench-smoke-at (bench-smoke of the
 # package at an earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse, bench-hf-matrix
 # (transformers eager and compiled, dense and sparsified, issue 24's rows; or in three calls, bench-hf-compiled (80 %),
-# bench-hf-compiled-90 and bench-hf-eager), bench-hf-stacking (compiled at 80 %, batch 1: the siblings stacked and
-# not, beside dense), bench-hf-llama (the same A/B on Llama-2-13B: q, k, v and gate, up stacked), load-speed,
+# bench-hf-compiled-90 and bench-hf-eager; bench-hf-eager-80 its 80 % half), bench-hf-stacking (compiled at 80 %,
+# batch 1: the siblings stacked and not, beside dense), bench-hf-llama (the same A/B on Llama-2-13B: q, k, v and gate, up stacked), load-speed,
 # bench-llama70b, bench-kernel (the kernel against cuBLAS),
 # split-k (the plan's split-K factor against forced ones, the decoders' shapes at one token), split-k-fixed (7168 rows
 # at one token against K, split 1 and 9: what a launch costs beyond its bytes), block-timeline (per-block timelines of
@@ -84,6 +84,8 @@ for step in "$@"; do
                          --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-stacking.log" | tail -30 ;;
     bench-hf-llama) bench 540 --model llama-2-13b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse --hf-unstacked \
                       --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-llama.log" | tail -30 ;;
+    bench-hf-eager-80) bench 300 --model opt-30b --sparsity 0.8 --batch 1 16 --hf --hf-sparse \
+                         --hf-new 32 --new 32 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-eager-80.log" | tail -30 ;;
     bench-hf-eager) bench 480 --model opt-30b --sparsity 0.8 0.9 --batch 1 16 --hf --hf-sparse \
                       --hf-new 32 --new 32 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-eager.log" | tail -30 ;;
     tests-parallel) timeout 300 python3 -m pytest -v -p no:cacheprovider tests/test_parallel_gpu.py \
