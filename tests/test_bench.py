@@ -519,7 +519,7 @@ def test_e2e_speedups_compare_each_sparse_row_with_its_own_stacks_dense_row():
     assert speedups[9] == (pytest.approx(2.5), "flashllm_nb")
 
 
-def test_e2e_figure_is_written_for_one_and_several_batches(tmp_path):
+def test_e2e_figure_is_written_for_one_and_several_batches_and_for_none(tmp_path):
     from flashllm_nb.bench.e2e_plot import plot
 
     meta = {"device": "test card", "date": "2026-12-08"}
@@ -529,3 +529,5 @@ def test_e2e_figure_is_written_for_one_and_several_batches(tmp_path):
         rows.append(_e2e_row("hf-eager", 0.8, 1, None, status="failed: timed out"))
         plot(rows, meta, tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot([_e2e_row("hf-compiled", 0.8, 1, None, status="failed: out of memory")], meta, tmp_path / "none.png")
+    assert (tmp_path / "none.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a run whose rows all failed
