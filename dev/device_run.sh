@@ -15,7 +15,8 @@
 # queued launches on three of those shapes), graph-issue (what a captured step holds and how long its launch takes,
 # dense and sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's),
 # ticket-ab (the split-K ticket as one acquire-release add against the two fences, timed beside cuBLAS and as
-# timelines), bitmap-ab (Tiled-Bitmap against Tiled-CSL and cuBLAS on OPT-30B's decode shapes), bench-hf-bitmap
+# timelines), blocks-ab (at most 4 resident blocks an SM against the plan's occupancy: even placement of a
+# dependent launch's blocks), bitmap-ab (Tiled-Bitmap against Tiled-CSL and cuBLAS on OPT-30B's decode shapes), bench-hf-bitmap
 # (bench-hf-stacking's rows with Tiled-Bitmap weights instead of unstacked ones), bench-hf-stacked (dense and
 # stacked only, batch 1), tests-bitmap; on two
 # GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an
@@ -118,6 +119,9 @@ for step in "$@"; do
                  timeout 60 python3 -m dev.block_timeline 7168 7168 1 0.8 --ticket $ticket --out "$OUT" 2>&1 \
                    | tee -a "$OUT/ticket-ab.log"
                done ;;
+    blocks-ab) timeout 420 python3 -m dev.kernel_ab 1 16 --variant plan --variant cap4:blocks=4 --check cap4 \
+                 --sparsities 0.8,0.9 --shapes 7168x7168,21504x7168,28672x7168,7168x28672,9216x9216 2>&1 \
+                 | tee "$OUT/blocks-ab.log" | tail -30 ;;
     bitmap-ab) timeout 560 python3 -m dev.kernel_ab 1 16 --variant plan --variant bitmap:format=bitmap \
                  --sparsities 0.8,0.9,0.7 --shapes 7168x7168,21504x7168,28672x7168,7168x28672 2>&1 \
                  | tee "$OUT/bitmap-ab.log" | tail -40 ;;

@@ -6,7 +6,8 @@
 A variant is ``NAME[:KEY=VALUE,...]``: the plan's choices forced (``flashllm_nb.kernels.spmm.plan.Force``) for the
 ``linear`` products timed here: ``mma`` (sync, wgmma), ``warps`` (4, 8), ``clear`` (rows, entries), ``prefetch`` (256 ..
 640), ``stages`` (2, 4), ``split`` (a split-K factor), ``dependent`` (0 or 1: built with ``griddepcontrol`` or not; the
-launches stay ordinary) and ``ticket`` (fences, acq_rel: how a split-K block takes its ticket), for blocks of ``tile_n``
+launches stay ordinary), ``ticket`` (fences, acq_rel: how a split-K block takes its ticket) and ``blocks`` (at most
+this many resident blocks per SM, by padding shared memory), for blocks of ``tile_n``
 up to ``upto`` (16 unless given; wider blocks keep the plan's choices); ``format=bitmap`` times the same matrices in
 Tiled-Bitmap (``flashllm_nb.TiledBitmap``) instead of Tiled-CSL, at every N, and checks each one's product against
 cuBLAS's first. A variant the kernel is not built for is refused by ``SpmmConfig`` with its reason. A variant without
@@ -46,9 +47,10 @@ from flashllm_nb.kernels.spmm.plan import Force, plan, tile_n_for
 _KEYS = {"mma": (str, MMA_CHOICES), "warps": (int, WARP_CHOICES), "clear": (str, CLEAR_CHOICES),
          "prefetch": (int, PREFETCH_CHOICES), "stages": (int, STAGE_CHOICES), "split": (int, None),
          "dependent": (int, (0, 1)), "ticket": (str, TICKET_CHOICES), "upto": (int, TILE_N_CHOICES),
-         "format": (str, ("csl", "bitmap"))}
+         "format": (str, ("csl", "bitmap")), "blocks": (int, None)}
 _FORCE_FIELDS = {"mma": "mma", "warps": "warps", "clear": "clear", "prefetch": "prefetch_vectors",
-                 "stages": "stages", "split": "split_k", "dependent": "grid_dependency", "ticket": "ticket"}
+                 "stages": "stages", "split": "split_k", "dependent": "grid_dependency", "ticket": "ticket",
+                 "blocks": "blocks_per_sm"}
 
 
 @dataclass

@@ -331,3 +331,41 @@ def test_force_fixes_each_choice_and_refuses_what_is_not_built():
     assert plan(1000, 16, 64 * 40, "float16", "nk", split_k=2, force=Force(split_k=5)).splits == 2  # argument first
     with pytest.raises(ValueError, match="stages=2 is built only with"):
         plan(1000, 16, 640, "float16", "nk", force=Force(mma="sync", stages=2))
+
+
+def test_shared_bytes_for_at_most_finds_the_least_padding_that_caps_the_blocks():
+    """Against an occupancy model of a Hopper SM (228 KiB of shared memory, 1 KiB reserved a block, at most 6
+    blocks by registers), the padding is the least number of bytes with at most the asked blocks resident, and
+    none when the kernel already needs enough."""
+    from flashllm_nb.kernels.spmm.plan import shared_bytes_for_at_most
+
+    def resident(shared_bytes):
+        return min(6, 228 * 1024 // (shared_bytes + 1024))
+
+    limit = 227 * 1024
+    for cap in (1, 2, 3, 4, 5):
+        padded = shared_bytes_for_at_most(cap, 37_000, resident, limit)
+        assert resident(padded) <= cap < resident(padded - 1), (cap, padded)
+    assert shared_bytes_for_at_most(6, 37_000, resident, limit) == 37_000
+    assert shared_bytes_for_at_most(4, 60_000, resident, limit) == 60_000  # 3 resident already
+    assert shared_bytes_for_at_most(1, 100, lambda b: 2, limit) == limit  # nothing caps it: the most there is
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "4"])
+def test_bad_blocks_per_sm_is_named(bad):
+    with pytest.raises(ValueError, match=r"Invalid blocks_per_sm: expected an integer >= 1 or None"):
+        Force(blocks_per_sm=bad)
+
+
+def test_blocks_per_sm_cap_reaches_the_plan():
+    """The capped plan asks for at least the shared memory its configuration needs and leaves at most 4 blocks an
+    SM; under the simulator, whose occupancy calculator says one block, it is the uncapped plan."""
+    from flashllm_nb.kernels import ptx
+    from flashllm_nb.kernels.spmm import driver
+
+    capped = plan(1000, 16, 64 * 40, "float16", "nk", force=Force(blocks_per_sm=4))
+    assert capped.shared_bytes >= capped.config.shared_bytes(capped.k_tiles_per_split)
+    assert driver.blocks_per_sm(capped.config, capped.shared_bytes) <= 4
+    if ptx.SIMULATOR:
+        free = plan(1000, 16, 64 * 40, "float16", "nk")
+        assert (capped.config, capped.grid, capped.shared_bytes) == (free.config, free.grid, free.shared_bytes)

@@ -162,6 +162,32 @@ def test_fences_ticket_gives_the_bits_of_the_acq_rel_ticket(m, k, n, path, dtype
                                       planned_bits)
 
 
+BLOCKS_PER_SM_CAP = by_tier(
+    sim=[_case(200, 5 * 64, 1, 3, name="split3"), _case(130, 4 * 64, 8, None, name="planned")],
+    gpu=[_case(7168, 7168, 1, None, name="opt30b-square"), _case(7168, 28672, 16, None, name="opt30b-fc2")],
+)
+
+
+@pytest.mark.parametrize("m, k, n, split_k", BLOCKS_PER_SM_CAP)
+def test_blocks_per_sm_cap_pads_shared_memory_and_keeps_the_product(m, k, n, split_k):
+    """``Force(blocks_per_sm=4)`` launches with enough dynamic shared memory that the driver's occupancy calculator
+    allows at most 4 blocks an SM (on the GPU, where the plan alone allows more on these shapes), and the product is
+    the reference's within the bound, split-K included."""
+    from flashllm_nb.kernels.spmm import driver
+
+    rng = np.random.default_rng(m + n)
+    W = random_sparse(rng, m, k, 0.8, F16)
+    capped = spmm_plan.Force(blocks_per_sm=4)
+    check_product(W, random_activations(rng, n, k, F16), bias=random_activations(rng, 1, m, F16)[0],
+                  split_k=split_k, force=capped)
+    p = spmm_plan.plan(m, n, k, "float16", "nk", split_k=split_k, force=capped)
+    assert p.shared_bytes >= p.config.shared_bytes(p.k_tiles_per_split)
+    assert driver.blocks_per_sm(p.config, p.shared_bytes) <= 4
+    if not SIMULATOR:
+        assert driver.blocks_per_sm(p.config, p.config.shared_bytes(p.k_tiles_per_split)) > 4
+        assert driver.blocks_per_sm(p.config, p.shared_bytes - 1) > 4  # the least padding that caps
+
+
 REPEATED = by_tier(
     sim=[_case(128, 512, 4, 0.6, 4, 1, name="split4")],
     gpu=[_case(9216, 9216, 16, 0.8, None, 3, name="split-auto")],

@@ -29,8 +29,8 @@ from flashllm_nb.kernels.spmm.config import TILE_M, TIMELINE_FIELDS, SpmmConfig,
 from flashllm_nb.kernels.spmm.plan import Plan
 from flashllm_nb.kernels.spmm.tiled_csl import build_kernel
 
-__all__ = ["Operands", "PreparedLaunch", "blocks_per_sm", "kernel_resources", "launch", "launch_timeline", "prepare",
-           "timeline_tickets"]
+__all__ = ["Operands", "PreparedLaunch", "blocks_per_sm", "max_shared_bytes_per_block", "kernel_resources", "launch",
+           "launch_timeline", "prepare", "timeline_tickets"]
 
 
 class Operands(NamedTuple):
@@ -48,6 +48,16 @@ class Operands(NamedTuple):
     n: int
     k: int
     n_tile_cols: int
+
+
+def max_shared_bytes_per_block() -> int:
+    """The most dynamic shared memory a block of the current device may opt in to (under the simulator, a
+    Hopper's 227 KiB: the plan simulates sm_90)."""
+    if ptx.SIMULATOR:
+        return 227 * 1024
+    from numba import cuda
+
+    return cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
 
 
 def blocks_per_sm(config: SpmmConfig, shared_bytes: int) -> int:

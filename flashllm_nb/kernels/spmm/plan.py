@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Callable
 
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.driver import grid_dependency_supported
@@ -33,7 +34,8 @@ from flashllm_nb.kernels.spmm.config import (MMA_CHOICES, PREFETCH_CHOICES, TILE
                                              TWO_STAGES_BUILT, SpmmConfig)
 
 __all__ = ["Force", "Plan", "plan", "multiprocessors", "tile_n_for", "mma_for", "warps_for", "clear_for",
-           "prefetch_for", "prefetch_for_bitmap", "stages_for", "split_cost", "choose_splits"]
+           "prefetch_for", "prefetch_for_bitmap", "stages_for", "split_cost", "choose_splits",
+           "shared_bytes_for_at_most"]
 
 MIN_K_TILES_PER_SPLIT = 4  # a split shorter than this spends more on its prologue and partials than it saves
 DEFAULT_WARPS = 4  # fewer warps repeat the per-tile bookkeeping less: faster than 8 wherever 8 is not needed
@@ -86,10 +88,16 @@ class Force:
     split_k: int | None = None
     grid_dependency: bool | None = None
     ticket: str | None = None  # one of TICKET_CHOICES
+    # At most this many resident blocks per SM: the block's dynamic shared memory is padded until the driver's
+    # occupancy calculator allows no more (``shared_bytes_for_at_most``), and split-K counts that many slots.
+    blocks_per_sm: int | None = None
 
     def __post_init__(self):
         if self.mma is not None and self.mma not in MMA_CHOICES:
             raise ValueError(f"Invalid mma: expected one of {MMA_CHOICES} or None, got {self.mma!r}")
+        if self.blocks_per_sm is not None and (isinstance(self.blocks_per_sm, bool)
+                                               or not isinstance(self.blocks_per_sm, int) or self.blocks_per_sm < 1):
+            raise ValueError(f"Invalid blocks_per_sm: expected an integer >= 1 or None, got {self.blocks_per_sm!r}")
 
 
 @dataclass(frozen=True)
@@ -99,10 +107,11 @@ class Plan:
     config: SpmmConfig
     grid: tuple[int, int, int]  # (tile rows of A, column blocks of N, splits of K)
     k_tiles_per_split: int
+    min_shared_bytes: int = 0  # dynamic shared memory asked for at least (Force.blocks_per_sm's padding)
 
     @property
     def shared_bytes(self) -> int:
-        return self.config.shared_bytes(self.k_tiles_per_split)
+        return max(self.config.shared_bytes(self.k_tiles_per_split), self.min_shared_bytes)
 
     @property
     def splits(self) -> int:
@@ -212,6 +221,22 @@ def split_cost(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, s: int, 
     return cost
 
 
+def shared_bytes_for_at_most(blocks_per_sm: int, needed: int, resident: Callable[[int], int], limit: int) -> int:
+    """The least dynamic shared memory, from ``needed`` bytes up to ``limit``, with which at most ``blocks_per_sm``
+    blocks are resident on an SM, ``resident(bytes)`` being the occupancy calculator (non-increasing in bytes);
+    ``limit`` if none is."""
+    if resident(needed) <= blocks_per_sm:
+        return needed
+    low, high = needed, limit  # resident(low) > blocks_per_sm; the answer is in (low, high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if resident(middle) <= blocks_per_sm:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
 def choose_splits(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, tile_n: int,
                   tile_vectors: int | None = None) -> int:
     """The split-K factor with the least ``split_cost`` (the smaller one on a tie); splits below
@@ -251,6 +276,8 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
         from flashllm_nb.kernels.spmm.driver import blocks_per_sm
 
         resident = blocks_per_sm(config, config.shared_bytes(k_tiles))
+        if force.blocks_per_sm is not None:
+            resident = min(resident, force.blocks_per_sm)
         split_k = choose_splits(tile_rows * n_blocks, k_tiles, multiprocessors(), max(resident, 1), tile_n,
                                 tile_vectors)
     split_k = max(1, min(split_k, k_tiles))
@@ -259,7 +286,14 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma,
                         prefetch_vectors=prefetch, clear=clear, stages=stages, relu=relu, grid_dependency=dependent,
                         ticket=ticket, sparse=sparse)
-    return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split)
+    min_shared = 0
+    if force.blocks_per_sm is not None:
+        from flashllm_nb.kernels.spmm.driver import blocks_per_sm, max_shared_bytes_per_block
+
+        min_shared = shared_bytes_for_at_most(force.blocks_per_sm, config.shared_bytes(per_split),
+                                              functools.partial(blocks_per_sm, config), max_shared_bytes_per_block())
+    return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split,
+                min_shared_bytes=min_shared)
 
 
 _NO_FORCE = Force()
