@@ -1,7 +1,7 @@
 """Per-block timelines of SpMM launches queued as a model queues them: where a launch's time goes beyond its bytes.
 
-    python -m dev.block_timeline M K N SPARSITY [--split-k S] [--ticket T] [--launches L] [--repeats R]
-                                                [--ordinary-launches] [--out DIR]
+    python -m dev.block_timeline M K N SPARSITY [--split-k S] [--ticket T] [--blocks-per-sm B] [--launches L]
+                                                [--repeats R] [--ordinary-launches] [--out DIR]
     e.g. python -m dev.block_timeline 7168 7168 1 0.8 --out /tmp/out
 
 Queues ``L`` products on one stream, each over its own pruned copy of the weights (together beyond the L2 cache, as
@@ -17,7 +17,9 @@ the launches after the first, medians over ``R`` queues, in microseconds:
   span (first start to last end) against the time its bytes take at the copy bandwidth;
 - when the blocks get through it, from its first block's start: half may read X; the k-tiles of 10 %, half, 90 % and
   all of the blocks have ended; from the last k-tile to the last block's end;
-- each phase's median over blocks, and the tail: from the last ticket of a block that did not write to the end.
+- each phase's median over blocks, and the tail: from the last ticket of a block that did not write to the end;
+- where the blocks land: the most of a launch's blocks one SM holds (and the first launch's, which follows no
+  launch of its own), and a block's k-tiles on those most crowded SMs against the others'.
 
 Writes the records of the first three queues (``block_timeline_M_K_N_S.json``) and a picture of two consecutive
 launches, one line per block by SM (``block_timeline_M_K_N_S.png``), into ``--out``. Needs a GPU; the timeline kernel is
@@ -54,6 +56,8 @@ def main() -> int:
     parser.add_argument("--split-k", type=int, default=None, help="force this split-K factor (default: the plan's)")
     parser.add_argument("--ticket", choices=TICKET_CHOICES, default=None,
                         help="force how a split-K block takes its ticket (SpmmConfig.ticket; default: the plan's)")
+    parser.add_argument("--blocks-per-sm", type=int, default=None,
+                        help="at most this many resident blocks an SM (Force.blocks_per_sm; default: the plan's)")
     parser.add_argument("--launches", type=int, default=8, help="products queued back to back (at least 2)")
     parser.add_argument("--repeats", type=int, default=10, help="queues whose medians are reported")
     parser.add_argument("--ordinary-launches", action="store_true",
@@ -75,7 +79,7 @@ def main() -> int:
     print_summary(summary)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = (f"block_timeline_{args.m}_{args.k}_{args.n}_{args.sparsity:g}" + ("_ordinary" * args.ordinary_launches)
-            + (f"_{args.ticket}" if args.ticket else ""))
+            + (f"_{args.ticket}" if args.ticket else "") + (f"_cap{args.blocks_per_sm}" if args.blocks_per_sm else ""))
     (args.out / f"{stem}.json").write_text(json.dumps(dict(summary, records=records[:3])))
     picture(records, summary, args.out / f"{stem}.png")
     print(f"wrote {args.out / stem}.json and .png")
@@ -100,7 +104,7 @@ def run(args, cp):
     X = rng.standard_normal((n, k), dtype=cp.float32).astype(cp.float16)
     Y = cp.empty((n, m), cp.float16)
     p = plan(m, n, k, "float16", "nk", split_k=args.split_k, tile_vectors=As[0].mean_tile_vectors,
-             force=Force(ticket=args.ticket) if args.ticket else None)
+             force=Force(ticket=args.ticket, blocks_per_sm=args.blocks_per_sm))
     operands = [driver.Operands(A.words, A.tile_offsets, X, k, Y, None, m, n, k, A.n_tile_cols) for A in As]
     tickets = [driver.timeline_tickets(p, cp) for _ in As]
     stream = cp.cuda.Stream(non_blocking=True)
@@ -138,8 +142,36 @@ def run(args, cp):
                    dependent_launches=dependent, ticket=p.config.ticket,
                    repeats=args.repeats, bytes=bytes_per_launch, copy_gbps=gbps,
                    bytes_us=bytes_per_launch / (gbps * 1e3), fields=marks + ["sm", "wrote"],
-                   **_medians(queues, marks))
+                   blocks_per_sm=driver.blocks_per_sm(p.config, p.shared_bytes),
+                   **_medians(queues, marks), **placement(queues, marks))
     return queues, summary
+
+
+def placement(queues, marks):
+    """Where the blocks land, medians over queues: the most of a launch's blocks on one SM (the launches after the
+    first, and the first alone), and the median k-tile time of a block on one of its launch's most crowded SMs
+    and elsewhere (the launches after the first)."""
+    col = {name: i for i, name in enumerate(marks)}
+    sm = len(marks)
+    crowded, first_crowded, on_crowded, elsewhere = [], [], [], []
+    for queue in queues:
+        for index, launch in enumerate(queue):
+            r = np.asarray(launch)
+            sms, counts = np.unique(r[:, sm], return_counts=True)
+            most = counts.max()
+            if index == 0:
+                first_crowded.append(most)
+                continue
+            crowded.append(most)
+            on_most = np.isin(r[:, sm], sms[counts == most])
+            k_tiles = r[:, col["loop_end"]] - r[:, col["waited"]]
+            on_crowded.append(np.median(k_tiles[on_most]))
+            if (~on_most).any():
+                elsewhere.append(np.median(k_tiles[~on_most]))
+    return {"most blocks on one SM": float(np.median(crowded)),
+            "most blocks on one SM, first launch": float(np.median(first_crowded)),
+            "k-tiles on the most crowded SMs": float(np.median(on_crowded)),
+            "k-tiles elsewhere": float(np.median(elsewhere)) if elsewhere else float("nan")}
 
 
 def _medians(queues, marks):
@@ -192,6 +224,10 @@ def print_summary(s):
           + f"; the last block ends {s['end after the last loop_end']:.2f} after the last k-tile")
     for a, b, what in PHASES:
         print(f"  {a:>8} -> {b:<8} {s[f'{a}->{b}']:7.2f}   writers {s[f'{a}->{b} writers']:7.2f}   {what}")
+    print(f"  placement: up to {s['blocks_per_sm']} resident blocks an SM; at most {s['most blocks on one SM']:.0f} "
+          f"of a launch's blocks on one SM (the first launch: {s['most blocks on one SM, first launch']:.0f}); a "
+          f"block's k-tiles take {s['k-tiles on the most crowded SMs']:.2f} there, {s['k-tiles elsewhere']:.2f} "
+          f"elsewhere")
 
 
 def picture(queues, summary, path: Path) -> None:

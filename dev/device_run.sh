@@ -121,7 +121,11 @@ for step in "$@"; do
                done ;;
     blocks-ab) timeout 420 python3 -m dev.kernel_ab 1 16 --variant plan --variant cap4:blocks=4 --check cap4 \
                  --sparsities 0.8,0.9 --shapes 7168x7168,21504x7168,28672x7168,7168x28672,9216x9216 2>&1 \
-                 | tee "$OUT/blocks-ab.log" | tail -30 ;;
+                 | tee "$OUT/blocks-ab.log" | tail -30
+               for cap in "" 4; do  # where a dependent launch's blocks land, each way
+                 timeout 60 python3 -m dev.block_timeline 7168 7168 1 0.8 ${cap:+--blocks-per-sm $cap} --out "$OUT" \
+                   2>&1 | tee -a "$OUT/blocks-ab.log"
+               done ;;
     bitmap-ab) timeout 560 python3 -m dev.kernel_ab 1 16 --variant plan --variant bitmap:format=bitmap \
                  --sparsities 0.8,0.9,0.7 --shapes 7168x7168,21504x7168,28672x7168,7168x28672 2>&1 \
                  | tee "$OUT/bitmap-ab.log" | tail -40 ;;

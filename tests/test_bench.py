@@ -468,6 +468,23 @@ def test_block_timeline_reads_launch_gaps_phases_and_uneven_ends_from_records():
     assert s["timer_step"] == pytest.approx(0.2)  # 13.0 -> 13.2: the smallest step between two marks
 
 
+def test_block_timeline_reads_where_the_blocks_land():
+    """The first launch spreads its three blocks over three SMs; the second puts two on SM 0, whose k-tiles
+    (waited -> loop_end) take 6 and 8 us, and one on SM 1 taking 3."""
+    from dev import block_timeline
+
+    from flashllm_nb.kernels.spmm.config import TIMELINE_FIELDS
+
+    marks = [name for name in TIMELINE_FIELDS if name not in ("sm", "wrote")]
+    first_launch = [[0.0, 1.0, 2.0, 8.0, 9.0, 9.0, sm, 0] for sm in (0, 1, 2)]
+    second_launch = [[10.0, 11.0, 12.0, 18.0, 19.0, 19.0, 0, 1], [10.0, 11.0, 12.0, 20.0, 21.0, 21.0, 0, 0],
+                     [10.0, 11.0, 12.0, 15.0, 16.0, 16.0, 1, 0]]
+    s = block_timeline.placement([[first_launch, second_launch]], marks)
+    assert s["most blocks on one SM"] == 2 and s["most blocks on one SM, first launch"] == 1
+    assert s["k-tiles on the most crowded SMs"] == pytest.approx(7.0)  # median(6, 8)
+    assert s["k-tiles elsewhere"] == pytest.approx(3.0)
+
+
 # ------------------------------------------------------------------------------------------------ bench-e2e
 
 def test_hf_row_specs_round_trip_and_bad_ones_are_refused():
