@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["stack_of", "speedups_over_dense", "plot"]
+__all__ = ["stack_of", "speedups_over_dense", "figure", "plot"]
 
 _STACKS = ("hf-compiled", "hf-eager")  # provider prefixes: each its own stack, with its variants
 _FALLBACK_BASELINE = "hf-compiled"  # what this library's engine is compared with when it has no dense row
@@ -46,10 +46,20 @@ def _label(row: dict) -> str:
 
 
 def plot(rows: list[dict], meta: dict, path: Path) -> None:
-    """Write the figure of ``rows`` (``bench-e2e``'s result rows) to ``path`` (PNG)."""
+    """Write the figure of ``rows`` (``bench-e2e``'s result rows) to ``path`` (PNG), without a display."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, meta)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(rows: list[dict], meta: dict):
+    """The figure of ``rows`` (a matplotlib Figure, on the current backend: inline in a notebook); ``meta`` names
+    the device and date in its title."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
 
@@ -84,5 +94,4 @@ def plot(rows: list[dict], meta: dict, path: Path) -> None:
     axes[-1, 0].set_xlabel("decode tokens/s")
     fig.suptitle(f"bench-e2e on {meta.get('device', '?')}, {meta.get('date', '')}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
