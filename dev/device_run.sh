@@ -8,7 +8,8 @@
 # package at an earlier commit), bench-opt66b-80, bench-opt66b, bench-opt30b, bench-hf-sparse, bench-hf-matrix
 # (transformers eager and compiled, dense and sparsified, issue 24's rows; or in three calls, bench-hf-compiled (80 %),
 # bench-hf-compiled-90 and bench-hf-eager; bench-hf-eager-80 its 80 % half), bench-hf-stacking (compiled at 80 %,
-# batch 1: the siblings stacked and not, beside dense), bench-hf-llama (the same A/B on Llama-2-13B: q, k, v and gate, up stacked), load-speed,
+# batch 1: the siblings stacked and not, beside dense), bench-hf-llama (the same A/B on Llama-2-13B: q, k, v and
+# gate, up stacked), load-speed,
 # bench-llama70b, bench-kernel (the kernel against cuBLAS),
 # split-k (the plan's split-K factor against forced ones, the decoders' shapes at one token), split-k-fixed (7168 rows
 # at one token against K, split 1 and 9: what a launch costs beyond its bytes), block-timeline (per-block timelines of
@@ -16,9 +17,9 @@
 # dense and sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's),
 # ticket-ab (the split-K ticket as one acquire-release add against the two fences, timed beside cuBLAS and as
 # timelines), blocks-ab (at most 4 resident blocks an SM against the plan's occupancy: even placement of a
-# dependent launch's blocks), bitmap-ab (Tiled-Bitmap against Tiled-CSL and cuBLAS on OPT-30B's decode shapes), bench-hf-bitmap
-# (bench-hf-stacking's rows with Tiled-Bitmap weights instead of unstacked ones), bench-hf-stacked (dense and
-# stacked only, batch 1), tests-bitmap; on two
+# dependent launch's blocks), bitmap-ab (Tiled-Bitmap against Tiled-CSL and cuBLAS on OPT-30B's decode shapes),
+# bench-hf-bitmap (bench-hf-stacking's rows with Tiled-Bitmap weights instead of unstacked ones), bench-hf-stacked
+# (dense and stacked only, batch 1), tests-bitmap; on two
 # GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an
 # earlier commit need `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
