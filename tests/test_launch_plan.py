@@ -369,3 +369,113 @@ def test_blocks_per_sm_cap_reaches_the_plan():
     if ptx.SIMULATOR:
         free = plan(1000, 16, 64 * 40, "float16", "nk")
         assert (capped.config, capped.grid, capped.shared_bytes) == (free.config, free.grid, free.shared_bytes)
+
+
+@given(units=st.integers(1, 20_000), data=st.data())
+def test_stream_k_ranges_partition_the_k_tiles_equally(units, data):
+    """``stream_k.block_range`` cuts the k-tile sequence into contiguous ranges, in block order, whose lengths
+    differ by one at most, and ``block_of`` names the block whose range holds each unit."""
+    from flashllm_nb.kernels.spmm import stream_k
+
+    blocks = data.draw(st.integers(1, min(units, 1000)), label="blocks")
+    ranges = [stream_k.block_range(b, blocks, units) for b in range(blocks)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == units
+    assert all(ranges[b][1] == ranges[b + 1][0] for b in range(blocks - 1))
+    lengths = {end - first for first, end in ranges}
+    assert lengths <= {units // blocks, -(-units // blocks)}, lengths
+    for unit in data.draw(st.lists(st.integers(0, units - 1), min_size=1, max_size=50), label="units"):
+        b = stream_k.block_of(unit, blocks, units)
+        assert ranges[b][0] <= unit < ranges[b][1], (unit, b, ranges[b])
+
+
+@given(tile_rows=st.integers(1, 300), k_tiles=st.integers(1, 500), data=st.data())
+def test_stream_k_passes_take_distinct_slots_and_cover_each_tile_once(tile_rows, k_tiles, data):
+    """The kernel's bookkeeping for a stream-K grid of at least a block per tile row (what the plan builds),
+    replayed in Python with the same functions: each block makes one pass or two, one per tile row its range meets;
+    a tile row's passes are its sharers (from the block of its first k-tile to its last's, ``count`` of them, the
+    pass's ``index`` among them) and cover its k-tiles exactly once; no two passes share a workspace slot (block +
+    tile row), which is below the plan's ``partial_tiles``."""
+    from flashllm_nb.kernels.spmm import stream_k
+
+    units = tile_rows * k_tiles
+    blocks = data.draw(st.integers(tile_rows, max(tile_rows, min(units, 2000))), label="blocks")
+    covered = [[] for _ in range(tile_rows)]
+    slots = set()
+    for b in range(blocks):
+        first, end = stream_k.block_range(b, blocks, units)
+        tile_row = stream_k.tile_row_of(first, k_tiles)
+        row_end = (tile_row + 1) * k_tiles
+        passes = [(tile_row, first, min(end, row_end))] + ([(tile_row + 1, row_end, end)] if end > row_end else [])
+        assert all(end_ <= (row + 1) * k_tiles for row, _, end_ in passes), "a range meets three tile rows"
+        for row, pass_first, pass_end in passes:
+            sharer_first = stream_k.block_of(row * k_tiles, blocks, units)
+            count = stream_k.block_of(row * k_tiles + k_tiles - 1, blocks, units) - sharer_first + 1
+            assert 0 <= b - sharer_first < count
+            covered[row].append((b - sharer_first, count, pass_first, pass_end))
+            slot = sharer_first + row + (b - sharer_first)
+            assert slot not in slots and slot < blocks + tile_rows
+            slots.add(slot)
+    for row, passes in enumerate(covered):
+        passes.sort()
+        assert [index for index, _, _, _ in passes] == list(range(len(passes)))
+        assert {count for _, count, _, _ in passes} == {len(passes)}
+        assert passes[0][2] == row * k_tiles and passes[-1][3] == (row + 1) * k_tiles
+        assert all(passes[i][3] == passes[i + 1][2] for i in range(len(passes) - 1))
+
+
+def test_stream_k_blocks_fill_every_slot_within_the_work():
+    from flashllm_nb.kernels.spmm.plan import stream_k_blocks
+
+    assert stream_k_blocks(6272, 1, 132, 5) == 660  # OPT-30B's 7168 x 7168: every slot of an H100
+    assert stream_k_blocks(6272, 2, 132, 5) == 330  # two column blocks share the slots
+    assert stream_k_blocks(100, 1, 132, 5) == 100 // MIN_K_TILES_PER_SPLIT  # no block below the minimum
+    assert stream_k_blocks(3, 1, 132, 5) == 1
+    assert stream_k_blocks(6272, 8, 4, 1) == 1
+
+
+@pytest.mark.parametrize("m, k, n", [(7168, 7168, 1), (28672, 7168, 16), (1000, 64, 2), (300, 640, 70), (130, 1, 1)])
+def test_forced_stream_k_plan(m, k, n):
+    """``Force(stream_k=True)``: a stream-K configuration (with the fix-up), a grid of ``stream_k_blocks`` from the
+    kernel's own occupancy but at least a block per tile row, a block's longest pass, and shared memory sized for a
+    whole tile row of offsets; the workspace holds a slot per (block, tile row) pair."""
+    from flashllm_nb.kernels.spmm import driver
+    from flashllm_nb.kernels.spmm.plan import multiprocessors, stream_k_blocks
+
+    p = plan(m, n, k, "float16", "nk", tile_vectors=410, force=Force(stream_k=True))
+    tile_rows, k_tiles, columns = -(-m // 128), -(-k // 64), -(-n // 64) if n > 64 else 1
+    assert p.config.stream_k and p.config.splits and p.tile_rows == tile_rows
+    resident = driver.blocks_per_sm(p.config, p.shared_bytes)
+    blocks = max(stream_k_blocks(tile_rows * k_tiles, columns, multiprocessors(), resident), tile_rows)
+    assert p.grid == (blocks, columns, 1) and p.splits == 1
+    assert p.k_tiles_per_split == min(k_tiles, -(-tile_rows * k_tiles // blocks))
+    assert p.shared_bytes == p.config.shared_bytes(k_tiles)
+    assert p.tickets == tile_rows * columns and p.partial_tiles == (blocks + tile_rows) * columns
+    assert not plan(m, n, k, "float16", "nk", tile_vectors=410).config.stream_k  # never unless forced
+
+
+def test_stream_k_refuses_what_it_cannot_build():
+    from flashllm_nb.kernels.spmm.config import SpmmConfig
+
+    with pytest.raises(ValueError, match="stream_k=True shares the k-tiles by blocks, not by a split-K factor"):
+        Force(stream_k=True, split_k=2)
+    with pytest.raises(ValueError, match="Invalid split_k of plan: Force\\(stream_k=True\\)"):
+        plan(1000, 16, 640, "float16", "nk", split_k=2, force=Force(stream_k=True))
+    with pytest.raises(ValueError, match="stream_k=True sums output tiles that several blocks share"):
+        SpmmConfig(tile_n=8, stream_k=True)
+    with pytest.raises(ValueError, match="exceed the kernel's 32-bit index arithmetic"):
+        plan(128 * 2048, 1, 64 * 1024, "float16", "nk", force=Force(stream_k=True))
+
+
+def test_timeline_plan_keeps_the_grid_and_the_padding():
+    """``driver.timeline_plan`` changes the kernel to its timeline variant and nothing else: a plan padded by
+    ``Force.blocks_per_sm`` keeps its padding, so that a timeline shows the capped placement it is asked about."""
+    import dataclasses
+
+    from flashllm_nb.kernels.spmm import driver
+
+    p = plan(1000, 16, 64 * 40, "float16", "nk", force=Force(stream_k=True))
+    padded = dataclasses.replace(p, min_shared_bytes=p.shared_bytes + 12_345)
+    timed = driver.timeline_plan(padded)
+    assert timed.config == dataclasses.replace(p.config, timeline=True)
+    assert (timed.grid, timed.k_tiles_per_split, timed.tile_rows, timed.shared_bytes) == \
+        (padded.grid, padded.k_tiles_per_split, padded.tile_rows, padded.shared_bytes)

@@ -188,6 +188,53 @@ def test_blocks_per_sm_cap_pads_shared_memory_and_keeps_the_product(m, k, n, spl
         assert driver.blocks_per_sm(p.config, p.shared_bytes - 1) > 4  # the least padding that caps
 
 
+STREAM_K = by_tier(
+    # 3 tile rows of 10 k-tiles over the simulated device's 4 blocks (ranges 7, 8, 7, 8: every row shared by two,
+    # two blocks crossing into the next row); one row of 8 k-tiles shared by 2 blocks in each of 2 column blocks
+    # (tile_n 64); 8 rows of one k-tile over 8 blocks (no sharing: stored at once).
+    sim=[_case(300, 640, 3, "wgmma", BF16, name="wgmma-bf16-shared-rows"),
+         _case(300, 640, 2, "sync", F16, name="sync-crossing-rows"),
+         _case(128, 512, 70, None, F16, name="one-row-two-blocks-two-columns"),
+         _case(1000, 64, 2, None, F16, name="unshared-rows")],
+    gpu=[_case(m, k, n, None, F16, name=f"opt30b-{m}x{k}") for m, k, n in
+         ((7168, 7168, 1), (21504, 7168, 1), (28672, 7168, 1), (7168, 28672, 1), (7168, 7168, 16), (4000, 3000, 1))],
+)
+
+
+# The reference's Inf - Inf in a row with NaN and Inf is the intended NaN; NumPy warns of it under the simulator.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("m, k, n, path, dtype", STREAM_K)
+def test_stream_k_gives_the_reference_product(m, k, n, path, dtype):
+    """``Force(stream_k=True)``: every element of the caller's output (poisoned with NaN) equals the float64
+    reference within the bound, with a bias, with ReLU in the epilogue and with NaN and Inf in A and X, in both
+    layouts; the same call again gives the same bits (the shared tiles are summed in block order); on the GPU the
+    grid has a block for every resident slot of the device."""
+    from flashllm_nb.kernels.spmm import driver
+    from flashllm_nb.kernels.spmm.plan import multiprocessors
+
+    rng = np.random.default_rng(m + k + n)
+    W = random_sparse(rng, m, k, 0.8, dtype)
+    X = random_activations(rng, n, k, dtype)
+    bias = random_activations(rng, 1, m, dtype)[0]
+    stream = spmm_plan.Force(mma=path, stream_k=True)
+    p = spmm_plan.plan(m, n, k, dtype.name, "nk", tile_vectors=fl.TiledCSL.from_dense(device(W)).mean_tile_vectors,
+                       force=stream)
+    assert p.config.stream_k
+    if not SIMULATOR:
+        slots = multiprocessors() * driver.blocks_per_sm(p.config, p.shared_bytes)
+        units = -(-m // 128) * -(-k // 64)
+        assert p.grid[0] * p.grid[1] == min(slots, units // spmm_plan.MIN_K_TILES_PER_SPLIT), (p.grid, slots)
+    first = check_product(W, X, bias=bias, force=stream)
+    check_product(W, X, bias=bias, force=stream, relu=True)
+    check_product(W, X, layout="kn", force=spmm_plan.Force(stream_k=True))  # "kn" takes mma.sync
+    A, Xd = fl.TiledCSL.from_dense(device(W)), device(X)
+    np.testing.assert_array_equal(host(fl.linear(Xd, A, bias=device(bias), force=stream)).view(np.uint16),
+                                  first.view(np.uint16))
+    W[3, 5], W[m // 2, k // 3] = np.inf, np.nan
+    X[0, 7] = -np.inf
+    check_product(W, X, force=stream)
+
+
 REPEATED = by_tier(
     sim=[_case(128, 512, 4, 0.6, 4, 1, name="split4")],
     gpu=[_case(9216, 9216, 16, 0.8, None, 3, name="split-auto")],

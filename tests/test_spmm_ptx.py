@@ -39,6 +39,9 @@ CONFIGS += [
     dict(tile_n=t, dtype="float16", x_layout=layout, splits=True, warps=4, prefetch_vectors=p, clear="entries")
     for t, layout, p in ENTRIES
 ]
+# Stream-K (Force(stream_k=True): a block per resident slot, its range of k-tiles crossing tile rows) on the
+# mma.sync path, "kn" (so also built for dependent launch on sm_90 below).
+CONFIGS += [dict(tile_n=16, dtype="bfloat16", x_layout="kn", splits=True, stream_k=True, warps=DEFAULT_WARPS)]
 # ReLU in the epilogue (linear(..., activation="relu")) on the mma.sync path.
 CONFIGS += [dict(tile_n=16, dtype="bfloat16", x_layout="nk", splits=True, warps=DEFAULT_WARPS, relu=True)]
 # Tiled-Bitmap A (sparse="bitmap": shared bitmap buffers and the walk), with the value buffers the plan gives at
@@ -90,12 +93,21 @@ WGMMA_CONFIGS += [
     dict(tile_n=t, dtype="float16", x_layout="nk", splits=s, warps=4, mma="wgmma", prefetch_vectors=512,
          clear="entries", relu=True) for t, s in ((8, False), (16, True))
 ]
+# Stream-K on what Hopper plans at one and 16 tokens at 80 %, and on Tiled-Bitmap at one token.
+WGMMA_CONFIGS += [
+    dict(tile_n=t, dtype="float16", x_layout="nk", splits=True, stream_k=True, warps=4, mma="wgmma",
+         prefetch_vectors=512, clear="entries") for t in (8, 16)
+] + [
+    dict(tile_n=8, dtype="float16", x_layout="nk", splits=True, stream_k=True, warps=4, mma="wgmma",
+         prefetch_vectors=256, sparse="bitmap"),
+]
 WGMMA_CONFIGS = [dict(config, grid_dependency=True) for config in WGMMA_CONFIGS]
 # The development variant that records per-block timelines (dev/block_timeline.py), on what Hopper plans at one
 # token for OPT's 7168 x 7168 at 80 %.
 TIMELINE_CONFIG = dict(tile_n=8, dtype="float16", x_layout="nk", splits=True, warps=4, mma="wgmma",
                        prefetch_vectors=512, clear="entries", grid_dependency=True, timeline=True)
 TIMELINE_REGISTERS = ["%globaltimer_lo", "%smid"]
+STREAM_K_TIMELINE_CONFIG = dict(TIMELINE_CONFIG, stream_k=True)
 # The A/B alternative to the plan's split-K ticket (SpmmConfig.ticket="fences": two membar.gl around a relaxed add
 # instead of one acquire-release add), on the configuration of TIMELINE_CONFIG and on an mma.sync one for sm_80.
 FENCES_WGMMA_CONFIG = dict(TIMELINE_CONFIG, timeline=False, ticket="fences")
@@ -132,7 +144,8 @@ def compiled():
     results = compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", CONFIGS + [FENCES_SYNC_CONFIG], CCS)
     results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel", DEPENDENT_CONFIGS, [DEPENDENT_CC])
     results += compile_ptx_in_subprocess("spmm_ptx_factory", "spmm_kernel",
-                                         WGMMA_CONFIGS + [TIMELINE_CONFIG, FENCES_WGMMA_CONFIG], [WGMMA_CC])
+                                         WGMMA_CONFIGS + [TIMELINE_CONFIG, STREAM_K_TIMELINE_CONFIG,
+                                                          FENCES_WGMMA_CONFIG], [WGMMA_CC])
     return {(tuple(sorted(r.config.items())), tuple(r.cc)): r for r in results}
 
 
@@ -140,7 +153,7 @@ def _id(config, cc):
     return (f"n{config['tile_n']}-{config['dtype']}-{config['x_layout']}-{'split' if config['splits'] else 'whole'}"
             f"-{config.get('mma', 'sync')}-p{config.get('prefetch_vectors', 512)}-{config.get('clear', 'rows')}"
             f"-s{config.get('stages', 4)}{'-relu' if config.get('relu') else ''}"
-            f"{'-bitmap' if config.get('sparse') == 'bitmap' else ''}"
+            f"{'-bitmap' if config.get('sparse') == 'bitmap' else ''}{'-stream' if config.get('stream_k') else ''}"
             f"{'-dependent' if config.get('grid_dependency') else ''}"
             f"-sm{''.join(str(c) for c in cc)}")
 
@@ -211,8 +224,11 @@ def test_wgmma_configuration_compiles_for_sm90a_without_local_memory(compiled, c
     products = result.ptx.count(f"wgmma.mma_async.sync.aligned.m64n{config['tile_n']}k16.f32.{mma_type}.{mma_type} ")
     # 4 k16 steps x the m64 halves of the warpgroup (both with 4 warps, one each with 8) per k-tile, and the main
     # loop is unrolled by two k-tiles (one per word buffer), with either clearing.
+    # A stream-K block's range meets at most two tile rows, a copy of the pass each.
     halves = 2 if config["warps"] == 4 else 1
-    assert products == 2 * 4 * halves, f"{products} wgmma in the main loop, expected 2 x 4 x {halves}"
+    passes = 2 if config.get("stream_k") else 1
+    assert products == passes * 2 * 4 * halves, \
+        f"{products} wgmma in the main loop, expected {passes} x 2 x 4 x {halves}"
     # The operands are read by the Tensor Cores from shared memory: no ldmatrix, no mma.sync.
     assert "ldmatrix" not in result.ptx and "mma.sync" not in result.ptx
     _check_no_timeline(result, config, WGMMA_CC)
@@ -220,14 +236,22 @@ def test_wgmma_configuration_compiles_for_sm90a_without_local_memory(compiled, c
     _assembled_without_local_memory(result, config, WGMMA_CC)
 
 
-def test_timeline_variant_reads_the_timer_and_compiles_without_local_memory(compiled):
+@pytest.mark.parametrize("config", [TIMELINE_CONFIG, STREAM_K_TIMELINE_CONFIG], ids=["split-k", "stream-k"])
+def test_timeline_variant_reads_the_timer_and_compiles_without_local_memory(compiled, config):
     """The development variant (SpmmConfig.timeline) reads %globaltimer_lo and %smid, and ptxas assembles it
-    without local memory, like the kernel it instruments."""
-    result = compiled[(tuple(sorted(TIMELINE_CONFIG.items())), WGMMA_CC)]
+    without local memory, like the kernel it instruments. The stream-K kernel sits at the 96 registers of 5 blocks
+    an SM, and its timeline's marks in two passes spill a few bytes (16 with CUDA 13's ptxas): that variant shows
+    where blocks land and the order of their phases, not their durations to the microsecond."""
+    result = compiled[(tuple(sorted(config.items())), WGMMA_CC)]
     assert result.error is None, result.error
     for register in TIMELINE_REGISTERS:
         assert register in result.ptx, f"{register} missing from the timeline variant"
-    _assembled_without_local_memory(result, TIMELINE_CONFIG, WGMMA_CC)
+    if config.get("stream_k"):
+        if result.ptxas is None:
+            pytest.skip(result.ptxas_skipped)
+        assert result.ptxas.returncode == 0 and result.ptxas.spill_bytes <= 64, result.ptxas.log
+        return
+    _assembled_without_local_memory(result, config, WGMMA_CC)
 
 
 FENCES_CASES = [(FENCES_WGMMA_CONFIG, WGMMA_CC)] + [(FENCES_SYNC_CONFIG, cc) for cc in CCS]

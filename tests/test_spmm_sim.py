@@ -204,23 +204,28 @@ class TestValidation:
             fl.linear(self.X, self.A, force={"mma": "sync"})
 
 
-@pytest.mark.parametrize("path, split_k", [("wgmma", 3), ("sync", 3), ("wgmma", 1)])
+@pytest.mark.parametrize("path, split_k", [("wgmma", 3), ("sync", 3), ("wgmma", 1), ("wgmma", "stream")])
 def test_timeline_kernel_records_every_block_and_keeps_the_product(path, split_k):
     """The development variant ``timeline=True`` (``driver.launch_timeline``, read by ``dev/block_timeline.py``):
     every block's record holds its marks in the order the block passes them, exactly one block of each output
-    tile wrote it, and the product is still the float64 reference's within the fp32 bound."""
+    tile wrote it (stream-K: the blocks' tallies add up to the output tiles), and the product is still the float64
+    reference's within the fp32 bound."""
     from flashllm_nb.kernels.spmm import driver
     from flashllm_nb.kernels.spmm.config import TIMELINE_FIELDS
     from flashllm_nb.reference.tolerance import assert_close_to_reference
     from spmm_checks import reference
 
     rng = np.random.default_rng(11)
-    m, k, n = 200, 320, 3  # two tile rows, the second partial; five k-tiles over three splits (2, 2, 1)
+    # Two tile rows, the second partial; five k-tiles over three splits (2, 2, 1). Stream-K: three tile rows of 7
+    # k-tiles over 4 blocks (5, 5, 5, 6 k-tiles), the second and third blocks crossing into the next row.
+    m, k, n = (300, 448, 3) if split_k == "stream" else (200, 320, 3)
     W, X = random_sparse(rng, m, k, 0.8, F16), random_activations(rng, n, k, F16)
     A = fl.TiledCSL.from_dense(W)
-    p = spmm_plan.plan(m, n, k, "float16", "nk", split_k=split_k, tile_vectors=A.mean_tile_vectors,
-                       force=_force(path))
-    assert p.splits == split_k and not p.config.timeline
+    stream = split_k == "stream"
+    force = spmm_plan.Force(mma=path, stream_k=True) if stream else _force(path)
+    p = spmm_plan.plan(m, n, k, "float16", "nk", split_k=None if stream else split_k, tile_vectors=A.mean_tile_vectors,
+                       force=force)
+    assert p.splits == (1 if stream else split_k) and p.config.stream_k == stream and not p.config.timeline
     Y = np.full((n, m), np.nan, np.float16)
     operands = driver.Operands(A.words, A.tile_offsets, X.view(np.uint16).reshape(-1), k,
                                Y.view(np.uint16).reshape(-1), None, m, n, k, A.n_tile_cols)
@@ -238,5 +243,8 @@ def test_timeline_kernel_records_every_block_and_keeps_the_product(path, split_k
     assert (marks > 0).all(), "a mark was never written"
     assert (np.diff(elapsed, axis=1) >= 0).all(), f"marks out of order:\n{elapsed}"
     assert (field["sm"] == 0).all()  # the simulator runs every block on SM 0
+    if stream:
+        assert p.grid == (4, 1, 1) and field["wrote"].sum() == p.tickets and field["wrote"].max() <= 2
+        return
     wrote_per_tile = field["wrote"].reshape(p.grid[2], p.grid[0] * p.grid[1]).sum(axis=0)
     assert (wrote_per_tile == 1).all(), f"blocks that wrote each output tile: {wrote_per_tile}"

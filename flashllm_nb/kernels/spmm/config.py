@@ -56,8 +56,9 @@ MBARRIER_BYTES = 16  # one mbarrier per A buffer (mma.sync, clear="entries"): "e
 # A kernel built with timeline=True records these int32 per block, in this order, in ``tickets`` after the per-tile
 # tickets: thread 0's %globaltimer_lo (nanoseconds, the low 31 bits) at the block's start, once its tile offsets
 # are in shared memory, once it may read X (after griddepcontrol.wait), at the end of its k-tiles, once it has its
-# split-K ticket (the last block: once it has summed the splits), and after its store; its SM; 1 if it wrote the
-# output tile (0: it left after its ticket).
+# split-K ticket (the last block: once it has summed the splits), and after its store; its SM; the output tiles it
+# wrote (split-K: 1, or 0 if it left after its ticket). A stream-K block that touches several tile rows records the
+# first one's offsets and waited, and the last one's loop_end, ticket and end.
 TIMELINE_FIELDS = ("start", "offsets", "waited", "loop_end", "ticket", "end", "sm", "wrote")
 
 
@@ -75,6 +76,12 @@ class SpmmConfig:
         ``"nk"`` (X is (N, K) row-major, output (N, M): ``linear``) or ``"kn"`` (X is (K, N), output (M, N): ``spmm``).
     splits : bool
         Whether the kernel does split-K fix-up (a workspace and per-tile tickets) or writes the output directly.
+    stream_k : bool
+        How blocks divide the work. False: block (x, y, z) owns tile row x, column block y and the z-th of the
+        grid's equal ranges of k-tiles (split-K). True (stream-K; needs ``splits``): the grid's ``x`` blocks share
+        the sequence of every tile row's k-tiles, row after row, in equal contiguous ranges; a block whose range
+        crosses from one tile row into the next runs the pipeline once per tile row it touches, and an output tile
+        covered by several blocks is summed by the last of them, as split-K's is.
     warps : int
         Warps per block, one of ``WARP_CHOICES``. Fewer warps repeat the per-k-tile bookkeeping (activation copies,
         loop control) fewer times; more warps hide more latency per block.
@@ -114,6 +121,7 @@ class SpmmConfig:
     dtype: str = "float16"
     x_layout: str = "nk"
     splits: bool = False
+    stream_k: bool = False
     warps: int = 4
     mma: str = "sync"
     prefetch_vectors: int = 512
@@ -159,6 +167,9 @@ class SpmmConfig:
                 "Invalid SpmmConfig: mma='wgmma' needs x_layout='nk' (both operands K-major), "
                 f"got x_layout={self.x_layout!r}"
             )
+        if self.stream_k and not self.splits:
+            raise ValueError("Invalid SpmmConfig: stream_k=True sums output tiles that several blocks share, so it "
+                             "needs splits=True, got splits=False")
         if self.stages not in STAGE_CHOICES:
             raise ValueError(f"Invalid stages of SpmmConfig: expected one of {STAGE_CHOICES}, got {self.stages}")
         if self.stages == 2 and not self.two_stages_built:

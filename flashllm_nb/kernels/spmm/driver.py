@@ -30,7 +30,7 @@ from flashllm_nb.kernels.spmm.plan import Plan
 from flashllm_nb.kernels.spmm.tiled_csl import build_kernel
 
 __all__ = ["Operands", "PreparedLaunch", "blocks_per_sm", "max_shared_bytes_per_block", "kernel_resources", "launch",
-           "launch_timeline", "prepare", "timeline_tickets"]
+           "launch_timeline", "prepare", "timeline_plan", "timeline_tickets"]
 
 
 class Operands(NamedTuple):
@@ -88,7 +88,7 @@ def launch(p: Plan, operands: Operands, xp, stream_handle: int = 0) -> None:
 def timeline_tickets(p: Plan, xp):
     """A zeroed int32 array of ``xp`` for :func:`launch_timeline`: ``p``'s per-tile split-K tickets, then one record
     of ``TIMELINE_FIELDS`` per block. The kernel leaves the tickets zero, so one array serves launch after launch."""
-    return xp.zeros(p.grid[0] * p.grid[1] * (1 + p.grid[2] * len(TIMELINE_FIELDS)), dtype=np.int32)
+    return xp.zeros(p.tickets + p.grid[0] * p.grid[1] * p.grid[2] * len(TIMELINE_FIELDS), dtype=np.int32)
 
 
 def launch_timeline(p: Plan, operands: Operands, tickets, xp, stream_handle: int = 0):
@@ -96,11 +96,11 @@ def launch_timeline(p: Plan, operands: Operands, tickets, xp, stream_handle: int
     included), with ``tickets`` from :func:`timeline_tickets`, and return the view of ``tickets`` its blocks record
     into: shape (blocks, len(TIMELINE_FIELDS)), block ``(x, y, z)`` at row ``(z * grid_y + y) * grid_x + x``. For
     ``dev/block_timeline.py``."""
-    n_tickets, blocks = p.grid[0] * p.grid[1], p.grid[0] * p.grid[1] * p.grid[2]
+    n_tickets, blocks = p.tickets, p.grid[0] * p.grid[1] * p.grid[2]
     if tickets.dtype != np.int32 or tickets.size != n_tickets + blocks * len(TIMELINE_FIELDS):
         raise ValueError(f"Invalid tickets of launch_timeline: expected timeline_tickets(p)'s int32 array of "
                          f"{n_tickets + blocks * len(TIMELINE_FIELDS)}, got {tickets.dtype} of {tickets.size}")
-    timed = Plan(dataclasses.replace(p.config, timeline=True), p.grid, p.k_tiles_per_split)
+    timed = timeline_plan(p)
     arrays, scalars = _arguments(timed, operands, xp, stream_handle)
     arrays = (*arrays[:-1], tickets)
     if ptx.SIMULATOR:
@@ -108,6 +108,12 @@ def launch_timeline(p: Plan, operands: Operands, tickets, xp, stream_handle: int
     else:
         _compiled(timed.config).launch(timed.grid, timed.shared_bytes, stream_handle, arrays, scalars)
     return tickets[n_tickets:].reshape(blocks, len(TIMELINE_FIELDS))
+
+
+def timeline_plan(p: Plan) -> Plan:
+    """``p`` with its kernel built to record a timeline (``SpmmConfig.timeline``), its grid and shared memory (the
+    padding of ``Force.blocks_per_sm`` included) as planned."""
+    return dataclasses.replace(p, config=dataclasses.replace(p.config, timeline=True))
 
 
 def prepare(p: Plan, operands: Operands, xp, stream_handle: int = 0):
@@ -142,9 +148,9 @@ _workspaces = _Workspaces()
 def _arguments(p, operands, xp, stream_handle):
     """The kernel's seven arrays and seven scalars (``kernel_signature`` order, scalars apart)."""
     words, tile_offsets, x_bits, ldx, y_bits, bias_bits, m, n, k, n_tile_cols = operands
-    if p.splits > 1:
-        n_partials = p.splits * p.grid[0] * p.grid[1] * TILE_M * p.config.tile_n
-        workspace, tickets = _workspaces.get(xp, n_partials, p.grid[0] * p.grid[1], stream_handle)
+    if p.config.splits:
+        n_partials = p.partial_tiles * TILE_M * p.config.tile_n
+        workspace, tickets = _workspaces.get(xp, n_partials, p.tickets, stream_handle)
     else:
         workspace, tickets = placeholder(xp, np.float32), placeholder(xp, np.int32)
     has_bias = bias_bits is not None

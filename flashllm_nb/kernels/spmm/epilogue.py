@@ -1,10 +1,10 @@
-"""The end of a block: split-K's fix-up and the output store.
+"""The end of a block: the fix-up of an output tile that several blocks share (split-K, stream-K), and the store.
 
-With ``splits > 1`` each block writes its fp32 partial tile to a workspace (coalesced), then the last block of an output
+Each block of a shared tile writes its fp32 partial tile to a workspace (coalesced), then the last block of the output
 tile to arrive (an atomic ticket per output tile taken by one thread: between two fences, or as one acquire-release add,
-``SpmmConfig.ticket``) sums the partials in split order (deterministic), rounds once, and resets the ticket to zero for
+``SpmmConfig.ticket``) sums the partials in a fixed order (deterministic), rounds once, and resets the ticket to zero for
 the next launch: one launch, no memset, no second kernel. That last block is the kernel's tail (the blocks of a wave
-finish within a few microseconds of each other), so its work is kept short: partials of several splits load per round
+finish within a few microseconds of each other), so its work is kept short: several blocks' partials load per round
 trip, and the store uses shifts and unsigned indices. ``docs/kernel-design.md`` has the tails that were tried and lost.
 """
 
@@ -23,7 +23,7 @@ __all__ = ["epilogue_stage"]
 
 
 def epilogue_stage(g: Geometry, accumulator_of) -> SimpleNamespace:
-    """Device functions of the end of a block of one variant: ``reduce_splits`` and ``store``. ``accumulator_of``
+    """Device functions of the end of a block of one variant: ``reduce_partials`` and ``store``. ``accumulator_of``
     is the product stage's inverse of its accumulator layout."""
     THREADS, ACC, TILE_N, NK = g.threads, g.accumulators, g.tile_n, g.nk
     ACC_STRIDE, OUT_ROUNDS, REDUCE_GROUP = g.acc_stride, g.out_rounds, g.reduce_group
@@ -36,19 +36,18 @@ def epilogue_stage(g: Geometry, accumulator_of) -> SimpleNamespace:
         to_bits, from_bits = ptx.f32_to_f16_bits, ptx.f16_bits_to_f32
 
     @inlined
-    def reduce_splits(tid, acc, group, workspace, tickets, tile_row, split):
-        """Publish this split's partial tile and take a ticket; return whether this block arrived last, in which
-        case ``acc`` now holds the sum of every split's partials, in split order."""
-        n_splits = cuda.gridDim.z
-        out_tile = tile_row * cuda.gridDim.y + cuda.blockIdx.y
+    def reduce_partials(tid, acc, group, workspace, tickets, out_tile, first_slot, slot_stride, index, count):
+        """Publish this block's partial tile of output tile ``out_tile``, the ``index``-th of its ``count``, and
+        take a ticket; return whether this block arrived last, in which case ``acc`` now holds the sum of all
+        ``count`` partials in index order. Partial j lives in workspace slot ``first_slot + j * slot_stride`` (a
+        slot is one tile's ``TILE_M * TILE_N`` floats): split-K passes the split and the grid's splits, stream-K
+        the block's place among the blocks that share the tile."""
         tile_values = TILE_M * TILE_N
         # Accumulator i of thread t at i * THREADS + t: a warp's stores (and the last block's loads, by the same
         # thread index) are 128 contiguous bytes.
-        own = tid
-        # Split sp's partial tile of this output tile starts at first + sp * split_stride (floats).
-        split_stride = cuda.gridDim.x * cuda.gridDim.y * tile_values
-        first = out_tile * tile_values + own
-        mine = uint64(first + split * split_stride)
+        first = first_slot * tile_values + tid
+        stride = slot_stride * tile_values
+        mine = uint64(first + index * stride)
         for i in range(ACC):
             workspace[mine + uint64(i * THREADS)] = acc[i]
         # One thread releases and acquires for the block, as CUTLASS's split-K semaphore does: the barrier orders
@@ -60,28 +59,28 @@ def epilogue_stage(g: Geometry, accumulator_of) -> SimpleNamespace:
         if cuda.threadIdx.x == 0:
             if ACQ_REL_TICKET:
                 # one add that releases the block's partials (behind the barrier) and acquires the earlier blocks'
-                last = 1 if ptx.atom_add_acq_rel_gpu(tickets, out_tile, 1) == n_splits - 1 else 0
+                last = 1 if ptx.atom_add_acq_rel_gpu(tickets, out_tile, 1) == count - 1 else 0
             else:
                 cuda.threadfence()  # release the block's partials
-                last = 1 if cuda.atomic.add(tickets, out_tile, 1) == n_splits - 1 else 0
+                last = 1 if cuda.atomic.add(tickets, out_tile, 1) == count - 1 else 0
                 if last:
-                    cuda.threadfence()  # acquire the other splits' partials
+                    cuda.threadfence()  # acquire the other blocks' partials
         if cuda.syncthreads_or(last) == 0:  # broadcasts thread 0's verdict to the block
             return False
-        # Sum in split order, so the result does not depend on which block arrived last. The partials are loaded
-        # REDUCE_GROUP splits at a time into registers, all of a group's loads in flight together, and only then
-        # added: one L2 round trip per group instead of one per split. Loops of constant trip count are what LLVM
+        # Sum in index order, so the result does not depend on which block arrived last. The partials are loaded
+        # REDUCE_GROUP at a time into registers, all of a group's loads in flight together, and only then added:
+        # one L2 round trip per group instead of one per partial. Loops of constant trip count are what LLVM
         # unrolls, keeping acc and the group in registers.
         for i in range(ACC):
             acc[i] = float32(0.0)
-        for sp in range(0, n_splits, REDUCE_GROUP):
+        for sp in range(0, count, REDUCE_GROUP):
             for gi in range(REDUCE_GROUP):
-                if sp + gi < n_splits:
-                    partials = uint64(first + (sp + gi) * split_stride)  # unsigned: no negative-index wrap
+                if sp + gi < count:
+                    partials = uint64(first + (sp + gi) * stride)  # unsigned: no negative-index wrap
                     for i in range(ACC):
                         group[gi * ACC + i] = workspace[partials + uint64(i * THREADS)]
             for gi in range(REDUCE_GROUP):
-                if sp + gi < n_splits:
+                if sp + gi < count:
                     for i in range(ACC):
                         acc[i] += group[gi * ACC + i]
         if cuda.threadIdx.x == 0:
@@ -133,4 +132,4 @@ def epilogue_stage(g: Geometry, accumulator_of) -> SimpleNamespace:
                         value = float32(0.0)
                     y[uint64(m) * uint64(N) + uint64(n)] = to_bits(value)
 
-    return SimpleNamespace(reduce_splits=reduce_splits, store=store)
+    return SimpleNamespace(reduce_partials=reduce_partials, store=store)

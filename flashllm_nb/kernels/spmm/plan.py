@@ -13,6 +13,7 @@ tile), never from a hand-made table:
   registers and shared memory, ``choose_splits`` picks the factor with the least estimated time, counting waves of
   blocks (a partly filled last wave almost as a full one), each block's fixed cost and its partial sums' traffic;
 * dependent launch (``griddepcontrol``) wherever the device has it (sm_90 on, and the simulator);
+* stream-K only where forced (``Force(stream_k=True)``): a block per resident slot, the k-tiles shared equally;
 * the split-K ticket: one acquire-release add (``SpmmConfig.ticket``'s "acq_rel"; "fences" only when forced);
 * for a Tiled-Bitmap A (``sparse="bitmap"``): zeroing by rows, and the smallest value-vector buffer that holds a
   tile of the matrix's mean with room to spare (``prefetch_for_bitmap``).
@@ -24,18 +25,20 @@ force through it, never by replacing functions here. Each threshold below has it
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Callable
 
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.driver import grid_dependency_supported
+from flashllm_nb.kernels.spmm import stream_k
 from flashllm_nb.kernels.spmm.config import (MMA_CHOICES, PREFETCH_CHOICES, TILE_K, TILE_M, TILE_N_CHOICES,
                                              TWO_STAGES_BUILT, SpmmConfig)
 
 __all__ = ["Force", "Plan", "plan", "multiprocessors", "tile_n_for", "mma_for", "warps_for", "clear_for",
            "prefetch_for", "prefetch_for_bitmap", "stages_for", "split_cost", "choose_splits",
-           "shared_bytes_for_at_most"]
+           "stream_k_blocks", "shared_bytes_for_at_most"]
 
 MIN_K_TILES_PER_SPLIT = 4  # a split shorter than this spends more on its prologue and partials than it saves
 DEFAULT_WARPS = 4  # fewer warps repeat the per-tile bookkeeping less: faster than 8 wherever 8 is not needed
@@ -91,8 +94,14 @@ class Force:
     # At most this many resident blocks per SM: the block's dynamic shared memory is padded until the driver's
     # occupancy calculator allows no more (``shared_bytes_for_at_most``), and split-K counts that many slots.
     blocks_per_sm: int | None = None
+    # Stream-K (``SpmmConfig.stream_k``) instead of split-K: one block per resident slot of the device
+    # (``stream_k_blocks``), sharing the k-tiles equally. False: split-K as planned.
+    stream_k: bool | None = None
 
     def __post_init__(self):
+        if self.stream_k and self.split_k is not None:
+            raise ValueError(f"Invalid Force: stream_k=True shares the k-tiles by blocks, not by a split-K factor, "
+                             f"so split_k must be None, got split_k={self.split_k!r}")
         if self.mma is not None and self.mma not in MMA_CHOICES:
             raise ValueError(f"Invalid mma: expected one of {MMA_CHOICES} or None, got {self.mma!r}")
         if self.blocks_per_sm is not None and (isinstance(self.blocks_per_sm, bool)
@@ -105,8 +114,11 @@ class Plan:
     """A configuration and grid for one problem shape; cheap to reuse for every call with the same shape."""
 
     config: SpmmConfig
-    grid: tuple[int, int, int]  # (tile rows of A, column blocks of N, splits of K)
-    k_tiles_per_split: int
+    # Split-K: (tile rows of A, column blocks of N, splits of K). Stream-K: (blocks sharing the k-tiles of every tile
+    # row, column blocks of N, 1).
+    grid: tuple[int, int, int]
+    k_tiles_per_split: int  # the most k-tiles of one tile row a block multiplies
+    tile_rows: int  # 128-row tiles of A
     min_shared_bytes: int = 0  # dynamic shared memory asked for at least (Force.blocks_per_sm's padding)
 
     @property
@@ -116,6 +128,20 @@ class Plan:
     @property
     def splits(self) -> int:
         return self.grid[2]
+
+    @property
+    def tickets(self) -> int:
+        """The kernel's per-output-tile tickets (used when ``config.splits``)."""
+        return self.tile_rows * self.grid[1]
+
+    @property
+    def partial_tiles(self) -> int:
+        """Output tiles' worth of fp32 partials the workspace holds (used when ``config.splits``): split-K's
+        every split of every output tile; stream-K's a slot per (block, tile row) pair a block's range can meet,
+        ``block + tile row`` in each column block."""
+        if self.config.stream_k:
+            return (self.grid[0] + self.tile_rows) * self.grid[1]
+        return self.grid[2] * self.tile_rows * self.grid[1]
 
 
 def tile_n_for(n: int) -> int:
@@ -237,6 +263,15 @@ def shared_bytes_for_at_most(blocks_per_sm: int, needed: int, resident: Callable
     return high
 
 
+def stream_k_blocks(k_tiles_total: int, column_blocks: int, sms: int, blocks_per_sm: int) -> int:
+    """Blocks of a stream-K grid's x dimension: every resident slot of the device, shared among the ``column_blocks``
+    of N, but no more than give each block ``MIN_K_TILES_PER_SPLIT`` of the ``k_tiles_total`` k-tiles (every tile
+    row's); at least one. A grid that fills every slot exactly lands the same number of blocks on every SM, however
+    the previous kernel's blocks leave."""
+    slots = max(1, sms * blocks_per_sm // column_blocks)
+    return max(1, min(slots, k_tiles_total // MIN_K_TILES_PER_SPLIT))
+
+
 def choose_splits(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, tile_n: int,
                   tile_vectors: int | None = None) -> int:
     """The split-K factor with the least ``split_cost`` (the smaller one on a tie); splits below
@@ -268,10 +303,16 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
     stages = force.stages or stages_for(mma, warps, tile_n, clear, prefetch)
     if split_k is None:
         split_k = force.split_k
+    elif force.stream_k:
+        raise ValueError(f"Invalid split_k of plan: Force(stream_k=True) shares the k-tiles by blocks, so split_k "
+                         f"must be None, got {split_k!r}")
     dependent = grid_dependency_supported() if force.grid_dependency is None else force.grid_dependency
     ticket = force.ticket or SpmmConfig.ticket
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, warps=warps, mma=mma, prefetch_vectors=prefetch,
                         clear=clear, stages=stages, relu=relu, grid_dependency=dependent, ticket=ticket, sparse=sparse)
+    if force.stream_k:
+        return _stream_k_plan(dataclasses.replace(config, splits=True, stream_k=True), tile_rows, n_blocks, k_tiles,
+                              force.blocks_per_sm)
     if split_k is None:
         from flashllm_nb.kernels.spmm.driver import blocks_per_sm
 
@@ -292,8 +333,32 @@ def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None 
 
         min_shared = shared_bytes_for_at_most(force.blocks_per_sm, config.shared_bytes(per_split),
                                               functools.partial(blocks_per_sm, config), max_shared_bytes_per_block())
-    return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split,
+    return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split, tile_rows=tile_rows,
                 min_shared_bytes=min_shared)
+
+
+def _stream_k_plan(config: SpmmConfig, tile_rows: int, n_blocks: int, k_tiles: int, cap: int | None) -> Plan:
+    """The stream-K grid of ``config``: ``stream_k_blocks`` from the occupancy of this very kernel (its registers
+    may differ from split-K's), whose shared memory is sized for a whole tile row of offsets, so that the launch
+    asks for exactly the bytes the occupancy was computed with; and at least a block per tile row, so that no
+    block's range is longer than a tile row (the kernel runs at most two passes)."""
+    from flashllm_nb.kernels.spmm.driver import blocks_per_sm, max_shared_bytes_per_block
+
+    shared = config.shared_bytes(k_tiles)
+    if cap is not None:
+        shared = shared_bytes_for_at_most(cap, shared, functools.partial(blocks_per_sm, config),
+                                          max_shared_bytes_per_block())
+    resident = max(1, blocks_per_sm(config, shared))
+    if cap is not None:
+        resident = min(resident, cap)
+    units = tile_rows * k_tiles
+    blocks = max(stream_k_blocks(units, n_blocks, multiprocessors(), resident), tile_rows)
+    if not stream_k.fits(units, blocks):
+        raise ValueError(f"Invalid Force(stream_k=True) for this shape: its {units} k-tiles over {blocks} blocks "
+                         f"exceed the kernel's 32-bit index arithmetic (units x blocks < 2**32); use split-K")
+    per_block = min(k_tiles, -(-units // blocks))
+    return Plan(config=config, grid=(blocks, n_blocks, 1), k_tiles_per_split=per_block, tile_rows=tile_rows,
+                min_shared_bytes=shared)
 
 
 _NO_FORCE = Force()

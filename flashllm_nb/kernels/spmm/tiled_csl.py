@@ -5,7 +5,9 @@ one rounding to fp16/bf16 at the end (plus an optional bias per row m). B is X o
 the output (N, M)) or (K, N) ("kn": ``spmm``, the output (M, N)), fixed per compiled kernel.
 
 One thread block (4 or 8 warps) owns a 128-row tile row of A, a ``tile_n``-wide slice of the N columns and a
-contiguous range of the 64-wide k-tiles (split-K). This module composes the stages; each is its own module:
+contiguous range of the 64-wide k-tiles (split-K); with ``stream_k`` a block's range runs on into the next tile row,
+and it makes a pass of the pseudo-code below over each of the two. This module composes the stages; each is its
+own module:
 
 * :mod:`.activations`: tiles of X by ``cp.async`` into ``stages`` shared stages, ``stages - 1`` ahead;
 * :mod:`.words`: a tile's words by 16-byte loads into registers two k-tiles ahead, scattered into one of two dense
@@ -50,6 +52,7 @@ from numba import cuda, float32, int32, int64, uint16, uint32
 
 from flashllm_nb.kernels import ptx
 from flashllm_nb.kernels.ptx import inlined
+from flashllm_nb.kernels.spmm import stream_k
 from flashllm_nb.kernels.spmm.activations import activation_stage
 from flashllm_nb.kernels.spmm.bitmaps import BITMAP_VECTORS, bitmap_stage
 from flashllm_nb.kernels.spmm.config import TILE_K, TILE_M, TIMELINE_FIELDS, SpmmConfig
@@ -72,11 +75,12 @@ def build_kernel(cfg: SpmmConfig):
       16-byte chunk is aligned): (N, ldx >= K) for ``"nk"``, (K, ldx >= N) for ``"kn"``.
     * ``y`` uint16[M*N]: output bits, (N, M) for ``"nk"``, (M, N) for ``"kn"``.
     * ``bias`` uint16[>=1]: bias bits per output row m, read only when ``has_bias``.
-    * ``workspace`` float32[splits * n_tiles_m * n_tiles_n * TILE_M * tile_n] and ``tickets`` int32[n_tiles_m *
-      n_tiles_n] (all zero before the first launch; the kernel leaves them zero): used only when ``cfg.splits``.
+    * ``workspace`` float32[``Plan.partial_tiles`` * TILE_M * tile_n] and ``tickets`` int32[n_tiles_m * n_tiles_n]
+      (all zero before the first launch; the kernel leaves them zero): used only when ``cfg.splits``.
       With ``cfg.timeline`` the tickets are followed by a record of ``TIMELINE_FIELDS`` per block
       (``driver.timeline_tickets``), which thread 0 writes.
-    * ``M, N, K``: logical sizes; ``n_tile_cols``: k-tiles per tile row; ``k_tiles_per_split``: k-tiles per block.
+    * ``M, N, K``: logical sizes; ``n_tile_cols``: k-tiles per tile row; ``k_tiles_per_split``: k-tiles per block
+      (split-K; a stream-K block finds its range from the grid).
     """
     g = geometry(cfg)
     activations, sparse, products = activation_stage(g), word_stage(g), product_stage(g)
@@ -88,21 +92,18 @@ def build_kernel(cfg: SpmmConfig):
     else:
         load_first_words, expand_first_tile = _fill_words(g, activations, sparse)
         k_step = _k_step(g, activations, sparse, products)
+    mark, record, tally = _timeline_records(cfg.stream_k)
+    block_range, tile_row_of = inlined(stream_k.block_range), inlined(stream_k.tile_row_of)
+    tile_row_pass = _tile_row_pass(g, activations, sparse, products, epilogue, load_first_words, expand_first_tile,
+                                   k_step, mark, tally)
     # Numba calls device functions by name, not through a namespace.
-    fragment_rows, copy_plan, issue_activations = products.fragment_rows, activations.copy_plan, activations.issue
-    stage_offsets, zero_buffer = sparse.stage_offsets, sparse.zero_buffer
-    reduce_splits, store_tile = epilogue.reduce_splits, epilogue.store
-    TILE_N, THREADS, STAGES, WGMMA, ENTRIES, BITMAP = g.tile_n, g.threads, g.stages, g.wgmma, g.entries, g.bitmap
     ACC, WORDS, POSITIONS, FRAG = g.accumulators, g.word_registers, g.position_registers, g.frag_registers
-    K_STEPS, NPAIR, SMEM_ALIGN, SPLITS = g.k_steps, g.b_loads, g.smem_align, g.splits
-    CLEAR_WARP_ROWS, MBARRIER_BASE32 = g.clear_warp_rows, g.mbarrier_base32
+    K_STEPS, NPAIR, SMEM_ALIGN = g.k_steps, g.b_loads, g.smem_align
     REDUCE_VALUES = g.reduce_group * ACC
+    STREAM_K, TILE_M_SHIFT = cfg.stream_k, TILE_M.bit_length() - 1
     GRID_DEPENDENCY = cfg.grid_dependency
     TIMELINE = cfg.timeline
-    T_START, T_OFFSETS, T_WAITED, T_LOOP_END, T_TICKET, T_END, F_SM, F_WROTE = (
-        TIMELINE_FIELDS.index(name)
-        for name in ("start", "offsets", "waited", "loop_end", "ticket", "end", "sm", "wrote"))
-    mark, record = _timeline_records()
+    T_START, T_END, F_SM, F_WROTE = (TIMELINE_FIELDS.index(name) for name in ("start", "end", "sm", "wrote"))
 
     # The simulator's cuda.jit takes no launch bounds (they only steer ptxas).
     @(cuda.jit if ptx.SIMULATOR else cuda.jit(launch_bounds=cfg.launch_bounds))
@@ -124,23 +125,129 @@ def build_kernel(cfg: SpmmConfig):
         b_off = cuda.local.array(NPAIR, int64)
         frag0 = cuda.local.array(FRAG, uint32)  # one k16 step's A and B fragments, double-buffered (products)
         frag1 = cuda.local.array(FRAG, uint32)
-        group = cuda.local.array(REDUCE_VALUES, float32)  # split-K: partials of several splits
+        group = cuda.local.array(REDUCE_VALUES, float32)  # the reducing block's partials of several blocks
         if TIMELINE:
-            mark(tickets, T_START)
-            record(tickets, F_SM, int32(ptx.smid()))
-        for i in range(ACC):
-            acc[i] = float32(0.0)
+            mark(tickets, M, T_START)
+            record(tickets, M, F_SM, int32(ptx.smid()))
+            record(tickets, M, F_WROTE, int32(0))  # each pass that stores its tile adds one
         if GRID_DEPENDENCY:
             ptx.griddepcontrol_launch_dependents()
 
-        tile_row = cuda.blockIdx.x
-        n0 = cuda.blockIdx.y * TILE_N
-        split = cuda.blockIdx.z
-        m0 = tile_row * TILE_M
-        kt_begin = split * k_tiles_per_split
-        n_tiles_block = min(k_tiles_per_split, n_tile_cols - kt_begin)
-        first_tile = tile_row * n_tile_cols + kt_begin  # tiles of one tile row are consecutive in the format
+        inputs = (words, tile_offsets, x, ldx, y, bias, has_bias, M, N, K, n_tile_cols)
+        shared = (smem16, smem32, smemf)
+        registers = (acc, w_a, w_b, positions, positions_odd, a_off, b_off, frag0, frag1, group)
+        if STREAM_K:
+            # Every tile row's k-tiles in one sequence, cut into gridDim.x equal contiguous ranges (``stream_k``)
+            # no longer than a tile row (the plan's grid has at least as many blocks as tile rows): this block's
+            # range meets one tile row or two, a pass each, written out twice rather than looped.
+            n_cols = int64(n_tile_cols)
+            units = int64((M + (TILE_M - 1)) >> TILE_M_SHIFT) * n_cols
+            unit, units_end = block_range(int64(cuda.blockIdx.x), int64(cuda.gridDim.x), units)
+            tile_row = tile_row_of(unit, n_cols)
+            row_end = (tile_row + 1) * n_cols
+            in_next_row = int32(max(units_end - row_end, 0))  # all that stays live across the first pass
+            tile_row_pass(inputs, shared, registers, (workspace, tickets), tile_row, unit, unit - tile_row * n_cols,
+                          min(units_end, row_end) - unit, True)
+            if in_next_row > 0:
+                cuda.syncthreads()  # the first pass's store has read its staged tile from shared memory
+                next_row = tile_row_of(unit, n_cols) + 1
+                tile_row_pass(inputs, shared, registers, (workspace, tickets), next_row, next_row * n_cols, 0,
+                              in_next_row, False)
+        else:
+            tile_row = cuda.blockIdx.x
+            kt_begin = cuda.blockIdx.z * k_tiles_per_split
+            tile_row_pass(inputs, shared, registers, (workspace, tickets), tile_row, tile_row * n_tile_cols + kt_begin,
+                          kt_begin, min(k_tiles_per_split, n_tile_cols - kt_begin), True)
+        if TIMELINE:
+            mark(tickets, M, T_END)
 
+    return spmm_tiled_csl
+
+
+def _timeline_records(stream: bool):
+    """``mark(tickets, M, field)``, ``record(tickets, M, field, value)`` and ``tally(tickets, M, field)`` of a
+    ``timeline`` kernel: thread 0 writes the time now (%globaltimer_lo's low 31 bits, so that it fits an int32) or
+    an int32 value into, or adds one to, a field of this block's record of ``TIMELINE_FIELDS``. The records follow
+    the grid's per-tile tickets: split-K's grid has a tile row per block row, a ``stream`` grid counts them from
+    ``M``."""
+    N_FIELDS = len(TIMELINE_FIELDS)
+    STREAM_K, TILE_M_SHIFT = stream, TILE_M.bit_length() - 1
+
+    @inlined
+    def record(tickets, M, field, value):
+        if cuda.threadIdx.x == 0:
+            tile_rows = ((M + (TILE_M - 1)) >> TILE_M_SHIFT) if STREAM_K else cuda.gridDim.x
+            block = (cuda.blockIdx.z * cuda.gridDim.y + cuda.blockIdx.y) * cuda.gridDim.x + cuda.blockIdx.x
+            tickets[tile_rows * cuda.gridDim.y + block * N_FIELDS + field] = value
+
+    @inlined
+    def mark(tickets, M, field):
+        record(tickets, M, field, int32(ptx.globaltimer_lo() & uint32(0x7FFFFFFF)))
+
+    @inlined
+    def tally(tickets, M, field):
+        if cuda.threadIdx.x == 0:
+            tile_rows = ((M + (TILE_M - 1)) >> TILE_M_SHIFT) if STREAM_K else cuda.gridDim.x
+            block = (cuda.blockIdx.z * cuda.gridDim.y + cuda.blockIdx.y) * cuda.gridDim.x + cuda.blockIdx.x
+            tickets[tile_rows * cuda.gridDim.y + block * N_FIELDS + field] += 1
+
+    return mark, record, tally
+
+
+def _tile_row_pass(g: Geometry, activations, sparse, products, epilogue, load_first_words, expand_first_tile, k_step,
+                   mark, tally):
+    """One pass of a block over a contiguous range of one tile row's k-tiles, from its prologue to its output tile:
+    ``tile_row_pass(inputs, shared, registers, fix_up_arrays, tile_row, first_tile, kt_begin, n_tiles_block,
+    first_pass)``.
+
+    ``first_tile`` is the format's index of the range's first tile (tiles of a tile row are consecutive, and tile
+    rows follow each other), ``kt_begin`` its k-tile within the row. Split-K's pass shares its output tile with the
+    other splits of the grid's z dimension; a stream-K pass with the blocks whose ranges meet the same tile row
+    (``stream_k``), and stores it at once where there are none. ``first_pass`` says whether the block's timeline
+    marks of the prologue are this pass's; the caller meets the block at a barrier before any later pass, whose
+    prologue rewrites the shared memory the last store staged its tile in. What the epilogue needs besides the tile
+    row is recomputed there from the grid and the kernel's arguments, so that it holds no registers across the
+    main loop."""
+    fragment_rows, copy_plan, issue_activations = products.fragment_rows, activations.copy_plan, activations.issue
+    stage_offsets, zero_buffer = sparse.stage_offsets, sparse.zero_buffer
+    reduce_partials, store_tile = epilogue.reduce_partials, epilogue.store
+    block_of = inlined(stream_k.block_of)
+    TILE_N, THREADS, STAGES, WGMMA, ENTRIES, BITMAP = g.tile_n, g.threads, g.stages, g.wgmma, g.entries, g.bitmap
+    ACC, SPLITS, STREAM_K = g.accumulators, g.splits, g.cfg.stream_k
+    WORDS, POSITIONS, FRAG = g.word_registers, g.position_registers, g.frag_registers
+    REDUCE_VALUES = g.reduce_group * g.accumulators
+    TILE_M_SHIFT = TILE_M.bit_length() - 1
+    CLEAR_WARP_ROWS, MBARRIER_BASE32 = g.clear_warp_rows, g.mbarrier_base32
+    GRID_DEPENDENCY = g.cfg.grid_dependency
+    TIMELINE = g.cfg.timeline
+    T_OFFSETS, T_WAITED, T_LOOP_END, T_TICKET, F_WROTE = (
+        TIMELINE_FIELDS.index(name) for name in ("offsets", "waited", "loop_end", "ticket", "wrote"))
+
+    @inlined
+    def tile_row_pass(inputs, shared, registers, fix_up_arrays, tile_row, first_tile, kt_begin, n_tiles_block,
+                      first_pass):
+        words, tile_offsets, x, ldx, y, bias, has_bias, M, N, K, n_tile_cols = inputs
+        smem16, smem32, smemf = shared
+        acc, w_a, w_b, positions, positions_odd, a_off, b_off, frag0, frag1, group = registers
+        workspace, tickets = fix_up_arrays
+        for i in range(ACC):
+            acc[i] = float32(0.0)
+        if STREAM_K and not first_pass:
+            # The first pass's words and fragments are dead here; saying so (every register written before this
+            # pass reads any) keeps them from living across that pass's epilogue into this one.
+            for i in range(WORDS):
+                w_a[i] = uint32(0)
+                w_b[i] = uint32(0)
+            for i in range(POSITIONS):
+                positions[i] = uint32(0)
+                positions_odd[i] = uint32(0)
+            for i in range(FRAG):
+                frag0[i] = uint32(0)
+                frag1[i] = uint32(0)
+            for i in range(REDUCE_VALUES):  # written and read under the same conditions, which LLVM cannot see
+                group[i] = float32(0.0)
+        n0 = cuda.blockIdx.y * TILE_N
+        m0 = tile_row * TILE_M
         if n_tiles_block > 0:
             tid = cuda.threadIdx.x
             lane = tid & 31
@@ -154,8 +261,8 @@ def build_kernel(cfg: SpmmConfig):
                 ptx.mbarrier_init(smem32, MBARRIER_BASE32, THREADS)
                 ptx.mbarrier_init(smem32, MBARRIER_BASE32 + 2, THREADS)
             cuda.syncthreads()  # offsets, zeros and mbarriers visible
-            if TIMELINE:
-                mark(tickets, T_OFFSETS)
+            if TIMELINE and first_pass:
+                mark(tickets, M, T_OFFSETS)
             if not GRID_DEPENDENCY:
                 for t in range(STAGES - 1):
                     issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
@@ -163,13 +270,13 @@ def build_kernel(cfg: SpmmConfig):
             o0, o1, o2, o3 = load_first_words(words, smem32, n_tiles_block, w_a, w_b, (positions, positions_odd))
             if GRID_DEPENDENCY:
                 # Everything so far read only A, which no kernel writes: a dependent launch got here while the
-                # kernel before it drained. X is that kernel's output.
+                # kernel before it drained. X is that kernel's output. (A later pass finds the wait over.)
                 ptx.griddepcontrol_wait()
                 for t in range(STAGES - 1):
                     issue_activations(x, ldx, smem16, t, n_tiles_block, kt_begin, cp_dst, cp_src, cp_rows_left,
                                       cp_cols_left)
-            if TIMELINE:
-                mark(tickets, T_WAITED)
+            if TIMELINE and first_pass:
+                mark(tickets, M, T_WAITED)
             om1, o0, o1, o2, o3 = expand_first_tile(words, (smem16, smem32), n_tiles_block, w_a,
                                                     (positions, positions_odd), o0, o1, o2, o3)
 
@@ -178,18 +285,18 @@ def build_kernel(cfg: SpmmConfig):
             # tile i (mma.sync, one buffer) or of tile i-1 (wgmma: tile t's in positions if t is even, else in
             # positions_odd); "rows" passes its w_next there, unused; "bitmap" the bitmap shares of tiles of i's
             # parity (even: positions, odd: positions_odd).
-            inputs = (words, x, ldx)
-            shared = (smem16, smem32)
+            step_inputs = (words, x, ldx)
+            step_shared = (smem16, smem32)
             block = (n_tiles_block, kt_begin, clear_first)
             fragments = (a_off, b_off, frag0, frag1)
             i = 0
             while i < n_tiles_block:
                 copy = (cp_dst, cp_src, cp_rows_left, cp_cols_left)
-                om1, o0, o1, o2, o3 = k_step(i, inputs, shared, block, copy, fragments, acc,
+                om1, o0, o1, o2, o3 = k_step(i, step_inputs, step_shared, block, copy, fragments, acc,
                                              (positions_odd if WGMMA else positions) if ENTRIES else
                                              positions if BITMAP else w_b, w_b, (om1, o0, o1, o2, o3))
                 if i + 1 < n_tiles_block:
-                    om1, o0, o1, o2, o3 = k_step(i + 1, inputs, shared, block, copy, fragments, acc,
+                    om1, o0, o1, o2, o3 = k_step(i + 1, step_inputs, step_shared, block, copy, fragments, acc,
                                                  positions if ENTRIES else positions_odd if BITMAP else w_a, w_a,
                                                  (om1, o0, o1, o2, o3))
                 i += 2
@@ -198,45 +305,41 @@ def build_kernel(cfg: SpmmConfig):
             ptx.griddepcontrol_wait()  # nothing to multiply, but the epilogue writes
         if TIMELINE:
             if n_tiles_block <= 0:  # no k-tiles: the prologue's phases are empty
-                mark(tickets, T_OFFSETS)
-                mark(tickets, T_WAITED)
-            mark(tickets, T_LOOP_END)
+                mark(tickets, M, T_OFFSETS)
+                mark(tickets, M, T_WAITED)
+            mark(tickets, M, T_LOOP_END)
 
-        if SPLITS:
-            wrote = reduce_splits(cuda.threadIdx.x, acc, group, workspace, tickets, tile_row, split)
+        out_tile = tile_row * cuda.gridDim.y + cuda.blockIdx.y
+        if STREAM_K:
+            # The blocks sharing this tile row: from the one holding its first k-tile to its last's. This pass's
+            # partial goes to workspace slot (block + tile row) of its column block: along the sequence each new
+            # pass moves to the next block or the next tile row or both, so no two passes share a slot.
+            n_cols = int64(n_tile_cols)
+            units = ((int64(M) + (TILE_M - 1)) >> TILE_M_SHIFT) * n_cols
+            blocks = int64(cuda.gridDim.x)
+            row_start = int64(tile_row) * n_cols
+            sharer_first = block_of(row_start, blocks, units)
+            count = block_of(row_start + n_cols - 1, blocks, units) - sharer_first + 1
+            first_slot = (sharer_first + tile_row) * cuda.gridDim.y + cuda.blockIdx.y
+            slot_stride = cuda.gridDim.y
+            index = int64(cuda.blockIdx.x) - sharer_first
+        else:
+            first_slot, slot_stride, index, count = out_tile, cuda.gridDim.x * cuda.gridDim.y, cuda.blockIdx.z, \
+                cuda.gridDim.z
+        if SPLITS and (count > 1 or not STREAM_K):
+            wrote = reduce_partials(cuda.threadIdx.x, acc, group, workspace, tickets, out_tile, first_slot,
+                                    slot_stride, index, count)
             if TIMELINE:
-                mark(tickets, T_TICKET)
+                mark(tickets, M, T_TICKET)
             if not wrote:
-                if TIMELINE:
-                    mark(tickets, T_END)
                 return
         elif TIMELINE:
-            mark(tickets, T_TICKET)
+            mark(tickets, M, T_TICKET)
         store_tile(acc, smemf, y, bias, has_bias, m0, n0, M, N)
         if TIMELINE:
-            mark(tickets, T_END)
-            record(tickets, F_WROTE, int32(1))
+            tally(tickets, M, F_WROTE)
 
-    return spmm_tiled_csl
-
-
-def _timeline_records():
-    """``mark(tickets, field)`` and ``record(tickets, field, value)`` of a ``timeline`` kernel: thread 0 writes the
-    time now (%globaltimer_lo's low 31 bits, so that it fits an int32) or an int32 value into this block's record of
-    ``TIMELINE_FIELDS``, which follows the grid's per-tile tickets."""
-    N_FIELDS = len(TIMELINE_FIELDS)
-
-    @inlined
-    def record(tickets, field, value):
-        if cuda.threadIdx.x == 0:
-            block = (cuda.blockIdx.z * cuda.gridDim.y + cuda.blockIdx.y) * cuda.gridDim.x + cuda.blockIdx.x
-            tickets[cuda.gridDim.x * cuda.gridDim.y + block * N_FIELDS + field] = value
-
-    @inlined
-    def mark(tickets, field):
-        record(tickets, field, int32(ptx.globaltimer_lo() & uint32(0x7FFFFFFF)))
-
-    return mark, record
+    return tile_row_pass
 
 
 def _fill_words(g: Geometry, activations, sparse):
