@@ -1,6 +1,7 @@
 """Per-block timelines of SpMM launches queued as a model queues them: where a launch's time goes beyond its bytes.
 
-    python -m dev.block_timeline M K N SPARSITY [--split-k S] [--ticket T] [--blocks-per-sm B] [--launches L]
+    python -m dev.block_timeline M K N SPARSITY [--split-k S | --stream-k] [--ticket T] [--blocks-per-sm B]
+                                 [--launches L]
                                                 [--repeats R] [--ordinary-launches] [--out DIR]
     e.g. python -m dev.block_timeline 7168 7168 1 0.8 --out /tmp/out
 
@@ -56,6 +57,8 @@ def main() -> int:
     parser.add_argument("--split-k", type=int, default=None, help="force this split-K factor (default: the plan's)")
     parser.add_argument("--ticket", choices=TICKET_CHOICES, default=None,
                         help="force how a split-K block takes its ticket (SpmmConfig.ticket; default: the plan's)")
+    parser.add_argument("--stream-k", action="store_true",
+                        help="stream-K instead of split-K (Force.stream_k; its timeline variant spills a few bytes)")
     parser.add_argument("--blocks-per-sm", type=int, default=None,
                         help="at most this many resident blocks an SM (Force.blocks_per_sm; default: the plan's)")
     parser.add_argument("--launches", type=int, default=8, help="products queued back to back (at least 2)")
@@ -79,7 +82,8 @@ def main() -> int:
     print_summary(summary)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = (f"block_timeline_{args.m}_{args.k}_{args.n}_{args.sparsity:g}" + ("_ordinary" * args.ordinary_launches)
-            + (f"_{args.ticket}" if args.ticket else "") + (f"_cap{args.blocks_per_sm}" if args.blocks_per_sm else ""))
+            + (f"_{args.ticket}" if args.ticket else "") + (f"_cap{args.blocks_per_sm}" if args.blocks_per_sm else "")
+            + ("_stream" if args.stream_k else ""))
     (args.out / f"{stem}.json").write_text(json.dumps(dict(summary, records=records[:3])))
     picture(records, summary, args.out / f"{stem}.png")
     print(f"wrote {args.out / stem}.json and .png")
@@ -104,7 +108,7 @@ def run(args, cp):
     X = rng.standard_normal((n, k), dtype=cp.float32).astype(cp.float16)
     Y = cp.empty((n, m), cp.float16)
     p = plan(m, n, k, "float16", "nk", split_k=args.split_k, tile_vectors=As[0].mean_tile_vectors,
-             force=Force(ticket=args.ticket, blocks_per_sm=args.blocks_per_sm))
+             force=Force(ticket=args.ticket, blocks_per_sm=args.blocks_per_sm, stream_k=args.stream_k or None))
     operands = [driver.Operands(A.words, A.tile_offsets, X, k, Y, None, m, n, k, A.n_tile_cols) for A in As]
     tickets = [driver.timeline_tickets(p, cp) for _ in As]
     stream = cp.cuda.Stream(non_blocking=True)

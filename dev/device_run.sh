@@ -17,7 +17,8 @@
 # dense and sparse), kernel-vs-commit (today's kernel, built with griddepcontrol or not, beside an earlier commit's),
 # ticket-ab (the split-K ticket as one acquire-release add against the two fences, timed beside cuBLAS and as
 # timelines), blocks-ab (at most 4 resident blocks an SM against the plan's occupancy: even placement of a
-# dependent launch's blocks), bitmap-ab (Tiled-Bitmap against Tiled-CSL and cuBLAS on OPT-30B's decode shapes),
+# dependent launch's blocks), stream-ab (stream-K against the plan's split-K, timed beside cuBLAS and as
+# timelines), bitmap-ab (Tiled-Bitmap against Tiled-CSL and cuBLAS on OPT-30B's decode shapes),
 # bench-hf-bitmap (bench-hf-stacking's rows with Tiled-Bitmap weights instead of unstacked ones), bench-hf-stacked
 # (dense and stacked only, batch 1), tests-bitmap; on two
 # GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an
@@ -126,6 +127,13 @@ for step in "$@"; do
                for cap in "" 4; do  # where a dependent launch's blocks land, each way
                  timeout 60 python3 -m dev.block_timeline 7168 7168 1 0.8 ${cap:+--blocks-per-sm $cap} --out "$OUT" \
                    2>&1 | tee -a "$OUT/blocks-ab.log"
+               done ;;
+    stream-ab) timeout 480 python3 -m dev.kernel_ab 1 16 --variant plan --variant stream:stream=1 --check stream \
+                 --sparsities 0.8,0.9 --shapes 7168x7168,21504x7168,28672x7168,7168x28672,9216x9216 2>&1 \
+                 | tee "$OUT/stream-ab.log" | tail -30
+               for mode in "" --stream-k; do  # where the blocks land and when their k-tiles end, each way
+                 timeout 60 python3 -m dev.block_timeline 7168 7168 1 0.8 $mode --out "$OUT" 2>&1 \
+                   | tee -a "$OUT/stream-ab.log"
                done ;;
     bitmap-ab) timeout 560 python3 -m dev.kernel_ab 1 16 --variant plan --variant bitmap:format=bitmap \
                  --sparsities 0.8,0.9,0.7 --shapes 7168x7168,21504x7168,28672x7168,7168x28672 2>&1 \

@@ -6,8 +6,9 @@
 A variant is ``NAME[:KEY=VALUE,...]``: the plan's choices forced (``flashllm_nb.kernels.spmm.plan.Force``) for the
 ``linear`` products timed here: ``mma`` (sync, wgmma), ``warps`` (4, 8), ``clear`` (rows, entries), ``prefetch`` (256 ..
 640), ``stages`` (2, 4), ``split`` (a split-K factor), ``dependent`` (0 or 1: built with ``griddepcontrol`` or not; the
-launches stay ordinary), ``ticket`` (fences, acq_rel: how a split-K block takes its ticket) and ``blocks`` (at most
-this many resident blocks per SM, by padding shared memory), for blocks of ``tile_n``
+launches stay ordinary), ``ticket`` (fences, acq_rel: how a split-K block takes its ticket), ``blocks`` (at most
+this many resident blocks per SM, by padding shared memory) and ``stream`` (1: stream-K, a block per resident slot
+sharing the k-tiles equally, instead of split-K), for blocks of ``tile_n``
 up to ``upto`` (16 unless given; wider blocks keep the plan's choices); ``format=bitmap`` times the same matrices in
 Tiled-Bitmap (``flashllm_nb.TiledBitmap``) instead of Tiled-CSL, at every N, and checks each one's product against
 cuBLAS's first. A variant the kernel is not built for is refused by ``SpmmConfig`` with its reason. A variant without
@@ -26,6 +27,7 @@ Examples::
     python -m dev.kernel_ab 16 8 --variant plan --variant rows:clear=rows --sparsities 0.85,0.9,0.95
     python -m dev.kernel_ab 1 8 16 --variant plan --variant fences:ticket=fences --check fences --shapes 7168x7168
     python -m dev.kernel_ab 1 16 --variant plan --variant bitmap:format=bitmap --sparsities 0.7,0.8,0.9
+    python -m dev.kernel_ab 1 16 --variant plan --variant stream:stream=1 --check stream --shapes 7168x7168
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ from flashllm_nb.kernels.spmm.plan import Force, plan, tile_n_for
 _KEYS = {"mma": (str, MMA_CHOICES), "warps": (int, WARP_CHOICES), "clear": (str, CLEAR_CHOICES),
          "prefetch": (int, PREFETCH_CHOICES), "stages": (int, STAGE_CHOICES), "split": (int, None),
          "dependent": (int, (0, 1)), "ticket": (str, TICKET_CHOICES), "upto": (int, TILE_N_CHOICES),
-         "format": (str, ("csl", "bitmap")), "blocks": (int, None)}
+         "format": (str, ("csl", "bitmap")), "blocks": (int, None), "stream": (int, (0, 1))}
 _FORCE_FIELDS = {"mma": "mma", "warps": "warps", "clear": "clear", "prefetch": "prefetch_vectors",
                  "stages": "stages", "split": "split_k", "dependent": "grid_dependency", "ticket": "ticket",
-                 "blocks": "blocks_per_sm"}
+                 "blocks": "blocks_per_sm", "stream": "stream_k"}
 
 
 @dataclass
@@ -80,7 +82,7 @@ class Variant:
         """What this variant fixes for a linear product of ``n`` columns (None: the plan decides everything)."""
         if tile_n_for(n) > self.forced.get("upto", 16):
             return None
-        fixed = {_FORCE_FIELDS[key]: bool(value) if key == "dependent" else value
+        fixed = {_FORCE_FIELDS[key]: bool(value) if key in ("dependent", "stream") else value
                  for key, value in self.forced.items() if key in _FORCE_FIELDS}
         return Force(**fixed) if fixed else None
 
@@ -133,7 +135,7 @@ def compare(variants: list[Variant], ns, sparsities, shapes, check=()) -> None:
                 registers, _ = driver.kernel_resources(p.config)
                 print(f"  {v.name} N={n} {s:.0%} {m}x{k} ({tile_vectors} vectors per tile): {p.config}, "
                       f"{registers} registers, {driver.blocks_per_sm(p.config, p.shared_bytes)} blocks/SM, "
-                      f"{p.splits} splits", flush=True)
+                      f"grid {p.grid}" + (" stream-K" if p.config.stream_k else f", {p.splits} splits"), flush=True)
 
 
 def bitmap_copies(matrices, x):
