@@ -207,7 +207,7 @@ STREAM_K = by_tier(
 def test_stream_k_gives_the_reference_product(m, k, n, path, dtype):
     """``Force(stream_k=True)``: every element of the caller's output (poisoned with NaN) equals the float64
     reference within the bound, with a bias, with ReLU in the epilogue and with NaN and Inf in A and X, in both
-    layouts; the same call again gives the same bits (the shared tiles are summed in block order); on the GPU the
+    layouts and with A in Tiled-Bitmap; the same call again gives the same bits (the shared tiles are summed in block order); on the GPU the
     grid has a block for every resident slot of the device."""
     from flashllm_nb.kernels.spmm import driver
     from flashllm_nb.kernels.spmm.plan import multiprocessors
@@ -227,6 +227,7 @@ def test_stream_k_gives_the_reference_product(m, k, n, path, dtype):
     first = check_product(W, X, bias=bias, force=stream)
     check_product(W, X, bias=bias, force=stream, relu=True)
     check_product(W, X, layout="kn", force=spmm_plan.Force(stream_k=True))  # "kn" takes mma.sync
+    check_product(W, X, force=stream, matrix_format=fl.TiledBitmap)
     A, Xd = fl.TiledCSL.from_dense(device(W)), device(X)
     np.testing.assert_array_equal(host(fl.linear(Xd, A, bias=device(bias), force=stream)).view(np.uint16),
                                   first.view(np.uint16))

@@ -174,11 +174,16 @@ def _timeline_records(stream: bool):
     STREAM_K, TILE_M_SHIFT = stream, TILE_M.bit_length() - 1
 
     @inlined
+    def place(M, field):
+        """Where this block's ``field`` is in ``tickets``."""
+        tile_rows = ((M + (TILE_M - 1)) >> TILE_M_SHIFT) if STREAM_K else cuda.gridDim.x
+        block = (cuda.blockIdx.z * cuda.gridDim.y + cuda.blockIdx.y) * cuda.gridDim.x + cuda.blockIdx.x
+        return tile_rows * cuda.gridDim.y + block * N_FIELDS + field
+
+    @inlined
     def record(tickets, M, field, value):
         if cuda.threadIdx.x == 0:
-            tile_rows = ((M + (TILE_M - 1)) >> TILE_M_SHIFT) if STREAM_K else cuda.gridDim.x
-            block = (cuda.blockIdx.z * cuda.gridDim.y + cuda.blockIdx.y) * cuda.gridDim.x + cuda.blockIdx.x
-            tickets[tile_rows * cuda.gridDim.y + block * N_FIELDS + field] = value
+            tickets[place(M, field)] = value
 
     @inlined
     def mark(tickets, M, field):
@@ -187,9 +192,7 @@ def _timeline_records(stream: bool):
     @inlined
     def tally(tickets, M, field):
         if cuda.threadIdx.x == 0:
-            tile_rows = ((M + (TILE_M - 1)) >> TILE_M_SHIFT) if STREAM_K else cuda.gridDim.x
-            block = (cuda.blockIdx.z * cuda.gridDim.y + cuda.blockIdx.y) * cuda.gridDim.x + cuda.blockIdx.x
-            tickets[tile_rows * cuda.gridDim.y + block * N_FIELDS + field] += 1
+            tickets[place(M, field)] += 1
 
     return mark, record, tally
 
