@@ -18,9 +18,10 @@
 # ticket-ab (the split-K ticket as one acquire-release add against the two fences, timed beside cuBLAS and as
 # timelines), blocks-ab (at most 4 resident blocks an SM against the plan's occupancy: even placement of a
 # dependent launch's blocks), stream-ab (stream-K against the plan's split-K, timed beside cuBLAS and as
-# timelines), bitmap-ab (Tiled-Bitmap against Tiled-CSL and cuBLAS on OPT-30B's decode shapes),
-# bench-hf-bitmap (bench-hf-stacking's rows with Tiled-Bitmap weights instead of unstacked ones), bench-hf-stacked
-# (dense and stacked only, batch 1), tests-bitmap; on two
+# timelines), bench-hf-stream and bench-hf-cap4 (bench-hf-stacked's rows with every sparse product stream-K, or
+# at most 4 blocks an SM: run beside bench-hf-stacked), bitmap-ab (Tiled-Bitmap against Tiled-CSL and cuBLAS on
+# OPT-30B's decode shapes), bench-hf-bitmap (bench-hf-stacking's rows with Tiled-Bitmap weights instead of
+# unstacked ones), bench-hf-stacked (dense and stacked only, batch 1), tests-bitmap; on two
 # GPUs (kind nvidia-h100-x2): tests-parallel, bench-tp2, bench-opt175b-tp2. The two steps with an
 # earlier commit need `python -m dev.kernel_vs_commit extract COMMIT` run here first and .scratch/kernel_at carried.
 # Usage (from the repository root, wheels in .whl/): bash dev/device_run.sh tests-llm bench-smoke
@@ -81,6 +82,10 @@ for step in "$@"; do
                          --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-compiled.log" | tail -30 ;;
     bench-hf-stacked) bench 300 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse --hf-new 64 \
                         --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-stacked.log" | tail -30 ;;
+    bench-hf-stream) bench 300 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse --hf-new 64 \
+                       --new 64 --stream-k --out "$OUT" 2>&1 | tee "$OUT/bench-hf-stream.log" | tail -30 ;;
+    bench-hf-cap4) bench 300 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse --hf-new 64 \
+                     --new 64 --blocks-per-sm 4 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-cap4.log" | tail -30 ;;
     bench-hf-compiled-90) bench 450 --model opt-30b --sparsity 0.9 --batch 1 16 --hf-compile --hf-sparse \
                             --hf-new 64 --new 64 --out "$OUT" 2>&1 | tee "$OUT/bench-hf-compiled-90.log" | tail -30 ;;
     bench-hf-stacking) bench 580 --model opt-30b --sparsity 0.8 --batch 1 --hf-compile --hf-sparse --hf-unstacked \

@@ -509,6 +509,19 @@ def test_child_rows_are_read_from_the_last_marked_line():
     assert rows_from_child_output(["Traceback (most recent call last):", "  ..."]) is None
 
 
+def test_e2e_kernel_flags_become_one_force():
+    """bench-e2e's --stream-k and --blocks-per-sm ask every sparse product for the same Force (set for the whole
+    process, and passed on to the children with the rest of the command); without them, none."""
+    from flashllm_nb.bench.e2e import build_parser, kernel_force
+    from flashllm_nb.kernels.spmm.plan import Force
+
+    parse = build_parser().parse_args
+    assert kernel_force(parse([])) is None
+    assert kernel_force(parse(["--stream-k"])) == Force(stream_k=True)
+    assert kernel_force(parse(["--stream-k", "--blocks-per-sm", "4"])) == Force(stream_k=True, blocks_per_sm=4)
+    assert kernel_force(parse(["--blocks-per-sm", "4"])) == Force(blocks_per_sm=4)
+
+
 def _e2e_row(provider, sparsity, batch, tok_s, status="ok", model="opt-30b"):
     return {"model": model, "provider": provider, "sparsity": sparsity, "batch": batch, "decode_tok_s": tok_s,
             "status": status}
@@ -548,3 +561,18 @@ def test_e2e_figure_is_written_for_one_and_several_batches_and_for_none(tmp_path
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plot([_e2e_row("hf-compiled", 0.8, 1, None, status="failed: out of memory")], meta, tmp_path / "none.png")
     assert (tmp_path / "none.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a run whose rows all failed
+
+
+def test_e2e_figure_names_a_kernel_force_in_its_title():
+    """A run with --stream-k or --blocks-per-sm says so above its bars: its rows are not the plan's own kernels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from flashllm_nb.bench.e2e_plot import figure
+
+    rows = [_e2e_row("hf-compiled", 0.0, 1, 40.0), _e2e_row("hf-compiled", 0.8, 1, 64.0)]
+    plain = figure(rows, {"device": "test card", "date": "2026-12-08"})
+    forced = figure(rows, {"device": "test card", "date": "2026-12-08", "kernel_force": "Force(stream_k=True)"})
+    titles = [[text.get_text() for text in fig.texts] for fig in (plain, forced)]
+    assert not any("Force" in title for title in titles[0]), titles[0]
+    assert any(title.endswith("every sparse product Force(stream_k=True)") for title in titles[1]), titles[1]

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (["generate"], "the following arguments are required: --model"),
     (["bench-e2e", "--batch", "0"], "argument --batch: expected a positive integer, got '0'"),
     (["bench-e2e", "--hf-repeat", "0"], "argument --hf-repeat: expected a positive integer, got '0'"),
+    (["bench-e2e", "--blocks-per-sm", "0"], "argument --blocks-per-sm: expected a positive integer, got '0'"),
     (["bench-e2e", "--model", "gpt-5"], "unknown --model ['gpt-5']"),
     (["bench-e2e", "--hf-compile", "--hf-unstacked"], "--hf-unstacked is the A/B of --hf-sparse's rows"),
     (["bench-e2e", "--hf-compile", "--hf-bitmap"], "--hf-bitmap is the A/B of --hf-sparse's rows"),

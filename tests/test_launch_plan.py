@@ -479,3 +479,19 @@ def test_timeline_plan_keeps_the_grid_and_the_padding():
     assert timed.config == dataclasses.replace(p.config, timeline=True)
     assert (timed.grid, timed.k_tiles_per_split, timed.tile_rows, timed.shared_bytes) == \
         (padded.grid, padded.k_tiles_per_split, padded.tile_rows, padded.shared_bytes)
+
+
+def test_default_force_reaches_plans_without_their_own():
+    """``set_default_force`` (bench-e2e's --stream-k) reaches every plan whose caller gives no force, not one that
+    does, and is undone by setting the previous one back."""
+    from flashllm_nb.kernels.spmm.plan import set_default_force
+
+    previous = set_default_force(Force(stream_k=True))
+    try:
+        assert plan(7168, 1, 7168, "float16", "nk", tile_vectors=410).config.stream_k
+        assert not plan(7168, 1, 7168, "float16", "nk", tile_vectors=410, force=Force(mma="sync")).config.stream_k
+    finally:
+        assert set_default_force(previous) == Force(stream_k=True)
+    assert not plan(7168, 1, 7168, "float16", "nk", tile_vectors=410).config.stream_k
+    with pytest.raises(TypeError, match="Invalid default force: expected a flashllm_nb.kernels.spmm.plan.Force"):
+        set_default_force({"stream_k": True})

@@ -207,8 +207,8 @@ STREAM_K = by_tier(
 def test_stream_k_gives_the_reference_product(m, k, n, path, dtype):
     """``Force(stream_k=True)``: every element of the caller's output (poisoned with NaN) equals the float64
     reference within the bound, with a bias, with ReLU in the epilogue and with NaN and Inf in A and X, in both
-    layouts and with A in Tiled-Bitmap; the same call again gives the same bits (the shared tiles are summed in block order); on the GPU the
-    grid has a block for every resident slot of the device."""
+    layouts and with A in Tiled-Bitmap; the same call again gives the same bits (the shared tiles are summed in
+    block order); on the GPU the grid has a block for every resident slot of the device."""
     from flashllm_nb.kernels.spmm import driver
     from flashllm_nb.kernels.spmm.plan import multiprocessors
 

@@ -89,8 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ordinary-launches", action="store_true",
                         help="launch this library's kernels without programmatic dependence (griddepcontrol; on "
                              "Hopper the default for steps of up to 8 tokens), for the A/B")
+    parser.add_argument("--stream-k", action="store_true",
+                        help="plan every sparse product as stream-K (plan.Force(stream_k=True)), for the A/B")
+    parser.add_argument("--blocks-per-sm", type=positive_int, default=None,
+                        help="at most this many resident blocks an SM for every sparse product "
+                             "(plan.Force(blocks_per_sm=N)), for the A/B")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the result files")
     return parser
+
+
+def kernel_force(args):
+    """The :class:`~flashllm_nb.kernels.spmm.plan.Force` that ``--stream-k`` and ``--blocks-per-sm`` ask every
+    sparse product of the run for (the children of ``--hf-sparse`` rows get the same flags), or None."""
+    from flashllm_nb.kernels.spmm.plan import Force
+
+    if not args.stream_k and args.blocks_per_sm is None:
+        return None
+    return Force(stream_k=True if args.stream_k else None, blocks_per_sm=args.blocks_per_sm)
 
 
 def hf_row_spec(text: str) -> tuple[bool, float, bool, str]:
@@ -422,6 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from flashllm_nb.kernels.driver import set_dependent_launches
 
         set_dependent_launches(False)
+    forced = kernel_force(args)
+    if forced is not None:
+        from flashllm_nb.kernels.spmm.plan import set_default_force
+
+        set_default_force(forced)
     if args.hf_row is not None:  # a child process of the run below: one transformers model, its rows to stdout
         if SIMULATOR or args.tp > 1 or len(args.model) != 1:
             parser.error("--hf-row is bench-e2e's own: one --model, one GPU")
@@ -441,7 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": "flashllm-nb bench-e2e " + " ".join(sys.argv[2:] if argv is None else argv),
             "copy_gbps": copy_gbps, "python": platform.python_version(), "tensor_parallel": args.tp,
             # steps of up to this many tokens launch as dependents (0: none do)
-            "dependent_launches_up_to_tokens": DEPENDENT_LAUNCH_MAX_TOKENS if dependent_launches() else 0}
+            "dependent_launches_up_to_tokens": DEPENDENT_LAUNCH_MAX_TOKENS if dependent_launches() else 0,
+            "kernel_force": None if forced is None else repr(forced)}
     log(f"{meta['device']}: device-to-device copy {copy_gbps} GB/s")
     rows: list[dict] = []
     for name in args.model:

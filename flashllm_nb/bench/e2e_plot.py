@@ -93,6 +93,7 @@ def figure(rows: list[dict], meta: dict):
         ax.set_title(f"{model}, batch {batch}", fontsize=10, loc="left")
         ax.grid(True, axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("decode tokens/s")
-    fig.suptitle(f"bench-e2e on {meta.get('device', '?')}, {meta.get('date', '')}", fontsize=10)
+    forced = f", every sparse product {meta['kernel_force']}" if meta.get("kernel_force") else ""
+    fig.suptitle(f"bench-e2e on {meta.get('device', '?')}, {meta.get('date', '')}{forced}", fontsize=10)
     fig.tight_layout()
     return fig

@@ -2,8 +2,8 @@
 
 Each block of a shared tile writes its fp32 partial tile to a workspace (coalesced), then the last block of the output
 tile to arrive (an atomic ticket per output tile taken by one thread: between two fences, or as one acquire-release add,
-``SpmmConfig.ticket``) sums the partials in a fixed order (deterministic), rounds once, and resets the ticket to zero for
-the next launch: one launch, no memset, no second kernel. That last block is the kernel's tail (the blocks of a wave
+``SpmmConfig.ticket``) sums the partials in a fixed order (deterministic), rounds once, and resets the ticket to zero
+for the next launch: one launch, no memset, no second kernel. That last block is the kernel's tail (the blocks of a wave
 finish within a few microseconds of each other), so its work is kept short: several blocks' partials load per round
 trip, and the store uses shifts and unsigned indices. ``docs/kernel-design.md`` has the tails that were tried and lost.
 """

@@ -38,7 +38,7 @@ from flashllm_nb.kernels.spmm.config import (MMA_CHOICES, PREFETCH_CHOICES, TILE
 
 __all__ = ["Force", "Plan", "plan", "multiprocessors", "tile_n_for", "mma_for", "warps_for", "clear_for",
            "prefetch_for", "prefetch_for_bitmap", "stages_for", "split_cost", "choose_splits",
-           "stream_k_blocks", "shared_bytes_for_at_most"]
+           "stream_k_blocks", "shared_bytes_for_at_most", "set_default_force"]
 
 MIN_K_TILES_PER_SPLIT = 4  # a split shorter than this spends more on its prologue and partials than it saves
 DEFAULT_WARPS = 4  # fewer warps repeat the per-tile bookkeeping less: faster than 8 wherever 8 is not needed
@@ -280,13 +280,36 @@ def choose_splits(blocks: int, k_tiles: int, sms: int, blocks_per_sm: int, tile_
     return min(allowed, key=lambda s: split_cost(blocks, k_tiles, sms, blocks_per_sm, s, tile_n, tile_vectors))
 
 
-@functools.lru_cache(maxsize=1024)
+_DEFAULT_FORCE: dict[str, Force | None] = {"force": None}
+
+
+def set_default_force(force: Force | None) -> Force | None:
+    """The :class:`Force` that :func:`plan` takes where its caller gives none, for the whole process (None: the
+    plan's own choices, the default); returns the previous one. For A/B runs of whole models, whose products are
+    planned deep inside (``bench-e2e --stream-k``): set it before the first product, since a model keeps the plans
+    and launches it prepared."""
+    if force is not None and not isinstance(force, Force):
+        raise TypeError(f"Invalid default force: expected a flashllm_nb.kernels.spmm.plan.Force or None, got "
+                        f"{type(force).__name__}")
+    previous = _DEFAULT_FORCE["force"]
+    _DEFAULT_FORCE["force"] = force
+    return previous
+
+
 def plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None = None,
          tile_vectors: int | None = None, force: Force | None = None, relu: bool = False, sparse: str = "csl") -> Plan:
     """Pick the configuration and grid for an (m x k) @ (k x n) product whose A, in format ``sparse``
     (``SpmmConfig.sparse``), holds ``tile_vectors`` 16-byte word (or value) vectors per tile on average (None:
-    unknown), with ReLU in the epilogue if ``relu``. ``split_k`` and ``force`` (a :class:`Force`) fix choices
-    instead, for benchmarks and tests."""
+    unknown), with ReLU in the epilogue if ``relu``. ``split_k`` and ``force`` (a :class:`Force`; None: the
+    process's default, :func:`set_default_force`) fix choices instead, for benchmarks and tests."""
+    if force is None:
+        force = _DEFAULT_FORCE["force"]
+    return _plan(m, n, k, dtype, x_layout, split_k, tile_vectors, force, relu, sparse)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None, tile_vectors: int | None,
+          force: Force | None, relu: bool, sparse: str) -> Plan:
     force = force or _NO_FORCE
     tile_n = tile_n_for(n)
     tile_rows = -(-m // TILE_M)
