@@ -226,8 +226,9 @@ def test_stream_k_gives_the_reference_product(m, k, n, path, dtype):
         assert p.grid[0] * p.grid[1] == min(slots, units // spmm_plan.MIN_K_TILES_PER_SPLIT), (p.grid, slots)
     first = check_product(W, X, bias=bias, force=stream)
     check_product(W, X, bias=bias, force=stream, relu=True)
-    check_product(W, X, layout="kn", force=spmm_plan.Force(stream_k=True))  # "kn" takes mma.sync
-    check_product(W, X, force=stream, matrix_format=fl.TiledBitmap)
+    if not SIMULATOR or path == "wgmma":  # under the simulator, on its first case only: seconds a product there
+        check_product(W, X, layout="kn", force=spmm_plan.Force(stream_k=True))  # "kn" takes mma.sync
+        check_product(W, X, force=stream, matrix_format=fl.TiledBitmap)
     A, Xd = fl.TiledCSL.from_dense(device(W)), device(X)
     np.testing.assert_array_equal(host(fl.linear(Xd, A, bias=device(bias), force=stream)).view(np.uint16),
                                   first.view(np.uint16))
