@@ -350,14 +350,21 @@ def _plan(m: int, n: int, k: int, dtype: str, x_layout: str, split_k: int | None
     config = SpmmConfig(tile_n=tile_n, dtype=dtype, x_layout=x_layout, splits=split_k > 1, warps=warps, mma=mma,
                         prefetch_vectors=prefetch, clear=clear, stages=stages, relu=relu, grid_dependency=dependent,
                         ticket=ticket, sparse=sparse)
-    min_shared = 0
-    if force.blocks_per_sm is not None:
-        from flashllm_nb.kernels.spmm.driver import blocks_per_sm, max_shared_bytes_per_block
-
-        min_shared = shared_bytes_for_at_most(force.blocks_per_sm, config.shared_bytes(per_split),
-                                              functools.partial(blocks_per_sm, config), max_shared_bytes_per_block())
+    min_shared = 0 if force.blocks_per_sm is None else _capped(config, config.shared_bytes(per_split),
+                                                               force.blocks_per_sm)
     return Plan(config=config, grid=(tile_rows, n_blocks, split_k), k_tiles_per_split=per_split, tile_rows=tile_rows,
                 min_shared_bytes=min_shared)
+
+
+def _capped(config: SpmmConfig, needed: int, cap: int | None) -> int:
+    """The dynamic shared memory of ``config`` from ``needed`` bytes up, padded so that the driver's occupancy
+    calculator allows at most ``cap`` blocks an SM (``shared_bytes_for_at_most``; None: ``needed``)."""
+    if cap is None:
+        return needed
+    from flashllm_nb.kernels.spmm.driver import blocks_per_sm, max_shared_bytes_per_block
+
+    return shared_bytes_for_at_most(cap, needed, functools.partial(blocks_per_sm, config),
+                                    max_shared_bytes_per_block())
 
 
 def _stream_k_plan(config: SpmmConfig, tile_rows: int, n_blocks: int, k_tiles: int, cap: int | None) -> Plan:
@@ -365,12 +372,9 @@ def _stream_k_plan(config: SpmmConfig, tile_rows: int, n_blocks: int, k_tiles: i
     may differ from split-K's), whose shared memory is sized for a whole tile row of offsets, so that the launch
     asks for exactly the bytes the occupancy was computed with; and at least a block per tile row, so that no
     block's range is longer than a tile row (the kernel runs at most two passes)."""
-    from flashllm_nb.kernels.spmm.driver import blocks_per_sm, max_shared_bytes_per_block
+    from flashllm_nb.kernels.spmm.driver import blocks_per_sm
 
-    shared = config.shared_bytes(k_tiles)
-    if cap is not None:
-        shared = shared_bytes_for_at_most(cap, shared, functools.partial(blocks_per_sm, config),
-                                          max_shared_bytes_per_block())
+    shared = _capped(config, config.shared_bytes(k_tiles), cap)
     resident = max(1, blocks_per_sm(config, shared))
     if cap is not None:
         resident = min(resident, cap)

@@ -14,12 +14,21 @@ from __future__ import annotations
 
 from numba import int64, uint32
 
-__all__ = ["block_range", "block_of", "tile_row_of", "fits"]
+from flashllm_nb.kernels.spmm.config import TILE_M
+
+__all__ = ["units_of", "block_range", "block_of", "tile_row_of", "fits"]
+
+_TILE_M_SHIFT = TILE_M.bit_length() - 1
 
 
 def fits(units: int, blocks: int) -> bool:
     """Whether ``units`` shared by ``blocks`` stay within this module's 32-bit arithmetic."""
     return units * blocks < 2**32
+
+
+def units_of(m, n_tile_cols):
+    """The units of a matrix of ``m`` rows: every tile row's ``n_tile_cols`` k-tiles."""
+    return int64((m + (TILE_M - 1)) >> _TILE_M_SHIFT) * int64(n_tile_cols)
 
 
 def block_range(block, blocks, units):

@@ -93,14 +93,15 @@ def build_kernel(cfg: SpmmConfig):
         load_first_words, expand_first_tile = _fill_words(g, activations, sparse)
         k_step = _k_step(g, activations, sparse, products)
     mark, record, tally = _timeline_records(cfg.stream_k)
-    block_range, tile_row_of = inlined(stream_k.block_range), inlined(stream_k.tile_row_of)
+    units_of, block_range = inlined(stream_k.units_of), inlined(stream_k.block_range)
+    tile_row_of = inlined(stream_k.tile_row_of)
     tile_row_pass = _tile_row_pass(g, activations, sparse, products, epilogue, load_first_words, expand_first_tile,
                                    k_step, mark, tally)
     # Numba calls device functions by name, not through a namespace.
     ACC, WORDS, POSITIONS, FRAG = g.accumulators, g.word_registers, g.position_registers, g.frag_registers
     K_STEPS, NPAIR, SMEM_ALIGN = g.k_steps, g.b_loads, g.smem_align
     REDUCE_VALUES = g.reduce_group * ACC
-    STREAM_K, TILE_M_SHIFT = cfg.stream_k, TILE_M.bit_length() - 1
+    STREAM_K = cfg.stream_k
     GRID_DEPENDENCY = cfg.grid_dependency
     TIMELINE = cfg.timeline
     T_START, T_END, F_SM, F_WROTE = (TIMELINE_FIELDS.index(name) for name in ("start", "end", "sm", "wrote"))
@@ -141,7 +142,7 @@ def build_kernel(cfg: SpmmConfig):
             # no longer than a tile row (the plan's grid has at least as many blocks as tile rows): this block's
             # range meets one tile row or two, a pass each, written out twice rather than looped.
             n_cols = int64(n_tile_cols)
-            units = int64((M + (TILE_M - 1)) >> TILE_M_SHIFT) * n_cols
+            units = units_of(M, n_cols)
             unit, units_end = block_range(int64(cuda.blockIdx.x), int64(cuda.gridDim.x), units)
             tile_row = tile_row_of(unit, n_cols)
             row_end = (tile_row + 1) * n_cols
@@ -214,12 +215,11 @@ def _tile_row_pass(g: Geometry, activations, sparse, products, epilogue, load_fi
     fragment_rows, copy_plan, issue_activations = products.fragment_rows, activations.copy_plan, activations.issue
     stage_offsets, zero_buffer = sparse.stage_offsets, sparse.zero_buffer
     reduce_partials, store_tile = epilogue.reduce_partials, epilogue.store
-    block_of = inlined(stream_k.block_of)
+    units_of, block_of = inlined(stream_k.units_of), inlined(stream_k.block_of)
     TILE_N, THREADS, STAGES, WGMMA, ENTRIES, BITMAP = g.tile_n, g.threads, g.stages, g.wgmma, g.entries, g.bitmap
     ACC, SPLITS, STREAM_K = g.accumulators, g.splits, g.cfg.stream_k
     WORDS, POSITIONS, FRAG = g.word_registers, g.position_registers, g.frag_registers
     REDUCE_VALUES = g.reduce_group * g.accumulators
-    TILE_M_SHIFT = TILE_M.bit_length() - 1
     CLEAR_WARP_ROWS, MBARRIER_BASE32 = g.clear_warp_rows, g.mbarrier_base32
     GRID_DEPENDENCY = g.cfg.grid_dependency
     TIMELINE = g.cfg.timeline
@@ -318,7 +318,7 @@ def _tile_row_pass(g: Geometry, activations, sparse, products, epilogue, load_fi
             # partial goes to workspace slot (block + tile row) of its column block: along the sequence each new
             # pass moves to the next block or the next tile row or both, so no two passes share a slot.
             n_cols = int64(n_tile_cols)
-            units = ((int64(M) + (TILE_M - 1)) >> TILE_M_SHIFT) * n_cols
+            units = units_of(M, n_cols)
             blocks = int64(cuda.gridDim.x)
             row_start = int64(tile_row) * n_cols
             sharer_first = block_of(row_start, blocks, units)
